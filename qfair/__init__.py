@@ -1,0 +1,46 @@
+"""qfair: what quantization does to a language model's confidence and output
+distributions, and who bears the cost.
+
+Public API (imported lazily so that `import qfair` stays fast and never pulls in
+torch):
+
+- ``divergence(p, q, ...)``, ``distribution_stats(p, ...)``,
+  ``stream_divergence(p_blocks, q_blocks, ...)``: the C++ distribution core.
+- ``tasks``: the task registry (``qfair.tasks.get(name)``).
+- ``open_dump(path)``: read a dump written by ``qfair dump``.
+- ``compare(base, quant, ...)``: token/example statistics and significance tests.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> (module, attribute or None for the module itself)
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "divergence": ("qfair.divergence", "divergence"),
+    "distribution_stats": ("qfair.divergence", "distribution_stats"),
+    "stream_divergence": ("qfair.divergence", "stream_divergence"),
+    "DivergenceResult": ("qfair.divergence", "DivergenceResult"),
+    "tasks": ("qfair.tasks", None),
+    "open_dump": ("qfair.dump.reader", "open_dump"),
+    "compare": ("qfair.analyze.compare", "compare"),
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'qfair' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
