@@ -1,0 +1,83 @@
+"""`qfair dump`: score multiple-choice tasks with one model and write a dump."""
+from __future__ import annotations
+
+import click
+
+from qfair.cli import main
+
+
+@main.command("dump")
+@click.option("--model", "model", default=None, metavar="M",
+              help="Model: a local directory, an HF id already in the local cache, or "
+                   "'smollm2-135m' (the embedded default, used when omitted).")
+@click.option("--quant", default="none", show_default=True, metavar="SPEC",
+              help="Quantization spec (none, bnb-int8, bnb-nf4, bnb-fp4, quanto-int8, ...).")
+@click.option("--tasks", default=None, metavar="A,B,C",
+              help="Comma-separated tasks or groups. Default: the built-in samples of the seed "
+                   "benchmarks plus crows_pairs_english.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Dump directory to write.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N documents per task.")
+@click.option("--data-file", "data_files", multiple=True, metavar="TASK=PATH",
+              help="Read TASK's documents from a local JSONL/Parquet/CSV file (repeatable).")
+@click.option("--store", type=click.Choice(["full", "none"]), default="full", show_default=True,
+              help="full: store every scored token's vocabulary-wide log-probs; none: scalars only.")
+@click.option("--store-dtype", type=click.Choice(["f16", "f32", "bf16"]), default="f16", show_default=True,
+              help="dtype of the stored log-prob rows.")
+@click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Rows per logits shard (cut at the first example boundary at or past N).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Choice sequences per forward pass (the shared context is computed once).")
+@click.option("--resume", is_flag=True, help="Finish an interrupted dump in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dump in --out.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed recorded in the manifest (torch.manual_seed).")
+@click.option("--revision", default=None, help="Model revision (local HF cache).")
+@click.option("--dtype", default=None, help="Model dtype (float32, bfloat16, float16, auto).")
+@click.option("--device", default=None, help="Device (cpu, cuda, cuda:1, ...).")
+@click.option("--device-map", default=None, help="accelerate device map (e.g. auto, cpu).")
+@click.option("--gguf-file", default=None, help="GGUF file inside --model's directory.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, shard_rows, batch_size,
+             resume, overwrite, seed, revision, dtype, device, device_map, gguf_file, trust_remote_code,
+             cache_dir, no_progress) -> None:
+    """Score multiple-choice tasks with one (possibly quantized) model and write a
+    dump directory: manifest.json, examples/choices/tokens Parquet tables and
+    logits/NNNNN.npy shards of float16 log-probs.
+
+    \b
+    Example:
+      qfair dump --quant bnb-nf4 --tasks piqa,arc_easy --limit 100 --out runs/nf4
+    """
+    from qfair.dump import DumpError
+    from qfair.dump.run import dump
+
+    errors: tuple[type[BaseException], ...] = (DumpError,)
+    try:
+        from qfair.tasks import TaskError
+
+        errors += (TaskError,)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from qfair.models import ModelError
+
+        errors += (ModelError,)
+    except ImportError:  # pragma: no cover
+        pass
+
+    load_kwargs = {"revision": revision, "dtype": dtype, "device": device, "device_map": device_map,
+                   "gguf_file": gguf_file, "trust_remote_code": trust_remote_code or None,
+                   "cache_dir": cache_dir}
+    try:
+        summary = dump(out, model=model, quant=quant, tasks=tasks, data_files=list(data_files), limit=limit,
+                       store=store, store_dtype=store_dtype, shard_rows=shard_rows, batch_size=batch_size,
+                       resume=resume, overwrite=overwrite, seed=seed, progress=not no_progress,
+                       load_kwargs=load_kwargs)
+    except errors as e:
+        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; finished shards are kept in {out} (finish with --resume)") from None
+    click.echo(summary.text())

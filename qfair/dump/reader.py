@@ -1,0 +1,183 @@
+"""Reading a dump: ``open_dump(path)``.
+
+Only JSON, Parquet and ``.npy`` with ``allow_pickle=False`` are read, so opening
+a dump never executes code. Tables are read lazily on first access; logits
+shards are memory-mapped. A partial dump (interrupted run) is readable too: its
+choices/tokens come from the table parts of the shards finished so far.
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qfair.dump import DumpError
+from qfair.dump import manifest as mf
+
+__all__ = ["Dump", "open_dump", "DumpError"]
+
+_ALIGN_KEYS = ("example_id", "choice", "pos", "target")
+
+
+class Dump:
+    """A dump directory, opened for reading (see module docstring)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.manifest: dict[str, Any] = mf.read_manifest(self.path)
+
+    def __repr__(self) -> str:
+        return f"Dump({str(self.path)!r}, status={self.status!r}, rows={self.n_rows})"
+
+    # -- manifest views -------------------------------------------------------
+    @property
+    def status(self) -> str:
+        return self.manifest["status"]
+
+    @property
+    def is_complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def has_logits(self) -> bool:
+        return self.manifest["storage"]["mode"] == "full"
+
+    @property
+    def logits_dtype(self) -> str:
+        return self.manifest["storage"]["dtype"]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["vocab_size"])
+
+    @property
+    def n_rows(self) -> int:
+        """Logits rows present (sum over finished shards; 0 without --store full)."""
+        if not self.has_logits:
+            return 0
+        return sum(int(s["rows"]) for s in self.manifest["shards"])
+
+    @property
+    def tokenizer_fingerprint(self) -> dict[str, Any]:
+        return dict(self.manifest["tokenizer"])
+
+    # -- tables ------------------------------------------------------------------
+    def _table(self, name: str, file: str) -> Any:
+        import polars as pl
+
+        path = self.path / file
+        if path.is_file():
+            return self._read_parquet(path)
+        if self.is_complete or name == "examples":
+            raise DumpError(f"{path}: missing (dump at {self.path} lists it)")
+        parts = []
+        for s in self.manifest["shards"]:
+            part = (s.get("parts") or {}).get(name)
+            if part is None:
+                raise DumpError(f"{self.path / mf.MANIFEST}: field 'shards[{s.get('index')}].parts.{name}' missing")
+            parts.append(self._read_parquet(self.path / part["file"]))
+        schema = mf.choices_schema() if name == "choices" else mf.tokens_schema()
+        return pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema=schema)
+
+    @staticmethod
+    def _read_parquet(path: Path) -> Any:
+        import polars as pl
+
+        try:
+            return pl.read_parquet(path)
+        except Exception as e:  # polars raises several error types for corrupt files
+            raise DumpError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+    @cached_property
+    def examples(self) -> Any:
+        return self._table("examples", mf.EXAMPLES)
+
+    @cached_property
+    def choices(self) -> Any:
+        return self._table("choices", mf.CHOICES)
+
+    @cached_property
+    def tokens(self) -> Any:
+        return self._table("tokens", mf.TOKENS)
+
+    # -- logits ----------------------------------------------------------------
+    @property
+    def logit_paths(self) -> list[Path]:
+        if not self.has_logits:
+            return []
+        return [self.path / s["file"] for s in self.manifest["shards"]]
+
+    def logit_blocks(self, verify: bool = False) -> list[np.ndarray]:
+        """One read-only memory map ``[rows_i, vocab]`` per shard, in row order.
+
+        Checks each shard's shape and dtype against the manifest; with
+        ``verify=True`` also its sha256 (reads every byte).
+        """
+        if not self.has_logits:
+            return []
+        want = np.dtype(mf.NPY_DTYPES[self.logits_dtype])
+        blocks = []
+        expect_first = 0
+        for s in self.manifest["shards"]:
+            path = self.path / s["file"]
+            if not path.is_file():
+                raise DumpError(f"{path}: missing (listed in manifest.json shards[{s['index']}])")
+            size = path.stat().st_size
+            if "bytes" in s and size != s["bytes"]:
+                raise DumpError(f"{path}: {size} bytes, manifest.json shards[{s['index']}].bytes says {s['bytes']} (truncated or corrupt shard)")
+            if verify and mf.sha256_file(path) != s.get("sha256"):
+                raise DumpError(f"{path}: sha256 differs from manifest.json shards[{s['index']}].sha256 (corrupt shard)")
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise DumpError(f"{path}: not a readable .npy shard ({e})") from None
+            if arr.dtype != want:
+                raise DumpError(f"{path}: dtype {arr.dtype}, manifest.json storage.dtype {self.logits_dtype!r} expects {want}")
+            if arr.ndim != 2 or arr.shape[1] != self.vocab_size:
+                raise DumpError(f"{path}: shape {arr.shape}, expected [rows, {self.vocab_size}] (manifest.json vocab_size)")
+            if arr.shape[0] != s["rows"]:
+                raise DumpError(f"{path}: {arr.shape[0]} rows, manifest.json shards[{s['index']}].rows says {s['rows']}")
+            if s.get("first_row", expect_first) != expect_first:
+                raise DumpError(f"{self.path / mf.MANIFEST}: field 'shards[{s['index']}].first_row' is {s['first_row']}, expected {expect_first}")
+            expect_first += arr.shape[0]
+            blocks.append(arr)
+        return blocks
+
+    # -- alignment --------------------------------------------------------------
+    def aligned_with(self, other: "Dump") -> None:
+        """None when both dumps share the tokenizer and the (example_id, choice,
+        pos, target) keys row for row; otherwise DumpError naming the first
+        difference."""
+        a, b = self.tokenizer_fingerprint, other.tokenizer_fingerprint
+        for k in sorted(set(a) | set(b)):
+            if k == "class":
+                continue
+            if a.get(k) != b.get(k):
+                raise DumpError(f"{self.path} vs {other.path}: tokenizer fingerprint field {k!r} differs "
+                                f"({a.get(k)!r} vs {b.get(k)!r}); the dumps are not aligned")
+        if self.vocab_size != other.vocab_size:
+            raise DumpError(f"{self.path} vs {other.path}: vocab_size {self.vocab_size} vs {other.vocab_size}; not aligned")
+        ta, tb = self.tokens, other.tokens
+        if ta.height != tb.height:
+            raise DumpError(f"{self.path} vs {other.path}: tokens.parquet has {ta.height} vs {tb.height} rows; not aligned")
+        for key in _ALIGN_KEYS:
+            ca, cb = ta[key].to_numpy(), tb[key].to_numpy()
+            neq = np.flatnonzero(ca != cb)
+            if neq.size:
+                i = int(neq[0])
+                raise DumpError(f"{self.path} vs {other.path}: tokens.parquet row {i} key {key!r} differs "
+                                f"({ca[i]!r} vs {cb[i]!r}); the dumps are not aligned")
+        if self.has_logits and other.has_logits:
+            ra, rb = ta["row"].to_numpy(), tb["row"].to_numpy()
+            neq = np.flatnonzero(ra != rb)
+            if neq.size:
+                i = int(neq[0])
+                raise DumpError(f"{self.path} vs {other.path}: tokens.parquet row {i} key 'row' differs ({ra[i]} vs {rb[i]}); not aligned")
+
+
+def open_dump(path: str | os.PathLike) -> Dump:
+    """Open a dump directory; DumpError (a ValueError) names file and field on failure."""
+    return Dump(path)

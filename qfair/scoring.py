@@ -1,0 +1,380 @@
+"""Multiple-choice scoring by the rules of lm-evaluation-harness, with the shared
+context computed once per example.
+
+Rules (DESIGN.md, "Scoring rules"):
+
+- continuation = target_delimiter + choice; trailing whitespace of the context
+  moves to the front of the continuation;
+- ``context + continuation`` is tokenised whole and ``context`` alone; the
+  continuation tokens are the tail of the whole encoding beyond the context's
+  length (so the model input is ``context_enc + tail``, exactly as lm-eval);
+- an empty context becomes the BOS token (EOS when the tokenizer has no BOS) and
+  the continuation is tokenised alone;
+- loglik = sum of float32 log-softmax values of the continuation tokens;
+  is_greedy = every continuation token is the argmax of its row.
+
+Work sharing: every choice of an example has the same ``context_enc`` prefix, so
+the model runs once over ``context_enc[:-1]`` (keeping its KV cache) and then
+once over a right-padded batch of ``[context_enc[-1]] + cont[:-1]`` per choice
+with that cache repeated along the batch. ``score_naive`` is the plain
+full-sequence computation used as the oracle in tests.
+
+torch is imported lazily (inside functions) so that importing this module from
+a reader-only install stays cheap.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "EncodedExample",
+    "ChoiceScore",
+    "Scorer",
+    "split_whitespace",
+    "encode_pair",
+    "encode_example",
+    "prefix_token_id",
+    "token_scalars",
+    "acc",
+    "acc_norm",
+    "mc2",
+    "tokenizer_fingerprint",
+]
+
+
+# ---------------------------------------------------------------------------
+# text -> tokens
+# ---------------------------------------------------------------------------
+
+def split_whitespace(context: str, continuation: str) -> tuple[str, str]:
+    """Move the context's trailing whitespace to the front of the continuation."""
+    stripped = context.rstrip()
+    n_spaces = len(context) - len(stripped)
+    if n_spaces > 0:
+        return stripped, context[-n_spaces:] + continuation
+    return context, continuation
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    # lm-eval's HFLM encodes without special tokens unless add_bos_token is set.
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def prefix_token_id(tokenizer: Any) -> int:
+    """The token that stands in for an empty context: BOS, else EOS."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None:
+        return int(bos)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ValueError("tokenizer has neither a BOS nor an EOS token; cannot score an empty context")
+    return int(eos)
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens) exactly as lm-evaluation-harness builds them."""
+    if context == "":
+        return [prefix_token_id(tokenizer)], _encode(tokenizer, continuation)
+    context, continuation = split_whitespace(context, continuation)
+    whole = _encode(tokenizer, context + continuation)
+    ctx = _encode(tokenizer, context)
+    return ctx, whole[len(ctx):]
+
+
+@dataclass
+class EncodedExample:
+    """One example's token ids: the shared context and each choice's continuation."""
+
+    context_enc: list[int]
+    conts: list[list[int]]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(len(c) for c in self.conts)
+
+
+def encode_example(tokenizer: Any, context: str, choices: Sequence[str],
+                   target_delimiter: str = " ") -> EncodedExample:
+    """Encode one multiple-choice example (continuation = delimiter + choice).
+
+    The context tokens do not depend on the choice (the whitespace rule only
+    looks at the context), so one ``context_enc`` serves every choice.
+    """
+    ctx_enc: list[int] | None = None
+    conts: list[list[int]] = []
+    for choice in choices:
+        c_enc, cont = encode_pair(tokenizer, context, f"{target_delimiter}{choice}")
+        if ctx_enc is None:
+            ctx_enc = c_enc
+        elif c_enc != ctx_enc:  # pragma: no cover - impossible by construction
+            raise AssertionError("context encoding differs between choices")
+        conts.append(cont)
+    if ctx_enc is None:
+        ctx_enc = [prefix_token_id(tokenizer)] if context == "" else _encode(tokenizer, split_whitespace(context, "")[0])
+    return EncodedExample(ctx_enc, conts)
+
+
+# ---------------------------------------------------------------------------
+# per-token scalars
+# ---------------------------------------------------------------------------
+
+def token_scalars(logprobs: Any, targets: Any) -> dict[str, Any]:
+    """Cheap per-token scalars from float32 log-softmax rows ``[n, V]`` (torch).
+
+    Returns torch tensors: logprob (of the target), entropy, max_logprob,
+    argmax (first maximum), rank = 1 + #{v : lp[v] > lp[y]}.
+    """
+    import torch
+
+    lp = logprobs
+    tgt = targets.view(-1, 1)
+    tlp = lp.gather(1, tgt).squeeze(1)
+    p = lp.exp()
+    # p * lp with the 0 * -inf = 0 convention
+    plogp = torch.where(p > 0, p * lp, torch.zeros((), dtype=lp.dtype))
+    entropy = -plogp.sum(-1)
+    max_lp, argmax = lp.max(-1)
+    # torch.max returns *an* index of the maximum; the contract is the first one.
+    argmax = torch.argmax(lp, dim=-1)
+    rank = 1 + (lp > tlp.unsqueeze(1)).sum(-1)
+    return {"logprob": tlp, "entropy": entropy, "max_logprob": max_lp, "argmax": argmax, "rank": rank}
+
+
+@dataclass
+class ChoiceScore:
+    """One (example, choice): its log-likelihood and per-token data."""
+
+    loglik: float
+    is_greedy: bool
+    targets: np.ndarray  # int64 [n]
+    logprob: np.ndarray  # float32 [n]
+    entropy: np.ndarray  # float32 [n]
+    max_logprob: np.ndarray  # float32 [n]
+    argmax: np.ndarray  # int64 [n]
+    rank: np.ndarray  # int64 [n]
+    rows: Any = field(default=None, repr=False)  # torch float32 [n, V] log-softmax rows, when kept
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.targets.shape[0])
+
+
+def _choice_score(logits: Any, targets: Any, keep_rows: bool) -> ChoiceScore:
+    import torch
+
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    s = token_scalars(lp, targets)
+    tlp = s["logprob"]
+    return ChoiceScore(
+        loglik=float(tlp.double().sum()),
+        is_greedy=bool((s["argmax"] == targets).all()),
+        targets=targets.cpu().numpy().astype(np.int64),
+        logprob=tlp.cpu().numpy().astype(np.float32),
+        entropy=s["entropy"].cpu().numpy().astype(np.float32),
+        max_logprob=s["max_logprob"].cpu().numpy().astype(np.float32),
+        argmax=s["argmax"].cpu().numpy().astype(np.int64),
+        rank=s["rank"].cpu().numpy().astype(np.int64),
+        rows=lp if keep_rows else None,
+    )
+
+
+def _empty_choice(keep_rows: bool, vocab: int) -> ChoiceScore:
+    import torch
+
+    z_i = np.zeros(0, np.int64)
+    z_f = np.zeros(0, np.float32)
+    return ChoiceScore(0.0, True, z_i, z_f, z_f, z_f, z_i, z_i,
+                       torch.zeros((0, vocab), dtype=torch.float32) if keep_rows else None)
+
+
+# ---------------------------------------------------------------------------
+# the scorer
+# ---------------------------------------------------------------------------
+
+class Scorer:
+    """Scores encoded examples with a causal LM.
+
+    ``batch_size`` bounds the number of choice sequences per forward pass;
+    ``keep_rows`` keeps each continuation token's float32 log-softmax row.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, device: Any = None, batch_size: int = 32,
+                 keep_rows: bool = True, max_length: int | None = None, share_context: bool = True):
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        self.keep_rows = keep_rows
+        self.share_context = share_context
+        if device is None:
+            try:
+                device = next(model.parameters()).device
+            except StopIteration:  # pragma: no cover
+                device = torch.device("cpu")
+        self.device = torch.device(device) if not isinstance(device, torch.device) else device
+        cfg = getattr(model, "config", None)
+        if max_length is None:
+            for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+                v = getattr(cfg, attr, None)
+                if isinstance(v, int) and v > 0:
+                    max_length = v
+                    break
+        self.max_length = max_length or 2048
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        pad = getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(tokenizer, "eos_token_id", None)
+        self.pad_id = int(pad) if pad is not None else 0
+        self.n_forward = 0  # forward passes run (for benchmarks)
+        self.n_forward_tokens = 0  # input positions processed (incl. padding)
+
+    # -- model calls -------------------------------------------------------
+    def _forward(self, input_ids: Any, attention_mask: Any = None, cache: Any = None, use_cache: bool = False):
+        kwargs: dict[str, Any] = {"use_cache": use_cache}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        self.n_forward += 1
+        self.n_forward_tokens += int(input_ids.numel())
+        out = self.model(input_ids, **kwargs)
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = getattr(out, "past_key_values", None)
+        return out.logits, new_cache
+
+    # -- public ------------------------------------------------------------
+    def score(self, ex: EncodedExample) -> list[ChoiceScore]:
+        """Score every choice of one example (shared-context path when it fits)."""
+        import torch
+
+        with torch.inference_mode():
+            longest = max((len(c) for c in ex.conts), default=0)
+            if self.share_context and len(ex.context_enc) + longest <= self.max_length:
+                return self._score_shared(ex)
+            return self._score_naive(ex)
+
+    def score_naive(self, ex: EncodedExample) -> list[ChoiceScore]:
+        """The plain computation: one full sequence per choice, no sharing."""
+        import torch
+
+        with torch.inference_mode():
+            return self._score_naive(ex)
+
+    def _vocab(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def _score_naive(self, ex: EncodedExample) -> list[ChoiceScore]:
+        import torch
+
+        out: list[ChoiceScore] = []
+        for cont in ex.conts:
+            if not cont:
+                out.append(_empty_choice(self.keep_rows, self._vocab()))
+                continue
+            # lm-eval: (context + continuation)[-(max_length + 1):][:-1]
+            seq = (ex.context_enc + cont)[-(self.max_length + 1):][:-1]
+            ids = torch.tensor([seq], dtype=torch.long, device=self.device)
+            logits, _ = self._forward(ids)
+            n = len(cont)
+            sel = logits[0, -n:]
+            out.append(_choice_score(sel, torch.tensor(cont, device=self.device), self.keep_rows))
+        return out
+
+    def _score_shared(self, ex: EncodedExample) -> list[ChoiceScore]:
+        import torch
+
+        ctx = ex.context_enc
+        results: list[ChoiceScore | None] = [None] * len(ex.conts)
+        todo = [i for i, c in enumerate(ex.conts) if c]
+        for i, c in enumerate(ex.conts):
+            if not c:
+                results[i] = _empty_choice(self.keep_rows, self._vocab())
+        if not todo:
+            return results  # type: ignore[return-value]
+
+        prefix_cache = None
+        n_prefix = len(ctx) - 1
+        if n_prefix > 0:
+            ids = torch.tensor([ctx[:-1]], dtype=torch.long, device=self.device)
+            _, prefix_cache = self._forward(ids, use_cache=True)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            seqs = [[ctx[-1]] + ex.conts[i][:-1] for i in chunk]
+            width = max(len(s) for s in seqs)
+            b = len(chunk)
+            ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((b, n_prefix + width), dtype=torch.long)
+            mask[:, :n_prefix] = 1
+            for r, s in enumerate(seqs):
+                ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+                mask[r, n_prefix:n_prefix + len(s)] = 1
+            cache = None
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                if b > 1:
+                    cache.batch_repeat_interleave(b)
+            logits, _ = self._forward(ids.to(self.device), mask.to(self.device), cache=cache,
+                                      use_cache=cache is not None)
+            for r, i in enumerate(chunk):
+                n = len(ex.conts[i])
+                results[i] = _choice_score(logits[r, :n], torch.tensor(ex.conts[i], device=self.device),
+                                           self.keep_rows)
+        return results  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------
+# per-example metrics (lm-eval conventions)
+# ---------------------------------------------------------------------------
+
+def acc(logliks: Sequence[float], gold: int) -> float:
+    """1.0 when the first maximal log-likelihood is the gold choice."""
+    return 1.0 if int(np.argmax(np.asarray(logliks, dtype=np.float64))) == int(gold) else 0.0
+
+
+def acc_norm(logliks: Sequence[float], choices: Sequence[str], gold: int) -> float:
+    """acc on loglik / (choice length in unicode code points)."""
+    lens = np.array([float(len(c)) for c in choices])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normed = np.asarray(logliks, dtype=np.float64) / lens
+    return 1.0 if int(np.argmax(normed)) == int(gold) else 0.0
+
+
+def mc2(logliks: Sequence[float], labels: Sequence[int]) -> float:
+    """Sum of exp(ll) over true choices / sum over all choices (max-shifted)."""
+    ll = np.asarray(logliks, dtype=np.float64)
+    lab = np.asarray(labels, dtype=bool)
+    p = np.exp(ll - ll.max())
+    return float(p[lab].sum() / p.sum())
+
+
+# ---------------------------------------------------------------------------
+# tokenizer identity
+# ---------------------------------------------------------------------------
+
+def tokenizer_fingerprint(tokenizer: Any, model_vocab_size: int | None = None) -> dict[str, Any]:
+    """Vocabulary size + sha256 of the (token, id) list, and the special ids."""
+    vocab = tokenizer.get_vocab()
+    items = sorted(vocab.items(), key=lambda kv: (kv[1], kv[0]))
+    h = hashlib.sha256(json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
+    fp: dict[str, Any] = {
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(vocab),
+        "vocab_sha256": h,
+        "bos_token_id": getattr(tokenizer, "bos_token_id", None),
+        "eos_token_id": getattr(tokenizer, "eos_token_id", None),
+    }
+    if model_vocab_size is not None:
+        fp["model_vocab_size"] = int(model_vocab_size)
+    return fp
