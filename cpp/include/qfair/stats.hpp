@@ -1,0 +1,156 @@
+// Resampling statistics, calibration binning and multiple-testing corrections.
+//
+// Pure C++17: pointers and lengths in, plain structs out; throws
+// std::invalid_argument on bad input. Definitions and edge conventions are those
+// of METRICS.md (see docs/analyze.md for the user-facing description).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace qfair::stats {
+
+// ---------------------------------------------------------------- random numbers
+// Counter-based streams: stream(seed, k) depends only on (seed, k), so work split
+// over any number of threads draws exactly the same numbers.
+class Rng {
+public:
+    Rng(uint64_t seed, uint64_t stream);
+    uint64_t next();
+    // Uniform integer in [0, n), unbiased (Lemire's multiply-and-reject), n < 2^32.
+    uint32_t below(uint32_t n);
+
+private:
+    uint64_t s_[4];
+};
+
+// ------------------------------------------------------------ normal distribution
+double norm_cdf(double x);
+double norm_ppf(double p);  // inverse of norm_cdf (Wichura AS241, ~1e-16 relative)
+
+// ---------------------------------------------------------------- proportions
+struct Interval {
+    double lo;
+    double hi;
+};
+// Wilson score interval for k successes in n trials at `confidence` (two-sided).
+// n = 0 gives [0, 1].
+Interval wilson(int64_t k, int64_t n, double confidence);
+
+// McNemar on the discordant counts b, c: exact two-sided
+// p = min(1, 2 BinomCDF(min(b,c); b+c, 1/2)) and mid-p = p - BinomPMF(min(b,c)).
+// b + c = 0 gives 1 for both.
+struct McNemarResult {
+    double p_exact;
+    double p_mid;
+};
+McNemarResult mcnemar(int64_t b, int64_t c);
+
+// -------------------------------------------------------- multiple comparisons
+// Adjusted p-values over the family of finite entries of p (NaN entries stay NaN
+// and are not counted in the family). Output in input order.
+void holm(const double* p, int64_t n, double* out);
+void benjamini_hochberg(const double* p, int64_t n, double* out);
+
+// ------------------------------------------------------------------ calibration
+enum class Binning { Width, Mass };
+
+// Bin index of every example. Width: B equal-width bins with edges k/B,
+// intervals (lo, hi], confidence 0 in the first bin. Mass: the equal-mass bins of
+// Kumar et al. 2019 (sorted confidences split into min(B, n) near-equal groups,
+// edges at the mid-points between neighbouring groups, duplicate edges merged,
+// a value equal to an edge goes to the lower bin). Returns the number of bins
+// and fills `upper` with each bin's upper edge (the last is 1).
+int64_t bin_assign(const double* conf, int64_t n, int bins, Binning binning, int32_t* bin_of,
+                   std::vector<double>* upper);
+
+struct CalibrationResult {
+    double ece = 0;          // sum_b n_b/N |acc_b - conf_b|
+    double mce = 0;          // max over non-empty bins
+    double rms = 0;          // sqrt(sum_b n_b/N (acc_b - conf_b)^2)
+    double ce2_debiased = 0; // Kumar et al.: sum_b n_b/N [(acc_b-conf_b)^2 - acc_b(1-acc_b)/(n_b-1)], bins with n_b<2 add 0
+    double l2_debiased = 0;  // sqrt(max(0, ce2_debiased))
+    // Reliability diagram, one entry per bin (empty bins included for width binning).
+    std::vector<double> lo, hi, conf_mean, acc_mean;
+    std::vector<int64_t> count;
+};
+CalibrationResult calibration(const double* conf, const double* correct, int64_t n, int bins,
+                              Binning binning);
+
+enum class CalMeasure { ECE, MCE, RMS, L2Debiased };
+
+// ---------------------------------------------------------------- bootstrap
+// A statistic evaluated on a resample given as multiplicities (counts[i] = how
+// many times example i was drawn; they sum to n).
+class Statistic {
+public:
+    virtual ~Statistic() = default;
+    virtual double eval(const uint32_t* counts) const = 0;
+    // Leave-one-out values theta_(i), i = 0..n-1 (for the BCa acceleration).
+    // The default evaluates with counts set to 1 except a 0 at i.
+    virtual void jackknife(double* out, int threads) const;
+    int64_t n() const { return n_; }
+
+protected:
+    explicit Statistic(int64_t n) : n_(n) {}
+    int64_t n_;
+};
+
+// mean(y) - mean(x) over the resampled pairs; x may be null (then mean(y)).
+std::unique_ptr<Statistic> make_mean_diff(const double* x, const double* y, int64_t n);
+// CE(y) - CE(x) for a calibration measure, the binning recomputed on every
+// resample; conf_x/correct_x may be null (then CE(y)).
+std::unique_ptr<Statistic> make_calibration_diff(const double* conf_x, const double* correct_x,
+                                                 const double* conf_y, const double* correct_y,
+                                                 int64_t n, int bins, Binning binning,
+                                                 CalMeasure measure);
+
+struct BootstrapOptions {
+    int64_t resamples = 10000;
+    uint64_t seed = 0;
+    double confidence = 0.95;
+    int threads = 0;  // 0: all hardware threads
+    bool keep_distribution = false;
+};
+
+struct BootstrapResult {
+    double estimate;  // statistic on the original sample
+    double se;        // standard deviation of the bootstrap distribution
+    double bias;      // mean(theta*) - estimate
+    double pct_lo, pct_hi;  // percentile interval
+    double bca_lo, bca_hi;  // BCa interval (NaN when undefined)
+    double z0, accel;
+    // Two-sided p for "difference = 0", by inverting the percentile interval:
+    // min(1, 2 min(1 + #{theta* <= 0}, 1 + #{theta* >= 0}) / (B + 1)).
+    double p;
+    std::vector<double> distribution;  // theta*_b, when kept
+};
+
+// One shared index draw per resample b (from Rng(seed, b)) for every statistic,
+// so all statistics are paired with each other as well as within themselves.
+std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*>& stats,
+                                              const BootstrapOptions& opt);
+
+// The multiplicities of resample b (exposed for tests): counts has n entries.
+void bootstrap_counts(int64_t n, uint64_t seed, int64_t b, uint32_t* counts);
+
+// Quantile with linear interpolation (numpy's default) of a sorted array.
+double quantile_sorted(const double* v, int64_t n, double q);
+
+// ---------------------------------------------------------- permutation test
+struct PermutationResult {
+    double statistic;  // mean(d)
+    double p;          // two-sided
+    int64_t resamples; // 2^n when exact
+    bool exact;
+};
+// Paired sign-flip test of mean(d) = 0. Exact enumeration when 2^n <= resamples,
+// else `resamples` random sign vectors (stream (seed, r)) and the +1 correction;
+// conventions of scipy.stats.permutation_test(permutation_type='samples').
+PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, uint64_t seed,
+                                 int threads);
+
+int resolve_threads(int threads);
+
+}  // namespace qfair::stats

@@ -1,0 +1,424 @@
+// Paired bootstrap (percentile + BCa intervals, two-sided p) and the paired
+// sign-flip permutation test. Every resample draws from its own counter-based
+// stream Rng(seed, b), so the output does not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+
+#include "qfair/stats.hpp"
+#include "stats_internal.hpp"
+
+namespace qfair::stats {
+
+namespace {
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// Resample streams and sign-flip streams never share a key.
+constexpr uint64_t kPermutationDomain = 0x7065726d75746174ULL;  // "permutat"
+
+void check_finite(const double* v, int64_t n, const char* what) {
+    if (!v) return;
+    for (int64_t i = 0; i < n; ++i)
+        if (!std::isfinite(v[i]))
+            throw std::invalid_argument(std::string(what) + ": values must be finite (row " +
+                                        std::to_string(i) + ")");
+}
+}  // namespace
+
+void Statistic::jackknife(double* out, int threads) const {
+    const int64_t n = n_;
+    detail::parallel_for(n, resolve_threads(threads), [&](int64_t b, int64_t e) {
+        std::vector<uint32_t> counts(size_t(n), 1u);
+        for (int64_t i = b; i < e; ++i) {
+            counts[size_t(i)] = 0;
+            out[i] = eval(counts.data());
+            counts[size_t(i)] = 1;
+        }
+    });
+}
+
+// ------------------------------------------------------------- mean difference
+namespace {
+class MeanDiff final : public Statistic {
+public:
+    MeanDiff(const double* x, const double* y, int64_t n) : Statistic(n), d_(size_t(n)) {
+        check_finite(x, n, "bootstrap");
+        check_finite(y, n, "bootstrap");
+        for (int64_t i = 0; i < n; ++i) d_[size_t(i)] = y[i] - (x ? x[i] : 0.0);
+        sum_ = 0.0;
+        for (double v : d_) sum_ += v;
+    }
+    double eval(const uint32_t* counts) const override {
+        double s = 0.0;
+        const double* d = d_.data();
+        for (int64_t i = 0; i < n_; ++i) s += double(counts[i]) * d[i];
+        return s / double(n_);
+    }
+    void jackknife(double* out, int /*threads*/) const override {
+        for (int64_t i = 0; i < n_; ++i) out[i] = (sum_ - d_[size_t(i)]) / double(n_ - 1);
+    }
+
+private:
+    std::vector<double> d_;
+    double sum_;
+};
+
+// One model's calibration inputs with the binning state that does not depend on
+// the resample: fixed bins (width) or the confidence order (mass).
+struct CalSide {
+    std::vector<double> conf, correct;
+    std::vector<int32_t> bin_of;   // width
+    std::vector<int64_t> order;    // mass: indices sorted by confidence
+    int bins = 15;
+    Binning binning = Binning::Width;
+
+    void init(const double* c, const double* a, int64_t n, int b, Binning bn) {
+        check_finite(c, n, "calibration bootstrap");
+        check_finite(a, n, "calibration bootstrap");
+        conf.assign(c, c + n);
+        correct.assign(a, a + n);
+        bins = b;
+        binning = bn;
+        if (bn == Binning::Width) {
+            bin_of.resize(size_t(n));
+            for (int64_t i = 0; i < n; ++i) bin_of[size_t(i)] = detail::width_bin(c[i], b);
+        } else {
+            order.resize(size_t(n));
+            std::iota(order.begin(), order.end(), int64_t(0));
+            std::stable_sort(order.begin(), order.end(),
+                             [&](int64_t p, int64_t q) { return conf[size_t(p)] < conf[size_t(q)]; });
+        }
+    }
+
+    // Calibration measure of the resample given by multiplicities.
+    double eval(const uint32_t* counts, CalMeasure m) const {
+        const int64_t n = int64_t(conf.size());
+        thread_local std::vector<double> cnt, sc, sa, edges;
+        if (binning == Binning::Width) {
+            cnt.assign(size_t(bins), 0.0);
+            sc.assign(size_t(bins), 0.0);
+            sa.assign(size_t(bins), 0.0);
+            double total = 0.0;
+            for (int64_t i = 0; i < n; ++i) {
+                const uint32_t k = counts[i];
+                if (!k) continue;
+                const size_t b = size_t(bin_of[size_t(i)]);
+                const double w = double(k);
+                cnt[b] += w;
+                sc[b] += w * conf[size_t(i)];
+                sa[b] += w * correct[size_t(i)];
+                total += w;
+            }
+            return detail::measure_from_bins(cnt.data(), sc.data(), sa.data(), bins, total, m);
+        }
+        // Equal-mass: the bins of the resampled multiset. Group g of
+        // np.array_split over the sorted multiset ends at position end_g; the edge
+        // is the mid-point of the values at end_g - 1 and end_g.
+        int64_t total = 0;
+        for (int64_t i = 0; i < n; ++i) total += counts[i];
+        const int64_t k = std::min<int64_t>(bins, total);
+        edges.clear();
+        if (k > 1) {
+            const int64_t base = total / k, extra = total % k;
+            int64_t g = 0, target = base + (0 < extra ? 1 : 0);  // end position of group 0
+            int64_t pos = 0;  // number of multiset elements before the current item
+            double prev = 0.0;
+            bool want_next = false;  // waiting for the value at position `target`
+            for (int64_t j = 0; j < n && g + 1 < k; ++j) {
+                const int64_t i = order[size_t(j)];
+                const uint32_t c = counts[i];
+                if (!c) continue;
+                const double v = conf[size_t(i)];
+                int64_t lo = pos, hi = pos + c;  // this item occupies [lo, hi)
+                while (g + 1 < k) {
+                    if (want_next) {  // value at `target` is this item (lo == target)
+                        edges.push_back((prev + v) / 2.0);
+                        want_next = false;
+                        ++g;
+                        target += base + (g < extra ? 1 : 0);
+                        continue;
+                    }
+                    if (target - 1 >= lo && target - 1 < hi) {
+                        // last element of group g is here; first of g+1 is here too
+                        // if target < hi.
+                        if (target < hi) {
+                            edges.push_back(v);  // (v + v) / 2
+                            ++g;
+                            target += base + (g < extra ? 1 : 0);
+                            continue;
+                        }
+                        prev = v;
+                        want_next = true;
+                    }
+                    break;
+                }
+                pos = hi;
+            }
+        }
+        edges.push_back(1.0);
+        std::sort(edges.begin(), edges.end());
+        edges.erase(std::unique(edges.begin(), edges.end()), edges.end());
+        const int nb = int(edges.size());
+        cnt.assign(size_t(nb), 0.0);
+        sc.assign(size_t(nb), 0.0);
+        sa.assign(size_t(nb), 0.0);
+        int b = 0;
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t i = order[size_t(j)];
+            const uint32_t c = counts[i];
+            if (!c) continue;
+            const double v = conf[size_t(i)];
+            while (b < nb - 1 && v > edges[size_t(b)]) ++b;
+            const double w = double(c);
+            cnt[size_t(b)] += w;
+            sc[size_t(b)] += w * v;
+            sa[size_t(b)] += w * correct[size_t(i)];
+        }
+        return detail::measure_from_bins(cnt.data(), sc.data(), sa.data(), nb, double(total), m);
+    }
+
+    // Leave-one-out values for fixed (width) bins in O(n * bins).
+    void jackknife_width(CalMeasure m, double* out) const {
+        const int64_t n = int64_t(conf.size());
+        std::vector<double> cnt(size_t(bins), 0.0), sc(size_t(bins), 0.0), sa(size_t(bins), 0.0);
+        for (int64_t i = 0; i < n; ++i) {
+            const size_t b = size_t(bin_of[size_t(i)]);
+            cnt[b] += 1.0;
+            sc[b] += conf[size_t(i)];
+            sa[b] += correct[size_t(i)];
+        }
+        for (int64_t i = 0; i < n; ++i) {
+            const size_t b = size_t(bin_of[size_t(i)]);
+            const double c0 = cnt[b], s0 = sc[b], a0 = sa[b];
+            cnt[b] -= 1.0;
+            sc[b] -= conf[size_t(i)];
+            sa[b] -= correct[size_t(i)];
+            out[i] = detail::measure_from_bins(cnt.data(), sc.data(), sa.data(), bins,
+                                               double(n - 1), m);
+            cnt[b] = c0;
+            sc[b] = s0;
+            sa[b] = a0;
+        }
+    }
+};
+
+class CalibrationDiff final : public Statistic {
+public:
+    CalibrationDiff(const double* cx, const double* ax, const double* cy, const double* ay,
+                    int64_t n, int bins, Binning binning, CalMeasure m)
+        : Statistic(n), has_x_(cx != nullptr), m_(m) {
+        if (bins < 1) throw std::invalid_argument("calibration bootstrap: bins must be >= 1");
+        if ((cx == nullptr) != (ax == nullptr))
+            throw std::invalid_argument("calibration bootstrap: give both conf_x and correct_x");
+        if (has_x_) x_.init(cx, ax, n, bins, binning);
+        y_.init(cy, ay, n, bins, binning);
+    }
+    double eval(const uint32_t* counts) const override {
+        const double vy = y_.eval(counts, m_);
+        return has_x_ ? vy - x_.eval(counts, m_) : vy;
+    }
+    void jackknife(double* out, int threads) const override {
+        if (y_.binning != Binning::Width) {
+            Statistic::jackknife(out, threads);
+            return;
+        }
+        y_.jackknife_width(m_, out);
+        if (has_x_) {
+            std::vector<double> tmp(static_cast<size_t>(n_));
+            x_.jackknife_width(m_, tmp.data());
+            for (int64_t i = 0; i < n_; ++i) out[i] -= tmp[size_t(i)];
+        }
+    }
+
+private:
+    bool has_x_;
+    CalMeasure m_;
+    CalSide x_, y_;
+};
+}  // namespace
+
+std::unique_ptr<Statistic> make_mean_diff(const double* x, const double* y, int64_t n) {
+    if (n < 1) throw std::invalid_argument("bootstrap: need at least one example");
+    if (!y) throw std::invalid_argument("bootstrap: y is required");
+    return std::make_unique<MeanDiff>(x, y, n);
+}
+
+std::unique_ptr<Statistic> make_calibration_diff(const double* conf_x, const double* correct_x,
+                                                 const double* conf_y, const double* correct_y,
+                                                 int64_t n, int bins, Binning binning,
+                                                 CalMeasure measure) {
+    if (n < 1) throw std::invalid_argument("bootstrap: need at least one example");
+    return std::make_unique<CalibrationDiff>(conf_x, correct_x, conf_y, correct_y, n, bins,
+                                             binning, measure);
+}
+
+// ------------------------------------------------------------------- driver
+void bootstrap_counts(int64_t n, uint64_t seed, int64_t b, uint32_t* counts) {
+    if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+    std::memset(counts, 0, size_t(n) * sizeof(uint32_t));
+    Rng rng(seed, uint64_t(b));
+    const uint32_t nn = uint32_t(n);
+    for (int64_t k = 0; k < n; ++k) ++counts[rng.below(nn)];
+}
+
+double quantile_sorted(const double* v, int64_t n, double q) {
+    if (n <= 0 || std::isnan(q)) return kNaN;
+    q = std::min(1.0, std::max(0.0, q));
+    const double h = double(n - 1) * q;
+    const int64_t lo = int64_t(std::floor(h));
+    if (lo >= n - 1) return v[n - 1];
+    const double frac = h - double(lo);
+    return v[lo] + frac * (v[lo + 1] - v[lo]);
+}
+
+std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*>& stats,
+                                              const BootstrapOptions& opt) {
+    if (stats.empty()) return {};
+    const int64_t n = stats[0]->n();
+    for (auto* s : stats)
+        if (s->n() != n) throw std::invalid_argument("bootstrap: statistics differ in length");
+    if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+    if (opt.resamples < 1) throw std::invalid_argument("bootstrap: resamples must be >= 1");
+    if (!(opt.confidence > 0.0 && opt.confidence < 1.0))
+        throw std::invalid_argument("bootstrap: confidence must be in (0, 1)");
+    const int64_t B = opt.resamples;
+    const size_t K = stats.size();
+    const int threads = resolve_threads(opt.threads);
+    std::vector<double> theta(K * size_t(B));
+
+    detail::parallel_for(B, threads, [&](int64_t b0, int64_t b1) {
+        std::vector<uint32_t> counts(static_cast<size_t>(n));
+        for (int64_t b = b0; b < b1; ++b) {
+            bootstrap_counts(n, opt.seed, b, counts.data());
+            for (size_t k = 0; k < K; ++k) theta[k * size_t(B) + size_t(b)] = stats[k]->eval(counts.data());
+        }
+    });
+
+    const double alpha = 1.0 - opt.confidence;
+    std::vector<uint32_t> ones(size_t(n), 1u);
+    std::vector<BootstrapResult> out(K);
+    std::vector<double> jack(static_cast<size_t>(n));
+    for (size_t k = 0; k < K; ++k) {
+        BootstrapResult& r = out[k];
+        double* t = theta.data() + k * size_t(B);
+        r.estimate = stats[k]->eval(ones.data());
+        if (opt.keep_distribution) r.distribution.assign(t, t + B);
+        // mean, sd (ddof = 1), counts around 0 and around the estimate
+        double mean = 0.0;
+        for (int64_t b = 0; b < B; ++b) mean += t[b];
+        mean /= double(B);
+        double ss = 0.0;
+        int64_t le0 = 0, ge0 = 0, lt_est = 0, le_est = 0;
+        for (int64_t b = 0; b < B; ++b) {
+            ss += (t[b] - mean) * (t[b] - mean);
+            le0 += t[b] <= 0.0;
+            ge0 += t[b] >= 0.0;
+            lt_est += t[b] < r.estimate;
+            le_est += t[b] <= r.estimate;
+        }
+        r.se = B > 1 ? std::sqrt(ss / double(B - 1)) : kNaN;
+        r.bias = mean - r.estimate;
+        r.p = std::min(1.0, 2.0 * double(std::min(le0, ge0) + 1) / double(B + 1));
+        std::sort(t, t + B);
+        r.pct_lo = quantile_sorted(t, B, alpha / 2.0);
+        r.pct_hi = quantile_sorted(t, B, 1.0 - alpha / 2.0);
+        // BCa (Efron & Tibshirani 14.3, 15.4), the conventions of scipy.stats.bootstrap.
+        r.z0 = norm_ppf(double(lt_est + le_est) / (2.0 * double(B)));
+        r.accel = kNaN;
+        r.bca_lo = r.bca_hi = kNaN;
+        if (n >= 2) {
+            stats[k]->jackknife(jack.data(), threads);
+            double jm = 0.0;
+            for (double v : jack) jm += v;
+            jm /= double(n);
+            double num = 0.0, den = 0.0;
+            for (double v : jack) {
+                const double u = jm - v;
+                num += u * u * u;
+                den += u * u;
+            }
+            r.accel = den > 0.0 ? num / (6.0 * std::pow(den, 1.5)) : 0.0;
+            if (std::isfinite(r.z0)) {
+                const double za = norm_ppf(alpha / 2.0);
+                const double n1 = r.z0 + za, n2 = r.z0 - za;
+                const double a1 = norm_cdf(r.z0 + n1 / (1.0 - r.accel * n1));
+                const double a2 = norm_cdf(r.z0 + n2 / (1.0 - r.accel * n2));
+                r.bca_lo = quantile_sorted(t, B, a1);
+                r.bca_hi = quantile_sorted(t, B, a2);
+            }
+        }
+    }
+    return out;
+}
+
+// ---------------------------------------------------------- permutation test
+PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, uint64_t seed,
+                                 int threads) {
+    if (n < 1) throw std::invalid_argument("permutation test: need at least one pair");
+    if (resamples < 1) throw std::invalid_argument("permutation test: resamples must be >= 1");
+    check_finite(d, n, "permutation test");
+    double sum = 0.0, sabs = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        sum += d[i];
+        sabs += std::fabs(d[i]);
+    }
+    PermutationResult r;
+    r.statistic = sum / double(n);
+    // Tolerance for sums that are equal in exact arithmetic but were rounded
+    // differently (scipy: 100 eps |observed|; we also allow for the summation).
+    const double gamma = std::max(100.0 * std::numeric_limits<double>::epsilon() * std::fabs(r.statistic),
+                                  16.0 * std::numeric_limits<double>::epsilon() * sabs);
+    const double obs = r.statistic;
+    const int T = resolve_threads(threads);
+    r.exact = n < 62 && (int64_t(1) << n) <= resamples;
+    const int64_t M = r.exact ? (int64_t(1) << n) : resamples;
+    r.resamples = M;
+    std::vector<int64_t> le(size_t(T), 0), ge(size_t(T), 0);
+    // Split by slot so each thread writes its own counters; deterministic because
+    // each resample's signs depend only on (seed, r) (or on the mask, when exact).
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    for (int k = 0; k < T; ++k) ranges.push_back({M * k / T, M * (k + 1) / T});
+    std::vector<std::thread> pool;
+    auto work = [&](int k) {
+        int64_t cle = 0, cge = 0;
+        for (int64_t m = ranges[size_t(k)].first; m < ranges[size_t(k)].second; ++m) {
+            double s = 0.0;
+            if (r.exact) {
+                for (int64_t i = 0; i < n; ++i) s += ((m >> i) & 1) ? -d[i] : d[i];
+            } else {
+                Rng rng(seed ^ kPermutationDomain, uint64_t(m));
+                uint64_t bits = 0;
+                for (int64_t i = 0; i < n; ++i) {
+                    if ((i & 63) == 0) bits = rng.next();
+                    s += (bits & 1) ? -d[i] : d[i];
+                    bits >>= 1;
+                }
+            }
+            const double v = s / double(n);
+            cle += v <= obs + gamma;
+            cge += v >= obs - gamma;
+        }
+        le[size_t(k)] = cle;
+        ge[size_t(k)] = cge;
+    };
+    if (T == 1) {
+        work(0);
+    } else {
+        for (int k = 0; k < T; ++k) pool.emplace_back(work, k);
+        for (auto& th : pool) th.join();
+    }
+    int64_t cle = 0, cge = 0;
+    for (int k = 0; k < T; ++k) {
+        cle += le[size_t(k)];
+        cge += ge[size_t(k)];
+    }
+    const int64_t adj = r.exact ? 0 : 1;
+    const double pl = double(cle + adj) / double(M + adj);
+    const double pg = double(cge + adj) / double(M + adj);
+    r.p = std::min(1.0, 2.0 * std::min(pl, pg));
+    return r;
+}
+
+}  // namespace qfair::stats
