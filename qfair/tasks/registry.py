@@ -1,0 +1,286 @@
+"""The built-in tasks and how a task is bound to its data."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from . import formats
+from .base import Doc, FieldError, Task, TaskDataError, TaskError, make_example_id
+from .loading import RowError, file_format, hash_bytes, hub_rows, read_rows
+
+BUILTIN_SOURCE = "builtin-sample"
+HF_SOURCE = "hf"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    description: str
+    kind: str                       # "multiple_choice" | "mc2" | "crows_pairs"
+    prompt_format_version: str
+    convert: formats.Converter
+    schema: str                     # the fields a data file must hold
+    target_delimiter: str = " "
+    hf: tuple[str, str | None, str] | None = None   # (dataset path, config, split)
+    sample: str | None = None       # file under qfair/tasks/data/
+    group_by: str | None = None     # what Doc.group holds for this task
+
+    @property
+    def hf_source(self) -> str | None:
+        if self.hf is None:
+            return None
+        path, config, split = self.hf
+        return f"hf:{path}/{config or 'default'}/{split}"
+
+    def sample_path(self) -> Any:
+        """The built-in sample as an importlib.resources Traversable, or None."""
+        if self.sample is None:
+            return None
+        return resources.files(__package__).joinpath("data", self.sample)
+
+    def sample_size(self) -> int:
+        path = self.sample_path()
+        if path is None:
+            return 0
+        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+XSTORYCLOZE_LANGS = ("en", "ar", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")
+XSTORYCLOZE_SAMPLES = ("en", "es", "ru")
+
+_LANG_NAMES = {"en": "English", "ar": "Arabic", "es": "Spanish", "eu": "Basque",
+               "hi": "Hindi", "id": "Indonesian", "my": "Burmese", "ru": "Russian",
+               "sw": "Swahili", "te": "Telugu", "zh": "Chinese"}
+
+_ARC_SCHEMA = "question, choices{text,label}, answerKey"
+_TQA_SCHEMA_1 = "question, mc1_targets{choices,labels}"
+_TQA_SCHEMA_2 = "question, mc2_targets{choices,labels}"
+_XSC_SCHEMA = ("input_sentence_1..input_sentence_4, sentence_quiz1, sentence_quiz2, "
+               "answer_right_ending (1 or 2)")
+_CROWS_SCHEMA = "sent_more, sent_less, bias_type[, stereo_antistereo]"
+
+
+def _specs() -> dict[str, TaskSpec]:
+    specs = [
+        TaskSpec("piqa", "Physical commonsense: pick the better of two solutions to a goal.",
+                 "multiple_choice", "lm-eval-harness/piqa@1", formats.piqa,
+                 "goal, sol1, sol2, label (0 or 1)",
+                 hf=("baber/piqa", None, "validation"), sample="piqa.jsonl"),
+        TaskSpec("boolq", "Yes/no questions about a short passage.",
+                 "multiple_choice", "lm-eval-harness/boolq@2", formats.boolq,
+                 "passage, question, label (0 = no, 1 = yes)",
+                 hf=("aps/super_glue", "boolq", "validation"), sample="boolq.jsonl"),
+        TaskSpec("openbookqa", "Elementary science questions, four choices, no passage.",
+                 "multiple_choice", "lm-eval-harness/openbookqa@1", formats.openbookqa,
+                 "question_stem, choices{text,label}, answerKey",
+                 hf=("allenai/openbookqa", "main", "test"), sample="openbookqa.jsonl"),
+        TaskSpec("arc_easy", "Grade-school science questions (ARC Easy set).",
+                 "multiple_choice", "lm-eval-harness/arc_easy@1", formats.arc, _ARC_SCHEMA,
+                 hf=("allenai/ai2_arc", "ARC-Easy", "test"), sample="arc_easy.jsonl"),
+        TaskSpec("arc_challenge", "Grade-school science questions (ARC Challenge set).",
+                 "multiple_choice", "lm-eval-harness/arc_challenge@1", formats.arc, _ARC_SCHEMA,
+                 hf=("allenai/ai2_arc", "ARC-Challenge", "test"), sample="arc_challenge.jsonl"),
+        TaskSpec("hellaswag", "Pick the most plausible continuation of an activity description.",
+                 "multiple_choice", "lm-eval-harness/hellaswag@1", formats.hellaswag,
+                 "activity_label, ctx_a, ctx_b, endings[4], label",
+                 hf=("Rowan/hellaswag", None, "validation"), sample="hellaswag.jsonl"),
+        TaskSpec("truthfulqa_mc1", "TruthfulQA, one true answer among several (MC1).",
+                 "multiple_choice", "lm-eval-harness/truthfulqa_mc1@2", formats.truthfulqa_mc1,
+                 _TQA_SCHEMA_1, hf=("truthfulqa/truthful_qa", "multiple_choice", "validation"),
+                 sample="truthfulqa.jsonl"),
+        TaskSpec("truthfulqa_mc2", "TruthfulQA, probability mass on the true answers (MC2).",
+                 "mc2", "lm-eval-harness/truthfulqa_mc2@3", formats.truthfulqa_mc2,
+                 _TQA_SCHEMA_2, hf=("truthfulqa/truthful_qa", "multiple_choice", "validation"),
+                 sample="truthfulqa.jsonl"),
+    ]
+    for lang in XSTORYCLOZE_LANGS:
+        specs.append(TaskSpec(
+            f"xstorycloze_{lang}",
+            f"Story cloze in {_LANG_NAMES[lang]}: pick the right ending of a four-sentence story.",
+            "multiple_choice", f"lm-eval-harness/xstorycloze_{lang}@1", formats.xstorycloze(lang),
+            _XSC_SCHEMA, hf=("juletxara/xstory_cloze", lang, "eval"),
+            sample=f"xstorycloze_{lang}.jsonl" if lang in XSTORYCLOZE_SAMPLES else None,
+            group_by="language"))
+    for lang, config in (("en", "english"), ("fr", "french")):
+        specs.append(TaskSpec(
+            f"crows_pairs_{config}",
+            f"CrowS-Pairs ({config.capitalize()}): is the more stereotyping sentence of a "
+            f"minimal pair the likelier one?",
+            "crows_pairs", f"lm-eval-harness/crows_pairs_{config}@1", formats.crows_pairs(lang),
+            _CROWS_SCHEMA, target_delimiter="",
+            hf=("jannalu/crows_pairs_multilingual", config, "test"),
+            sample=f"crows_pairs_{config}.jsonl", group_by="bias_type"))
+    specs.append(TaskSpec(
+        "mc", "Generic multiple choice from your own rows; context and choices used verbatim.",
+        "multiple_choice", "qfair/mc@1", formats.generic_mc,
+        "context, choices (list), label (index), optional id and group",
+        sample="mc.jsonl", group_by="group field"))
+    return {s.name: s for s in specs}
+
+
+SPECS: dict[str, TaskSpec] = _specs()
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "xstorycloze": tuple(f"xstorycloze_{lang}" for lang in XSTORYCLOZE_LANGS),
+    "crows_pairs": ("crows_pairs_english", "crows_pairs_french"),
+    "truthfulqa": ("truthfulqa_mc1", "truthfulqa_mc2"),
+    "ai2_arc": ("arc_easy", "arc_challenge"),
+}
+
+
+def names() -> list[str]:
+    """All built-in task names, sorted."""
+    return sorted(SPECS)
+
+
+def spec(name: str) -> TaskSpec:
+    """The definition of a built-in task (no data is read)."""
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise TaskError(_unknown(name)) from None
+
+
+def has_builtin_sample(name: str) -> bool:
+    return spec(name).sample is not None
+
+
+def _unknown(name: str) -> str:
+    return (f"unknown task '{name}'; known tasks: {', '.join(names())}; "
+            f"groups: {', '.join(sorted(GROUPS))}")
+
+
+def resolve(tasks: str | Iterable[str]) -> list[str]:
+    """Task names from "piqa,boolq" or a list; group names (xstorycloze,
+    crows_pairs, truthfulqa, ai2_arc) expand to their members. Order is kept,
+    repeats dropped; an unknown name raises TaskError."""
+    items = [tasks] if isinstance(tasks, str) else list(tasks)
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TaskError(f"task names must be strings, got {item!r}")
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part in GROUPS:
+                members = GROUPS[part]
+            elif part in SPECS:
+                members = (part,)
+            else:
+                raise TaskError(_unknown(part))
+            out.extend(m for m in members if m not in out)
+    if not out:
+        raise TaskError("no task given; known tasks: " + ", ".join(names()))
+    return out
+
+
+def parse_data_files(values: Iterable[str]) -> dict[str, Path]:
+    """Parse repeated ``--data-file TASK=PATH`` options. PATH may be ``hf`` to
+    read the task's Hugging Face dataset (needs the ``datasets`` package)."""
+    out: dict[str, Path] = {}
+    for value in values:
+        task, sep, path = value.partition("=")
+        task, path = task.strip(), path.strip()
+        if not sep or not task or not path:
+            raise TaskError(f"--data-file expects TASK=PATH, got '{value}'")
+        if task in GROUPS:
+            raise TaskError(f"--data-file needs a single task, not the group '{task}' "
+                            f"(members: {', '.join(GROUPS[task])})")
+        if task not in SPECS:
+            raise TaskError(_unknown(task))
+        if task in out:
+            raise TaskError(f"--data-file given twice for task '{task}'")
+        out[task] = Path(path)
+    return out
+
+
+def _is_hub_request(data_file: str | os.PathLike | None) -> bool:
+    if data_file is None:
+        return False
+    text = os.fspath(data_file)
+    return text == HF_SOURCE and not Path(text).exists()
+
+
+def get(name: str, *, data_file: str | os.PathLike | None = None, limit: int | None = None,
+        source: str | None = None) -> Task:
+    """A task bound to its data, every row already checked.
+
+    Data comes from ``data_file`` (JSONL / JSON / CSV / TSV / Parquet in the
+    dataset's own field names), from the Hugging Face hub when
+    ``source="hf"`` (or ``data_file="hf"``; needs the ``datasets`` package and
+    network), and otherwise from the sample shipped with qfair.
+    A malformed row raises TaskDataError naming file, line and field.
+    """
+    sp = spec(name)
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise TaskError(f"{name}: limit must be a non-negative integer, got {limit!r}")
+    if source not in (None, BUILTIN_SOURCE, HF_SOURCE, "file"):
+        raise TaskError(f"{name}: source must be 'builtin-sample', 'hf' or 'file', got {source!r}")
+
+    if source == HF_SOURCE or _is_hub_request(data_file):
+        if sp.hf is None:
+            raise TaskError(f"{name}: has no Hugging Face dataset; pass --data-file {name}=PATH")
+        rows, digest = hub_rows(*sp.hf)
+        where = sp.hf_source or "hf"
+        located = ((f"row {i}", r) for i, r in enumerate(rows, 1))
+        return Task(spec=sp, source=where, source_hash=digest,
+                    docs=_convert(sp, where, located), limit=limit)
+
+    if data_file is not None:
+        path = Path(data_file)
+        if not path.is_file():
+            raise TaskError(f"{name}: data file '{path}' does not exist" if not path.exists()
+                            else f"{name}: data file '{path}' is not a file")
+        fmt = file_format(path)
+        data = path.read_bytes()
+        where = str(path)
+        docs = _convert(sp, where, _located(sp, where, data, fmt, path.suffix.lower() == ".tsv"))
+        return Task(spec=sp, source=where, source_hash=hash_bytes(data), docs=docs, limit=limit)
+
+    if source == "file":
+        raise TaskError(f"{name}: source 'file' needs a data file")
+    sample = sp.sample_path()
+    if sample is None:
+        hub = f" or source='hf' ({sp.hf_source}, needs the 'datasets' package)" if sp.hf else ""
+        raise TaskError(f"{name}: no built-in sample ships for this task; provide data with "
+                        f"--data-file {name}=PATH (JSONL/Parquet/CSV with fields {sp.schema}){hub}")
+    data = sample.read_bytes()
+    where = f"<builtin sample {sp.sample}>"
+    docs = _convert(sp, where, _located(sp, where, data, "json", False))
+    return Task(spec=sp, source=BUILTIN_SOURCE, source_hash=hash_bytes(data), docs=docs,
+                limit=limit)
+
+
+def _located(sp: TaskSpec, where: str, data: bytes, fmt: str, tsv: bool):
+    try:
+        yield from read_rows(data, fmt, tsv=tsv)
+    except RowError as exc:
+        raise TaskDataError(sp.name, where, exc.location, None, exc.problem) from None
+
+
+def _convert(sp: TaskSpec, where: str, located: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Doc]:
+    docs: list[Doc] = []
+    seen_ids: dict[Any, str] = {}
+    for index, (location, row) in enumerate(located):
+        try:
+            r = sp.convert(row)
+        except FieldError as exc:
+            raise TaskDataError(sp.name, where, location, exc.field, exc.problem) from None
+        if sp.name == "mc" and "id" in r.extras:
+            ident = r.extras["id"]
+            if ident in seen_ids:
+                raise TaskDataError(sp.name, where, location, "id",
+                                    f"repeats the id {ident!r} of {seen_ids[ident]}")
+            seen_ids[ident] = location
+        docs.append(Doc(task=sp.name, doc_index=index,
+                        example_id=make_example_id(sp.name, index, row),
+                        context=r.context, choices=r.choices, gold=r.gold, labels=r.labels,
+                        group=r.group, extras=dict(r.extras)))
+    if not docs:
+        raise TaskError(f"{sp.name}: {where} holds no data rows")
+    return docs
