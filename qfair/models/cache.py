@@ -188,6 +188,9 @@ def write_entry(model: Any, tokenizer: Any, *, sha256: str, gguf_path: str,
     clean_stale_tmp(cache_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=final.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         sd = float_state_dict(model)
         safetensors.torch.save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         cfg = model.config.to_dict()
@@ -200,6 +203,8 @@ def write_entry(model: Any, tokenizer: Any, *, sha256: str, gguf_path: str,
             gen.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / _MARKER).write_text(json.dumps(_marker(sha256, gguf_path), indent=2) + "\n")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
         _fsync_tree(tmp)
         try:
             os.rename(tmp, final)

@@ -314,7 +314,9 @@ class LoadedModel:
             "device": str(self.device),
             "device_map": dict(hf_map) if hf_map else None,
             "trust_remote_code": bool(self.extra.get("trust_remote_code", False)),
-            "quantization": self.quant.to_manifest(),
+            "quantization": dict(self.quant.to_manifest(),
+                                 modules_not_converted=self.extra.get("modules_not_converted"),
+                                 note=self.extra.get("note")),
             "tokenizer": tok_info,
             "library_versions": library_versions(),
         })
@@ -519,11 +521,38 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
         m.eval()
         if dev is None:
             dev = m.get_input_embeddings().weight.device
+        extra: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        hq = getattr(m, "hf_quantizer", None)
+        if hq is not None and getattr(hq, "modules_to_not_convert", None) is not None:
+            extra["modules_not_converted"] = sorted(set(hq.modules_to_not_convert))
+        if spec.backend == "bitsandbytes":
+            _quiet_bnb_cast_warning()
+            if spec.name == "bnb-int8":
+                extra["note"] = "bitsandbytes LLM.int8 casts float32 activations to float16 for its matmuls"
         return LoadedModel(m, tok, dev, spec, src, requested, ckpt if src.is_gguf else src.path, from_cache,
-                           time.perf_counter() - t0, {"trust_remote_code": trust_remote_code})
+                           time.perf_counter() - t0, extra)
     finally:
         if tmp_ckpt is not None:
             shutil.rmtree(tmp_ckpt, ignore_errors=True)
+
+
+class _DropBnbCast:
+    """Drops bitsandbytes' per-call 'MatMul8bitLt: inputs will be cast …' warning
+    (one line per layer per forward pass); the fact is recorded in the manifest."""
+
+    def filter(self, record: Any) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+_BNB_FILTER = _DropBnbCast()
+
+
+def _quiet_bnb_cast_warning() -> None:
+    import logging
+
+    lg = logging.getLogger("bitsandbytes.autograd._functions")
+    if _BNB_FILTER not in lg.filters:
+        lg.addFilter(_BNB_FILTER)
 
 
 def quiet_imports_if(flag: bool):

@@ -33,7 +33,8 @@ spec                what it does                                   options (defa
 ==================  =============================================  ==========================================
 
 "auto" skip_modules means transformers' own choice (the output head stays in
-full precision).  Examples::
+full precision); a given list *replaces* that choice, so write
+``skip_modules=lm_head+down_proj`` to keep the head too.  Examples::
 
     bnb-nf4:double_quant=true,compute_dtype=bfloat16
     bnb-int8:threshold=4.0
@@ -141,7 +142,8 @@ class _SpecDef:
     options: dict[str, _Option] = field(default_factory=dict)
 
 
-_SKIP = _Option(_modules, None, "modules kept in full precision, joined by '+' (default: transformers' choice, the output head)")
+_SKIP = _Option(_modules, None, "modules kept in full precision, joined by '+'; replaces the default "
+                                "(transformers' choice: the output head), so include lm_head to keep it")
 _BNB4 = {
     "double_quant": _Option(_bool, False, "quantize the quantization constants too (true|false)"),
     "compute_dtype": _Option(_dtype, "float32", "dtype of the matmul: float32|bfloat16|float16"),
