@@ -246,7 +246,8 @@ def get(name: str, *, data_file: str | os.PathLike | None = None, limit: int | N
         raise TaskError(f"{name}: source 'file' needs a data file")
     sample = sp.sample_path()
     if sample is None:
-        hub = f" or source='hf' ({sp.hf_source}, needs the 'datasets' package)" if sp.hf else ""
+        hub = (f"; or read {sp.hf_source} with --data-file {name}=hf (needs the 'datasets' "
+               f"package and the hub)" if sp.hf else "")
         raise TaskError(f"{name}: no built-in sample ships for this task; provide data with "
                         f"--data-file {name}=PATH (JSONL/Parquet/CSV with fields {sp.schema}){hub}")
     data = sample.read_bytes()
