@@ -5,11 +5,12 @@ Rules (DESIGN.md, "Scoring rules"):
 
 - continuation = target_delimiter + choice; trailing whitespace of the context
   moves to the front of the continuation;
-- ``context + continuation`` is tokenised whole and ``context`` alone; the
+- ``context + continuation`` is tokenised whole and ``context`` alone (with
+  the tokenizer's default special tokens, as lm-eval 0.4 does); the
   continuation tokens are the tail of the whole encoding beyond the context's
   length (so the model input is ``context_enc + tail``, exactly as lm-eval);
 - an empty context becomes the BOS token (EOS when the tokenizer has no BOS) and
-  the continuation is tokenised alone;
+  the continuation is tokenised alone, without special tokens;
 - loglik = sum of float32 log-softmax values of the continuation tokens;
   is_greedy = every continuation token is the argmax of its row.
 
@@ -62,9 +63,24 @@ def split_whitespace(context: str, continuation: str) -> tuple[str, str]:
     return context, continuation
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    # lm-eval's HFLM encodes without special tokens unless add_bos_token is set.
-    return list(tokenizer.encode(text, add_special_tokens=False))
+def _encode(tokenizer: Any, text: str, add_special_tokens: bool | None = None) -> list[int]:
+    """lm-eval's ``tok_encode``: the tokenizer's own default for special tokens
+    (``add_special_tokens=None``; e.g. Llama tokenizers prepend BOS, SmolLM2's
+    adds nothing), unless the text already starts with the prefix token's text;
+    ``True``/``False`` force it (lm-eval's ``add_bos_token``)."""
+    if add_special_tokens is None:
+        prefix = _prefix_text(tokenizer)
+        if prefix and text.startswith(prefix):
+            return list(tokenizer.encode(text, add_special_tokens=False))
+        return list(tokenizer.encode(text))
+    return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+
+def _prefix_text(tokenizer: Any) -> str | None:
+    try:
+        return tokenizer.decode(prefix_token_id(tokenizer))
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def prefix_token_id(tokenizer: Any) -> int:
@@ -78,13 +94,19 @@ def prefix_token_id(tokenizer: Any) -> int:
     return int(eos)
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context tokens, continuation tokens) exactly as lm-evaluation-harness builds them."""
+def encode_pair(tokenizer: Any, context: str, continuation: str,
+                add_special_tokens: bool | None = None) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens) exactly as lm-evaluation-harness
+    (0.4.x ``loglikelihood`` / ``_encode_pair``) builds them."""
     if context == "":
-        return [prefix_token_id(tokenizer)], _encode(tokenizer, continuation)
+        cont = list(tokenizer.encode(continuation, add_special_tokens=False))
+        prefix = prefix_token_id(tokenizer)
+        if cont and cont[0] == prefix:  # the text itself starts with the prefix token
+            return cont[:1], cont[1:]
+        return [prefix], cont
     context, continuation = split_whitespace(context, continuation)
-    whole = _encode(tokenizer, context + continuation)
-    ctx = _encode(tokenizer, context)
+    whole = _encode(tokenizer, context + continuation, add_special_tokens)
+    ctx = _encode(tokenizer, context, add_special_tokens)
     return ctx, whole[len(ctx):]
 
 
@@ -101,7 +123,7 @@ class EncodedExample:
 
 
 def encode_example(tokenizer: Any, context: str, choices: Sequence[str],
-                   target_delimiter: str = " ") -> EncodedExample:
+                   target_delimiter: str = " ", add_special_tokens: bool | None = None) -> EncodedExample:
     """Encode one multiple-choice example (continuation = delimiter + choice).
 
     The context tokens do not depend on the choice (the whitespace rule only
@@ -110,14 +132,15 @@ def encode_example(tokenizer: Any, context: str, choices: Sequence[str],
     ctx_enc: list[int] | None = None
     conts: list[list[int]] = []
     for choice in choices:
-        c_enc, cont = encode_pair(tokenizer, context, f"{target_delimiter}{choice}")
+        c_enc, cont = encode_pair(tokenizer, context, f"{target_delimiter}{choice}", add_special_tokens)
         if ctx_enc is None:
             ctx_enc = c_enc
         elif c_enc != ctx_enc:  # pragma: no cover - impossible by construction
             raise AssertionError("context encoding differs between choices")
         conts.append(cont)
     if ctx_enc is None:
-        ctx_enc = [prefix_token_id(tokenizer)] if context == "" else _encode(tokenizer, split_whitespace(context, "")[0])
+        ctx_enc = ([prefix_token_id(tokenizer)] if context == ""
+                   else _encode(tokenizer, split_whitespace(context, "")[0], add_special_tokens))
     return EncodedExample(ctx_enc, conts)
 
 
@@ -169,14 +192,15 @@ class ChoiceScore:
 def _choice_score(logits: Any, targets: Any, keep_rows: bool) -> ChoiceScore:
     import torch
 
-    lp = torch.log_softmax(logits.float(), dim=-1)
+    # float32 log-softmax (float64 kept when the model itself runs in float64)
+    lp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
     s = token_scalars(lp, targets)
     tlp = s["logprob"]
     return ChoiceScore(
         loglik=float(tlp.double().sum()),
         is_greedy=bool((s["argmax"] == targets).all()),
         targets=targets.cpu().numpy().astype(np.int64),
-        logprob=tlp.cpu().numpy().astype(np.float32),
+        logprob=tlp.cpu().numpy().astype(np.float32),  # table column; loglik above keeps full precision
         entropy=s["entropy"].cpu().numpy().astype(np.float32),
         max_logprob=s["max_logprob"].cpu().numpy().astype(np.float32),
         argmax=s["argmax"].cpu().numpy().astype(np.int64),
