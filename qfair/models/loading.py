@@ -495,6 +495,10 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
         else:
             qconfig = spec.to_config()
 
+        backend_mod = _BACKEND_MODULES.get(spec.backend if spec.name != "prequantized"
+                                           else str(spec.options.get("method")))
+        if backend_mod is not None and importlib.util.find_spec(backend_mod.split(".")[0]) is not None:
+            import_quietly(backend_mod)  # bitsandbytes and torchao log noise at import time
         kwargs: dict[str, Any] = dict(common, dtype=torch_dtype if torch_dtype is not None else "auto")
         if qconfig is not None:
             kwargs["quantization_config"] = qconfig
@@ -503,7 +507,7 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
         elif spec.is_quantized:
             kwargs["device_map"] = "cpu" if dev.type == "cpu" else {"": str(dev)}
         try:
-            with _progress(progress), quiet_imports_if(spec.backend in ("torchao", "quanto")):
+            with _progress(progress), _quiet_backend_loggers():
                 m = AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
             tok = AutoTokenizer.from_pretrained(ckpt, **common)
         except ModelError:
@@ -555,16 +559,15 @@ def _quiet_bnb_cast_warning() -> None:
         lg.addFilter(_BNB_FILTER)
 
 
-def quiet_imports_if(flag: bool):
-    return quiet_imports_stdout_only() if flag else contextlib.nullcontext()
+_BACKEND_MODULES = {"bitsandbytes": "bitsandbytes", "quanto": "optimum.quanto", "torchao": "torchao"}
 
 
 @contextlib.contextmanager
-def quiet_imports_stdout_only():
+def _quiet_backend_loggers():
     """Backend loggers to ERROR while loading, keeping stderr (progress bars) open."""
     import logging
 
-    names = ("torchao", "torch.utils._pytree", "optimum.quanto")
+    names = ("torchao", "torch.utils._pytree", "optimum.quanto", "bitsandbytes")
     saved = [(lg, lg.level) for lg in (logging.getLogger(n) for n in names)]
     for lg, _ in saved:
         lg.setLevel(logging.ERROR)

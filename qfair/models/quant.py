@@ -433,7 +433,7 @@ def spec_options_help(name: str) -> list[tuple[str, str, str]]:
 # ---------------------------------------------------------------------------
 # quiet optional backends
 
-_NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "optimum.quanto")
+_NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "optimum.quanto", "bitsandbytes")
 
 
 @contextlib.contextmanager
