@@ -1,0 +1,191 @@
+"""The token table: one row per aligned continuation token of a (base, quant) pair.
+
+Target-token statistics come from the dumps' own ``tokens.parquet`` (float32 at
+dump time, so they exist for ``--store none`` dumps too): logprob_p/q, delta_p
+= q[y] - p[y], rank_p/q, entropy_p/q, maxprob_p/q, argmax_p/q, top1_agree.
+When both dumps store logits, the vocabulary-wide columns (kl_pq, kl_qp, js,
+tv, margin_p/q, overlap_at_K) are streamed through the C++ core chunk by chunk
+(``qfair.stream_divergence``), so memory stays bounded by a chunk. Custom
+metrics run on the same chunks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import polars as pl
+
+from qfair.dump import DumpError
+
+__all__ = ["TokenChunk", "token_table", "example_token_aggregates", "VOCAB_METRICS",
+           "PAIRED_TOKEN_METRICS", "UNPAIRED_TOKEN_METRICS"]
+
+KEY_COLUMNS = ("row", "task", "example_id", "choice", "pos", "target")
+# columns taken from the vocabulary-wide divergence (the rest come from tokens.parquet)
+VOCAB_METRICS = ("kl_pq", "kl_qp", "js", "tv", "margin_p", "margin_q")
+# (summary name, base column, quant column)
+PAIRED_TOKEN_METRICS = (("target_logprob", "logprob_p", "logprob_q"),
+                        ("token_entropy", "entropy_p", "entropy_q"),
+                        ("token_maxprob", "maxprob_p", "maxprob_q"),
+                        ("token_margin", "margin_p", "margin_q"))
+UNPAIRED_TOKEN_METRICS = ("kl_pq", "kl_qp", "js", "tv", "top1_agree", "delta_p")
+
+CustomMetric = Callable[["TokenChunk"], Any]
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """What a custom metric receives: one aligned chunk of logits rows.
+
+    ``p`` and ``q`` are float32 log-softmax rows ``[rows, vocab]`` of the base and
+    the quantized model (re-normalised from the stored values); ``targets`` the
+    scored token id of each row; ``keys`` a DataFrame with the rows' keys
+    (row, task, example_id, choice, pos, target); ``start``/``stop`` the global
+    row range. Return one number per row.
+    """
+
+    start: int
+    stop: int
+    p: np.ndarray
+    q: np.ndarray
+    targets: np.ndarray
+    keys: pl.DataFrame
+
+
+def _to_logprobs(block: np.ndarray, dtype: str) -> np.ndarray:
+    a = np.asarray(block)
+    if dtype == "bf16" or a.dtype == np.uint16:
+        a = (a.astype(np.uint32) << 16).view(np.float32)
+    a = a.astype(np.float32, copy=True)
+    m = np.max(a, axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    lse = np.log(np.sum(np.exp(a - m), axis=1, keepdims=True)) + m
+    return a - lse
+
+
+def _scalar_columns(tb: pl.DataFrame, tq: pl.DataFrame) -> pl.DataFrame:
+    lp = tb["logprob"].cast(pl.Float64).to_numpy()
+    lq = tq["logprob"].cast(pl.Float64).to_numpy()
+    out = tb.select(*KEY_COLUMNS).with_columns(
+        pl.Series("logprob_p", lp),
+        pl.Series("logprob_q", lq),
+        pl.Series("delta_p", np.exp(lq) - np.exp(lp)),
+        pl.Series("rank_p", tb["rank"].to_numpy()),
+        pl.Series("rank_q", tq["rank"].to_numpy()),
+        pl.Series("entropy_p", tb["entropy"].cast(pl.Float64).to_numpy()),
+        pl.Series("entropy_q", tq["entropy"].cast(pl.Float64).to_numpy()),
+        pl.Series("maxprob_p", np.exp(tb["max_logprob"].cast(pl.Float64).to_numpy())),
+        pl.Series("maxprob_q", np.exp(tq["max_logprob"].cast(pl.Float64).to_numpy())),
+        pl.Series("argmax_p", tb["argmax"].to_numpy()),
+        pl.Series("argmax_q", tq["argmax"].to_numpy()),
+        pl.Series("top1_agree", (tb["argmax"].to_numpy() == tq["argmax"].to_numpy()).astype(np.float64)),
+    )
+    return out
+
+
+def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chunk_rows: int = 4096,
+                threads: int | None = None, metrics: Mapping[str, CustomMetric] | None = None,
+                progress: bool = False) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Token table for an aligned pair and a small report (rows streamed, non-finite rows)."""
+    tb, tq = base.tokens, quant.tokens
+    table = _scalar_columns(tb, tq)
+    info: dict[str, Any] = {"vocab_wide": False, "rows_streamed": 0, "nonfinite_rows": 0}
+    metrics = dict(metrics or {})
+    both = bool(base.has_logits and quant.has_logits)
+    if metrics and not both:
+        raise DumpError(f"custom metrics {sorted(metrics)} need logits stored in both dumps "
+                        f"(qfair dump --store full); {base.path if not base.has_logits else quant.path} has none")
+    if not both:
+        return table, info
+
+    import qfair
+
+    # logit_blocks() checks every shard against the manifest; the stream then
+    # reads the files by path so that consumed pages go back to the OS.
+    pb, pq = base.logit_blocks(), quant.logit_blocks()
+    n_rows = sum(b.shape[0] for b in pb)
+    if n_rows != sum(b.shape[0] for b in pq):
+        raise DumpError(f"{base.path} vs {quant.path}: {n_rows} vs {sum(b.shape[0] for b in pq)} logits rows; not aligned")
+    del pb, pq
+    dtypes = {base.logits_dtype, quant.logits_dtype}
+    if "bf16" in dtypes and len(dtypes) > 1:
+        raise DumpError(f"{base.path} vs {quant.path}: logits stored as {base.logits_dtype} vs "
+                        f"{quant.logits_dtype}; bf16 dumps can only be compared with bf16 dumps")
+    dtype = "bf16" if dtypes == {"bf16"} else None
+
+    rows = table["row"].to_numpy()
+    valid = rows >= 0
+    if np.any(rows >= n_rows):
+        raise DumpError(f"{base.path}: tokens.parquet field 'row' reaches {int(rows.max())}, "
+                        f"but the logits hold {n_rows} rows")
+    targets = np.full(n_rows, -1, dtype=np.int64)
+    targets[rows[valid]] = table["target"].to_numpy()[valid]
+    # keys by global row, for custom metrics
+    key_by_row = None
+    if metrics:
+        key_by_row = table.select(*KEY_COLUMNS).filter(pl.col("row") >= 0).sort("row")
+
+    ks = tuple(int(k) for k in topk)
+    names = list(VOCAB_METRICS) + [f"overlap_at_{k}" for k in ks]
+    cols = {name: np.full(n_rows, np.nan) for name in names}
+    custom = {name: np.full(n_rows, np.nan) for name in metrics}
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_rows, unit="row", unit_scale=True, desc="divergence", disable=not progress,
+               dynamic_ncols=True)
+    kwargs: dict[str, Any] = {"topk": ks, "chunk_rows": int(chunk_rows), "threads": threads}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    for chunk in qfair.stream_divergence([str(p) for p in base.logit_paths],
+                                          [str(p) for p in quant.logit_paths], **kwargs):
+        s, e = int(chunk.start), int(chunk.stop)
+        res = chunk.result
+        for name in names:
+            if name in res.metrics:
+                cols[name][s:e] = np.asarray(res.metrics[name], dtype=np.float64)
+        info["nonfinite_rows"] += int(getattr(res, "nonfinite_rows", 0))
+        if metrics:
+            lp = _to_logprobs(chunk.p, base.logits_dtype)
+            lq = _to_logprobs(chunk.q, quant.logits_dtype)
+            keys = key_by_row.filter((pl.col("row") >= s) & (pl.col("row") < e))
+            tc = TokenChunk(start=s, stop=e, p=lp, q=lq, targets=targets[s:e], keys=keys)
+            for name, fn in metrics.items():
+                v = np.asarray(fn(tc), dtype=np.float64).reshape(-1)
+                if v.shape[0] != e - s:
+                    raise ValueError(f"custom metric {name!r} returned {v.shape[0]} values for a chunk "
+                                     f"of {e - s} rows (expected one per row)")
+                custom[name][s:e] = v
+        bar.update(e - s)
+    bar.close()
+    info["vocab_wide"] = True
+    info["rows_streamed"] = n_rows
+    safe = np.where(valid, rows, 0)
+    add = [pl.Series(name, np.where(valid, arr[safe], np.nan))
+           for name, arr in list(cols.items()) + list(custom.items())]
+    table = table.with_columns(add)
+    info["custom_metrics"] = list(custom)
+    return table, info
+
+
+def example_token_aggregates(tokens: pl.DataFrame, labels: pl.DataFrame,
+                             metrics: Sequence[str]) -> pl.DataFrame:
+    """Per example: mean of each token metric over the tokens of all choices
+    (``tok_<m>``), and mean / max KL(P||Q) over the gold choice's tokens and over
+    all choices' tokens (when KL is available).
+
+    ``labels``: example_id, label.
+    """
+    t = tokens.join(labels.select("example_id", "label"), on="example_id", how="left")
+    aggs = [pl.col(m).mean().alias(f"tok_{m}") for m in metrics if m in t.columns]
+    if "kl_pq" in t.columns:
+        gold = pl.col("choice") == pl.col("label")
+        aggs += [
+            pl.col("kl_pq").filter(gold).mean().alias("kl_gold_mean"),
+            pl.col("kl_pq").filter(gold).max().alias("kl_gold_max"),
+            pl.col("kl_pq").mean().alias("kl_all_mean"),
+            pl.col("kl_pq").max().alias("kl_all_max"),
+        ]
+    aggs.append(pl.len().alias("n_tokens"))
+    return t.group_by("example_id", maintain_order=True).agg(aggs)

@@ -1,0 +1,412 @@
+"""qfair.compare on synthetic dumps written here (the dump format of DESIGN.md)
+with known answers: every number is re-derived independently in the test."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.special import log_softmax, rel_entr, softmax
+from statsmodels.stats.multitest import multipletests
+
+import qfair
+from qfair import stats
+from qfair.analyze import compare
+from qfair.calibration import calibration
+from qfair.dump import DumpError
+
+V = 48  # vocabulary of the synthetic model
+
+TASKS = [
+    {"name": "toy_mc", "kind": "multiple_choice"},
+    {"name": "toy_mc2", "kind": "mc2"},
+    {"name": "toy_crows", "kind": "crows_pairs"},
+]
+
+
+def make_corpus(seed: int = 0, n_per_task: int = 24):
+    """Examples with choices and continuation targets (shared by all models)."""
+    rng = np.random.default_rng(seed)
+    ex = []
+    for t in TASKS:
+        for i in range(n_per_task):
+            if t["kind"] == "crows_pairs":
+                n_choices, label = 2, 0
+                group = ["gender", "age", "religion"][i % 3]
+                labels = None
+            else:
+                n_choices = int(rng.integers(2, 5))
+                label = int(rng.integers(0, n_choices))
+                group = ["north", "south"][i % 2] if t["kind"] == "multiple_choice" else None
+                labels = [int(k == label or (k + 1) % n_choices == label) for k in range(n_choices)] \
+                    if t["kind"] == "mc2" else None
+            choices = ["".join(rng.choice(list("abcdefgh xyz"), size=int(rng.integers(1, 12))))
+                       for _ in range(n_choices)]
+            targets = [rng.integers(0, V, size=int(rng.integers(1, 5))).tolist() for _ in range(n_choices)]
+            ex.append(dict(task=t["name"], doc_index=i, example_id=f"{t['name']}-{i:03d}", label=label,
+                           group=group, n_choices=n_choices, choices=choices, labels=labels,
+                           targets=targets))
+    return ex
+
+
+def make_rows(corpus, seed: int, base_rows=None, noise: float = 0.0):
+    """One log-softmax row per continuation token; quantized = base + noise."""
+    n = sum(len(t) for e in corpus for t in e["targets"])
+    if base_rows is None:
+        rng = np.random.default_rng(seed)
+        logits = rng.normal(0, 2.0, size=(n, V))
+    else:
+        rng = np.random.default_rng(seed)
+        logits = base_rows.astype(np.float64) + rng.normal(0, noise, size=(n, V))
+    return log_softmax(logits, axis=1).astype(np.float32)
+
+
+def write_dump(path: Path, corpus, rows: np.ndarray, *, store: str = "full", dtype: str = "f16",
+               shard_rows: int = 50, vocab_hash: str = "abc"):
+    """A dump directory with exactly the files and columns of the dump format."""
+    path.mkdir(parents=True)
+    ex_cols = {k: [] for k in ("example_id", "task", "doc_index", "group", "label", "n_choices",
+                               "context", "choices", "labels", "extras")}
+    ch_cols = {k: [] for k in ("task", "example_id", "doc_index", "choice", "loglik", "n_tokens",
+                               "n_chars", "n_bytes", "is_greedy", "first_row", "n_rows")}
+    tk_cols = {k: [] for k in ("row", "task", "example_id", "choice", "pos", "target", "logprob",
+                               "entropy", "max_logprob", "argmax", "rank")}
+    r = 0
+    rows64 = rows.astype(np.float64)
+    for e in corpus:
+        for k in ("example_id", "task", "doc_index", "group", "label", "n_choices", "choices", "labels"):
+            ex_cols[k].append(e[k])
+        ex_cols["context"].append("ctx")
+        ex_cols["extras"].append(None)
+        for c, tg in enumerate(e["targets"]):
+            ll = 0.0
+            greedy = True
+            for pos, y in enumerate(tg):
+                row = rows64[r]
+                lp = float(row[y])
+                ll += lp
+                am = int(np.argmax(row))
+                greedy &= am == y
+                tk_cols["row"].append(r if store == "full" else -1)
+                for k, v in (("task", e["task"]), ("example_id", e["example_id"]), ("choice", c),
+                             ("pos", pos), ("target", y), ("logprob", lp),
+                             ("entropy", float(-(np.exp(row) * row).sum())), ("max_logprob", float(row.max())),
+                             ("argmax", am), ("rank", int(1 + (row > row[y]).sum()))):
+                    tk_cols[k].append(v)
+                r += 1
+            for k, v in (("task", e["task"]), ("example_id", e["example_id"]), ("doc_index", e["doc_index"]),
+                         ("choice", c), ("loglik", ll), ("n_tokens", len(tg)), ("n_chars", len(e["choices"][c])),
+                         ("n_bytes", len(e["choices"][c].encode())), ("is_greedy", greedy),
+                         ("first_row", r - len(tg) if store == "full" else -1),
+                         ("n_rows", len(tg) if store == "full" else 0)):
+                ch_cols[k].append(v)
+    pl.DataFrame(ex_cols, schema={"example_id": pl.Utf8, "task": pl.Utf8, "doc_index": pl.Int64,
+                                  "group": pl.Utf8, "label": pl.Int64, "n_choices": pl.Int64,
+                                  "context": pl.Utf8, "choices": pl.List(pl.Utf8),
+                                  "labels": pl.List(pl.Int64), "extras": pl.Utf8}).write_parquet(path / "examples.parquet")
+    pl.DataFrame(ch_cols).write_parquet(path / "choices.parquet")
+    tk = pl.DataFrame(tk_cols).with_columns(pl.col("logprob", "entropy", "max_logprob").cast(pl.Float32))
+    tk.write_parquet(path / "tokens.parquet")
+    shards = []
+    if store == "full":
+        (path / "logits").mkdir()
+        npdt = {"f16": np.float16, "f32": np.float32}[dtype]
+        for i, s in enumerate(range(0, rows.shape[0], shard_rows)):
+            f = path / "logits" / f"{i:05d}.npy"
+            block = rows[s:s + shard_rows].astype(npdt)
+            np.save(f, block)
+            data = f.read_bytes()
+            shards.append({"index": i, "file": f"logits/{i:05d}.npy", "rows": int(block.shape[0]),
+                           "first_row": s, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    manifest = {
+        "format": "qfair-dump", "format_version": 1, "status": "complete",
+        "model": {"id": path.name}, "tokenizer": {"vocab_size": V, "vocab_sha256": vocab_hash},
+        "vocab_size": V, "tasks": TASKS, "storage": {"mode": store, "dtype": dtype},
+        "shards": shards, "run": {"config": {"quant": path.name}},
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dumps")
+    corpus = make_corpus(0)
+    base_rows = make_rows(corpus, 1)
+    q_rows = make_rows(corpus, 2, base_rows=base_rows, noise=0.8)
+    q2_rows = make_rows(corpus, 3, base_rows=base_rows, noise=0.2)
+    return {
+        "corpus": corpus,
+        "base_rows": base_rows, "q_rows": q_rows,
+        "base": write_dump(root / "base", corpus, base_rows),
+        "nf4": write_dump(root / "nf4", corpus, q_rows, dtype="f32", shard_rows=37),
+        "int8": write_dump(root / "int8", corpus, q2_rows),
+        "base_none": write_dump(root / "base_none", corpus, base_rows, store="none"),
+        "nf4_none": write_dump(root / "nf4_none", corpus, q_rows, store="none"),
+        "root": root,
+    }
+
+
+@pytest.fixture(scope="module")
+def result(dumps):
+    return compare(dumps["base"], [dumps["nf4"], dumps["int8"]], bootstrap=400, seed=3, bins=5,
+                   threads=2)
+
+
+# ------------------------------------------------------------------ oracles
+def example_oracle(dump_path: Path, kinds: dict[str, str]):
+    """Per-example statistics with plain loops over the dump's own tables."""
+    from qfair.scoring import acc, acc_norm, mc2
+
+    d = qfair.open_dump(dump_path)
+    ch = d.choices.sort(["example_id", "choice"])
+    lls = {}
+    for eid, ll in zip(ch["example_id"], ch["loglik"]):
+        lls.setdefault(eid, []).append(ll)
+    out = {}
+    for e in d.examples.iter_rows(named=True):
+        ll = np.array(lls[e["example_id"]])
+        p = softmax(ll)
+        y = e["label"]
+        o = dict(correct=acc(ll, y), correct_norm=acc_norm(ll, e["choices"], y), conf=p.max(),
+                 pred=int(np.argmax(ll)), nll=-math.log(p[y]), brier=float(((p - np.eye(len(p))[y]) ** 2).sum()),
+                 p_gold=p[y], entropy=float(-(p * np.log(p)).sum()))
+        if kinds[e["task"]] == "mc2":
+            o["mc2"] = mc2(ll, e["labels"])
+        if kinds[e["task"]] == "crows_pairs":
+            o["stereotype"] = float(ll[0] > ll[1])
+            o["likelihood_diff"] = abs(ll[0] - ll[1])
+        out[e["example_id"]] = o
+    return out
+
+
+KINDS = {t["name"]: t["kind"] for t in TASKS}
+
+
+def test_example_table_matches_loop_oracle(dumps, result):
+    ob = example_oracle(dumps["base"], KINDS)
+    oq = example_oracle(dumps["nf4"], KINDS)
+    ex = result.examples.filter(pl.col("model") == "nf4")
+    assert ex.height == len(dumps["corpus"])
+    for r in ex.iter_rows(named=True):
+        b, q = ob[r["example_id"]], oq[r["example_id"]]
+        for k, v in b.items():
+            assert r[f"base_{k}"] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+        for k, v in q.items():
+            assert r[f"quant_{k}"] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+        assert r["flip_c2i"] == float(b["correct"] == 1 and q["correct"] == 0)
+        assert r["flip_i2c"] == float(b["correct"] == 0 and q["correct"] == 1)
+        assert r["changed_answer"] == float(b["pred"] != q["pred"])
+        assert r["delta_conf"] == pytest.approx(q["conf"] - b["conf"])
+
+
+def test_summary_acc_flips_and_calibration(dumps, result):
+    ob = example_oracle(dumps["base"], KINDS)
+    oq = example_oracle(dumps["nf4"], KINDS)
+    s = result.summary.filter(pl.col("model") == "nf4")
+    for task in ("toy_mc", "toy_mc2", "toy_crows"):
+        ids = [e["example_id"] for e in dumps["corpus"] if e["task"] == task]
+        bc = np.array([ob[i]["correct"] for i in ids])
+        qc = np.array([oq[i]["correct"] for i in ids])
+        st = s.filter(pl.col("task") == task)
+        acc = st.filter(pl.col("metric") == "acc").row(0, named=True)
+        assert acc["base"] == pytest.approx(bc.mean()) and acc["quant"] == pytest.approx(qc.mean())
+        assert acc["diff"] == pytest.approx(qc.mean() - bc.mean())
+        assert acc["ci_low"] <= acc["diff"] <= acc["ci_high"] or acc["ci_method"] == "bca"
+        b, c = int(((bc == 1) & (qc == 0)).sum()), int(((bc == 0) & (qc == 1)).sum())
+        fl = st.filter(pl.col("metric") == "flips").row(0, named=True)
+        assert fl["diff"] == pytest.approx((b + c) / len(ids))
+        assert fl["p"] == pytest.approx(stats.mcnemar(b, c).p_exact)
+        c2i = st.filter(pl.col("metric") == "flips_c2i").row(0, named=True)
+        assert c2i["diff"] == pytest.approx(b / len(ids))
+        ece = st.filter(pl.col("metric") == "ece").row(0, named=True)
+        bconf = np.array([ob[i]["conf"] for i in ids])
+        qconf = np.array([oq[i]["conf"] for i in ids])
+        assert ece["base"] == pytest.approx(calibration(bconf, bc, bins=5).ece)
+        assert ece["quant"] == pytest.approx(calibration(qconf, qc, bins=5).ece)
+        assert ece["diff"] == pytest.approx(ece["quant"] - ece["base"])
+    # mc2 only on the mc2 task, CrowS-Pairs metrics only on crows
+    assert set(s.filter(pl.col("metric") == "mc2")["task"]) == {"toy_mc2"}
+    assert set(s.filter(pl.col("metric") == "pct_stereotype")["task"]) == {"toy_crows"}
+
+
+def test_adjusted_pvalues_over_the_table(result):
+    s = result.summary
+    p = s["p"].to_numpy().astype(float)
+    ok = ~np.isnan(p)
+    assert ok.sum() > 20
+    np.testing.assert_allclose(s["p_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
+    np.testing.assert_allclose(s["p_bh"].to_numpy()[ok], multipletests(p[ok], method="fdr_bh")[1])
+
+
+def test_token_table_vocab_wide_against_scipy(dumps, result):
+    t = result.tokens.filter(pl.col("model") == "nf4").sort("row")
+    # the stored rows (f16 base, f32 quant), re-normalised, are what the core compares
+    base = qfair.open_dump(dumps["base"])
+    quant = qfair.open_dump(dumps["nf4"])
+    pb = np.concatenate([np.asarray(b, dtype=np.float64) for b in base.logit_blocks()])
+    pq = np.concatenate([np.asarray(b, dtype=np.float64) for b in quant.logit_blocks()])
+    p, q = softmax(pb, axis=1), softmax(pq, axis=1)
+    np.testing.assert_allclose(t["kl_pq"].to_numpy(), rel_entr(p, q).sum(1), rtol=2e-3, atol=1e-5)
+    np.testing.assert_allclose(t["kl_qp"].to_numpy(), rel_entr(q, p).sum(1), rtol=2e-3, atol=1e-5)
+    np.testing.assert_allclose(t["tv"].to_numpy(), 0.5 * np.abs(p - q).sum(1), rtol=2e-3, atol=1e-5)
+    # target-token statistics come from tokens.parquet (float32 at dump time)
+    rows64 = dumps["base_rows"].astype(np.float64)
+    y = t["target"].to_numpy()
+    np.testing.assert_allclose(t["logprob_p"].to_numpy(), rows64[np.arange(len(y)), y], rtol=1e-6)
+    qr = dumps["q_rows"].astype(np.float64)
+    np.testing.assert_allclose(t["delta_p"].to_numpy(),
+                               np.exp(qr[np.arange(len(y)), y]) - np.exp(rows64[np.arange(len(y)), y]),
+                               rtol=1e-5, atol=1e-7)
+    assert (t["top1_agree"].to_numpy() == (rows64.argmax(1) == qr.argmax(1))).all()
+
+
+def test_example_kl_aggregates(result):
+    t = result.tokens.filter(pl.col("model") == "nf4")
+    ex = result.examples.filter(pl.col("model") == "nf4")
+    for r in ex.head(10).iter_rows(named=True):
+        tk = t.filter(pl.col("example_id") == r["example_id"])
+        gold = tk.filter(pl.col("choice") == r["label"])["kl_pq"].to_numpy()
+        assert r["kl_gold_mean"] == pytest.approx(gold.mean())
+        assert r["kl_gold_max"] == pytest.approx(gold.max())
+        assert r["kl_all_mean"] == pytest.approx(tk["kl_pq"].to_numpy().mean())
+        assert r["tok_js"] == pytest.approx(tk["js"].to_numpy().mean())
+
+
+def test_self_comparison_is_zero(dumps):
+    c = compare(dumps["base"], dumps["base"], bootstrap=200, bins=5)
+    s = c.summary
+    for m in ("flips", "flips_c2i", "flips_i2c", "changed_answer", "acc", "ece", "kl_pq", "js", "tv"):
+        rows = s.filter(pl.col("metric") == m)
+        assert rows.height == 3, m
+        np.testing.assert_allclose(rows["diff"].to_numpy(), 0.0, atol=1e-12)
+    assert (s.filter(pl.col("metric") == "flips")["p"] == 1.0).all()
+    assert (s.filter(pl.col("metric") == "top1_agree")["diff"] == 1.0).all()
+    np.testing.assert_allclose(c.tokens["kl_pq"].to_numpy(), 0.0, atol=1e-6)
+
+
+def test_store_none_gives_example_and_target_token_stats(dumps):
+    c = compare(dumps["base_none"], dumps["nf4_none"], bootstrap=200, bins=5)
+    assert "kl_pq" not in c.tokens.columns
+    assert {"logprob_p", "logprob_q", "delta_p", "rank_q", "top1_agree"} <= set(c.tokens.columns)
+    metrics = set(c.summary["metric"])
+    assert {"acc", "ece", "flips", "target_logprob", "delta_p", "top1_agree"} <= metrics
+    assert "kl_pq" not in metrics
+    assert any("--store none" in n for n in c.notes)
+    with pytest.raises(DumpError, match="need logits"):
+        compare(dumps["base_none"], dumps["nf4_none"], bootstrap=50, metrics={"x": lambda ch: ch.p[:, 0]})
+
+
+def test_misaligned_dumps_name_the_first_differing_key(dumps, tmp_path):
+    corpus = [dict(e) for e in dumps["corpus"]]
+    corpus[5] = dict(corpus[5], targets=[list(t) for t in corpus[5]["targets"]])
+    corpus[5]["targets"][0][0] = (corpus[5]["targets"][0][0] + 1) % V
+    other = write_dump(tmp_path / "bad", corpus, dumps["q_rows"])
+    with pytest.raises(DumpError, match="target"):
+        compare(dumps["base"], other, bootstrap=50)
+    other2 = write_dump(tmp_path / "bad2", dumps["corpus"], dumps["q_rows"], vocab_hash="zzz")
+    with pytest.raises(DumpError, match="vocab_sha256"):
+        compare(dumps["base"], other2, bootstrap=50)
+
+
+def test_custom_metric_joins_tokens_and_aggregations(dumps):
+    def numpy_kl(chunk):
+        return (np.exp(chunk.p) * (chunk.p - chunk.q)).sum(axis=1)
+
+    seen = []
+
+    def target_gap(chunk):
+        seen.append((chunk.start, chunk.stop, chunk.keys.height))
+        i = np.arange(chunk.stop - chunk.start)
+        return chunk.q[i, chunk.targets] - chunk.p[i, chunk.targets]
+
+    c = compare(dumps["base"], dumps["nf4"], bootstrap=100, bins=5, chunk_rows=29,
+                metrics={"my_kl": numpy_kl, "target_gap": target_gap})
+    t = c.tokens
+    np.testing.assert_allclose(t["my_kl"].to_numpy(), t["kl_pq"].to_numpy(), rtol=1e-3, atol=1e-5)
+    # custom metrics see the stored rows (f16 base, f32 quant) re-normalised
+    stored = [np.concatenate([np.asarray(b, dtype=np.float64) for b in qfair.open_dump(d).logit_blocks()])
+              for d in (dumps["base"], dumps["nf4"])]
+    lp, lq = (log_softmax(a, axis=1) for a in stored)
+    t = t.sort("row")
+    i, y = t["row"].to_numpy(), t["target"].to_numpy()
+    np.testing.assert_allclose(t["target_gap"].to_numpy(), lq[i, y] - lp[i, y], rtol=1e-5, atol=1e-5)
+    # and the stored-row gap is within f16 rounding of the float32 target log-probs
+    np.testing.assert_allclose(t["target_gap"].to_numpy(),
+                               t["logprob_q"].to_numpy() - t["logprob_p"].to_numpy(), atol=1e-2)
+    assert all(stop - start == n for start, stop, n in seen) and max(s - a for a, s, _ in seen) <= 29
+    assert "tok_my_kl" in c.examples.columns
+    s = c.summary.filter(pl.col("metric") == "my_kl")
+    assert s.height == 3
+    k = c.summary.filter(pl.col("metric") == "kl_pq")
+    np.testing.assert_allclose(s["diff"].to_numpy(), k["diff"].to_numpy(), rtol=1e-3)
+    assert set(c.groups["metric"]) >= {"my_kl"}
+
+
+def test_groups_and_gap(result):
+    ex = result.examples.filter((pl.col("model") == "nf4") & (pl.col("task") == "toy_crows"))
+    g = result.groups.filter((pl.col("model") == "nf4") & (pl.col("task") == "toy_crows"))
+    whole = result.summary.filter((pl.col("model") == "nf4") & (pl.col("task") == "toy_crows"))
+    assert set(g["group"]) == {"gender", "age", "religion"}
+    for grp in ("gender", "age", "religion"):
+        sub = ex.filter(pl.col("group") == grp)
+        row = g.filter((pl.col("group") == grp) & (pl.col("metric") == "pct_stereotype")).row(0, named=True)
+        assert row["base"] == pytest.approx(sub["base_stereotype"].mean())
+        assert row["quant"] == pytest.approx(sub["quant_stereotype"].mean())
+        w = whole.filter(pl.col("metric") == "pct_stereotype").row(0, named=True)
+        assert row["gap"] == pytest.approx(row["diff"] - w["diff"])
+        assert row["n"] == sub.height
+    p = result.groups["p"].to_numpy().astype(float)
+    ok = ~np.isnan(p)
+    np.testing.assert_allclose(result.groups["p_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
+
+
+def test_strata_partition_the_examples(result):
+    st = result.strata.filter((pl.col("model") == "nf4") & (pl.col("task") == "toy_mc"))
+    ex = result.examples.filter((pl.col("model") == "nf4") & (pl.col("task") == "toy_mc"))
+    assert st["n"].sum() == ex.height
+    assert (st["flip_rate"] * st["n"]).sum() == pytest.approx(ex["flip"].sum())
+    assert (st["lo"].to_numpy()[1:] >= st["hi"].to_numpy()[:-1]).all()
+    # delta ECE per stratum from the examples in it
+    conf = ex["base_conf"].to_numpy()
+    for r in st.iter_rows(named=True):
+        m = (conf >= r["lo"]) & (conf <= r["hi"])
+        sub = ex.filter(pl.Series(m))
+        assert sub.height == r["n"]
+        eq = calibration(sub["quant_conf"].to_numpy(), sub["quant_correct"].to_numpy(), bins=5).ece
+        eb = calibration(sub["base_conf"].to_numpy(), sub["base_correct"].to_numpy(), bins=5).ece
+        assert r["delta_ece"] == pytest.approx(eq - eb)
+
+
+def test_calibration_table(result):
+    cal = result.calibration
+    assert set(cal["role"]) == {"base", "quant"}
+    one = cal.filter((pl.col("model") == "base") & (pl.col("task") == "toy_mc") & (pl.col("binning") == "width"))
+    assert one.height == 5 and one["n"].sum() == 24
+
+
+def test_same_seed_same_tables_any_threads(dumps):
+    a = compare(dumps["base"], dumps["nf4"], bootstrap=300, seed=9, bins=5, threads=1, tokens=False)
+    b = compare(dumps["base"], dumps["nf4"], bootstrap=300, seed=9, bins=5, threads=3, tokens=False)
+    assert a.summary.equals(b.summary)
+    assert a.groups.equals(b.groups)
+
+
+def test_write_all_formats(result, tmp_path):
+    files = result.write(tmp_path / "out", formats=("parquet", "csv", "md", "latex"))
+    names = {f.name for f in files}
+    for t in ("summary", "examples", "tokens", "calibration", "strata", "groups"):
+        assert {f"{t}.parquet", f"{t}.csv", f"{t}.md"} <= names
+        back = pl.read_parquet(tmp_path / "out" / f"{t}.parquet")
+        assert back.shape == getattr(result, t).shape
+    assert "summary.tex" in names
+    tex = (tmp_path / "out" / "summary.tex").read_text()
+    assert tex.startswith("\\begin{tabular}") and "toy\\_mc" in tex
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| model | task | metric |" in md
+    with pytest.raises(ValueError):
+        result.write(tmp_path / "x", formats=("xlsx",))
