@@ -1,5 +1,201 @@
+// numpy <-> qfair/divergence.hpp. Zero-copy: arrays are read in place, and an
+// array of the wrong dtype or layout is refused with a ValueError that says
+// what to do, never copied behind the user's back.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "qfair/divergence.hpp"
+
+namespace py = pybind11;
 
 namespace qfair::py {
-void bind_divergence(pybind11::module_& /*m*/) {}
+namespace {
+
+DType parse_dtype(const ::py::array& a, const std::string& name, const std::string& hint) {
+    const ::py::dtype dt = a.dtype();
+    const char kind = dt.kind();
+    const auto size = dt.itemsize();
+    if (hint == "bf16" || hint == "bfloat16") {
+        if (size == 2 && (kind == 'u' || kind == 'i' || kind == 'V'))
+            return DType::BF16;
+        throw ::py::value_error(name + ": dtype='bf16' expects bfloat16 bits in a 2-byte integer array "
+                                "(uint16), got " + std::string(::py::str(dt)));
+    }
+    if (!hint.empty() && hint != "auto")
+        throw ::py::value_error("dtype must be None or 'bf16', got '" + hint + "'");
+    if (kind == 'f' && size == 4) return DType::F32;
+    if (kind == 'f' && size == 2) return DType::F16;
+    if (kind == 'u' && size == 2)
+        throw ::py::value_error(name + " is uint16: pass dtype='bf16' if it holds bfloat16 bits");
+    throw ::py::value_error(name + " has dtype " + std::string(::py::str(dt)) +
+                            "; qfair reads float32, float16, or bfloat16 (as uint16 with dtype='bf16'). "
+                            "Convert explicitly (e.g. x.astype(np.float32)); qfair never copies silently");
+}
+
+Matrix as_matrix(const ::py::array& a, const std::string& name, const std::string& hint) {
+    if (a.ndim() != 2)
+        throw ::py::value_error(name + " must be 2-D [rows, vocab], got " + std::to_string(a.ndim()) +
+                                " dimension(s)");
+    Matrix m;
+    m.dtype = parse_dtype(a, name, hint);
+    const auto item = static_cast<::py::ssize_t>(a.itemsize());
+    m.rows = a.shape(0);
+    m.cols = a.shape(1);
+    if (m.cols < 1) throw ::py::value_error(name + " has an empty vocabulary axis");
+    if (m.cols > 1 && a.strides(1) != item)
+        throw ::py::value_error(name + " rows are not contiguous (element stride " + std::to_string(a.strides(1)) +
+                                " bytes, expected " + std::to_string(item) +
+                                "); pass np.ascontiguousarray(x) if you accept a copy");
+    const auto rs = m.rows > 1 ? a.strides(0) : static_cast<::py::ssize_t>(m.cols * item);
+    if (rs < 0 || rs % item != 0 || rs / item < m.cols)
+        throw ::py::value_error(name + " has an unsupported row stride of " + std::to_string(rs) +
+                                " bytes; rows must be laid out one after another (C order)");
+    m.row_stride = rs / item;
+    m.data = a.data();
+    return m;
+}
+
+std::vector<int64_t> as_targets(const ::py::object& t, int64_t rows) {
+    std::vector<int64_t> out;
+    if (t.is_none()) return out;
+    ::py::array a = ::py::array::ensure(t);
+    if (!a) throw ::py::value_error("targets must be an integer array");
+    const char kind = a.dtype().kind();
+    if (kind != 'i' && kind != 'u') throw ::py::value_error("targets must be an integer array (int32 or int64)");
+    if (a.ndim() != 1 || a.shape(0) != rows)
+        throw ::py::value_error("targets must be 1-D with one token id per row (" + std::to_string(rows) +
+                                "), got shape of " + std::to_string(a.ndim()) + " dimension(s)");
+    auto converted = ::py::array_t<int64_t, ::py::array::forcecast>::ensure(a);  // small: one id per row
+    out.assign(converted.data(), converted.data() + rows);
+    return out;
+}
+
+template <class T>
+::py::array_t<T> column(int64_t rows, std::vector<::py::array>& keep) {
+    ::py::array_t<T> a(static_cast<::py::ssize_t>(rows));
+    keep.push_back(a);
+    return a;
+}
+
+::py::dict divergence_py(const ::py::array& p, const ::py::array& q, const ::py::object& targets,
+                         std::vector<int> topk, int threads, const std::string& dtype) {
+    Matrix mp = as_matrix(p, "p", dtype);
+    Matrix mq = as_matrix(q, "q", dtype);
+    if (mp.rows != mq.rows || mp.cols != mq.cols)
+        throw ::py::value_error("p and q must have the same shape, got [" + std::to_string(mp.rows) + ", " +
+                                std::to_string(mp.cols) + "] and [" + std::to_string(mq.rows) + ", " +
+                                std::to_string(mq.cols) + "]");
+    std::vector<int64_t> t = as_targets(targets, mp.rows);
+    const int64_t n = mp.rows;
+    std::vector<::py::array> keep;
+    ::py::dict res;
+    auto f64 = [&](const char* key) {
+        auto a = column<double>(n, keep);
+        res[key] = a;
+        return a.mutable_data();
+    };
+    auto i64 = [&](const char* key) {
+        auto a = column<int64_t>(n, keep);
+        res[key] = a;
+        return a.mutable_data();
+    };
+    auto f32 = [&](const std::string& key) {
+        auto a = column<float>(n, keep);
+        res[key.c_str()] = a;
+        return a.mutable_data();
+    };
+    DivergenceOutputs out;
+    out.kl_pq = f64("kl_pq");
+    out.kl_qp = f64("kl_qp");
+    out.js = f64("js");
+    out.tv = f64("tv");
+    out.p.entropy = f64("entropy_p");
+    out.q.entropy = f64("entropy_q");
+    out.p.maxprob = f64("maxprob_p");
+    out.q.maxprob = f64("maxprob_q");
+    out.p.margin = f64("margin_p");
+    out.q.margin = f64("margin_q");
+    out.p.argmax = i64("argmax_p");
+    out.q.argmax = i64("argmax_q");
+    out.top1_agree = f32("top1_agree");
+    for (int k : topk) out.overlap.push_back(f32("overlap_at_" + std::to_string(k)));
+    if (!targets.is_none()) {
+        out.p.logprob = f64("logprob_p");
+        out.q.logprob = f64("logprob_q");
+        out.delta_p = f64("delta_p");
+        out.p.rank = i64("rank_p");
+        out.q.rank = i64("rank_q");
+    }
+    DivergenceOptions opt;
+    opt.topk = std::move(topk);
+    opt.threads = threads;
+    InvalidCounts counts;
+    {
+        ::py::gil_scoped_release release;
+        counts = divergence(mp, mq, t.empty() ? nullptr : t.data(), opt, out);
+    }
+    ::py::dict result;
+    result["metrics"] = res;
+    result["invalid_p"] = counts.p;
+    result["invalid_q"] = counts.q;
+    result["invalid_rows"] = counts.rows;
+    return result;
+}
+
+::py::dict distribution_stats_py(const ::py::array& p, const ::py::object& targets, int threads,
+                                 const std::string& dtype) {
+    Matrix mp = as_matrix(p, "p", dtype);
+    std::vector<int64_t> t = as_targets(targets, mp.rows);
+    const int64_t n = mp.rows;
+    std::vector<::py::array> keep;
+    ::py::dict res;
+    SideOutputs out;
+    auto f64 = [&](const char* key) {
+        auto a = column<double>(n, keep);
+        res[key] = a;
+        return a.mutable_data();
+    };
+    auto i64 = [&](const char* key) {
+        auto a = column<int64_t>(n, keep);
+        res[key] = a;
+        return a.mutable_data();
+    };
+    out.entropy = f64("entropy");
+    out.maxprob = f64("maxprob");
+    out.margin = f64("margin");
+    out.argmax = i64("argmax");
+    if (!targets.is_none()) {
+        out.logprob = f64("logprob");
+        out.rank = i64("rank");
+    }
+    int64_t invalid;
+    {
+        ::py::gil_scoped_release release;
+        invalid = distribution_stats(mp, t.empty() ? nullptr : t.data(), threads, out);
+    }
+    ::py::dict result;
+    result["metrics"] = res;
+    result["invalid_rows"] = invalid;
+    return result;
+}
+
+}  // namespace
+
+void bind_divergence(::py::module_& m) {
+    m.def("divergence", &divergence_py, ::py::arg("p"), ::py::arg("q"), ::py::arg("targets") = ::py::none(),
+          ::py::arg("topk") = std::vector<int>{1, 5, 10}, ::py::arg("threads") = 0, ::py::arg("dtype") = "",
+          "Row-wise divergences between two [rows, vocab] arrays of logits or log-probs. "
+          "Returns {'metrics': {name: array}, 'invalid_p', 'invalid_q', 'invalid_rows'}.");
+    m.def("distribution_stats", &distribution_stats_py, ::py::arg("p"), ::py::arg("targets") = ::py::none(),
+          ::py::arg("threads") = 0, ::py::arg("dtype") = "",
+          "Row-wise entropy, max prob, margin, argmax and target stats of one [rows, vocab] array.");
+    m.def("active_isa", &active_isa, "The vector instruction set the kernels run with.");
+    m.def("select_isa", [](const std::string& cap) { return std::string(select_isa(cap.c_str())); },
+          ::py::arg("cap"), "Cap the kernel's instruction set ('avx512', 'avx2', 'baseline'); returns the one chosen.");
+}
+
 }  // namespace qfair::py

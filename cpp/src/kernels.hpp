@@ -1,0 +1,78 @@
+// Internal interface between the row-level vector kernels (compiled once per
+// instruction set, see kernels_impl.inc) and the driver (divergence.cpp).
+//
+// The kernel translation units are compiled with different -m flags, so
+// everything they share with the rest of the library must be plain data or
+// out-of-line functions: an inline function or template instantiated in two
+// of them could be merged by the linker into the AVX-512 copy and then run on
+// a CPU without AVX-512.
+#pragma once
+
+#include <cstdint>
+
+#include "qfair/divergence.hpp"
+
+namespace qfair::detail {
+
+// Best-k collector over (value, token id), best = larger value, then lower id.
+// A binary heap with the worst kept element at index 0. Storage is owned by
+// the caller. `threshold` is the worst kept value once the heap is full,
+// -inf before: a scan only offers elements strictly above it, which is exact
+// because a scan visits ids in increasing order (an equal value that comes
+// later has a higher id and so loses the tie).
+struct TopK {
+    float* value;
+    int64_t* id;
+    int k;
+    int size;
+    float threshold;
+};
+void topk_reset(TopK& t);
+void topk_offer(TopK& t, float value, int64_t id);   // out of line on purpose
+// Sorts the kept elements best-first in place.
+void topk_sort(TopK& t);
+
+struct ScanResult {
+    float max;         // largest value (NaN-free rows only)
+    bool invalid;      // NaN or +inf present, or no finite entry
+    int64_t greater;   // #{v : x[v] > target_value}
+};
+
+// Sums are accumulated in double; terms are formed in float32.
+struct JointSums {
+    double kl_pq, kl_qp, js, tv, neg_plogp, neg_qlogq;
+};
+
+// The joint pass over a row pair. log p = (x - cp_hi) - cp_lo with
+// cp = cp_hi + cp_lo the row's log-normaliser split into two floats (likewise
+// for q); dc = dc_hi + dc_lo = cq - cp forms d = log q - log p = (xq - xp) - dc; p_hat holds
+// exp(xp - max p) from the normaliser pass and inv_sp = 1 / sum(p_hat).
+struct JointArgs {
+    const void* p;
+    DType dp;
+    const void* q;
+    DType dq;
+    const float* p_hat;
+    const float* q_hat;
+    int64_t n;
+    float cp_hi, cp_lo, cq_hi, cq_lo, dc_hi, dc_lo, inv_sp, inv_sq;
+};
+
+struct Kernels {
+    const char* name;
+    // First pass over one row: max, validity, target rank count, top-k.
+    ScanResult (*scan)(const void* row, DType dtype, int64_t n, float target_value, TopK* topk);
+    // sum_v exp(x[v] - shift), shift = the row max; when `store` is not null
+    // the terms are also written there (it needs n + 16 floats).
+    double (*sum_exp)(const void* row, DType dtype, int64_t n, float shift, float* store);
+    JointSums (*joint)(const JointArgs& args);
+    // -sum p log p for a single row.
+    double (*entropy)(const void* row, DType dtype, int64_t n, float c_hi, float c_lo);
+};
+
+const Kernels* kernels_avx512();  // null when not compiled in
+const Kernels* kernels_avx2();    // null when not compiled in
+const Kernels& kernels_baseline();
+const Kernels& active_kernels();
+
+}  // namespace qfair::detail

@@ -1,1 +1,0 @@
-namespace qfair { int core_placeholder() { return 0; } }

@@ -1,0 +1,360 @@
+"""Vocabulary-wide comparison of two sets of aligned distributions.
+
+The heavy lifting is in the C++ core (``qfair._core``); this module turns
+arrays (numpy, numpy memmaps, CPU torch tensors) into what the core reads
+without copying them, and streams many row blocks through it with memory
+bounded by one chunk.
+
+Definitions are those of ``shared/METRICS.md``: natural logarithms, every row
+re-normalised with a stable log-softmax, ``-inf`` entries are zero
+probabilities, ties in argmax / top-k go to the lowest token id.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from qfair._native import core
+from qfair.npyio import NpyRows, open_npy_rows
+
+__all__ = [
+    "DivergenceResult",
+    "DistributionResult",
+    "DivergenceChunk",
+    "divergence",
+    "distribution_stats",
+    "stream_divergence",
+    "metric_names",
+    "active_isa",
+]
+
+#: Columns always returned by :func:`divergence` (plus ``overlap_at_K`` per K).
+BASE_METRICS = (
+    "kl_pq", "kl_qp", "js", "tv",
+    "entropy_p", "entropy_q", "maxprob_p", "maxprob_q", "margin_p", "margin_q",
+    "argmax_p", "argmax_q", "top1_agree",
+)
+#: Columns added when targets are given.
+TARGET_METRICS = ("logprob_p", "logprob_q", "delta_p", "rank_p", "rank_q")
+
+
+def metric_names(topk: Sequence[int] = (1, 5, 10), targets: bool = False) -> list[str]:
+    """The column names :func:`divergence` returns for these options, in order."""
+    names = list(BASE_METRICS) + [f"overlap_at_{k}" for k in topk]
+    if targets:
+        names += list(TARGET_METRICS)
+    return names
+
+
+def active_isa() -> str:
+    """The vector instruction set the core runs with (avx512, avx2, baseline)."""
+    return str(core.active_isa())
+
+
+def _default_threads(threads: int | None) -> int:
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        return int(threads)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _as_rows(x: Any, name: str, dtype: str | None) -> tuple[np.ndarray, str]:
+    """A zero-copy numpy view of x, and the dtype hint for the core."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} is on {x.device}; move it to the CPU first (x.cpu())")
+        if x.dtype == torch.bfloat16:
+            return x.detach().view(torch.int16).numpy().view(np.uint16), "bf16"
+        return x.detach().numpy(), dtype or ""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{name} must be a 2-D numpy array or torch tensor, got {type(x).__name__}")
+    if x.dtype.name == "bfloat16":  # ml_dtypes' numpy bfloat16
+        return x.view(np.uint16), "bf16"
+    return x, dtype or ""
+
+
+@dataclass
+class DivergenceResult:
+    """Per-row metrics of one :func:`divergence` call.
+
+    ``metrics`` maps a column name to one value per row. Rows whose input was
+    not a distribution (NaN, +inf, or no finite entry) hold NaN (-1 for the
+    integer columns) and are counted in ``invalid_rows``; :meth:`summary`
+    excludes them from means and reports how many there were.
+    """
+
+    metrics: dict[str, np.ndarray]
+    n_rows: int
+    invalid_p: int
+    invalid_q: int
+    invalid_rows: int
+    topk: tuple[int, ...] = (1, 5, 10)
+
+    @property
+    def nonfinite_rows(self) -> int:
+        return self.invalid_rows
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.metrics[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.metrics
+
+    def keys(self) -> list[str]:
+        return list(self.metrics)
+
+    def valid(self) -> np.ndarray:
+        """Boolean mask of rows whose joint metrics are defined."""
+        return ~np.isnan(self.metrics["kl_pq"])
+
+    def to_polars(self):
+        import polars as pl
+
+        return pl.DataFrame(self.metrics)
+
+    def summary(self) -> dict[str, float]:
+        """Mean of every floating metric over the valid rows, plus the counts."""
+        ok = self.valid()
+        out: dict[str, float] = {"rows": float(self.n_rows), "invalid_rows": float(self.invalid_rows)}
+        for name, values in self.metrics.items():
+            if values.dtype.kind == "f":
+                out[name] = float(np.mean(values[ok], dtype=np.float64)) if ok.any() else float("nan")
+        return out
+
+
+@dataclass
+class DistributionResult:
+    """Per-row statistics of one matrix (:func:`distribution_stats`)."""
+
+    metrics: dict[str, np.ndarray]
+    n_rows: int
+    invalid_rows: int
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.metrics[name]
+
+    def to_polars(self):
+        import polars as pl
+
+        return pl.DataFrame(self.metrics)
+
+
+def _targets_array(targets: Any, rows: int) -> np.ndarray | None:
+    if targets is None:
+        return None
+    if type(targets).__module__.startswith("torch"):
+        targets = targets.detach().cpu().numpy()
+    t = np.asarray(targets)
+    if t.ndim != 1 or t.shape[0] != rows:
+        raise ValueError(f"targets must hold one token id per row ({rows}), got shape {t.shape}")
+    if t.dtype.kind not in "iu":
+        raise ValueError(f"targets must be integers, got dtype {t.dtype}")
+    return t
+
+
+def divergence(
+    p: Any,
+    q: Any,
+    *,
+    targets: Any = None,
+    topk: Sequence[int] = (1, 5, 10),
+    threads: int | None = None,
+    dtype: str | None = None,
+) -> DivergenceResult:
+    """Compare two aligned [rows, vocab] arrays of logits or log-probs row by row.
+
+    ``p`` is the reference (base model), ``q`` the comparison (quantized).
+    Both must be float32, float16, or bfloat16 (a uint16 array with
+    ``dtype="bf16"``, a torch bfloat16 tensor, or an ml_dtypes array); rows
+    must be contiguous, but the row stride may exceed the vocabulary (a column
+    slice ``x[:, :V]`` works). Nothing is copied: an array the core cannot
+    read in place is refused with a ValueError saying why.
+
+    Returns KL both ways, JS, total variation, entropies, max prob, margin,
+    argmax, top-1 agreement and ``overlap_at_K`` for each K in ``topk``; with
+    ``targets`` (one token id per row; negative = none) also the target's
+    log-prob under each model, ``delta_p`` = q[y] - p[y] and ranks.
+    """
+    pa, hp = _as_rows(p, "p", dtype)
+    qa, hq = _as_rows(q, "q", dtype)
+    if hp != hq and "" not in (hp, hq):
+        raise ValueError("p and q dtype hints differ")
+    hint = hp or hq
+    if hint == "bf16" and (pa.dtype.kind == "f" or qa.dtype.kind == "f"):
+        raise ValueError("mixing bfloat16 with float arrays: pass both as bfloat16 or both as floats")
+    if pa.ndim != 2 or qa.ndim != 2:
+        raise ValueError(f"p and q must be 2-D [rows, vocab], got shapes {pa.shape} and {qa.shape}")
+    t = _targets_array(targets, pa.shape[0])
+    topk = tuple(int(k) for k in topk)
+    raw = core.divergence(pa, qa, t, list(topk), _default_threads(threads), hint)
+    return DivergenceResult(
+        metrics=dict(raw["metrics"]),
+        n_rows=int(pa.shape[0]),
+        invalid_p=int(raw["invalid_p"]),
+        invalid_q=int(raw["invalid_q"]),
+        invalid_rows=int(raw["invalid_rows"]),
+        topk=topk,
+    )
+
+
+def distribution_stats(
+    p: Any, *, targets: Any = None, threads: int | None = None, dtype: str | None = None
+) -> DistributionResult:
+    """Entropy, max prob, margin, argmax (and target log-prob / rank) per row."""
+    pa, hint = _as_rows(p, "p", dtype)
+    if pa.ndim != 2:
+        raise ValueError(f"p must be 2-D [rows, vocab], got shape {pa.shape}")
+    t = _targets_array(targets, pa.shape[0])
+    raw = core.distribution_stats(pa, t, _default_threads(threads), hint)
+    return DistributionResult(dict(raw["metrics"]), int(pa.shape[0]), int(raw["invalid_rows"]))
+
+
+# ---- streaming --------------------------------------------------------------
+
+
+@dataclass
+class DivergenceChunk:
+    """One chunk of a stream: rows [start, stop) of the concatenated blocks.
+
+    ``p`` and ``q`` are views into the inputs, valid until the next chunk is
+    requested (their pages may then be released).
+    """
+
+    start: int
+    stop: int
+    p: np.ndarray
+    q: np.ndarray
+    targets: np.ndarray | None
+    result: DivergenceResult
+
+
+@dataclass
+class _Blocks:
+    """Row blocks concatenated along rows, opened lazily, released as consumed."""
+
+    sources: list[Any]
+    name: str
+    opened: list[NpyRows | None] = field(default_factory=list)
+    arrays: list[np.ndarray | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.opened = [None] * len(self.sources)
+        self.arrays = [None] * len(self.sources)
+
+    def block(self, i: int) -> np.ndarray:
+        if self.arrays[i] is None:
+            src = self.sources[i]
+            if isinstance(src, (str, os.PathLike)):
+                rows = open_npy_rows(Path(src))
+                self.opened[i] = rows
+                self.arrays[i] = rows.array
+            else:
+                self.arrays[i] = src
+        arr = self.arrays[i]
+        assert arr is not None
+        return arr
+
+    def release(self, i: int, until_row: int) -> None:
+        if self.opened[i] is not None:
+            self.opened[i].release_until(until_row)
+
+    def close(self, i: int) -> None:
+        if self.opened[i] is not None:
+            self.opened[i].close()
+            self.opened[i] = None
+        self.arrays[i] = None
+
+
+def _as_sources(blocks: Any, name: str) -> list[Any]:
+    if isinstance(blocks, (str, os.PathLike, np.ndarray)) or type(blocks).__module__.startswith("torch"):
+        return [blocks]
+    sources = list(blocks)
+    if not sources:
+        raise ValueError(f"{name}: no row blocks given")
+    return sources
+
+
+def stream_divergence(
+    p_blocks: Any,
+    q_blocks: Any,
+    *,
+    targets: Any = None,
+    topk: Sequence[int] = (1, 5, 10),
+    chunk_rows: int = 4096,
+    threads: int | None = None,
+    dtype: str | None = None,
+) -> Iterator[DivergenceChunk]:
+    """Stream aligned row blocks of P and Q through :func:`divergence`.
+
+    ``p_blocks`` / ``q_blocks``: an array, a path to a .npy file, or a
+    sequence of them, concatenated along rows (shard boundaries may differ
+    between the two sides). Paths are memory-mapped and the pages of consumed
+    rows are handed back to the OS after each chunk, so resident memory stays
+    bounded by a chunk whatever the total size. ``targets``: one id per row
+    of the concatenation, or None.
+
+    Yields :class:`DivergenceChunk` objects in row order; chunks never span
+    a block boundary, so no rows are ever copied.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    ps = _Blocks(_as_sources(p_blocks, "p"), "p")
+    qs = _Blocks(_as_sources(q_blocks, "q"), "q")
+    t_all = None if targets is None else np.asarray(targets)
+    n_threads = _default_threads(threads)
+    ip = iq = 0  # current block on each side
+    op = oq = 0  # row offset inside the current block
+    start = 0
+    try:
+        while ip < len(ps.sources) and iq < len(qs.sources):
+            bp, bq = ps.block(ip), qs.block(iq)
+            if bp.shape[1:] != bq.shape[1:]:
+                raise ValueError(
+                    f"vocabulary mismatch: p block {ip} has {bp.shape[1]} columns, q block {iq} has {bq.shape[1]}"
+                )
+            n = min(chunk_rows, bp.shape[0] - op, bq.shape[0] - oq)
+            if n > 0:
+                pv, qv = bp[op : op + n], bq[oq : oq + n]
+                tv = None
+                if t_all is not None:
+                    if start + n > t_all.shape[0]:
+                        raise ValueError(f"targets hold {t_all.shape[0]} ids, fewer than the rows streamed")
+                    tv = t_all[start : start + n]
+                res = divergence(pv, qv, targets=tv, topk=topk, threads=n_threads, dtype=dtype)
+                yield DivergenceChunk(start, start + n, pv, qv, tv, res)
+                start += n
+                op += n
+                oq += n
+                ps.release(ip, op)
+                qs.release(iq, oq)
+            if op >= bp.shape[0]:
+                ps.close(ip)
+                ip, op = ip + 1, 0
+            if oq >= bq.shape[0]:
+                qs.close(iq)
+                iq, oq = iq + 1, 0
+        # Both sides must end together.
+        rest_p = sum(ps.block(i).shape[0] for i in range(ip, len(ps.sources))) - op if ip < len(ps.sources) else 0
+        rest_q = sum(qs.block(i).shape[0] for i in range(iq, len(qs.sources))) - oq if iq < len(qs.sources) else 0
+        if rest_p or rest_q:
+            raise ValueError(
+                f"p and q hold different numbers of rows: {start + rest_p} and {start + rest_q}"
+            )
+        if t_all is not None and t_all.shape[0] != start:
+            raise ValueError(f"targets hold {t_all.shape[0]} ids for {start} rows")
+    finally:
+        for i in range(len(ps.sources)):
+            ps.close(i)
+        for i in range(len(qs.sources)):
+            qs.close(i)
+
