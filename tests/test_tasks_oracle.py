@@ -131,7 +131,7 @@ def compare(name, rows, oracle, tmp_path):
 
 
 ORACLE_TASKS = sorted(n for n in YAML_PATHS if T.has_builtin_sample(n)) + [
-    "xstorycloze_ar", "xstorycloze_zh"]
+    "xstorycloze_ar", "xstorycloze_te"]
 
 
 # ---------------------------------------------------------------- lm-evaluation-harness itself
@@ -294,7 +294,8 @@ JINJA_CONFIGS = {
         "{{prompt_qa + '\n\nQ: ' + question + '\nA:'}}",
         "{{mc1_targets.choices}}", 0, " "),
 }
-JINJA_CONFIGS["xstorycloze_es"] = JINJA_CONFIGS["xstorycloze_ru"] = JINJA_CONFIGS["xstorycloze_en"]
+for _lang in ("es", "ru", "zh", "ar"):
+    JINJA_CONFIGS[f"xstorycloze_{_lang}"] = JINJA_CONFIGS["xstorycloze_en"]
 JINJA_CONFIGS["truthfulqa_mc2"] = (JINJA_CONFIGS["truthfulqa_mc1"][0], "{{mc2_targets.choices}}", 0, " ")
 
 

@@ -49,7 +49,7 @@ class TaskSpec:
 
 
 XSTORYCLOZE_LANGS = ("en", "ar", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")
-XSTORYCLOZE_SAMPLES = ("en", "es", "ru")
+XSTORYCLOZE_SAMPLES = ("en", "es", "ru", "zh")
 
 _LANG_NAMES = {"en": "English", "ar": "Arabic", "es": "Spanish", "eu": "Basque",
                "hi": "Hindi", "id": "Indonesian", "my": "Burmese", "ru": "Russian",
