@@ -1,0 +1,169 @@
+"""Benchmark: the divergence suite in qfair's C++ core vs the same suite in
+torch (CPU, same thread count) and numpy, on the same aligned float16 rows.
+
+    python bench/bench_divergence.py [--rows 2048] [--vocab 49152 128256] [--threads 2] [--repeats 3]
+
+Prints median wall times, ratios (torch / qfair, numpy / qfair) and
+(row-element pairs)/s; also the per-ISA speed of the core (runtime dispatch
+gain). Timing is noisy on shared machines: quote medians and ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+import qfair
+from qfair._native import core
+
+TOPK = (1, 5, 10)
+
+
+def make_rows(rows: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Base log-probs with an LLM-like spread, and a 'quantized' perturbation."""
+    rng = np.random.default_rng(seed)
+    p = np.empty((rows, vocab), np.float16)
+    q = np.empty((rows, vocab), np.float16)
+    for s in range(0, rows, 256):
+        e = min(rows, s + 256)
+        logits = rng.standard_normal((e - s, vocab), dtype=np.float32) * 2.5
+        logits[:, :50] += 6.0  # a few likely tokens
+        p[s:e] = logits
+        q[s:e] = logits + rng.standard_normal((e - s, vocab), dtype=np.float32) * 0.15
+    targets = rng.integers(0, vocab, rows)
+    return p, q, targets
+
+
+def torch_suite(p16, q16, targets, chunk=128):
+    import torch
+
+    out = []
+    for s in range(0, p16.shape[0], chunk):
+        a = torch.from_numpy(p16[s : s + chunk]).float()
+        b = torch.from_numpy(q16[s : s + chunk]).float()
+        t = torch.from_numpy(targets[s : s + chunk])
+        lp, lq = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+        p, q = lp.exp(), lq.exp()
+        kl_pq = torch.nn.functional.kl_div(lq, lp, log_target=True, reduction="none").sum(-1)
+        kl_qp = torch.nn.functional.kl_div(lp, lq, log_target=True, reduction="none").sum(-1)
+        lm = torch.log(0.5 * (p + q))
+        js = 0.5 * ((p * (lp - lm)).sum(-1) + (q * (lq - lm)).sum(-1))
+        tv = 0.5 * (p - q).abs().sum(-1)
+        hp, hq = -(p * lp).sum(-1), -(q * lq).sum(-1)
+        top_p, ids_p = lp.topk(max(TOPK), -1)
+        top_q, ids_q = lq.topk(max(TOPK), -1)
+        maxp, margin_p = top_p[:, 0].exp(), top_p[:, 0].exp() - top_p[:, 1].exp()
+        maxq, margin_q = top_q[:, 0].exp(), top_q[:, 0].exp() - top_q[:, 1].exp()
+        agree = ids_p[:, 0] == ids_q[:, 0]
+        overlaps = [
+            (ids_p[:, :k, None] == ids_q[:, None, :k]).any(-1).float().mean(-1) for k in TOPK
+        ]
+        tp, tq = lp.gather(1, t[:, None])[:, 0], lq.gather(1, t[:, None])[:, 0]
+        rank_p = 1 + (lp > tp[:, None]).sum(-1)
+        rank_q = 1 + (lq > tq[:, None]).sum(-1)
+        out.append((kl_pq, kl_qp, js, tv, hp, hq, maxp, maxq, margin_p, margin_q, agree, overlaps, rank_p, rank_q))
+    return out
+
+
+def numpy_suite(p16, q16, targets, chunk=128):
+    out = []
+    for s in range(0, p16.shape[0], chunk):
+        a = p16[s : s + chunk].astype(np.float32)
+        b = q16[s : s + chunk].astype(np.float32)
+        t = targets[s : s + chunk]
+        lp = a - a.max(-1, keepdims=True)
+        lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+        lq = b - b.max(-1, keepdims=True)
+        lq -= np.log(np.exp(lq).sum(-1, keepdims=True))
+        p, q = np.exp(lp), np.exp(lq)
+        kl_pq = (p * (lp - lq)).sum(-1)
+        kl_qp = (q * (lq - lp)).sum(-1)
+        lm = np.log(0.5 * (p + q))
+        js = 0.5 * ((p * (lp - lm)).sum(-1) + (q * (lq - lm)).sum(-1))
+        tv = 0.5 * np.abs(p - q).sum(-1)
+        hp, hq = -(p * lp).sum(-1), -(q * lq).sum(-1)
+        k = max(TOPK)
+        idx_p = np.argpartition(-lp, k, axis=-1)[:, :k]
+        idx_q = np.argpartition(-lq, k, axis=-1)[:, :k]
+        r = np.arange(a.shape[0])[:, None]
+        ids_p = np.take_along_axis(idx_p, np.argsort(-lp[r, idx_p], -1, kind="stable"), -1)
+        ids_q = np.take_along_axis(idx_q, np.argsort(-lq[r, idx_q], -1, kind="stable"), -1)
+        overlaps = [(ids_p[:, :kk, None] == ids_q[:, None, :kk]).any(-1).mean(-1) for kk in TOPK]
+        rr = np.arange(a.shape[0])
+        rank_p = 1 + (lp > lp[rr, t][:, None]).sum(-1)
+        rank_q = 1 + (lq > lq[rr, t][:, None]).sum(-1)
+        out.append((kl_pq, kl_qp, js, tv, hp, hq, overlaps, rank_p, rank_q))
+    return out
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=2048)
+    ap.add_argument("--vocab", type=int, nargs="+", default=[49152, 128256])
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-numpy", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = []
+    print(f"threads={args.threads} rows={args.rows} isa={core.active_isa()} torch={torch.__version__}")
+    for vocab in args.vocab:
+        p, q, t = make_rows(args.rows, vocab)
+        pairs = args.rows * vocab
+        qfair.divergence(p[:64], q[:64], targets=t[:64], threads=args.threads)  # warm up
+        t_qfair = median_time(lambda: qfair.divergence(p, q, targets=t, topk=TOPK, threads=args.threads), args.repeats)
+        per_isa = {}
+        for isa in ("avx512", "avx2", "baseline"):
+            if core.select_isa(isa) == isa:
+                per_isa[isa] = median_time(
+                    lambda: qfair.divergence(p[:256], q[:256], targets=t[:256], threads=args.threads), args.repeats
+                )
+        core.select_isa("avx512")
+        t_torch = median_time(lambda: torch_suite(p, q, t), args.repeats)
+        t_numpy = float("nan") if args.skip_numpy else median_time(lambda: numpy_suite(p, q, t), max(1, args.repeats - 1))
+        row = {
+            "vocab": vocab,
+            "rows": args.rows,
+            "threads": args.threads,
+            "qfair_s": t_qfair,
+            "torch_s": t_torch,
+            "numpy_s": t_numpy,
+            "torch_over_qfair": t_torch / t_qfair,
+            "numpy_over_qfair": t_numpy / t_qfair,
+            "qfair_Gpairs_per_s": pairs / t_qfair / 1e9,
+            "torch_Gpairs_per_s": pairs / t_torch / 1e9,
+            "isa_Gpairs_per_s": {k: 256 * vocab / v / 1e9 for k, v in per_isa.items()},
+        }
+        results.append(row)
+        print(
+            f"vocab={vocab:>6}: qfair {t_qfair:7.3f} s ({row['qfair_Gpairs_per_s']:.2f} G pairs/s) | "
+            f"torch {t_torch:7.3f} s ({row['torch_Gpairs_per_s']:.3f} G/s, {row['torch_over_qfair']:.1f}x slower) | "
+            f"numpy {t_numpy:7.3f} s ({row['numpy_over_qfair']:.1f}x slower)"
+        )
+        print("   per-ISA G pairs/s: " + ", ".join(f"{k} {v:.2f}" for k, v in row["isa_Gpairs_per_s"].items()))
+        del p, q
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
