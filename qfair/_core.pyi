@@ -30,3 +30,41 @@ def active_isa() -> str: ...
 def select_isa(cap: str) -> str: ...
 
 # ---- statistics (cpp/bindings/bind_stats.cpp) ------------------------------
+# (owned by the analyze work; typed wrappers in qfair/stats.py and qfair/calibration.py)
+
+def norm_ppf(p: float) -> float: ...
+def wilson(
+    k: npt.NDArray[np.int64], n: npt.NDArray[np.int64], confidence: float = 0.95
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+def mcnemar(b: int, c: int) -> tuple[float, float]:
+    """(exact two-sided p, mid-p)"""
+def holm(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
+def benjamini_hochberg(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
+def bin_assign(
+    conf: npt.NDArray[np.float64], bins: int = 15, binning: str = "width"
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64]]: ...
+def calibration(
+    conf: npt.NDArray[np.float64],
+    correct: npt.NDArray[np.float64],
+    bins: int = 15,
+    binning: str = "width",
+) -> dict[str, Any]:
+    """{'ece', 'mce', 'rms', 'ce2_debiased', 'l2_debiased': float,
+    'lo', 'hi', 'conf_mean', 'acc_mean': ndarray[float64], 'count': ndarray[int64]}"""
+def bootstrap_counts(n: int, seed: int, b: int) -> npt.NDArray[np.uint32]: ...
+def paired_bootstrap(
+    specs: list[dict[str, Any]],
+    resamples: int = 10000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    threads: int = 0,
+    keep_distribution: bool = False,
+) -> list[dict[str, Any]]:
+    """specs: {'kind': 'mean', 'y', 'x'?} or {'kind': 'calibration', 'conf_y',
+    'correct_y', 'conf_x'?, 'correct_x'?, 'bins', 'binning', 'measure'}; each
+    result: estimate, se, bias, pct_lo, pct_hi, bca_lo, bca_hi, z0, accel, p,
+    distribution (ndarray or None)."""
+def sign_flip_test(
+    d: npt.NDArray[np.float64], resamples: int = 10000, seed: int = 0, threads: int = 0
+) -> dict[str, Any]:
+    """{'statistic': float, 'p': float, 'resamples': int, 'exact': bool}"""

@@ -45,14 +45,25 @@ uint64_t Rng::next() {
     return result;
 }
 
+uint32_t Rng::next32() {
+    if (has_spare_) {
+        has_spare_ = false;
+        return uint32_t(spare_);
+    }
+    const uint64_t r = next();
+    spare_ = r;
+    has_spare_ = true;
+    return uint32_t(r >> 32);
+}
+
 uint32_t Rng::below(uint32_t n) {
     // Lemire, "Fast random integer generation in an interval" (2019).
-    uint64_t m = uint64_t(uint32_t(next() >> 32)) * uint64_t(n);
+    uint64_t m = uint64_t(next32()) * uint64_t(n);
     uint32_t l = uint32_t(m);
     if (l < n) {
         const uint32_t t = uint32_t(-n) % n;
         while (l < t) {
-            m = uint64_t(uint32_t(next() >> 32)) * uint64_t(n);
+            m = uint64_t(next32()) * uint64_t(n);
             l = uint32_t(m);
         }
     }
@@ -102,7 +113,8 @@ Interval wilson(int64_t k, int64_t n, double confidence) {
     const double denom = 1.0 + z2 / nn;
     const double center = (ph + z2 / (2.0 * nn)) / denom;
     const double half = z / denom * std::sqrt(ph * (1.0 - ph) / nn + z2 / (4.0 * nn * nn));
-    return {std::max(0.0, center - half), std::min(1.0, center + half)};
+    // The bounds are exactly 0 at k = 0 and exactly 1 at k = n (rounding aside).
+    return {k == 0 ? 0.0 : std::max(0.0, center - half), k == n ? 1.0 : std::min(1.0, center + half)};
 }
 
 namespace {

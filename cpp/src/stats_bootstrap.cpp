@@ -56,6 +56,18 @@ public:
         for (int64_t i = 0; i < n_; ++i) s += double(counts[i]) * d[i];
         return s / double(n_);
     }
+    bool has_draws_path() const override { return true; }
+    double eval_draws(const uint32_t* idx) const override {
+        const double* d = d_.data();
+        double s0 = 0.0, s1 = 0.0;
+        int64_t k = 0;
+        for (; k + 1 < n_; k += 2) {
+            s0 += d[idx[k]];
+            s1 += d[idx[k + 1]];
+        }
+        if (k < n_) s0 += d[idx[k]];
+        return (s0 + s1) / double(n_);
+    }
     void jackknife(double* out, int /*threads*/) const override {
         for (int64_t i = 0; i < n_; ++i) out[i] = (sum_ - d_[size_t(i)]) / double(n_ - 1);
     }
@@ -71,6 +83,8 @@ struct CalSide {
     std::vector<double> conf, correct;
     std::vector<int32_t> bin_of;   // width
     std::vector<int64_t> order;    // mass: indices sorted by confidence
+    std::vector<int64_t> rank_of;  // mass: position of each example in `order`
+    std::vector<double> conf_sorted, correct_sorted;
     int bins = 15;
     Binning binning = Binning::Width;
 
@@ -89,6 +103,15 @@ struct CalSide {
             std::iota(order.begin(), order.end(), int64_t(0));
             std::stable_sort(order.begin(), order.end(),
                              [&](int64_t p, int64_t q) { return conf[size_t(p)] < conf[size_t(q)]; });
+            rank_of.resize(size_t(n));
+            conf_sorted.resize(size_t(n));
+            correct_sorted.resize(size_t(n));
+            for (int64_t j = 0; j < n; ++j) {
+                const int64_t i = order[size_t(j)];
+                rank_of[size_t(i)] = j;
+                conf_sorted[size_t(j)] = conf[size_t(i)];
+                correct_sorted[size_t(j)] = correct[size_t(i)];
+            }
         }
     }
 
@@ -113,27 +136,38 @@ struct CalSide {
             }
             return detail::measure_from_bins(cnt.data(), sc.data(), sa.data(), bins, total, m);
         }
-        // Equal-mass: the bins of the resampled multiset. Group g of
-        // np.array_split over the sorted multiset ends at position end_g; the edge
-        // is the mid-point of the values at end_g - 1 and end_g.
+        // Equal-mass: counts in confidence order, then one sequential walk.
+        thread_local std::vector<uint32_t> cs;
+        cs.resize(size_t(n));
+        for (int64_t j = 0; j < n; ++j) cs[size_t(j)] = counts[order[size_t(j)]];
+        return eval_sorted(cs.data(), m);
+    }
+
+    // Equal-mass measure from multiplicities in sorted-confidence order. Group g
+    // of np.array_split over the sorted multiset ends at position end_g; its
+    // upper edge is the mid-point of the values at end_g - 1 and end_g.
+    double eval_sorted(const uint32_t* cs, CalMeasure m) const {
+        const int64_t n = int64_t(conf.size());
+        thread_local std::vector<double> cnt, sc, sa, edges;
+        const double* sv = conf_sorted.data();
+        const double* sy = correct_sorted.data();
         int64_t total = 0;
-        for (int64_t i = 0; i < n; ++i) total += counts[i];
+        for (int64_t j = 0; j < n; ++j) total += cs[j];
         const int64_t k = std::min<int64_t>(bins, total);
         edges.clear();
         if (k > 1) {
             const int64_t base = total / k, extra = total % k;
             int64_t g = 0, target = base + (0 < extra ? 1 : 0);  // end position of group 0
-            int64_t pos = 0;  // number of multiset elements before the current item
+            int64_t pos = 0;  // multiset elements before the current item
             double prev = 0.0;
             bool want_next = false;  // waiting for the value at position `target`
             for (int64_t j = 0; j < n && g + 1 < k; ++j) {
-                const int64_t i = order[size_t(j)];
-                const uint32_t c = counts[i];
+                const uint32_t c = cs[j];
                 if (!c) continue;
-                const double v = conf[size_t(i)];
-                int64_t lo = pos, hi = pos + c;  // this item occupies [lo, hi)
+                const double v = sv[j];
+                const int64_t lo = pos, hi = pos + c;  // this item occupies [lo, hi)
                 while (g + 1 < k) {
-                    if (want_next) {  // value at `target` is this item (lo == target)
+                    if (want_next) {  // the value at `target` is this item's (lo == target)
                         edges.push_back((prev + v) / 2.0);
                         want_next = false;
                         ++g;
@@ -141,10 +175,8 @@ struct CalSide {
                         continue;
                     }
                     if (target - 1 >= lo && target - 1 < hi) {
-                        // last element of group g is here; first of g+1 is here too
-                        // if target < hi.
-                        if (target < hi) {
-                            edges.push_back(v);  // (v + v) / 2
+                        if (target < hi) {  // both neighbours are copies of this item
+                            edges.push_back(v);
                             ++g;
                             target += base + (g < extra ? 1 : 0);
                             continue;
@@ -166,17 +198,48 @@ struct CalSide {
         sa.assign(size_t(nb), 0.0);
         int b = 0;
         for (int64_t j = 0; j < n; ++j) {
-            const int64_t i = order[size_t(j)];
-            const uint32_t c = counts[i];
+            const uint32_t c = cs[j];
             if (!c) continue;
-            const double v = conf[size_t(i)];
+            const double v = sv[j];
             while (b < nb - 1 && v > edges[size_t(b)]) ++b;
             const double w = double(c);
             cnt[size_t(b)] += w;
             sc[size_t(b)] += w * v;
-            sa[size_t(b)] += w * correct[size_t(i)];
+            sa[size_t(b)] += w * sy[j];
         }
         return detail::measure_from_bins(cnt.data(), sc.data(), sa.data(), nb, double(total), m);
+    }
+
+    // Any binning straight from the drawn indices.
+    double eval_draws_any(const uint32_t* idx, CalMeasure m) const {
+        if (binning == Binning::Width) return eval_draws(idx, m);
+        const int64_t n = int64_t(conf.size());
+        thread_local std::vector<uint32_t> cs;
+        cs.assign(size_t(n), 0u);
+        const int64_t* r = rank_of.data();
+        for (int64_t k = 0; k < n; ++k) ++cs[size_t(r[idx[k]])];
+        return eval_sorted(cs.data(), m);
+    }
+
+    // Width binning straight from the drawn indices.
+    double eval_draws(const uint32_t* idx, CalMeasure m) const {
+        const int64_t n = int64_t(conf.size());
+        thread_local std::vector<double> acc;
+        acc.assign(size_t(3 * bins), 0.0);
+        double* cnt = acc.data();
+        double* sc = cnt + bins;
+        double* sa = sc + bins;
+        const int32_t* bo = bin_of.data();
+        const double* cf = conf.data();
+        const double* co = correct.data();
+        for (int64_t k = 0; k < n; ++k) {
+            const uint32_t i = idx[k];
+            const int32_t b = bo[i];
+            cnt[b] += 1.0;
+            sc[b] += cf[i];
+            sa[b] += co[i];
+        }
+        return detail::measure_from_bins(cnt, sc, sa, bins, double(n), m);
     }
 
     // Leave-one-out values for fixed (width) bins in O(n * bins).
@@ -219,6 +282,11 @@ public:
         const double vy = y_.eval(counts, m_);
         return has_x_ ? vy - x_.eval(counts, m_) : vy;
     }
+    bool has_draws_path() const override { return true; }
+    double eval_draws(const uint32_t* idx) const override {
+        const double vy = y_.eval_draws_any(idx, m_);
+        return has_x_ ? vy - x_.eval_draws_any(idx, m_) : vy;
+    }
     void jackknife(double* out, int threads) const override {
         if (y_.binning != Binning::Width) {
             Statistic::jackknife(out, threads);
@@ -255,6 +323,13 @@ std::unique_ptr<Statistic> make_calibration_diff(const double* conf_x, const dou
 }
 
 // ------------------------------------------------------------------- driver
+void bootstrap_draws(int64_t n, uint64_t seed, int64_t b, uint32_t* idx) {
+    if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+    Rng rng(seed, uint64_t(b));
+    const uint32_t nn = uint32_t(n);
+    for (int64_t k = 0; k < n; ++k) idx[k] = rng.below(nn);
+}
+
 void bootstrap_counts(int64_t n, uint64_t seed, int64_t b, uint32_t* counts) {
     if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
     std::memset(counts, 0, size_t(n) * sizeof(uint32_t));
@@ -288,11 +363,21 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
     const int threads = resolve_threads(opt.threads);
     std::vector<double> theta(K * size_t(B));
 
+    bool need_counts = false;
+    for (auto* s : stats) need_counts |= !s->has_draws_path();
     detail::parallel_for(B, threads, [&](int64_t b0, int64_t b1) {
-        std::vector<uint32_t> counts(static_cast<size_t>(n));
+        std::vector<uint32_t> idx(static_cast<size_t>(n)), counts;
+        if (need_counts) counts.resize(size_t(n));
         for (int64_t b = b0; b < b1; ++b) {
-            bootstrap_counts(n, opt.seed, b, counts.data());
-            for (size_t k = 0; k < K; ++k) theta[k * size_t(B) + size_t(b)] = stats[k]->eval(counts.data());
+            bootstrap_draws(n, opt.seed, b, idx.data());
+            if (need_counts) {
+                std::memset(counts.data(), 0, size_t(n) * sizeof(uint32_t));
+                for (int64_t k = 0; k < n; ++k) ++counts[idx[size_t(k)]];
+            }
+            for (size_t k = 0; k < K; ++k)
+                theta[k * size_t(B) + size_t(b)] = stats[k]->has_draws_path()
+                                                       ? stats[k]->eval_draws(idx.data())
+                                                       : stats[k]->eval(counts.data());
         }
     });
 

@@ -19,10 +19,14 @@ public:
     Rng(uint64_t seed, uint64_t stream);
     uint64_t next();
     // Uniform integer in [0, n), unbiased (Lemire's multiply-and-reject), n < 2^32.
+    // Uses both 32-bit halves of each 64-bit output.
     uint32_t below(uint32_t n);
 
 private:
+    uint32_t next32();
     uint64_t s_[4];
+    uint64_t spare_ = 0;
+    bool has_spare_ = false;
 };
 
 // ------------------------------------------------------------ normal distribution
@@ -87,6 +91,11 @@ class Statistic {
 public:
     virtual ~Statistic() = default;
     virtual double eval(const uint32_t* counts) const = 0;
+    // Faster path from the drawn indices themselves (idx has n entries), for
+    // statistics that need no counts; the result equals eval(counts of idx) up
+    // to floating-point summation order.
+    virtual bool has_draws_path() const { return false; }
+    virtual double eval_draws(const uint32_t* /*idx*/) const { return 0.0; }
     // Leave-one-out values theta_(i), i = 0..n-1 (for the BCa acceleration).
     // The default evaluates with counts set to 1 except a 0 at i.
     virtual void jackknife(double* out, int threads) const;
@@ -132,6 +141,8 @@ struct BootstrapResult {
 std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*>& stats,
                                               const BootstrapOptions& opt);
 
+// The indices drawn for resample b (n of them, each uniform on [0, n)).
+void bootstrap_draws(int64_t n, uint64_t seed, int64_t b, uint32_t* idx);
 // The multiplicities of resample b (exposed for tests): counts has n entries.
 void bootstrap_counts(int64_t n, uint64_t seed, int64_t b, uint32_t* counts);
 

@@ -1,0 +1,76 @@
+"""`qfair analyze`: compare a base dump with quantized dumps and write the tables."""
+from __future__ import annotations
+
+import click
+
+from qfair.cli import main
+
+
+def _int_list(ctx, param, value):  # noqa: ARG001 - click callback signature
+    try:
+        ks = tuple(int(x) for x in str(value).split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 1,5,10, got {value!r}") from None
+    if not ks or any(k < 1 for k in ks):
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return ks
+
+
+def _formats(ctx, param, value):  # noqa: ARG001
+    from qfair.analyze.tables import FORMATS
+
+    fs = tuple(x.strip() for x in str(value).split(",") if x.strip())
+    bad = [f for f in fs if f not in FORMATS]
+    if bad or not fs:
+        raise click.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMATS)}")
+    return fs
+
+
+@main.command("analyze")
+@click.argument("base", type=click.Path(exists=True, file_okay=False))
+@click.argument("quant", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory for the tables.")
+@click.option("--bootstrap", "bootstrap", type=click.IntRange(min=1), default=10000, show_default=True,
+              help="Paired bootstrap resamples per test.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap / permutation seed.")
+@click.option("--bins", type=click.IntRange(min=1), default=15, show_default=True, help="Calibration bins.")
+@click.option("--binning", type=click.Choice(["width", "mass"]), default="width", show_default=True,
+              help="Binning of MCE, RMS-CE and the debiased L2 (ECE is reported under both).")
+@click.option("--topk", default="1,5,10", show_default=True, callback=_int_list, help="Top-k overlaps.")
+@click.option("--strata", type=click.Choice(["confidence", "entropy"]), default="confidence", show_default=True,
+              help="Stratify examples by the base model's confidence or choice entropy.")
+@click.option("--n-strata", type=click.IntRange(min=1), default=5, show_default=True, help="Number of strata.")
+@click.option("--format", "formats", default="parquet,csv,md,latex", show_default=True, callback=_formats,
+              help="Output formats (latex: summary only).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads (default: all cores).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Logits rows per streamed chunk (bounds memory).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, n_strata, formats, threads,
+                chunk_rows, no_progress) -> None:
+    """Compare BASE with one or more QUANT dumps: token divergences, example-level
+    accuracy / confidence / calibration changes, flips, strata and groups, each
+    difference with its bootstrap CI and p-value (Holm and BH adjusted).
+
+    \b
+    Example:
+      qfair analyze runs/base runs/nf4 runs/int8 --out runs/analysis
+    """
+    from qfair.analyze import compare
+    from qfair.analyze.tables import format_summary
+    from qfair.dump import DumpError
+
+    try:
+        result = compare(base, list(quant), bootstrap=bootstrap, seed=seed, bins=bins, binning=binning,
+                         topk=topk, strata=strata, n_strata=n_strata, threads=threads,
+                         chunk_rows=chunk_rows, progress=not no_progress)
+        files = result.write(out, formats=formats)
+    except DumpError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{getattr(e, 'filename', None) or out}: {e.strerror or e}") from None
+    click.echo(format_summary(result.summary, max_rows=60), nl=False)
+    for n in result.notes:
+        click.echo(f"note: {n}", err=True)
+    click.echo(f"wrote {len(files)} files to {out} (tables: summary, examples, tokens, calibration, "
+               f"strata, groups; p_holm / p_bh adjust over all rows of a table)")
