@@ -199,6 +199,7 @@ struct SideRow {
     ScanResult scan;
     double log_norm;  // log sum_v exp(x[v]); NaN when invalid
     double total;     // sum_v exp(x[v] - max)
+    double entropy;   // -sum p log p
     bool valid;
     float target_value;
 };
@@ -213,16 +214,18 @@ SideRow process_side(const Kernels& k, const Matrix& m, int64_t r, int64_t targe
     s.valid = !s.scan.invalid;
     s.log_norm = kNaN;
     s.total = kNaN;
+    s.entropy = kNaN;
     if (s.valid) {
-        s.total = k.sum_exp(row, m.dtype, m.cols, s.scan.max, exp_store);
-        s.log_norm = static_cast<double>(s.scan.max) + std::log(s.total);
+        detail::SumExp se = k.sum_exp(row, m.dtype, m.cols, s.scan.max, exp_store);
+        s.total = se.total;
+        s.log_norm = static_cast<double>(s.scan.max) + std::log(se.total);
+        s.entropy = std::log(se.total) - se.weighted / se.total;
         if (heap != nullptr) detail::topk_sort(*heap);
     }
     return s;
 }
 
-void write_side(const SideRow& s, const TopK& heap, int64_t r, int64_t target, double entropy,
-                const SideOutputs& o) {
+void write_side(const SideRow& s, const TopK& heap, int64_t r, int64_t target, const SideOutputs& o) {
     if (!s.valid) {
         if (o.entropy) o.entropy[r] = kNaN;
         if (o.maxprob) o.maxprob[r] = kNaN;
@@ -234,7 +237,7 @@ void write_side(const SideRow& s, const TopK& heap, int64_t r, int64_t target, d
     }
     double top1 = std::exp(static_cast<double>(heap.value[0]) - s.log_norm);
     double top2 = heap.size > 1 ? std::exp(static_cast<double>(heap.value[1]) - s.log_norm) : 0.0;
-    if (o.entropy) o.entropy[r] = entropy;
+    if (o.entropy) o.entropy[r] = s.entropy;
     if (o.maxprob) o.maxprob[r] = top1;
     if (o.margin) o.margin[r] = top1 - top2;
     if (o.argmax) o.argmax[r] = heap.id[0];
@@ -298,7 +301,7 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
             c.q += !sq.valid;
             const bool both = sp.valid && sq.valid;
             c.rows += !both;
-            detail::JointSums js{kNaN, kNaN, kNaN, kNaN, kNaN, kNaN};
+            detail::JointSums js{kNaN, kNaN, kNaN, kNaN};
             if (both) {
                 detail::JointArgs a;
                 a.p = row_ptr(p, r);
@@ -308,26 +311,13 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
                 a.p_hat = s.exp_p.data();
                 a.q_hat = s.exp_q.data();
                 a.n = n;
-                split(sp.log_norm, a.cp_hi, a.cp_lo);
-                split(sq.log_norm, a.cq_hi, a.cq_lo);
                 split(sq.log_norm - sp.log_norm, a.dc_hi, a.dc_lo);
                 a.inv_sp = static_cast<float>(1.0 / sp.total);
                 a.inv_sq = static_cast<float>(1.0 / sq.total);
                 js = k.joint(a);
-            } else {
-                if (sp.valid && out.p.entropy) {
-                    float hi, lo;
-                    split(sp.log_norm, hi, lo);
-                    js.neg_plogp = k.entropy(row_ptr(p, r), p.dtype, n, hi, lo);
-                }
-                if (sq.valid && out.q.entropy) {
-                    float hi, lo;
-                    split(sq.log_norm, hi, lo);
-                    js.neg_qlogq = k.entropy(row_ptr(q, r), q.dtype, n, hi, lo);
-                }
             }
-            write_side(sp, hp, r, t, js.neg_plogp, out.p);
-            write_side(sq, hq, r, t, js.neg_qlogq, out.q);
+            write_side(sp, hp, r, t, out.p);
+            write_side(sq, hq, r, t, out.q);
             if (out.kl_pq) out.kl_pq[r] = both ? js.kl_pq : kNaN;
             if (out.kl_qp) out.kl_qp[r] = both ? js.kl_qp : kNaN;
             if (out.js) out.js[r] = both ? js.js : kNaN;
@@ -372,13 +362,7 @@ int64_t distribution_stats(const Matrix& p, const int64_t* targets, int threads_
             const int64_t t = target_of(targets, r, p.cols);
             SideRow sp = process_side(k, p, r, t, &hp, nullptr);
             invalid[static_cast<size_t>(worker)] += !sp.valid;
-            double h = kNaN;
-            if (sp.valid && out.entropy) {
-                float hi, lo;
-                split(sp.log_norm, hi, lo);
-                h = k.entropy(row_ptr(p, r), p.dtype, p.cols, hi, lo);
-            }
-            write_side(sp, hp, r, t, h, out);
+            write_side(sp, hp, r, t, out);
         }
     });
     int64_t total = 0;

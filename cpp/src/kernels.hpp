@@ -40,13 +40,18 @@ struct ScanResult {
 
 // Sums are accumulated in double; terms are formed in float32.
 struct JointSums {
-    double kl_pq, kl_qp, js, tv, neg_plogp, neg_qlogq;
+    double kl_pq, kl_qp, js, tv;
 };
 
-// The joint pass over a row pair. log p = (x - cp_hi) - cp_lo with
-// cp = cp_hi + cp_lo the row's log-normaliser split into two floats (likewise
-// for q); dc = dc_hi + dc_lo = cq - cp forms d = log q - log p = (xq - xp) - dc; p_hat holds
-// exp(xp - max p) from the normaliser pass and inv_sp = 1 / sum(p_hat).
+// sum_v e^y and sum_v e^y * y, y = x[v] - shift.
+struct SumExp {
+    double total, weighted;
+};
+
+// The joint pass over a row pair. dc = dc_hi + dc_lo = cq - cp, the
+// difference of the rows' log-normalisers, forms d = log q - log p =
+// (xq - xp) - dc; p_hat holds exp(xp - max p) from the normaliser pass and
+// inv_sp = 1 / sum(p_hat) (likewise for q).
 struct JointArgs {
     const void* p;
     DType dp;
@@ -55,19 +60,18 @@ struct JointArgs {
     const float* p_hat;
     const float* q_hat;
     int64_t n;
-    float cp_hi, cp_lo, cq_hi, cq_lo, dc_hi, dc_lo, inv_sp, inv_sq;
+    float dc_hi, dc_lo, inv_sp, inv_sq;
 };
 
 struct Kernels {
     const char* name;
-    // First pass over one row: max, validity, target rank count, top-k.
+    // First pass over one row: max, validity, target rank count (skipped when
+    // target_value is NaN), top-k (topk must not be null; k >= 1).
     ScanResult (*scan)(const void* row, DType dtype, int64_t n, float target_value, TopK* topk);
-    // sum_v exp(x[v] - shift), shift = the row max; when `store` is not null
-    // the terms are also written there (it needs n + 16 floats).
-    double (*sum_exp)(const void* row, DType dtype, int64_t n, float shift, float* store);
+    // The normaliser pass, shift = the row max; when `store` is not null the
+    // terms e^y are also written there (it needs n + 16 floats).
+    SumExp (*sum_exp)(const void* row, DType dtype, int64_t n, float shift, float* store);
     JointSums (*joint)(const JointArgs& args);
-    // -sum p log p for a single row.
-    double (*entropy)(const void* row, DType dtype, int64_t n, float c_hi, float c_lo);
 };
 
 const Kernels* kernels_avx512();  // null when not compiled in

@@ -323,19 +323,62 @@ std::unique_ptr<Statistic> make_calibration_diff(const double* conf_x, const dou
 }
 
 // ------------------------------------------------------------------- driver
+namespace {
+constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ULL;
+inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+// Key of resample b: the draws are SplitMix64 outputs mix(key + k * golden),
+// a counter-based generator, so every draw is independent of the others (no
+// serial state: the CPU overlaps them) and resample b depends only on (seed, b).
+inline uint64_t resample_key(uint64_t seed, uint64_t b) {
+    return mix64(mix64(seed + kGolden) ^ (b * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL));
+}
+// Lemire's rejection for the rare low products: redraw from a second counter
+// sequence of the same key until the product's low word clears the threshold.
+inline uint32_t lemire_fix(uint64_t m, uint32_t n, uint64_t key, uint64_t* rej) {
+    const uint32_t t = uint32_t(-n) % n;
+    while (uint32_t(m) < t) {
+        const uint64_t z = mix64((key ^ 0x5851f42d4c957f2dULL) + (++*rej) * kGolden);
+        m = (z >> 32) * uint64_t(n);
+    }
+    return uint32_t(m >> 32);
+}
+}  // namespace
+
 void bootstrap_draws(int64_t n, uint64_t seed, int64_t b, uint32_t* idx) {
     if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
-    Rng rng(seed, uint64_t(b));
-    const uint32_t nn = uint32_t(n);
-    for (int64_t k = 0; k < n; ++k) idx[k] = rng.below(nn);
+    const uint64_t key = resample_key(seed, uint64_t(b));
+    const uint64_t nn = uint64_t(n);
+    const uint32_t n32 = uint32_t(n);
+    uint64_t rej = 0;
+    int64_t k = 0;
+    uint64_t ctr = key;
+    for (; k + 1 < n; k += 2) {
+        ctr += kGolden;
+        const uint64_t z = mix64(ctr);
+        const uint64_t m0 = (z >> 32) * nn, m1 = (z & 0xffffffffULL) * nn;
+        idx[k] = uint32_t(m0 >> 32);
+        idx[k + 1] = uint32_t(m1 >> 32);
+        if (__builtin_expect(uint32_t(m0) < n32, 0)) idx[k] = lemire_fix(m0, n32, key, &rej);
+        if (__builtin_expect(uint32_t(m1) < n32, 0)) idx[k + 1] = lemire_fix(m1, n32, key, &rej);
+    }
+    if (k < n) {
+        ctr += kGolden;
+        const uint64_t m0 = (mix64(ctr) >> 32) * nn;
+        idx[k] = uint32_t(m0 >> 32);
+        if (uint32_t(m0) < n32) idx[k] = lemire_fix(m0, n32, key, &rej);
+    }
 }
 
 void bootstrap_counts(int64_t n, uint64_t seed, int64_t b, uint32_t* counts) {
     if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+    std::vector<uint32_t> idx(static_cast<size_t>(n));
+    bootstrap_draws(n, seed, b, idx.data());
     std::memset(counts, 0, size_t(n) * sizeof(uint32_t));
-    Rng rng(seed, uint64_t(b));
-    const uint32_t nn = uint32_t(n);
-    for (int64_t k = 0; k < n; ++k) ++counts[rng.below(nn)];
+    for (int64_t k = 0; k < n; ++k) ++counts[idx[size_t(k)]];
 }
 
 double quantile_sorted(const double* v, int64_t n, double q) {
