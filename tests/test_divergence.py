@@ -500,3 +500,24 @@ def test_stream_memory_is_bounded_by_the_chunk(tmp_path):
     assert n == rows
     # Two 128 MiB files went through; a chunk is 2 x 8 MiB. Allow generous slack.
     assert peak - base < 64 << 20, (peak - base) >> 20
+
+
+def test_missing_extension_gives_a_helpful_message():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'qfair._core':\n"
+        "            raise ImportError('simulated: extension not built')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import qfair\n"  # the package itself imports without the extension
+        "try:\n"
+        "    qfair.divergence\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "not built" in out and "pip install" in out
