@@ -268,3 +268,60 @@ def test_offline_hub_id_and_backend_noise_in_a_clean_process(tiny):
     assert "offline? pass a local directory" in err_lines[0]
     for noise in ("Failed to load", "_pytree", "MatMul8bitLt", "kernels-community"):
         assert noise not in r.stdout + r.stderr, noise
+
+
+@pytest.fixture
+def fake_converter(monkeypatch, tiny):
+    """Replace the (slow) GGUF de-quantization by the tiny model; count calls."""
+    import qfair.models.loading as L
+
+    calls = []
+
+    def convert(src, dtype=None, progress=True):
+        calls.append(src.gguf_file)
+        m = tiny["model"] if dtype is None else __import__("copy").deepcopy(tiny["model"]).to(dtype)
+        return m, tiny["tok"]
+
+    monkeypatch.setattr(L, "_convert_gguf", convert)
+    return calls
+
+
+def test_first_load_converts_then_hits(tmp_path, tiny, fake_converter, capsys):
+    gguf, sha = _fake_gguf(tmp_path)
+    root = tmp_path / "c"
+    a = load_model(gguf, cache_dir=root, progress=True)
+    assert a.from_cache is False and len(fake_converter) == 1
+    assert "converting m.gguf to float once" in capsys.readouterr().err
+    b = load_model(gguf, cache_dir=root, progress=False, quant="bnb-nf4")
+    assert b.from_cache is True and len(fake_converter) == 1
+    assert a.checkpoint_path == b.checkpoint_path == str(C.entry_dir(sha, root))
+
+
+def test_unwritable_cache_falls_back_to_a_temporary_copy(tmp_path, tiny, fake_converter, monkeypatch, capsys):
+    gguf, sha = _fake_gguf(tmp_path)
+    real = C.write_entry
+
+    def refuse_user_cache(*a, cache_dir=None, **k):
+        if str(cache_dir).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied")
+        return real(*a, cache_dir=cache_dir, **k)
+
+    monkeypatch.setattr(C, "write_entry", refuse_user_cache)
+    lm = load_model(gguf, cache_dir=tmp_path / "ro", quant="quanto-int8", progress=False)
+    err = capsys.readouterr().err
+    assert "could not write the float cache" in err and "Permission denied" in err
+    assert lm.from_cache is False and lm.checkpoint_path is None
+    assert C.lookup(sha, tmp_path / "ro") is None
+    ids = tiny["tok"]("rain", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(lm.model(ids).logits).all()
+
+
+def test_cache_disabled(tmp_path, tiny, fake_converter, monkeypatch):
+    gguf, sha = _fake_gguf(tmp_path)
+    monkeypatch.setenv("QFAIR_CACHE", str(tmp_path / "env"))
+    direct = load_model(gguf, conversion_cache=False, progress=False)
+    assert direct.model is tiny["model"] and direct.checkpoint_path == gguf
+    q = load_model(gguf, conversion_cache=False, quant="bnb-int8", progress=False)
+    assert q.from_cache is False and q.checkpoint_path is None
+    assert not (tmp_path / "env").exists() and len(fake_converter) == 2

@@ -454,17 +454,31 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
                     m.to(dev)
                     return LoadedModel(m, tok, dev, spec, src, requested, src.gguf_file, False,
                                        time.perf_counter() - t0, {"trust_remote_code": trust_remote_code})
-                where = _cache.entry_dir(src.gguf_sha256, cache_dir) if conversion_cache else "a temporary directory"
-                _say(progress, f"converting {Path(src.gguf_file).name} to float (once; cached in {where})")
-                m, tok = _convert_gguf(src, None, progress)
                 if conversion_cache:
-                    ckpt = str(_cache.write_entry(m, tok, sha256=src.gguf_sha256, gguf_path=src.gguf_file,
-                                                  cache_dir=cache_dir))
+                    _say(progress, f"converting {Path(src.gguf_file).name} to float once; cached in "
+                                   f"{_cache.entry_dir(src.gguf_sha256, cache_dir)}")
                 else:
+                    _say(progress, f"converting {Path(src.gguf_file).name} to float (cache disabled)")
+                m, tok = _convert_gguf(src, None, progress)
+                ckpt_path: Path | None = None
+                if conversion_cache:
+                    try:
+                        ckpt_path = _cache.write_entry(m, tok, sha256=src.gguf_sha256, gguf_path=src.gguf_file,
+                                                       cache_dir=cache_dir)
+                    except OSError as e:
+                        _say(True, f"warning: could not write the float cache in {_cache.cache_root(cache_dir)} "
+                                   f"({e.strerror or e}); continuing without it (set QFAIR_CACHE to a writable "
+                                   f"directory to make later loads fast)")
+                if ckpt_path is None:
                     tmp_root = Path(tempfile.mkdtemp(prefix="qfair-gguf-"))
                     tmp_ckpt = str(tmp_root)
-                    ckpt = str(_cache.write_entry(m, tok, sha256=src.gguf_sha256, gguf_path=src.gguf_file,
-                                                  cache_dir=tmp_root))
+                    try:
+                        ckpt_path = _cache.write_entry(m, tok, sha256=src.gguf_sha256, gguf_path=src.gguf_file,
+                                                       cache_dir=tmp_root)
+                    except OSError as e:
+                        raise ModelError(f"could not write the converted model to {tmp_root}: "
+                                         f"{e.strerror or e}") from None
+                ckpt = str(ckpt_path)
                 del m, tok
             load_rev = None
         else:
@@ -533,8 +547,8 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
             _quiet_bnb_cast_warning()
             if spec.name == "bnb-int8":
                 extra["note"] = "bitsandbytes LLM.int8 casts float32 activations to float16 for its matmuls"
-        return LoadedModel(m, tok, dev, spec, src, requested, ckpt if src.is_gguf else src.path, from_cache,
-                           time.perf_counter() - t0, extra)
+        where = (None if tmp_ckpt is not None else ckpt) if src.is_gguf else src.path
+        return LoadedModel(m, tok, dev, spec, src, requested, where, from_cache, time.perf_counter() - t0, extra)
     finally:
         if tmp_ckpt is not None:
             shutil.rmtree(tmp_ckpt, ignore_errors=True)
