@@ -1,0 +1,61 @@
+"""Shared helpers for the dump tests (imported by tests/test_dump*.py).
+
+A tiny random-weight Llama (qfair.models.tiny) stands in for a real model, and
+a generic multiple-choice file (task ``mc``) with original, generated items
+stands in for a benchmark.
+"""
+from __future__ import annotations
+
+import json
+import random
+import types
+from pathlib import Path
+
+WORDS = ("the a cat dog sat on mat river bank flows quickly slowly under bridge green lamp "
+         "café naïve über 東京 🙂 ok yes no maybe , . ? ! 12 345").split()
+
+
+def write_mc_file(path: Path, n: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            ctx = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14)))
+            ctx += rng.choice(["", " ", "\n", ":", "\nAnswer:"])
+            k = rng.randint(2, 5)
+            choices = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))) for _ in range(k)]
+            row = {"id": f"q{i}", "context": ctx, "choices": choices, "label": rng.randrange(k),
+                   "group": rng.choice(["g1", "g2", None])}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def load_tiny(path: Path):
+    """A LoadedModel stand-in (same attributes the dump uses)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    return types.SimpleNamespace(
+        model=model, tokenizer=tok, device=torch.device("cpu"), vocab_size=int(model.config.vocab_size),
+        manifest=lambda: {"model": str(path), "quant": {"name": "none"}, "dtype": "float32", "device": "cpu"},
+    )
+
+
+def data_files(dump_dir: Path) -> dict[str, bytes]:
+    """Every data file of a dump (not the manifest), by relative path."""
+    out = {}
+    for p in sorted(Path(dump_dir).rglob("*")):
+        if p.is_file() and p.name != "manifest.json":
+            out[str(p.relative_to(dump_dir))] = p.read_bytes()
+    return out
+
+
+def stable_manifest(dump_dir: Path) -> dict:
+    """The manifest without the fields that record wall-clock times."""
+    m = json.loads((Path(dump_dir) / "manifest.json").read_text())
+    run = dict(m["run"])
+    for k in ("start_time", "end_time", "resumed_at"):
+        run.pop(k, None)
+    m["run"] = run
+    return m
