@@ -101,6 +101,30 @@ def test_torchao_manifest_is_json():
     assert man["config_class"] == "TorchAoConfig"
     assert json.loads(json.dumps(man)) == man
     assert "Int8WeightOnlyConfig" in json.dumps(man["config"])
+    # int4 (CUDA-only to run) still builds and records its config anywhere
+    man4 = parse_quant_spec("torchao-int4wo:group_size=64").to_manifest()
+    assert json.loads(json.dumps(man4)) == man4
+    text = json.dumps(man4["config"])
+    assert "Int4WeightOnlyConfig" in text and '"group_size": 64' in text and "tile_packed_to_4d" in text
+
+
+def test_json_safe_on_adversarial_values():
+    import enum
+
+    import torch
+
+    class E(enum.Enum):
+        A = "a"
+
+    class S(str, enum.Enum):
+        B = "b"
+
+    got = json_safe({"d": torch.bfloat16, "e": E.A, "s": S.B, "t": (1, 2), "set": {3, 1},
+                     "nan": float("nan"), "inf": float("inf"), 5: None, "obj": object})
+    assert json.loads(json.dumps(got)) == got
+    assert got["d"] == "torch.bfloat16" and got["e"] == "a" and got["s"] == "b"
+    assert got["t"] == [1, 2] and got["set"] == [1, 3] and got["5"] is None
+    assert got["nan"] == "nan" and got["inf"] == "inf"
 
 
 def test_availability_rules(monkeypatch):

@@ -231,7 +231,9 @@ _VERSION_MODULES = {  # distribution -> module whose presence in sys.modules mea
 
 def library_versions() -> dict[str, str]:
     """Versions of the model libraries that are imported in this process."""
-    out = {"python": sys.version.split()[0]}
+    from qfair import __version__ as qfair_version
+
+    out = {"python": sys.version.split()[0], "qfair": qfair_version}
     for dist, mod in _VERSION_MODULES.items():
         if mod in sys.modules:
             try:
