@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir = tmp
     results: dict = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
+                    "torch": torch.__version__, "loadavg_at_start": list(os.getloadavg())},
         "tokens": args.tokens,
         "specs": {},
     }
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         second = time.perf_counter() - t
         results["load"] = {"first_conversion_s": round(first, 2), "cached_s": round(second, 2),
                            "from_cache": [False, base.from_cache]}
+        print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+              f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
         print(f"SmolLM2 load: first (GGUF conversion + cache write) {first:.1f} s, cached {second:.2f} s",
               flush=True)
 
