@@ -51,10 +51,17 @@ public:
         for (double v : d_) sum_ += v;
     }
     double eval(const uint32_t* counts) const override {
-        double s = 0.0;
         const double* d = d_.data();
-        for (int64_t i = 0; i < n_; ++i) s += double(counts[i]) * d[i];
-        return s / double(n_);
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;  // four chains: latency, not a loop-carried add
+        int64_t i = 0;
+        for (; i + 4 <= n_; i += 4) {
+            s0 += double(counts[i]) * d[i];
+            s1 += double(counts[i + 1]) * d[i + 1];
+            s2 += double(counts[i + 2]) * d[i + 2];
+            s3 += double(counts[i + 3]) * d[i + 3];
+        }
+        for (; i < n_; ++i) s0 += double(counts[i]) * d[i];
+        return ((s0 + s1) + (s2 + s3)) / double(n_);
     }
     bool has_draws_path() const override { return true; }
     double eval_draws(const uint32_t* idx) const override {
@@ -82,6 +89,8 @@ private:
 struct CalSide {
     std::vector<double> conf, correct;
     std::vector<int32_t> bin_of;   // width
+    std::vector<int64_t> seg, by_bin;  // width: bin segments over examples in bin order
+    std::vector<double> conf_by_bin, correct_by_bin;
     std::vector<int64_t> order;    // mass: indices sorted by confidence
     std::vector<int64_t> rank_of;  // mass: position of each example in `order`
     std::vector<double> conf_sorted, correct_sorted;
@@ -98,6 +107,20 @@ struct CalSide {
         if (bn == Binning::Width) {
             bin_of.resize(size_t(n));
             for (int64_t i = 0; i < n; ++i) bin_of[size_t(i)] = detail::width_bin(c[i], b);
+            // examples grouped by bin (stable), with each bin's segment
+            seg.assign(size_t(b) + 1, 0);
+            for (int64_t i = 0; i < n; ++i) ++seg[size_t(bin_of[size_t(i)]) + 1];
+            for (int k = 0; k < b; ++k) seg[size_t(k) + 1] += seg[size_t(k)];
+            std::vector<int64_t> fill(seg.begin(), seg.end() - 1);
+            by_bin.resize(size_t(n));
+            conf_by_bin.resize(size_t(n));
+            correct_by_bin.resize(size_t(n));
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t j = fill[size_t(bin_of[size_t(i)])]++;
+                by_bin[size_t(j)] = i;
+                conf_by_bin[size_t(j)] = c[i];
+                correct_by_bin[size_t(j)] = a[i];
+            }
         } else {
             order.resize(size_t(n));
             std::iota(order.begin(), order.end(), int64_t(0));
@@ -124,15 +147,32 @@ struct CalSide {
             sc.assign(size_t(bins), 0.0);
             sa.assign(size_t(bins), 0.0);
             double total = 0.0;
-            for (int64_t i = 0; i < n; ++i) {
-                const uint32_t k = counts[i];
-                if (!k) continue;
-                const size_t b = size_t(bin_of[size_t(i)]);
-                const double w = double(k);
-                cnt[b] += w;
-                sc[b] += w * conf[size_t(i)];
-                sa[b] += w * correct[size_t(i)];
-                total += w;
+            const int64_t* perm = by_bin.data();
+            const double* cf = conf_by_bin.data();
+            const double* co = correct_by_bin.data();
+            for (int b = 0; b < bins; ++b) {
+                double c0 = 0.0, s0 = 0.0, a0 = 0.0, c1 = 0.0, s1 = 0.0, a1 = 0.0;
+                int64_t j = seg[size_t(b)];
+                const int64_t e = seg[size_t(b) + 1];
+                for (; j + 2 <= e; j += 2) {
+                    const double w0 = double(counts[perm[j]]), w1 = double(counts[perm[j + 1]]);
+                    c0 += w0;
+                    s0 += w0 * cf[j];
+                    a0 += w0 * co[j];
+                    c1 += w1;
+                    s1 += w1 * cf[j + 1];
+                    a1 += w1 * co[j + 1];
+                }
+                if (j < e) {
+                    const double w0 = double(counts[perm[j]]);
+                    c0 += w0;
+                    s0 += w0 * cf[j];
+                    a0 += w0 * co[j];
+                }
+                cnt[size_t(b)] = c0 + c1;
+                sc[size_t(b)] = s0 + s1;
+                sa[size_t(b)] = a0 + a1;
+                total += c0 + c1;
             }
             return detail::measure_from_bins(cnt.data(), sc.data(), sa.data(), bins, total, m);
         }
@@ -151,42 +191,27 @@ struct CalSide {
         thread_local std::vector<double> cnt, sc, sa, edges;
         const double* sv = conf_sorted.data();
         const double* sy = correct_sorted.data();
+        // Prefix sums of the multiplicities locate the value at any position of
+        // the sorted multiset by binary search (no data-dependent branches).
+        thread_local std::vector<int64_t> pre;
+        pre.resize(size_t(n));
         int64_t total = 0;
-        for (int64_t j = 0; j < n; ++j) total += cs[j];
+        for (int64_t j = 0; j < n; ++j) {
+            total += cs[j];
+            pre[size_t(j)] = total;
+        }
+        auto value_at = [&](int64_t pos) {
+            const int64_t j = std::upper_bound(pre.begin(), pre.end(), pos) - pre.begin();
+            return sv[j];
+        };
         const int64_t k = std::min<int64_t>(bins, total);
         edges.clear();
         if (k > 1) {
             const int64_t base = total / k, extra = total % k;
-            int64_t g = 0, target = base + (0 < extra ? 1 : 0);  // end position of group 0
-            int64_t pos = 0;  // multiset elements before the current item
-            double prev = 0.0;
-            bool want_next = false;  // waiting for the value at position `target`
-            for (int64_t j = 0; j < n && g + 1 < k; ++j) {
-                const uint32_t c = cs[j];
-                if (!c) continue;
-                const double v = sv[j];
-                const int64_t lo = pos, hi = pos + c;  // this item occupies [lo, hi)
-                while (g + 1 < k) {
-                    if (want_next) {  // the value at `target` is this item's (lo == target)
-                        edges.push_back((prev + v) / 2.0);
-                        want_next = false;
-                        ++g;
-                        target += base + (g < extra ? 1 : 0);
-                        continue;
-                    }
-                    if (target - 1 >= lo && target - 1 < hi) {
-                        if (target < hi) {  // both neighbours are copies of this item
-                            edges.push_back(v);
-                            ++g;
-                            target += base + (g < extra ? 1 : 0);
-                            continue;
-                        }
-                        prev = v;
-                        want_next = true;
-                    }
-                    break;
-                }
-                pos = hi;
+            int64_t end = 0;
+            for (int64_t g = 0; g + 1 < k; ++g) {
+                end += base + (g < extra ? 1 : 0);
+                edges.push_back((value_at(end - 1) + value_at(end)) / 2.0);
             }
         }
         edges.push_back(1.0);
@@ -196,16 +221,21 @@ struct CalSide {
         cnt.assign(size_t(nb), 0.0);
         sc.assign(size_t(nb), 0.0);
         sa.assign(size_t(nb), 0.0);
-        int b = 0;
-        for (int64_t j = 0; j < n; ++j) {
-            const uint32_t c = cs[j];
-            if (!c) continue;
-            const double v = sv[j];
-            while (b < nb - 1 && v > edges[size_t(b)]) ++b;
-            const double w = double(c);
-            cnt[size_t(b)] += w;
-            sc[size_t(b)] += w * v;
-            sa[size_t(b)] += w * sy[j];
+        // Values ascend, so each bin is a contiguous run; items drawn zero times
+        // add zero (no branch on the count).
+        int64_t j = 0;
+        for (int b = 0; b < nb; ++b) {
+            const double edge = b == nb - 1 ? std::numeric_limits<double>::infinity() : edges[size_t(b)];
+            double c0 = 0.0, s0 = 0.0, a0 = 0.0;
+            for (; j < n && sv[j] <= edge; ++j) {
+                const double w = double(cs[j]);
+                c0 += w;
+                s0 += w * sv[j];
+                a0 += w * sy[j];
+            }
+            cnt[size_t(b)] = c0;
+            sc[size_t(b)] = s0;
+            sa[size_t(b)] = a0;
         }
         return detail::measure_from_bins(cnt.data(), sc.data(), sa.data(), nb, double(total), m);
     }
@@ -282,11 +312,9 @@ public:
         const double vy = y_.eval(counts, m_);
         return has_x_ ? vy - x_.eval(counts, m_) : vy;
     }
-    bool has_draws_path() const override { return true; }
-    double eval_draws(const uint32_t* idx) const override {
-        const double vy = y_.eval_draws_any(idx, m_);
-        return has_x_ ? vy - x_.eval_draws_any(idx, m_) : vy;
-    }
+    // Counts, not draws: the per-bin sums then run over examples in bin order
+    // with register accumulators instead of read-modify-writes per draw.
+    bool has_draws_path() const override { return false; }
     void jackknife(double* out, int threads) const override {
         if (y_.binning != Binning::Width) {
             Statistic::jackknife(out, threads);
@@ -348,8 +376,8 @@ inline uint32_t lemire_fix(uint64_t m, uint32_t n, uint64_t key, uint64_t* rej) 
 }
 }  // namespace
 
-void bootstrap_draws(int64_t n, uint64_t seed, int64_t b, uint32_t* idx) {
-    if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+template <class Sink>
+inline void for_each_draw(int64_t n, uint64_t seed, int64_t b, Sink&& sink) {
     const uint64_t key = resample_key(seed, uint64_t(b));
     const uint64_t nn = uint64_t(n);
     const uint32_t n32 = uint32_t(n);
@@ -360,25 +388,30 @@ void bootstrap_draws(int64_t n, uint64_t seed, int64_t b, uint32_t* idx) {
         ctr += kGolden;
         const uint64_t z = mix64(ctr);
         const uint64_t m0 = (z >> 32) * nn, m1 = (z & 0xffffffffULL) * nn;
-        idx[k] = uint32_t(m0 >> 32);
-        idx[k + 1] = uint32_t(m1 >> 32);
-        if (__builtin_expect(uint32_t(m0) < n32, 0)) idx[k] = lemire_fix(m0, n32, key, &rej);
-        if (__builtin_expect(uint32_t(m1) < n32, 0)) idx[k + 1] = lemire_fix(m1, n32, key, &rej);
+        uint32_t i0 = uint32_t(m0 >> 32), i1 = uint32_t(m1 >> 32);
+        if (__builtin_expect(uint32_t(m0) < n32, 0)) i0 = lemire_fix(m0, n32, key, &rej);
+        if (__builtin_expect(uint32_t(m1) < n32, 0)) i1 = lemire_fix(m1, n32, key, &rej);
+        sink(k, i0);
+        sink(k + 1, i1);
     }
     if (k < n) {
         ctr += kGolden;
         const uint64_t m0 = (mix64(ctr) >> 32) * nn;
-        idx[k] = uint32_t(m0 >> 32);
-        if (uint32_t(m0) < n32) idx[k] = lemire_fix(m0, n32, key, &rej);
+        uint32_t i0 = uint32_t(m0 >> 32);
+        if (uint32_t(m0) < n32) i0 = lemire_fix(m0, n32, key, &rej);
+        sink(k, i0);
     }
+}
+
+void bootstrap_draws(int64_t n, uint64_t seed, int64_t b, uint32_t* idx) {
+    if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+    for_each_draw(n, seed, b, [idx](int64_t k, uint32_t i) { idx[k] = i; });
 }
 
 void bootstrap_counts(int64_t n, uint64_t seed, int64_t b, uint32_t* counts) {
     if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
-    std::vector<uint32_t> idx(static_cast<size_t>(n));
-    bootstrap_draws(n, seed, b, idx.data());
     std::memset(counts, 0, size_t(n) * sizeof(uint32_t));
-    for (int64_t k = 0; k < n; ++k) ++counts[idx[size_t(k)]];
+    for_each_draw(n, seed, b, [counts](int64_t, uint32_t i) { ++counts[i]; });
 }
 
 double quantile_sorted(const double* v, int64_t n, double q) {
@@ -406,21 +439,22 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
     const int threads = resolve_threads(opt.threads);
     std::vector<double> theta(K * size_t(B));
 
+    // Statistics that need multiplicities get them straight from the draws and
+    // then every statistic reads the counts (a mean becomes a sequential dot
+    // product); otherwise the draws are kept as indices.
     bool need_counts = false;
     for (auto* s : stats) need_counts |= !s->has_draws_path();
     detail::parallel_for(B, threads, [&](int64_t b0, int64_t b1) {
-        std::vector<uint32_t> idx(static_cast<size_t>(n)), counts;
-        if (need_counts) counts.resize(size_t(n));
+        std::vector<uint32_t> buf(static_cast<size_t>(n));
         for (int64_t b = b0; b < b1; ++b) {
-            bootstrap_draws(n, opt.seed, b, idx.data());
             if (need_counts) {
-                std::memset(counts.data(), 0, size_t(n) * sizeof(uint32_t));
-                for (int64_t k = 0; k < n; ++k) ++counts[idx[size_t(k)]];
+                bootstrap_counts(n, opt.seed, b, buf.data());
+                for (size_t k = 0; k < K; ++k) theta[k * size_t(B) + size_t(b)] = stats[k]->eval(buf.data());
+            } else {
+                bootstrap_draws(n, opt.seed, b, buf.data());
+                for (size_t k = 0; k < K; ++k)
+                    theta[k * size_t(B) + size_t(b)] = stats[k]->eval_draws(buf.data());
             }
-            for (size_t k = 0; k < K; ++k)
-                theta[k * size_t(B) + size_t(b)] = stats[k]->has_draws_path()
-                                                       ? stats[k]->eval_draws(idx.data())
-                                                       : stats[k]->eval(counts.data());
         }
     });
 
