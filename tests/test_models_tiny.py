@@ -157,7 +157,13 @@ def test_dtype_and_manifest_for_half_precision(tiny_dir):
     assert man["dtype"] == "bfloat16" and man["requested_dtype"] == "bfloat16"
     assert man["model"]["source"] == "local" and man["model"]["path"] == str(tiny_dir["mistral"].resolve())
     assert man["tokenizer"]["vocab_size"] == 512 and man["tokenizer"]["adds_bos"] is True
-    assert man["trust_remote_code"] is False
+    assert man["trust_remote_code"] is False and man["device_map_requested"] is None
+    lm = load_model(str(tiny_dir["opt"]), device_map="auto", quant="bnb-nf4", progress=False)
+    assert lm.device == next(lm.model.parameters()).device
+    assert lm.manifest()["device_map_requested"] == "auto"
+    with torch.no_grad():
+        out = lm.model(torch.tensor([[2, 50, 60]], device=lm.device)).logits
+    assert out.shape == (1, 3, lm.vocab_size) == (1, 3, 520)
 
 
 def test_tokenizer_fingerprint_is_an_independent_vocab_hash(tiny_dir, base_runs):

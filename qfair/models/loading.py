@@ -279,7 +279,8 @@ class LoadedModel:
 
         ``model`` {id, source, path, revision, commit, gguf_file, gguf_sha256,
         float_cache, architecture, model_type, n_parameters, vocab_size},
-        ``dtype``, ``requested_dtype``, ``device``, ``device_map``,
+        ``dtype``, ``requested_dtype``, ``device``, ``device_map`` (accelerate's
+        placement, when it made one), ``device_map_requested``,
         ``trust_remote_code``, ``quantization`` (:meth:`QuantSpec.to_manifest`),
         ``tokenizer`` (:func:`tokenizer_fingerprint` plus class, bos/eos ids and
         whether a BOS is added), ``library_versions``.
@@ -320,6 +321,7 @@ class LoadedModel:
             "requested_dtype": self.requested_dtype,
             "device": str(self.device),
             "device_map": dict(hf_map) if hf_map else None,
+            "device_map_requested": self.extra.get("device_map_requested"),
             "trust_remote_code": bool(self.extra.get("trust_remote_code", False)),
             "quantization": dict(self.quant.to_manifest(),
                                  modules_not_converted=self.extra.get("modules_not_converted"),
@@ -546,7 +548,7 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
         m.eval()
         if dev is None:
             dev = m.get_input_embeddings().weight.device
-        extra: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+        extra: dict[str, Any] = {"trust_remote_code": trust_remote_code, "device_map_requested": device_map}
         hq = getattr(m, "hf_quantizer", None)
         if hq is not None and getattr(hq, "modules_to_not_convert", None) is not None:
             extra["modules_not_converted"] = sorted(set(hq.modules_to_not_convert))
