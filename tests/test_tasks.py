@@ -664,3 +664,13 @@ def test_wheel_would_ship_the_samples():
         sample = T.spec(name).sample
         if sample:
             assert f"qfair/tasks/data/{sample}" in targets
+
+
+def test_source_argument():
+    assert T.get("piqa", source="builtin-sample").source == "builtin-sample"
+    with pytest.raises(T.TaskError, match="source must be"):
+        T.get("piqa", source="web")
+    with pytest.raises(T.TaskError, match="both given"):
+        T.get("piqa", source="builtin-sample", data_file="x.jsonl")
+    with pytest.raises(T.TaskError, match="has no Hugging Face dataset"):
+        T.get("mc", source="hf")

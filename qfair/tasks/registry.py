@@ -41,12 +41,6 @@ class TaskSpec:
             return None
         return resources.files(__package__).joinpath("data", self.sample)
 
-    def sample_size(self) -> int:
-        path = self.sample_path()
-        if path is None:
-            return 0
-        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-
 
 XSTORYCLOZE_LANGS = ("en", "ar", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")
 XSTORYCLOZE_SAMPLES = ("en", "es", "ru", "zh")
@@ -212,15 +206,18 @@ def get(name: str, *, data_file: str | os.PathLike | None = None, limit: int | N
     Data comes from ``data_file`` (JSONL / JSON / CSV / TSV / Parquet in the
     dataset's own field names), from the Hugging Face hub when
     ``source="hf"`` (or ``data_file="hf"``; needs the ``datasets`` package and
-    network), and otherwise from the sample shipped with qfair.
+    network; never tried otherwise), and by default from the sample shipped
+    with qfair (``source="builtin-sample"``).
     A malformed row raises TaskDataError naming file, line and field.
     """
     sp = spec(name)
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise TaskError(f"{name}: limit must be a non-negative integer, got {limit!r}")
-    if source not in (None, BUILTIN_SOURCE, HF_SOURCE, "file"):
-        raise TaskError(f"{name}: source must be 'builtin-sample', 'hf' or 'file', got {source!r}")
+    if source not in (None, BUILTIN_SOURCE, HF_SOURCE):
+        raise TaskError(f"{name}: source must be 'builtin-sample' or 'hf', got {source!r}")
+    if source == BUILTIN_SOURCE and data_file is not None:
+        raise TaskError(f"{name}: source 'builtin-sample' and a data file were both given")
 
     if source == HF_SOURCE or _is_hub_request(data_file):
         if sp.hf is None:
@@ -242,8 +239,6 @@ def get(name: str, *, data_file: str | os.PathLike | None = None, limit: int | N
         docs = _convert(sp, where, _located(sp, where, data, fmt, path.suffix.lower() == ".tsv"))
         return Task(spec=sp, source=where, source_hash=hash_bytes(data), docs=docs, limit=limit)
 
-    if source == "file":
-        raise TaskError(f"{name}: source 'file' needs a data file")
     sample = sp.sample_path()
     if sample is None:
         hub = (f"; or read {sp.hf_source} with --data-file {name}=hf (needs the 'datasets' "
