@@ -1,0 +1,60 @@
+"""`qfair demo`: the whole study on the embedded default model, offline."""
+from __future__ import annotations
+
+import click
+
+from qfair.cli import main
+
+
+@main.command("demo")
+@click.option("--out", "out", default="qfair-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for the dumps, the analysis tables and the report.")
+@click.option("--quant", default="bnb-int8,bnb-nf4", show_default=True, metavar="SPEC[,SPEC...]",
+              help="Quantized variants to compare with the base (see `qfair quant-specs`); "
+                   "one whose backend is missing here is skipped.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Examples per task (0: every built-in example).")
+@click.option("--tasks", default=None, metavar="A,B,C",
+              help="Tasks with built-in samples. Default: piqa, boolq, openbookqa, arc_easy, hellaswag, "
+                   "truthfulqa_mc2, xstorycloze_en, crows_pairs_english.")
+@click.option("--model", default=None, metavar="DIR",
+              help="A local model directory instead of the embedded SmolLM2-135M-Instruct.")
+@click.option("--bootstrap", type=click.IntRange(min=1), default=10000, show_default=True,
+              help="Paired bootstrap resamples per test.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the dumps and the bootstrap.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, no_progress) -> None:
+    """Run the whole study offline on the embedded SmolLM2-135M-Instruct: dump it in
+    full precision and quantized (bnb-int8, bnb-nf4) on the built-in samples of seven
+    benchmarks and CrowS-Pairs, compare each quantized dump with the base, print the
+    summary and write an HTML report.
+
+    \b
+    Example:
+      qfair demo --out qfair-demo          # then open qfair-demo/report/report.html
+      qfair demo --quant bnb-nf4 --limit 5
+    """
+    from qfair.demo import DEMO_TASKS, DemoError, run_demo
+    from qfair.report import ReportError
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(DEMO_TASKS)
+    try:
+        r = run_demo(out, model=model, quant=quant, tasks=names, limit=limit, bootstrap=bootstrap, seed=seed,
+                     progress=not no_progress, log=lambda m: click.echo(m, err=True))
+    except (DemoError, ReportError) as e:
+        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
+    click.echo("")
+    click.echo(r.summary_text, nl=False)
+    click.echo("")
+    import textwrap
+
+    for h in r.headlines:
+        click.echo(textwrap.fill(h, width=100, subsequent_indent="  "))
+    for s, why in r.skipped.items():
+        click.echo(f"skipped {s}: {why}")
+    for n in r.notes:
+        click.echo(f"note: {n}", err=True)
+    click.echo(f"tables: {r.analysis}")
+    click.echo(f"report: {r.report.resolve()}")

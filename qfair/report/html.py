@@ -1,0 +1,276 @@
+"""The self-contained HTML report: every figure embedded as a base64 PNG data
+URI, inline CSS, no script, no external reference (only ``#anchor`` links), so
+the file opens offline and can be mailed as is."""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import polars as pl
+
+from qfair.report.data import AnalysisData
+from qfair.report.figures import KL_PERCENTILES, Figure, flip_table, group_view, kl_percentiles, strata_view
+from qfair.report.text import compact_rows, model_headlines
+
+__all__ = ["render_html", "SECTIONS"]
+
+SECTIONS = (
+    ("headline", "Headline numbers"),
+    ("calibration", "Calibration: reliability diagrams"),
+    ("tokens", "Token distributions: KL(base ‖ quantized)"),
+    ("strata", "Uncertainty strata"),
+    ("accuracy", "Accuracy and flips"),
+    ("groups", "Groups"),
+    ("summary", "Summary table"),
+    ("provenance", "Provenance"),
+)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1180px;
+padding:0 18px 40px;color:#1b1b1b;line-height:1.45}
+h1{font-size:1.6em;margin:.8em 0 .2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+h3{font-size:1.05em;margin:1.2em 0 .4em}
+.meta{color:#555;font-size:.9em}
+nav ul{columns:2;font-size:.92em}
+figure{margin:14px 0;display:inline-block;vertical-align:top;max-width:100%}
+figure img{max-width:100%;height:auto;border:1px solid #e2e2e2}
+figcaption{font-size:.85em;color:#444;max-width:760px}
+.grid figure{width:49%}
+table{border-collapse:collapse;font-size:.82em;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3;position:sticky;top:0}
+td.l,th.l{text-align:left}
+tr:nth-child(even) td{background:#fafafa}
+.sig{font-weight:600;color:#b00020}
+details{margin:8px 0}summary{cursor:pointer;color:#0b57d0}
+pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:.8em;max-height:420px}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;font-size:.9em}
+.scroll{overflow-x:auto}
+"""
+
+
+def _e(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _fmt(v: Any, col: str = "") -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if col.startswith("p") and col not in ("pred", "pct_low", "pct_high", "pct_stereotype"):
+            return "&lt;1e-4" if v < 1e-4 else f"{v:.4f}"
+        if v == 0:
+            return "0"
+        a = abs(v)
+        if a < 1e-3 or a >= 1e5:
+            return f"{v:.3g}"
+        return f"{v:.4f}"
+    if isinstance(v, (dict, list)):
+        return _e(json.dumps(v, default=str))
+    return _e(v)
+
+
+def table_html(df: pl.DataFrame, columns: Sequence[str] | None = None, max_rows: int | None = None,
+               sig_col: str | None = None) -> str:
+    """An HTML table of ``df`` (text columns left-aligned); rows with ``sig_col`` < 0.05 in bold."""
+    if df.height == 0:
+        return "<p class='meta'>(no rows)</p>"
+    cols = [c for c in (columns or df.columns) if c in df.columns]
+    text_cols = {c for c in cols if not df.schema[c].is_numeric()}
+    out = ["<div class='scroll'><table><thead><tr>"]
+    out += [f"<th class='{'l' if c in text_cols else ''}'>{_e(c)}</th>" for c in cols]
+    out.append("</tr></thead><tbody>")
+    view = df.select(cols) if max_rows is None else df.select(cols).head(max_rows)
+    for r in view.iter_rows(named=True):
+        sig = sig_col is not None and isinstance(r.get(sig_col), float) and r[sig_col] < 0.05
+        out.append("<tr" + (" class='sig'" if sig else "") + ">")
+        out += [f"<td class='{'l' if c in text_cols else ''}'>{_fmt(r[c], c)}</td>" for c in cols]
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    if max_rows is not None and df.height > max_rows:
+        out.append(f"<p class='meta'>({df.height - max_rows} more rows in the Parquet/CSV file)</p>")
+    return "".join(out)
+
+
+def _img(f: Figure) -> str:
+    assert f.path is not None
+    b64 = base64.b64encode(Path(f.path).read_bytes()).decode("ascii")
+    return (f"<figure id='fig-{_e(f.name)}'><img alt='{_e(f.title)}' src='data:image/png;base64,{b64}'>"
+            f"<figcaption><b>{_e(f.title)}.</b> {_e(f.caption)} <span class='meta'>({_e(Path(f.path).name)})"
+            f"</span></figcaption></figure>")
+
+
+def _figs(figs: list[Figure], section: str, grid: bool = False) -> str:
+    fs = [f for f in figs if f.section == section]
+    if not fs:
+        return "<p class='note'>No figure: the analysis tables hold no data for this view.</p>"
+    body = "".join(_img(f) for f in fs)
+    return f"<div class='grid'>{body}</div>" if grid else body
+
+
+def _headline(data: AnalysisData) -> str:
+    rows = compact_rows(data.summary, data.models)
+    parts = ["<ul>"] + [f"<li>{_e(h)}</li>" for h in model_headlines(data.summary, data.examples, data.tokens,
+                                                                     data.models)] + ["</ul>"]
+    if rows:
+        df = pl.DataFrame(rows).with_columns(
+            pl.format("[{}, {}]", pl.col("d_acc_low").round(3), pl.col("d_acc_high").round(3)).alias("Δacc CI"))
+        df = df.rename({"acc_base": "acc base", "acc_quant": "acc quant", "d_acc": "Δacc",
+                        "p_acc_holm": "p_holm (Δacc)", "ece_base": "ECE base", "ece_quant": "ECE quant",
+                        "d_conf": "Δconfidence", "kl": "mean KL (nats)", "c2i": "correct→incorrect",
+                        "i2c": "incorrect→correct", "p_flips_holm": "p_holm (McNemar)"})
+        parts.append(table_html(df, ["model", "task", "n", "acc base", "acc quant", "Δacc", "Δacc CI",
+                                     "p_holm (Δacc)", "ECE base", "ECE quant", "Δconfidence", "mean KL (nats)",
+                                     "correct→incorrect", "incorrect→correct", "p_holm (McNemar)"],
+                                sig_col="p_holm (Δacc)"))
+        level = data.settings.get("confidence") or 0.95
+        parts.append(f"<p class='meta'>Δ = quantized − base. CIs: paired bootstrap ({_e(data.settings.get('bootstrap'))}"
+                     f" resamples, {100 * float(level):g}%, BCa where defined). p_holm: Holm-adjusted over all "
+                     "rows of the summary table (Benjamini–Hochberg in column p_bh of the full table). "
+                     "Bold rows: p_holm &lt; 0.05.</p>")
+    return "".join(parts)
+
+
+def _kl_table(data: AnalysisData) -> str:
+    tok = data.tokens
+    if tok.height == 0 or "kl_pq" not in tok.columns:
+        return ""
+    rows = []
+    for m in data.models:
+        t = tok.filter(pl.col("model") == m)
+        st = kl_percentiles(t["kl_pq"].cast(pl.Float64).to_numpy())
+        if not st:
+            continue
+        r = {"model": m, "tokens": int(st["n"]), "mean KL": st["mean"], "± stderr": st["stderr"],
+             "max": st["max"]}
+        for p in KL_PERCENTILES:
+            r[f"{'median' if p == 50 else f'{p:g}%'}"] = st[f"p{p:g}"]
+        r["min"] = st["min"]
+        if "delta_p" in t.columns:
+            dp = t["delta_p"].cast(pl.Float64).drop_nans().drop_nulls()
+            r["RMS Δp"] = float((dp ** 2).mean() ** 0.5) if dp.len() else None
+        if "top1_agree" in t.columns:
+            r["same top p"] = float(t["top1_agree"].cast(pl.Float64).drop_nans().mean())
+        rows.append(r)
+    if not rows:
+        return ""
+    return ("<h3>KL statistics as llama.cpp prints them</h3>" + table_html(pl.DataFrame(rows)) +
+            "<p class='meta'>KL(base ‖ quantized) in nats per scored token; percentiles by linear "
+            "interpolation; Δp = p_quant(target) − p_base(target); same top p = share of tokens whose "
+            "most likely next token is the same.</p>")
+
+
+def _provenance(data: AnalysisData) -> str:
+    prov = data.provenance or {}
+    dumps = prov.get("dumps") or {}
+    out = [f"<p class='meta'>Source: {_e(prov.get('source', 'unknown'))}</p>"]
+    rows, libs, quants = [], [], []
+    for label, d in dumps.items():
+        m = d.get("manifest")
+        if not m:
+            rows.append({"model": label, "role": d.get("role"), "dump": d.get("path"),
+                         "identity": f"manifest unavailable: {d.get('missing', '')}"})
+            continue
+        mm = (m.get("model") or {})
+        ident = mm.get("model") or {}
+        q = mm.get("quantization") or {}
+        run = m.get("run") or {}
+        tok = m.get("tokenizer") or {}
+        rows.append({"model": label, "role": d.get("role"), "dump": d.get("path"),
+                     "identity": ident.get("id"), "source": ident.get("source"),
+                     "gguf sha256": (ident.get("gguf_sha256") or "")[:16],
+                     "architecture": ident.get("architecture"), "parameters": ident.get("n_parameters"),
+                     "dtype": mm.get("dtype"), "device": mm.get("device"), "quantization": q.get("spec"),
+                     "vocab": tok.get("vocab_size"), "vocab sha256": (tok.get("vocab_sha256") or "")[:16],
+                     "seed": run.get("seed"), "start": run.get("start_time"), "end": run.get("end_time"),
+                     "store": f"{(m.get('storage') or {}).get('mode')}/{(m.get('storage') or {}).get('dtype')}"})
+        lv = dict(m.get("libraries") or {})
+        lv.update({k: v for k, v in (mm.get("library_versions") or {}).items() if k not in lv})
+        libs.append({"model": label, **{k: v for k, v in sorted(lv.items())}})
+        quants.append((label, q))
+    if rows:
+        out.append("<h3>Dumps and models</h3>" + table_html(pl.DataFrame(rows, infer_schema_length=None)))
+    if quants:
+        out.append("<h3>Quantization configs</h3>")
+        for label, q in quants:
+            out.append(f"<details><summary>{_e(label)}: {_e(q.get('spec'))} "
+                       f"({_e(q.get('config_class') or q.get('backend') or '')})</summary>"
+                       f"<pre>{_e(json.dumps(q, indent=1, default=str))}</pre></details>")
+    if libs:
+        out.append("<h3>Library versions</h3>" + table_html(
+            pl.DataFrame([{k: (None if v is None else str(v)) for k, v in r.items()} for r in libs])))
+    first = next((d.get("manifest") for d in dumps.values() if d.get("manifest")), None)
+    if first and first.get("tasks"):
+        trows = [{k: t.get(k) for k in ("name", "kind", "n_examples", "n_source_docs", "limit", "source",
+                                         "prompt_format_version")}
+                 | {"source sha256": (t.get("source_hash") or "")[:16]} for t in first["tasks"]]
+        out.append("<h3>Tasks</h3>" + table_html(pl.DataFrame(trows, infer_schema_length=None)))
+    s = data.settings
+    if s:
+        out.append("<h3>Analysis settings</h3><pre>" + _e(json.dumps(s, indent=1, default=str)) + "</pre>")
+    if not dumps:
+        out.append("<p class='note'>No provenance: settings.json names no dumps and there is no "
+                   "provenance.json in the analysis directory.</p>")
+    return "".join(out)
+
+
+def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None) -> str:
+    """The whole report as one HTML string."""
+    models = ", ".join(data.models) or "(none)"
+    title = title or f"qfair report: base vs {models}"
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    from qfair import __version__
+
+    sec: dict[str, str] = {}
+    sec["headline"] = _headline(data)
+    sec["calibration"] = (_figs(figs, "calibration", grid=True) +
+                          "<details><summary>Calibration summary rows (ECE, MCE, RMS-CE, debiased L2)</summary>" +
+                          table_html(data.summary.filter(pl.col("kind") == "calibration") if "kind" in
+                                     data.summary.columns else pl.DataFrame(),
+                                     ["model", "task", "metric", "n", "base", "quant", "diff", "ci_low", "ci_high",
+                                      "p", "p_holm"]) + "</details>")
+    sec["tokens"] = _figs(figs, "tokens") + _kl_table(data)
+    sv = strata_view(data)
+    sec["strata"] = (_figs(figs, "strata") +
+                     ("<h3>Pooled strata</h3>" + table_html(sv) if sv.height else "") +
+                     ("<details><summary>Per-task strata (strata table of qfair analyze)</summary>" +
+                      table_html(data.strata) + "</details>" if data.strata.height else ""))
+    ft = flip_table(data)
+    sec["accuracy"] = (_figs(figs, "accuracy") + "<h3>Flip table</h3>" +
+                       table_html(ft, sig_col="p_holm") +
+                       "<p class='meta'>c2i = correct → incorrect, i2c = incorrect → correct, changed = the "
+                       "predicted answer changed; flip_low/high: Wilson interval of (c2i + i2c) / n; p_mcnemar: "
+                       "exact two-sided McNemar on c2i vs i2c; p_holm / p_bh adjusted over the summary table.</p>")
+    gv = group_view(data)
+    sec["groups"] = (_figs(figs, "groups") +
+                     (("<h3>Group rows, sorted by effect</h3>" +
+                       table_html(gv, ["model", "task", "group", "metric", "n", "base", "quant", "diff", "ci_low",
+                                       "ci_high", "gap", "p", "p_holm", "p_bh"], sig_col="p_holm"))
+                      if gv.height else "<p class='meta'>No task has two or more groups.</p>") +
+                     ("<p class='meta'>gap = the group's difference minus the whole task's; p_holm / p_bh adjusted "
+                      "over all rows of the groups table.</p>" if gv.height else ""))
+    sec["summary"] = ("<p class='meta'>Every test of the analysis: diff = quantized − base, CI and p from the "
+                      "paired bootstrap (flip rates: Wilson interval, McNemar exact test); p_holm: Holm, p_bh: "
+                      "Benjamini–Hochberg, each over all rows of this table.</p>" +
+                      "<details open><summary>Show / hide the full summary table "
+                      f"({data.summary.height} rows)</summary>" +
+                      table_html(data.summary, ["model", "task", "metric", "kind", "n", "base", "quant", "diff",
+                                                "ci_low", "ci_high", "ci_method", "test", "p", "p_holm", "p_bh"],
+                                 sig_col="p_holm") + "</details>")
+    sec["provenance"] = _provenance(data)
+    notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes)
+    nav = "<nav><ul>" + "".join(f"<li><a href='#{k}'>{_e(v)}</a></li>" for k, v in SECTIONS) + "</ul></nav>"
+    body = "".join(f"<section id='{k}'><h2>{_e(v)}</h2>{sec[k]}</section>" for k, v in SECTIONS)
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>{_e(title)}</h1><p class='meta'>Generated {now} by qfair {_e(__version__)} from "
+            f"{_e(data.path)} · {len(data.tasks)} task(s) · {data.examples.height} example rows.</p>"
+            f"{notes}{nav}{body}</body></html>\n")
