@@ -5,7 +5,9 @@ Measures, in one run:
      into a fresh cache directory, and the second (cached) load;
   2. for each quantization spec: load time (from the float cache) and the wall
      time of one forward pass over 512 tokens (batch 1), after one short warm-up
-     call, plus KL(base || quantized) per token on those 512 tokens.
+     call, plus KL(base || quantized) per token on those 512 tokens.  Process CPU
+     time (all threads) is printed beside each wall time: on a shared machine it
+     moves less than wall time does.
 
 These are single runs for orientation, not statistics; other work on the
 machine moves them.  Usage:
@@ -77,20 +79,21 @@ def main(argv: list[str] | None = None) -> int:
         del base
 
         for spec in [s.strip() for s in args.specs.split(",") if s.strip()]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             lm = load_model(quant=spec, cache_dir=cache_dir, progress=False)
-            load_s = time.perf_counter() - t
+            load_s, load_cpu = time.perf_counter() - t, time.process_time() - c
             with torch.inference_mode():
                 lm.model(ids[:, :8])  # warm-up (lazy kernels, allocator)
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 logits = lm.model(ids).logits
-                fwd = time.perf_counter() - t
+                fwd, fwd_cpu = time.perf_counter() - t, time.process_time() - c
                 lq = logits.float().log_softmax(-1)
                 kl = torch.nn.functional.kl_div(lq, base_lp, log_target=True, reduction="none").sum(-1).mean()
-            results["specs"][spec] = {"load_s": round(load_s, 2), "forward_s": round(fwd, 3),
+            results["specs"][spec] = {"load_s": round(load_s, 2), "load_cpu_s": round(load_cpu, 2),
+                                      "forward_s": round(fwd, 3), "forward_cpu_s": round(fwd_cpu, 3),
                                       "kl_base_q": float(kl)}
-            print(f"{spec:<16} load {load_s:6.2f} s   forward/{args.tokens} tok {fwd:7.3f} s   "
-                  f"KL(base||q) {float(kl):.4f} nats/token", flush=True)
+            print(f"{spec:<16} load {load_s:6.2f} s (cpu {load_cpu:6.2f})   forward/{args.tokens} tok "
+                  f"{fwd:7.3f} s (cpu {fwd_cpu:7.3f})   KL(base||q) {float(kl):.4f} nats/token", flush=True)
             del lm, logits, lq
     finally:
         if tmp is not None:
