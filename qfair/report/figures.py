@@ -21,7 +21,8 @@ import polars as pl
 
 from qfair.report.data import AnalysisData
 
-__all__ = ["Figure", "make_figures", "KL_PERCENTILES", "kl_percentiles", "FIGURE_FUNCS", "model_colors"]
+__all__ = ["Figure", "make_figures", "KL_PERCENTILES", "kl_percentiles", "FIGURE_FUNCS", "model_colors",
+           "accuracy_view", "strata_view", "flip_table", "group_view"]
 
 DPI = 110
 BASE_COLOR = "#222222"
@@ -314,13 +315,35 @@ def fig_strata(data: AnalysisData) -> list[Figure]:
 # accuracy and flips
 
 
-def fig_accuracy(data: AnalysisData) -> list[Figure]:
+def accuracy_view(data: AnalysisData) -> pl.DataFrame:
+    """Per (model incl. "base", task): n, correct count, accuracy and its Wilson interval."""
     from qfair import stats
 
-    plt = _plt()
     ex = data.examples
+    if ex.height == 0 or not data.models:
+        return pl.DataFrame()
+    level = _conf_level(data)
+    rows = []
+    for m in ["base"] + data.models:
+        src = data.models[0] if m == "base" else m
+        col = "base_correct" if m == "base" else "quant_correct"
+        for t in data.tasks:
+            c = ex.filter((pl.col("model") == src) & (pl.col("task") == t))[col].cast(pl.Float64).to_numpy()
+            c = c[np.isfinite(c)]
+            n, k = int(c.size), int(c.sum())
+            if n == 0:
+                continue
+            lo, hi = stats.wilson([k], [n], level)
+            rows.append({"model": m, "task": t, "n": n, "correct": k, "acc": k / n, "acc_low": float(lo[0]),
+                         "acc_high": float(hi[0])})
+    return pl.DataFrame(rows)
+
+
+def fig_accuracy(data: AnalysisData) -> list[Figure]:
+    plt = _plt()
     tasks = data.tasks
-    if not tasks or not data.models:
+    view = accuracy_view(data)
+    if not tasks or view.height == 0:
         return []
     colors = model_colors(data.models)
     level = _conf_level(data)
@@ -330,21 +353,14 @@ def fig_accuracy(data: AnalysisData) -> list[Figure]:
     h = 0.8 / len(names)
     y0 = np.arange(len(tasks))
     for i, m in enumerate(names):
-        acc, lo, hi = [], [], []
-        for t in tasks:
-            mm = data.models[0] if m == "base" else m
-            e = ex.filter((pl.col("model") == mm) & (pl.col("task") == t))
-            c = e[f"{'base' if m == 'base' else 'quant'}_correct"].cast(pl.Float64).to_numpy()
-            c = c[np.isfinite(c)]
-            n, k = c.size, int(c.sum())
-            a, b = stats.wilson([k], [max(n, 1)], level)
-            acc.append(k / n if n else np.nan)
-            lo.append(float(a[0]))
-            hi.append(float(b[0]))
-        acc_a = np.array(acc)
+        v = {r["task"]: r for r in view.filter(pl.col("model") == m).iter_rows(named=True)}
+        acc_a = np.array([v[t]["acc"] if t in v else np.nan for t in tasks])
+        lo = np.array([v[t]["acc_low"] if t in v else np.nan for t in tasks])
+        hi = np.array([v[t]["acc_high"] if t in v else np.nan for t in tasks])
         pos = y0 + (i - (len(names) - 1) / 2) * h
         ax.barh(pos, acc_a, height=h, color=colors[m], alpha=0.85, label=m)
-        ax.errorbar(acc_a, pos, xerr=np.maximum(np.vstack([acc_a - lo, np.array(hi) - acc_a]), 0), fmt="none",
+        err = np.vstack([acc_a - lo, hi - acc_a])
+        ax.errorbar(acc_a, pos, xerr=np.where(np.isfinite(err), np.maximum(err, 0), 0), fmt="none",
                     ecolor="#333333", capsize=2, lw=0.9)
     ax.set_yticks(y0)
     ax.set_yticklabels(tasks, fontsize=8)
@@ -367,7 +383,8 @@ def fig_accuracy(data: AnalysisData) -> list[Figure]:
         la = np.array([np.nan if v is None else v for v in lo])
         ha = np.array([np.nan if v is None else v for v in hi])
         pos = y0 + (i - (k - 1) / 2) * h2
-        ax2.errorbar(da, pos, xerr=np.maximum(np.vstack([da - la, ha - da]), 0), fmt="o", color=colors[m],
+        err = np.vstack([da - la, ha - da])
+        ax2.errorbar(da, pos, xerr=np.where(np.isfinite(err), np.maximum(err, 0), 0), fmt="o", color=colors[m],
                      capsize=3, ms=5, label=f"{m} − base")
     ax2.axvline(0, color="#888888", lw=1, ls="--")
     ax2.set_yticks(y0)

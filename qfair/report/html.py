@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import polars as pl
 
 from qfair.report.data import AnalysisData
-from qfair.report.figures import KL_PERCENTILES, Figure, flip_table, group_view, kl_percentiles, strata_view
+from qfair.report.figures import (KL_PERCENTILES, Figure, accuracy_view, flip_table, group_view, kl_percentiles,
+                                  strata_view)
 from qfair.report.text import compact_rows, model_headlines
 
 __all__ = ["render_html", "SECTIONS"]
@@ -243,7 +244,11 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
                      ("<details><summary>Per-task strata (strata table of qfair analyze)</summary>" +
                       table_html(data.strata) + "</details>" if data.strata.height else ""))
     ft = flip_table(data)
-    sec["accuracy"] = (_figs(figs, "accuracy") + "<h3>Flip table</h3>" +
+    av = accuracy_view(data)
+    sec["accuracy"] = (_figs(figs, "accuracy") +
+                       ("<details><summary>Accuracy per model and task (Wilson intervals)</summary>" +
+                        table_html(av) + "</details>" if av.height else "") +
+                       "<h3>Flip table</h3>" +
                        table_html(ft, sig_col="p_holm") +
                        "<p class='meta'>c2i = correct → incorrect, i2c = incorrect → correct, changed = the "
                        "predicted answer changed; flip_low/high: Wilson interval of (c2i + i2c) / n; p_mcnemar: "
