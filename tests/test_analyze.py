@@ -172,7 +172,7 @@ def example_oracle(dump_path: Path, kinds: dict[str, str]):
         ll = np.array(lls[e["example_id"]])
         p = softmax(ll)
         y = e["label"]
-        o = dict(correct=acc(ll, y), correct_norm=acc_norm(ll, e["choices"], y), conf=p.max(),
+        o = dict(probs=list(p), correct=acc(ll, y), correct_norm=acc_norm(ll, e["choices"], y), conf=p.max(),
                  pred=int(np.argmax(ll)), nll=-math.log(p[y]), brier=float(((p - np.eye(len(p))[y]) ** 2).sum()),
                  p_gold=p[y], entropy=float(-(p * np.log(p)).sum()))
         if kinds[e["task"]] == "mc2":
@@ -196,6 +196,7 @@ def test_example_table_matches_loop_oracle(dumps, result):
         b, q = ob[r["example_id"]], oq[r["example_id"]]
         for k, v in b.items():
             assert r[f"base_{k}"] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+        assert len(r["quant_probs"]) == r["n_choices"]
         for k, v in q.items():
             assert r[f"quant_{k}"] == pytest.approx(v, rel=1e-9, abs=1e-12), k
         assert r["flip_c2i"] == float(b["correct"] == 1 and q["correct"] == 0)
@@ -408,5 +409,31 @@ def test_write_all_formats(result, tmp_path):
     assert tex.startswith("\\begin{tabular}") and "toy\\_mc" in tex
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "| model | task | metric |" in md
+    csv = pl.read_csv(tmp_path / "out" / "examples.csv")
+    first = [float(x) for x in csv["base_probs"][0].split()]
+    np.testing.assert_allclose(first, result.examples["base_probs"][0].to_list(), rtol=1e-12)
     with pytest.raises(ValueError):
         result.write(tmp_path / "x", formats=("xlsx",))
+
+
+def test_docs_custom_metric_example(dumps):
+    # the worked example of docs/analyze.md, against a plain numpy computation
+    def mass_off_top10(chunk):
+        top = np.argsort(-chunk.p, axis=1, kind="stable")[:, :10]
+        rows = np.arange(chunk.p.shape[0])[:, None]
+        return np.exp(chunk.p[rows, top]).sum(axis=1) - np.exp(chunk.q[rows, top]).sum(axis=1)
+
+    c = compare(dumps["base"], dumps["nf4"], bootstrap=100, bins=5, metrics={"mass_off_top10": mass_off_top10})
+    stored = [np.concatenate([np.asarray(b, dtype=np.float64) for b in qfair.open_dump(d).logit_blocks()])
+              for d in (dumps["base"], dumps["nf4"])]
+    p, q = (softmax(a, axis=1) for a in stored)
+    ref = np.empty(p.shape[0])
+    for i in range(p.shape[0]):
+        top = sorted(range(V), key=lambda v: (-p[i, v], v))[:10]
+        ref[i] = p[i, top].sum() - q[i, top].sum()
+    t = c.tokens.sort("row")
+    np.testing.assert_allclose(t["mass_off_top10"].to_numpy(), ref, atol=1e-5)
+    s = c.summary.filter(pl.col("metric") == "mass_off_top10")
+    ex = c.examples
+    for row in s.iter_rows(named=True):
+        assert row["diff"] == pytest.approx(ex.filter(pl.col("task") == row["task"])["tok_mass_off_top10"].mean())

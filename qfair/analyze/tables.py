@@ -18,6 +18,8 @@ SUMMARY_VIEW = ("model", "task", "metric", "n", "base", "quant", "diff", "ci_low
 def _fmt(v: Any) -> str:
     if v is None:
         return ""
+    if isinstance(v, (list, tuple)):
+        return "[" + " ".join(_fmt(x) for x in v) + "]"
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
@@ -94,7 +96,10 @@ def write_tables(cmp: Any, out: Path, formats: Sequence[str]) -> list[Path]:
             written.append(p)
         if "csv" in formats:
             p = out / f"{name}.csv"
-            df.write_csv(p)
+            # CSV has no lists: a list cell becomes its values joined by spaces
+            lists = [c for c, t in df.schema.items() if isinstance(t, pl.List)]
+            flat = df.with_columns(pl.col(c).list.eval(pl.element().cast(pl.Utf8)).list.join(" ") for c in lists)
+            flat.write_csv(p)
             written.append(p)
         if "md" in formats:
             p = out / f"{name}.md"
