@@ -256,6 +256,9 @@ class Scorer:
         self.max_length = max_length or 2048
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # the prefix pass only needs the KV cache: skip the vocabulary projection
+        # for all but its last position when the model allows it
+        self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         pad = getattr(tokenizer, "pad_token_id", None)
         if pad is None:
             pad = getattr(tokenizer, "eos_token_id", None)
@@ -264,8 +267,11 @@ class Scorer:
         self.n_forward_tokens = 0  # input positions processed (incl. padding)
 
     # -- model calls -------------------------------------------------------
-    def _forward(self, input_ids: Any, attention_mask: Any = None, cache: Any = None, use_cache: bool = False):
+    def _forward(self, input_ids: Any, attention_mask: Any = None, cache: Any = None, use_cache: bool = False,
+                 last_only: bool = False):
         kwargs: dict[str, Any] = {"use_cache": use_cache}
+        if last_only and self._keep_kw is not None:
+            kwargs[self._keep_kw] = 1
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         if cache is not None:
@@ -332,7 +338,7 @@ class Scorer:
         n_prefix = len(ctx) - 1
         if n_prefix > 0:
             ids = torch.tensor([ctx[:-1]], dtype=torch.long, device=self.device)
-            _, prefix_cache = self._forward(ids, use_cache=True)
+            _, prefix_cache = self._forward(ids, use_cache=True, last_only=True)
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
             seqs = [[ctx[-1]] + ex.conts[i][:-1] for i in chunk]

@@ -524,8 +524,14 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
               "data_files": {k: str(v) for k, v in sorted(files.items())}, "limit": limit,
               **{k: (str(v) if not isinstance(v, (bool, int, float, type(None))) else v)
                  for k, v in sorted(load_kwargs.items()) if k != "progress"}}
-    if resume and not (Path(out) / mf.MANIFEST).is_file():
-        raise DumpError(f"{Path(out) / mf.MANIFEST}: missing, nothing to resume (run without --resume)")
+    # directory problems stop the run before the (slow) model load
+    out_p = Path(out)
+    if resume and overwrite:
+        raise DumpError("--resume and --overwrite exclude each other")
+    if resume and not (out_p / mf.MANIFEST).is_file():
+        raise DumpError(f"{out_p / mf.MANIFEST}: missing, nothing to resume (run without --resume)")
+    if not resume and not overwrite and out_p.is_dir() and any(out_p.iterdir()):
+        raise DumpError(f"{out_p}: directory exists and is not empty (use --resume to finish it or --overwrite to replace it)")
     loaded = load_model(model, quant=quant, progress=progress, **load_kwargs)
     return run_dump(out, loaded, task_objs, store=store, store_dtype=store_dtype, shard_rows=shard_rows,
                     batch_size=batch_size, resume=resume, overwrite=overwrite, seed=seed,
