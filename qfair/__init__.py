@@ -7,6 +7,7 @@ torch):
 - ``divergence(p, q, ...)``, ``distribution_stats(p, ...)``,
   ``stream_divergence(p_blocks, q_blocks, ...)``: the C++ distribution core.
 - ``tasks``: the task registry (``qfair.tasks.get(name)``).
+- ``load_model(model, quant=...)``: load (and quantize) a model for scoring.
 - ``open_dump(path)``: read a dump written by ``qfair dump``.
 - ``compare(base, quant, ...)``: token/example statistics and significance tests.
 """
@@ -24,6 +25,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "stream_divergence": ("qfair.divergence", "stream_divergence"),
     "DivergenceResult": ("qfair.divergence", "DivergenceResult"),
     "tasks": ("qfair.tasks", None),
+    "load_model": ("qfair.models", "load_model"),
     "open_dump": ("qfair.dump.reader", "open_dump"),
     "compare": ("qfair.analyze.compare", "compare"),
 }
