@@ -11,6 +11,14 @@ Both sides compute BCa intervals (which include a jackknife over the n examples)
 
     .venv/bin/python bench/bench_bootstrap.py            # n = B = 10,000
     .venv/bin/python bench/bench_bootstrap.py --n 2000 --resamples 2000   # quick
+
+End-to-end ``qfair.compare`` throughput (--analyze-rows R): two synthetic dumps
+of R logits rows over a 49,152-token vocabulary (f16, SmolLM2's size), four
+choices of eight tokens per example, then the whole analysis (token streaming,
+example tables, bootstrap with --resamples, groups, strata) timed, with the
+peak resident memory of the process.
+
+    .venv/bin/python bench/bench_bootstrap.py --analyze-rows 4096 --skip-scipy
 """
 from __future__ import annotations
 
@@ -46,6 +54,111 @@ def ece_batched(conf, correct, bins, axis=-1):
     return (np.abs(sa - sc).sum(axis=1) / n).reshape(shape)
 
 
+def write_synthetic_dump(path, rows, vocab, noise, seed, base_rows=None, block=512):
+    """A dump in the format of DESIGN.md: 4 choices x 8 tokens per example, one task."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    import polars as pl
+
+    path = Path(path)
+    (path / "logits").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    per_ex, n_ch, n_tok = 32, 4, 8
+    n_ex = rows // per_ex
+    rows = n_ex * per_ex
+    targets = np.random.default_rng(0).integers(0, vocab, rows)
+    tk = {k: [] for k in ("logprob", "entropy", "max_logprob", "argmax", "rank")}
+    shards = []
+    for i, s0 in enumerate(range(0, rows, block)):
+        s1 = min(rows, s0 + block)
+        if base_rows is None:
+            lg = rng.normal(0, 3.0, size=(s1 - s0, vocab)).astype(np.float32)
+        else:
+            lg = np.asarray(base_rows[i], dtype=np.float32) + rng.normal(0, noise, size=(s1 - s0, vocab)).astype(np.float32)
+        lg -= lg.max(axis=1, keepdims=True)
+        lp = lg - np.log(np.exp(lg).sum(axis=1, keepdims=True))
+        y = targets[s0:s1]
+        ly = lp[np.arange(s1 - s0), y]
+        tk["logprob"].append(ly)
+        tk["entropy"].append(-(np.exp(lp) * lp).sum(axis=1))
+        tk["max_logprob"].append(lp.max(axis=1))
+        tk["argmax"].append(lp.argmax(axis=1))
+        tk["rank"].append(1 + (lp > ly[:, None]).sum(axis=1))
+        f = path / "logits" / f"{i:05d}.npy"
+        np.save(f, lp.astype(np.float16))
+        data = f.read_bytes()
+        shards.append({"index": i, "file": f"logits/{i:05d}.npy", "rows": s1 - s0, "first_row": s0,
+                       "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    ex_ids = [f"ex{e:06d}" for e in range(n_ex)]
+    labels = np.random.default_rng(1).integers(0, n_ch, n_ex)
+    pl.DataFrame({"example_id": ex_ids, "task": ["synthetic"] * n_ex, "doc_index": np.arange(n_ex),
+                  "group": [["a", "b", "c"][e % 3] for e in range(n_ex)], "label": labels,
+                  "n_choices": [n_ch] * n_ex, "context": [""] * n_ex,
+                  "choices": [[f"choice {k}" for k in range(n_ch)]] * n_ex, "labels": [None] * n_ex,
+                  "extras": [None] * n_ex},
+                 schema_overrides={"labels": pl.List(pl.Int64), "extras": pl.Utf8}).write_parquet(path / "examples.parquet")
+    ly = np.concatenate(tk["logprob"]).astype(np.float64)
+    ex_of = np.repeat(np.arange(n_ex), per_ex)
+    ch_of = np.tile(np.repeat(np.arange(n_ch), n_tok), n_ex)
+    pos = np.tile(np.arange(n_tok), n_ex * n_ch)
+    ll = ly.reshape(n_ex * n_ch, n_tok).sum(axis=1)
+    pl.DataFrame({"task": ["synthetic"] * (n_ex * n_ch), "example_id": np.repeat(ex_ids, n_ch),
+                  "doc_index": np.repeat(np.arange(n_ex), n_ch), "choice": np.tile(np.arange(n_ch), n_ex),
+                  "loglik": ll, "n_tokens": [n_tok] * (n_ex * n_ch), "n_chars": [8] * (n_ex * n_ch),
+                  "n_bytes": [8] * (n_ex * n_ch), "is_greedy": [False] * (n_ex * n_ch),
+                  "first_row": np.arange(0, rows, n_tok), "n_rows": [n_tok] * (n_ex * n_ch)}).write_parquet(path / "choices.parquet")
+    pl.DataFrame({"row": np.arange(rows), "task": ["synthetic"] * rows, "example_id": np.array(ex_ids)[ex_of],
+                  "choice": ch_of, "pos": pos, "target": targets,
+                  "logprob": ly.astype(np.float32), "entropy": np.concatenate(tk["entropy"]).astype(np.float32),
+                  "max_logprob": np.concatenate(tk["max_logprob"]).astype(np.float32),
+                  "argmax": np.concatenate(tk["argmax"]), "rank": np.concatenate(tk["rank"])}).write_parquet(path / "tokens.parquet")
+    manifest = {"format": "qfair-dump", "format_version": 1, "status": "complete", "model": {"id": path.name},
+                "tokenizer": {"vocab_size": vocab, "vocab_sha256": "synthetic"}, "vocab_size": vocab,
+                "tasks": [{"name": "synthetic", "kind": "multiple_choice"}],
+                "storage": {"mode": "full", "dtype": "f16"}, "shards": shards, "run": {"config": {}}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def bench_analyze(rows: int, resamples: int, threads: int, chunk_rows: int = 1024) -> None:
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    vocab = 49_152
+    root = Path(tempfile.mkdtemp(prefix="qfair-bench-"))
+    try:
+        t0 = time.perf_counter()
+        base = write_synthetic_dump(root / "base", rows, vocab, 0.0, 1)
+        blocks = [np.load(p, mmap_mode="r") for p in sorted((base / "logits").glob("*.npy"))]
+        quant = write_synthetic_dump(root / "quant", rows, vocab, 0.5, 2, base_rows=blocks)
+        del blocks
+        print(f"wrote two synthetic dumps of {rows} rows x {vocab} (f16) in {time.perf_counter() - t0:.1f} s")
+        # the analysis runs in a fresh process so that its peak RSS is its own
+        import subprocess
+        import sys
+
+        code = (
+            "import time, qfair\n"
+            f"t0 = time.perf_counter(); c = qfair.compare({str(root / 'base')!r}, {str(root / 'quant')!r}, "
+            f"bootstrap={resamples}, threads={threads}, chunk_rows={chunk_rows}); dt = time.perf_counter() - t0\n"
+            # VmHWM: this process's own peak (ru_maxrss would include the parent's, inherited over fork)
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+            "print(dt, c.tokens.height, c.examples.height, int(hwm) / 1024)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+        dt, n_rows, n_ex, rss = float(out[-4]), int(out[-3]), int(out[-2]), float(out[-1])
+        print(f"qfair.compare: {dt:.2f} s for {n_rows} token rows ({n_rows / dt:,.0f} rows/s, "
+              f"{n_rows * vocab / dt / 1e9:.2f} G row-element pairs/s end to end), "
+              f"{n_ex} examples, B = {resamples}, threads = {threads}, chunk_rows = {chunk_rows}")
+        print(f"peak RSS of the analysing process {rss:.0f} MiB; the two dumps' logits hold "
+              f"{2 * rows * vocab * 2 / 2**20:.0f} MiB")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10_000)
@@ -54,7 +167,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--batch", type=int, default=250, help="scipy's batch (bounds its memory)")
     ap.add_argument("--skip-scipy", action="store_true")
+    ap.add_argument("--analyze-rows", type=int, default=0,
+                    help="also time qfair.compare end to end on synthetic dumps of this many rows")
     args = ap.parse_args()
+    if args.analyze_rows:
+        bench_analyze(args.analyze_rows, args.resamples, args.threads)
+        return
 
     from qfair import stats
 
