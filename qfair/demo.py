@@ -105,6 +105,29 @@ def plan_quants(quant: str | Iterable[str]) -> tuple[list[str], dict[str, str]]:
     return ok, skipped
 
 
+def _arrays_to_lists(cmp: object) -> None:
+    """Work around polars turning equal-length list cells into a fixed-size Array
+    column (e.g. every example has two choices), which the CSV writer of
+    qfair.analyze.tables cannot flatten: cast such columns back to List."""
+    import polars as pl
+
+    for name in ("summary", "examples", "tokens", "calibration", "strata", "groups"):
+        df = getattr(cmp, name)
+        arrays = {c: t for c, t in df.schema.items() if isinstance(t, pl.Array)}
+        if arrays:
+            setattr(cmp, name, df.with_columns(pl.col(c).cast(pl.List(t.inner)) for c, t in arrays.items()))
+
+
+def _check_installed(gguf: bool) -> None:
+    import importlib.util
+
+    wanted = ("torch", "transformers", "matplotlib") + (("gguf",) if gguf else ())
+    missing = [m for m in wanted if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DemoError(f"qfair demo needs {', '.join(missing)}: pip install 'qfair[all]' "
+                        "(the README's install command, or `make demo`)")
+
+
 def _check_tasks(tasks: Sequence[str]) -> list[str]:
     import qfair.tasks as T
 
@@ -133,6 +156,7 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
 
     say = log or _stderr
     t_all = time.perf_counter()
+    _check_installed(gguf=model is None)
     out = Path(out)
     if limit is not None and limit < 0:
         raise DemoError(f"--limit must be >= 0 (0: every built-in example), got {limit}")
@@ -192,6 +216,7 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
     t0 = time.perf_counter()
     try:
         cmp = compare(base, list(quants.values()), bootstrap=bootstrap, seed=seed, progress=progress)
+        _arrays_to_lists(cmp)
         cmp.write(analysis_dir, formats=("parquet", "csv", "md"))
         write_provenance(analysis_dir)
     except DumpError as e:

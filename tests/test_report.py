@@ -21,7 +21,7 @@ from qfair.report.figures import (KL_PERCENTILES, accuracy_view, flip_table, gro
                                   strata_view)
 from qfair.report.text import compact_rows, compact_summary
 
-TASKS = ["piqa", "crows_pairs_english"]
+TASKS = ["piqa", "arc_easy", "crows_pairs_english"]
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +306,12 @@ def test_report_cli_default_out(analysis, tmp_path):
     text = html.read_text()
     assert "<title>T &lt;&amp;&gt;</title>" in text
     assert (d / "report" / "provenance.json").is_file()
+
+
+def test_missing_matplotlib_is_a_one_line_error(analysis, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(ReportError, match=r"needs matplotlib: pip install 'qfair\[report\]'"):
+        build_report(analysis / "analysis")

@@ -39,6 +39,10 @@ def build_report(analysis_dir: str | os.PathLike, out: str | os.PathLike | None 
                  title: str | None = None, progress: bool = False) -> ReportResult:
     """Read ``analysis_dir``, draw the figures into ``out`` (default
     ``analysis_dir/report``) and write ``out/report.html``."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ReportError("qfair report needs matplotlib: pip install 'qfair[report]' (or pip install matplotlib)")
     from qfair.report.figures import make_figures
     from qfair.report.html import render_html
 
