@@ -114,10 +114,14 @@ def write_dump(path: Path, corpus, rows: np.ndarray, *, store: str = "full", dty
     shards = []
     if store == "full":
         (path / "logits").mkdir()
-        npdt = {"f16": np.float16, "f32": np.float32}[dtype]
         for i, s in enumerate(range(0, rows.shape[0], shard_rows)):
             f = path / "logits" / f"{i:05d}.npy"
-            block = rows[s:s + shard_rows].astype(npdt)
+            block = rows[s:s + shard_rows]
+            if dtype == "bf16":  # the top 16 bits of float32, rounded to nearest even
+                u = block.astype(np.float32).view(np.uint32)
+                block = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+            else:
+                block = block.astype({"f16": np.float16, "f32": np.float32}[dtype])
             np.save(f, block)
             data = f.read_bytes()
             shards.append({"index": i, "file": f"logits/{i:05d}.npy", "rows": int(block.shape[0]),
@@ -437,3 +441,22 @@ def test_docs_custom_metric_example(dumps):
     ex = c.examples
     for row in s.iter_rows(named=True):
         assert row["diff"] == pytest.approx(ex.filter(pl.col("task") == row["task"])["tok_mass_off_top10"].mean())
+
+
+def test_bf16_dumps(dumps, tmp_path):
+    b = write_dump(tmp_path / "b16", dumps["corpus"], dumps["base_rows"], dtype="bf16")
+    q = write_dump(tmp_path / "q16", dumps["corpus"], dumps["q_rows"], dtype="bf16")
+
+    def lp_q_target(chunk):
+        return chunk.q[np.arange(chunk.stop - chunk.start), chunk.targets]
+
+    c = compare(b, q, bootstrap=100, bins=5, metrics={"lq": lp_q_target})
+    dec = [np.concatenate([(np.asarray(x).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+                           for x in qfair.open_dump(d).logit_blocks()]) for d in (b, q)]
+    p, qq = (softmax(a, axis=1) for a in dec)
+    t = c.tokens.sort("row")
+    np.testing.assert_allclose(t["kl_pq"].to_numpy(), rel_entr(p, qq).sum(1), rtol=2e-3, atol=1e-5)
+    y = t["target"].to_numpy()
+    np.testing.assert_allclose(t["lq"].to_numpy(), log_softmax(dec[1], axis=1)[np.arange(len(y)), y], atol=1e-5)
+    with pytest.raises(DumpError, match="bf16"):
+        compare(b, dumps["nf4"], bootstrap=50)
