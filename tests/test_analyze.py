@@ -460,3 +460,25 @@ def test_bf16_dumps(dumps, tmp_path):
     np.testing.assert_allclose(t["lq"].to_numpy(), log_softmax(dec[1], axis=1)[np.arange(len(y)), y], atol=1e-5)
     with pytest.raises(DumpError, match="bf16"):
         compare(b, dumps["nf4"], bootstrap=50)
+
+
+def test_nonfinite_logliks_are_counted_not_averaged(dumps, tmp_path):
+    import shutil
+
+    q = tmp_path / "q_nan"
+    shutil.copytree(dumps["nf4"], q)
+    ch = pl.read_parquet(q / "choices.parquet")
+    victim = "toy_mc-003"
+    ch = ch.with_columns(pl.when((pl.col("example_id") == victim) & (pl.col("choice") == 1))
+                         .then(float("nan")).otherwise(pl.col("loglik")).alias("loglik"))
+    ch.write_parquet(q / "choices.parquet")
+    c = compare(dumps["base"], q, bootstrap=100, bins=5, tokens=False)
+    ex = c.examples.filter(pl.col("example_id") == victim).row(0, named=True)
+    assert ex["quant_nonfinite"] == 1.0 and math.isnan(ex["quant_conf"]) and math.isnan(ex["quant_correct"])
+    s = c.summary.filter(pl.col("task") == "toy_mc")
+    for m in ("acc", "ece", "flips", "confidence"):
+        assert s.filter(pl.col("metric") == m)["n"][0] == 23, m
+    acc = s.filter(pl.col("metric") == "acc").row(0, named=True)
+    ok = c.examples.filter((pl.col("task") == "toy_mc") & (pl.col("example_id") != victim))
+    assert acc["quant"] == pytest.approx(ok["quant_correct"].mean())
+    assert any("non-finite" in n for n in c.notes)

@@ -161,6 +161,11 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
     for q, label in zip(quants, labels):
         q_ex = example_stats(q.examples, q.choices, task_kinds(q.manifest) or kinds, where=str(q.path))
         j = _pair_examples(base_ex, q_ex, meta)
+        for who, ex_t in (("base", base_ex), (label, q_ex)):
+            bad = int(ex_t["nonfinite"].sum())
+            if bad:
+                notes.append(f"{who}: {bad} example(s) with a non-finite choice log-likelihood; their "
+                             "statistics are NaN and every test leaves them out (see the rows' n)")
         token_paired: list[tuple[str, str, str]] = []
         token_unpaired: list[str] = []
         if tokens:

@@ -21,7 +21,7 @@ __all__ = ["example_stats", "task_kinds", "EXAMPLE_METRICS"]
 
 # per-model example columns (prefixed base_ / quant_ in the examples table)
 EXAMPLE_METRICS = ("pred", "pred_norm", "correct", "correct_norm", "conf", "p_gold", "nll",
-                   "brier", "entropy", "mc2", "stereotype", "likelihood_diff", "probs")
+                   "brier", "entropy", "mc2", "stereotype", "likelihood_diff", "probs", "nonfinite")
 
 
 def task_kinds(manifest: dict[str, Any]) -> dict[str, str]:
@@ -135,4 +135,4 @@ def example_stats(examples: pl.DataFrame, choices: pl.DataFrame, kinds: dict[str
     out = out.with_columns([pl.Series(k, v) for k, v in cols.items()])
     # the choice distribution itself, one list per example
     probs = pl.Series("probs", np.split(p, starts[1:]) if n_ex else [], dtype=pl.List(pl.Float64))
-    return out.with_columns(probs, pl.Series("nonfinite", bad_ex))
+    return out.with_columns(probs, pl.Series("nonfinite", bad_ex.astype(np.float64)))
