@@ -482,3 +482,17 @@ def test_nonfinite_logliks_are_counted_not_averaged(dumps, tmp_path):
     ok = c.examples.filter((pl.col("task") == "toy_mc") & (pl.col("example_id") != victim))
     assert acc["quant"] == pytest.approx(ok["quant_correct"].mean())
     assert any("non-finite" in n for n in c.notes)
+
+
+def test_mixed_full_and_none_quant_dumps(dumps):
+    c = compare(dumps["base"], [dumps["nf4"], dumps["nf4_none"]], bootstrap=100, bins=5)
+    assert set(c.strata["model"]) == {"nf4", "nf4_none"}
+    assert c.strata.filter(pl.col("model") == "nf4_none")["mean_kl"].is_null().all()
+    assert c.strata.filter(pl.col("model") == "nf4")["mean_kl"].is_not_null().all()
+    t = c.tokens.group_by("model").agg(pl.col("kl_pq").is_null().all().alias("none"))
+    assert dict(t.iter_rows()) == {"nf4": False, "nf4_none": True}
+    # the example-level numbers do not depend on how the logits were stored
+    a = c.summary.filter(pl.col("metric").is_in(["acc", "ece", "flips"]))
+    x = a.filter(pl.col("model") == "nf4").select("task", "metric", "diff", "p")
+    y = a.filter(pl.col("model") == "nf4_none").select("task", "metric", "diff", "p")
+    assert x.equals(y)

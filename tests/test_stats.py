@@ -221,6 +221,8 @@ def test_bootstrap_degenerate_and_bad_input():
         stats.paired_bootstrap([stats.MeanDiff(np.ones(3), np.ones(4))])
     r = stats.paired_bootstrap([stats.MeanDiff(np.ones(50))], resamples=100)[0]
     assert r.p == pytest.approx(2 / 101)
+    r = stats.paired_bootstrap([stats.MeanDiff(np.array([0.7]))], resamples=100)[0]
+    assert r.estimate == 0.7 and r.pct_lo == 0.7 and math.isnan(r.p) and math.isnan(r.bca_lo)
 
 
 # ------------------------------------------------------------ permutation test

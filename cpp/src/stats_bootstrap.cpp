@@ -482,7 +482,8 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
         }
         r.se = B > 1 ? std::sqrt(ss / double(B - 1)) : kNaN;
         r.bias = mean - r.estimate;
-        r.p = std::min(1.0, 2.0 * double(std::min(le0, ge0) + 1) / double(B + 1));
+        // One example resamples to itself: no test (NaN), not a tiny p.
+        r.p = n < 2 ? kNaN : std::min(1.0, 2.0 * double(std::min(le0, ge0) + 1) / double(B + 1));
         std::sort(t, t + B);
         r.pct_lo = quantile_sorted(t, B, alpha / 2.0);
         r.pct_hi = quantile_sorted(t, B, 1.0 - alpha / 2.0);

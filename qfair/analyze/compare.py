@@ -231,11 +231,11 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
     if calib.height:
         calib = calib.select("model", "role", "task", "binning", *[c for c in calib.columns
                                                                    if c not in ("model", "role", "task", "binning")])
-    strata_df = pl.concat(strata_parts, how="diagonal") if strata_parts else pl.DataFrame()
+    strata_df = pl.concat(strata_parts, how="diagonal_relaxed") if strata_parts else pl.DataFrame()
     if strata_df.height:
         strata_df = strata_df.select("model", "task", *[c for c in strata_df.columns if c not in ("model", "task")])
-    examples_df = pl.concat(ex_tables, how="diagonal") if ex_tables else pl.DataFrame()
-    tokens_df = pl.concat(tok_tables, how="diagonal") if tok_tables else pl.DataFrame()
+    examples_df = pl.concat(ex_tables, how="diagonal_relaxed") if ex_tables else pl.DataFrame()
+    tokens_df = pl.concat(tok_tables, how="diagonal_relaxed") if tok_tables else pl.DataFrame()
     settings = {"bootstrap": int(bootstrap), "seed": int(seed), "bins": int(bins), "binning": binning,
                 "topk": list(topk), "strata": strata, "n_strata": int(n_strata), "confidence": confidence,
                 "adjust": "holm and bh over all rows of the table", "base": str(b.path),

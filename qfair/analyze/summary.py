@@ -208,7 +208,7 @@ def strata_rows(j: pl.DataFrame, cfg: StatsConfig, by: str = "confidence", n_str
             "mean_kl": float(sub["kl_all_mean"].mean()) if has_kl else None,
             "base_ece": eb, "quant_ece": eq, "delta_ece": eq - eb,
         })
-    return pl.DataFrame(out)
+    return pl.DataFrame(out, schema_overrides={"mean_kl": pl.Float64})
 
 
 def calibration_rows(conf: np.ndarray, correct: np.ndarray, bins: int) -> pl.DataFrame:

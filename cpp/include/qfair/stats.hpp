@@ -131,7 +131,7 @@ struct BootstrapResult {
     double bca_lo, bca_hi;  // BCa interval (NaN when undefined)
     double z0, accel;
     // Two-sided p for "difference = 0", by inverting the percentile interval:
-    // min(1, 2 min(1 + #{theta* <= 0}, 1 + #{theta* >= 0}) / (B + 1)).
+    // min(1, 2 min(1 + #{theta* <= 0}, 1 + #{theta* >= 0}) / (B + 1)); NaN when n = 1.
     double p;
     std::vector<double> distribution;  // theta*_b, when kept
 };
