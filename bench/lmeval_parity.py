@@ -10,7 +10,9 @@ choice:
 
 - every per-choice log-likelihood within --tol nats (default 1e-4),
 - is_greedy identical,
-- acc and acc_norm identical per document (mc2 value within 1e-6 for truthfulqa_mc2).
+- acc and acc_norm identical per document; for truthfulqa_mc2 the mc2 formula
+  applied to lm-eval's log-likelihoods gives lm-eval's value exactly, and on
+  qfair's within tol / 2 (mc2 moves by at most half the largest loglik change).
 
 Exit status 0 when everything agrees, 1 otherwise. Prints one JSON line with the
 largest difference per task (``--json``) or a small table.
@@ -147,8 +149,13 @@ def compare(dump: Any, samples: dict[str, list[dict]], tol: float) -> dict[str, 
                 if g != g2:
                     problems.append(f"doc {doc_index} choice {i}: is_greedy {g2} vs lm-eval {g}")
             if task == "truthfulqa_mc2":
+                # the formula, on lm-eval's own log-likelihoods: identical
+                on_theirs = mc2([ll for ll, _ in theirs], erow["labels"])
+                if abs(on_theirs - float(s["acc"])) > 1e-12:
+                    problems.append(f"doc {doc_index}: mc2 formula {on_theirs!r} vs lm-eval {float(s['acc'])!r}")
+                # on ours: moves by at most half the largest log-likelihood difference
                 mine = mc2(ours_ll, erow["labels"])
-                if abs(mine - float(s["acc"])) > 1e-6:
+                if abs(mine - float(s["acc"])) > tol / 2:
                     problems.append(f"doc {doc_index}: mc2 {mine:.6f} vs lm-eval {float(s['acc']):.6f}")
             else:
                 a = acc(ours_ll, erow["label"])

@@ -160,12 +160,11 @@ def token_scalars(logprobs: Any, targets: Any) -> dict[str, Any]:
     tgt = targets.view(-1, 1)
     tlp = lp.gather(1, tgt).squeeze(1)
     p = lp.exp()
-    # p * lp with the 0 * -inf = 0 convention
-    plogp = torch.where(p > 0, p * lp, torch.zeros((), dtype=lp.dtype))
+    # p * lp with the 0 * -inf = 0 convention (a NaN row stays NaN)
+    plogp = torch.where(p == 0, torch.zeros((), dtype=lp.dtype), p * lp)
     entropy = -plogp.sum(-1)
-    max_lp, argmax = lp.max(-1)
-    # torch.max returns *an* index of the maximum; the contract is the first one.
-    argmax = torch.argmax(lp, dim=-1)
+    max_lp = lp.amax(-1)
+    argmax = torch.argmax(lp, dim=-1)  # the first maximum
     rank = 1 + (lp > tlp.unsqueeze(1)).sum(-1)
     return {"logprob": tlp, "entropy": entropy, "max_logprob": max_lp, "argmax": argmax, "rank": rank}
 

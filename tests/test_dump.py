@@ -212,6 +212,8 @@ def test_nonfinite_rows_are_counted(env, tmp_path):
     m = json.loads((tmp_path / "nan" / "manifest.json").read_text())
     assert s.nonfinite_rows == m["counts"]["nonfinite_rows"] == s.n_rows > 0
     assert "NaN" in s.text()
+    tk = open_dump(tmp_path / "nan").tokens
+    assert tk["entropy"].is_nan().all() and tk["logprob"].is_nan().all()  # kept as NaN, never averaged away
 
 
 # ---------------------------------------------------------------------------

@@ -124,21 +124,22 @@ def _model_manifest(loaded: Any) -> dict[str, Any]:
 
 
 def _logits_width(loaded: Any) -> int:
+    v = getattr(loaded, "vocab_size", None)
+    if isinstance(v, int) and v > 0:
+        return v
     emb = loaded.model.get_output_embeddings()
-    if emb is not None and getattr(emb, "weight", None) is not None:
-        return int(emb.weight.shape[0])
-    return int(getattr(loaded, "vocab_size"))
+    return int(emb.weight.shape[0])
 
 
 def _store_rows(rows: Any, dtype: str) -> np.ndarray:
     import torch
 
     if dtype == "f16":
-        return rows.to(torch.float16).contiguous().numpy()
+        return rows.to(torch.float16).cpu().contiguous().numpy()
     if dtype == "f32":
-        return rows.to(torch.float32).contiguous().numpy()
+        return rows.to(torch.float32).cpu().contiguous().numpy()
     if dtype == "bf16":
-        return rows.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
+        return rows.to(torch.bfloat16).cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
     raise DumpError(f"--store-dtype is {dtype!r}, expected one of {mf.STORE_DTYPES}")
 
 
@@ -494,8 +495,8 @@ def default_tasks() -> list[str]:
     """The built-in samples of the seed benchmarks plus crows_pairs_english."""
     import qfair.tasks as T
 
-    wanted = ["piqa", "boolq", "openbookqa", "arc_easy", "arc_challenge", "hellaswag",
-              "truthfulqa_mc1", "truthfulqa_mc2", "crows_pairs_english"]
+    wanted = ["piqa", "boolq", "openbookqa", "arc_easy", "hellaswag", "truthfulqa_mc2", "xstorycloze_en",
+              "crows_pairs_english"]  # the same set as qfair.demo.DEMO_TASKS
     return [n for n in wanted if n in T.names() and T.has_builtin_sample(n)]
 
 
