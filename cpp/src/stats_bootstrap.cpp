@@ -307,10 +307,82 @@ public:
             throw std::invalid_argument("calibration bootstrap: give both conf_x and correct_x");
         if (has_x_) x_.init(cx, ax, n, bins, binning);
         y_.init(cy, ay, n, bins, binning);
+        if (has_x_ && binning == Binning::Width) {
+            // Examples grouped by their (bin under y, bin under x) pair: one pass
+            // over the counts then serves both sides, one gather per example.
+            std::vector<int64_t> key(static_cast<size_t>(n));
+            for (int64_t i = 0; i < n; ++i)
+                key[size_t(i)] = int64_t(y_.bin_of[size_t(i)]) * bins + x_.bin_of[size_t(i)];
+            std::vector<uint32_t> ord(static_cast<size_t>(n));
+            std::iota(ord.begin(), ord.end(), 0u);
+            std::stable_sort(ord.begin(), ord.end(),
+                             [&](uint32_t a, uint32_t b) { return key[a] < key[b]; });
+            pperm_ = ord;
+            pcy_.resize(size_t(n));
+            pay_.resize(size_t(n));
+            pcx_.resize(size_t(n));
+            pax_.resize(size_t(n));
+            for (int64_t j = 0; j < n; ++j) {
+                const uint32_t i = ord[size_t(j)];
+                pcy_[size_t(j)] = cy[i];
+                pay_[size_t(j)] = ay[i];
+                pcx_[size_t(j)] = cx[i];
+                pax_[size_t(j)] = ax[i];
+                if (j == 0 || key[i] != key[ord[size_t(j - 1)]])
+                    pseg_.push_back({int32_t(key[i] / bins), int32_t(key[i] % bins), j, j});
+                pseg_.back().end = j + 1;
+            }
+        }
     }
     double eval(const uint32_t* counts) const override {
+        if (!pseg_.empty()) return eval_pairs(counts);
         const double vy = y_.eval(counts, m_);
         return has_x_ ? vy - x_.eval(counts, m_) : vy;
+    }
+
+    double eval_pairs(const uint32_t* counts) const {
+        const int B = y_.bins;
+        thread_local std::vector<double> acc;
+        acc.assign(size_t(6 * B), 0.0);
+        double *ny = acc.data(), *sy = ny + B, *ay = sy + B, *nx = ay + B, *sx = nx + B, *ax = sx + B;
+        const uint32_t* perm = pperm_.data();
+        const double *cy = pcy_.data(), *yy = pay_.data(), *cx = pcx_.data(), *xx = pax_.data();
+        for (const PairSeg& g : pseg_) {
+            double c0 = 0, sy0 = 0, ay0 = 0, sx0 = 0, ax0 = 0;
+            double c1 = 0, sy1 = 0, ay1 = 0, sx1 = 0, ax1 = 0;
+            int64_t j = g.begin;
+            for (; j + 2 <= g.end; j += 2) {
+                const double w0 = double(counts[perm[j]]), w1 = double(counts[perm[j + 1]]);
+                c0 += w0;
+                sy0 += w0 * cy[j];
+                ay0 += w0 * yy[j];
+                sx0 += w0 * cx[j];
+                ax0 += w0 * xx[j];
+                c1 += w1;
+                sy1 += w1 * cy[j + 1];
+                ay1 += w1 * yy[j + 1];
+                sx1 += w1 * cx[j + 1];
+                ax1 += w1 * xx[j + 1];
+            }
+            if (j < g.end) {
+                const double w0 = double(counts[perm[j]]);
+                c0 += w0;
+                sy0 += w0 * cy[j];
+                ay0 += w0 * yy[j];
+                sx0 += w0 * cx[j];
+                ax0 += w0 * xx[j];
+            }
+            ny[g.by] += c0 + c1;
+            sy[g.by] += sy0 + sy1;
+            ay[g.by] += ay0 + ay1;
+            nx[g.bx] += c0 + c1;
+            sx[g.bx] += sx0 + sx1;
+            ax[g.bx] += ax0 + ax1;
+        }
+        double total = 0.0;
+        for (int b = 0; b < B; ++b) total += ny[b];
+        return detail::measure_from_bins(ny, sy, ay, B, total, m_) -
+               detail::measure_from_bins(nx, sx, ax, B, total, m_);
     }
     // Counts, not draws: the per-bin sums then run over examples in bin order
     // with register accumulators instead of read-modify-writes per draw.
@@ -329,9 +401,16 @@ public:
     }
 
 private:
+    struct PairSeg {
+        int32_t by, bx;
+        int64_t begin, end;
+    };
     bool has_x_;
     CalMeasure m_;
     CalSide x_, y_;
+    std::vector<PairSeg> pseg_;
+    std::vector<uint32_t> pperm_;
+    std::vector<double> pcy_, pay_, pcx_, pax_;
 };
 }  // namespace
 
@@ -358,9 +437,16 @@ inline uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
-// Key of resample b: the draws are SplitMix64 outputs mix(key + k * golden),
-// a counter-based generator, so every draw is independent of the others (no
+// Key of resample b. The draws are wyrand outputs of the counter key + k * inc
+// (one 64x64->128 multiply each; passes BigCrush and PractRand): a
+// counter-based generator, so every draw is independent of the others (no
 // serial state: the CPU overlaps them) and resample b depends only on (seed, b).
+constexpr uint64_t kWyInc = 0xa0761d6478bd642fULL;
+constexpr uint64_t kWyXor = 0xe7037ed1a0b428dbULL;
+inline uint64_t wy(uint64_t s) {
+    const __uint128_t t = (__uint128_t)s * (s ^ kWyXor);
+    return uint64_t(t >> 64) ^ uint64_t(t);
+}
 inline uint64_t resample_key(uint64_t seed, uint64_t b) {
     return mix64(mix64(seed + kGolden) ^ (b * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL));
 }
@@ -385,8 +471,8 @@ inline void for_each_draw(int64_t n, uint64_t seed, int64_t b, Sink&& sink) {
     int64_t k = 0;
     uint64_t ctr = key;
     for (; k + 1 < n; k += 2) {
-        ctr += kGolden;
-        const uint64_t z = mix64(ctr);
+        ctr += kWyInc;
+        const uint64_t z = wy(ctr);
         const uint64_t m0 = (z >> 32) * nn, m1 = (z & 0xffffffffULL) * nn;
         uint32_t i0 = uint32_t(m0 >> 32), i1 = uint32_t(m1 >> 32);
         if (__builtin_expect(uint32_t(m0) < n32, 0)) i0 = lemire_fix(m0, n32, key, &rej);
@@ -395,8 +481,8 @@ inline void for_each_draw(int64_t n, uint64_t seed, int64_t b, Sink&& sink) {
         sink(k + 1, i1);
     }
     if (k < n) {
-        ctr += kGolden;
-        const uint64_t m0 = (mix64(ctr) >> 32) * nn;
+        ctr += kWyInc;
+        const uint64_t m0 = (wy(ctr) >> 32) * nn;
         uint32_t i0 = uint32_t(m0 >> 32);
         if (uint32_t(m0) < n32) i0 = lemire_fix(m0, n32, key, &rej);
         sink(k, i0);
