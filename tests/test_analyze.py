@@ -496,3 +496,15 @@ def test_mixed_full_and_none_quant_dumps(dumps):
     x = a.filter(pl.col("model") == "nf4").select("task", "metric", "diff", "p")
     y = a.filter(pl.col("model") == "nf4_none").select("task", "metric", "diff", "p")
     assert x.equals(y)
+
+
+def test_equal_choice_counts_write_csv(tmp_path):
+    # every example with two choices: the probs columns must stay lists, and CSV works
+    corpus = [e for e in make_corpus(4, n_per_task=6) if e["task"] == "toy_crows"]
+    b = make_rows(corpus, 1)
+    q = make_rows(corpus, 2, base_rows=b, noise=0.5)
+    c = compare(write_dump(tmp_path / "b", corpus, b), write_dump(tmp_path / "q", corpus, q), bootstrap=50, bins=5)
+    assert isinstance(c.examples.schema["base_probs"], pl.List)
+    c.write(tmp_path / "out", formats=("csv",))
+    back = pl.read_csv(tmp_path / "out" / "examples.csv")
+    assert [len(x.split()) for x in back["quant_probs"]] == [2] * 6

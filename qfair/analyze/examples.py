@@ -134,5 +134,7 @@ def example_stats(examples: pl.DataFrame, choices: pl.DataFrame, kinds: dict[str
         pl.Series("kind", kind.tolist(), dtype=pl.Utf8))
     out = out.with_columns([pl.Series(k, v) for k, v in cols.items()])
     # the choice distribution itself, one list per example
-    probs = pl.Series("probs", np.split(p, starts[1:]) if n_ex else [], dtype=pl.List(pl.Float64))
+    # (built from Python lists: equal-length numpy cells would become a fixed-size Array)
+    probs = pl.Series("probs", [a.tolist() for a in np.split(p, starts[1:])] if n_ex else [],
+                      dtype=pl.List(pl.Float64))
     return out.with_columns(probs, pl.Series("nonfinite", bad_ex.astype(np.float64)))

@@ -97,8 +97,10 @@ def write_tables(cmp: Any, out: Path, formats: Sequence[str]) -> list[Path]:
         if "csv" in formats:
             p = out / f"{name}.csv"
             # CSV has no lists: a list cell becomes its values joined by spaces
-            lists = [c for c, t in df.schema.items() if isinstance(t, pl.List)]
-            flat = df.with_columns(pl.col(c).list.eval(pl.element().cast(pl.Utf8)).list.join(" ") for c in lists)
+            lists = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Array))]
+            df_l = df.with_columns(pl.col(c).cast(pl.List(df.schema[c].inner)) for c in lists
+                                   if isinstance(df.schema[c], pl.Array))
+            flat = df_l.with_columns(pl.col(c).list.eval(pl.element().cast(pl.Utf8)).list.join(" ") for c in lists)
             flat.write_csv(p)
             written.append(p)
         if "md" in formats:
