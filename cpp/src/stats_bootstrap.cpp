@@ -637,13 +637,25 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
             if (r.exact) {
                 for (int64_t i = 0; i < n; ++i) s += ((m >> i) & 1) ? -d[i] : d[i];
             } else {
+                // Branch-free: each random bit flips the sign bit of its term;
+                // four partial sums break the add chain.
                 Rng rng(seed ^ kPermutationDomain, uint64_t(m));
-                uint64_t bits = 0;
-                for (int64_t i = 0; i < n; ++i) {
-                    if ((i & 63) == 0) bits = rng.next();
-                    s += (bits & 1) ? -d[i] : d[i];
-                    bits >>= 1;
+                double acc[4] = {0.0, 0.0, 0.0, 0.0};
+                int64_t i = 0;
+                for (; i < n; i += 64) {
+                    uint64_t bits = rng.next();
+                    const int64_t e = std::min<int64_t>(n, i + 64);
+                    for (int64_t j = i; j < e; ++j) {
+                        uint64_t u;
+                        std::memcpy(&u, &d[j], sizeof u);
+                        u ^= (bits & 1ULL) << 63;
+                        double v;
+                        std::memcpy(&v, &u, sizeof v);
+                        acc[j & 3] += v;
+                        bits >>= 1;
+                    }
                 }
+                s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
             }
             const double v = s / double(n);
             cle += v <= obs + gamma;
