@@ -134,7 +134,7 @@ def example_stats(examples: pl.DataFrame, choices: pl.DataFrame, kinds: dict[str
         pl.Series("kind", kind.tolist(), dtype=pl.Utf8))
     out = out.with_columns([pl.Series(k, v) for k, v in cols.items()])
     # the choice distribution itself, one list per example
-    # (built from Python lists: equal-length numpy cells would become a fixed-size Array)
-    probs = pl.Series("probs", [a.tolist() for a in np.split(p, starts[1:])] if n_ex else [],
-                      dtype=pl.List(pl.Float64))
+    # (grouped in polars: equal-length numpy cells would become a fixed-size Array)
+    probs = (pl.DataFrame({"_ex": seg, "probs": p}).group_by("_ex", maintain_order=True)
+             .agg(pl.col("probs"))["probs"].cast(pl.List(pl.Float64)))
     return out.with_columns(probs, pl.Series("nonfinite", bad_ex.astype(np.float64)))
