@@ -176,13 +176,13 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
         raise DemoError(f"{out}: exists and is not a directory")
     dumps_dir, analysis_dir, report_dir = out / "dumps", out / "analysis", out / "report"
     seconds: dict[str, float] = {}
-    model_name = str(model) if model is not None else "SmolLM2-135M-Instruct (embedded GGUF, float)"
+    model_name = str(model) if model is not None else "SmolLM2-135M-Instruct"
     n_steps = len(ok) + 3
     per_task = f"{limit} example(s) per task" if limit else "every built-in example"
 
     def _dump(step: int, spec: str, label: str) -> Path:
         what = "full precision" if spec == "none" else spec
-        say(f"[{step}/{n_steps}] dump {model_name} ({what}) on {len(names)} tasks, {per_task} -> {dumps_dir / label}")
+        say(f"[{step}/{n_steps}] dump {model_name}, {what}, on {len(names)} tasks ({per_task}) -> {dumps_dir / label}")
         t0 = time.perf_counter()
         s = dump(dumps_dir / label, model=None if model is None else str(model), quant=spec, tasks=names,
                  limit=limit, overwrite=True, seed=seed, progress=progress)

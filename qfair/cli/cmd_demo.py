@@ -56,5 +56,7 @@ def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, no_progress) -> N
         click.echo(f"skipped {s}: {why}")
     for n in r.notes:
         click.echo(f"note: {n}", err=True)
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items() if k != "total")
+    click.echo(f"took {r.seconds.get('total', 0):.0f} s ({steps})")
     click.echo(f"tables: {r.analysis}")
     click.echo(f"report: {r.report.resolve()}")

@@ -199,7 +199,7 @@ def fig_token_kl(data: AnalysisData) -> list[Figure]:
     ax.set_title(f"Vocabulary-wide token KL: base vs {', '.join(data.models)}\n"
                  "empirical CDF over every scored continuation token", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower right", fontsize=7.5)
+    ax.legend(loc="upper left", fontsize=7.5)
     fig.tight_layout()
     cap = ("Empirical CDF of KL(P‖Q) between the base (P) and quantized (Q) next-token distributions over the "
            "whole vocabulary, one value per scored continuation token, with llama.cpp's percentiles marked.")
@@ -348,7 +348,7 @@ def fig_accuracy(data: AnalysisData) -> list[Figure]:
     colors = model_colors(data.models)
     level = _conf_level(data)
     names = ["base"] + data.models
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.55 * len(tasks) * (1 + 0.25 * len(names)) + 1.8),
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.2 * len(tasks) * len(names) + 1.9),
                                   gridspec_kw={"width_ratios": [1.1, 1]})
     h = 0.8 / len(names)
     y0 = np.arange(len(tasks))
@@ -390,7 +390,7 @@ def fig_accuracy(data: AnalysisData) -> list[Figure]:
     ax2.set_yticks(y0)
     ax2.set_yticklabels(tasks, fontsize=8)
     ax2.invert_yaxis()
-    ax2.set_xlabel(f"Δaccuracy, quantized − base (fraction; paired bootstrap {_pct(level)} CI)")
+    ax2.set_xlabel(f"Δaccuracy, quantized − base (paired bootstrap {_pct(level)} CI)")
     ax2.set_title("Accuracy change per task", fontsize=10)
     ax2.set_ylabel("task")
     ax2.grid(alpha=0.3, axis="x")
@@ -546,7 +546,7 @@ def fig_groups(data: AnalysisData) -> list[Figure]:
         ax.invert_yaxis()
         ax.set_xlabel(_METRIC_AXIS.get(metric, f"Δ{metric} (quantized − base)"))
         ax.set_ylabel("group (sorted by |effect|)")
-        ax.set_title(f"{t}: per-group change in {metric}, base vs {', '.join(data.models)}", fontsize=10)
+        ax.set_title(f"{t}: per-group change in {metric}\nbase vs {', '.join(data.models)}", fontsize=10)
         ax.grid(alpha=0.3, axis="x")
         ax.legend(fontsize=7, loc="best")
         fig.tight_layout()

@@ -63,9 +63,10 @@ def _fmt(v: Any, col: str = "") -> str:
     if v is None:
         return ""
     if isinstance(v, float):
+        is_p = col.startswith("p") and col not in ("pred", "pct_low", "pct_high", "pct_stereotype")
         if math.isnan(v):
-            return "nan"
-        if col.startswith("p") and col not in ("pred", "pct_low", "pct_high", "pct_stereotype"):
+            return "" if is_p else "nan"
+        if is_p:
             return "&lt;1e-4" if v < 1e-4 else f"{v:.4f}"
         if v == 0:
             return "0"
@@ -121,16 +122,18 @@ def _headline(data: AnalysisData) -> str:
     parts = ["<ul>"] + [f"<li>{_e(h)}</li>" for h in model_headlines(data.summary, data.examples, data.tokens,
                                                                      data.models)] + ["</ul>"]
     if rows:
-        df = pl.DataFrame(rows).with_columns(
-            pl.format("[{}, {}]", pl.col("d_acc_low").round(3), pl.col("d_acc_high").round(3)).alias("Δacc CI"))
-        df = df.rename({"acc_base": "acc base", "acc_quant": "acc quant", "d_acc": "Δacc",
-                        "p_acc_holm": "p_holm (Δacc)", "ece_base": "ECE base", "ece_quant": "ECE quant",
-                        "d_conf": "Δconfidence", "kl": "mean KL (nats)", "c2i": "correct→incorrect",
-                        "i2c": "incorrect→correct", "p_flips_holm": "p_holm (McNemar)"})
-        parts.append(table_html(df, ["model", "task", "n", "acc base", "acc quant", "Δacc", "Δacc CI",
-                                     "p_holm (Δacc)", "ECE base", "ECE quant", "Δconfidence", "mean KL (nats)",
-                                     "correct→incorrect", "incorrect→correct", "p_holm (McNemar)"],
-                                sig_col="p_holm (Δacc)"))
+        def f3(v: Any, sign: bool = False) -> str:
+            return "" if v is None else (f"{v:+.3f}" if sign else f"{v:.3f}")
+
+        view = [{"model": r["model"], "task": r["task"], "n": r["n"],
+                 "acc base → quant": f"{f3(r['acc_base'])} → {f3(r['acc_quant'])}",
+                 "Δacc [CI]": f"{f3(r['d_acc'], True)} [{f3(r['d_acc_low'], True)}, {f3(r['d_acc_high'], True)}]",
+                 "p_holm": r["p_acc_holm"],
+                 "ECE base → quant": f"{f3(r['ece_base'])} → {f3(r['ece_quant'])}",
+                 "Δconf": f3(r["d_conf"], True), "KL (nats)": None if r["kl"] is None else f"{r['kl']:.4f}",
+                 "flips c→i / i→c": "" if r["c2i"] is None else f"{r['c2i']} / {r['i2c']}",
+                 "p_holm McNemar": r["p_flips_holm"]} for r in rows]
+        parts.append(table_html(pl.DataFrame(view, infer_schema_length=None), sig_col="p_holm"))
         level = data.settings.get("confidence") or 0.95
         parts.append(f"<p class='meta'>Δ = quantized − base. CIs: paired bootstrap ({_e(data.settings.get('bootstrap'))}"
                      f" resamples, {100 * float(level):g}%, BCa where defined). p_holm: Holm-adjusted over all "
@@ -186,6 +189,7 @@ def _provenance(data: AnalysisData) -> str:
         tok = m.get("tokenizer") or {}
         rows.append({"model": label, "role": d.get("role"), "dump": d.get("path"),
                      "identity": ident.get("id"), "source": ident.get("source"),
+                     "gguf file": Path(ident["gguf_file"]).name if ident.get("gguf_file") else None,
                      "gguf sha256": (ident.get("gguf_sha256") or "")[:16],
                      "architecture": ident.get("architecture"), "parameters": ident.get("n_parameters"),
                      "dtype": mm.get("dtype"), "device": mm.get("device"), "quantization": q.get("spec"),
@@ -198,6 +202,11 @@ def _provenance(data: AnalysisData) -> str:
         quants.append((label, q))
     if rows:
         out.append("<h3>Dumps and models</h3>" + table_html(pl.DataFrame(rows, infer_schema_length=None)))
+        ggufs = sorted({r["gguf file"] for r in rows if r.get("gguf file")})
+        if ggufs:
+            out.append(f"<p class='meta'>GGUF weights ({_e(', '.join(ggufs))}) are de-quantised to float when "
+                       "loaded; that float model is the base, so any quantization inside the GGUF file is part "
+                       "of the base, and the quantized variants start from the same float weights.</p>")
     if quants:
         out.append("<h3>Quantization configs</h3>")
         for label, q in quants:
@@ -264,7 +273,7 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
     sec["summary"] = ("<p class='meta'>Every test of the analysis: diff = quantized − base, CI and p from the "
                       "paired bootstrap (flip rates: Wilson interval, McNemar exact test); p_holm: Holm, p_bh: "
                       "Benjamini–Hochberg, each over all rows of this table.</p>" +
-                      "<details open><summary>Show / hide the full summary table "
+                      "<details><summary>Show the full summary table "
                       f"({data.summary.height} rows)</summary>" +
                       table_html(data.summary, ["model", "task", "metric", "kind", "n", "base", "quant", "diff",
                                                 "ci_low", "ci_high", "ci_method", "test", "p", "p_holm", "p_bh"],
