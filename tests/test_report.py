@@ -315,3 +315,25 @@ def test_missing_matplotlib_is_a_one_line_error(analysis, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     with pytest.raises(ReportError, match=r"needs matplotlib: pip install 'qfair\[report\]'"):
         build_report(analysis / "analysis")
+
+
+def test_token_kl_figure_on_a_large_table_draws_quantiles():
+    import matplotlib.pyplot as plt
+
+    from qfair.report.figures import CDF_POINTS, fig_token_kl
+
+    rng = np.random.default_rng(2)
+    kl = np.r_[rng.lognormal(-3, 1.5, 60_000), np.zeros(10)]
+    data = _synthetic(n_per_task=5)
+    data.tokens = pl.DataFrame({"model": ["q8"] * kl.size, "kl_pq": kl})
+    data.settings["models"] = ["q8"]
+    data.summary = pl.DataFrame({"model": ["q8"], "task": ["a"], "metric": ["acc"]})
+    (f,) = fig_token_kl(data)
+    curve = f.fig.axes[0].lines[0]
+    x, y = curve.get_xdata(), curve.get_ydata()
+    assert x.size == CDF_POINTS and y[0] == 0 and y[-1] == 1
+    i = np.searchsorted(y, 0.5)
+    assert x[i] == pytest.approx(np.median(kl), rel=1e-9)
+    assert x.min() > 0  # zeros drawn at the floor on the log axis
+    assert "drawn at" in f.caption
+    plt.close(f.fig)

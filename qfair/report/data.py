@@ -59,15 +59,30 @@ class AnalysisData:
         return self.examples["task"].unique(maintain_order=True).to_list()
 
 
+# the token table can hold millions of rows: the report reads only these columns of it
+TOKEN_COLUMNS = ("model", "task", "kl_pq", "delta_p", "top1_agree")
+
+
 def _read_table(d: Path, name: str) -> pl.DataFrame | None:
     pq, csv = d / f"{name}.parquet", d / f"{name}.csv"
     try:
         if pq.is_file():
+            if name == "tokens":
+                lf = pl.scan_parquet(pq)
+                have = lf.collect_schema().names()
+                return lf.select([c for c in TOKEN_COLUMNS if c in have]).collect()
             return pl.read_parquet(pq)
         if csv.is_file():
-            if csv.stat().st_size == 0 or not csv.read_text(encoding="utf-8").strip():
+            if csv.stat().st_size == 0:
                 return pl.DataFrame()
-            return pl.read_csv(csv, infer_schema_length=None)
+            try:
+                if name == "tokens":
+                    lf = pl.scan_csv(csv, infer_schema_length=10_000)
+                    have = lf.collect_schema().names()
+                    return lf.select([c for c in TOKEN_COLUMNS if c in have]).collect()
+                return pl.read_csv(csv, infer_schema_length=None)
+            except pl.exceptions.NoDataError:
+                return pl.DataFrame()
     except (OSError, pl.exceptions.PolarsError, ValueError) as e:
         f = pq if pq.is_file() else csv
         raise ReportError(f"{f}: cannot be read as the {name} table ({type(e).__name__}: "

@@ -29,6 +29,8 @@ BASE_COLOR = "#222222"
 # llama.cpp's KL summary: max, 99.9, 99, 95, 90, median, 10, 5, 1, 0.1 percentiles, min
 KL_PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)
 KL_FLOOR = 1e-9  # zero KL values are drawn at this floor on the log axis
+CDF_POINTS = 20_001  # larger token tables are drawn through this many quantiles
+SCATTER_POINTS = 4_000  # at most this many examples per model in the strata scatter
 
 
 @dataclass
@@ -173,9 +175,13 @@ def fig_token_kl(data: AnalysisData) -> list[Figure]:
         if kl.size == 0:
             continue
         st = kl_percentiles(kl)
-        xs = np.sort(np.maximum(kl, KL_FLOOR))
         floor_used |= bool((kl < KL_FLOOR).any())
-        ys = np.arange(1, xs.size + 1) / xs.size
+        if kl.size > CDF_POINTS:  # the curve at CDF_POINTS quantiles draws the same picture
+            ys = np.linspace(0, 1, CDF_POINTS)
+            xs = np.maximum(np.quantile(kl, ys), KL_FLOOR)
+        else:
+            xs = np.sort(np.maximum(kl, KL_FLOOR))
+            ys = np.arange(1, xs.size + 1) / xs.size
         ax.step(xs, ys, where="post", color=colors[m], lw=1.8,
                 label=f"{m}: mean {st['mean']:.4f} nats, median {st['p50']:.4f} (n = {kl.size:,} tokens)")
         px = [max(st[f"p{p:g}"], KL_FLOOR) for p in KL_PERCENTILES] + [max(st["max"], KL_FLOOR)]
@@ -275,6 +281,9 @@ def fig_strata(data: AnalysisData) -> list[Figure]:
         e = ex.filter(pl.col("model") == m)
         bc = e["base_conf"].cast(pl.Float64).to_numpy()
         dc = (e["quant_conf"].cast(pl.Float64) - e["base_conf"].cast(pl.Float64)).to_numpy()
+        if bc.size > SCATTER_POINTS:  # a fixed random subset keeps the PNG readable
+            keep = np.random.default_rng(0).choice(bc.size, SCATTER_POINTS, replace=False)
+            bc, dc = bc[keep], dc[keep]
         ax.scatter(bc, dc, s=9, alpha=0.25, color=colors[m], lw=0, label=f"{m}: one example")
         x = v["base_conf"].to_numpy()
         y = v["delta_conf"].to_numpy()
