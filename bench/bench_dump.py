@@ -12,7 +12,10 @@ the minimum of each is reported (the machine is shared, minima are the least
 noisy estimate). lm-eval is optional (``pip install lm-eval``): without it only
 (2) is measured.
 
-    .venv/bin/python bench/bench_dump.py --repeats 2 --threads 2
+    .venv/bin/python bench/bench_dump.py --repeats 2 --threads 1
+
+On a shared 2-core box prefer --threads 1: OpenMP threads that spin against
+other processes make every framework several times slower and the ratios noisy.
 """
 from __future__ import annotations
 
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             for store in ("none", "full"):
                 d, dt = run_qfair(loaded, tasks, args.limit, tmp / f"dump_{store}", store=store)
                 times[f"qfair_{store}"].append(dt)
+                print(f"repeat {r + 1}: qfair --store {store} {dt:.1f} s", file=sys.stderr, flush=True)
                 if store == "full":
                     rows, tokens = d.n_rows, d.tokens.height
                     shard_bytes = sum(p.stat().st_size for p in d.logit_paths)
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 ydir.mkdir()
                 _, dt = run_lmeval(lm, tasks, args.limit, ydir)
                 times[f"lm_eval_bs{bs}"].append(dt)
+                print(f"repeat {r + 1}: lm-eval batch {bs} {dt:.1f} s", file=sys.stderr, flush=True)
             print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()),
                   file=sys.stderr)
 

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TASKS = "piqa,boolq,openbookqa,arc_easy,arc_challenge,hellaswag,truthfulqa_mc1,truthfulqa_mc2"
+DEFAULT_TASKS = ("piqa,boolq,openbookqa,arc_easy,arc_challenge,hellaswag,truthfulqa_mc1,truthfulqa_mc2,"
+                 "xstorycloze_en,crows_pairs_english")
 
 # qfair task name -> lm-eval YAML (relative to lm_eval/tasks)
 LM_EVAL_YAML = {
@@ -42,6 +43,8 @@ LM_EVAL_YAML = {
     "hellaswag": "hellaswag/hellaswag.yaml",
     "truthfulqa_mc1": "truthfulqa/truthfulqa_mc1.yaml",
     "truthfulqa_mc2": "truthfulqa/truthfulqa_mc2.yaml",
+    "xstorycloze_en": "xstorycloze/default_en.yaml",
+    "crows_pairs_english": "crows_pairs/crows_pairs_english.yaml",  # empty context: the BOS/EOS prefix rule
 }
 
 
@@ -73,6 +76,7 @@ def write_task_yamls(tasks: list[str], directory: Path) -> dict[str, str]:
             "  data_files:",
             f"    validation: {json.dumps(data)}",
             f"    test: {json.dumps(data)}",
+            f"    eval: {json.dumps(data)}",
             "training_split: null",
             "fewshot_split: null",
             "",
@@ -157,6 +161,10 @@ def compare(dump: Any, samples: dict[str, list[dict]], tol: float) -> dict[str, 
                 mine = mc2(ours_ll, erow["labels"])
                 if abs(mine - float(s["acc"])) > tol / 2:
                     problems.append(f"doc {doc_index}: mc2 {mine:.6f} vs lm-eval {float(s['acc']):.6f}")
+            elif task.startswith("crows_pairs"):
+                pct = 1.0 if ours_ll[0] > ours_ll[1] else 0.0
+                if pct != float(s["pct_stereotype"]):
+                    problems.append(f"doc {doc_index}: pct_stereotype {pct} vs lm-eval {s['pct_stereotype']}")
             else:
                 a = acc(ours_ll, erow["label"])
                 if a != float(s["acc"]):
