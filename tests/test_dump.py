@@ -463,3 +463,31 @@ def test_aligned_with(full, env, tmp_path):
     (other / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(DumpError, match="vocab_sha256"):
         d.aligned_with(open_dump(other))
+
+
+def test_ctrl_c_keeps_finished_shards_and_no_temp_files(env, tmp_path, monkeypatch):
+    import qfair.scoring as S
+
+    tasks = [T.get("mc", data_file=env["mc"], limit=12)]
+    ref = tmp_path / "ref"
+    run_dump(ref, env["loaded"], tasks, shard_rows=SHARD_ROWS, progress=False)
+    real = S.Scorer.score
+    calls = {"n": 0}
+
+    def interrupted(self, ex):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real(self, ex)
+
+    monkeypatch.setattr(S.Scorer, "score", interrupted)
+    out = tmp_path / "d"
+    with pytest.raises(KeyboardInterrupt):
+        run_dump(out, env["loaded"], tasks, shard_rows=SHARD_ROWS, progress=False)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "partial" and 1 <= len(m["shards"]) < len(m["plan"])
+    leftovers = [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+    monkeypatch.setattr(S.Scorer, "score", real)
+    run_dump(out, env["loaded"], tasks, shard_rows=SHARD_ROWS, progress=False, resume=True)
+    assert data_files(out) == data_files(ref)

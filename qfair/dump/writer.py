@@ -134,13 +134,9 @@ class ShardWriter:
         self.check()
 
     def abort(self) -> None:
-        """Stop without finishing the current shard (its temp file is removed)."""
+        """Stop after writing every shard already completed in the queue; the
+        unfinished shard's temp file is removed (nothing listed is lost)."""
         if self._thread.is_alive():
-            try:
-                while True:
-                    self._q.get_nowait()
-            except queue.Empty:
-                pass
             self._q.put(("abort",))
             self._thread.join()
 
