@@ -491,3 +491,11 @@ def test_ctrl_c_keeps_finished_shards_and_no_temp_files(env, tmp_path, monkeypat
     monkeypatch.setattr(S.Scorer, "score", real)
     run_dump(out, env["loaded"], tasks, shard_rows=SHARD_ROWS, progress=False, resume=True)
     assert data_files(out) == data_files(ref)
+
+
+def test_files_get_the_usual_permissions(full):
+    out, _ = full
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for p in [out / "manifest.json", out / "tokens.parquet", out / "logits" / "00000.npy"]:
+        assert p.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
