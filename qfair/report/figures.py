@@ -304,7 +304,7 @@ def fig_strata(data: AnalysisData) -> list[Figure]:
     ax.legend(fontsize=7, loc="best")
     first = view.filter(pl.col("model") == data.models[0]).sort("stratum") if data.models else view
     ax2.set_xticks(np.arange(first.height))
-    ax2.set_xticklabels([f"{a:.3g}–{b:.3g}\n(n={n})" for a, b, n in
+    ax2.set_xticklabels([f"{a:.3f}–{b:.3f}\n(n={n})" for a, b, n in
                          zip(first["conf_lo"], first["conf_hi"], first["n"])], fontsize=7)
     ax2.set_xlabel("base confidence stratum (range, examples)")
     ax2.set_ylabel("answers flipped (% of examples)")
