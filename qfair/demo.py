@@ -105,19 +105,6 @@ def plan_quants(quant: str | Iterable[str]) -> tuple[list[str], dict[str, str]]:
     return ok, skipped
 
 
-def _arrays_to_lists(cmp: object) -> None:
-    """Work around polars turning equal-length list cells into a fixed-size Array
-    column (e.g. every example has two choices), which the CSV writer of
-    qfair.analyze.tables cannot flatten: cast such columns back to List."""
-    import polars as pl
-
-    for name in ("summary", "examples", "tokens", "calibration", "strata", "groups"):
-        df = getattr(cmp, name)
-        arrays = {c: t for c, t in df.schema.items() if isinstance(t, pl.Array)}
-        if arrays:
-            setattr(cmp, name, df.with_columns(pl.col(c).cast(pl.List(t.inner)) for c, t in arrays.items()))
-
-
 def _check_installed(gguf: bool) -> None:
     import importlib.util
 
@@ -216,7 +203,6 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
     t0 = time.perf_counter()
     try:
         cmp = compare(base, list(quants.values()), bootstrap=bootstrap, seed=seed, progress=progress)
-        _arrays_to_lists(cmp)
         cmp.write(analysis_dir, formats=("parquet", "csv", "md"))
         write_provenance(analysis_dir)
     except DumpError as e:

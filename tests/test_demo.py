@@ -294,19 +294,3 @@ def test_missing_dependency_is_named_before_any_work(monkeypatch, tmp_path):
     with pytest.raises(DemoError, match=r"needs matplotlib: pip install 'qfair\[all\]'"):
         run_demo(tmp_path / "d", progress=False, log=lambda m: None)
     assert not (tmp_path / "d").exists()
-
-
-def test_equal_length_choice_lists_still_write_as_csv(tmp_path):
-    """Every example with two choices: polars makes the probs column a fixed-size
-    Array; the demo casts it back so that analyze's CSV writer can flatten it."""
-    from qfair.analyze import Comparison
-    from qfair.demo import _arrays_to_lists
-
-    probs = pl.Series("base_probs", np.split(np.array([0.2, 0.8, 0.6, 0.4]), [2]), dtype=pl.List(pl.Float64))
-    ex = pl.DataFrame({"model": ["q", "q"], "example_id": ["a", "b"]}).with_columns(probs)
-    cmp = Comparison(summary=pl.DataFrame({"x": [1]}), examples=ex, tokens=pl.DataFrame(),
-                     calibration=pl.DataFrame(), strata=pl.DataFrame(), groups=pl.DataFrame())
-    _arrays_to_lists(cmp)
-    assert cmp.examples.schema["base_probs"] == pl.List(pl.Float64)
-    cmp.write(tmp_path, formats=("csv",))
-    assert pl.read_csv(tmp_path / "examples.csv")["base_probs"].to_list() == ["0.2 0.8", "0.6 0.4"]
