@@ -37,7 +37,7 @@ from qfair.dump import manifest as mf
 from qfair.dump.writer import ShardPlan, ShardWriter, plan_shards
 
 # Options that may differ between an interrupted run and its --resume.
-_RESUME_FREE = ("resume", "overwrite", "progress", "out")
+_RESUME_FREE = ("resume", "overwrite", "progress", "out", "cache_dir")
 
 DEFAULT_SHARD_ROWS = 4096
 DEFAULT_BATCH_SIZE = 32
