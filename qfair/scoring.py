@@ -26,9 +26,7 @@ a reader-only install stays cheap.
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
-import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -393,14 +391,16 @@ def mc2(logliks: Sequence[float], labels: Sequence[int]) -> float:
 # ---------------------------------------------------------------------------
 
 def tokenizer_fingerprint(tokenizer: Any, model_vocab_size: int | None = None) -> dict[str, Any]:
-    """Vocabulary size + sha256 of the (token, id) list, and the special ids."""
-    vocab = tokenizer.get_vocab()
-    items = sorted(vocab.items(), key=lambda kv: (kv[1], kv[0]))
-    h = hashlib.sha256(json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
+    """The models module's vocabulary fingerprint (one hash for the whole
+    project), plus what alignment checks also need: the special ids and the
+    width of the model's logits."""
+    from qfair.models import tokenizer_fingerprint as vocab_fingerprint
+
+    base = vocab_fingerprint(tokenizer)
     fp: dict[str, Any] = {
         "class": type(tokenizer).__name__,
-        "vocab_size": len(vocab),
-        "vocab_sha256": h,
+        "vocab_size": len(tokenizer.get_vocab()),
+        "vocab_sha256": base["sha256"],
         "bos_token_id": getattr(tokenizer, "bos_token_id", None),
         "eos_token_id": getattr(tokenizer, "eos_token_id", None),
     }

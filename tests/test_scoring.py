@@ -352,4 +352,7 @@ def test_tokenizer_fingerprint_changes_with_vocab(llama):
             v[k + "x"] = v.pop(k)
             return v
 
+        def __len__(self):
+            return len(self.get_vocab())
+
     assert S.tokenizer_fingerprint(Other(), 520)["vocab_sha256"] != fp["vocab_sha256"]
