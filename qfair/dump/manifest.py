@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qfair.dump import DumpError
+from qfair.fsutil import fsync_dir
 
 FORMAT = "qfair-dump"
 FORMAT_VERSION = 1
@@ -63,19 +64,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
                 break
             h.update(b)
     return h.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _file_mode() -> int:

@@ -25,6 +25,7 @@ import numpy as np
 
 from qfair.dump import DumpError
 from qfair.dump import manifest as mf
+from qfair.fsutil import fsync_dir
 
 
 @dataclass
@@ -228,7 +229,7 @@ class ShardWriter:
             self._fh = None
             os.replace(self._tmp, self._final)
             self._tmp = None
-            mf.fsync_dir(self._final.parent)
+            fsync_dir(self._final.parent)
             entry.update({"file": f"{mf.LOGITS_DIR}/{self._final.name}", "bytes": self._bytes,
                           "sha256": self._hash.hexdigest()})
         else:

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qfair.fsutil import fsync_dir
+
 CACHE_FORMAT = "qfair-gguf-float-cache"
 CACHE_VERSION = 1
 _SUBDIR = f"gguf-float-v{CACHE_VERSION}"
@@ -132,20 +134,7 @@ def _fsync_tree(d: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(d)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(d)
 
 
 def float_state_dict(model: Any) -> dict[str, Any]:
@@ -215,7 +204,7 @@ def write_entry(model: Any, tokenizer: Any, *, sha256: str, gguf_path: str,
                 os.rename(tmp, final)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
