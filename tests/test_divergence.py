@@ -437,8 +437,9 @@ def test_gil_is_released_during_a_long_call():
         ticks += 1
         time.sleep(0)  # a pure-Python loop can only run if the core let go of the GIL
     worker.join()
-    # With the GIL held for the whole call the loop would run at most a few times.
-    assert ticks > 1000, ticks
+    # With the GIL held for the whole call the loop could not run at all
+    # between the worker's start and its end (a tick or two at the edges).
+    assert ticks > 50, ticks
 
 
 # ---- streaming ---------------------------------------------------------------------

@@ -74,12 +74,26 @@ std::vector<int64_t> as_targets(const ::py::object& t, int64_t rows) {
     return out;
 }
 
-template <class T>
-::py::array_t<T> column(int64_t rows, std::vector<::py::array>& keep) {
-    ::py::array_t<T> a(static_cast<::py::ssize_t>(rows));
-    keep.push_back(a);
-    return a;
-}
+// Output columns: one freshly allocated numpy array per metric, registered in
+// a dict under its name; the core writes into them in place.
+class Columns {
+   public:
+    explicit Columns(int64_t rows) : rows_(rows) {}
+    double* f64(const std::string& key) { return add<double>(key); }
+    float* f32(const std::string& key) { return add<float>(key); }
+    int64_t* i64(const std::string& key) { return add<int64_t>(key); }
+    ::py::dict dict() const { return dict_; }
+
+   private:
+    template <class T>
+    T* add(const std::string& key) {
+        ::py::array_t<T> a(static_cast<::py::ssize_t>(rows_));
+        dict_[key.c_str()] = a;
+        return a.mutable_data();
+    }
+    int64_t rows_;
+    ::py::dict dict_;
+};
 
 ::py::dict divergence_py(const ::py::array& p, const ::py::array& q, const ::py::object& targets,
                          std::vector<int> topk, int threads, const std::string& dtype) {
@@ -90,45 +104,28 @@ template <class T>
                                 std::to_string(mp.cols) + "] and [" + std::to_string(mq.rows) + ", " +
                                 std::to_string(mq.cols) + "]");
     std::vector<int64_t> t = as_targets(targets, mp.rows);
-    const int64_t n = mp.rows;
-    std::vector<::py::array> keep;
-    ::py::dict res;
-    auto f64 = [&](const char* key) {
-        auto a = column<double>(n, keep);
-        res[key] = a;
-        return a.mutable_data();
-    };
-    auto i64 = [&](const char* key) {
-        auto a = column<int64_t>(n, keep);
-        res[key] = a;
-        return a.mutable_data();
-    };
-    auto f32 = [&](const std::string& key) {
-        auto a = column<float>(n, keep);
-        res[key.c_str()] = a;
-        return a.mutable_data();
-    };
+    Columns c(mp.rows);
     DivergenceOutputs out;
-    out.kl_pq = f64("kl_pq");
-    out.kl_qp = f64("kl_qp");
-    out.js = f64("js");
-    out.tv = f64("tv");
-    out.p.entropy = f64("entropy_p");
-    out.q.entropy = f64("entropy_q");
-    out.p.maxprob = f64("maxprob_p");
-    out.q.maxprob = f64("maxprob_q");
-    out.p.margin = f64("margin_p");
-    out.q.margin = f64("margin_q");
-    out.p.argmax = i64("argmax_p");
-    out.q.argmax = i64("argmax_q");
-    out.top1_agree = f32("top1_agree");
-    for (int k : topk) out.overlap.push_back(f32("overlap_at_" + std::to_string(k)));
+    out.kl_pq = c.f64("kl_pq");
+    out.kl_qp = c.f64("kl_qp");
+    out.js = c.f64("js");
+    out.tv = c.f64("tv");
+    out.p.entropy = c.f64("entropy_p");
+    out.q.entropy = c.f64("entropy_q");
+    out.p.maxprob = c.f64("maxprob_p");
+    out.q.maxprob = c.f64("maxprob_q");
+    out.p.margin = c.f64("margin_p");
+    out.q.margin = c.f64("margin_q");
+    out.p.argmax = c.i64("argmax_p");
+    out.q.argmax = c.i64("argmax_q");
+    out.top1_agree = c.f32("top1_agree");
+    for (int k : topk) out.overlap.push_back(c.f32("overlap_at_" + std::to_string(k)));
     if (!targets.is_none()) {
-        out.p.logprob = f64("logprob_p");
-        out.q.logprob = f64("logprob_q");
-        out.delta_p = f64("delta_p");
-        out.p.rank = i64("rank_p");
-        out.q.rank = i64("rank_q");
+        out.p.logprob = c.f64("logprob_p");
+        out.q.logprob = c.f64("logprob_q");
+        out.delta_p = c.f64("delta_p");
+        out.p.rank = c.i64("rank_p");
+        out.q.rank = c.i64("rank_q");
     }
     DivergenceOptions opt;
     opt.topk = std::move(topk);
@@ -139,7 +136,7 @@ template <class T>
         counts = divergence(mp, mq, t.empty() ? nullptr : t.data(), opt, out);
     }
     ::py::dict result;
-    result["metrics"] = res;
+    result["metrics"] = c.dict();
     result["invalid_p"] = counts.p;
     result["invalid_q"] = counts.q;
     result["invalid_rows"] = counts.rows;
@@ -150,27 +147,15 @@ template <class T>
                                  const std::string& dtype) {
     Matrix mp = as_matrix(p, "p", dtype);
     std::vector<int64_t> t = as_targets(targets, mp.rows);
-    const int64_t n = mp.rows;
-    std::vector<::py::array> keep;
-    ::py::dict res;
+    Columns c(mp.rows);
     SideOutputs out;
-    auto f64 = [&](const char* key) {
-        auto a = column<double>(n, keep);
-        res[key] = a;
-        return a.mutable_data();
-    };
-    auto i64 = [&](const char* key) {
-        auto a = column<int64_t>(n, keep);
-        res[key] = a;
-        return a.mutable_data();
-    };
-    out.entropy = f64("entropy");
-    out.maxprob = f64("maxprob");
-    out.margin = f64("margin");
-    out.argmax = i64("argmax");
+    out.entropy = c.f64("entropy");
+    out.maxprob = c.f64("maxprob");
+    out.margin = c.f64("margin");
+    out.argmax = c.i64("argmax");
     if (!targets.is_none()) {
-        out.logprob = f64("logprob");
-        out.rank = i64("rank");
+        out.logprob = c.f64("logprob");
+        out.rank = c.i64("rank");
     }
     int64_t invalid;
     {
@@ -178,7 +163,7 @@ template <class T>
         invalid = distribution_stats(mp, t.empty() ? nullptr : t.data(), threads, out);
     }
     ::py::dict result;
-    result["metrics"] = res;
+    result["metrics"] = c.dict();
     result["invalid_rows"] = invalid;
     return result;
 }
