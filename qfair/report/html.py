@@ -286,5 +286,7 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{_e(title)}</h1><p class='meta'>Generated {now} by qfair {_e(__version__)} from "
-            f"{_e(data.path)} · {len(data.tasks)} task(s) · {data.examples.height} example rows.</p>"
+            f"{_e(data.path)} · {len(data.tasks)} task(s) · "
+            f"{data.examples['example_id'].n_unique() if 'example_id' in data.examples.columns else 0} examples · "
+            f"{len(data.models)} quantized model(s).</p>"
             f"{notes}{nav}{body}</body></html>\n")
