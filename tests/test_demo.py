@@ -44,7 +44,6 @@ def demo_run(tiny_model, tmp_path_factory):
 # the run
 
 
-@pytest.mark.slow  # shares the ~20-45 s demo_run fixture
 def test_demo_writes_dumps_analysis_and_report(demo_run):
     out, output = demo_run
     for label in ("base", *QUANTS):
@@ -83,7 +82,6 @@ def _acc_from_dump(dump: Path) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in out.items()}
 
 
-@pytest.mark.slow  # shares the ~20-45 s demo_run fixture
 def test_terminal_summary_numbers_match_the_dumps(demo_run):
     from qfair.report.text import compact_rows
 
@@ -125,7 +123,6 @@ class _Refs(HTMLParser):
                 self.refs.append((tag, k, v or ""))
 
 
-@pytest.mark.slow  # shares the ~20-45 s demo_run fixture
 def test_every_figure_exists_and_is_not_trivial(demo_run):
     import matplotlib.image as mpimg
 
@@ -147,7 +144,6 @@ def test_every_figure_exists_and_is_not_trivial(demo_run):
         assert (rgb.min(axis=1) < 0.9).mean() > 0.02, name
 
 
-@pytest.mark.slow  # shares the ~20-45 s demo_run fixture
 def test_html_embeds_every_image_and_links_only_anchors(demo_run):
     out, _ = demo_run
     rep = out / "report"
@@ -176,7 +172,6 @@ def test_html_embeds_every_image_and_links_only_anchors(demo_run):
         assert needle in text, needle
 
 
-@pytest.mark.slow  # shares the ~20-45 s demo_run fixture
 def test_figures_have_titles_labels_and_legends(demo_run):
     """Every drawn axes has x/y labels; every figure has a title and a legend."""
     from qfair.report.data import load_analysis
@@ -201,7 +196,6 @@ def test_figures_have_titles_labels_and_legends(demo_run):
     assert n >= len(TASKS) + 5
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_chromium_renders_the_report(demo_run, tmp_path):
     """Headless Chromium loads the page with no console error and every image
