@@ -20,10 +20,10 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute or None for the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {
-    "divergence": ("qfair.divergence", "divergence"),
-    "distribution_stats": ("qfair.divergence", "distribution_stats"),
-    "stream_divergence": ("qfair.divergence", "stream_divergence"),
-    "DivergenceResult": ("qfair.divergence", "DivergenceResult"),
+    "divergence": ("qfair.core", "divergence"),
+    "distribution_stats": ("qfair.core", "distribution_stats"),
+    "stream_divergence": ("qfair.core", "stream_divergence"),
+    "DivergenceResult": ("qfair.core", "DivergenceResult"),
     "tasks": ("qfair.tasks", None),
     "load_model": ("qfair.models", "load_model"),
     "open_dump": ("qfair.dump.reader", "open_dump"),

@@ -522,3 +522,16 @@ def test_missing_extension_gives_a_helpful_message():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "not built" in out and "pip install" in out
+
+
+def test_public_names_survive_submodule_imports():
+    """Importing the module behind a lazy name must not shadow the name."""
+    import importlib
+
+    importlib.import_module("qfair.core")
+    qfair.stream_divergence  # noqa: B018 - triggers the lazy import path
+    assert callable(qfair.divergence) and callable(qfair.stream_divergence)
+    for name in qfair.__all__:
+        if name != "__version__":
+            getattr(qfair, name)
+    assert callable(qfair.divergence) and callable(qfair.open_dump) and callable(qfair.compare)

@@ -1,4 +1,4 @@
-"""Vocabulary-wide comparison of two sets of aligned distributions.
+"""The distribution core: vocabulary-wide comparison of aligned distributions.
 
 The heavy lifting is in the C++ core (``qfair._core``); this module turns
 arrays (numpy, numpy memmaps, CPU torch tensors) into what the core reads
