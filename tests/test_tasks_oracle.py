@@ -249,9 +249,10 @@ def test_dataset_split_and_version_match_lm_eval(name):
 
 
 def test_truthfulqa_primer_equals_lm_eval(monkeypatch):
-    from lm_eval.utils import apply_template  # noqa: F401  (skips without lm_eval)
+    tasks_dir = _lm_eval_tasks_dir()  # skips without lm_eval
+    from lm_eval.utils import apply_template
 
-    cfg = _load_yaml(_lm_eval_tasks_dir() / YAML_PATHS["truthfulqa_mc1"])
+    cfg = _load_yaml(tasks_dir / YAML_PATHS["truthfulqa_mc1"])
     rendered = apply_template(cfg["doc_to_text"], {"question": "QUESTION"})
     assert rendered == T.TRUTHFULQA_PRIMER + "\n\nQ: QUESTION\nA:"
 
