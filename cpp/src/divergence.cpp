@@ -314,6 +314,10 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
                 split(sq.log_norm - sp.log_norm, a.dc_hi, a.dc_lo);
                 a.inv_sp = static_cast<float>(1.0 / sp.total);
                 a.inv_sq = static_cast<float>(1.0 / sq.total);
+                if (r + 1 < end) {
+                    a.next_p = row_ptr(p, r + 1);
+                    a.next_q = row_ptr(q, r + 1);
+                }
                 js = k.joint(a);
             }
             write_side(sp, hp, r, t, out.p);

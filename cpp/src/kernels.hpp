@@ -61,6 +61,10 @@ struct JointArgs {
     const float* q_hat;
     int64_t n;
     float dc_hi, dc_lo, inv_sp, inv_sq;
+    // The next row pair (null on a worker's last row): prefetched during this
+    // pass, so that the next row's first pass finds it in cache.
+    const void* next_p = nullptr;
+    const void* next_q = nullptr;
 };
 
 struct Kernels {
