@@ -33,19 +33,10 @@ from typing import Any
 DEFAULT_TASKS = ("piqa,boolq,openbookqa,arc_easy,arc_challenge,hellaswag,truthfulqa_mc1,truthfulqa_mc2,"
                  "xstorycloze_en,crows_pairs_english")
 
-# qfair task name -> lm-eval YAML (relative to lm_eval/tasks)
-LM_EVAL_YAML = {
-    "piqa": "piqa/piqa.yaml",
-    "boolq": "super_glue/boolq/default.yaml",
-    "openbookqa": "openbookqa/openbookqa.yaml",
-    "arc_easy": "arc/arc_easy.yaml",
-    "arc_challenge": "arc/arc_challenge.yaml",
-    "hellaswag": "hellaswag/hellaswag.yaml",
-    "truthfulqa_mc1": "truthfulqa/truthfulqa_mc1.yaml",
-    "truthfulqa_mc2": "truthfulqa/truthfulqa_mc2.yaml",
-    "xstorycloze_en": "xstorycloze/default_en.yaml",
-    "crows_pairs_english": "crows_pairs/crows_pairs_english.yaml",  # empty context: the BOS/EOS prefix rule
-}
+def _task_files() -> dict[str, str]:
+    import qfair.tasks as T
+
+    return T.LM_EVAL_TASK_FILES
 
 
 def sample_file(task: str) -> Path:
@@ -62,12 +53,12 @@ def write_task_yamls(tasks: list[str], directory: Path) -> dict[str, str]:
     base = Path(lm_eval.__file__).parent / "tasks"
     names = {}
     for t in tasks:
-        if t not in LM_EVAL_YAML:
-            raise SystemExit(f"no lm-eval task file known for {t!r}; known: {', '.join(LM_EVAL_YAML)}")
+        if t not in _task_files():
+            raise SystemExit(f"no lm-eval task file known for {t!r}; known: {', '.join(_task_files())}")
         name = f"qfair_parity_{t}"
         data = str(sample_file(t))
         text = "\n".join([
-            f"include: {base / LM_EVAL_YAML[t]}",
+            f"include: {base / _task_files()[t]}",
             f"task: {name}",
             "tag: null",
             "dataset_path: json",

@@ -26,21 +26,7 @@ import pytest
 
 import qfair.tasks as T
 
-LANGS = ("en", "ar", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")
-
-YAML_PATHS = {
-    "piqa": "piqa/piqa.yaml",
-    "boolq": "super_glue/boolq/default.yaml",
-    "openbookqa": "openbookqa/openbookqa.yaml",
-    "arc_easy": "arc/arc_easy.yaml",
-    "arc_challenge": "arc/arc_challenge.yaml",
-    "hellaswag": "hellaswag/hellaswag.yaml",
-    "truthfulqa_mc1": "truthfulqa/truthfulqa_mc1.yaml",
-    "truthfulqa_mc2": "truthfulqa/truthfulqa_mc2.yaml",
-    "crows_pairs_english": "crows_pairs/crows_pairs_english.yaml",
-    "crows_pairs_french": "crows_pairs/crows_pairs_french.yaml",
-    **{f"xstorycloze_{l}": f"xstorycloze/default_{l}.yaml" for l in LANGS},
-}
+YAML_PATHS = T.LM_EVAL_TASK_FILES
 
 # ---------------------------------------------------------------- rows
 

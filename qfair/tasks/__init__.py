@@ -19,6 +19,7 @@ from .base import Doc, Task, TaskDataError, TaskError, canonical_json, make_exam
 from .formats import TRUTHFULQA_PRIMER, hellaswag_preprocess
 from .registry import (
     GROUPS,
+    LM_EVAL_TASK_FILES,
     SPECS,
     TaskSpec,
     get,
@@ -32,6 +33,7 @@ from .registry import (
 __all__ = [
     "Doc",
     "GROUPS",
+    "LM_EVAL_TASK_FILES",
     "SPECS",
     "Task",
     "TaskDataError",

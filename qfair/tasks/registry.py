@@ -280,3 +280,22 @@ def _convert(sp: TaskSpec, where: str, located: Iterable[tuple[str, Mapping[str,
     if not docs:
         raise TaskError(f"{sp.name}: {where} holds no data rows")
     return docs
+
+
+# Where each task's definition lives inside lm-evaluation-harness (relative to
+# its lm_eval/tasks directory): the reference that prompts are tested against
+# and that the parity benchmark runs.
+XSTORYCLOZE_LANGS = ("en", "ar", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")
+LM_EVAL_TASK_FILES = {
+    "piqa": "piqa/piqa.yaml",
+    "boolq": "super_glue/boolq/default.yaml",
+    "openbookqa": "openbookqa/openbookqa.yaml",
+    "arc_easy": "arc/arc_easy.yaml",
+    "arc_challenge": "arc/arc_challenge.yaml",
+    "hellaswag": "hellaswag/hellaswag.yaml",
+    "truthfulqa_mc1": "truthfulqa/truthfulqa_mc1.yaml",
+    "truthfulqa_mc2": "truthfulqa/truthfulqa_mc2.yaml",
+    "crows_pairs_english": "crows_pairs/crows_pairs_english.yaml",
+    "crows_pairs_french": "crows_pairs/crows_pairs_french.yaml",
+    **{f"xstorycloze_{lang}": f"xstorycloze/default_{lang}.yaml" for lang in XSTORYCLOZE_LANGS},
+}
