@@ -11,7 +11,7 @@ from qfair.cli import main
               help="Model: a local directory, an HF id already in the local cache, or "
                    "'smollm2-135m' (the embedded default, used when omitted).")
 @click.option("--quant", default="none", show_default=True, metavar="SPEC",
-              help="Quantization spec (none, bnb-int8, bnb-nf4, bnb-fp4, quanto-int8, ...).")
+              help="Quantization spec, e.g. none, bnb-int8, bnb-nf4:double_quant=true, quanto-int4; 'qfair quant-specs' lists every spec, its options and whether it runs here.")
 @click.option("--tasks", default=None, metavar="A,B,C",
               help="Comma-separated tasks or groups. Default: the built-in samples of the seed "
                    "benchmarks plus crows_pairs_english.")
