@@ -26,7 +26,7 @@ from qfair.analyze.summary import (SUMMARY_SCHEMA, StatsConfig, calibration_rows
                                    strata_rows)
 from qfair.analyze.tokens import (PAIRED_TOKEN_METRICS, UNPAIRED_TOKEN_METRICS,
                                   example_token_aggregates, token_table)
-from qfair.dump import DumpError
+from qfair.dump.reader import check_same_keys
 
 __all__ = ["compare", "Comparison"]
 
@@ -76,17 +76,8 @@ def _label(d: Any) -> str:
 
 
 def _check_examples(base: Any, quant: Any) -> None:
-    a = base.examples.select("example_id", "label", "n_choices")
-    b = quant.examples.select("example_id", "label", "n_choices")
-    if a.height != b.height:
-        raise DumpError(f"{base.path} vs {quant.path}: examples.parquet has {a.height} vs {b.height} rows; not aligned")
-    for key in ("example_id", "label", "n_choices"):
-        ca, cb = a[key].to_numpy(), b[key].to_numpy()
-        neq = np.flatnonzero(ca != cb)
-        if neq.size:
-            i = int(neq[0])
-            raise DumpError(f"{base.path} vs {quant.path}: examples.parquet row {i} key {key!r} differs "
-                            f"({ca[i]!r} vs {cb[i]!r}); the dumps are not aligned")
+    check_same_keys(base.examples, quant.examples, ("example_id", "label", "n_choices"),
+                    f"{base.path} vs {quant.path}", "examples.parquet")
 
 
 def _pair_examples(base_ex: pl.DataFrame, quant_ex: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qfair.dump import DumpError
 from qfair.dump import manifest as mf
+
+if TYPE_CHECKING:  # polars is imported lazily, when a table is first read
+    import polars as pl
 
 __all__ = ["Dump", "open_dump", "DumpError"]
 
@@ -161,15 +164,7 @@ class Dump:
         if self.vocab_size != other.vocab_size:
             raise DumpError(f"{self.path} vs {other.path}: vocab_size {self.vocab_size} vs {other.vocab_size}; not aligned")
         ta, tb = self.tokens, other.tokens
-        if ta.height != tb.height:
-            raise DumpError(f"{self.path} vs {other.path}: tokens.parquet has {ta.height} vs {tb.height} rows; not aligned")
-        for key in _ALIGN_KEYS:
-            ca, cb = ta[key].to_numpy(), tb[key].to_numpy()
-            neq = np.flatnonzero(ca != cb)
-            if neq.size:
-                i = int(neq[0])
-                raise DumpError(f"{self.path} vs {other.path}: tokens.parquet row {i} key {key!r} differs "
-                                f"({ca[i]!r} vs {cb[i]!r}); the dumps are not aligned")
+        check_same_keys(ta, tb, _ALIGN_KEYS, f"{self.path} vs {other.path}", "tokens.parquet")
         if self.has_logits and other.has_logits:
             ra, rb = ta["row"].to_numpy(), tb["row"].to_numpy()
             neq = np.flatnonzero(ra != rb)
@@ -181,3 +176,16 @@ class Dump:
 def open_dump(path: str | os.PathLike) -> Dump:
     """Open a dump directory; DumpError (a ValueError) names file and field on failure."""
     return Dump(path)
+
+
+def check_same_keys(a: pl.DataFrame, b: pl.DataFrame, keys: tuple[str, ...], pair: str, table: str) -> None:
+    """Raise DumpError naming the first row and key where two tables differ."""
+    if a.height != b.height:
+        raise DumpError(f"{pair}: {table} has {a.height} vs {b.height} rows; not aligned")
+    for key in keys:
+        ca, cb = a[key].to_numpy(), b[key].to_numpy()
+        neq = np.flatnonzero(ca != cb)
+        if neq.size:
+            i = int(neq[0])
+            raise DumpError(f"{pair}: {table} row {i} key {key!r} differs "
+                            f"({ca[i]!r} vs {cb[i]!r}); the dumps are not aligned")
