@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install build test test-fast demo bench clean
+.PHONY: install build lint test test-fast demo bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,14 @@ install: $(VENV)/.installed
 build: $(VENV)/.installed
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
-test: build
+# Lint first (seconds): a lint failure fails the run.
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+
+test: build lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: build
+test-fast: build lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: build

@@ -48,7 +48,6 @@ def ece_batched(conf, correct, bins, axis=-1):
     m, n = c2.shape
     b = np.clip(np.ceil(c2 * bins).astype(np.int64) - 1, 0, bins - 1)
     idx = (np.arange(m)[:, None] * bins + b).ravel()
-    cnt = np.bincount(idx, minlength=m * bins).reshape(m, bins)
     sc = np.bincount(idx, weights=c2.ravel(), minlength=m * bins).reshape(m, bins)
     sa = np.bincount(idx, weights=a2.ravel(), minlength=m * bins).reshape(m, bins)
     return (np.abs(sa - sc).sum(axis=1) / n).reshape(shape)
@@ -133,7 +132,7 @@ def bench_analyze(rows: int, resamples: int, threads: int, chunk_rows: int = 102
         t0 = time.perf_counter()
         base = write_synthetic_dump(root / "base", rows, vocab, 0.0, 1)
         blocks = [np.load(p, mmap_mode="r") for p in sorted((base / "logits").glob("*.npy"))]
-        quant = write_synthetic_dump(root / "quant", rows, vocab, 0.5, 2, base_rows=blocks)
+        write_synthetic_dump(root / "quant", rows, vocab, 0.5, 2, base_rows=blocks)
         del blocks
         print(f"wrote two synthetic dumps of {rows} rows x {vocab} (f16) in {time.perf_counter() - t0:.1f} s")
         # the analysis runs in a fresh process so that its peak RSS is its own

@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -45,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from qfair.models import load_model
-
     from lmeval_parity import make_lm, run_lmeval, run_qfair
+
+    from qfair.models import load_model
 
     try:
         import lm_eval  # noqa: F401

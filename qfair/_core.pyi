@@ -1,7 +1,8 @@
 # Type stubs for the compiled extension qfair._core (hand-written; keep in
 # step with cpp/bindings/). The public, documented API is qfair.divergence and
 # friends; these are the raw bindings underneath.
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt

@@ -27,9 +27,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 __all__ = ["run_demo", "DemoResult", "DemoError", "DEMO_TASKS", "DEFAULT_QUANTS", "DEFAULT_LIMIT",
            "DEFAULT_BOOTSTRAP", "plan_quants"]

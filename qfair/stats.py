@@ -14,8 +14,9 @@ dataclass. Definitions and conventions: METRICS.md and docs/analyze.md.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 

@@ -6,9 +6,9 @@ import json
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from test_analyze import make_corpus, make_rows, write_dump
 
 from qfair.cli import main
-from test_analyze import make_corpus, make_rows, write_dump
 
 
 @pytest.fixture(scope="module")

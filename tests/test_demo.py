@@ -174,10 +174,10 @@ def test_html_embeds_every_image_and_links_only_anchors(demo_run):
 
 def test_figures_have_titles_labels_and_legends(demo_run):
     """Every drawn axes has x/y labels; every figure has a title and a legend."""
+    import matplotlib.pyplot as plt
+
     from qfair.report.data import load_analysis
     from qfair.report.figures import FIGURE_FUNCS
-
-    import matplotlib.pyplot as plt
 
     data = load_analysis(demo_run[0] / "analysis")
     n = 0

@@ -102,10 +102,10 @@ def oracle(xp: np.ndarray, xq: np.ndarray, targets=None, topk=(1, 5, 10)) -> dic
         "argmax_p": np.argmax(xp, axis=-1),
         "argmax_q": np.argmax(xq, axis=-1),
     }
-    for side, l in (("p", lp), ("q", lq)):
-        srt = np.sort(l, axis=-1)
+    for side, lx in (("p", lp), ("q", lq)):
+        srt = np.sort(lx, axis=-1)
         top1 = np.exp(srt[:, -1])
-        top2 = np.exp(srt[:, -2]) if l.shape[1] > 1 else np.zeros(l.shape[0])
+        top2 = np.exp(srt[:, -2]) if lx.shape[1] > 1 else np.zeros(lx.shape[0])
         out[f"maxprob_{side}"] = top1
         out[f"margin_{side}"] = top1 - top2
     out["top1_agree"] = (out["argmax_p"] == out["argmax_q"]).astype(np.float32)

@@ -118,7 +118,7 @@ def test_tables_columns_and_values(full, env):
     stored = np.concatenate([np.asarray(b) for b in blocks]).astype(np.float32)
     assert stored.shape == (d.n_rows, d.vocab_size) == (tk.height, lo.model.config.vocab_size)
     i = 0
-    for doc, t in zip(docs, [t for t in _tasks(env) for _ in t.docs()]):
+    for doc, t in zip(docs, [task for task in _tasks(env) for _ in task.docs()]):
         ex = encode_example(lo.tokenizer, doc.context, doc.choices, t.target_delimiter)
         want = naive.score_naive(ex)
         for c, w in enumerate(want):
@@ -427,7 +427,7 @@ def test_reader_detects_truncated_and_corrupt_shards(copy_of):
         d.logit_blocks(verify=True)
     (copy_of / "tokens.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(DumpError, match="tokens.parquet: not a readable Parquet"):
-        open_dump(copy_of).tokens
+        _ = open_dump(copy_of).tokens
 
 
 def test_reader_never_unpickles(copy_of):

@@ -17,8 +17,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from qfair.report import ReportError, build_report, load_analysis
 from qfair.report.data import AnalysisData
-from qfair.report.figures import (KL_PERCENTILES, accuracy_view, flip_table, group_view, kl_percentiles,
-                                  strata_view)
+from qfair.report.figures import KL_PERCENTILES, accuracy_view, flip_table, group_view, kl_percentiles, strata_view
 from qfair.report.text import compact_rows, compact_summary
 
 TASKS = ["piqa", "arc_easy", "crows_pairs_english"]

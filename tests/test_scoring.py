@@ -143,7 +143,7 @@ def test_encode_pair_matches_lm_eval_when_installed(llama):
         cont = " " + _text(rng, 1, 5)
         # lm-eval's loglikelihood() tokenises each (context, continuation) pair, then scores tokens
         seen = []
-        lm._loglikelihood_tokens = lambda reqs, **kw: seen.extend(reqs) or [(0.0, True)] * len(reqs)
+        lm._loglikelihood_tokens = lambda reqs, seen=seen, **kw: seen.extend(reqs) or [(0.0, True)] * len(reqs)
 
         class Req:
             args = (ctx, cont)

@@ -8,9 +8,9 @@ import pytest
 
 scipy_stats = pytest.importorskip("scipy.stats")
 from scipy.special import ndtri  # noqa: E402
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar  # noqa: E402
 from statsmodels.stats.multitest import multipletests  # noqa: E402
 from statsmodels.stats.proportion import proportion_confint  # noqa: E402
-from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar  # noqa: E402
 
 from qfair import stats  # noqa: E402
 

@@ -19,7 +19,7 @@ import qfair.tasks as T
 ALL_TASKS = [
     "arc_challenge", "arc_easy", "boolq", "crows_pairs_english", "crows_pairs_french",
     "hellaswag", "mc", "openbookqa", "piqa", "truthfulqa_mc1", "truthfulqa_mc2",
-] + [f"xstorycloze_{l}" for l in
+] + [f"xstorycloze_{lang}" for lang in
      ("ar", "en", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")]
 
 
@@ -134,7 +134,7 @@ def test_samples_cover_required_languages_and_bias_types():
         assert {d.extras["stereo_antistereo"] for d in docs} == {"stereo", "antistereo"}
         assert all(d.context == "" and d.gold == 0 and len(d.choices) == 2 for d in docs)
     # the same stories in three languages keep the right ending in the same slot
-    golds = [[d.gold for d in T.get(f"xstorycloze_{l}").docs()] for l in ("en", "es", "ru", "zh")]
+    golds = [[d.gold for d in T.get(f"xstorycloze_{lang}").docs()] for lang in ("en", "es", "ru", "zh")]
     assert golds[0] == golds[1] == golds[2] == golds[3]
     assert abs(sum(golds[0]) - len(golds[0]) / 2) <= 1   # right endings split between slots
 
@@ -404,7 +404,9 @@ def test_task_iterates_and_docs_are_frozen():
     t = T.get("mc", limit=3)
     docs = list(t)
     assert len(docs) == 3
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         docs[0].gold = 1  # type: ignore[misc]
 
 
@@ -613,6 +615,7 @@ def test_hub_splits_match_lm_eval():
 
 def test_cli_lists_tasks():
     from click.testing import CliRunner
+
     from qfair.cli import main
 
     r = CliRunner().invoke(main, ["tasks"])
@@ -626,6 +629,7 @@ def test_cli_lists_tasks():
 
 def test_cli_show_renders_first_doc():
     from click.testing import CliRunner
+
     from qfair.cli import main
 
     r = CliRunner().invoke(main, ["tasks", "--show", "piqa"])
@@ -637,6 +641,7 @@ def test_cli_show_renders_first_doc():
 
 def test_cli_bad_data_file_exits_nonzero_with_one_line(tmp_path):
     from click.testing import CliRunner
+
     from qfair.cli import main
 
     p = write_jsonl(tmp_path / "p.jsonl", [{"goal": "g", "sol1": "a", "sol2": "b", "label": "x"}])

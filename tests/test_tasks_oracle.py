@@ -17,9 +17,9 @@ import ast
 import importlib.util
 import json
 import random
-import zlib
 import sys
 import types
+import zlib
 from pathlib import Path
 
 import pytest

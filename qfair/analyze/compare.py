@@ -13,19 +13,18 @@ table (columns ``p_holm`` and ``p_bh``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from qfair import stats
 from qfair.analyze.examples import EXAMPLE_METRICS, example_stats, task_kinds
-from qfair.analyze.summary import (SUMMARY_SCHEMA, StatsConfig, calibration_rows, metric_rows,
-                                   strata_rows)
-from qfair.analyze.tokens import (PAIRED_TOKEN_METRICS, UNPAIRED_TOKEN_METRICS,
-                                  example_token_aggregates, token_table)
+from qfair.analyze.summary import SUMMARY_SCHEMA, StatsConfig, calibration_rows, metric_rows, strata_rows
+from qfair.analyze.tokens import PAIRED_TOKEN_METRICS, UNPAIRED_TOKEN_METRICS, example_token_aggregates, token_table
 from qfair.dump.reader import check_same_keys
 
 __all__ = ["compare", "Comparison"]

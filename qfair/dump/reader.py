@@ -150,7 +150,7 @@ class Dump:
         return blocks
 
     # -- alignment --------------------------------------------------------------
-    def aligned_with(self, other: "Dump") -> None:
+    def aligned_with(self, other: Dump) -> None:
         """None when both dumps share the tokenizer and the (example_id, choice,
         pos, target) keys row for row; otherwise DumpError naming the first
         difference."""

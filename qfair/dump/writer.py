@@ -17,9 +17,10 @@ import hashlib
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class ShardWriter:
         self._bytes = 0
 
     # -- producer side ------------------------------------------------------
-    def start(self) -> "ShardWriter":
+    def start(self) -> ShardWriter:
         self._thread.start()
         return self
 
@@ -116,7 +117,7 @@ class ShardWriter:
             except queue.Full:
                 if not self._thread.is_alive():
                     self.check()
-                    raise DumpError("shard writer stopped unexpectedly")
+                    raise DumpError("shard writer stopped unexpectedly") from None
 
     def begin(self, plan: ShardPlan) -> None:
         self._put(("begin", plan))

@@ -28,7 +28,6 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -46,7 +45,6 @@ from qfair.models.quant import (
     json_safe,
     parse_quant_spec,
     prequantized_spec,
-    quiet_imports,
     spec_availability,
 )
 
@@ -348,8 +346,8 @@ def _adds_bos(tok: Any) -> bool:
 def _progress(enabled: bool):
     """Turn transformers' progress bars (and the GGUF conversion bar) on or off."""
     import transformers.modeling_gguf_pytorch_utils as gg
-    from transformers.utils import logging as tlog
     from tqdm.auto import tqdm as _tqdm
+    from transformers.utils import logging as tlog
 
     was = tlog.is_progress_bar_enabled()
     old_tqdm = gg.tqdm

@@ -55,8 +55,9 @@ import io
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 class ModelError(ValueError):
@@ -255,8 +256,8 @@ class QuantSpec:
             return QuantoConfig(weights=self.name.split("-")[1], modules_to_not_convert=skip)
         if self.backend == "torchao":
             with quiet_imports():
-                from transformers import TorchAoConfig
                 from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+                from transformers import TorchAoConfig
             if self.name == "torchao-int8wo":
                 base = Int8WeightOnlyConfig()
             else:

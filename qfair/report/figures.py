@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -241,7 +242,7 @@ def strata_view(data: AnalysisData) -> pl.DataFrame:
         e = ex.filter(pl.col("model") == m)
         bc = e["base_conf"].cast(pl.Float64).to_numpy()
         dc = (e["quant_conf"].cast(pl.Float64) - e["base_conf"].cast(pl.Float64)).to_numpy()
-        fl = ((e["base_correct"].cast(pl.Float64) != e["quant_correct"].cast(pl.Float64))).cast(pl.Int64).to_numpy()
+        fl = (e["base_correct"].cast(pl.Float64) != e["quant_correct"].cast(pl.Float64)).cast(pl.Int64).to_numpy()
         ok = np.isfinite(bc) & np.isfinite(dc)
         bc, dc, fl = bc[ok], dc[ok], fl[ok]
         if bc.size == 0:
@@ -419,7 +420,7 @@ def flip_table(data: AnalysisData) -> pl.DataFrame:
     rows = []
     for m in data.models:
         for t in data.tasks:
-            def get(metric: str, col: str) -> float | None:
+            def get(metric: str, col: str, m: str = m, t: str = t) -> float | None:
                 return _summary_value(data, m, t, metric, col)
             n = s.filter((pl.col("model") == m) & (pl.col("task") == t) & (pl.col("metric") == "flips"))
             if n.height == 0:

@@ -8,14 +8,22 @@ import datetime as _dt
 import html
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import polars as pl
 
 from qfair.report.data import AnalysisData
-from qfair.report.figures import (KL_PERCENTILES, Figure, accuracy_view, flip_table, group_view, kl_percentiles,
-                                  strata_view)
+from qfair.report.figures import (
+    KL_PERCENTILES,
+    Figure,
+    accuracy_view,
+    flip_table,
+    group_view,
+    kl_percentiles,
+    strata_view,
+)
 from qfair.report.text import compact_rows, model_headlines
 
 __all__ = ["render_html", "SECTIONS"]

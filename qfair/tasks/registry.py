@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from . import formats
 from .base import Doc, FieldError, Task, TaskDataError, TaskError, make_example_id
