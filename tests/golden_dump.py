@@ -1,0 +1,87 @@
+"""The golden dump: a tiny float64 Llama scored on a fixed sample.
+
+``python tests/golden_dump.py`` (re)writes ``tests/data/golden/``: the three
+tables (Parquet) and ``shards.json`` (sha256 of every ``.npy`` shard). The test
+``tests/test_golden.py`` re-runs the same dump and requires identical table
+contents and byte-identical shards, so a refactoring of the dump path cannot
+change what is written without the test noticing. Only re-record on purpose,
+and say why in the commit.
+
+The model runs in float64 so that the stored float32 / float16 values barely
+depend on which vector kernels torch picks for the CPU: on a machine with the
+recorded kernel family (``torch.backends.cpu.get_cpu_capability()``) the test
+requires exact equality; elsewhere a float64 rounding difference may move the
+last bit of a float64 value or, rarely, one float32 / float16 rounding.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).parent
+GOLDEN = HERE / "data" / "golden"
+TABLES = ("examples", "choices", "tokens")
+SHARD_ROWS = 40
+
+
+def golden_dump(out: Path) -> Path:
+    """Write the golden dump into ``out`` (a fresh directory) and return it."""
+    import torch
+
+    import qfair.tasks as T
+    from qfair.dump.run import run_dump
+    from qfair.models.tiny import make_tiny_model
+
+    sys.path.insert(0, str(HERE))
+    from test_dump_support import load_tiny, write_mc_file
+
+    work = out.parent / (out.name + "-work")
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = make_tiny_model("llama", work / "tiny", seed=1)
+    mc = write_mc_file(work / "mc.jsonl", 12, seed=2)
+    loaded = load_tiny(model_dir)
+    loaded.model.to(torch.float64)
+    tasks = [T.get("mc", data_file=mc), T.get("piqa", limit=3), T.get("crows_pairs_english", limit=3),
+             T.get("truthfulqa_mc2", limit=2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_dump(out, loaded, tasks, shard_rows=SHARD_ROWS, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def cpu_capability() -> str:
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def shard_hashes(dump: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((dump / "logits").glob("*.npy"))}
+
+
+def record() -> None:
+    import polars as pl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = golden_dump(Path(tmp) / "golden")
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        for t in TABLES:
+            pl.read_parquet(d / f"{t}.parquet").write_parquet(GOLDEN / f"{t}.parquet", compression="zstd")
+        import numpy as np
+
+        for p in sorted((d / "logits").glob("*.npy")):
+            (GOLDEN / "logits").mkdir(exist_ok=True)
+            np.save(GOLDEN / "logits" / p.name, np.load(p))
+        meta = {"cpu_capability": cpu_capability(), "shards": shard_hashes(d)}
+        (GOLDEN / "shards.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"recorded {GOLDEN}")
+
+
+if __name__ == "__main__":
+    record()
