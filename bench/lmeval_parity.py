@@ -110,11 +110,24 @@ def run_qfair(loaded: Any, tasks: list[str], limit: int | None, out: Path, store
     return open_dump(out), dt
 
 
-def compare(dump: Any, samples: dict[str, list[dict]], tol: float) -> dict[str, Any]:
+def _mc2_formula(logliks: list[float], labels: list[int]) -> float:
+    """qfair's mc2 (its metric registry) on one example's log-likelihoods."""
     import numpy as np
 
-    from qfair.scoring import acc, acc_norm, mc2
+    from qfair.analyze.metrics import ChoiceArrays
+    from qfair.analyze.task_kinds import get_task_kind
 
+    n = len(logliks)
+    a = ChoiceArrays.build(np.asarray(logliks, dtype=np.float64), np.ones(n), np.array([n]), np.array([0]),
+                           [labels], np.array(["mc2"], dtype=object))
+    return float(get_task_kind("mc2").metric("mc2").compute(a)[0])
+
+
+def compare(dump: Any, samples: dict[str, list[dict]], tol: float) -> dict[str, Any]:
+    from qfair.analyze.examples import example_stats, task_kinds
+
+    stats = example_stats(dump.examples, dump.choices, task_kinds(dump.manifest))
+    ours = {r["example_id"]: r for r in stats.iter_rows(named=True)}
     ch = dump.choices
     ex = dump.examples
     report: dict[str, Any] = {}
@@ -144,23 +157,23 @@ def compare(dump: Any, samples: dict[str, list[dict]], tol: float) -> dict[str, 
                     problems.append(f"doc {doc_index} choice {i}: is_greedy {g2} vs lm-eval {g}")
             if task == "truthfulqa_mc2":
                 # the formula, on lm-eval's own log-likelihoods: identical
-                on_theirs = mc2([ll for ll, _ in theirs], erow["labels"])
+                on_theirs = _mc2_formula([ll for ll, _ in theirs], erow["labels"])
                 if abs(on_theirs - float(s["acc"])) > 1e-12:
                     problems.append(f"doc {doc_index}: mc2 formula {on_theirs!r} vs lm-eval {float(s['acc'])!r}")
                 # on ours: moves by at most half the largest log-likelihood difference
-                mine = mc2(ours_ll, erow["labels"])
+                mine = ours[erow["example_id"]]["mc2"]
                 if abs(mine - float(s["acc"])) > tol / 2:
                     problems.append(f"doc {doc_index}: mc2 {mine:.6f} vs lm-eval {float(s['acc']):.6f}")
             elif task.startswith("crows_pairs"):
-                pct = 1.0 if ours_ll[0] > ours_ll[1] else 0.0
+                pct = ours[erow["example_id"]]["stereotype"]
                 if pct != float(s["pct_stereotype"]):
                     problems.append(f"doc {doc_index}: pct_stereotype {pct} vs lm-eval {s['pct_stereotype']}")
             else:
-                a = acc(ours_ll, erow["label"])
+                a = ours[erow["example_id"]]["correct"]
                 if a != float(s["acc"]):
                     problems.append(f"doc {doc_index}: acc {a} vs lm-eval {s['acc']}")
                 if "acc_norm" in s:
-                    an = acc_norm(ours_ll, erow["choices"], erow["label"])
+                    an = ours[erow["example_id"]]["correct_norm"]
                     if an != float(s["acc_norm"]):
                         problems.append(f"doc {doc_index}: acc_norm {an} vs lm-eval {s['acc_norm']}")
         ok &= not problems
@@ -168,7 +181,6 @@ def compare(dump: Any, samples: dict[str, list[dict]], tol: float) -> dict[str, 
                         "problems": problems[:10], "n_problems": len(problems)}
     report["_all"] = {"ok": ok, "max_abs_loglik_diff": max((v["max_abs_loglik_diff"] for k, v in report.items()
                                                            if not k.startswith("_")), default=0.0)}
-    _ = np  # numpy imported for users extending the comparison
     return report
 
 

@@ -42,9 +42,6 @@ __all__ = [
     "encode_example",
     "prefix_token_id",
     "token_scalars",
-    "acc",
-    "acc_norm",
-    "mc2",
     "tokenizer_fingerprint",
 ]
 
@@ -360,31 +357,6 @@ class Scorer:
                 results[i] = _choice_score(logits[r, :n], torch.tensor(ex.conts[i], device=self.device),
                                            self.keep_rows)
         return results  # type: ignore[return-value]
-
-
-# ---------------------------------------------------------------------------
-# per-example metrics (lm-eval conventions)
-# ---------------------------------------------------------------------------
-
-def acc(logliks: Sequence[float], gold: int) -> float:
-    """1.0 when the first maximal log-likelihood is the gold choice."""
-    return 1.0 if int(np.argmax(np.asarray(logliks, dtype=np.float64))) == int(gold) else 0.0
-
-
-def acc_norm(logliks: Sequence[float], choices: Sequence[str], gold: int) -> float:
-    """acc on loglik / (choice length in unicode code points)."""
-    lens = np.array([float(len(c)) for c in choices])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normed = np.asarray(logliks, dtype=np.float64) / lens
-    return 1.0 if int(np.argmax(normed)) == int(gold) else 0.0
-
-
-def mc2(logliks: Sequence[float], labels: Sequence[int]) -> float:
-    """Sum of exp(ll) over true choices / sum over all choices (max-shifted)."""
-    ll = np.asarray(logliks, dtype=np.float64)
-    lab = np.asarray(labels, dtype=bool)
-    p = np.exp(ll - ll.max())
-    return float(p[lab].sum() / p.sum())
 
 
 # ---------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def result(dumps):
 # ------------------------------------------------------------------ oracles
 def example_oracle(dump_path: Path, kinds: dict[str, str]):
     """Per-example statistics with plain loops over the dump's own tables."""
-    from qfair.scoring import acc, acc_norm, mc2
+    from lm_eval_rules import acc, acc_norm, mc2
 
     d = qfair.open_dump(dump_path)
     ch = d.choices.sort(["example_id", "choice"])

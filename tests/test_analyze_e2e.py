@@ -38,8 +38,9 @@ def cmp(dumps):
 
 
 def _acc_from_choices(path):
+    from lm_eval_rules import acc
+
     import qfair
-    from qfair.scoring import acc
 
     d = qfair.open_dump(path)
     lls: dict[str, list[float]] = {}

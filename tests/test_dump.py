@@ -75,7 +75,8 @@ def full(env):
 def test_manifest_fields(full, env):
     out, summary = full
     m = json.loads((out / "manifest.json").read_text())
-    assert m["format"] == "qfair-dump" and m["format_version"] == 1 and m["status"] == "complete"
+    assert m["format"] == "qfair-dump" and m["format_version"] == 2 and m["status"] == "complete"
+    assert m["kind"] == "multiple_choice"
     assert m["model"]["model"] == str(env["model_dir"])
     tok = env["loaded"].tokenizer
     assert m["tokenizer"]["vocab_size"] == len(tok.get_vocab()) and len(m["tokenizer"]["vocab_sha256"]) == 64

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from qfair import stats
-from qfair.analyze.examples import EXAMPLE_METRICS, example_stats, task_kinds
+from qfair.analyze.examples import example_columns, example_stats, task_kinds
 from qfair.analyze.summary import SUMMARY_SCHEMA, StatsConfig, calibration_rows, metric_rows, strata_rows
 from qfair.analyze.tokens import PAIRED_TOKEN_METRICS, UNPAIRED_TOKEN_METRICS, example_token_aggregates, token_table
 from qfair.dump.reader import check_same_keys
@@ -80,8 +80,9 @@ def _check_examples(base: Any, quant: Any) -> None:
 
 
 def _pair_examples(base_ex: pl.DataFrame, quant_ex: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
-    b = base_ex.select("example_id", *[pl.col(m).alias(f"base_{m}") for m in EXAMPLE_METRICS])
-    q = quant_ex.select("example_id", *[pl.col(m).alias(f"quant_{m}") for m in EXAMPLE_METRICS])
+    cols = example_columns()
+    b = base_ex.select("example_id", *[pl.col(m).alias(f"base_{m}") for m in cols])
+    q = quant_ex.select("example_id", *[pl.col(m).alias(f"quant_{m}") for m in cols])
     j = meta.join(b, on="example_id", how="left").join(q, on="example_id", how="left")
     return j.with_columns(
         ((pl.col("base_correct") == 1) & (pl.col("quant_correct") == 0)).cast(pl.Float64).alias("flip_c2i"),

@@ -15,21 +15,22 @@ import polars as pl
 from qfair import stats
 from qfair.calibration import calibration
 
-__all__ = ["StatsConfig", "metric_rows", "strata_rows", "calibration_rows", "MEAN_METRICS",
+__all__ = ["StatsConfig", "metric_rows", "strata_rows", "calibration_rows", "mean_metrics",
            "CALIBRATION_METRICS", "SUMMARY_SCHEMA"]
 
-# (summary metric, example column without the base_/quant_ prefix)
-MEAN_METRICS = (
-    ("acc", "correct"), ("acc_norm", "correct_norm"), ("confidence", "conf"), ("p_gold", "p_gold"),
-    ("nll", "nll"), ("brier", "brier"), ("choice_entropy", "entropy"), ("mc2", "mc2"),
-    ("pct_stereotype", "stereotype"), ("likelihood_diff", "likelihood_diff"),
-)
+
+def mean_metrics() -> list[tuple[str, str]]:
+    """(summary metric, example column without the base_/quant_ prefix) of every
+    registered example metric compared in the summary."""
+    from qfair.analyze.task_kinds import example_metrics
+
+    return [(m.name, m.column) for m in example_metrics() if m.summary]
+
 # (summary metric, measure, binning or None for the configured one)
 CALIBRATION_METRICS = (
     ("ece", "ece", "width"), ("ece_mass", "ece", "mass"), ("mce", "mce", None),
     ("rms_ce", "rms", None), ("l2_ce_debiased", "l2_debiased", None),
 )
-FLIP_METRICS = ("flips", "flips_c2i", "flips_i2c", "changed_answer")
 
 SUMMARY_SCHEMA: dict[str, Any] = {
     "metric": pl.Utf8, "kind": pl.Utf8, "n": pl.Int64, "base": pl.Float64, "quant": pl.Float64,
@@ -87,7 +88,7 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
         specs.append(stats.MeanDiff(yv, xv))
         pending.append((row, yv - (xv if xv is not None else 0.0)))
 
-    for metric, col in MEAN_METRICS:
+    for metric, col in mean_metrics():
         x, y = _col(j, f"base_{col}"), _col(j, f"quant_{col}")
         if x is not None and y is not None:
             add_mean(metric, "example", x, y)

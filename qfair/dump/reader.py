@@ -8,7 +8,6 @@ choices/tokens come from the table parts of the shards finished so far.
 from __future__ import annotations
 
 import os
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,13 +15,14 @@ import numpy as np
 
 from qfair.dump import DumpError
 from qfair.dump import manifest as mf
+from qfair.dump import tables as tb
+from qfair.dump.kinds import DumpKind, get_kind
+from qfair.fsutil import sha256_file
 
 if TYPE_CHECKING:  # polars is imported lazily, when a table is first read
     import polars as pl
 
 __all__ = ["Dump", "open_dump", "DumpError"]
-
-_ALIGN_KEYS = ("example_id", "choice", "pos", "target")
 
 
 class Dump:
@@ -36,6 +36,11 @@ class Dump:
         return f"Dump({str(self.path)!r}, status={self.status!r}, rows={self.n_rows})"
 
     # -- manifest views -------------------------------------------------------
+    @property
+    def kind(self) -> DumpKind:
+        """The dump kind (what tables it has, how its rows align)."""
+        return get_kind(self.manifest.get("kind"))
+
     @property
     def status(self) -> str:
         return self.manifest["status"]
@@ -65,12 +70,23 @@ class Dump:
 
     @property
     def tokenizer_fingerprint(self) -> dict[str, Any]:
-        return dict(self.manifest["tokenizer"])
+        return dict(self.manifest["tokenizer"] or {})
 
     # -- tables ------------------------------------------------------------------
-    def _table(self, name: str, file: str) -> Any:
-        import polars as pl
+    def has_table(self, name: str) -> bool:
+        return name == "examples" or name in self.kind.tables
 
+    def table(self, name: str) -> Any:
+        """A table of this dump by name (``examples``, ``choices``, ``tokens``, or a kind's own)."""
+        if not self.has_table(name):
+            raise DumpError(f"{self.path}: a {self.kind.name!r} dump has no {name!r} table "
+                            f"(its tables: examples, {', '.join(self.kind.tables)})")
+        cache = self.__dict__.setdefault("_tables", {})
+        if name not in cache:
+            cache[name] = self._table(name, tb.table_spec(name).file)
+        return cache[name]
+
+    def _table(self, name: str, file: str) -> Any:
         path = self.path / file
         if path.is_file():
             return self._read_parquet(path)
@@ -82,8 +98,11 @@ class Dump:
             if part is None:
                 raise DumpError(f"{self.path / mf.MANIFEST}: field 'shards[{s.get('index')}].parts.{name}' missing")
             parts.append(self._read_parquet(self.path / part["file"]))
-        schema = mf.choices_schema() if name == "choices" else mf.tokens_schema()
-        return pl.concat(parts, how="vertical") if parts else pl.DataFrame(schema=schema)
+        if not parts:
+            return tb.frame(name, {c: [] for c in tb.table_spec(name).schema()})
+        import polars as pl
+
+        return pl.concat(parts, how="vertical")
 
     @staticmethod
     def _read_parquet(path: Path) -> Any:
@@ -94,17 +113,17 @@ class Dump:
         except Exception as e:  # polars raises several error types for corrupt files
             raise DumpError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
-    @cached_property
+    @property
     def examples(self) -> Any:
-        return self._table("examples", mf.EXAMPLES)
+        return self.table("examples")
 
-    @cached_property
+    @property
     def choices(self) -> Any:
-        return self._table("choices", mf.CHOICES)
+        return self.table("choices")
 
-    @cached_property
+    @property
     def tokens(self) -> Any:
-        return self._table("tokens", mf.TOKENS)
+        return self.table("tokens")
 
     # -- logits ----------------------------------------------------------------
     @property
@@ -131,7 +150,7 @@ class Dump:
             size = path.stat().st_size
             if "bytes" in s and size != s["bytes"]:
                 raise DumpError(f"{path}: {size} bytes, manifest.json shards[{s['index']}].bytes says {s['bytes']} (truncated or corrupt shard)")
-            if verify and mf.sha256_file(path) != s.get("sha256"):
+            if verify and sha256_file(path) != s.get("sha256"):
                 raise DumpError(f"{path}: sha256 differs from manifest.json shards[{s['index']}].sha256 (corrupt shard)")
             try:
                 arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -151,26 +170,34 @@ class Dump:
 
     # -- alignment --------------------------------------------------------------
     def aligned_with(self, other: Dump) -> None:
-        """None when both dumps share the tokenizer and the (example_id, choice,
-        pos, target) keys row for row; otherwise DumpError naming the first
-        difference."""
+        """None when both dumps are of one kind, share the tokenizer, and agree
+        on their examples and on the kind's alignment keys row for row (for
+        ``multiple_choice``: example_id, choice, pos, target of every scored
+        token); otherwise DumpError naming the first difference."""
+        pair = f"{self.path} vs {other.path}"
+        if self.kind.name != other.kind.name:
+            raise DumpError(f"{pair}: dump kinds differ ({self.kind.name!r} vs {other.kind.name!r}); not aligned")
         a, b = self.tokenizer_fingerprint, other.tokenizer_fingerprint
         for k in sorted(set(a) | set(b)):
             if k == "class":
                 continue
             if a.get(k) != b.get(k):
-                raise DumpError(f"{self.path} vs {other.path}: tokenizer fingerprint field {k!r} differs "
+                raise DumpError(f"{pair}: tokenizer fingerprint field {k!r} differs "
                                 f"({a.get(k)!r} vs {b.get(k)!r}); the dumps are not aligned")
         if self.vocab_size != other.vocab_size:
-            raise DumpError(f"{self.path} vs {other.path}: vocab_size {self.vocab_size} vs {other.vocab_size}; not aligned")
-        ta, tb = self.tokens, other.tokens
-        check_same_keys(ta, tb, _ALIGN_KEYS, f"{self.path} vs {other.path}", "tokens.parquet")
+            raise DumpError(f"{pair}: vocab_size {self.vocab_size} vs {other.vocab_size}; not aligned")
+        if self.kind.align_table is None:
+            check_same_keys(self.examples, other.examples, self.kind.example_keys, pair, mf.EXAMPLES)
+            return
+        ta, tq = self.table(self.kind.align_table), other.table(self.kind.align_table)
+        check_same_keys(ta, tq, self.kind.align_keys, pair, tb.table_spec(self.kind.align_table).file)
         if self.has_logits and other.has_logits:
-            ra, rb = ta["row"].to_numpy(), tb["row"].to_numpy()
+            ra, rb = ta["row"].to_numpy(), tq["row"].to_numpy()
             neq = np.flatnonzero(ra != rb)
             if neq.size:
                 i = int(neq[0])
-                raise DumpError(f"{self.path} vs {other.path}: tokens.parquet row {i} key 'row' differs ({ra[i]} vs {rb[i]}); not aligned")
+                raise DumpError(f"{pair}: tokens.parquet row {i} key 'row' differs ({ra[i]} vs {rb[i]}); not aligned")
+        check_same_keys(self.examples, other.examples, self.kind.example_keys, pair, mf.EXAMPLES)
 
 
 def open_dump(path: str | os.PathLike) -> Dump:

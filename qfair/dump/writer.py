@@ -1,23 +1,45 @@
-"""Background shard writer.
+"""Writing a dump: :class:`DumpWriter`, the one writer of every dump kind.
 
-The scoring loop hands each example's stored rows (already cast to the storage
-dtype) and table records to a bounded queue; a single writer thread streams the
-rows into ``logits/.NNNNN.npy.*.tmp`` (header first: the shard's row count is
-planned in advance), hashes them on the way, and when a shard is complete it
-flushes, fsyncs and renames it into place, writes the shard's table parts the
-same way, and rewrites the manifest atomically. A failure (disk full, ...) is
-kept and re-raised in the scoring thread as a one-line DumpError; everything
-finished before it stays on disk and is listed in the manifest, so the dump
-can be resumed.
+A producer (``qfair dump``, an importer, a test) creates a writer with the
+dump's kind, its examples table and what the manifest records (model,
+tokenizer, tasks, options), then adds the examples in order, each with its
+per-example table records and, when logits are stored, its rows::
+
+    w = DumpWriter(out, kind="choices_only", examples=examples, vocab_size=V,
+                   tokenizer={"vocab_size": V}, tasks=[{"name": "piqa", "kind": "multiple_choice"}],
+                   store="none")
+    for i in range(w.start, w.n_examples):          # w.start > 0 after a resume
+        w.add({"choices": {...one example's columns...}})
+    w.close()                                        # tables written, manifest complete
+
+Layout and guarantees:
+
+- examples are cut into shards at example boundaries once a shard holds at
+  least ``shard_rows`` rows, so the cut points depend only on the data and a
+  resumed run writes exactly the files an uninterrupted one does. When the
+  rows of every example are known in advance (``rows_per_example``) the plan
+  is recorded in the manifest and checked on resume;
+- a background thread streams each shard's rows into ``logits/.NNNNN.npy.*.tmp``
+  (hashing them on the way), then flushes, fsyncs and renames it into place,
+  writes the shard's table parts (``parts/NNNNN.<table>.parquet``) the same
+  way and rewrites the manifest atomically, with size and sha256 of each file;
+- ``close()`` concatenates the parts into the final tables and marks the
+  manifest ``complete``; a failure (disk full, ...) is re-raised in the
+  producer as a one-line :class:`DumpError` and everything finished before it
+  stays listed in the manifest, so ``resume=True`` can finish the dump;
+- every table is checked against its schema (:mod:`qfair.dump.tables`).
 """
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
+import json
 import os
 import queue
+import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +48,16 @@ import numpy as np
 
 from qfair.dump import DumpError
 from qfair.dump import manifest as mf
-from qfair.fsutil import fsync_dir
+from qfair.dump import tables as tb
+from qfair.dump.kinds import get_kind
+from qfair.fsutil import fsync_dir, sha256_file, temp_path
+
+__all__ = ["DumpWriter", "ShardPlan", "plan_shards", "to_storage"]
+
+# run options that may differ between an interrupted run and its resume
+RESUME_FREE = ("resume", "overwrite", "progress", "out", "cache_dir")
+# storage fields that must match on resume (the totals are only known at the end without a plan)
+_STORAGE_STATIC = ("mode", "dtype", "values", "npy_dtype", "shard_rows")
 
 
 @dataclass
@@ -35,24 +66,21 @@ class ShardPlan:
     ex_start: int  # first example (global position) in the shard
     ex_end: int  # one past the last
     first_row: int  # global row of the shard's first row
-    rows: int
+    rows: int | None  # None: not known until the shard is complete
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "examples": [self.ex_start, self.ex_end],
                 "first_row": self.first_row, "rows": self.rows}
 
 
-def plan_shards(rows_per_example: list[int], shard_rows: int) -> list[ShardPlan]:
+def plan_shards(rows_per_example: Sequence[int], shard_rows: int) -> list[ShardPlan]:
     """Cut examples into shards at example boundaries, each >= shard_rows rows
-    (except the last): shard contents depend only on the data, so an
-    interrupted and resumed run cuts exactly where an uninterrupted one does.
-    """
+    (except the last). The writer applies the same rule on the fly when the
+    rows are not known in advance."""
     if shard_rows < 1:
         raise DumpError(f"--shard-rows must be >= 1, got {shard_rows}")
     plans: list[ShardPlan] = []
-    start = 0
-    first_row = 0
-    acc = 0
+    start = first_row = acc = 0
     for i, r in enumerate(rows_per_example):
         acc += r
         if acc >= shard_rows:
@@ -64,6 +92,31 @@ def plan_shards(rows_per_example: list[int], shard_rows: int) -> list[ShardPlan]
     return plans
 
 
+def to_storage(rows: Any, dtype: str) -> np.ndarray:
+    """Rows ``[n, vocab]`` (numpy, or a torch tensor on any device) in the stored
+    dtype: f16 / f32 as IEEE values, bf16 as its raw uint16 bit patterns
+    (round to nearest even, as torch converts)."""
+    want = np.dtype(mf.NPY_DTYPES[dtype])
+    if hasattr(rows, "detach"):  # a torch tensor: convert with torch (no extra float64 copy)
+        import torch
+
+        t = rows.detach()
+        if dtype == "f16":
+            return t.to(torch.float16).cpu().contiguous().numpy()
+        if dtype == "f32":
+            return t.to(torch.float32).cpu().contiguous().numpy()
+        return t.to(torch.bfloat16).cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
+    a = np.asarray(rows)
+    if a.dtype == want:
+        return np.ascontiguousarray(a)
+    if dtype != "bf16":
+        return np.ascontiguousarray(a.astype(want))
+    bits = np.ascontiguousarray(a.astype(np.float32)).view(np.uint32)
+    nan = np.isnan(a.astype(np.float32))
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(nan, np.uint16(0x7FC0), rounded)
+
+
 def _describe_oserror(e: OSError, path: Path) -> str:
     if e.errno == errno.ENOSPC:
         return f"disk full while writing {path}"
@@ -72,30 +125,57 @@ def _describe_oserror(e: OSError, path: Path) -> str:
     return f"cannot write {path}: {e.strerror or e}"
 
 
+def _npy_header(dtype: np.dtype, rows: int, vocab: int) -> bytes:
+    hdr = io.BytesIO()
+    np.lib.format.write_array_header_1_0(hdr, {"descr": dtype.str, "fortran_order": False,
+                                               "shape": (rows, vocab)})
+    return hdr.getvalue()
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The dotted path of the first difference between two JSON-like values (None: equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                return f"{path}{k}"
+            d = first_difference(a[k], b[k], f"{path}{k}.")
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{path.rstrip('.')} (length {len(a)} vs {len(b)})"
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = first_difference(x, y, f"{path}{i}.")
+            if d is not None:
+                return d
+        return None
+    return None if a == b else path.rstrip(".")
+
+
 class ShardWriter:
-    """Writes shards in a background thread. Messages, in order per shard:
-    ``begin(plan)``, ``rows(array)``..., ``end(choices_cols, tokens_cols)``.
-    """
+    """The background thread that writes shards. Messages, in order per shard:
+    ``begin(plan)``, ``rows(array)``..., ``end(table_columns, extra)``."""
 
     def __init__(self, dump_dir: Path, manifest: dict[str, Any], *, store: str, dtype: str, vocab: int,
-                 max_queue: int = 64, on_shard: Callable[[dict[str, Any]], None] | None = None):
+                 tables: Sequence[str], max_queue: int = 64):
         self.dir = Path(dump_dir)
         self.manifest = manifest  # owned by the writer thread once started
         self.store = store
-        self.dtype = dtype
         self.vocab = int(vocab)
         self.np_dtype = np.dtype(mf.NPY_DTYPES[dtype])
+        self.tables = tuple(tables)
         self._q: queue.Queue = queue.Queue(maxsize=max_queue)
         self._error: BaseException | None = None
         self._error_msg: str | None = None
         self._thread = threading.Thread(target=self._run, name="qfair-shard-writer", daemon=True)
-        self._on_shard = on_shard
         # per-shard state (writer thread only)
         self._plan: ShardPlan | None = None
         self._fh: Any = None
         self._tmp: Path | None = None
         self._final: Path | None = None
         self._hash: Any = None
+        self._header_len = 0
         self._written = 0
         self._bytes = 0
 
@@ -125,8 +205,8 @@ class ShardWriter:
     def rows(self, arr: np.ndarray) -> None:
         self._put(("rows", arr))
 
-    def end(self, choices_cols: dict[str, list], tokens_cols: dict[str, list], extra: dict[str, Any]) -> None:
-        self._put(("end", choices_cols, tokens_cols, extra))
+    def end(self, table_columns: dict[str, dict[str, list]], extra: dict[str, Any]) -> None:
+        self._put(("end", table_columns, extra))
 
     def close(self) -> None:
         """Wait for everything queued to be written; re-raise a writer failure."""
@@ -151,21 +231,21 @@ class ShardWriter:
                 self._discard()
                 return
             if self._error is not None:
-                continue  # drain after a failure; producer sees it on next put
+                continue  # drain after a failure; the producer sees it on its next put
             try:
                 if kind == "begin":
                     self._begin(item[1])
                 elif kind == "rows":
                     self._rows(item[1])
                 elif kind == "end":
-                    self._end(item[1], item[2], item[3])
+                    self._end(item[1], item[2])
             except OSError as e:
                 self._error = e
                 self._error_msg = _describe_oserror(e, Path(e.filename) if e.filename else (self._final or self.dir))
                 self._discard()
             except BaseException as e:  # noqa: BLE001 - re-raised in the producer
                 self._error = e
-                self._error_msg = f"writing {self._final or self.dir}: {e}"
+                self._error_msg = str(e) if isinstance(e, DumpError) else f"writing {self._final or self.dir}: {e}"
                 self._discard()
 
     def _discard(self) -> None:
@@ -187,19 +267,14 @@ class ShardWriter:
         self._written = 0
         if self.store == "none":
             return
-        logits = self.dir / mf.LOGITS_DIR
-        self._final = logits / mf.shard_name(plan.index)
-        self._tmp = mf.temp_path(self._final)
+        self._final = self.dir / mf.LOGITS_DIR / mf.shard_name(plan.index)
+        self._tmp = temp_path(self._final)
         self._fh = open(self._tmp, "wb")
-        self._hash = hashlib.sha256()
-        import io
-
-        hdr = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            hdr, {"descr": self.np_dtype.str, "fortran_order": False, "shape": (plan.rows, self.vocab)})
-        h = hdr.getvalue()
+        # the row count goes into the header: known from the plan, or patched in at the end
+        h = _npy_header(self.np_dtype, plan.rows or 0, self.vocab)
+        self._header_len = len(h)
         self._write(h)
-        self._hash.update(h)
+        self._hash = hashlib.sha256(h) if plan.rows is not None else None
         self._bytes = len(h)
 
     def _rows(self, arr: np.ndarray) -> None:
@@ -207,52 +282,411 @@ class ShardWriter:
         if self.store == "none":
             return
         if arr.dtype != self.np_dtype or arr.ndim != 2 or arr.shape[1] != self.vocab:
-            raise DumpError(f"internal: rows of dtype {arr.dtype} shape {arr.shape}, expected {self.np_dtype} [*, {self.vocab}]")
-        arr = np.ascontiguousarray(arr)
-        mv = memoryview(arr).cast("B")
+            raise DumpError(f"rows of dtype {arr.dtype} shape {arr.shape}, expected {self.np_dtype} [*, {self.vocab}]")
+        mv = memoryview(np.ascontiguousarray(arr)).cast("B")
         self._write(mv)
-        self._hash.update(mv)
+        if self._hash is not None:
+            self._hash.update(mv)
         self._bytes += mv.nbytes
         self._written += arr.shape[0]
 
-    def _end(self, choices_cols: dict[str, list], tokens_cols: dict[str, list], extra: dict[str, Any]) -> None:
-        import polars as pl
+    def _finish_shard_file(self, plan: ShardPlan) -> str:
+        """Flush, fsync and rename the shard into place; its sha256."""
+        if plan.rows is None:  # patch the header with the final row count, then hash the file
+            plan.rows = self._written
+            h = _npy_header(self.np_dtype, plan.rows, self.vocab)
+            if len(h) != self._header_len:  # pragma: no cover - needs > 10^15 rows
+                raise DumpError(f"shard {plan.index}: header length changed")
+            self._fh.seek(0)
+            self._write(h)
+        elif self._written != plan.rows:
+            raise DumpError(f"shard {plan.index} got {self._written} rows, planned {plan.rows}")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        digest = self._hash.hexdigest() if self._hash is not None else sha256_file(self._tmp)
+        os.replace(self._tmp, self._final)
+        self._tmp = None
+        fsync_dir(self._final.parent)
+        return digest
 
+    def _end(self, table_columns: dict[str, dict[str, list]], extra: dict[str, Any]) -> None:
         plan = self._plan
         assert plan is not None
-        entry: dict[str, Any] = plan.to_json()
         if self.store != "none":
-            if self._written != plan.rows:
-                raise DumpError(f"internal: shard {plan.index} got {self._written} rows, planned {plan.rows}")
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
-            os.replace(self._tmp, self._final)
-            self._tmp = None
-            fsync_dir(self._final.parent)
-            entry.update({"file": f"{mf.LOGITS_DIR}/{self._final.name}", "bytes": self._bytes,
-                          "sha256": self._hash.hexdigest()})
+            digest = self._finish_shard_file(plan)
+            entry: dict[str, Any] = plan.to_json()
+            entry.update({"file": f"{mf.LOGITS_DIR}/{self._final.name}", "bytes": self._bytes, "sha256": digest})
         else:
+            if plan.rows is None:
+                plan.rows = 0
+            entry = plan.to_json()
             entry.update({"file": None, "bytes": 0, "sha256": None})
-        parts = self.dir / mf.PARTS_DIR
-        ch = pl.DataFrame(choices_cols, schema=mf.choices_schema())
-        tk = pl.DataFrame(tokens_cols, schema=mf.tokens_schema())
-        ch_name = f"{plan.index:05d}.choices.parquet"
-        tk_name = f"{plan.index:05d}.tokens.parquet"
-        self._final = parts / ch_name
-        ch_bytes, ch_sha = mf.atomic_write_parquet(parts / ch_name, ch)
-        self._final = parts / tk_name
-        tk_bytes, tk_sha = mf.atomic_write_parquet(parts / tk_name, tk)
-        entry["parts"] = {
-            "choices": {"file": f"{mf.PARTS_DIR}/{ch_name}", "rows": ch.height, "bytes": ch_bytes, "sha256": ch_sha},
-            "tokens": {"file": f"{mf.PARTS_DIR}/{tk_name}", "rows": tk.height, "bytes": tk_bytes, "sha256": tk_sha},
-        }
+        parts = {}
+        for name in self.tables:
+            df = tb.frame(name, table_columns[name], where=f"shard {plan.index}")
+            rel = f"{mf.PARTS_DIR}/{plan.index:05d}.{name}.parquet"
+            self._final = self.dir / rel
+            nbytes, sha = mf.atomic_write_parquet(self._final, df)
+            parts[name] = {"file": rel, "rows": df.height, "bytes": nbytes, "sha256": sha}
+        entry["parts"] = parts
         entry.update(extra)
         self.manifest["shards"].append(entry)
         self._final = self.dir / mf.MANIFEST
         mf.write_manifest(self.dir, self.manifest)
         self._final = None
         self._plan = None
-        if self._on_shard is not None:
-            self._on_shard(entry)
+
+
+class DumpWriter:
+    """Create (or resume) a dump directory and write it example by example.
+
+    ``examples``: the examples table (a polars DataFrame or a dict of columns
+    with exactly its schema), one row per example in the order they will be
+    added. ``rows_per_example``: rows each example will add (optional; when
+    given, shards are planned up front and every ``add`` is checked against
+    it). ``tokenizer``: the tokenizer fingerprint that alignment checks
+    compare; ``tasks``: one dict per task (``name``, ``kind``, ...);
+    ``model``: what was loaded; ``config``: the run's options (checked on
+    resume, except :data:`RESUME_FREE`); ``info``: further manifest sections
+    (e.g. the scoring rules). See the module doc for the guarantees.
+    """
+
+    def __init__(self, out: str | os.PathLike, *, kind: str = "multiple_choice", examples: Any,
+                 vocab_size: int, tokenizer: Mapping[str, Any] | None, tasks: Sequence[Mapping[str, Any]],
+                 model: Mapping[str, Any] | None = None, rows_per_example: Sequence[int] | None = None,
+                 store: str = "full", store_dtype: str = "f16", shard_rows: int = 4096,
+                 config: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
+                 seed: int = 0, counts: Mapping[str, int] | None = None, resume: bool = False,
+                 overwrite: bool = False, max_queue: int = 64):
+        self.out = Path(out)
+        self.kind = get_kind(kind)
+        if store not in mf.STORE_MODES:
+            raise DumpError(f"--store is {store!r}, expected one of {', '.join(mf.STORE_MODES)}")
+        if store_dtype not in mf.STORE_DTYPES:
+            raise DumpError(f"--store-dtype is {store_dtype!r}, expected one of {', '.join(mf.STORE_DTYPES)}")
+        if store == "full" and not self.kind.stores_rows:
+            raise DumpError(f"a {self.kind.name!r} dump stores no logits rows; use store='none'")
+        if shard_rows < 1:
+            raise DumpError(f"--shard-rows must be >= 1, got {shard_rows}")
+        if not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
+            raise DumpError(f"vocab_size is {vocab_size!r}, expected a positive integer")
+        self.store, self.store_dtype, self.vocab = store, store_dtype, int(vocab_size)
+        self.shard_rows = int(shard_rows)
+        self.examples = examples if hasattr(examples, "schema") else tb.frame("examples", examples)
+        tb.check_frame("examples", self.examples, f"{self.out / mf.EXAMPLES}")
+        self.n_examples = self.examples.height
+        ids = self.examples["example_id"]
+        if ids.null_count() or ids.n_unique() != self.n_examples:
+            dup = ids.filter(ids.is_duplicated()).head(1).to_list()
+            raise DumpError(f"{self.out / mf.EXAMPLES}: field 'example_id' {dup[0] if dup else None!r} "
+                            "occurs twice (or is missing)")
+        self.plans: list[ShardPlan] | None = None
+        self._rows_per_example = None if rows_per_example is None else [int(r) for r in rows_per_example]
+        if self._rows_per_example is not None:
+            if len(self._rows_per_example) != self.n_examples:
+                raise DumpError(f"rows_per_example has {len(self._rows_per_example)} entries for "
+                                f"{self.n_examples} examples")
+            self.plans = plan_shards(self._rows_per_example, self.shard_rows)
+        total = None if self._rows_per_example is None else sum(self._rows_per_example)
+        run_config = {k: v for k, v in dict(config or {}).items() if k not in RESUME_FREE}
+        run_config.update({"store": store, "store_dtype": store_dtype, "shard_rows": self.shard_rows, "seed": seed})
+        storage = {"mode": store, "dtype": store_dtype, "values": "log_softmax",
+                   "npy_dtype": mf.NPY_DTYPES[store_dtype] if store == "full" else None,
+                   "shard_rows": self.shard_rows,
+                   "n_rows": (total if store == "full" else 0) if total is not None else None,
+                   "n_tokens": total, "n_shards": None if self.plans is None else len(self.plans)}
+        fresh = {
+            "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION, "kind": self.kind.name, "status": "partial",
+            "created_by": f"qfair {_qfair_version()}", "model": _json_copy(model or {}),
+            "tokenizer": _json_copy(tokenizer) if tokenizer is not None else None, "vocab_size": self.vocab,
+            "tasks": _json_copy(list(tasks)), **_json_copy(dict(info or {})), "storage": storage,
+            "plan": None if self.plans is None else [p.to_json() for p in self.plans], "shards": [],
+            "tables": {}, "counts": {"examples": self.n_examples, **dict(counts or {}), "nonfinite_rows": 0},
+            "run": {"config": _json_copy(run_config), "seed": seed, "start_time": mf.now_iso(), "end_time": None},
+            "libraries": _library_versions(),
+        }
+        old = self._prepare_dir(resume, overwrite)
+        self.already_complete = old is not None and old["status"] == "complete"
+        self.resumed_from_shard: int | None = None
+        self._closed = False
+        if self.already_complete:
+            self.manifest = old
+            self.start = self.n_examples
+            self._check_resumable(old, fresh)
+            return
+        if old is not None:
+            self._check_resumable(old, fresh)
+            self.start = self._verify_done_shards(old)
+            self._clean_strays(old)
+            self.manifest = old
+            self.manifest["status"] = "partial"
+            self.manifest.setdefault("run", {}).setdefault("resumed_at", []).append(mf.now_iso())
+            self.resumed_from_shard = len(old["shards"])
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            nbytes, sha = mf.atomic_write_parquet(self.out / mf.EXAMPLES, self.examples)
+            fresh["tables"]["examples"] = {"file": mf.EXAMPLES, "rows": self.n_examples, "bytes": nbytes,
+                                           "sha256": sha}
+            self.manifest = fresh
+            self.start = 0
+        (self.out / mf.PARTS_DIR).mkdir(exist_ok=True)
+        if store == "full":
+            (self.out / mf.LOGITS_DIR).mkdir(exist_ok=True)
+        mf.write_manifest(self.out, self.manifest)
+        # the shard being filled
+        done = self.manifest["shards"]
+        self._shard_index = len(done)
+        self._next_row = (done[-1]["first_row"] + done[-1]["rows"]) if done else 0
+        self._next = self.start
+        self._shard_rows_acc = 0
+        self._shard: ShardPlan | None = None
+        self._cols: dict[str, dict[str, list]] = {}
+        self._extra: dict[str, Any] = {}
+        self._thread = ShardWriter(self.out, self.manifest, store=store, dtype=store_dtype, vocab=self.vocab,
+                                   tables=self.kind.tables, max_queue=max_queue).start()
+
+    # -- directory and resume ----------------------------------------------------
+    def _prepare_dir(self, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+        """The existing manifest when resuming, else None (a fresh directory)."""
+        out = self.out
+        if resume and overwrite:
+            raise DumpError("--resume and --overwrite exclude each other")
+        if out.exists() and not out.is_dir():
+            raise DumpError(f"{out}: exists and is not a directory")
+        if resume:
+            if not (out / mf.MANIFEST).is_file():
+                raise DumpError(f"{out / mf.MANIFEST}: missing, nothing to resume (run without --resume)")
+            return mf.read_manifest(out)
+        if out.exists() and any(out.iterdir()):
+            if not overwrite:
+                raise DumpError(f"{out}: directory exists and is not empty (use --resume to finish it or "
+                                "--overwrite to replace it)")
+            try:
+                m = json.loads((out / mf.MANIFEST).read_text(encoding="utf-8"))
+                is_dump = isinstance(m, dict) and m.get("format") == mf.FORMAT
+            except (OSError, ValueError):
+                is_dump = False
+            if not is_dump:
+                raise DumpError(f"{out}: not a qfair dump (no manifest.json with format {mf.FORMAT!r}); "
+                                "refusing to delete it")
+            shutil.rmtree(out)
+        return None
+
+    def _check_resumable(self, old: dict[str, Any], fresh: dict[str, Any]) -> None:
+        where = self.out / mf.MANIFEST
+        if old.get("kind", "multiple_choice") != fresh["kind"]:
+            raise DumpError(f"{where}: field 'kind' is {old.get('kind')!r}, this run writes {fresh['kind']!r}")
+        checks = [("run.config", old.get("run", {}).get("config"), fresh["run"]["config"]),
+                  ("tokenizer", old.get("tokenizer"), fresh["tokenizer"]),
+                  ("tasks", old.get("tasks"), fresh["tasks"]),
+                  ("storage", {k: (old.get("storage") or {}).get(k) for k in _STORAGE_STATIC},
+                   {k: fresh["storage"][k] for k in _STORAGE_STATIC}),
+                  ("plan", old.get("plan"), fresh["plan"])]
+        for key, old_val, new_val in checks:
+            diff = first_difference(old_val, new_val)
+            if diff is not None:
+                raise DumpError(f"{where}: field '{key}{'.' + diff if diff else ''}' differs from this run's; "
+                                "--resume needs the same model, tasks and options")
+        buf = io.BytesIO()
+        self.examples.write_parquet(buf, compression="zstd", statistics=False)
+        want = (old.get("tables") or {}).get("examples", {}).get("sha256")
+        path = self.out / mf.EXAMPLES
+        if not path.is_file() or sha256_file(path) != want or hashlib.sha256(buf.getvalue()).hexdigest() != want:
+            raise DumpError(f"{path}: differs from this run's examples; cannot resume (use --overwrite)")
+
+    def _verify_done_shards(self, m: dict[str, Any]) -> int:
+        """Check every shard listed in a partial manifest; returns the first example still to add."""
+        nxt = 0
+        for entry in m["shards"]:
+            files = []
+            if entry.get("file"):
+                files.append((entry["file"], entry["bytes"], entry["sha256"]))
+            for part in (entry.get("parts") or {}).values():
+                files.append((part["file"], part["bytes"], part["sha256"]))
+            for rel, nbytes, sha in files:
+                p = self.out / rel
+                if not p.is_file():
+                    raise DumpError(f"{p}: listed in manifest.json shards[{entry['index']}] but missing; "
+                                    "cannot resume (use --overwrite)")
+                if p.stat().st_size != nbytes:
+                    raise DumpError(f"{p}: {p.stat().st_size} bytes, manifest.json says {nbytes}; cannot resume "
+                                    "(use --overwrite)")
+                if sha256_file(p) != sha:
+                    raise DumpError(f"{p}: sha256 differs from manifest.json; cannot resume (use --overwrite)")
+            nxt = int(entry["examples"][1])
+        return nxt
+
+    def _clean_strays(self, m: dict[str, Any]) -> None:
+        """Remove temp files and shard files not listed in the manifest."""
+        listed = {self.out / e["file"] for e in m["shards"] if e.get("file")}
+        for e in m["shards"]:
+            listed.update(self.out / p["file"] for p in (e.get("parts") or {}).values())
+        for sub in (mf.LOGITS_DIR, mf.PARTS_DIR):
+            d = self.out / sub
+            if d.is_dir():
+                for p in d.iterdir():
+                    if p not in listed:
+                        p.unlink()
+        for p in self.out.glob(".*.tmp"):
+            p.unlink()
+
+    # -- adding examples ----------------------------------------------------------
+    def add(self, tables: Mapping[str, Mapping[str, Sequence[Any]]] | None = None, rows: Any = None, *,
+            counts: Mapping[str, int] | None = None) -> None:
+        """Add the next example: its records of every per-example table of the
+        kind (``{table: {column: values}}``), its logits rows (``[n, vocab]``,
+        any float dtype or a torch tensor; ignored with store='none') and
+        counters summed per shard and into the manifest (e.g. ``nonfinite_rows``)."""
+        if self._closed:
+            raise DumpError("add() after close()")
+        if self._next >= self.n_examples:
+            raise DumpError(f"add(): all {self.n_examples} examples were added already")
+        tables = dict(tables or {})
+        unknown = sorted(set(tables) - set(self.kind.tables))
+        if unknown:
+            raise DumpError(f"add(): table(s) {', '.join(unknown)} are not part of a {self.kind.name!r} dump "
+                            f"(its tables: {', '.join(self.kind.tables)})")
+        n_rows = 0
+        stored = None
+        if rows is not None and self.store == "full":
+            stored = to_storage(rows, self.store_dtype)
+            if stored.ndim != 2 or stored.shape[1] != self.vocab:
+                raise DumpError(f"add(): rows of shape {tuple(stored.shape)}, expected [n, {self.vocab}]")
+            n_rows = int(stored.shape[0])
+        elif "tokens" in tables:  # store='none': the tokens table still counts the scored tokens
+            n_rows = len(next(iter(tables["tokens"].values()), []))
+        if self._rows_per_example is not None and n_rows != self._rows_per_example[self._next] \
+                and (self.store == "full" or "tokens" in tables):
+            raise DumpError(f"add(): example {self._next} has {n_rows} rows, planned {self._rows_per_example[self._next]}")
+        if self._shard is None:
+            self._open_shard()
+        for name in self.kind.tables:
+            cols = tables.get(name)
+            acc = self._cols[name]
+            if cols is None:
+                continue
+            extra = [c for c in cols if c not in acc]
+            if extra:
+                raise DumpError(f"add(): table {name!r} has no column(s) {', '.join(extra)} "
+                                f"(its columns: {', '.join(acc)})")
+            for c, v in cols.items():
+                acc[c].extend(v.tolist() if isinstance(v, np.ndarray) else v)
+        if stored is not None and n_rows:
+            self._thread.rows(stored)
+        for k, v in (counts or {}).items():
+            self._extra[k] = self._extra.get(k, 0) + int(v)
+        self._shard_rows_acc += n_rows
+        self._next += 1
+        planned_end = self._shard.ex_end if self.plans is not None else None
+        if self._next == planned_end or (planned_end is None and self._shard_rows_acc >= self.shard_rows):
+            self._close_shard()
+
+    @property
+    def next_row(self) -> int:
+        """The global row index the next added row gets (for ``first_row`` / ``row`` columns)."""
+        return self._next_row + (self._shard_rows_acc if self._shard is not None else 0)
+
+    def _open_shard(self) -> None:
+        if self.plans is not None:
+            self._shard = self.plans[self._shard_index]
+        else:
+            self._shard = ShardPlan(self._shard_index, self._next, self._next, self._next_row, None)
+        self._shard_rows_acc = 0
+        self._cols = {name: {c: [] for c in tb.table_spec(name).schema()} for name in self.kind.tables}
+        self._extra = {"nonfinite_rows": 0}
+        self._thread.begin(self._shard)
+
+    def _close_shard(self) -> None:
+        plan = self._shard
+        assert plan is not None
+        if self.plans is None:
+            plan.ex_end = self._next
+        self._thread.end(self._cols, self._extra)
+        self._next_row += self._shard_rows_acc
+        self._shard_index += 1
+        self._shard = None
+        self._shard_rows_acc = 0
+
+    # -- finishing ----------------------------------------------------------------
+    def close(self) -> dict[str, Any]:
+        """Wait for the last shard, write the final tables, mark the dump complete;
+        returns the manifest."""
+        if self.already_complete or self._closed:
+            return self.manifest
+        if self._shard is not None:
+            self._close_shard()
+        try:
+            self._thread.close()
+        except BaseException:
+            self._thread.abort()
+            raise
+        if self._next != self.n_examples:
+            raise DumpError(f"close(): {self._next} of {self.n_examples} examples were added; the dump stays "
+                            "partial (finish it with resume=True)")
+        self._finish()
+        self._closed = True
+        return self.manifest
+
+    def abort(self) -> None:
+        """Stop: shards already completed stay on disk and in the manifest (resumable)."""
+        if not self.already_complete and not self._closed:
+            self._thread.abort()
+            self._closed = True
+
+    def check(self) -> None:
+        """Raise the background writer's failure now, if any."""
+        if not self.already_complete:
+            self._thread.check()
+
+    def __enter__(self) -> DumpWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _finish(self) -> None:
+        import polars as pl
+
+        m = self.manifest
+        for name in self.kind.tables:
+            spec = tb.table_spec(name)
+            parts = [pl.read_parquet(self.out / e["parts"][name]["file"]) for e in m["shards"]]
+            df = pl.concat(parts, how="vertical") if parts else tb.frame(name, {c: [] for c in spec.schema()})
+            nbytes, sha = mf.atomic_write_parquet(self.out / spec.file, df)
+            m["tables"][name] = {"file": spec.file, "rows": df.height, "bytes": nbytes, "sha256": sha}
+            m["counts"][name] = df.height
+        nonfinite = sum(int(e.get("nonfinite_rows", 0)) for e in m["shards"])
+        for e in m["shards"]:
+            e.pop("parts", None)
+        rows = sum(int(e["rows"]) for e in m["shards"])
+        st = m["storage"]
+        st["n_rows"] = rows if self.store == "full" else 0
+        if st.get("n_tokens") is None:
+            st["n_tokens"] = m["counts"].get("tokens", rows)
+        st["n_shards"] = len(m["shards"])
+        m["counts"]["nonfinite_rows"] = nonfinite
+        m["status"] = "complete"
+        m["run"]["end_time"] = mf.now_iso()
+        mf.write_manifest(self.out, m)
+        shutil.rmtree(self.out / mf.PARTS_DIR, ignore_errors=True)
+
+
+def _json_copy(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def _qfair_version() -> str:
+    from qfair import __version__
+
+    return __version__
+
+
+def _library_versions() -> dict[str, Any]:
+    from qfair.provenance import library_versions
+
+    return library_versions()

@@ -1,0 +1,86 @@
+"""Dump kinds: what a dump holds and how two dumps of one kind line up.
+
+Every dump's manifest names its ``kind``. A kind declares the tables written
+per example (besides ``examples``, which every dump has), whether it may store
+logits rows, and the key that aligns the rows of two dumps. The reader and
+``qfair.compare`` dispatch on it; a new kind is one :class:`DumpKind` passed
+to :func:`register_kind` (plus its tables in :mod:`qfair.dump.tables`).
+
+Built in:
+
+==================  ===============================  ==========================================
+kind                tables besides ``examples``      rows align on
+==================  ===============================  ==========================================
+multiple_choice     choices, tokens                  tokens: example_id, choice, pos, target
+choices_only        choices                          (no rows: examples align on example_id)
+==================  ===============================  ==========================================
+
+(``generation`` and ``text`` register themselves where they are implemented.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qfair.dump import DumpError
+
+__all__ = ["DumpKind", "KINDS", "register_kind", "get_kind", "DEFAULT_KIND"]
+
+DEFAULT_KIND = "multiple_choice"  # dumps written before kinds existed
+
+
+@dataclass(frozen=True)
+class DumpKind:
+    name: str
+    tables: tuple[str, ...]          # per-example tables, in the order their parts are written
+    stores_rows: bool                # may hold vocabulary-wide logits rows (--store full)
+    align_table: str | None = None   # the table whose keys align two dumps row by row
+    align_keys: tuple[str, ...] = ()
+    example_keys: tuple[str, ...] = ("example_id", "label", "n_choices")  # examples that must match
+    doc: str = ""
+
+    @property
+    def has_choices(self) -> bool:
+        """Example-level statistics (accuracy, calibration, flips) need a choices table."""
+        return "choices" in self.tables
+
+    @property
+    def has_tokens(self) -> bool:
+        return "tokens" in self.tables
+
+
+KINDS: dict[str, DumpKind] = {}
+
+
+def register_kind(kind: DumpKind) -> DumpKind:
+    if kind.name in KINDS:
+        raise ValueError(f"dump kind {kind.name!r} is registered twice")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str | None) -> DumpKind:
+    _load_plugins()
+    key = DEFAULT_KIND if name is None else name
+    try:
+        return KINDS[key]
+    except KeyError:
+        raise DumpError(f"unknown dump kind {key!r}; known kinds: {', '.join(sorted(KINDS))}") from None
+
+
+_PLUGINS: tuple[str, ...] = ()  # modules that register further kinds when imported
+
+
+def _load_plugins() -> None:
+    import importlib
+
+    for module in _PLUGINS:
+        importlib.import_module(module)
+
+
+MULTIPLE_CHOICE = register_kind(DumpKind(
+    "multiple_choice", ("choices", "tokens"), stores_rows=True, align_table="tokens",
+    align_keys=("example_id", "choice", "pos", "target"),
+    doc="scored multiple-choice examples: per choice a log-likelihood, per continuation token a row"))
+CHOICES_ONLY = register_kind(DumpKind(
+    "choices_only", ("choices",), stores_rows=False,
+    doc="examples and per-choice log-likelihoods only (e.g. imported from lm-evaluation-harness logs)"))
