@@ -1,12 +1,17 @@
 """``qfair.compare(base, quant, ...)``: from a base dump and quantized dumps to
 the tables a paper needs (see docs/analyze.md for every column).
 
-Order of work, per quantized dump: alignment check (stops with the first
-differing key), choice-level statistics of both models, the token table
-(target-token statistics from tokens.parquet; vocabulary-wide divergences
-streamed through the C++ core when both dumps store logits; custom metrics on
-the same chunks), per-example token aggregates, then per task the summary
-(differences with CIs and p-values), calibration bins, strata and groups.
+What runs depends on what the dumps hold (their kind, :mod:`qfair.dump.kinds`):
+
+1. alignment check (stops with the first differing key);
+2. with a choices table: each model's example statistics, paired per example;
+3. with a tokens table: the token table (target-token statistics, and the
+   vocabulary-wide divergences streamed through the C++ core when both dumps
+   store logits; custom metrics on the same chunks) and per-example aggregates;
+4. per task: the summary (differences with CIs and p-values), calibration
+   bins, strata and groups;
+5. kind-specific tables registered with :func:`register_kind_analysis`.
+
 Holm and Benjamini-Hochberg adjusted p-values are computed over all tests of a
 table (columns ``p_holm`` and ``p_bh``).
 """
@@ -24,17 +29,36 @@ import polars as pl
 from qfair import stats
 from qfair.analyze.examples import example_columns, example_stats, task_kinds
 from qfair.analyze.summary import SUMMARY_SCHEMA, StatsConfig, calibration_rows, metric_rows, strata_rows
-from qfair.analyze.tokens import PAIRED_TOKEN_METRICS, UNPAIRED_TOKEN_METRICS, example_token_aggregates, token_table
-from qfair.dump.reader import check_same_keys
+from qfair.analyze.tokens import (
+    PAIRED_TOKEN_METRICS,
+    UNPAIRED_TOKEN_METRICS,
+    example_token_aggregates,
+    token_table,
+)
 
-__all__ = ["compare", "Comparison"]
+__all__ = ["compare", "Comparison", "TABLES", "register_kind_analysis"]
 
+# the tables every comparison has (possibly empty), in writing order
 TABLES = ("summary", "examples", "tokens", "calibration", "strata", "groups")
+
+# dump kind -> fn(base, quant, label, cfg, token_table) -> {table name: DataFrame}
+KindAnalysis = Callable[[Any, Any, str, StatsConfig, "pl.DataFrame | None"], dict[str, pl.DataFrame]]
+_KIND_ANALYSES: dict[str, KindAnalysis] = {}
+
+
+def register_kind_analysis(kind: str, fn: KindAnalysis) -> None:
+    """Add tables for pairs of dumps of ``kind`` (e.g. a text dump's perplexity summary)."""
+    _KIND_ANALYSES[kind] = fn
 
 
 @dataclass
 class Comparison:
-    """The result of :func:`compare`: six polars tables and the settings used."""
+    """The result of :func:`compare`: polars tables and the settings used.
+
+    ``summary``, ``examples``, ``tokens``, ``calibration``, ``strata``,
+    ``groups`` always exist (empty where the dumps hold nothing for them);
+    ``extra`` holds the tables of a dump kind's own analysis.
+    """
 
     summary: pl.DataFrame
     examples: pl.DataFrame
@@ -44,11 +68,20 @@ class Comparison:
     groups: pl.DataFrame
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    def table_names(self) -> list[str]:
+        return [*TABLES, *self.extra]
 
     def table(self, name: str) -> pl.DataFrame:
-        if name not in TABLES:
-            raise KeyError(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
-        return getattr(self, name)
+        if name in TABLES:
+            return getattr(self, name)
+        if name in self.extra:
+            return self.extra[name]
+        raise KeyError(f"unknown table {name!r}; tables: {', '.join(self.table_names())}")
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        return {name: self.table(name) for name in self.table_names()}
 
     def write(self, out_dir: str | os.PathLike, formats: Sequence[str] = ("parquet", "csv", "md")) -> list[Path]:
         """Write every table in each format (parquet, csv, md; latex for the summary)."""
@@ -57,9 +90,13 @@ class Comparison:
         return write_tables(self, Path(out_dir), formats)
 
     def __repr__(self) -> str:
-        shapes = ", ".join(f"{t}={getattr(self, t).shape}" for t in TABLES)
+        shapes = ", ".join(f"{t}={self.table(t).shape}" for t in self.table_names())
         return f"Comparison({shapes})"
 
+
+# ---------------------------------------------------------------------------
+# steps
+# ---------------------------------------------------------------------------
 
 def _open(d: Any) -> Any:
     if isinstance(d, (str, os.PathLike)):
@@ -74,12 +111,26 @@ def _label(d: Any) -> str:
     return str(Path(d.path).name or cfg.get("quant") or "quant")
 
 
-def _check_examples(base: Any, quant: Any) -> None:
-    check_same_keys(base.examples, quant.examples, ("example_id", "label", "n_choices"),
-                    f"{base.path} vs {quant.path}", "examples.parquet")
+def model_labels(quants: Sequence[Any]) -> list[str]:
+    """One unique label per quantized dump (its directory name; never 'base')."""
+    labels = [_label(q) for q in quants]
+    seen: dict[str, int] = {}
+    for i, lab in enumerate(labels):
+        if lab in seen or lab == "base":
+            labels[i] = f"{lab}_{i + 1}"
+        seen[labels[i]] = i
+    return labels
 
 
-def _pair_examples(base_ex: pl.DataFrame, quant_ex: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
+def example_meta(b: Any) -> pl.DataFrame:
+    """task, example_id, doc_index, group, label, n_choices and the task kind of every example."""
+    kinds = task_kinds(b.manifest)
+    return b.examples.select("task", "example_id", "doc_index", "group", "label", "n_choices").with_columns(
+        pl.Series("kind", [kinds.get(t, "multiple_choice") for t in b.examples["task"].to_list()], dtype=pl.Utf8))
+
+
+def pair_examples(base_ex: pl.DataFrame, quant_ex: pl.DataFrame, meta: pl.DataFrame) -> pl.DataFrame:
+    """One row per example: base_<m> and quant_<m> of every example metric, flips and Δconfidence."""
     cols = example_columns()
     b = base_ex.select("example_id", *[pl.col(m).alias(f"base_{m}") for m in cols])
     q = quant_ex.select("example_id", *[pl.col(m).alias(f"quant_{m}") for m in cols])
@@ -92,13 +143,138 @@ def _pair_examples(base_ex: pl.DataFrame, quant_ex: pl.DataFrame, meta: pl.DataF
     ).with_columns((pl.col("flip_c2i") + pl.col("flip_i2c")).alias("flip"))
 
 
-def _adjust(df: pl.DataFrame) -> pl.DataFrame:
+def adjust(df: pl.DataFrame) -> pl.DataFrame:
+    """Holm and Benjamini-Hochberg adjusted p-values over all rows of a table."""
     if df.height == 0 or "p" not in df.columns:
         return df
     p = df["p"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     return df.with_columns(pl.Series("p_holm", stats.adjust_pvalues(p, "holm")),
                            pl.Series("p_bh", stats.adjust_pvalues(p, "bh")))
 
+
+@dataclass
+class _TokenSide:
+    """What the token step adds to a pair: the table and the metrics the summary compares."""
+
+    table: pl.DataFrame | None = None
+    paired: list[tuple[str, str, str]] = field(default_factory=list)
+    unpaired: list[str] = field(default_factory=list)
+    aggregates: pl.DataFrame | None = None
+
+
+def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence[int], chunk_rows: int,
+               threads: int | None, custom: Mapping[str, Callable[..., Any]], progress: bool,
+               notes: list[str]) -> _TokenSide:
+    tt, info = token_table(b, q, topk=topk, chunk_rows=chunk_rows, threads=threads, metrics=custom,
+                           progress=progress)
+    if info["nonfinite_rows"]:
+        notes.append(f"{label}: {info['nonfinite_rows']} logits rows with non-finite values "
+                     "(their metrics are NaN and the examples' token aggregates are NaN)")
+    if not info["vocab_wide"]:
+        notes.append(f"{label}: no logits in both dumps (--store none); token table has "
+                     "target-token statistics only")
+    names = [m for m in UNPAIRED_TOKEN_METRICS if m in tt.columns] + \
+            [c for c in tt.columns if c.startswith("overlap_at_")] + list(custom)
+    pairs = [p for p in PAIRED_TOKEN_METRICS if p[1] in tt.columns and p[2] in tt.columns]
+    agg = example_token_aggregates(tt, meta.select("example_id", "label"), names + [c for p in pairs for c in p[1:]])
+    unpaired = names + (["kl_gold_mean"] if "kl_gold_mean" in agg.columns else [])
+    return _TokenSide(tt.with_columns(pl.lit(label).alias("model")).select("model", *tt.columns),
+                      [(p[0], p[1], p[2]) for p in pairs], unpaired, agg)
+
+
+def _group_rows(jt: pl.DataFrame, rows: list[dict[str, Any]], cfg: StatsConfig, side: _TokenSide,
+                where: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summary rows again within each group of a task, with the gap to the whole task."""
+    out = []
+    whole = {r["metric"]: r for r in rows}
+    for g in [g for g in jt["group"].unique(maintain_order=True).to_list() if g is not None]:
+        for r in metric_rows(jt.filter(pl.col("group") == g), cfg, side.paired, side.unpaired):
+            w = whole.get(r["metric"])
+            r.update(where, group=g)
+            for col, gap in (("diff", "gap"), ("quant", "quant_gap"), ("base", "base_gap")):
+                r[gap] = None if w is None or r[col] is None or w[col] is None else r[col] - w[col]
+            out.append(r)
+    return out
+
+
+@dataclass
+class _Parts:
+    """Rows and frames collected over the quantized dumps, assembled at the end."""
+
+    examples: list[pl.DataFrame] = field(default_factory=list)
+    tokens: list[pl.DataFrame] = field(default_factory=list)
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    calibration: list[pl.DataFrame] = field(default_factory=list)
+    strata: list[pl.DataFrame] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
+
+    def add_calibration(self, conf: np.ndarray, correct: np.ndarray, bins: int, model: str, role: str,
+                        task: str) -> None:
+        c = calibration_rows(conf, correct, bins)
+        if c.height:
+            self.calibration.append(c.with_columns(pl.lit(model).alias("model"), pl.lit(role).alias("role"),
+                                                   pl.lit(task).alias("task")))
+
+
+def task_tables(parts: _Parts, j: pl.DataFrame, label: str, cfg: StatsConfig, side: _TokenSide,
+                strata: str, n_strata: int) -> None:
+    """Summary, calibration, strata and group rows of one quantized model, task by task."""
+    for task in j["task"].unique(maintain_order=True).to_list():
+        jt = j.filter(pl.col("task") == task)
+        where = {"model": label, "task": task, "task_kind": jt["kind"][0]}
+        rows = metric_rows(jt, cfg, side.paired, side.unpaired)
+        for r in rows:
+            r.update(where)
+        parts.summary.extend(rows)
+        if "quant_conf" in jt.columns:
+            parts.add_calibration(jt["quant_conf"].to_numpy(), jt["quant_correct"].to_numpy(), cfg.bins, label,
+                                  "quant", task)
+            st = strata_rows(jt, cfg, strata, n_strata)
+            if st.height:
+                parts.strata.append(st.with_columns(pl.lit(label).alias("model"), pl.lit(task).alias("task")))
+        parts.groups.extend(_group_rows(jt, rows, cfg, side, where))
+
+
+def _front(df: pl.DataFrame, lead: Sequence[str]) -> pl.DataFrame:
+    if df.height == 0:
+        return df
+    return df.select(*lead, *[c for c in df.columns if c not in lead])
+
+
+def assemble(parts: _Parts, settings: dict[str, Any], notes: list[str]) -> Comparison:
+    lead = ["model", "task", "task_kind"]
+    schema = {"model": pl.Utf8, "task": pl.Utf8, "task_kind": pl.Utf8, **SUMMARY_SCHEMA}
+    summary = adjust(pl.DataFrame(parts.summary, schema=schema, orient="row") if parts.summary
+                     else pl.DataFrame(schema=schema))
+    gschema = {**schema, "group": pl.Utf8, "gap": pl.Float64, "quant_gap": pl.Float64, "base_gap": pl.Float64}
+    groups = adjust(pl.DataFrame(parts.groups, schema=gschema, orient="row") if parts.groups
+                    else pl.DataFrame(schema=gschema))
+    calib = pl.concat(parts.calibration, how="vertical") if parts.calibration else pl.DataFrame()
+    strata_df = pl.concat(parts.strata, how="diagonal_relaxed") if parts.strata else pl.DataFrame()
+    return Comparison(
+        summary=summary,
+        examples=pl.concat(parts.examples, how="diagonal_relaxed") if parts.examples else pl.DataFrame(),
+        tokens=pl.concat(parts.tokens, how="diagonal_relaxed") if parts.tokens else pl.DataFrame(),
+        calibration=_front(calib, ["model", "role", "task", "binning"]),
+        strata=_front(strata_df, ["model", "task"]),
+        groups=_front(groups, [*lead, "group"]),
+        settings=settings, notes=notes,
+        extra={k: pl.concat(v, how="diagonal_relaxed") for k, v in parts.extra.items() if v})
+
+
+def _check_options(binning: str, strata: str, bootstrap: int) -> None:
+    if binning not in ("width", "mass"):
+        raise ValueError(f"binning: expected 'width' or 'mass', got {binning!r}")
+    if strata not in ("confidence", "entropy"):
+        raise ValueError(f"strata: expected 'confidence' or 'entropy', got {strata!r}")
+    if bootstrap < 1:
+        raise ValueError(f"bootstrap: expected a positive number of resamples, got {bootstrap}")
+
+
+# ---------------------------------------------------------------------------
+# the comparison
+# ---------------------------------------------------------------------------
 
 def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bins: int = 15,
             binning: str = "width", topk: Sequence[int] = (1, 5, 10), strata: str = "confidence",
@@ -111,126 +287,58 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
     ``metrics``: custom token metrics ``{name: fn}``; ``fn`` receives a
     :class:`qfair.analyze.tokens.TokenChunk` and returns one value per row.
     """
-    if binning not in ("width", "mass"):
-        raise ValueError(f"binning: expected 'width' or 'mass', got {binning!r}")
-    if strata not in ("confidence", "entropy"):
-        raise ValueError(f"strata: expected 'confidence' or 'entropy', got {strata!r}")
-    if bootstrap < 1:
-        raise ValueError(f"bootstrap: expected a positive number of resamples, got {bootstrap}")
+    _check_options(binning, strata, bootstrap)
     b = _open(base)
     quants = [_open(q) for q in (quant if isinstance(quant, (list, tuple)) else [quant])]
     if not quants:
         raise ValueError("compare: need at least one quantized dump")
-    labels = [_label(q) for q in quants]
-    seen: dict[str, int] = {}
-    for i, lab in enumerate(labels):  # make model labels unique
-        if lab in seen or lab == "base":
-            labels[i] = f"{lab}_{i + 1}"
-        seen[labels[i]] = i
+    labels = model_labels(quants)
     for q in quants:
         b.aligned_with(q)
-        _check_examples(b, q)
 
     cfg = StatsConfig(resamples=int(bootstrap), seed=int(seed), confidence=float(confidence),
                       threads=threads, bins=int(bins), binning=binning, permutation=permutation)
-    kinds = task_kinds(b.manifest)
-    meta = b.examples.select("task", "example_id", "doc_index", "group", "label", "n_choices").with_columns(
-        pl.Series("kind", [kinds.get(t, "multiple_choice") for t in b.examples["task"].to_list()], dtype=pl.Utf8))
-    base_ex = example_stats(b.examples, b.choices, kinds, where=str(b.path))
-    notes: list[str] = []
+    kind = b.kind
     custom = dict(metrics or {})
-
-    ex_tables, tok_tables, summ, cal_parts, strata_parts, group_rows = [], [], [], [], [], []
-    # base calibration bins once
-    for task in meta["task"].unique(maintain_order=True).to_list():
-        sub = base_ex.filter(pl.col("task") == task)
-        c = calibration_rows(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg.bins)
-        if c.height:
-            cal_parts.append(c.with_columns(pl.lit("base").alias("model"), pl.lit("base").alias("role"),
-                                            pl.lit(task).alias("task")))
+    if custom and not kind.has_tokens:
+        raise ValueError(f"custom token metrics need a tokens table; a {kind.name!r} dump has none")
+    notes: list[str] = []
+    parts = _Parts()
+    meta = example_meta(b)
+    base_ex = example_stats(b.examples, b.choices, task_kinds(b.manifest), where=str(b.path)) \
+        if kind.has_choices else None
+    if base_ex is not None:
+        for task in meta["task"].unique(maintain_order=True).to_list():
+            sub = base_ex.filter(pl.col("task") == task)
+            parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg.bins, "base", "base", task)
 
     for q, label in zip(quants, labels):
-        q_ex = example_stats(q.examples, q.choices, task_kinds(q.manifest) or kinds, where=str(q.path))
-        j = _pair_examples(base_ex, q_ex, meta)
-        for who, ex_t in (("base", base_ex), (label, q_ex)):
-            bad = int(ex_t["nonfinite"].sum())
-            if bad:
-                notes.append(f"{who}: {bad} example(s) with a non-finite choice log-likelihood; their "
-                             "statistics are NaN and every test leaves them out (see the rows' n)")
-        token_paired: list[tuple[str, str, str]] = []
-        token_unpaired: list[str] = []
-        if tokens:
-            tt, info = token_table(b, q, topk=topk, chunk_rows=chunk_rows, threads=threads,
-                                   metrics=custom, progress=progress)
-            if info["nonfinite_rows"]:
-                notes.append(f"{label}: {info['nonfinite_rows']} logits rows with non-finite values "
-                             "(their metrics are NaN and the examples' token aggregates are NaN)")
-            if not info["vocab_wide"]:
-                notes.append(f"{label}: no logits in both dumps (--store none); token table has "
-                             "target-token statistics only")
-            names = [m for m in UNPAIRED_TOKEN_METRICS if m in tt.columns] + \
-                    [c for c in tt.columns if c.startswith("overlap_at_")] + list(custom)
-            pairs = [p for p in PAIRED_TOKEN_METRICS if p[1] in tt.columns and p[2] in tt.columns]
-            agg_cols = names + [c for p in pairs for c in p[1:]]
-            agg = example_token_aggregates(tt, meta.select("example_id", "label"), agg_cols)
-            j = j.join(agg, on="example_id", how="left")
-            token_paired = [(p[0], p[1], p[2]) for p in pairs]
-            token_unpaired = names + (["kl_gold_mean"] if "kl_gold_mean" in agg.columns else [])
-            tok_tables.append(tt.with_columns(pl.lit(label).alias("model")).select(
-                "model", *[c for c in tt.columns]))
-        ex_tables.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))
+        j = meta
+        if base_ex is not None:
+            q_ex = example_stats(q.examples, q.choices, task_kinds(q.manifest) or task_kinds(b.manifest),
+                                 where=str(q.path))
+            j = pair_examples(base_ex, q_ex, meta)
+            for who, ex_t in (("base", base_ex), (label, q_ex)):
+                bad = int(ex_t["nonfinite"].sum())
+                if bad:
+                    notes.append(f"{who}: {bad} example(s) with a non-finite choice log-likelihood; their "
+                                 "statistics are NaN and every test leaves them out (see the rows' n)")
+        side = _TokenSide()
+        if tokens and kind.has_tokens:
+            side = token_side(b, q, label, meta, topk=topk, chunk_rows=chunk_rows, threads=threads,
+                              custom=custom, progress=progress, notes=notes)
+            j = j.join(side.aggregates, on="example_id", how="left")
+            parts.tokens.append(side.table)
+        parts.examples.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))
+        task_tables(parts, j, label, cfg, side, strata, n_strata)
+        extra = _KIND_ANALYSES.get(kind.name)
+        if extra is not None:
+            for name, df in extra(b, q, label, cfg, side.table).items():
+                parts.extra.setdefault(name, []).append(df)
 
-        for task in meta["task"].unique(maintain_order=True).to_list():
-            jt = j.filter(pl.col("task") == task)
-            kind = jt["kind"][0]
-            rows = metric_rows(jt, cfg, token_paired, token_unpaired)
-            for r in rows:
-                r.update(model=label, task=task, task_kind=kind)
-            summ.extend(rows)
-            c = calibration_rows(jt["quant_conf"].to_numpy(), jt["quant_correct"].to_numpy(), cfg.bins)
-            if c.height:
-                cal_parts.append(c.with_columns(pl.lit(label).alias("model"), pl.lit("quant").alias("role"),
-                                                pl.lit(task).alias("task")))
-            st = strata_rows(jt, cfg, strata, n_strata)
-            if st.height:
-                strata_parts.append(st.with_columns(pl.lit(label).alias("model"), pl.lit(task).alias("task")))
-            groups = [g for g in jt["group"].unique(maintain_order=True).to_list() if g is not None]
-            if len(groups) >= 1:
-                whole = {r["metric"]: r for r in rows}
-                for g in groups:
-                    jg = jt.filter(pl.col("group") == g)
-                    for r in metric_rows(jg, cfg, token_paired, token_unpaired):
-                        w = whole.get(r["metric"])
-                        r.update(model=label, task=task, task_kind=kind, group=g,
-                                 gap=None if w is None or r["diff"] is None or w["diff"] is None
-                                 else r["diff"] - w["diff"],
-                                 quant_gap=None if w is None or r["quant"] is None or w["quant"] is None
-                                 else r["quant"] - w["quant"],
-                                 base_gap=None if w is None or r["base"] is None or w["base"] is None
-                                 else r["base"] - w["base"])
-                        group_rows.append(r)
-
-    lead = ["model", "task", "task_kind"]
-    schema = {"model": pl.Utf8, "task": pl.Utf8, "task_kind": pl.Utf8, **SUMMARY_SCHEMA}
-    summary = _adjust(pl.DataFrame(summ, schema=schema, orient="row") if summ else pl.DataFrame(schema=schema))
-    gschema = {**schema, "group": pl.Utf8, "gap": pl.Float64, "quant_gap": pl.Float64, "base_gap": pl.Float64}
-    groups_df = _adjust(pl.DataFrame(group_rows, schema=gschema, orient="row") if group_rows
-                        else pl.DataFrame(schema=gschema))
-    if groups_df.height:
-        groups_df = groups_df.select(*lead, "group", *[c for c in groups_df.columns if c not in (*lead, "group")])
-    calib = pl.concat(cal_parts, how="vertical") if cal_parts else pl.DataFrame()
-    if calib.height:
-        calib = calib.select("model", "role", "task", "binning", *[c for c in calib.columns
-                                                                   if c not in ("model", "role", "task", "binning")])
-    strata_df = pl.concat(strata_parts, how="diagonal_relaxed") if strata_parts else pl.DataFrame()
-    if strata_df.height:
-        strata_df = strata_df.select("model", "task", *[c for c in strata_df.columns if c not in ("model", "task")])
-    examples_df = pl.concat(ex_tables, how="diagonal_relaxed") if ex_tables else pl.DataFrame()
-    tokens_df = pl.concat(tok_tables, how="diagonal_relaxed") if tok_tables else pl.DataFrame()
     settings = {"bootstrap": int(bootstrap), "seed": int(seed), "bins": int(bins), "binning": binning,
                 "topk": list(topk), "strata": strata, "n_strata": int(n_strata), "confidence": confidence,
                 "adjust": "holm and bh over all rows of the table", "base": str(b.path),
-                "quant": [str(q.path) for q in quants], "models": labels,
+                "quant": [str(q.path) for q in quants], "models": labels, "kind": kind.name,
                 "custom_metrics": sorted(custom)}
-    return Comparison(summary=summary, examples=examples_df, tokens=tokens_df, calibration=calib,
-                      strata=strata_df, groups=groups_df, settings=settings, notes=notes)
+    return assemble(parts, settings, notes)

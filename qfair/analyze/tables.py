@@ -87,10 +87,7 @@ def write_tables(cmp: Any, out: Path, formats: Sequence[str]) -> list[Path]:
         raise ValueError(f"formats: unknown {bad}; expected some of {', '.join(FORMATS)}")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    from qfair.analyze.compare import TABLES
-
-    for name in TABLES:
-        df: pl.DataFrame = getattr(cmp, name)
+    for name, df in cmp.tables().items():
         if "parquet" in formats:
             p = out / f"{name}.parquet"
             df.write_parquet(p)

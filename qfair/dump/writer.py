@@ -548,6 +548,17 @@ class DumpWriter:
         if unknown:
             raise DumpError(f"add(): table(s) {', '.join(unknown)} are not part of a {self.kind.name!r} dump "
                             f"(its tables: {', '.join(self.kind.tables)})")
+        for name, cols in tables.items():
+            schema = tb.table_spec(name).schema()
+            extra = [c for c in cols if c not in schema]
+            if extra:
+                raise DumpError(f"add(): table {name!r} has no column(s) {', '.join(extra)} "
+                                f"(its columns: {', '.join(schema)})")
+            missing = [c for c in schema if c not in cols]
+            lengths = {len(v) for v in cols.values()}
+            if missing or len(lengths) > 1:
+                raise DumpError(f"add(): table {name!r}: " + (f"column(s) {', '.join(missing)} missing" if missing
+                                else "columns differ in length"))
         n_rows = 0
         stored = None
         if rows is not None and self.store == "full":
@@ -567,10 +578,6 @@ class DumpWriter:
             acc = self._cols[name]
             if cols is None:
                 continue
-            extra = [c for c in cols if c not in acc]
-            if extra:
-                raise DumpError(f"add(): table {name!r} has no column(s) {', '.join(extra)} "
-                                f"(its columns: {', '.join(acc)})")
             for c, v in cols.items():
                 acc[c].extend(v.tolist() if isinstance(v, np.ndarray) else v)
         if stored is not None and n_rows:
