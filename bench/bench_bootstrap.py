@@ -54,70 +54,54 @@ def ece_batched(conf, correct, bins, axis=-1):
 
 
 def write_synthetic_dump(path, rows, vocab, noise, seed, base_rows=None, block=512):
-    """A dump in the format of DESIGN.md: 4 choices x 8 tokens per example, one task."""
-    import hashlib
-    import json
+    """A synthetic dump through qfair's DumpWriter: one task, 4 choices x 8 tokens
+    per example; the quantized dump is the base rows plus Gaussian noise."""
     from pathlib import Path
 
-    import polars as pl
+    from qfair.dump import DumpWriter
 
     path = Path(path)
-    (path / "logits").mkdir(parents=True)
     rng = np.random.default_rng(seed)
     per_ex, n_ch, n_tok = 32, 4, 8
     n_ex = rows // per_ex
     rows = n_ex * per_ex
     targets = np.random.default_rng(0).integers(0, vocab, rows)
-    tk = {k: [] for k in ("logprob", "entropy", "max_logprob", "argmax", "rank")}
-    shards = []
-    for i, s0 in enumerate(range(0, rows, block)):
-        s1 = min(rows, s0 + block)
-        if base_rows is None:
-            lg = rng.normal(0, 3.0, size=(s1 - s0, vocab)).astype(np.float32)
+    labels = np.random.default_rng(1).integers(0, n_ch, n_ex)
+    ex_ids = [f"ex{e:06d}" for e in range(n_ex)]
+    examples = {"example_id": ex_ids, "task": ["synthetic"] * n_ex, "doc_index": list(range(n_ex)),
+                "group": [["a", "b", "c"][e % 3] for e in range(n_ex)], "label": labels.tolist(),
+                "n_choices": [n_ch] * n_ex, "context": [""] * n_ex,
+                "choices": [[f"choice {k}" for k in range(n_ch)]] * n_ex, "labels": [None] * n_ex,
+                "extras": [None] * n_ex}
+    w = DumpWriter(path, kind="multiple_choice", examples=examples, vocab_size=vocab,
+                   tokenizer={"vocab_size": vocab, "vocab_sha256": "synthetic"},
+                   tasks=[{"name": "synthetic", "kind": "multiple_choice"}], model={"id": path.name},
+                   rows_per_example=[per_ex] * n_ex, shard_rows=block)
+    base_iter = None if base_rows is None else iter(np.concatenate([np.asarray(b) for b in base_rows]))
+    for e in range(n_ex):
+        s0 = e * per_ex
+        if base_iter is None:
+            lg = rng.normal(0, 3.0, size=(per_ex, vocab)).astype(np.float32)
         else:
-            lg = np.asarray(base_rows[i], dtype=np.float32) + rng.normal(0, noise, size=(s1 - s0, vocab)).astype(np.float32)
+            base = np.stack([next(base_iter) for _ in range(per_ex)]).astype(np.float32)
+            lg = base + rng.normal(0, noise, size=(per_ex, vocab)).astype(np.float32)
         lg -= lg.max(axis=1, keepdims=True)
         lp = lg - np.log(np.exp(lg).sum(axis=1, keepdims=True))
-        y = targets[s0:s1]
-        ly = lp[np.arange(s1 - s0), y]
-        tk["logprob"].append(ly)
-        tk["entropy"].append(-(np.exp(lp) * lp).sum(axis=1))
-        tk["max_logprob"].append(lp.max(axis=1))
-        tk["argmax"].append(lp.argmax(axis=1))
-        tk["rank"].append(1 + (lp > ly[:, None]).sum(axis=1))
-        f = path / "logits" / f"{i:05d}.npy"
-        np.save(f, lp.astype(np.float16))
-        data = f.read_bytes()
-        shards.append({"index": i, "file": f"logits/{i:05d}.npy", "rows": s1 - s0, "first_row": s0,
-                       "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-    ex_ids = [f"ex{e:06d}" for e in range(n_ex)]
-    labels = np.random.default_rng(1).integers(0, n_ch, n_ex)
-    pl.DataFrame({"example_id": ex_ids, "task": ["synthetic"] * n_ex, "doc_index": np.arange(n_ex),
-                  "group": [["a", "b", "c"][e % 3] for e in range(n_ex)], "label": labels,
-                  "n_choices": [n_ch] * n_ex, "context": [""] * n_ex,
-                  "choices": [[f"choice {k}" for k in range(n_ch)]] * n_ex, "labels": [None] * n_ex,
-                  "extras": [None] * n_ex},
-                 schema_overrides={"labels": pl.List(pl.Int64), "extras": pl.Utf8}).write_parquet(path / "examples.parquet")
-    ly = np.concatenate(tk["logprob"]).astype(np.float64)
-    ex_of = np.repeat(np.arange(n_ex), per_ex)
-    ch_of = np.tile(np.repeat(np.arange(n_ch), n_tok), n_ex)
-    pos = np.tile(np.arange(n_tok), n_ex * n_ch)
-    ll = ly.reshape(n_ex * n_ch, n_tok).sum(axis=1)
-    pl.DataFrame({"task": ["synthetic"] * (n_ex * n_ch), "example_id": np.repeat(ex_ids, n_ch),
-                  "doc_index": np.repeat(np.arange(n_ex), n_ch), "choice": np.tile(np.arange(n_ch), n_ex),
-                  "loglik": ll, "n_tokens": [n_tok] * (n_ex * n_ch), "n_chars": [8] * (n_ex * n_ch),
-                  "n_bytes": [8] * (n_ex * n_ch), "is_greedy": [False] * (n_ex * n_ch),
-                  "first_row": np.arange(0, rows, n_tok), "n_rows": [n_tok] * (n_ex * n_ch)}).write_parquet(path / "choices.parquet")
-    pl.DataFrame({"row": np.arange(rows), "task": ["synthetic"] * rows, "example_id": np.array(ex_ids)[ex_of],
-                  "choice": ch_of, "pos": pos, "target": targets,
-                  "logprob": ly.astype(np.float32), "entropy": np.concatenate(tk["entropy"]).astype(np.float32),
-                  "max_logprob": np.concatenate(tk["max_logprob"]).astype(np.float32),
-                  "argmax": np.concatenate(tk["argmax"]), "rank": np.concatenate(tk["rank"])}).write_parquet(path / "tokens.parquet")
-    manifest = {"format": "qfair-dump", "format_version": 1, "status": "complete", "model": {"id": path.name},
-                "tokenizer": {"vocab_size": vocab, "vocab_sha256": "synthetic"}, "vocab_size": vocab,
-                "tasks": [{"name": "synthetic", "kind": "multiple_choice"}],
-                "storage": {"mode": "full", "dtype": "f16"}, "shards": shards, "run": {"config": {}}}
-    (path / "manifest.json").write_text(json.dumps(manifest))
+        y = targets[s0:s0 + per_ex]
+        ly = lp[np.arange(per_ex), y]
+        ll = ly.astype(np.float64).reshape(n_ch, n_tok).sum(axis=1)
+        w.add({"choices": {"task": ["synthetic"] * n_ch, "example_id": [ex_ids[e]] * n_ch,
+                           "doc_index": [e] * n_ch, "choice": list(range(n_ch)), "loglik": ll.tolist(),
+                           "n_tokens": [n_tok] * n_ch, "n_chars": [8] * n_ch, "n_bytes": [8] * n_ch,
+                           "is_greedy": [False] * n_ch, "first_row": list(range(s0, s0 + per_ex, n_tok)),
+                           "n_rows": [n_tok] * n_ch},
+               "tokens": {"row": list(range(s0, s0 + per_ex)), "task": ["synthetic"] * per_ex,
+                          "example_id": [ex_ids[e]] * per_ex, "choice": np.repeat(np.arange(n_ch), n_tok).tolist(),
+                          "pos": np.tile(np.arange(n_tok), n_ch).tolist(), "target": y.tolist(),
+                          "logprob": ly.tolist(), "entropy": (-(np.exp(lp) * lp).sum(axis=1)).tolist(),
+                          "max_logprob": lp.max(axis=1).tolist(), "argmax": lp.argmax(axis=1).tolist(),
+                          "rank": (1 + (lp > ly[:, None]).sum(axis=1)).tolist()}}, lp)
+    w.close()
     return path
 
 

@@ -2,8 +2,6 @@
 with known answers: every number is re-derived independently in the test."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -67,21 +65,27 @@ def make_rows(corpus, seed: int, base_rows=None, noise: float = 0.0):
 
 def write_dump(path: Path, corpus, rows: np.ndarray, *, store: str = "full", dtype: str = "f16",
                shard_rows: int = 50, vocab_hash: str = "abc"):
-    """A dump directory with exactly the files and columns of the dump format."""
-    path.mkdir(parents=True)
-    ex_cols = {k: [] for k in ("example_id", "task", "doc_index", "group", "label", "n_choices",
-                               "context", "choices", "labels", "extras")}
-    ch_cols = {k: [] for k in ("task", "example_id", "doc_index", "choice", "loglik", "n_tokens",
-                               "n_chars", "n_bytes", "is_greedy", "first_row", "n_rows")}
-    tk_cols = {k: [] for k in ("row", "task", "example_id", "choice", "pos", "target", "logprob",
-                               "entropy", "max_logprob", "argmax", "rank")}
+    """A dump directory written through the public DumpWriter; every table
+    value is derived here from the rows (float64), independently of qfair."""
+    from qfair.dump import DumpWriter
+
+    examples = {k: [e[k] for e in corpus] for k in ("example_id", "task", "doc_index", "group", "label",
+                                                     "n_choices", "choices", "labels")}
+    examples["context"] = ["ctx"] * len(corpus)
+    examples["extras"] = [None] * len(corpus)
+    w = DumpWriter(path, kind="multiple_choice", examples=examples, vocab_size=V,
+                   tokenizer={"vocab_size": V, "vocab_sha256": vocab_hash}, tasks=TASKS, model={"id": path.name},
+                   rows_per_example=[sum(len(t) for t in e["targets"]) for e in corpus], store=store,
+                   store_dtype=dtype, shard_rows=shard_rows, config={"quant": path.name})
+    full = store == "full"
     r = 0
     rows64 = rows.astype(np.float64)
     for e in corpus:
-        for k in ("example_id", "task", "doc_index", "group", "label", "n_choices", "choices", "labels"):
-            ex_cols[k].append(e[k])
-        ex_cols["context"].append("ctx")
-        ex_cols["extras"].append(None)
+        ch = {k: [] for k in ("task", "example_id", "doc_index", "choice", "loglik", "n_tokens", "n_chars",
+                              "n_bytes", "is_greedy", "first_row", "n_rows")}
+        tk = {k: [] for k in ("row", "task", "example_id", "choice", "pos", "target", "logprob", "entropy",
+                              "max_logprob", "argmax", "rank")}
+        r0 = r
         for c, tg in enumerate(e["targets"]):
             ll = 0.0
             greedy = True
@@ -91,48 +95,19 @@ def write_dump(path: Path, corpus, rows: np.ndarray, *, store: str = "full", dty
                 ll += lp
                 am = int(np.argmax(row))
                 greedy &= am == y
-                tk_cols["row"].append(r if store == "full" else -1)
-                for k, v in (("task", e["task"]), ("example_id", e["example_id"]), ("choice", c),
-                             ("pos", pos), ("target", y), ("logprob", lp),
+                for k, v in (("row", r if full else -1), ("task", e["task"]), ("example_id", e["example_id"]),
+                             ("choice", c), ("pos", pos), ("target", y), ("logprob", lp),
                              ("entropy", float(-(np.exp(row) * row).sum())), ("max_logprob", float(row.max())),
                              ("argmax", am), ("rank", int(1 + (row > row[y]).sum()))):
-                    tk_cols[k].append(v)
+                    tk[k].append(v)
                 r += 1
             for k, v in (("task", e["task"]), ("example_id", e["example_id"]), ("doc_index", e["doc_index"]),
                          ("choice", c), ("loglik", ll), ("n_tokens", len(tg)), ("n_chars", len(e["choices"][c])),
-                         ("n_bytes", len(e["choices"][c].encode())), ("is_greedy", greedy),
-                         ("first_row", r - len(tg) if store == "full" else -1),
-                         ("n_rows", len(tg) if store == "full" else 0)):
-                ch_cols[k].append(v)
-    pl.DataFrame(ex_cols, schema={"example_id": pl.Utf8, "task": pl.Utf8, "doc_index": pl.Int64,
-                                  "group": pl.Utf8, "label": pl.Int64, "n_choices": pl.Int64,
-                                  "context": pl.Utf8, "choices": pl.List(pl.Utf8),
-                                  "labels": pl.List(pl.Int64), "extras": pl.Utf8}).write_parquet(path / "examples.parquet")
-    pl.DataFrame(ch_cols).write_parquet(path / "choices.parquet")
-    tk = pl.DataFrame(tk_cols).with_columns(pl.col("logprob", "entropy", "max_logprob").cast(pl.Float32))
-    tk.write_parquet(path / "tokens.parquet")
-    shards = []
-    if store == "full":
-        (path / "logits").mkdir()
-        for i, s in enumerate(range(0, rows.shape[0], shard_rows)):
-            f = path / "logits" / f"{i:05d}.npy"
-            block = rows[s:s + shard_rows]
-            if dtype == "bf16":  # the top 16 bits of float32, rounded to nearest even
-                u = block.astype(np.float32).view(np.uint32)
-                block = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-            else:
-                block = block.astype({"f16": np.float16, "f32": np.float32}[dtype])
-            np.save(f, block)
-            data = f.read_bytes()
-            shards.append({"index": i, "file": f"logits/{i:05d}.npy", "rows": int(block.shape[0]),
-                           "first_row": s, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-    manifest = {
-        "format": "qfair-dump", "format_version": 1, "status": "complete",
-        "model": {"id": path.name}, "tokenizer": {"vocab_size": V, "vocab_sha256": vocab_hash},
-        "vocab_size": V, "tasks": TASKS, "storage": {"mode": store, "dtype": dtype},
-        "shards": shards, "run": {"config": {"quant": path.name}},
-    }
-    (path / "manifest.json").write_text(json.dumps(manifest))
+                         ("n_bytes", len(e["choices"][c].encode())), ("is_greedy", bool(greedy)),
+                         ("first_row", r - len(tg) if full else -1), ("n_rows", len(tg) if full else 0)):
+                ch[k].append(v)
+        w.add({"choices": ch, "tokens": tk}, rows[r0:r] if full else None)
+    w.close()
     return path
 
 
