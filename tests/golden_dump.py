@@ -1,6 +1,6 @@
 """The golden dump: a tiny float64 Llama scored on a fixed sample.
 
-``python tests/golden_dump.py`` (re)writes ``tests/data/golden/``: the three
+``python tests/golden_dump.py --record`` (re)writes ``tests/data/golden/``: the three
 tables (Parquet) and ``shards.json`` (sha256 of every ``.npy`` shard). The test
 ``tests/test_golden.py`` re-runs the same dump and requires identical table
 contents and byte-identical shards, so a refactoring of the dump path cannot
@@ -30,13 +30,11 @@ SHARD_ROWS = 40
 def golden_dump(out: Path) -> Path:
     """Write the golden dump into ``out`` (a fresh directory) and return it."""
     import torch
+    from test_dump_support import load_tiny, write_mc_file
 
     import qfair.tasks as T
     from qfair.dump.run import run_dump
     from qfair.models.tiny import make_tiny_model
-
-    sys.path.insert(0, str(HERE))
-    from test_dump_support import load_tiny, write_mc_file
 
     work = out.parent / (out.name + "-work")
     work.mkdir(parents=True, exist_ok=True)
@@ -84,4 +82,6 @@ def record() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] != ["--record"]:
+        sys.exit("usage: python tests/golden_dump.py --record   (re-records tests/data/golden; say why in the commit)")
     record()

@@ -22,6 +22,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("polars")
 
+from test_dump_support import data_files, load_tiny, stable_manifest, write_mc_file  # noqa: E402
+
 import qfair  # noqa: E402
 import qfair.tasks as T  # noqa: E402
 from qfair.dump import DumpError, open_dump  # noqa: E402
@@ -29,20 +31,11 @@ from qfair.dump import writer as W  # noqa: E402
 from qfair.dump.run import run_dump  # noqa: E402
 from qfair.scoring import Scorer, encode_example  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dump_support import data_files, load_tiny, stable_manifest, write_mc_file  # noqa: E402
-
 SHARD_ROWS = 60
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # The CI box has 2 cores shared with other work; one thread avoids OpenMP
-    # spin contention (5x faster here). Restored for the modules that follow.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,11 +9,10 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
+from test_dump_support import write_mc_file  # noqa: E402
+
 from qfair.cli import main  # noqa: E402
 from qfair.dump import open_dump  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dump_support import write_mc_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")

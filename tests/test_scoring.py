@@ -20,15 +20,7 @@ pytest.importorskip("transformers")
 
 from qfair import scoring as S  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # The CI box has 2 cores shared with other work; one thread avoids OpenMP
-    # spin contention (5x faster here). Restored for the modules that follow.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WORDS = ("the a cat dog sat on mat river bank flows quickly slowly under bridge green "
          "café naïve über 東京 emoji 🙂 ok yes no maybe , . ? ! \" ' ( ) 12 345").split()
@@ -299,42 +291,6 @@ def test_token_scalars_against_numpy_scipy(case):
 # ---------------------------------------------------------------------------
 # acc / acc_norm / mc2 (lm-eval conventions)
 # ---------------------------------------------------------------------------
-
-def test_acc_ties_go_to_first_index():
-    assert S.acc([-1.0, -1.0, -3.0], 0) == 1.0
-    assert S.acc([-1.0, -1.0, -3.0], 1) == 0.0
-    assert S.acc([-5.0, -2.0, -2.0], 2) == 0.0
-
-
-def test_acc_norm_divides_by_code_points_not_bytes_or_tokens():
-    # "é" is 1 code point but 2 UTF-8 bytes; "東京" 2 code points, 6 bytes.
-    # by code points: -2/1 = -2 vs -5/2 = -2.5 -> choice 0 wins
-    # by bytes:       -2/2 = -1 vs -5/6 = -0.83 -> choice 1 would win
-    lls, choices = [-2.0, -5.0], ["é", "東京"]
-    assert S.acc_norm(lls, choices, 0) == 1.0
-    assert S.acc_norm(lls, choices, 1) == 0.0
-    # raw acc on the same example
-    assert S.acc(lls, 0) == 1.0
-    # length normalisation flips the answer: -6/3 = -2 beats -4/1 = -4
-    assert S.acc([-6.0, -4.0], 1) == 1.0
-    assert S.acc_norm([-6.0, -4.0], ["abc", "d"], 0) == 1.0
-    # ties after normalisation -> first index
-    assert S.acc_norm([-2.0, -4.0], ["a", "bc"], 0) == 1.0
-
-
-def test_mc2_matches_direct_formula():
-    rng = np.random.default_rng(0)
-    for _ in range(100):
-        n = rng.integers(2, 10)
-        ll = rng.normal(-20, 8, n)
-        labels = (rng.random(n) < 0.4).astype(int)
-        labels[0] = 1
-        p = np.exp(ll.astype(np.longdouble))
-        want = float(p[labels == 1].sum() / p.sum())
-        assert abs(S.mc2(ll, labels) - want) < 1e-12
-    # extreme values do not underflow to 0/0
-    assert abs(S.mc2([-2000.0, -2001.0], [1, 0]) - 1 / (1 + math.exp(-1))) < 1e-12
-
 
 def test_tokenizer_fingerprint_changes_with_vocab(llama):
     _, tok = llama

