@@ -1,6 +1,6 @@
 """Paired bootstrap: qfair's C++ core against scipy.stats.bootstrap.
 
-The DESIGN.md target: 10,000 paired resamples over 10,000 examples for the
+The project's target: 10,000 paired resamples over 10,000 examples for the
 accuracy difference and the ECE difference (15 equal-width bins, re-binned on
 every resample), >= 50x faster than scipy.stats.bootstrap, same interval within
 Monte-Carlo error, identical output for the same seed at any thread count.

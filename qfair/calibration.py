@@ -2,7 +2,7 @@
 
 ``calibration(conf, correct)`` returns ECE, MCE, RMS-CE, the debiased L2
 estimator of Kumar et al. (2019) and the reliability-diagram table (one row per
-bin: lo, hi, n, mean confidence, accuracy). Conventions (METRICS.md):
+bin: lo, hi, n, mean confidence, accuracy). Conventions (docs/metrics.md):
 
 - equal-width bins ``(lo, hi]`` with edges ``k/B``; a confidence of exactly 0
   falls in the first bin, exactly 1 in the last;

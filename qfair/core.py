@@ -5,7 +5,7 @@ arrays (numpy, numpy memmaps, CPU torch tensors) into what the core reads
 without copying them, and streams many row blocks through it with memory
 bounded by one chunk.
 
-Definitions are those of ``shared/METRICS.md``: natural logarithms, every row
+Definitions are those of docs/metrics.md: natural logarithms, every row
 re-normalised with a stable log-softmax, ``-inf`` entries are zero
 probabilities, ties in argmax / top-k go to the lowest token id.
 """

@@ -1,7 +1,7 @@
 """Multiple-choice scoring by the rules of lm-evaluation-harness, with the shared
 context computed once per example.
 
-Rules (DESIGN.md, "Scoring rules"):
+Rules (docs/metrics.md, "Scoring"):
 
 - continuation = target_delimiter + choice; trailing whitespace of the context
   moves to the front of the continuation;

@@ -2,7 +2,7 @@
 
 Every function here converts its inputs to the layout the core expects
 (contiguous float64 / int64), calls it, and wraps the answer in a small
-dataclass. Definitions and conventions: METRICS.md and docs/analyze.md.
+dataclass. Definitions and conventions: docs/metrics.md and docs/analyze.md.
 
 - :func:`paired_bootstrap` -- several statistics over one shared index draw per
   resample (percentile and BCa intervals, two-sided p). Same seed, same numbers,

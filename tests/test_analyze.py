@@ -1,4 +1,4 @@
-"""qfair.compare on synthetic dumps written here (the dump format of DESIGN.md)
+"""qfair.compare on synthetic dumps written here (the dump format of docs/format.md)
 with known answers: every number is re-derived independently in the test."""
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def test_hand_computed_width_bins_with_edges_zero_and_one():
 
 
 def test_correctness_not_label_index():
-    # The pitfall from METRICS.md: every prediction right with confidence 1 is
+    # A pitfall seen in published code: every prediction right with confidence 1 is
     # perfectly calibrated whatever the gold label index is.
     conf = np.ones(6)
     r = calibration(conf, np.ones(6), bins=15)

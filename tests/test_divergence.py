@@ -1,4 +1,4 @@
-"""The C++ distribution core against the oracles named in shared/METRICS.md.
+"""The C++ distribution core against the oracles named in docs/metrics.md.
 
 Oracles run in float64 on the very values the core reads (float16 / bfloat16
 inputs are widened exactly), so any difference is the core's own error.

@@ -1,4 +1,4 @@
-"""The C++ statistics against their oracles (METRICS.md): scipy, statsmodels."""
+"""The C++ statistics against their oracles (docs/metrics.md): scipy, statsmodels."""
 from __future__ import annotations
 
 import math

@@ -10,7 +10,8 @@ What runs depends on what the dumps hold (their kind, :mod:`qfair.dump.kinds`):
    store logits; custom metrics on the same chunks) and per-example aggregates;
 4. per task: the summary (differences with CIs and p-values), calibration
    bins, strata and groups;
-5. kind-specific tables registered with :func:`register_kind_analysis`.
+5. the dump kind's own tables (``DumpKind.analysis``), e.g. a text dump's
+   perplexity summary.
 
 Holm and Benjamini-Hochberg adjusted p-values are computed over all tests of a
 table (columns ``p_holm`` and ``p_bh``).
@@ -36,19 +37,20 @@ from qfair.analyze.tokens import (
     token_table,
 )
 
-__all__ = ["compare", "Comparison", "TABLES", "register_kind_analysis"]
+__all__ = ["compare", "Comparison", "TABLES"]
 
 # the tables every comparison has (possibly empty), in writing order
 TABLES = ("summary", "examples", "tokens", "calibration", "strata", "groups")
 
-# dump kind -> fn(base, quant, label, cfg, token_table) -> {table name: DataFrame}
-KindAnalysis = Callable[[Any, Any, str, StatsConfig, "pl.DataFrame | None"], dict[str, pl.DataFrame]]
-_KIND_ANALYSES: dict[str, KindAnalysis] = {}
 
+def kind_analysis(kind: Any) -> Callable[..., dict[str, pl.DataFrame]] | None:
+    """The function that adds a dump kind's own tables (``DumpKind.analysis``), or None."""
+    if not kind.analysis:
+        return None
+    import importlib
 
-def register_kind_analysis(kind: str, fn: KindAnalysis) -> None:
-    """Add tables for pairs of dumps of ``kind`` (e.g. a text dump's perplexity summary)."""
-    _KIND_ANALYSES[kind] = fn
+    module, _, name = kind.analysis.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass
@@ -331,7 +333,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
             parts.tokens.append(side.table)
         parts.examples.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))
         task_tables(parts, j, label, cfg, side, strata, n_strata)
-        extra = _KIND_ANALYSES.get(kind.name)
+        extra = kind_analysis(kind)
         if extra is not None:
             for name, df in extra(b, q, label, cfg, side.table).items():
                 parts.extra.setdefault(name, []).append(df)

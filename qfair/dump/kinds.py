@@ -36,6 +36,9 @@ class DumpKind:
     align_table: str | None = None   # the table whose keys align two dumps row by row
     align_keys: tuple[str, ...] = ()
     example_keys: tuple[str, ...] = ("example_id", "label", "n_choices")  # examples that must match
+    # "module:function" adding this kind's own analysis tables to qfair.compare
+    # (fn(base, quant, label, cfg, token_table) -> {table name: DataFrame}); imported when needed
+    analysis: str | None = None
     doc: str = ""
 
     @property
@@ -67,7 +70,8 @@ def get_kind(name: str | None) -> DumpKind:
         raise DumpError(f"unknown dump kind {key!r}; known kinds: {', '.join(sorted(KINDS))}") from None
 
 
-_PLUGINS: tuple[str, ...] = ()  # modules that register further kinds when imported
+# modules that register further kinds when imported (one line per kind implemented elsewhere)
+_PLUGINS: tuple[str, ...] = ()
 
 
 def _load_plugins() -> None:

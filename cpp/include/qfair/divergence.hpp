@@ -3,7 +3,7 @@
 // Inputs are rows of logits or log-probabilities (any additive shift per row is
 // fine: every row is re-normalised with a stable log-softmax). Outputs are one
 // value per row, written into caller-owned arrays. Definitions follow
-// shared/METRICS.md; natural logarithms throughout.
+// docs/metrics.md; natural logarithms throughout.
 #pragma once
 
 #include <cstdint>

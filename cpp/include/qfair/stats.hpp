@@ -2,7 +2,7 @@
 //
 // Pure C++17: pointers and lengths in, plain structs out; throws
 // std::invalid_argument on bad input. Definitions and edge conventions are those
-// of METRICS.md (see docs/analyze.md for the user-facing description).
+// of docs/metrics.md.
 #pragma once
 
 #include <cstdint>
