@@ -36,14 +36,6 @@ class CalibrationResult:
     l2_debiased: float
     bins: pl.DataFrame  # bin, lo, hi, n, conf_mean, acc_mean, gap
 
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "ece": self.ece,
-            "mce": self.mce,
-            "rms_ce": self.rms,
-            "l2_ce_debiased": self.l2_debiased,
-        }
-
 
 def _check(conf: Any, correct: Any) -> tuple[np.ndarray, np.ndarray]:
     c = np.ascontiguousarray(conf, dtype=np.float64).ravel()

@@ -29,7 +29,6 @@ __all__ = [
     "divergence",
     "distribution_stats",
     "stream_divergence",
-    "metric_names",
     "active_isa",
 ]
 
@@ -41,14 +40,6 @@ BASE_METRICS = (
 )
 #: Columns added when targets are given.
 TARGET_METRICS = ("logprob_p", "logprob_q", "delta_p", "rank_p", "rank_q")
-
-
-def metric_names(topk: Sequence[int] = (1, 5, 10), targets: bool = False) -> list[str]:
-    """The column names :func:`divergence` returns for these options, in order."""
-    names = list(BASE_METRICS) + [f"overlap_at_{k}" for k in topk]
-    if targets:
-        names += list(TARGET_METRICS)
-    return names
 
 
 def active_isa() -> str:

@@ -367,9 +367,9 @@ def tokenizer_fingerprint(tokenizer: Any, model_vocab_size: int | None = None) -
     """The models module's vocabulary fingerprint (one hash for the whole
     project), plus what alignment checks also need: the special ids and the
     width of the model's logits."""
-    from qfair.models import tokenizer_fingerprint as vocab_fingerprint
+    from qfair.models import vocab_hash
 
-    base = vocab_fingerprint(tokenizer)
+    base = vocab_hash(tokenizer)
     fp: dict[str, Any] = {
         "class": type(tokenizer).__name__,
         "vocab_size": len(tokenizer.get_vocab()),

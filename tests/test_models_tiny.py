@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from qfair.models import ModelError, load_model, parse_quant_spec, tokenizer_fingerprint  # noqa: E402
+from qfair.models import ModelError, load_model, parse_quant_spec, vocab_hash  # noqa: E402
 from qfair.models.quant import spec_availability  # noqa: E402
 from qfair.models.tiny import ARCHITECTURES, make_tiny_model  # noqa: E402
 
@@ -166,11 +166,11 @@ def test_dtype_and_manifest_for_half_precision(tiny_dir):
     assert out.shape == (1, 3, lm.vocab_size) == (1, 3, 520)
 
 
-def test_tokenizer_fingerprint_is_an_independent_vocab_hash(tiny_dir, base_runs):
+def test_vocab_hash_is_an_independent_vocab_hash(tiny_dir, base_runs):
     import hashlib
 
     tok = base_runs["llama"][0].tokenizer
-    fp = tokenizer_fingerprint(tok)
+    fp = vocab_hash(tok)
     # oracle: the tokenizer.json vocabulary + added tokens, hashed the documented way
     data = json.loads((tiny_dir["llama"] / "tokenizer.json").read_text())
     vocab = dict(data["model"]["vocab"])
@@ -178,10 +178,10 @@ def test_tokenizer_fingerprint_is_an_independent_vocab_hash(tiny_dir, base_runs)
     lines = "".join(f"{i}\t{t}\n" for t, i in sorted(vocab.items(), key=lambda kv: (kv[1], kv[0])))
     assert fp == {"vocab_size": 512, "sha256": hashlib.sha256(lines.encode()).hexdigest()}
     # same vocab in another architecture's tokenizer -> same fingerprint; a changed vocab -> different
-    assert tokenizer_fingerprint(base_runs["bloom"][0].tokenizer) == fp
+    assert vocab_hash(base_runs["bloom"][0].tokenizer) == fp
     tok2 = base_runs["opt"][0].tokenizer.__class__.from_pretrained(str(tiny_dir["opt"]))
     tok2.add_tokens(["<extra_token>"])
-    fp2 = tokenizer_fingerprint(tok2)
+    fp2 = vocab_hash(tok2)
     assert fp2["vocab_size"] == 513 and fp2["sha256"] != fp["sha256"]
 
 

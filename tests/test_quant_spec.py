@@ -134,14 +134,14 @@ def test_availability_rules(monkeypatch):
     # torchao int4 needs CUDA; bitsandbytes below 0.46 needs CUDA
     ok, why = spec_availability("torchao-int4wo", cuda=False)
     assert not ok and "CUDA" in why
-    import qfair.models.quant as q
+    import qfair.models.backends.base as q
 
-    real = q._version
-    monkeypatch.setattr(q, "_version", lambda d: "0.43.1" if d == "bitsandbytes" else real(d))
+    real = q.dist_version
+    monkeypatch.setattr(q, "dist_version", lambda d: "0.43.1" if d == "bitsandbytes" else real(d))
     ok, why = spec_availability("bnb-nf4", cuda=False)
     assert not ok and "0.46" in why
     assert spec_availability("bnb-nf4", cuda=True)[0]
-    monkeypatch.setattr(q, "_version", lambda d: None)
+    monkeypatch.setattr(q, "dist_version", lambda d: None)
     for n in ["bnb-int8", "quanto-int8", "torchao-int8wo"]:
         ok, why = spec_availability(n, cuda=True)
         assert not ok and "pip install" in why

@@ -44,3 +44,13 @@ def test_relative_links_in_docs_resolve():
             if not (p.parent / target).exists():
                 bad.append(f"{p.relative_to(ROOT)} -> {target}")
     assert not bad, "\n".join(bad)
+
+
+def test_one_version_source():
+    import importlib.metadata
+
+    import qfair
+
+    assert importlib.metadata.version("qfair") == qfair.__version__
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'dynamic = ["version"]' in text and "\nversion =" not in text

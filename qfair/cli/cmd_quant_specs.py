@@ -34,8 +34,15 @@ def quant_specs_cmd(as_json: bool, only_available: bool) -> None:
              "options": [{"name": k, "default": d, "help": h} for k, d, h in spec_options_help(name)]}
             for name, ok, why in rows], indent=2))
         return
-    width = max(len(r[0]) for r in rows) if rows else 4
+    width = max([len(r[0]) for r in rows] + [len("spec")])
+    click.echo(f"{'spec':<{width}}  {'here':<4}  what it does [backend version] / why not; its options below it")
     for name, ok, why in rows:
-        click.echo(f"{name:<{width}}  {'yes' if ok else 'no ':<3}  {why}")
+        click.echo(f"{name:<{width}}  {'yes' if ok else 'no':<4}  {why}")
         for k, d, h in spec_options_help(name):
-            click.echo(f"{'':<{width}}       {k}={d}: {h}")
+            click.echo(f"{'':<{width}}        {k}={d}: {h}")
+    click.echo("\nCheckpoint formats loaded as they are (no spec needed):\n"
+               "  gguf          a llama.cpp GGUF file (--model FILE.gguf, or --gguf-file in a model directory) is\n"
+               "                de-quantized to float once (cached) and is then the base; quantize it further with\n"
+               "                any spec above. Files llama-perplexity wrote: qfair import llamacpp.\n"
+               "  prequantized  a checkpoint whose config carries its own quantization (GPTQ, AWQ, ...): use\n"
+               "                --quant none; the row above says which formats can load here.")

@@ -15,7 +15,6 @@ this package imports neither torch nor transformers.
 from __future__ import annotations
 
 from qfair.models.quant import (
-    SPEC_NAMES,
     ModelError,
     QuantSpec,
     available_quant_specs,
@@ -36,14 +35,16 @@ __all__ = [
     "parse_quant_spec",
     "quant_spec_names",
     "resolve_model",
-    "tokenizer_fingerprint",
+    "vocab_hash",
 ]
 
 _LOADING = {"DEFAULT_MODEL", "LoadedModel", "ModelSource", "embedded_gguf_path", "load_model",
-            "resolve_model", "tokenizer_fingerprint"}
+            "resolve_model", "vocab_hash"}
 
 
 def __getattr__(name: str):
+    if name == "SPEC_NAMES":
+        return tuple(quant_spec_names())
     if name in _LOADING:
         from qfair.models import loading
 

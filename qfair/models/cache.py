@@ -20,7 +20,6 @@ temporary directories of dead processes are removed on the next write.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qfair.fsutil import fsync_dir
+from qfair.fsutil import fsync_dir, sha256_file
 
 CACHE_FORMAT = "qfair-gguf-float-cache"
 CACHE_VERSION = 1
@@ -38,7 +37,6 @@ _SUBDIR = f"gguf-float-v{CACHE_VERSION}"
 _MARKER = "qfair-cache.json"
 _TMP_PREFIX = ".tmp-"
 
-_sha_memo: dict[tuple[str, int, int], str] = {}
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -52,20 +50,8 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file (hex), memoised per (path, size, mtime) within the process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    hit = _sha_memo.get(key)
-    if hit is not None:
-        return hit
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    _sha_memo[key] = digest
-    return digest
+    """sha256 of a file (hex), remembered per (path, size, mtime) within the process."""
+    return sha256_file(path, memo=True)
 
 
 def entry_dir(sha256: str, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from qfair.models import cache as _cache
+from qfair.models.backends import backend_named, spec_backend
 from qfair.models.quant import (
     ModelError,
     QuantSpec,
@@ -45,8 +46,10 @@ from qfair.models.quant import (
     json_safe,
     parse_quant_spec,
     prequantized_spec,
+    quiet_backend_loggers,
     spec_availability,
 )
+from qfair.provenance import library_versions
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -202,43 +205,17 @@ def _resolve_device(device: Any):
 # ---------------------------------------------------------------------------
 # the loaded model
 
-def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+def vocab_hash(tokenizer: Any) -> dict[str, Any]:
     """``{"vocab_size": len(tokenizer), "sha256": ...}`` where the hash covers
     the vocabulary (added tokens included) sorted by token id, one
     ``"<id>\\t<token>\\n"`` line per entry, UTF-8.  Two tokenizers with equal
-    fingerprints map every token id to the same string."""
+    hashes map every token id to the same string. (A dump's tokenizer
+    fingerprint, :func:`qfair.scoring.tokenizer_fingerprint`, builds on it.)"""
     vocab = tokenizer.get_vocab()
     h = hashlib.sha256()
     for tok, idx in sorted(vocab.items(), key=lambda kv: (kv[1], kv[0])):
         h.update(f"{idx}\t{tok}\n".encode("utf-8", "surrogatepass"))
     return {"vocab_size": len(tokenizer), "sha256": h.hexdigest()}
-
-
-_VERSION_MODULES = {  # distribution -> module whose presence in sys.modules means "imported"
-    "torch": "torch",
-    "transformers": "transformers",
-    "tokenizers": "tokenizers",
-    "accelerate": "accelerate",
-    "safetensors": "safetensors",
-    "gguf": "gguf",
-    "bitsandbytes": "bitsandbytes",
-    "optimum-quanto": "optimum.quanto",
-    "torchao": "torchao",
-}
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the model libraries that are imported in this process."""
-    from qfair import __version__ as qfair_version
-
-    out = {"python": sys.version.split()[0], "qfair": qfair_version}
-    for dist, mod in _VERSION_MODULES.items():
-        if mod in sys.modules:
-            try:
-                out[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:  # pragma: no cover
-                pass
-    return out
 
 
 @dataclass
@@ -280,7 +257,7 @@ class LoadedModel:
         ``dtype``, ``requested_dtype``, ``device``, ``device_map`` (accelerate's
         placement, when it made one), ``device_map_requested``,
         ``trust_remote_code``, ``quantization`` (:meth:`QuantSpec.to_manifest`),
-        ``tokenizer`` (:func:`tokenizer_fingerprint` plus class, bos/eos ids and
+        ``tokenizer`` (:func:`vocab_hash` plus class, bos/eos ids and
         whether a BOS is added), ``library_versions``.
         """
         m = self.model
@@ -289,7 +266,7 @@ class LoadedModel:
         commit = getattr(cfg, "_commit_hash", None)
         hf_map = getattr(m, "hf_device_map", None)
         tok = self.tokenizer
-        tok_info = tokenizer_fingerprint(tok)
+        tok_info = vocab_hash(tok)
         tok_info.update({
             "class": type(tok).__name__,
             "bos_token_id": tok.bos_token_id,
@@ -325,7 +302,7 @@ class LoadedModel:
                                  modules_not_converted=self.extra.get("modules_not_converted"),
                                  note=self.extra.get("note")),
             "tokenizer": tok_info,
-            "library_versions": library_versions(),
+            "library_versions": library_versions(imported_only=True),
         })
 
 
@@ -516,10 +493,12 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
         else:
             qconfig = spec.to_config()
 
-        backend_mod = _BACKEND_MODULES.get(spec.backend if spec.name != "prequantized"
-                                           else str(spec.options.get("method")))
-        if backend_mod is not None and importlib.util.find_spec(backend_mod.split(".")[0]) is not None:
-            import_quietly(backend_mod)  # bitsandbytes and torchao log noise at import time
+        backend = spec_backend(spec.name)
+        # a pre-quantized checkpoint is run by the backend of its own method, when qfair knows it
+        runner = backend_named(str(spec.options.get("method"))) if spec.name == "prequantized" else backend
+        if runner is not None and runner.module is not None \
+                and importlib.util.find_spec(runner.module.split(".")[0]) is not None:
+            import_quietly(runner.module)  # bitsandbytes and torchao log noise at import time
         kwargs: dict[str, Any] = dict(common, dtype=torch_dtype if torch_dtype is not None else "auto")
         if qconfig is not None:
             kwargs["quantization_config"] = qconfig
@@ -528,7 +507,7 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
         elif spec.is_quantized:
             kwargs["device_map"] = "cpu" if dev.type == "cpu" else {"": str(dev)}
         try:
-            with _progress(progress), _quiet_backend_loggers():
+            with _progress(progress), quiet_backend_loggers():
                 m = AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
             tok = AutoTokenizer.from_pretrained(ckpt, **common)
         except ModelError:
@@ -550,50 +529,9 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
         hq = getattr(m, "hf_quantizer", None)
         if hq is not None and getattr(hq, "modules_to_not_convert", None) is not None:
             extra["modules_not_converted"] = sorted(set(hq.modules_to_not_convert))
-        if spec.backend == "bitsandbytes":
-            _quiet_bnb_cast_warning()
-            if spec.name == "bnb-int8":
-                extra["note"] = "bitsandbytes LLM.int8 casts float32 activations to float16 for its matmuls"
+        backend.post_load(m, spec, extra)
         where = (None if tmp_ckpt is not None else ckpt) if src.is_gguf else src.path
         return LoadedModel(m, tok, dev, spec, src, requested, where, from_cache, time.perf_counter() - t0, extra)
     finally:
         if tmp_ckpt is not None:
             shutil.rmtree(tmp_ckpt, ignore_errors=True)
-
-
-class _DropBnbCast:
-    """Drops bitsandbytes' per-call 'MatMul8bitLt: inputs will be cast …' warning
-    (one line per layer per forward pass); the fact is recorded in the manifest."""
-
-    def filter(self, record: Any) -> bool:
-        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
-
-
-_BNB_FILTER = _DropBnbCast()
-
-
-def _quiet_bnb_cast_warning() -> None:
-    import logging
-
-    lg = logging.getLogger("bitsandbytes.autograd._functions")
-    if _BNB_FILTER not in lg.filters:
-        lg.addFilter(_BNB_FILTER)
-
-
-_BACKEND_MODULES = {"bitsandbytes": "bitsandbytes", "quanto": "optimum.quanto", "torchao": "torchao"}
-
-
-@contextlib.contextmanager
-def _quiet_backend_loggers():
-    """Backend loggers to ERROR while loading, keeping stderr (progress bars) open."""
-    import logging
-
-    names = ("torchao", "torch.utils._pytree", "optimum.quanto", "bitsandbytes")
-    saved = [(lg, lg.level) for lg in (logging.getLogger(n) for n in names)]
-    for lg, _ in saved:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in saved:
-            lg.setLevel(level)
