@@ -381,6 +381,134 @@ def _convert_gguf(src: ModelSource, dtype: Any = None, progress: bool = True):
     return model, tok
 
 
+@dataclass
+class _Checkpoint:
+    """What ``from_pretrained`` reads: a directory or hub id (for GGUF: the float conversion)."""
+
+    path: str
+    revision: str | None
+    from_cache: bool | None = None  # GGUF only: float cache hit (True) or fresh conversion (False)
+    tmp_dir: str | None = None  # a conversion written to a temporary directory (removed after loading)
+
+
+def _check_spec_here(spec: QuantSpec, torch_dtype: Any) -> Any:
+    """Refuse a spec that cannot run here; the dtype it needs (torchao int4: bfloat16)."""
+    if spec.name not in ("none", "prequantized"):
+        ok, why = spec_availability(spec.name)
+        if not ok:
+            raise ModelError(f"quantization spec {str(spec)!r} is not available here: {why}")
+    if spec.name == "torchao-int4wo":
+        import torch
+
+        if torch_dtype is None:
+            return torch.bfloat16
+        if torch_dtype != torch.bfloat16:
+            raise ModelError("quantization spec 'torchao-int4wo' needs dtype bfloat16")
+    return torch_dtype
+
+
+def _float_checkpoint(src: ModelSource, cache_dir: Any, conversion_cache: bool, progress: bool) -> _Checkpoint:
+    """The checkpoint to load: the model's own, or for GGUF its cached float
+    conversion (converted now, once, when the cache has none)."""
+    if not src.is_gguf:
+        return _Checkpoint(src.path if src.path is not None else src.id, src.revision)
+    hit = _cache.lookup(src.gguf_sha256, cache_dir) if conversion_cache else None
+    if hit is not None:
+        return _Checkpoint(str(hit), None, from_cache=True)
+    name = Path(src.gguf_file).name
+    if conversion_cache:
+        _say(progress, f"converting {name} to float once; cached in {_cache.entry_dir(src.gguf_sha256, cache_dir)}")
+    else:
+        _say(progress, f"converting {name} to float (cache disabled)")
+    m, tok = _convert_gguf(src, None, progress)
+    if conversion_cache:
+        try:
+            path = _cache.write_entry(m, tok, sha256=src.gguf_sha256, gguf_path=src.gguf_file, cache_dir=cache_dir)
+            return _Checkpoint(str(path), None, from_cache=False)
+        except OSError as e:
+            _say(True, f"warning: could not write the float cache in {_cache.cache_root(cache_dir)} "
+                       f"({e.strerror or e}); continuing without it (set QFAIR_CACHE to a writable "
+                       f"directory to make later loads fast)")
+    tmp_root = Path(tempfile.mkdtemp(prefix="qfair-gguf-"))
+    try:
+        path = _cache.write_entry(m, tok, sha256=src.gguf_sha256, gguf_path=src.gguf_file, cache_dir=tmp_root)
+    except OSError as e:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        raise ModelError(f"could not write the converted model to {tmp_root}: {e.strerror or e}") from None
+    return _Checkpoint(str(path), None, from_cache=False, tmp_dir=str(tmp_root))
+
+
+def _read_config(src: ModelSource, ckpt: _Checkpoint, trust_remote_code: bool) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ckpt.path, revision=ckpt.revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        if src.kind == "hub":
+            raise ModelError(f"could not load model {src.id!r} from the Hugging Face hub or its local cache "
+                             f"(offline? pass a local directory instead): {type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:300]}") from None
+        raise _wrap_load_error(f"model config in {ckpt.path}", e) from None
+
+
+def _settle_quantization(spec: QuantSpec, config: Any, src: ModelSource, ckpt: _Checkpoint) -> tuple[QuantSpec, Any]:
+    """The spec actually applied (a checkpoint's own quantization wins, recorded as
+    ``prequantized``) and the config object to load it with (None: none needed)."""
+    qc = getattr(config, "quantization_config", None)
+    if qc is not None:
+        pre = prequantized_spec(qc)
+        if spec.name not in ("none", "prequantized"):
+            raise ModelError(f"model {src.id or ckpt.path} is already quantized ({pre.options['method']}); "
+                             f"it cannot be quantized again with {str(spec)!r}: use --quant none")
+        return pre, None
+    if spec.name == "prequantized":
+        raise ModelError(f"model {src.id or ckpt.path} has no quantization_config in its config.json; "
+                         "'prequantized' is only for already-quantized checkpoints (use --quant none)")
+    return spec, spec.to_config()
+
+
+def _import_backend_quietly(spec: QuantSpec) -> None:
+    """Import the backend that will run the model before transformers does (some print at import)."""
+    backend = spec_backend(spec.name)
+    # a pre-quantized checkpoint is run by the backend of its own method, when qfair knows it
+    runner = backend_named(str(spec.options.get("method"))) if spec.name == "prequantized" else backend
+    if runner is not None and runner.module is not None \
+            and importlib.util.find_spec(runner.module.split(".")[0]) is not None:
+        import_quietly(runner.module)
+
+
+def _from_pretrained(src: ModelSource, ckpt: _Checkpoint, spec: QuantSpec, qconfig: Any, torch_dtype: Any,
+                     dev: Any, device_map: Any, trust_remote_code: bool, progress: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    common = dict(revision=ckpt.revision, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = dict(common, dtype=torch_dtype if torch_dtype is not None else "auto")
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    elif spec.is_quantized:
+        kwargs["device_map"] = "cpu" if dev.type == "cpu" else {"": str(dev)}
+    try:
+        with _progress(progress), quiet_backend_loggers():
+            m = AutoModelForCausalLM.from_pretrained(ckpt.path, **kwargs)
+        tok = AutoTokenizer.from_pretrained(ckpt.path, **common)
+    except ModelError:
+        raise
+    except Exception as e:  # a corrupt checkpoint surfaces as many types (SafetensorError, ...)
+        if src.is_gguf and ckpt.from_cache:
+            # a damaged cache entry: drop it so that the next load converts again
+            _cache.discard(Path(ckpt.path))
+            raise ModelError(f"the cached float conversion {ckpt.path} could not be loaded and was removed; "
+                             f"run again to reconvert ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+                             ) from None
+        raise _wrap_load_error(f"model {src.id or ckpt.path} with quantization {str(spec)!r}", e) from None
+    if device_map is None and not spec.is_quantized:
+        m.to(dev)
+    m.eval()
+    return m, tok
+
+
 def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec = "none",
                revision: str | None = None, dtype: Any = "auto", device: Any = "auto",
                device_map: Any = None, gguf_file: str | os.PathLike | None = None,
@@ -401,137 +529,34 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
     torch_dtype = _parse_dtype(dtype)
     dev = _resolve_device(device) if device_map is None else None
     src = resolve_model(model, revision=revision, gguf_file=gguf_file)
-    if spec.name not in ("none", "prequantized"):
-        ok, why = spec_availability(spec.name)
-        if not ok:
-            raise ModelError(f"quantization spec {str(spec)!r} is not available here: {why}")
-    if spec.name == "torchao-int4wo":
-        import torch
-
-        if torch_dtype is None:
-            torch_dtype = torch.bfloat16
-        elif torch_dtype != torch.bfloat16:
-            raise ModelError("quantization spec 'torchao-int4wo' needs dtype bfloat16")
-
-    import_quietly("transformers.quantizers")  # imports torchao when present: keep its noise out
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+    torch_dtype = _check_spec_here(spec, torch_dtype)
     requested = "auto" if torch_dtype is None else str(torch_dtype).removeprefix("torch.")
-    tmp_ckpt: str | None = None
-    from_cache: bool | None = None
-    ckpt: str
-    try:
-        if src.is_gguf:
-            if src.kind == "hub":
-                src.gguf_file = _hub_gguf_local(src)
-                src.path = str(Path(src.gguf_file).parent)
-            src.gguf_sha256 = _cache.file_sha256(src.gguf_file)
-            hit = _cache.lookup(src.gguf_sha256, cache_dir) if conversion_cache else None
-            if hit is not None:
-                from_cache = True
-                ckpt = str(hit)
-            else:
-                from_cache = False
-                if not conversion_cache and not spec.is_quantized and device_map is None:
-                    m, tok = _convert_gguf(src, torch_dtype, progress)
-                    m.to(dev)
-                    return LoadedModel(m, tok, dev, spec, src, requested, src.gguf_file, False,
-                                       time.perf_counter() - t0, {"trust_remote_code": trust_remote_code})
-                if conversion_cache:
-                    _say(progress, f"converting {Path(src.gguf_file).name} to float once; cached in "
-                                   f"{_cache.entry_dir(src.gguf_sha256, cache_dir)}")
-                else:
-                    _say(progress, f"converting {Path(src.gguf_file).name} to float (cache disabled)")
-                m, tok = _convert_gguf(src, None, progress)
-                ckpt_path: Path | None = None
-                if conversion_cache:
-                    try:
-                        ckpt_path = _cache.write_entry(m, tok, sha256=src.gguf_sha256, gguf_path=src.gguf_file,
-                                                       cache_dir=cache_dir)
-                    except OSError as e:
-                        _say(True, f"warning: could not write the float cache in {_cache.cache_root(cache_dir)} "
-                                   f"({e.strerror or e}); continuing without it (set QFAIR_CACHE to a writable "
-                                   f"directory to make later loads fast)")
-                if ckpt_path is None:
-                    tmp_root = Path(tempfile.mkdtemp(prefix="qfair-gguf-"))
-                    tmp_ckpt = str(tmp_root)
-                    try:
-                        ckpt_path = _cache.write_entry(m, tok, sha256=src.gguf_sha256, gguf_path=src.gguf_file,
-                                                       cache_dir=tmp_root)
-                    except OSError as e:
-                        raise ModelError(f"could not write the converted model to {tmp_root}: "
-                                         f"{e.strerror or e}") from None
-                ckpt = str(ckpt_path)
-                del m, tok
-            load_rev = None
-        else:
-            ckpt = src.path if src.path is not None else src.id
-            load_rev = src.revision
-
-        common = dict(revision=load_rev, trust_remote_code=trust_remote_code)
-        try:
-            config = AutoConfig.from_pretrained(ckpt, **common)
-        except (OSError, ValueError, KeyError) as e:
-            if src.kind == "hub":
-                raise ModelError(f"could not load model {src.id!r} from the Hugging Face hub or its local cache "
-                                 f"(offline? pass a local directory instead): {type(e).__name__}: "
-                                 f"{' '.join(str(e).split())[:300]}") from None
-            raise _wrap_load_error(f"model config in {ckpt}", e) from None
-
-        qc = getattr(config, "quantization_config", None)
-        qconfig = None
-        if qc is not None:
-            pre = prequantized_spec(qc)
-            if spec.name not in ("none", "prequantized"):
-                raise ModelError(f"model {src.id or ckpt} is already quantized ({pre.options['method']}); "
-                                 f"it cannot be quantized again with {str(spec)!r}: use --quant none")
-            spec = pre
-        elif spec.name == "prequantized":
-            raise ModelError(f"model {src.id or ckpt} has no quantization_config in its config.json; "
-                             "'prequantized' is only for already-quantized checkpoints (use --quant none)")
-        else:
-            qconfig = spec.to_config()
-
-        backend = spec_backend(spec.name)
-        # a pre-quantized checkpoint is run by the backend of its own method, when qfair knows it
-        runner = backend_named(str(spec.options.get("method"))) if spec.name == "prequantized" else backend
-        if runner is not None and runner.module is not None \
-                and importlib.util.find_spec(runner.module.split(".")[0]) is not None:
-            import_quietly(runner.module)  # bitsandbytes and torchao log noise at import time
-        kwargs: dict[str, Any] = dict(common, dtype=torch_dtype if torch_dtype is not None else "auto")
-        if qconfig is not None:
-            kwargs["quantization_config"] = qconfig
-        if device_map is not None:
-            kwargs["device_map"] = device_map
-        elif spec.is_quantized:
-            kwargs["device_map"] = "cpu" if dev.type == "cpu" else {"": str(dev)}
-        try:
-            with _progress(progress), quiet_backend_loggers():
-                m = AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
-            tok = AutoTokenizer.from_pretrained(ckpt, **common)
-        except ModelError:
-            raise
-        except Exception as e:  # a corrupt checkpoint surfaces as many types (SafetensorError, ...)
-            if src.is_gguf and from_cache:
-                # a damaged cache entry: drop it so that the next load converts again
-                _cache.discard(Path(ckpt))
-                raise ModelError(f"the cached float conversion {ckpt} could not be loaded and was removed; "
-                                 f"run again to reconvert ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
-                                 ) from None
-            raise _wrap_load_error(f"model {src.id or ckpt} with quantization {str(spec)!r}", e) from None
-        if device_map is None and not spec.is_quantized:
+    import_quietly("transformers.quantizers")  # imports torchao when present: keep its noise out
+    if src.is_gguf:
+        if src.kind == "hub":
+            src.gguf_file = _hub_gguf_local(src)
+            src.path = str(Path(src.gguf_file).parent)
+        src.gguf_sha256 = _cache.file_sha256(src.gguf_file)
+        if not conversion_cache and not spec.is_quantized and device_map is None:
+            m, tok = _convert_gguf(src, torch_dtype, progress)  # the direct load, no cache involved
             m.to(dev)
-        m.eval()
-        if dev is None:
-            dev = m.get_input_embeddings().weight.device
+            return LoadedModel(m, tok, dev, spec, src, requested, src.gguf_file, False,
+                               time.perf_counter() - t0, {"trust_remote_code": trust_remote_code})
+    ckpt = _float_checkpoint(src, cache_dir, conversion_cache, progress)
+    try:
+        spec, qconfig = _settle_quantization(spec, _read_config(src, ckpt, trust_remote_code), src, ckpt)
+        _import_backend_quietly(spec)
+        m, tok = _from_pretrained(src, ckpt, spec, qconfig, torch_dtype, dev, device_map, trust_remote_code,
+                                  progress)
+        dev = dev if dev is not None else m.get_input_embeddings().weight.device
         extra: dict[str, Any] = {"trust_remote_code": trust_remote_code, "device_map_requested": device_map}
         hq = getattr(m, "hf_quantizer", None)
         if hq is not None and getattr(hq, "modules_to_not_convert", None) is not None:
             extra["modules_not_converted"] = sorted(set(hq.modules_to_not_convert))
-        backend.post_load(m, spec, extra)
-        where = (None if tmp_ckpt is not None else ckpt) if src.is_gguf else src.path
-        return LoadedModel(m, tok, dev, spec, src, requested, where, from_cache, time.perf_counter() - t0, extra)
+        spec_backend(spec.name).post_load(m, spec, extra)
+        where = (None if ckpt.tmp_dir is not None else ckpt.path) if src.is_gguf else src.path
+        return LoadedModel(m, tok, dev, spec, src, requested, where, ckpt.from_cache, time.perf_counter() - t0,
+                           extra)
     finally:
-        if tmp_ckpt is not None:
-            shutil.rmtree(tmp_ckpt, ignore_errors=True)
+        if ckpt.tmp_dir is not None:
+            shutil.rmtree(ckpt.tmp_dir, ignore_errors=True)
