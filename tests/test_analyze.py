@@ -327,6 +327,26 @@ def test_custom_metric_joins_tokens_and_aggregations(dumps):
     assert set(c.groups["metric"]) >= {"my_kl"}
 
 
+def test_custom_metrics_get_chunks_within_the_memory_budget(dumps):
+    from qfair.analyze.tokens import custom_chunk_rows
+
+    assert custom_chunk_rows(49152, 256 << 20) == 341
+    seen = []
+
+    def record(chunk):
+        seen.append(chunk.p.shape[0])
+        return (np.exp(chunk.p) * (chunk.p - chunk.q)).sum(axis=1)
+
+    budget = 16 * V * 7  # 7 rows of p and q (and their re-normalisation) per chunk
+    small = compare(dumps["base"], dumps["nf4"], bootstrap=50, bins=5, metrics={"k": record},
+                    metric_memory=budget)
+    assert seen and max(seen) == 7 and sum(seen) == small.tokens.height
+    whole = compare(dumps["base"], dumps["nf4"], bootstrap=50, bins=5, metrics={"k": record})
+    np.testing.assert_array_equal(small.tokens["k"].to_numpy(), whole.tokens["k"].to_numpy())
+    with pytest.raises(ValueError, match="metric_memory"):
+        custom_chunk_rows(V, 0)
+
+
 def test_groups_and_gap(result):
     ex = result.examples.filter((pl.col("model") == "nf4") & (pl.col("task") == "toy_crows"))
     g = result.groups.filter((pl.col("model") == "nf4") & (pl.col("task") == "toy_crows"))

@@ -31,6 +31,7 @@ from qfair import stats
 from qfair.analyze.examples import example_columns, example_stats, task_kinds
 from qfair.analyze.summary import SUMMARY_SCHEMA, StatsConfig, calibration_rows, metric_rows, strata_rows
 from qfair.analyze.tokens import (
+    DEFAULT_METRIC_MEMORY,
     PAIRED_TOKEN_METRICS,
     UNPAIRED_TOKEN_METRICS,
     example_token_aggregates,
@@ -166,9 +167,9 @@ class _TokenSide:
 
 def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence[int], chunk_rows: int,
                threads: int | None, custom: Mapping[str, Callable[..., Any]], progress: bool,
-               notes: list[str]) -> _TokenSide:
+               notes: list[str], metric_memory: int = DEFAULT_METRIC_MEMORY) -> _TokenSide:
     tt, info = token_table(b, q, topk=topk, chunk_rows=chunk_rows, threads=threads, metrics=custom,
-                           progress=progress)
+                           progress=progress, metric_memory=metric_memory)
     if info["nonfinite_rows"]:
         notes.append(f"{label}: {info['nonfinite_rows']} logits rows with non-finite values "
                      "(their metrics are NaN and the examples' token aggregates are NaN)")
@@ -282,12 +283,15 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
             binning: str = "width", topk: Sequence[int] = (1, 5, 10), strata: str = "confidence",
             n_strata: int = 5, confidence: float = 0.95, threads: int | None = None,
             metrics: Mapping[str, Callable[..., Any]] | None = None, chunk_rows: int = 4096,
-            tokens: bool = True, permutation: bool = True, progress: bool = False) -> Comparison:
+            tokens: bool = True, permutation: bool = True, progress: bool = False,
+            metric_memory: int = DEFAULT_METRIC_MEMORY) -> Comparison:
     """Compare a base dump with one or more quantized dumps.
 
     ``base``/``quant``: dump paths or opened dumps (``quant`` may be a list).
     ``metrics``: custom token metrics ``{name: fn}``; ``fn`` receives a
     :class:`qfair.analyze.tokens.TokenChunk` and returns one value per row.
+    ``metric_memory``: bytes of float32 rows handed to custom metrics at once
+    (default 256 MiB; see :func:`qfair.analyze.tokens.custom_chunk_rows`).
     """
     _check_options(binning, strata, bootstrap)
     b = _open(base)
@@ -328,7 +332,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
         side = _TokenSide()
         if tokens and kind.has_tokens:
             side = token_side(b, q, label, meta, topk=topk, chunk_rows=chunk_rows, threads=threads,
-                              custom=custom, progress=progress, notes=notes)
+                              custom=custom, progress=progress, notes=notes, metric_memory=metric_memory)
             j = j.join(side.aggregates, on="example_id", how="left")
             parts.tokens.append(side.table)
         parts.examples.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))

@@ -54,15 +54,39 @@ class TokenChunk:
     keys: pl.DataFrame
 
 
+#: default memory budget of the rows handed to custom metrics (see :func:`custom_chunk_rows`)
+DEFAULT_METRIC_MEMORY = 256 << 20
+
+
+def custom_chunk_rows(vocab: int, memory: int = DEFAULT_METRIC_MEMORY) -> int:
+    """Rows per chunk handed to custom metrics under a memory budget (bytes).
+
+    A chunk costs 4 bytes x vocab per row for each of ``p`` and ``q`` (float32,
+    made once per chunk and shared by every custom metric), and as much again
+    while they are re-normalised; a metric's own temporaries come on top (an
+    ``argsort`` of ``p`` adds 8 bytes x vocab per row). So the budget is divided
+    by 4 x 4 bytes x vocab: 256 MiB gives 341 rows of a 49,152-token vocabulary.
+    """
+    if memory < 1:
+        raise ValueError(f"metric_memory: expected a positive number of bytes, got {memory}")
+    return max(1, int(memory) // (16 * max(1, int(vocab))))
+
+
 def _to_logprobs(block: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 log-softmax rows of stored rows (one copy; the exp pass reuses a
+    second buffer of the same size)."""
     a = np.asarray(block)
     if dtype == "bf16" or a.dtype == np.uint16:
         a = (a.astype(np.uint32) << 16).view(np.float32)
     a = a.astype(np.float32, copy=True)
     m = np.max(a, axis=1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    lse = np.log(np.sum(np.exp(a - m), axis=1, keepdims=True)) + m
-    return a - lse
+    a -= m
+    e = np.exp(a)
+    lse = np.log(np.sum(e, axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    del e
+    a -= lse
+    return a
 
 
 def _scalar_columns(tb: pl.DataFrame, tq: pl.DataFrame) -> pl.DataFrame:
@@ -87,8 +111,13 @@ def _scalar_columns(tb: pl.DataFrame, tq: pl.DataFrame) -> pl.DataFrame:
 
 def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chunk_rows: int = 4096,
                 threads: int | None = None, metrics: Mapping[str, CustomMetric] | None = None,
-                progress: bool = False) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Token table for an aligned pair and a small report (rows streamed, non-finite rows)."""
+                progress: bool = False, metric_memory: int = DEFAULT_METRIC_MEMORY,
+                ) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Token table for an aligned pair and a small report (rows streamed, non-finite rows).
+
+    Custom metrics receive sub-chunks of at most :func:`custom_chunk_rows` rows
+    (``metric_memory`` bytes), whatever ``chunk_rows`` the C++ pass streams with.
+    """
     tb, tq = base.tokens, quant.tokens
     table = _scalar_columns(tb, tq)
     info: dict[str, Any] = {"vocab_wide": False, "rows_streamed": 0, "nonfinite_rows": 0}
@@ -148,16 +177,20 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
                 cols[name][s:e] = np.asarray(res.metrics[name], dtype=np.float64)
         info["nonfinite_rows"] += int(getattr(res, "nonfinite_rows", 0))
         if metrics:
-            lp = _to_logprobs(chunk.p, base.logits_dtype)
-            lq = _to_logprobs(chunk.q, quant.logits_dtype)
-            keys = key_by_row.filter((pl.col("row") >= s) & (pl.col("row") < e))
-            tc = TokenChunk(start=s, stop=e, p=lp, q=lq, targets=targets[s:e], keys=keys)
-            for name, fn in metrics.items():
-                v = np.asarray(fn(tc), dtype=np.float64).reshape(-1)
-                if v.shape[0] != e - s:
-                    raise ValueError(f"custom metric {name!r} returned {v.shape[0]} values for a chunk "
-                                     f"of {e - s} rows (expected one per row)")
-                custom[name][s:e] = v
+            step = custom_chunk_rows(base.vocab_size, metric_memory)
+            for a in range(s, e, step):
+                b = min(e, a + step)
+                lp = _to_logprobs(chunk.p[a - s:b - s], base.logits_dtype)
+                lq = _to_logprobs(chunk.q[a - s:b - s], quant.logits_dtype)
+                keys = key_by_row.filter((pl.col("row") >= a) & (pl.col("row") < b))
+                tc = TokenChunk(start=a, stop=b, p=lp, q=lq, targets=targets[a:b], keys=keys)
+                for name, fn in metrics.items():
+                    v = np.asarray(fn(tc), dtype=np.float64).reshape(-1)
+                    if v.shape[0] != b - a:
+                        raise ValueError(f"custom metric {name!r} returned {v.shape[0]} values for a chunk "
+                                         f"of {b - a} rows (expected one per row)")
+                    custom[name][a:b] = v
+                del lp, lq, tc
         bar.update(e - s)
     bar.close()
     info["vocab_wide"] = True
