@@ -478,3 +478,44 @@ def test_cell_sums_equal_the_weighted_sums():
     want = np.stack([w @ (x * (seg == s)[:, None]) for s in range(7)], axis=1)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(w[3], stats.bootstrap_counts(n, 5, 13))
+
+
+def test_permutation_p_equals_exact_enumeration():
+    """p_perm against all 2^n swaps of base and quantized answers, scored with the
+    paper's definition (within Monte-Carlo error of B permutations)."""
+    import itertools
+
+    base = [("disambig", 1, 1, 1), ("disambig", 1, 1, 1), ("disambig", 0, 0, 1), ("disambig", 1, 1, 1),
+            ("ambig", 1, 0, 0), ("ambig", 0, 1, 1), ("ambig", 1, 0, 0), ("disambig", 0, 0, 0), ("ambig", 1, 0, 0)]
+    quant = [("disambig", 0, 0, 1), ("disambig", 1, 0, 1), ("disambig", 0, 0, 0), ("disambig", 0, 0, 1),
+             ("ambig", 0, 1, 1), ("ambig", 0, 1, 1), ("ambig", 0, 1, 1), ("disambig", 1, 1, 1), ("ambig", 1, 0, 0)]
+    n = len(base)
+    rows = [{"task": "t", "kind": "bbq", "group": "Age", "example_id": f"e{i}", "base_correct": b[1],
+             "base_biased": b[2], "base_non_unknown": b[3], "quant_correct": q[1], "quant_biased": q[2],
+             "quant_non_unknown": q[3]} for i, (b, q) in enumerate(zip(base, quant))]
+    attrs = pl.DataFrame({"example_id": [f"e{i}" for i in range(n)], "condition": [b[0] for b in base],
+                          "target": ["Age: old"] * n})
+    B = 6000
+    bt = bias.bias_table(_j(rows), attrs, "q", types.SimpleNamespace(resamples=B, seed=1, confidence=0.95))
+    for metric in ("disamb_bias_score", "amb_bias_score", "accuracy_amb"):
+        obs = paper_bbq(quant)[metric] - paper_bbq(base)[metric]
+        ds = []
+        for swap in itertools.product((0, 1), repeat=n):
+            b2 = [q if s else b for b, q, s in zip(base, quant, swap)]
+            q2 = [b if s else q for b, q, s in zip(base, quant, swap)]
+            d = paper_bbq(q2)[metric] - paper_bbq(b2)[metric]
+            if math.isfinite(d):
+                ds.append(d)
+        exact = np.mean(np.abs(ds) >= abs(obs) - 1e-12)
+        got = row(bt, metric)["p_perm"]
+        assert abs(got - exact) < 4 * math.sqrt(exact * (1 - exact) / B) + 2 / B, (metric, got, exact)
+
+
+def test_permutation_p_of_a_mean_equals_the_core_sign_flip_test(tmp_path):
+    docs = list(T.get("winogender_all").docs())
+    lls = {w: random_lls(docs, s) for w, s in (("base", 21), ("quant", 22))}
+    cmp = qfair.compare(write_dump(tmp_path / "b", docs, lls["base"]), write_dump(tmp_path / "q", docs, lls["quant"]),
+                        bootstrap=20_000, seed=5, tokens=False)
+    ours = row(cmp.extra["bias"], "acc")["p_perm"]
+    core = cmp.summary.filter(pl.col("metric") == "acc")["p_perm"][0]     # C++ sign-flip test, same mean
+    assert abs(ours - core) < 4 * math.sqrt(core * (1 - core) / 20_000) + 1e-3

@@ -27,8 +27,11 @@ Intervals are percentile intervals; the p-value is the one that inverts them:
 p = min(1, 2 min(q0, 1 - q1)), where q0 (q1) is the largest (smallest) level at
 which the resampled differences' percentile function is <= 0 (>= 0), so that
 the interval at level 1 - alpha excludes 0 exactly when p < alpha (p is floored
-at 1/B, the resolution of B resamples). For every non-task axis, each score's
-disparity (max - min over the axis's groups) is bootstrapped the same way.
+at 1/B, the resolution of B resamples). A second p, ``p_perm``, comes from a
+paired permutation test (each example's base and quantized answers swapped
+with probability 1/2, the score recomputed), which stays valid for tiny groups
+where every resample of the bootstrap can agree. For every non-task axis, each
+score's disparity (max - min over the axis's groups) is tested the same ways.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ BIAS_SCHEMA: dict[str, Any] = {
     "metric": pl.Utf8, "n": pl.Int64, "base": pl.Float64, "base_low": pl.Float64, "base_high": pl.Float64,
     "quant": pl.Float64, "quant_low": pl.Float64, "quant_high": pl.Float64, "diff": pl.Float64,
     "ci_low": pl.Float64, "ci_high": pl.Float64, "ci_method": pl.Utf8, "p": pl.Float64, "test": pl.Utf8,
-    "undefined": pl.Float64, "ideal": pl.Float64, "detail": pl.Utf8,
+    "p_perm": pl.Float64, "undefined": pl.Float64, "ideal": pl.Float64, "detail": pl.Utf8,
 }
 TEST = "paired bootstrap (percentile; score recomputed per resample)"
 CHUNK = 256   # resamples per block of the multiplicity matrix
@@ -95,6 +98,32 @@ def cell_sums(cells: Cells, w: np.ndarray) -> np.ndarray:
     """[m, segments, Q]: for each row of weights ``w`` [m, n], sum_i w_i x_iq over each segment."""
     h = np.add.reduceat(w[:, cells.order], cells.starts, axis=1)            # [m, cells]
     return np.add.reduceat(h[:, :, None] * cells.values[None, :, :], cells.seg_starts, axis=1)
+
+
+def swapped_sums(cells: Cells, swap_pairs: Sequence[tuple[int, int]], m: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """[m, segments, Q] sums after swapping each example's base and quantized values
+    with probability 1/2 (a paired permutation): per cell, the number of swapped
+    examples is Binomial(cell size, 1/2). ``swap_pairs``: (base column, quant column)."""
+    sizes = np.diff(np.append(cells.starts, cells.cell.size))
+    k = rng.binomial(sizes, 0.5, size=(m, sizes.size)).astype(np.float64)
+    v = cells.values
+    vs = v.copy()
+    for bcol, qcol in swap_pairs:
+        vs[:, bcol], vs[:, qcol] = v[:, qcol], v[:, bcol]
+    part = (sizes - k)[:, :, None] * v[None] + k[:, :, None] * vs[None]
+    return np.add.reduceat(part, cells.seg_starts, axis=1)
+
+
+def permutation_p(observed: float, t: np.ndarray) -> float:
+    """Two-sided p of a paired permutation test: (1 + #{|t| >= |observed|}) / (1 + #t)
+    over the defined permuted differences ``t`` (a relative tolerance of 1e-9
+    for differences equal up to rounding)."""
+    t = t[np.isfinite(t)]
+    if not np.isfinite(observed) or t.size == 0:
+        return float("nan")
+    hits = np.abs(t) >= abs(observed) * (1 - 1e-9) - 1e-12
+    return float((1 + hits.sum()) / (1 + t.size))
 
 
 def _percentile(sorted_t: np.ndarray, q: float) -> float:
@@ -429,8 +458,23 @@ def _segments(jt: pl.DataFrame, keys: Sequence[str]) -> tuple[pl.DataFrame, np.n
     return segs, seg_id
 
 
+def _replicates(bk: BiasKind, point: list[Score], segs: pl.DataFrame, columns: list[str], B: int,
+                sums: Callable[[int, int], np.ndarray]) -> list[Score]:
+    """Every score on B replicates of the data, CHUNK at a time; ``sums(start, m)`` gives
+    the segment sums of replicates start..start+m-1."""
+    tb: list[list[np.ndarray]] = [[] for _ in point]
+    tq: list[list[np.ndarray]] = [[] for _ in point]
+    for start in range(0, B, CHUNK):
+        for i, s in enumerate(bk.scores(Sums(sums(start, min(CHUNK, B - start)), columns), segs)):
+            tb[i].append(s.base)
+            tq[i].append(s.quant)
+    return [Score(p.axis, p.group, p.metric, p.ideal, np.concatenate(tb[i]), np.concatenate(tq[i]), p.disparity)
+            for i, p in enumerate(point)]
+
+
 def _task_rows(jt: pl.DataFrame, bk: BiasKind, cfg: Any) -> list[dict[str, Any]]:
-    """Every score of one task: point estimates, B resamples, disparities, rows."""
+    """Every score of one task: point estimates, the paired bootstrap and the paired
+    permutation replicates, the disparities, and one row each."""
     cols = [f"{who}_{c}" for c in bk.columns for who in ("base", "quant")]
     if any(c not in jt.columns for c in cols):
         return []
@@ -442,26 +486,26 @@ def _task_rows(jt: pl.DataFrame, bk: BiasKind, cfg: Any) -> list[dict[str, Any]]
     segs, seg_id = _segments(jt.filter(pl.Series(ok)), bk.segment_keys)
     columns = ["one", *cols]
     cells = Cells.build(seg_id, np.column_stack([np.ones(n), x[ok]]))
+    B, seed = int(cfg.resamples), int(cfg.seed)
 
     point = bk.scores(Sums(cell_sums(cells, np.ones((1, n))), columns), segs)
-    B = int(cfg.resamples)
-    tb: list[list[np.ndarray]] = [[] for _ in point]
-    tq: list[list[np.ndarray]] = [[] for _ in point]
-    for start in range(0, B, CHUNK):
-        w = resample_weights(n, int(cfg.seed), start, min(B, start + CHUNK))
-        for i, s in enumerate(bk.scores(Sums(cell_sums(cells, w), columns), segs)):
-            tb[i].append(s.base)
-            tq[i].append(s.quant)
-    full = [Score(p.axis, p.group, p.metric, p.ideal, np.concatenate(tb[i]), np.concatenate(tq[i]), p.disparity)
-            for i, p in enumerate(point)]
+    boot = _replicates(bk, point, segs, columns, B,
+                       lambda start, m: cell_sums(cells, resample_weights(n, seed, start, start + m)))
+    # paired permutation: each example's base and quantized values swapped with probability 1/2
+    swaps = [(1 + 2 * i, 2 + 2 * i) for i in range(len(bk.columns))]
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x5157])
+    perm = _replicates(bk, point, segs, columns, B, lambda start, m: swapped_sums(cells, swaps, m, rng))
+
     level = float(cfg.confidence)
+    todo = [(p, b, q, None) for p, b, q in zip(point, boot, perm)]
+    todo += [(p, b, q, detail) for (b, p, detail), (q, _, _) in zip(_disparities(boot, point),
+                                                                    _disparities(perm, point))]
     rows = []
-    for p, f in zip(point, full):
-        rows.append(_summarise(p, float(p.base[0]), float(p.quant[0]), f.base, f.quant, level) | {"detail": None})
-    for f, p, detail in _disparities(full, point):
-        rows.append(_summarise(p, float(p.base[0]), float(p.quant[0]), f.base, f.quant, level) | {"detail": detail})
-    for r in rows:
-        r["n"] = n
+    for p, b, q, detail in todo:
+        r = _summarise(p, float(p.base[0]), float(p.quant[0]), b.base, b.quant, level)
+        with np.errstate(invalid="ignore"):
+            r["p_perm"] = _num(permutation_p(float(p.quant[0] - p.base[0]), q.quant - q.base))
+        rows.append(r | {"detail": detail, "n": n})
     return rows
 
 
@@ -528,7 +572,7 @@ def group_rows(bias: pl.DataFrame, schema: dict[str, Any]) -> list[dict[str, Any
 def _as_summary(r: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     row = {k: None for k in schema}
     row.update({k: r[k] for k in ("model", "task", "task_kind", "metric", "n", "base", "quant", "diff", "ci_low",
-                                  "ci_high", "ci_method", "p", "test") if k in row})
+                                  "ci_high", "ci_method", "p", "test", "p_perm") if k in row})
     row["kind"] = "bias"
     row["pct_low"], row["pct_high"] = r["ci_low"], r["ci_high"]
     return row
