@@ -110,6 +110,7 @@ def bias_figures(data: AnalysisData) -> list[Figure]:
                 ax.barh(pos, np.nan_to_num(x), height=h * 0.92, xerr=err, color=colors[label], alpha=0.85,
                         error_kw={"elinewidth": 1, "capsize": 2}, label=label if who == "base" else
                         f"{label} (* {SIG_COLUMN} < 0.05)")
+                ax.plot(x, pos, "o", ms=2.5, color="#111111" if who == "base" else colors[label])  # zero stays visible
                 if who == "quant":
                     for yy, xx, r in zip(pos, x, rows):
                         if r and r.get(SIG_COLUMN) is not None and _f(r[SIG_COLUMN]) < 0.05 and np.isfinite(xx):
