@@ -56,7 +56,8 @@ BIAS_SCHEMA: dict[str, Any] = {
     "p_perm": pl.Float64, "undefined": pl.Float64, "ideal": pl.Float64, "detail": pl.Utf8,
 }
 TEST = "paired bootstrap (percentile; score recomputed per resample)"
-CHUNK = 256   # resamples per block of the multiplicity matrix
+CHUNK = 256               # at most this many resamples per block of the multiplicity matrix
+BLOCK_VALUES = 4_000_000  # and at most about this many multiplicities per block (32 MB of float64)
 
 
 # ---------------------------------------------------------------------------
@@ -458,14 +459,15 @@ def _segments(jt: pl.DataFrame, keys: Sequence[str]) -> tuple[pl.DataFrame, np.n
     return segs, seg_id
 
 
-def _replicates(bk: BiasKind, point: list[Score], segs: pl.DataFrame, columns: list[str], B: int,
+def _replicates(bk: BiasKind, point: list[Score], segs: pl.DataFrame, columns: list[str], B: int, n: int,
                 sums: Callable[[int, int], np.ndarray]) -> list[Score]:
-    """Every score on B replicates of the data, CHUNK at a time; ``sums(start, m)`` gives
-    the segment sums of replicates start..start+m-1."""
+    """Every score on B replicates of the n examples, a block at a time; ``sums(start, m)``
+    gives the segment sums of replicates start..start+m-1."""
     tb: list[list[np.ndarray]] = [[] for _ in point]
     tq: list[list[np.ndarray]] = [[] for _ in point]
-    for start in range(0, B, CHUNK):
-        for i, s in enumerate(bk.scores(Sums(sums(start, min(CHUNK, B - start)), columns), segs)):
+    chunk = int(min(CHUNK, max(16, BLOCK_VALUES // max(n, 1))))
+    for start in range(0, B, chunk):
+        for i, s in enumerate(bk.scores(Sums(sums(start, min(chunk, B - start)), columns), segs)):
             tb[i].append(s.base)
             tq[i].append(s.quant)
     return [Score(p.axis, p.group, p.metric, p.ideal, np.concatenate(tb[i]), np.concatenate(tq[i]), p.disparity)
@@ -489,12 +491,12 @@ def _task_rows(jt: pl.DataFrame, bk: BiasKind, cfg: Any) -> list[dict[str, Any]]
     B, seed = int(cfg.resamples), int(cfg.seed)
 
     point = bk.scores(Sums(cell_sums(cells, np.ones((1, n))), columns), segs)
-    boot = _replicates(bk, point, segs, columns, B,
+    boot = _replicates(bk, point, segs, columns, B, n,
                        lambda start, m: cell_sums(cells, resample_weights(n, seed, start, start + m)))
     # paired permutation: each example's base and quantized values swapped with probability 1/2
     swaps = [(1 + 2 * i, 2 + 2 * i) for i in range(len(bk.columns))]
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x5157])
-    perm = _replicates(bk, point, segs, columns, B, lambda start, m: swapped_sums(cells, swaps, m, rng))
+    perm = _replicates(bk, point, segs, columns, B, n, lambda start, m: swapped_sums(cells, swaps, m, rng))
 
     level = float(cfg.confidence)
     todo = [(p, b, q, None) for p, b, q in zip(point, boot, perm)]
