@@ -519,3 +519,27 @@ def test_permutation_p_of_a_mean_equals_the_core_sign_flip_test(tmp_path):
     ours = row(cmp.extra["bias"], "acc")["p_perm"]
     core = cmp.summary.filter(pl.col("metric") == "acc")["p_perm"][0]     # C++ sign-flip test, same mean
     assert abs(ours - core) < 4 * math.sqrt(core * (1 - core) / 20_000) + 1e-3
+
+
+def test_dump_account_reports_the_same_whole_task_scores(bbq_dumps):
+    from qfair.analyze.examples import task_kinds
+    from qfair.dump.summary import task_metrics
+
+    d = qfair.open_dump(bbq_dumps.cmp.settings["base"])
+    m = task_metrics(d.examples, d.choices, task_kinds(d.manifest))
+    bt = bbq_dumps.cmp.extra["bias"]
+    for task in ("bbq", "bbq_3choice"):
+        for metric in ("disamb_bias_score", "amb_bias_score", "accuracy_disamb", "accuracy_amb"):
+            assert m[task][metric] == pytest.approx(row(bt, metric, task=task)["base"])
+        assert "acc" in m[task]
+
+
+def test_dump_account_has_no_accuracy_for_stereoset(tmp_path):
+    from qfair.analyze.examples import task_kinds
+    from qfair.dump.summary import task_metrics
+
+    docs = list(T.get("stereoset_intrasentence").docs())
+    d = qfair.open_dump(write_dump(tmp_path / "b", docs, random_lls(docs, 3)))
+    m = task_metrics(d.examples, d.choices, task_kinds(d.manifest))["stereoset_intrasentence"]
+    assert set(m) == {"n", "icat", "ss", "lms"}
+    assert m["icat"] == pytest.approx(m["lms"] * min(m["ss"], 100 - m["ss"]) / 50)

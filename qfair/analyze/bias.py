@@ -46,7 +46,7 @@ import polars as pl
 from qfair import stats
 
 __all__ = ["BIAS_SCHEMA", "BIAS_KINDS", "example_attributes", "bias_table", "summary_rows", "group_rows",
-           "percentile_p", "resample_weights", "cell_sums"]
+           "model_scores", "percentile_p", "permutation_p", "resample_weights", "cell_sums", "register_bias_kind"]
 
 BIAS_SCHEMA: dict[str, Any] = {
     "model": pl.Utf8, "task": pl.Utf8, "task_kind": pl.Utf8, "axis": pl.Utf8, "group": pl.Utf8,
@@ -474,20 +474,27 @@ def _replicates(bk: BiasKind, point: list[Score], segs: pl.DataFrame, columns: l
             for i, p in enumerate(point)]
 
 
-def _task_rows(jt: pl.DataFrame, bk: BiasKind, cfg: Any) -> list[dict[str, Any]]:
-    """Every score of one task: point estimates, the paired bootstrap and the paired
-    permutation replicates, the disparities, and one row each."""
+def _prepare(jt: pl.DataFrame, bk: BiasKind) -> tuple[int, pl.DataFrame, list[str], Cells] | None:
+    """(n, segments, columns, cells) of one task's paired examples, or None without any."""
     cols = [f"{who}_{c}" for c in bk.columns for who in ("base", "quant")]
     if any(c not in jt.columns for c in cols):
-        return []
+        return None
     x = np.column_stack([jt[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in cols])
     ok = np.isfinite(x).all(axis=1)      # paired: an example counts when both models have its values
     n = int(ok.sum())
     if n == 0:
-        return []
+        return None
     segs, seg_id = _segments(jt.filter(pl.Series(ok)), bk.segment_keys)
-    columns = ["one", *cols]
-    cells = Cells.build(seg_id, np.column_stack([np.ones(n), x[ok]]))
+    return n, segs, ["one", *cols], Cells.build(seg_id, np.column_stack([np.ones(n), x[ok]]))
+
+
+def _task_rows(jt: pl.DataFrame, bk: BiasKind, cfg: Any) -> list[dict[str, Any]]:
+    """Every score of one task: point estimates, the paired bootstrap and the paired
+    permutation replicates, the disparities, and one row each."""
+    prepared = _prepare(jt, bk)
+    if prepared is None:
+        return []
+    n, segs, columns, cells = prepared
     B, seed = int(cfg.resamples), int(cfg.seed)
 
     point = bk.scores(Sums(cell_sums(cells, np.ones((1, n))), columns), segs)
@@ -530,6 +537,31 @@ def bias_table(j: pl.DataFrame, attributes: pl.DataFrame, label: str, cfg: Any) 
     if not rows:
         return pl.DataFrame(schema=BIAS_SCHEMA)
     return pl.DataFrame(rows, schema=BIAS_SCHEMA, orient="row")
+
+
+def model_scores(stats_table: pl.DataFrame, examples: pl.DataFrame,
+                 kinds: dict[str, str]) -> dict[str, dict[str, float]]:
+    """One model's whole-task scores (no test), per bias task: ``stats_table`` is
+    :func:`qfair.analyze.examples.example_stats` of the model, ``examples`` the
+    dump's examples table. Used by the account ``qfair dump`` prints."""
+    attrs = example_attributes(examples, kinds)
+    out: dict[str, dict[str, float]] = {}
+    for task in stats_table["task"].unique(maintain_order=True).to_list():
+        bk = BIAS_KINDS.get(kinds.get(task, ""))
+        if bk is None:
+            continue
+        jt = stats_table.filter(pl.col("task") == task).join(examples.select("example_id", "group"),
+                                                                on="example_id", how="left")
+        jt = jt.with_columns(*[pl.col(c).alias(f"{who}_{c}") for c in bk.columns for who in ("base", "quant")])
+        if attrs.width > 1:
+            jt = jt.join(attrs, on="example_id", how="left")
+        prepared = _prepare(jt, bk)
+        if prepared is None:
+            continue
+        n, segs, columns, cells = prepared
+        scores = bk.scores(Sums(cell_sums(cells, np.ones((1, n))), columns), segs)
+        out[task] = {s.metric: float(s.base[0]) for s in scores if s.axis == "task" and np.isfinite(s.base[0])}
+    return out
 
 
 # metrics the summary / groups already compare as example means
