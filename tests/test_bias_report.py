@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import polars as pl
 import pytest
 from test_bias_scores import random_lls, write_dump
@@ -52,3 +53,16 @@ def test_report_without_bias_tasks_says_so(tmp_path):
     _, out = _analysis(tmp_path, ["piqa"])
     page = build_report(out).html.read_text(encoding="utf-8")
     assert "No bias benchmark in this analysis" in page
+
+
+def test_marked_only_when_bootstrap_and_permutation_agree(tmp_path):
+    from qfair.report.bias import SIG_COLUMN, load_bias
+    from qfair.report.data import load_analysis
+
+    _, out = _analysis(tmp_path, ["bbq"])
+    bt = load_bias(load_analysis(out))
+    both = np.maximum(bt["p_holm"].fill_nan(None).to_numpy().astype(float),
+                      bt["p_perm_holm"].fill_nan(None).to_numpy().astype(float))
+    got = bt[SIG_COLUMN].to_numpy().astype(float)
+    ok = np.isfinite(both)
+    np.testing.assert_allclose(got[ok], both[ok])

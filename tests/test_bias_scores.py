@@ -394,6 +394,9 @@ def test_bias_rows_join_summary_and_groups_with_holm(bbq_dumps):
         ok = np.isfinite(p)
         np.testing.assert_allclose(table["p_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
         np.testing.assert_allclose(table["p_bh"].to_numpy()[ok], multipletests(p[ok], method="fdr_bh")[1])
+    p = bt["p_perm"].to_numpy()
+    ok = np.isfinite(p)
+    np.testing.assert_allclose(bt["p_perm_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
     # interval and p agree at the reported level
     fin = bt.filter(pl.col("p").is_not_null())
     excl = (fin["ci_low"] > 0) | (fin["ci_high"] < 0)

@@ -46,7 +46,7 @@ import polars as pl
 from qfair import stats
 
 __all__ = ["BIAS_SCHEMA", "BIAS_KINDS", "example_attributes", "bias_table", "summary_rows", "group_rows",
-           "model_scores", "percentile_p", "permutation_p", "resample_weights", "cell_sums", "register_bias_kind"]
+           "model_scores", "adjust_permutation", "percentile_p", "permutation_p", "resample_weights", "cell_sums", "register_bias_kind"]
 
 BIAS_SCHEMA: dict[str, Any] = {
     "model": pl.Utf8, "task": pl.Utf8, "task_kind": pl.Utf8, "axis": pl.Utf8, "group": pl.Utf8,
@@ -562,6 +562,14 @@ def model_scores(stats_table: pl.DataFrame, examples: pl.DataFrame,
         scores = bk.scores(Sums(cell_sums(cells, np.ones((1, n))), columns), segs)
         out[task] = {s.metric: float(s.base[0]) for s in scores if s.axis == "task" and np.isfinite(s.base[0])}
     return out
+
+
+def adjust_permutation(bias: pl.DataFrame) -> pl.DataFrame:
+    """Holm over the permutation p-values of the bias table (``p_perm_holm``)."""
+    if bias.height == 0 or "p_perm" not in bias.columns:
+        return bias
+    p = bias["p_perm"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    return bias.with_columns(pl.Series("p_perm_holm", stats.adjust_pvalues(p, "holm")))
 
 
 # metrics the summary / groups already compare as example means

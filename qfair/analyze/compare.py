@@ -363,5 +363,5 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
                 "custom_metrics": sorted(custom)}
     cmp = assemble(parts, settings, notes)
     if "bias" in cmp.extra:
-        cmp.extra["bias"] = adjust(cmp.extra["bias"])   # Holm / BH over the bias table's own rows
+        cmp.extra["bias"] = bias_scores.adjust_permutation(adjust(cmp.extra["bias"]))   # over the bias rows
     return cmp

@@ -16,7 +16,9 @@ from qfair.report.figures import Figure, _plt, _safe, model_colors
 
 __all__ = ["load_bias", "bias_figures", "bias_section", "SIG_COLUMN"]
 
-SIG_COLUMN = "p_holm"   # bars marked * when this adjusted p is below 0.05
+# bars and rows are marked when both tests agree: the larger of the Holm-adjusted bootstrap and
+# permutation p-values is below 0.05 (a bootstrap over a few examples can agree on every resample)
+SIG_COLUMN = "p_holm_both"
 _LABELS = {
     "disamb_bias_score": "bias score, disambiguated contexts (0 = unbiased)",
     "amb_bias_score": "bias score, ambiguous contexts (0 = unbiased)",
@@ -29,18 +31,22 @@ _LABELS = {
 
 
 def load_bias(data: AnalysisData) -> pl.DataFrame:
-    """The analysis directory's bias table (Parquet, else CSV); empty when there is none."""
+    """The analysis directory's bias table (Parquet, else CSV) with ``p_holm_both``; empty when there is none."""
     d = Path(data.path)
     pq, csv = d / "bias.parquet", d / "bias.csv"
+    df = pl.DataFrame()
     try:
         if pq.is_file():
-            return pl.read_parquet(pq)
-        if csv.is_file() and csv.stat().st_size:
-            return pl.read_csv(csv, infer_schema_length=None)
+            df = pl.read_parquet(pq)
+        elif csv.is_file() and csv.stat().st_size:
+            df = pl.read_csv(csv, infer_schema_length=None)
     except (OSError, pl.exceptions.PolarsError, ValueError) as e:
         raise ReportError(f"{pq if pq.is_file() else csv}: cannot be read as the bias table "
                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
-    return pl.DataFrame()
+    if df.height and {"p_holm", "p_perm_holm"} <= set(df.columns):
+        df = df.with_columns(pl.max_horizontal(pl.col("p_holm").fill_nan(None), pl.col("p_perm_holm").fill_nan(None))
+                             .alias(SIG_COLUMN))
+    return df
 
 
 def _main_axis(kind: str) -> str | None:
@@ -109,7 +115,7 @@ def bias_figures(data: AnalysisData) -> list[Figure]:
                 pos = y0 - 0.4 + h * (i + 0.5)
                 ax.barh(pos, np.nan_to_num(x), height=h * 0.92, xerr=err, color=colors[label], alpha=0.85,
                         error_kw={"elinewidth": 1, "capsize": 2}, label=label if who == "base" else
-                        f"{label} (* {SIG_COLUMN} < 0.05)")
+                        f"{label} (* both tests, Holm p < 0.05)")
                 ax.plot(x, pos, "o", ms=2.5, color="#111111" if who == "base" else colors[label])  # zero stays visible
                 if who == "quant":
                     for yy, xx, r in zip(pos, x, rows):
@@ -137,7 +143,8 @@ def bias_figures(data: AnalysisData) -> list[Figure]:
         out.append(Figure(f"bias_{_safe(task)}", fig, f"Bias scores on {task}",
                           f"Each score for the base and the quantized model(s), per {axis} and for the whole task, "
                           f"with {100 * level:g}% percentile bootstrap intervals (the score recomputed in every "
-                          f"resample); * marks a group whose change has Holm-adjusted p < 0.05 over the bias table; "
+                          f"resample); * marks a group whose change has both Holm-adjusted p-values (bootstrap and permutation) "
+                          "below 0.05 over the bias table; "
                           "dashed: the value of an unbiased (ideal) model; n/a: undefined (e.g. no non-unknown "
                           "answer).", "bias"))
     return out
@@ -155,16 +162,18 @@ def bias_section(data: AnalysisData, figs: list[Figure], table_html: Any, img: A
                 "winogender_*, crows_pairs_*).</p>")
     body = "".join(img(f) for f in figs if f.section == "bias")
     cols = ["model", "task", "axis", "group", "metric", "n", "base", "quant", "diff", "ci_low", "ci_high", "p",
-            "p_holm", "p_bh", "undefined", "detail"]
+            "p_holm", "p_perm", "p_perm_holm", "undefined", "detail"]
     whole = bt.filter((pl.col("axis") == "task") | pl.col("metric").str.ends_with("_disparity"))
-    body += ("<h3>Whole-task scores and disparities</h3>" + table_html(whole, cols, sig_col="p_holm") +
+    body += ("<h3>Whole-task scores and disparities</h3>" + table_html(whole, cols, sig_col=SIG_COLUMN) +
              "<p class='meta'>diff = quantized − base with its percentile bootstrap interval; p inverts that "
-             "interval (interval excludes 0 ⇔ p &lt; 0.05 before adjustment); p_holm / p_bh adjust over every row "
-             "of the bias table; undefined = share of resamples where a score is undefined (left out of the "
+             "interval (interval excludes 0 ⇔ p &lt; 0.05 before adjustment); p_perm: paired permutation test "
+             "(answers swapped per example); p_holm, p_perm_holm: Holm over every row of the bias table (p_bh in "
+             "the file). Bold rows, and * in the figures: both adjusted p-values below 0.05 — a bootstrap over a "
+             "handful of examples can agree on every resample, the permutation test does not. undefined = share of resamples where a score is undefined (left out of the "
              "interval). Disparity = max − min of a score over the groups of the axis (detail names them). "
              "BBQ's *_lmeval rows reproduce lm-evaluation-harness's numbers (0 when no biased answer is given); "
              "the unsuffixed scores follow the BBQ paper (undefined when every answer is 'unknown').</p>")
     body += ("<details><summary>Every row of the bias table "
              f"({bt.height} rows: per group, per stereotyped group)</summary>" +
-             table_html(bt, cols, sig_col="p_holm") + "</details>")
+             table_html(bt, cols, sig_col=SIG_COLUMN) + "</details>")
     return body
