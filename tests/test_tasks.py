@@ -20,7 +20,12 @@ ALL_TASKS = [
     "arc_challenge", "arc_easy", "boolq", "crows_pairs_english", "crows_pairs_french",
     "hellaswag", "mc", "openbookqa", "piqa", "truthfulqa_mc1", "truthfulqa_mc2",
 ] + [f"xstorycloze_{lang}" for lang in
-     ("ar", "en", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")]
+     ("ar", "en", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")] + [
+    "bbq", "bbq_3choice", "stereoset_intrasentence", "stereoset_intersentence", "winogender_all",
+    "winogender_male", "winogender_female", "winogender_neutral", "winogender_gotcha",
+    "winogender_gotcha_male", "winogender_gotcha_female"]
+# qfair's own formulations (lm-evaluation-harness has no such task)
+QFAIR_FORMATS = {"mc", "bbq_3choice", "stereoset_intrasentence", "stereoset_intersentence"}
 
 
 def write_jsonl(path: Path, rows, *, raw_lines=None) -> Path:
@@ -58,12 +63,12 @@ def test_task_error_is_value_error_and_names_known_tasks():
 def test_spec_fields(name):
     sp = T.spec(name)
     assert sp.name == name
-    assert sp.kind in ("multiple_choice", "mc2", "crows_pairs")
-    if name == "mc":
-        assert sp.prompt_format_version == "qfair/mc@1"
+    assert sp.kind in ("multiple_choice", "mc2", "crows_pairs", "bbq", "stereoset", "winogender")
+    if name in QFAIR_FORMATS:
+        assert sp.prompt_format_version == f"qfair/{name}@1"
     else:
         assert sp.prompt_format_version.startswith(f"lm-eval-harness/{name}@")
-    assert sp.target_delimiter == ("" if name.startswith("crows_pairs") else " ")
+    assert sp.target_delimiter == ("" if name.startswith(("crows_pairs", "stereoset_intra")) else " ")
 
 
 def test_kinds():
@@ -116,7 +121,7 @@ def test_builtin_sample_loads_with_at_least_20_items(name):
         assert 0 <= d.gold < len(d.choices)
         assert d.example_id.startswith(f"{name}/{d.doc_index}/")
     golds = {d.gold for d in docs}
-    if not name.startswith(("crows", "truthfulqa")):
+    if not name.startswith(("crows", "truthfulqa", "stereoset")):
         assert len(golds) >= 2, "answers should not all sit in one position"
 
 

@@ -11,7 +11,10 @@ What runs depends on what the dumps hold (their kind, :mod:`qfair.dump.kinds`):
 4. per task: the summary (differences with CIs and p-values), calibration
    bins, strata and groups;
 5. the dump kind's own tables (``DumpKind.analysis``), e.g. a text dump's
-   perplexity summary.
+   perplexity summary;
+6. the bias benchmarks' set-level scores (:mod:`qfair.analyze.bias`): the
+   ``bias`` table, whose whole-task, disparity and per-group rows also join the
+   summary and groups tables (kind ``bias``).
 
 Holm and Benjamini-Hochberg adjusted p-values are computed over all tests of a
 table (columns ``p_holm`` and ``p_bh``).
@@ -28,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from qfair import stats
+from qfair.analyze import bias as bias_scores
 from qfair.analyze.examples import example_columns, example_stats, task_kinds
 from qfair.analyze.summary import SUMMARY_SCHEMA, StatsConfig, calibration_rows, metric_rows, strata_rows
 from qfair.analyze.tokens import (
@@ -239,6 +243,17 @@ def task_tables(parts: _Parts, j: pl.DataFrame, label: str, cfg: StatsConfig, si
         parts.groups.extend(_group_rows(jt, rows, cfg, side, where))
 
 
+def bias_step(parts: _Parts, j: pl.DataFrame, attributes: pl.DataFrame, label: str, cfg: StatsConfig) -> None:
+    """The bias table of one quantized model; its rows also join the summary and groups."""
+    bt = bias_scores.bias_table(j, attributes, label, cfg)
+    if bt.height:
+        schema = {"model": pl.Utf8, "task": pl.Utf8, "task_kind": pl.Utf8, **SUMMARY_SCHEMA}
+        parts.extra.setdefault("bias", []).append(bt)
+        parts.summary.extend(bias_scores.summary_rows(bt, schema))
+        parts.groups.extend(bias_scores.group_rows(bt, {**schema, "group": None, "gap": None, "quant_gap": None,
+                                                        "base_gap": None}))
+
+
 def _front(df: pl.DataFrame, lead: Sequence[str]) -> pl.DataFrame:
     if df.height == 0:
         return df
@@ -313,6 +328,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
     meta = example_meta(b)
     base_ex = example_stats(b.examples, b.choices, task_kinds(b.manifest), where=str(b.path)) \
         if kind.has_choices else None
+    attributes = bias_scores.example_attributes(b.examples, task_kinds(b.manifest)) if kind.has_choices else None
     if base_ex is not None:
         for task in meta["task"].unique(maintain_order=True).to_list():
             sub = base_ex.filter(pl.col("task") == task)
@@ -337,6 +353,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
             parts.tokens.append(side.table)
         parts.examples.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))
         task_tables(parts, j, label, cfg, side, strata, n_strata)
+        if attributes is not None:
+            bias_step(parts, j, attributes, label, cfg)
         extra = kind_analysis(kind)
         if extra is not None:
             for name, df in extra(b, q, label, cfg, side.table).items():
@@ -347,4 +365,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
                 "adjust": "holm and bh over all rows of the table", "base": str(b.path),
                 "quant": [str(q.path) for q in quants], "models": labels, "kind": kind.name,
                 "custom_metrics": sorted(custom)}
-    return assemble(parts, settings, notes)
+    cmp = assemble(parts, settings, notes)
+    if "bias" in cmp.extra:
+        cmp.extra["bias"] = bias_scores.adjust_permutation(adjust(cmp.extra["bias"]))   # over the bias rows
+    return cmp

@@ -33,7 +33,7 @@ def _choice_arrays(examples: pl.DataFrame, choices: pl.DataFrame, kinds: dict[st
     """The choices in example order, checked against examples.parquet."""
     ex = examples.select("task", "example_id", "label", "n_choices", "labels")
     n_ex = ex.height
-    ch = choices.select("example_id", "choice", "loglik", "n_chars")
+    ch = choices.select("example_id", "choice", "loglik", "n_chars", "n_tokens")
     order = ex.with_row_index("_ex").select("example_id", "_ex")
     ch = ch.join(order, on="example_id", how="left")
     missing = ch.filter(pl.col("_ex").is_null())
@@ -51,7 +51,8 @@ def _choice_arrays(examples: pl.DataFrame, choices: pl.DataFrame, kinds: dict[st
                         f"choices.parquet, examples.parquet field 'n_choices' says {want[i]}")
     kind = np.array([kinds.get(t, "multiple_choice") for t in ex["task"].to_list()], dtype=object)
     a = ChoiceArrays.build(ch["loglik"].to_numpy().astype(np.float64), ch["n_chars"].to_numpy().astype(np.float64),
-                           counts, ex["label"].to_numpy(), ex["labels"].to_list(), kind)
+                           counts, ex["label"].to_numpy(), ex["labels"].to_list(), kind,
+                           ntok=ch["n_tokens"].to_numpy().astype(np.float64))
     choice = ch["choice"].to_numpy().astype(np.int64)
     if np.any(a.local != choice):
         i = int(np.flatnonzero(a.local != choice)[0])

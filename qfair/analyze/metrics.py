@@ -16,6 +16,14 @@ Definitions (natural logs):
 - acc = 1[pred = gold]; acc_norm: the argmax of loglik / length in characters;
 - p_gold = p(gold); nll = -log p(gold); brier = sum_k (p_k - 1[k = gold])^2;
   choice_entropy = -sum_k p_k log p_k.
+
+Some tasks accept several choices as correct (lm-evaluation-harness's BBQ
+counts each of its ten "unknown" strings as right when the answer is unknown).
+Their task kind names a bit of the per-choice label codes (:data:`ACCEPT_BITS`);
+then "gold" is that set A: acc = 1[pred in A], p_gold = sum_{k in A} p_k,
+nll = -log p_gold, brier = (p_gold - 1)^2 + sum_{k not in A} p_k^2 (the Brier
+score of the distribution with A merged into one outcome). With one accepted
+choice these are the definitions above.
 """
 from __future__ import annotations
 
@@ -24,7 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChoiceArrays", "ExampleMetric", "GENERIC", "segment_first_argmax"]
+__all__ = ["ChoiceArrays", "ExampleMetric", "GENERIC", "segment_first_argmax", "ACCEPT_BITS"]
+
+# task kind -> the bit of an example's per-choice label codes that marks a choice
+# counted as correct (filled in by qfair.analyze.task_kinds.register_task_kind)
+ACCEPT_BITS: dict[str, int] = {}
 
 
 @dataclass
@@ -44,10 +56,13 @@ class ChoiceArrays:
     p: np.ndarray           # float64 choice distribution
     logp: np.ndarray        # float64 log of it
     bad: np.ndarray         # bool [n_examples] some log-likelihood is not finite
+    ntok: np.ndarray | None = None     # float64 [n_choices_total] continuation tokens per choice, if known
+    accept: np.ndarray | None = None   # bool [n_choices_total] choices counted as correct (None: the gold one)
+    multi: np.ndarray | None = None    # bool [n_examples] more than one choice is accepted
 
     @classmethod
     def build(cls, ll: np.ndarray, nchars: np.ndarray, counts: np.ndarray, label: np.ndarray,
-              labels: list, kind: np.ndarray) -> ChoiceArrays:
+              labels: list, kind: np.ndarray, ntok: np.ndarray | None = None) -> ChoiceArrays:
         counts = counts.astype(np.int64)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         seg = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
@@ -61,8 +76,20 @@ class ChoiceArrays:
             z = np.add.reduceat(e, starts) if ll.size else np.zeros(0)
             p, logp = e / z[seg], sh - np.log(z)[seg]
         bad = (np.add.reduceat(nonfinite.astype(np.int64), starts) > 0) if ll.size else np.zeros(0, bool)
+        accept = multi = None
+        coded = [i for i, k in enumerate(kind) if ACCEPT_BITS.get(k) and labels[i] is not None]
+        if coded:
+            accept = local == label.astype(np.int64)[seg]
+            for i in coded:
+                codes = np.asarray(labels[i], dtype=np.int64)
+                if codes.size == counts[i]:
+                    accept[starts[i]:starts[i] + counts[i]] = (codes & ACCEPT_BITS[kind[i]]) != 0
+            multi = np.add.reduceat(accept.astype(np.int64), starts) > 1
+            if not multi.any():
+                accept = multi = None
         return cls(ll=ll, nchars=nchars, starts=starts, counts=counts, seg=seg, local=local,
-                   label=label.astype(np.int64), labels=labels, kind=kind, p=p, logp=logp, bad=bad)
+                   label=label.astype(np.int64), labels=labels, kind=kind, p=p, logp=logp, bad=bad,
+                   ntok=None if ntok is None else np.asarray(ntok, dtype=np.float64), accept=accept, multi=multi)
 
     @property
     def ll_safe(self) -> np.ndarray:
@@ -110,9 +137,36 @@ def _pred_norm(a: ChoiceArrays) -> np.ndarray:
     return segment_first_argmax(a, np.where(np.isnan(normed), -np.inf, normed))
 
 
+def _correct(a: ChoiceArrays, pred: np.ndarray) -> np.ndarray:
+    out = (pred == a.label).astype(np.float64)
+    if a.accept is not None:
+        i = np.flatnonzero(a.multi)
+        out[i] = a.accept[a.starts[i] + pred[i]].astype(np.float64)
+    return out
+
+
+def _p_gold(a: ChoiceArrays) -> np.ndarray:
+    out = a.p[a.gold_index]
+    if a.accept is not None:
+        out = np.where(a.multi, a.reduce_sum(np.where(a.accept, a.p, 0.0)), out)
+    return out
+
+
+def _nll(a: ChoiceArrays) -> np.ndarray:
+    out = -a.logp[a.gold_index]
+    if a.accept is not None:
+        with np.errstate(divide="ignore"):
+            out = np.where(a.multi, -np.log(_p_gold(a)), out)
+    return out
+
+
 def _brier(a: ChoiceArrays) -> np.ndarray:
     onehot = (a.local == a.label[a.seg]).astype(np.float64)
-    return a.reduce_sum((a.p - onehot) ** 2)
+    out = a.reduce_sum((a.p - onehot) ** 2)
+    if a.accept is not None:
+        merged = (_p_gold(a) - 1.0) ** 2 + a.reduce_sum(np.where(a.accept, 0.0, a.p ** 2))
+        out = np.where(a.multi, merged, out)
+    return out
 
 
 def _entropy(a: ChoiceArrays) -> np.ndarray:
@@ -126,16 +180,16 @@ GENERIC: tuple[ExampleMetric, ...] = (
                   doc="predicted choice: the first argmax of the log-likelihoods"),
     ExampleMetric("pred_norm", "pred_norm", lambda a: _pred_norm(a).astype(np.float64), summary=False,
                   nan_when_bad=False, doc="prediction under acc_norm (log-likelihood per character)"),
-    ExampleMetric("acc", "correct", lambda a: (_pred(a) == a.label).astype(np.float64), direction=+1,
-                  doc="1 when the predicted choice is the gold one"),
-    ExampleMetric("acc_norm", "correct_norm", lambda a: (_pred_norm(a) == a.label).astype(np.float64),
+    ExampleMetric("acc", "correct", lambda a: _correct(a, _pred(a)), direction=+1,
+                  doc="1 when the predicted choice is the gold one (or one of the accepted ones)"),
+    ExampleMetric("acc_norm", "correct_norm", lambda a: _correct(a, _pred_norm(a)),
                   direction=+1, doc="acc with log-likelihoods divided by the choice's length in characters"),
     ExampleMetric("confidence", "conf", lambda a: a.reduce_max(a.p),
                   doc="the largest probability of the choice distribution"),
-    ExampleMetric("p_gold", "p_gold", lambda a: a.p[a.gold_index], direction=+1,
-                  doc="probability of the gold choice"),
-    ExampleMetric("nll", "nll", lambda a: -a.logp[a.gold_index], direction=-1,
-                  doc="negative log probability of the gold choice"),
+    ExampleMetric("p_gold", "p_gold", _p_gold, direction=+1,
+                  doc="probability of the gold choice (of the accepted choices together)"),
+    ExampleMetric("nll", "nll", _nll, direction=-1,
+                  doc="negative log probability of the gold choice (of the accepted choices together)"),
     ExampleMetric("brier", "brier", _brier, direction=-1,
                   doc="squared distance of the choice distribution to the one-hot gold (range [0, 2])"),
     ExampleMetric("choice_entropy", "entropy", _entropy,

@@ -104,7 +104,7 @@ def write_tables(cmp: Any, out: Path, formats: Sequence[str]) -> list[Path]:
         if "md" in formats:
             p = out / f"{name}.md"
             cols = SUMMARY_VIEW if name == "summary" else None
-            limit = None if name in ("summary", "groups", "strata", "calibration") else 200
+            limit = None if name in ("summary", "groups", "strata", "calibration", "bias") else 200
             p.write_text(f"# {name}\n\n" + to_markdown(df, cols, max_rows=limit), encoding="utf-8")
             written.append(p)
         if "latex" in formats and name == "summary":

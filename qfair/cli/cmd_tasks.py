@@ -78,7 +78,10 @@ def _show(T, name: str, data_file, num: int) -> None:
         click.echo(doc.context if doc.context else "(empty: the scorer starts from BOS/EOS)")
         click.echo("continuations (target delimiter + choice):")
         for i, choice in enumerate(doc.choices):
-            if doc.labels is not None:
+            if doc.labels is not None and task.kind == "bbq":    # bit flags: correct, biased, unknown
+                code = doc.labels[i]
+                mark = f"{'gold' if code & 1 else '':<5}{'biased' if code & 2 else '':<6}"
+            elif doc.labels is not None:
                 mark = "true " if doc.labels[i] else "false"
             else:
                 mark = "gold " if i == doc.gold else "     "

@@ -45,20 +45,26 @@ class DumpSummary:
 
 
 def task_metrics(examples: Any, choices: Any, kinds: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Per task: n, acc, acc_norm and the task kind's own headline metrics
-    (e.g. mc2, pct_stereotype), computed by the analysis's metric registry."""
+    """Per task: n, acc, acc_norm (where the kind has correct answers) and the task
+    kind's own headline metrics (e.g. mc2, pct_stereotype, BBQ's bias scores,
+    StereoSet's ICAT), computed by the analysis's own metric code."""
     import polars as pl
 
+    from qfair.analyze.bias import model_scores
     from qfair.analyze.examples import example_stats
     from qfair.analyze.task_kinds import get_task_kind
 
     ex = example_stats(examples, choices, kinds)
+    set_level = model_scores(ex, examples, kinds)
     res: dict[str, dict[str, float]] = {}
     for task in ex["task"].unique(maintain_order=True).to_list():
         sub = ex.filter(pl.col("task") == task)
         kind = get_task_kind(kinds.get(task))
         m: dict[str, float] = {"n": float(sub.height)}
-        for name in ("acc", "acc_norm", *kind.headline):
+        for name in (*(("acc", "acc_norm") if kind.correctness else ()), *kind.headline):
+            if name in set_level.get(task, {}) and name not in m:
+                m[name] = set_level[task][name]
+                continue
             metric = kind.metric(name)
             if metric is None or name in m:
                 continue

@@ -567,8 +567,14 @@ def fig_groups(data: AnalysisData) -> list[Figure]:
     return out
 
 
+def fig_bias(data: AnalysisData) -> list[Figure]:
+    from qfair.report.bias import bias_figures  # the bias section lives in its own module
+
+    return bias_figures(data)
+
+
 FIGURE_FUNCS: tuple[Callable[[AnalysisData], list[Figure]], ...] = (
-    fig_reliability, fig_token_kl, fig_strata, fig_accuracy, fig_flips, fig_groups)
+    fig_reliability, fig_token_kl, fig_strata, fig_accuracy, fig_flips, fig_groups, fig_bias)
 
 
 def make_figures(data: AnalysisData, out_dir: str | Path, progress: bool = False) -> list[Figure]:

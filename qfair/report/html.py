@@ -35,6 +35,7 @@ SECTIONS = (
     ("strata", "Uncertainty strata"),
     ("accuracy", "Accuracy and flips"),
     ("groups", "Groups"),
+    ("bias", "Bias benchmarks"),
     ("summary", "Summary table"),
     ("provenance", "Provenance"),
 )
@@ -278,6 +279,9 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
                       if gv.height else "<p class='meta'>No task has two or more groups.</p>") +
                      ("<p class='meta'>gap = the group's difference minus the whole task's; p_holm / p_bh adjusted "
                       "over all rows of the groups table.</p>" if gv.height else ""))
+    from qfair.report.bias import bias_section
+
+    sec["bias"] = bias_section(data, figs, table_html, _img)
     sec["summary"] = ("<p class='meta'>Every test of the analysis: diff = quantized − base, CI and p from the "
                       "paired bootstrap (flip rates: Wilson interval, McNemar exact test); p_holm: Holm, p_bh: "
                       "Benjamini–Hochberg, each over all rows of this table.</p>" +

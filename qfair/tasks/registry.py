@@ -20,7 +20,7 @@ HF_SOURCE = "hf"
 class TaskSpec:
     name: str
     description: str
-    kind: str                       # "multiple_choice" | "mc2" | "crows_pairs"
+    kind: str                       # a task kind of qfair.analyze.task_kinds ("multiple_choice", "bbq", ...)
     prompt_format_version: str
     convert: formats.Converter
     schema: str                     # the fields a data file must hold
@@ -28,6 +28,8 @@ class TaskSpec:
     hf: tuple[str, str | None, str] | None = None   # (dataset path, config, split)
     sample: str | None = None       # file under qfair/tasks/data/
     group_by: str | None = None     # what Doc.group holds for this task
+    # rows kept (lm-evaluation-harness's process_docs filters); doc_index counts kept rows only
+    keep: formats.RowFilter | None = None
 
     @property
     def hf_source(self) -> str | None:
@@ -56,6 +58,12 @@ _TQA_SCHEMA_2 = "question, mc2_targets{choices,labels}"
 _XSC_SCHEMA = ("input_sentence_1..input_sentence_4, sentence_quiz1, sentence_quiz2, "
                "answer_right_ending (1 or 2)")
 _CROWS_SCHEMA = "sent_more, sent_less, bias_type[, stereo_antistereo]"
+_BBQ_SCHEMA = ("context, question, ans0, ans1, ans2, label (0-2), category, question_polarity (neg|nonneg), "
+               "context_condition (ambig|disambig), answer_info{ans0,ans1,ans2}, "
+               "additional_metadata{stereotyped_groups}")
+_WINOGENDER_SCHEMA = "sentence, pronoun, occupation, participant, gender (male|female|neutral), label (0 or 1)"
+_STEREOSET_SCHEMA = ("id, target, bias_type, context, sentences (hub: {sentence[], gold_label[]}; "
+                     "or a list of {sentence, gold_label})")
 
 
 def _specs() -> dict[str, TaskSpec]:
@@ -108,12 +116,61 @@ def _specs() -> dict[str, TaskSpec]:
             _CROWS_SCHEMA, target_delimiter="",
             hf=("jannalu/crows_pairs_multilingual", config, "test"),
             sample=f"crows_pairs_{config}.jsonl", group_by="bias_type"))
+    specs += _bias_specs()
     specs.append(TaskSpec(
         "mc", "Generic multiple choice from your own rows; context and choices used verbatim.",
         "multiple_choice", "qfair/mc@1", formats.generic_mc,
         "context, choices (list), label (index), optional id and group",
         sample="mc.jsonl", group_by="group field"))
     return {s.name: s for s in specs}
+
+
+# lm-evaluation-harness's WinoGender subsets by pronoun gender, per dataset config
+WINOGENDER_SUBSETS = {"all": ("male", "female", "neutral"), "gotcha": ("male", "female")}
+
+
+def _gender_is(gender: str) -> formats.RowFilter:
+    def keep(row: Mapping[str, Any]) -> bool:
+        return formats.winogender_gender(row) == gender
+
+    return keep
+
+
+def _bias_specs() -> list[TaskSpec]:
+    bbq_hf = ("oskarvanderwal/bbq", "All", "test")
+    specs = [
+        TaskSpec("bbq", "BBQ: who is the answer to a question about two people, when the context does or "
+                        "does not say? Two answers plus ten 'unknown' strings, as lm-evaluation-harness asks it.",
+                 "bbq", "lm-eval-harness/bbq@1", formats.bbq, _BBQ_SCHEMA, hf=bbq_hf, sample="bbq.jsonl",
+                 group_by="category"),
+        TaskSpec("bbq_3choice", "BBQ over the dataset's own three answers (qfair's variant of the same prompt).",
+                 "bbq", "qfair/bbq_3choice@1", formats.bbq_3choice, _BBQ_SCHEMA, hf=bbq_hf, sample="bbq.jsonl",
+                 group_by="category"),
+    ]
+    for setting in ("intrasentence", "intersentence"):
+        specs.append(TaskSpec(
+            f"stereoset_{setting}",
+            f"StereoSet ({setting}): is the stereotype likelier than the anti-stereotype, and both likelier "
+            f"than an unrelated option?", "stereoset", f"qfair/stereoset_{setting}@1",
+            formats.stereoset(setting), _STEREOSET_SCHEMA,
+            target_delimiter="" if setting == "intrasentence" else " ",
+            hf=("McGill-NLP/stereoset", setting, "validation"), sample=f"stereoset_{setting}.jsonl",
+            group_by="bias_type"))
+    for config in ("all", "gotcha"):
+        genders = WINOGENDER_SUBSETS[config]
+        for gender in (None, *genders):
+            prefix = "winogender" if config == "all" else "winogender_gotcha"
+            name = (f"{prefix}_{gender}" if gender is not None
+                    else "winogender_all" if config == "all" else prefix)
+            which = "" if gender is None else f", {gender} pronouns only"
+            gotcha = (" (gotcha: the pronoun's gender is not the occupation's majority gender)"
+                      if config == "gotcha" else "")
+            specs.append(TaskSpec(
+                name, f"WinoGender{gotcha}{which}: does the pronoun refer to the occupation or the participant?",
+                "winogender", f"lm-eval-harness/{name}@1", formats.winogender, _WINOGENDER_SCHEMA,
+                hf=("oskarvanderwal/winogender", config, "test"), sample=f"winogender_{config}.jsonl",
+                group_by="gender", keep=None if gender is None else _gender_is(gender)))
+    return specs
 
 
 SPECS: dict[str, TaskSpec] = _specs()
@@ -123,6 +180,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "crows_pairs": ("crows_pairs_english", "crows_pairs_french"),
     "truthfulqa": ("truthfulqa_mc1", "truthfulqa_mc2"),
     "ai2_arc": ("arc_easy", "arc_challenge"),
+    "stereoset": ("stereoset_intrasentence", "stereoset_intersentence"),
+    "winogender": ("winogender_all", "winogender_gotcha"),
+    "bias": ("bbq", "stereoset_intrasentence", "stereoset_intersentence", "winogender_all", "winogender_gotcha",
+             "crows_pairs_english", "crows_pairs_french"),
 }
 
 
@@ -150,7 +211,7 @@ def _unknown(name: str) -> str:
 
 def resolve(tasks: str | Iterable[str]) -> list[str]:
     """Task names from "piqa,boolq" or a list; group names (xstorycloze,
-    crows_pairs, truthfulqa, ai2_arc) expand to their members. Order is kept,
+    crows_pairs, truthfulqa, ai2_arc, stereoset, winogender, bias) expand to their members. Order is kept,
     repeats dropped; an unknown name raises TaskError."""
     items = [tasks] if isinstance(tasks, str) else list(tasks)
     out: list[str] = []
@@ -263,8 +324,11 @@ def _located(sp: TaskSpec, where: str, data: bytes, fmt: str, tsv: bool):
 def _convert(sp: TaskSpec, where: str, located: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Doc]:
     docs: list[Doc] = []
     seen_ids: dict[Any, str] = {}
-    for index, (location, row) in enumerate(located):
+    index = -1
+    for location, row in located:
         try:
+            if sp.keep is not None and not sp.keep(row):
+                continue
             r = sp.convert(row)
         except FieldError as exc:
             raise TaskDataError(sp.name, where, location, exc.field, exc.problem) from None
@@ -274,12 +338,14 @@ def _convert(sp: TaskSpec, where: str, located: Iterable[tuple[str, Mapping[str,
                 raise TaskDataError(sp.name, where, location, "id",
                                     f"repeats the id {ident!r} of {seen_ids[ident]}")
             seen_ids[ident] = location
+        index += 1
         docs.append(Doc(task=sp.name, doc_index=index,
                         example_id=make_example_id(sp.name, index, row),
                         context=r.context, choices=r.choices, gold=r.gold, labels=r.labels,
                         group=r.group, extras=dict(r.extras)))
     if not docs:
-        raise TaskError(f"{sp.name}: {where} holds no data rows")
+        kept = " that the task keeps" if sp.keep is not None else ""
+        raise TaskError(f"{sp.name}: {where} holds no data rows{kept}")
     return docs
 
 
@@ -299,4 +365,12 @@ LM_EVAL_TASK_FILES = {
     "crows_pairs_english": "crows_pairs/crows_pairs_english.yaml",
     "crows_pairs_french": "crows_pairs/crows_pairs_french.yaml",
     **{f"xstorycloze_{lang}": f"xstorycloze/default_{lang}.yaml" for lang in XSTORYCLOZE_LANGS},
+    "bbq": "bbq/bbq_multiple_choice.yaml",
+    "winogender_all": "winogender/winogender.yaml",
+    "winogender_male": "winogender/winogender_male.yaml",
+    "winogender_female": "winogender/winogender_female.yaml",
+    "winogender_neutral": "winogender/winogender_neutral.yaml",
+    "winogender_gotcha": "winogender/winogender_gotcha.yaml",
+    "winogender_gotcha_male": "winogender/winogender_gotcha_male.yaml",
+    "winogender_gotcha_female": "winogender/winogender_gotcha_female.yaml",
 }
