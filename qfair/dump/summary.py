@@ -45,8 +45,9 @@ class DumpSummary:
 
 
 def task_metrics(examples: Any, choices: Any, kinds: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Per task: n, acc, acc_norm and the task kind's own headline metrics
-    (e.g. mc2, pct_stereotype), computed by the analysis's metric registry."""
+    """Per task: n, acc and acc_norm (for kinds with gold answers) and the task kind's
+    own headline metrics (e.g. mc2, pct_stereotype), computed by the analysis's
+    metric registry."""
     import polars as pl
 
     from qfair.analyze.examples import example_stats
@@ -58,7 +59,7 @@ def task_metrics(examples: Any, choices: Any, kinds: dict[str, str]) -> dict[str
         sub = ex.filter(pl.col("task") == task)
         kind = get_task_kind(kinds.get(task))
         m: dict[str, float] = {"n": float(sub.height)}
-        for name in ("acc", "acc_norm", *kind.headline):
+        for name in ((("acc", "acc_norm") if kind.correctness else ()) + tuple(kind.headline)):
             metric = kind.metric(name)
             if metric is None or name in m:
                 continue
