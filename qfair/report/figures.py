@@ -162,13 +162,21 @@ def fig_reliability(data: AnalysisData) -> list[Figure]:
                             color=colors.get(m), label=lab, alpha=0.9)
             else:
                 ax.plot(x, y, marker="o", ms=5, lw=1.4, color=colors.get(m), label=lab, alpha=0.9)
-            for j, r in enumerate(ok.iter_rows(named=True)):
-                lo, hi = max(float(r["lo"]), 0.0), min(float(r["hi"]), 1.0)
-                axc.barh(i, hi - lo, left=lo, height=0.7, color=colors.get(m), alpha=0.55 if j % 2 else 0.9,
-                         edgecolor="white", lw=0.8, label=m if j == 0 else None)
-                axc.annotate(str(int(r["n"])), ((lo + hi) / 2, i), ha="center", va="center", fontsize=6.5,
-                             color="white" if j % 2 == 0 else "#111111")
-        ax.set_xlim(0, 1)
+            # lower panel: every example's confidence (a rug), bin edges and counts
+            ex = data.examples
+            src = data.models[0] if m == "base" and data.models else m
+            col = "base_conf" if m == "base" else "quant_conf"
+            if ex.height and col in ex.columns:
+                c = ex.filter((pl.col("model") == src) & (pl.col("task") == task))[col].cast(pl.Float64).to_numpy()
+                c = c[np.isfinite(c)]
+                axc.plot(c, np.full(c.size, i), ls="none", marker="|", ms=11, mew=1.0, color=colors.get(m),
+                         alpha=0.7, label=m)
+            for r in ok.iter_rows(named=True):
+                if float(r["hi"]) < 1.0:
+                    axc.plot([r["hi"]] * 2, [i - 0.42, i + 0.42], color="#555555", lw=0.9)
+                axc.annotate(f"n={int(r['n'])}", (float(r["conf_mean"]), i - 0.3), ha="center", va="bottom",
+                             fontsize=6.5, color="#222222")
+        ax.set_xlim(-0.01, 1.015)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("accuracy in bin (fraction correct)")
         how = (f"{n_bins} equal-mass bins of about {n_ex // max(n_bins, 1)} examples"
@@ -179,7 +187,7 @@ def fig_reliability(data: AnalysisData) -> list[Figure]:
         ax.legend(loc="upper left", fontsize=7.5, frameon=True,
                   title=f"ECE ({ece_bins} equal-width bins) [{_pct(level)} bootstrap CI]", title_fontsize=7.5)
         axc.set_xlabel("confidence (probability of the predicted choice)")
-        axc.set_ylabel("bins (examples)", fontsize=8)
+        axc.set_ylabel("examples", fontsize=8)
         axc.set_yticks(range(k))
         axc.set_yticklabels([m for m, _ in series], fontsize=7)
         axc.set_ylim(k - 0.5, -0.5)
@@ -189,8 +197,8 @@ def fig_reliability(data: AnalysisData) -> list[Figure]:
         out.append(Figure(f"reliability_{_safe(task)}", fig, f"Reliability on {task}",
                           "Accuracy against mean confidence (top-label: the probability of the chosen answer) "
                           "in bins chosen by the number of examples (equal-mass, about ten per bin), with Wilson "
-                          "intervals; the diagonal is perfect calibration. Lower panel: each model's bins, their "
-                          "confidence ranges and example counts. Legend: each model's ECE with its bootstrap interval from the "
+                          "intervals; the diagonal is perfect calibration. Lower panel: each example's confidence "
+                          "per model, the bin edges (grey) and the examples per bin. Legend: each model's ECE with its bootstrap interval from the "
                           "summary table.", "calibration"))
     return out
 
