@@ -18,6 +18,7 @@ table (columns ``p_holm`` and ``p_bh``).
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -409,4 +410,12 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
                 "adjust": "holm and bh over all rows of the table that have a p", "base": str(b.path),
                 "quant": [str(q.path) for q in quants], "models": labels, "kind": kind.name,
                 "custom_metrics": sorted(custom)}
-    return assemble(parts, settings, notes)
+    out = assemble(parts, settings, notes)
+    m = int(out.summary["p"].is_not_null().sum()) if out.summary.height else 0
+    alpha = 1.0 - float(confidence)
+    if m and 1.0 / (int(bootstrap) + 1) > alpha / m:
+        notes.append(f"Holm over the {m} tested rows of the summary needs p < {alpha:g}/{m} = {alpha / m:.2g}, "
+                     f"finer than {int(bootstrap)} resamples resolve (smallest p 1/(B+1) = "
+                     f"{1 / (int(bootstrap) + 1):.2g}): no row can pass Holm; read p_bh, or use --bootstrap "
+                     f"{int(math.ceil(m / alpha))} or more")
+    return out

@@ -317,7 +317,12 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
                                                 "p_ttest", "p_mcnemar", "p_holm", "p_bh"],
                                  sig_col="p_holm") + "</details>")
     sec["provenance"] = _provenance(data)
-    notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes)
+    # notes about undefined statistics can be many: they go into a fold below the others
+    undefined = [n for n in data.notes if " undefined (" in n]
+    notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes if n not in undefined)
+    if undefined:
+        notes += (f"<details><summary>{len(undefined)} statistic(s) undefined (no row in the summary)</summary>"
+                  + "".join(f"<p class='note'>{_e(n)}</p>" for n in undefined) + "</details>")
     nav = "<nav><ul>" + "".join(f"<li><a href='#{k}'>{_e(v)}</a></li>" for k, v in SECTIONS) + "</ul></nav>"
     body = "".join(f"<section id='{k}'><h2>{_e(v)}</h2>{sec[k]}</section>" for k, v in SECTIONS)
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
