@@ -18,6 +18,12 @@ Layout of ``out``::
 
 A quantization spec whose backend is missing on this machine is skipped with
 a message (``DemoResult.skipped``); the demo fails only when none is left.
+
+Running the demo again into the same ``out`` resumes it: a complete dump made
+with the same model, quantization, tasks, limit and seed is reused as is
+(without loading the model), an interrupted one is finished from its last
+complete shard, and a dump made with other settings is replaced. The analysis
+and the report are always redone.
 ``model=`` replaces the embedded default (a local checkpoint directory, e.g. a
 tiny model from :mod:`qfair.models.tiny` in tests).
 """
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["run_demo", "DemoResult", "DemoError", "DEMO_TASKS", "DEFAULT_QUANTS", "DEFAULT_LIMIT",
-           "DEFAULT_BOOTSTRAP", "plan_quants"]
+           "DEFAULT_BOOTSTRAP", "plan_quants", "existing_dump"]
 
 # the seven benchmarks of the issue plus CrowS-Pairs (bias by group)
 DEMO_TASKS = ("piqa", "boolq", "openbookqa", "arc_easy", "hellaswag", "truthfulqa_mc2", "xstorycloze_en",
@@ -129,6 +135,29 @@ def _check_tasks(tasks: Sequence[str]) -> list[str]:
     return names
 
 
+def existing_dump(path: Path, *, model: str | os.PathLike | None, quant: str, tasks: Sequence[str],
+                  limit: int | None, seed: int) -> str | None:
+    """What ``path`` holds for this demo step: None (nothing), "complete" or "partial" (a dump
+    of the same model, quantization, tasks, limit and seed) or "other" (anything else)."""
+    import json
+
+    mp = path / "manifest.json"
+    if not mp.is_file():
+        return "other" if path.is_dir() and any(path.iterdir()) else None
+    try:
+        m = json.loads(mp.read_text(encoding="utf-8"))
+        run = m.get("run") or {}
+        cfg = run.get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return "other"
+    same = (cfg.get("model") == (None if model is None else str(model)) and cfg.get("quant") == quant
+            and list(cfg.get("tasks") or []) == list(tasks) and cfg.get("limit") == limit
+            and not cfg.get("data_files") and run.get("seed") == seed)
+    if not same:
+        return "other"
+    return "complete" if m.get("status") == "complete" else "partial"
+
+
 def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike | None = None,
              quant: str | Iterable[str] = DEFAULT_QUANTS, tasks: Sequence[str] = DEMO_TASKS,
              limit: int | None = DEFAULT_LIMIT, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
@@ -169,10 +198,18 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
 
     def _dump(step: int, spec: str, label: str) -> Path:
         what = "full precision" if spec == "none" else spec
-        say(f"[{step}/{n_steps}] dump {model_name}, {what}, on {len(names)} tasks ({per_task}) -> {dumps_dir / label}")
+        path = dumps_dir / label
+        state = existing_dump(path, model=model, quant=spec, tasks=names, limit=limit, seed=seed)
+        if state == "complete":
+            say(f"[{step}/{n_steps}] reuse {path} ({model_name}, {what}: complete, same settings)")
+            seconds[f"dump {label}"] = 0.0
+            return path
+        verb = {"partial": "resume", "other": "redo (other settings)"}.get(state or "", "dump")
+        say(f"[{step}/{n_steps}] {verb} {model_name}, {what}, on {len(names)} tasks ({per_task}) -> {path}")
         t0 = time.perf_counter()
-        s = dump(dumps_dir / label, model=None if model is None else str(model), quant=spec, tasks=names,
-                 limit=limit, overwrite=True, seed=seed, progress=progress)
+        s = dump(path, model=None if model is None else str(model), quant=spec, tasks=names,
+                 limit=limit, resume=state == "partial", overwrite=state != "partial", seed=seed,
+                 progress=progress)
         seconds[f"dump {label}"] = time.perf_counter() - t0
         say(f"      {s.n_examples} examples, {s.n_rows} scored tokens in {seconds[f'dump {label}']:.0f} s")
         return s.path
@@ -203,7 +240,7 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
     t0 = time.perf_counter()
     try:
         cmp = compare(base, list(quants.values()), bootstrap=bootstrap, seed=seed, progress=progress)
-        cmp.write(analysis_dir, formats=("parquet", "csv", "md"))
+        cmp.write(analysis_dir, formats=("parquet", "csv", "md", "latex"))
         write_provenance(analysis_dir)
     except DumpError as e:
         raise DemoError(str(e)) from None

@@ -188,7 +188,7 @@ def test_summary_acc_flips_and_calibration(dumps, result):
     ob = example_oracle(dumps["base"], KINDS)
     oq = example_oracle(dumps["nf4"], KINDS)
     s = result.summary.filter(pl.col("model") == "nf4")
-    for task in ("toy_mc", "toy_mc2", "toy_crows"):
+    for task in ("toy_mc", "toy_mc2"):
         ids = [e["example_id"] for e in dumps["corpus"] if e["task"] == task]
         bc = np.array([ob[i]["correct"] for i in ids])
         qc = np.array([oq[i]["correct"] for i in ids])
@@ -200,7 +200,10 @@ def test_summary_acc_flips_and_calibration(dumps, result):
         b, c = int(((bc == 1) & (qc == 0)).sum()), int(((bc == 0) & (qc == 1)).sum())
         fl = st.filter(pl.col("metric") == "flips").row(0, named=True)
         assert fl["diff"] == pytest.approx((b + c) / len(ids))
-        assert fl["p"] == pytest.approx(stats.mcnemar(b, c).p_exact)
+        # a flip rate is described (Wilson), not tested against 0; McNemar tests "accuracy unchanged"
+        assert fl["p"] is None and fl["ci_method"] == "wilson"
+        assert fl["p_mcnemar"] == pytest.approx(stats.mcnemar(b, c).p_exact)
+        assert acc["p_mcnemar"] == pytest.approx(stats.mcnemar(b, c).p_exact)
         c2i = st.filter(pl.col("metric") == "flips_c2i").row(0, named=True)
         assert c2i["diff"] == pytest.approx(b / len(ids))
         ece = st.filter(pl.col("metric") == "ece").row(0, named=True)
@@ -209,9 +212,33 @@ def test_summary_acc_flips_and_calibration(dumps, result):
         assert ece["base"] == pytest.approx(calibration(bconf, bc, bins=5).ece)
         assert ece["quant"] == pytest.approx(calibration(qconf, qc, bins=5).ece)
         assert ece["diff"] == pytest.approx(ece["quant"] - ece["base"])
+        assert ece["base_low"] <= ece["base"] <= ece["base_high"] or ece["base"] == 0
     # mc2 only on the mc2 task, CrowS-Pairs metrics only on crows
     assert set(s.filter(pl.col("metric") == "mc2")["task"]) == {"toy_mc2"}
     assert set(s.filter(pl.col("metric") == "pct_stereotype")["task"]) == {"toy_crows"}
+    # CrowS-Pairs has no gold answer: no accuracy, flips, calibration or the study's correctness measures
+    crows = set(s.filter(pl.col("task") == "toy_crows")["metric"])
+    assert not crows & {"acc", "acc_norm", "p_gold", "nll", "brier", "ece", "flips", "conf_pos", "ace_study"}
+    assert {"pct_stereotype", "likelihood_diff", "pct_stereotype_from_neutral", "confidence"} <= crows
+    assert set(result.calibration["task"]) == {"toy_mc", "toy_mc2"}
+
+
+def test_pct_stereotype_distance_from_neutral(dumps, result):
+    oq, ob = example_oracle(dumps["nf4"], KINDS), example_oracle(dumps["base"], KINDS)
+    ids = [e["example_id"] for e in dumps["corpus"] if e["task"] == "toy_crows"]
+    xb = np.array([ob[i]["stereotype"] for i in ids])
+    xq = np.array([oq[i]["stereotype"] for i in ids])
+    r = result.summary.filter((pl.col("model") == "nf4") & (pl.col("task") == "toy_crows") &
+                              (pl.col("metric") == "pct_stereotype_from_neutral")).row(0, named=True)
+    assert r["base"] == pytest.approx(abs(xb.mean() - 0.5)) and r["quant"] == pytest.approx(abs(xq.mean() - 0.5))
+    assert r["diff"] == pytest.approx(abs(xq.mean() - 0.5) - abs(xb.mean() - 0.5))
+    # the bootstrap distribution on the shared draw, recomputed from the exposed counts
+    dist = []
+    for b in range(400):
+        c = stats.bootstrap_counts(len(ids), 3, b)
+        dist.append(abs((c * xq).sum() / c.sum() - 0.5) - abs((c * xb).sum() / c.sum() - 0.5))
+    lo, hi = np.quantile(dist, [0.025, 0.975])
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
 
 
 def test_adjusted_pvalues_over_the_table(result):
@@ -260,13 +287,22 @@ def test_example_kl_aggregates(result):
 def test_self_comparison_is_zero(dumps):
     c = compare(dumps["base"], dumps["base"], bootstrap=200, bins=5)
     s = c.summary
-    for m in ("flips", "flips_c2i", "flips_i2c", "changed_answer", "acc", "ece", "kl_pq", "js", "tv"):
+    for m, n_tasks in (("flips", 2), ("flips_c2i", 2), ("flips_i2c", 2), ("changed_answer", 2), ("acc", 2),
+                       ("ece", 2), ("kl_pq", 3), ("js", 3), ("tv", 3), ("choice_js", 3)):
         rows = s.filter(pl.col("metric") == m)
-        assert rows.height == 3, m
+        assert rows.height == n_tasks, m
         np.testing.assert_allclose(rows["diff"].to_numpy(), 0.0, atol=1e-12)
-    assert (s.filter(pl.col("metric") == "flips")["p"] == 1.0).all()
-    assert (s.filter(pl.col("metric") == "top1_agree")["diff"] == 1.0).all()
-    np.testing.assert_allclose(c.tokens["kl_pq"].to_numpy(), 0.0, atol=1e-6)
+    # agreement rates: 1 with an interval at 1 and no test (item: not 1.0 "significant" against 0)
+    for m in ("top1_agree", "overlap_at_1", "overlap_at_5", "overlap_at_10"):
+        rows = s.filter(pl.col("metric") == m)
+        assert rows.height == 3 and (rows["diff"] == 1.0).all() and (rows["ci_low"] == 1.0).all()
+        assert rows["p"].is_null().all() and rows["p_holm"].is_null().all()
+    # nothing an identical pair reports is significant; no accuracy change has a degenerate interval
+    tested = s.filter(pl.col("p").is_not_null())
+    assert tested.height > 20 and (tested["p"] >= 0.05).all()
+    acc = s.filter(pl.col("metric") == "acc")
+    assert (acc["ci_method"] == "wilson (no change)").all() and (acc["ci_low"] < 0).all()
+    np.testing.assert_allclose(acc["ci_high"].to_numpy(), stats.wilson([0], [24])[1][0])
 
 
 def test_store_none_gives_example_and_target_token_stats(dumps):

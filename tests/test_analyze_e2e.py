@@ -10,6 +10,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 TASKS = "piqa,truthfulqa_mc2,crows_pairs_english"
+GOLD = ("piqa", "truthfulqa_mc2")  # tasks whose kind has gold answers (CrowS-Pairs has none)
 LIMIT = 4
 
 
@@ -57,9 +58,12 @@ def test_table_shapes(dumps, cmp):
     assert set(cmp.summary["task"]) == tasks
     for t in tasks:
         m = set(cmp.summary.filter(pl.col("task") == t)["metric"])
-        assert {"acc", "acc_norm", "ece", "flips", "kl_pq", "js", "top1_agree"} <= m
+        assert {"kl_pq", "js", "top1_agree", "confidence", "choice_js"} <= m
+        gold_based = {"acc", "acc_norm", "ece", "flips", "p_gold", "conf_pos", "ace_study"}
+        assert (gold_based <= m) if t in GOLD else not (gold_based & m)
     assert "mc2" in set(cmp.summary.filter(pl.col("task") == "truthfulqa_mc2")["metric"])
-    assert "pct_stereotype" in set(cmp.summary.filter(pl.col("task") == "crows_pairs_english")["metric"])
+    crows = set(cmp.summary.filter(pl.col("task") == "crows_pairs_english")["metric"])
+    assert {"pct_stereotype", "likelihood_diff", "pct_stereotype_from_neutral"} <= crows
     assert set(cmp.groups.filter(pl.col("task") == "crows_pairs_english")["group"])  # bias types
     assert cmp.calibration.height > 0 and cmp.strata.height > 0
     # quantization moved the distributions: every token's KL is finite and some are > 0
@@ -70,7 +74,7 @@ def test_table_shapes(dumps, cmp):
 def test_accuracy_and_flips_agree_with_the_dumps(dumps, cmp):
     ab = _acc_from_choices(dumps["base"].path)
     aq = _acc_from_choices(dumps["nf4"].path)
-    for task in TASKS.split(","):
+    for task in GOLD:
         ids = cmp.examples.filter(pl.col("task") == task)["example_id"].to_list()
         s = cmp.summary.filter(pl.col("task") == task)
         acc = s.filter(pl.col("metric") == "acc").row(0, named=True)
@@ -94,5 +98,16 @@ def test_self_comparison_zero_divergence_zero_flips(dumps):
     np.testing.assert_allclose(c.tokens["js"].to_numpy(), 0.0, atol=1e-6)
     assert (c.tokens["top1_agree"] == 1.0).all()
     s = c.summary
-    for m in ("flips", "flips_c2i", "flips_i2c", "changed_answer", "acc", "ece", "nll"):
-        np.testing.assert_allclose(s.filter(pl.col("metric") == m)["diff"].to_numpy(), 0.0, atol=1e-12)
+    for m in ("flips", "flips_c2i", "flips_i2c", "changed_answer", "acc", "ece", "nll", "kl_pq", "choice_js"):
+        rows = s.filter(pl.col("metric") == m)
+        assert rows.height >= len(GOLD), m
+        np.testing.assert_allclose(rows["diff"].to_numpy(), 0.0, atol=1e-6)
+    # agreement is 1 with an interval at 1 and no test against 0 (a rate whose natural value is 1)
+    agree = s.filter(pl.col("metric").is_in(["top1_agree", "overlap_at_1", "overlap_at_5"]))
+    assert agree.height == 3 * 3
+    np.testing.assert_allclose(agree["diff"].to_numpy(), 1.0)
+    np.testing.assert_allclose(agree["ci_low"].to_numpy(), 1.0)
+    assert agree["p"].is_null().all()
+    # no tested row of an identical pair is significant
+    tested = s.filter(pl.col("p").is_not_null())
+    assert (tested["p"] >= 0.05).all(), tested.filter(pl.col("p") < 0.05).select("task", "metric", "p")

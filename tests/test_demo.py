@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 TASKS = ("piqa", "truthfulqa_mc2", "crows_pairs_english")
+GOLD = ("piqa", "truthfulqa_mc2")  # tasks whose kind has gold answers
 QUANTS = ("bnb-int8", "bnb-nf4")
 LIMIT = 3
 
@@ -55,6 +56,7 @@ def test_demo_writes_dumps_analysis_and_report(demo_run):
     for t in ("summary", "examples", "tokens", "calibration", "strata", "groups"):
         assert (out / "analysis" / f"{t}.parquet").is_file()
         assert (out / "analysis" / f"{t}.csv").is_file()
+    assert (out / "analysis" / "summary.tex").is_file()  # as qfair analyze writes it
     prov = json.loads((out / "analysis" / "provenance.json").read_text())
     assert list(prov["dumps"]) == ["base", *QUANTS]
     assert all("manifest" in d for d in prov["dumps"].values())
@@ -64,9 +66,9 @@ def test_demo_writes_dumps_analysis_and_report(demo_run):
     assert output.rstrip().splitlines()[-1] == f"report: {html.resolve()}"
     for q in QUANTS:
         assert f"base vs {q}" in output
-    assert "Δacc [95% CI]" in output
-    # fits a 105-column terminal (the two path lines aside)
-    assert max(len(line) for line in output.splitlines() if not line.startswith(("report:", "tables:"))) <= 105
+    assert "Δ [95% CI]" in output and "pct_stereotype" in output and "likelihood_diff" in output
+    # fits a 110-column terminal (the two path lines aside)
+    assert max(len(line) for line in output.splitlines() if not line.startswith(("report:", "tables:"))) <= 110
     assert "[1/5]" not in output  # step messages go to stderr
 
 
@@ -83,24 +85,75 @@ def _acc_from_dump(dump: Path) -> dict[str, np.ndarray]:
 
 
 def test_terminal_summary_numbers_match_the_dumps(demo_run):
-    from qfair.report.text import compact_rows
+    from qfair.report.text import headline_rows
 
     out, output = demo_run
     summary = pl.read_parquet(out / "analysis" / "summary.parquet")
-    rows = compact_rows(summary, list(QUANTS))
-    assert [(r["model"], r["task"]) for r in rows] == [(q, t) for q in QUANTS for t in TASKS]
+    rows = headline_rows(summary, list(QUANTS))
+    want = [(q, t, m) for q in QUANTS for t, ms in (("piqa", ["acc"]), ("truthfulqa_mc2", ["mc2", "acc"]),
+                                                    ("crows_pairs_english", ["pct_stereotype", "likelihood_diff"]))
+            for m in ms]
+    assert [(r["model"], r["task"], r["metric"]) for r in rows] == want
     base = _acc_from_dump(out / "dumps" / "base")
     for r in rows:
+        if r["metric"] != "acc":
+            continue
         quant = _acc_from_dump(out / "dumps" / r["model"])
         b, q = base[r["task"]], quant[r["task"]]
         assert r["n"] == LIMIT
-        assert r["acc_base"] == pytest.approx(b.mean())
-        assert r["acc_quant"] == pytest.approx(q.mean())
-        assert r["d_acc"] == pytest.approx(q.mean() - b.mean())
-        assert r["c2i"] == int(((b == 1) & (q == 0)).sum())
-        assert r["i2c"] == int(((b == 0) & (q == 1)).sum())
-        line = next(line for line in output.splitlines() if line.startswith(r["task"][:18]))
-        assert f"{r['acc_base']:.3f}→" in line
+        assert r["base"] == pytest.approx(b.mean())
+        assert r["quant"] == pytest.approx(q.mean())
+        assert r["diff"] == pytest.approx(q.mean() - b.mean())
+        if r["first"]:
+            assert r["c2i"] == int(((b == 1) & (q == 0)).sum())
+            assert r["i2c"] == int(((b == 0) & (q == 1)).sum())
+            line = next(line for line in output.splitlines() if line.startswith(r["task"][:18]))
+            assert f"{r['base']:.3f}→" in line
+    # every tested row of the demo's summary: interval excludes 0 <=> p < 0.05
+    from qfair.analyze.intervals import agrees
+
+    tested = summary.filter(pl.col("p").is_not_null())
+    assert tested.height > 50
+    assert all(agrees(r["ci_low"], r["ci_high"], r["p"], 0.95, r["null"]) for r in tested.iter_rows(named=True))
+
+
+def test_demo_resumes_in_its_output_directory(demo_run, tiny_model, tmp_path):
+    """A second run reuses complete dumps without loading the model; an interrupted dump is
+    finished from its last complete shard; a dump made with other settings is redone."""
+    from qfair.demo import existing_dump, run_demo
+
+    out = tmp_path / "again"
+    shutil.copytree(demo_run[0] / "dumps", out / "dumps")
+    int8 = out / "dumps" / "bnb-int8"
+    m = json.loads((int8 / "manifest.json").read_text())
+    # make the int8 dump look interrupted after its first shard
+    assert len(m["shards"]) >= 1
+    m["status"] = "partial"
+    m["shards"] = m["shards"][:0]
+    (int8 / "manifest.json").write_text(json.dumps(m))
+    kw = dict(model=tiny_model, quant=QUANTS, tasks=TASKS, limit=LIMIT, bootstrap=200, progress=False)
+    assert existing_dump(out / "dumps" / "base", model=tiny_model, quant="none", tasks=TASKS, limit=LIMIT,
+                         seed=0) == "complete"
+    assert existing_dump(int8, model=tiny_model, quant="bnb-int8", tasks=TASKS, limit=LIMIT, seed=0) == "partial"
+    assert existing_dump(int8, model=tiny_model, quant="bnb-int8", tasks=TASKS, limit=LIMIT + 1, seed=0) == "other"
+    before = (out / "dumps" / "base" / "manifest.json").read_bytes()
+    log: list[str] = []
+    r = run_demo(out, log=log.append, **kw)
+    assert any(line.startswith("[1/5] reuse") for line in log), log
+    assert any(line.startswith("[2/5] resume") for line in log), log
+    assert any(line.startswith("[3/5] reuse") for line in log), log
+    assert r.seconds["dump base"] == 0.0
+    assert (out / "dumps" / "base" / "manifest.json").read_bytes() == before   # untouched
+    assert json.loads((int8 / "manifest.json").read_text())["status"] == "complete"
+    # the finished dump holds the same tables as the uninterrupted one
+    for t in ("examples", "choices", "tokens"):
+        a = pl.read_parquet(int8 / f"{t}.parquet")
+        b = pl.read_parquet(demo_run[0] / "dumps" / "bnb-int8" / f"{t}.parquet")
+        assert a.equals(b), t
+    # other settings (a different limit): redone, not reused
+    log.clear()
+    run_demo(out, log=log.append, **{**kw, "limit": LIMIT - 1, "quant": ("bnb-nf4",)})
+    assert any(line.startswith("[1/4] redo") for line in log), log
 
 
 # ---------------------------------------------------------------------------
@@ -128,10 +181,11 @@ def test_every_figure_exists_and_is_not_trivial(demo_run):
 
     out, _ = demo_run
     rep = out / "report"
-    expected = {f"reliability_{t}" for t in TASKS} | {"token_kl_cdf", "confidence_strata", "accuracy", "flips",
-                                                       "groups_crows_pairs_english"}
+    expected = {f"reliability_{t}" for t in GOLD} | {"token_kl_cdf", "confidence_strata", "uncertainty_tests",
+                                                      "accuracy", "flips", "groups_crows_pairs_english"}
     pngs = {p.stem: p for p in rep.glob("*.png")}
     assert expected <= set(pngs), sorted(expected - set(pngs))
+    assert "reliability_crows_pairs_english" not in pngs  # no gold answers: no reliability diagram
     for name, p in pngs.items():
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert p.stat().st_size > 15_000, name

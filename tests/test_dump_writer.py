@@ -72,7 +72,7 @@ def test_choices_only_dump_from_lists_analyzes_end_to_end(tmp_path):
     b, c = int(((bc == 1) & (qc == 0)).sum()), int(((bc == 0) & (qc == 1)).sum())
     flips = s.filter(pl.col("metric") == "flips").row(0, named=True)
     assert flips["diff"] == pytest.approx((b + c) / n)
-    assert flips["p"] == pytest.approx(binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0)
+    assert flips["p_mcnemar"] == pytest.approx(binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0)
     acc = s.filter(pl.col("metric") == "acc").row(0, named=True)
     assert acc["diff"] == pytest.approx(qc.mean() - bc.mean())
     assert acc["ci_low"] <= acc["ci_high"] and acc["test"] == "paired bootstrap"

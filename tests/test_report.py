@@ -17,10 +17,20 @@ from statsmodels.stats.proportion import proportion_confint
 
 from qfair.report import ReportError, build_report, load_analysis
 from qfair.report.data import AnalysisData
-from qfair.report.figures import KL_PERCENTILES, accuracy_view, flip_table, group_view, kl_percentiles, strata_view
-from qfair.report.text import compact_rows, compact_summary
+from qfair.report.figures import (
+    KL_PERCENTILES,
+    accuracy_view,
+    flip_table,
+    gold_tasks,
+    group_view,
+    kl_percentiles,
+    range_label,
+    strata_view,
+)
+from qfair.report.text import compact_rows, compact_summary, headline_rows, reading
 
 TASKS = ["piqa", "arc_easy", "crows_pairs_english"]
+GOLD = ["piqa", "arc_easy"]  # the tasks whose kind has gold answers
 
 
 @pytest.fixture(scope="module")
@@ -96,39 +106,60 @@ def _synthetic(n_per_task=300, seed=0) -> AnalysisData:
                                   "confidence": 0.9})
 
 
-def test_strata_view_against_numpy_scipy_and_statsmodels():
-    data = _synthetic()
+def test_strata_table_against_numpy_scipy_and_statsmodels():
+    """The analysis' strata (the report draws them, it no longer bootstraps itself): equal-count
+    strata of base confidence, per-stratum means with bootstrap intervals, Wilson flip rates."""
+    from qfair.analyze.summary import StatsConfig, strata_rows
+
+    rng = np.random.default_rng(0)
+    n = 400
+    bconf = rng.uniform(0.25, 1.0, n)
+    dconf = rng.normal(-0.1 * bconf, 0.05)
+    bc = (rng.uniform(size=n) < bconf).astype(float)
+    qc = np.where(rng.uniform(size=n) < 0.15, 1 - bc, bc)
+    bp, qp = bconf * 0.8, np.clip(bconf * 0.8 + dconf, 0, 1)
+    j = pl.DataFrame({"kind": "multiple_choice", "base_conf": bconf, "quant_conf": np.clip(bconf + dconf, 0, 1),
+                      "base_correct": bc, "quant_correct": qc, "base_pred": np.zeros(n), "quant_pred": np.zeros(n),
+                      "base_p_gold": bp, "quant_p_gold": qp, "choice_js": np.abs(dconf)})
+    st = strata_rows(j, StatsConfig(resamples=4000, seed=3, confidence=0.9), "confidence", 4)
+    edges = np.quantile(bconf, [0.25, 0.5, 0.75])
+    s = np.digitize(bconf, edges, right=True)  # value == edge goes to the lower stratum
+    assert st["stratum"].to_list() == [0, 1, 2, 3] and st["n"].sum() == n
+    dq = j["quant_conf"].to_numpy() - bconf
+    for r in st.iter_rows(named=True):
+        m = s == r["stratum"]
+        assert r["n"] == m.sum()
+        lo, hi = proportion_confint(int((bc != qc)[m].sum()), int(m.sum()), alpha=0.1, method="wilson")
+        assert (r["flip_ci_low"], r["flip_ci_high"]) == pytest.approx((lo, hi), abs=1e-9)
+        for col, v in (("delta_conf", dq), ("delta_acc", qc - bc), ("delta_p_gold", qp - bp),
+                       ("choice_js", np.abs(dconf))):
+            assert r[col] == pytest.approx(v[m].mean())
+            ref = sps.bootstrap((v[m],), np.mean, n_resamples=4000, confidence_level=0.9,
+                                method="percentile" if m.sum() < 30 else "bca", random_state=0).confidence_interval
+            se = v[m].std() / math.sqrt(m.sum())
+            assert r[f"{col}_low"] == pytest.approx(ref.low, abs=0.2 * se + 1e-12), col
+            assert r[f"{col}_high"] == pytest.approx(ref.high, abs=0.2 * se + 1e-12), col
+
+
+def test_strata_view_reads_the_analysis(analysis):
+    data = load_analysis(analysis / "analysis")
     v = strata_view(data)
-    ex = data.examples
-    for m in ("q8", "q4"):
-        e = ex.filter(pl.col("model") == m)
-        bc = e["base_conf"].to_numpy()
-        dc = e["quant_conf"].to_numpy() - bc
-        fl = (e["base_correct"].to_numpy() != e["quant_correct"].to_numpy())
-        edges = np.quantile(bc, [0.25, 0.5, 0.75])
-        s = np.digitize(bc, edges, right=True)  # value == edge goes to the lower stratum
-        vm = v.filter(pl.col("model") == m).sort("stratum")
-        assert vm["stratum"].to_list() == [0, 1, 2, 3]
-        assert vm["n"].sum() == bc.size
-        for r in vm.iter_rows(named=True):
-            mask = s == r["stratum"]
-            assert r["n"] == mask.sum()
-            assert r["base_conf"] == pytest.approx(bc[mask].mean())
-            assert r["delta_conf"] == pytest.approx(dc[mask].mean())
-            assert r["flip_rate"] == pytest.approx(fl[mask].mean())
-            lo, hi = proportion_confint(int(fl[mask].sum()), int(mask.sum()), alpha=0.1, method="wilson")
-            assert (r["flip_low"], r["flip_high"]) == pytest.approx((lo, hi), abs=1e-9)
-            ref = sps.bootstrap((dc[mask],), np.mean, n_resamples=4000, confidence_level=0.9,
-                                method="percentile", random_state=0).confidence_interval
-            se = dc[mask].std() / math.sqrt(mask.sum())
-            # percentile intervals agree within Monte-Carlo error (a small fraction of a standard error)
-            assert r["delta_conf_low"] == pytest.approx(ref.low, abs=0.15 * se)
-            assert r["delta_conf_high"] == pytest.approx(ref.high, abs=0.15 * se)
+    assert v.height == data.strata.height and set(v["task"]) == set(TASKS)
+    assert {"choice_js_low", "delta_p_gold_high", "delta_acc"} <= set(v.columns)
+
+
+def test_range_labels_keep_distinct_ends_distinct():
+    assert range_label(0.31, 0.5) == "0.31–0.50"
+    assert range_label(0.99996, 0.99999) == "0.99996–0.99999"     # not "1.000–1.000"
+    assert range_label(0.999999953, 1.0) != "1.000000–1.000000"
+    assert range_label(0.4, 0.4) == "0.4"
 
 
 def test_accuracy_view_wilson_against_statsmodels():
     data = _synthetic(n_per_task=57, seed=4)
+    data.examples = data.examples.with_columns(pl.lit(4).alias("n_choices"))
     v = accuracy_view(data)
+    assert (v["chance"] == 0.25).all()
     assert set(v["model"]) == {"base", "q8", "q4"}
     ex = data.examples
     for r in v.iter_rows(named=True):
@@ -142,8 +173,9 @@ def test_accuracy_view_wilson_against_statsmodels():
 
 def test_flip_table_counts_match_the_examples_table(analysis):
     data = load_analysis(analysis / "analysis")
+    assert gold_tasks(data) == GOLD
     ft = flip_table(data)
-    assert ft.height == len(TASKS)
+    assert ft["task"].to_list() == GOLD  # CrowS-Pairs has no gold answer: no flips
     for r in ft.iter_rows(named=True):
         e = data.examples.filter((pl.col("model") == r["model"]) & (pl.col("task") == r["task"]))
         b, q = e["base_correct"].to_numpy(), e["quant_correct"].to_numpy()
@@ -154,6 +186,23 @@ def test_flip_table_counts_match_the_examples_table(analysis):
         bb, cc = r["c2i"], r["i2c"]
         want = 1.0 if bb + cc == 0 else sps.binomtest(bb, bb + cc, 0.5).pvalue
         assert r["p_mcnemar"] == pytest.approx(want, rel=1e-9)
+    assert set(accuracy_view(data)["task"]) == set(GOLD)
+
+
+def test_report_figures_follow_the_task_kind(analysis, tmp_path):
+    r = build_report(analysis / "analysis", tmp_path / "rep")
+    names = {p.stem for p in r.figures}
+    assert {f"reliability_{t}" for t in GOLD} <= names and "reliability_crows_pairs_english" not in names
+    assert {"confidence_strata", "uncertainty_tests", "accuracy", "flips", "groups_crows_pairs_english"} <= names
+    data = load_analysis(analysis / "analysis")
+    head = headline_rows(data.summary, data.models)
+    assert [(x["task"], x["metric"]) for x in head] == [("piqa", "acc"), ("arc_easy", "acc"),
+                                                          ("crows_pairs_english", "pct_stereotype"),
+                                                          ("crows_pairs_english", "likelihood_diff")]
+    crows = [x for x in head if x["task"] == "crows_pairs_english"]
+    assert all(x["c2i"] is None and x["d_ece"] is None for x in crows)
+    html = r.html.read_text(encoding="utf-8")
+    assert "pct_stereotype" in html and "incorrect → correct" in html
 
 
 def test_group_view_keeps_multi_group_tasks_sorted_by_effect():
@@ -178,32 +227,70 @@ def test_group_view_keeps_multi_group_tasks_sorted_by_effect():
 def _summary_rows():
     out = []
     for m in ("q8", "q4"):
-        for t, n in (("a", 40), ("b", 25)):
-            for metric, base, quant, diff, lo, hi, p in (
-                    ("acc", 0.6, 0.55, -0.05, -0.1, 0.0, 0.04), ("ece", 0.1, 0.15, 0.05, 0.01, 0.09, 0.02),
+        for t, kind, n in (("a", "multiple_choice", 40), ("b", "mc2", 25), ("c", "crows_pairs", 30)):
+            rows = [("acc", 0.6, 0.55, -0.05, -0.1, 0.0, 0.3), ("ece", 0.1, 0.15, 0.05, 0.01, 0.09, 0.02),
                     ("confidence", 0.7, 0.65, -0.05, -0.07, -0.03, 0.001),
-                    ("kl_pq", None, None, 0.031, 0.02, 0.04, 0.0), ("flips_c2i", None, None, 4 / n, 0, 0.2, None),
-                    ("flips_i2c", None, None, 2 / n, 0, 0.1, None), ("flips", None, None, 6 / n, 0, 0.3, 0.69)):
-                out.append({"model": m, "task": t, "metric": metric, "n": n, "base": base, "quant": quant,
-                            "diff": diff, "ci_low": lo, "ci_high": hi, "p": p, "p_holm": None if p is None
-                            else min(1.0, 3 * p)})
+                    ("kl_pq", None, None, 0.031, 0.02, 0.04, None), ("flips_c2i", None, None, 4 / n, 0, 0.2, None),
+                    ("flips_i2c", None, None, 2 / n, 0, 0.1, None), ("flips", None, None, 6 / n, 0, 0.3, None)]
+            if kind == "mc2":
+                rows.append(("mc2", 0.40, 0.30, -0.10, -0.15, -0.05, 0.0001))
+            if kind == "crows_pairs":
+                rows = [r for r in rows if r[0] in ("confidence", "kl_pq")]
+                rows += [("pct_stereotype", 0.55, 0.70, 0.15, 0.05, 0.25, 0.003),
+                         ("pct_stereotype_from_neutral", 0.05, 0.20, 0.15, 0.05, 0.25, 0.003),
+                         ("likelihood_diff", 3.2, 3.889, 0.689, 0.25, 1.13, 0.0028)]
+            for metric, base, quant, diff, lo, hi, p in rows:
+                out.append({"model": m, "task": t, "task_kind": kind, "metric": metric, "n": n, "base": base,
+                            "quant": quant, "diff": diff, "ci_low": lo, "ci_high": hi, "p": p,
+                            "p_holm": None if p is None else min(1.0, 30 * p),
+                            "p_mcnemar": 0.69 if metric == "flips" else None})
     return pl.DataFrame(out)
+
+
+def test_headline_metric_and_reading_follow_the_task_kind():
+    s = _summary_rows()
+    rows = headline_rows(s, ["q8", "q4"])
+    assert [(r["task"], r["metric"]) for r in rows[:4]] == [("a", "acc"), ("b", "mc2"), ("b", "acc"),
+                                                            ("c", "pct_stereotype")]
+    by = {(r["model"], r["task"], r["metric"]): r for r in rows}
+    # accuracy -0.05 with an interval touching 0: not significant
+    assert by[("q8", "a", "acc")]["reading"] == "n.s."
+    # mc2 down and significant after Holm: worse (higher is better)
+    assert by[("q8", "b", "mc2")]["reading"] == "worse"
+    # CrowS-Pairs: further from the 50 % neutral point, unadjusted only
+    assert by[("q8", "c", "pct_stereotype")]["reading"] == "away from 50%, raw"
+    # likelihood_diff up (lower is better), p = 0.0028 -> p_holm 0.084: worse before adjustment only
+    assert by[("q8", "c", "likelihood_diff")]["reading"] == "worse, raw"
+    # no flips or calibration for a kind without gold answers
+    assert by[("q8", "c", "pct_stereotype")]["c2i"] is None and by[("q8", "c", "pct_stereotype")]["d_ece"] is None
+    assert (by[("q8", "a", "acc")]["c2i"], by[("q8", "a", "acc")]["i2c"]) == (4, 2)
+    assert by[("q8", "a", "acc")]["p_mcnemar"] == 0.69 and by[("q8", "a", "acc")]["kl"] == 0.031
+
+
+def test_reading_words():
+    up = {"diff": 0.1, "p": 0.01, "p_holm": 0.02}
+    assert reading(up, +1) == "better" and reading(up, -1) == "worse" and reading(up, 0) == "up"
+    assert reading({**up, "p": 0.2, "p_holm": 1.0}, +1) == "n.s."
+    assert reading(None, 1, neutral=0.5, neutral_row={"diff": -0.1, "p": 0.001, "p_holm": 0.01}) == "toward 50%"
 
 
 def test_compact_summary_rows_and_layout():
     s = _summary_rows()
     rows = compact_rows(s, ["q8", "q4"])
-    assert [(r["model"], r["task"]) for r in rows] == [("q8", "a"), ("q8", "b"), ("q4", "a"), ("q4", "b")]
-    r = rows[1]
-    assert (r["n"], r["c2i"], r["i2c"]) == (25, 4, 2)
-    assert (r["acc_base"], r["acc_quant"], r["d_acc"], r["kl"]) == (0.6, 0.55, -0.05, 0.031)
-    assert r["p_acc_holm"] == pytest.approx(0.12) and r["p_flips_holm"] == pytest.approx(1.0)
+    assert [(r["model"], r["task"]) for r in rows] == [(m, t) for m in ("q8", "q4") for t in ("a", "b", "c")]
+    r = rows[0]
+    assert (r["n"], r["c2i"], r["i2c"]) == (40, 4, 2)
+    assert (r["base"], r["quant"], r["diff"], r["kl"]) == (0.6, 0.55, -0.05, 0.031)
     text = compact_summary(s, ["q8", "q4"])
     lines = text.splitlines()
     assert "base vs q8" in lines and "base vs q4" in lines
-    row = next(line for line in lines if line.startswith("b "))
-    assert "0.600→0.550" in row and "-0.050 [-0.10,+0.00]" in row and "4/2" in row and "0.0310" in row
-    assert max(map(len, lines)) <= 105
+    row = next(line for line in lines if line.startswith("a "))
+    assert "acc" in row and "0.600→0.550" in row and "-0.050 [-0.10,+0.00]" in row and "4/2" in row
+    assert "0.0310" in row and "n.s." in row
+    crows = [line for line in lines if "pct_stereotype" in line or "likelihood_diff" in line]
+    assert len(crows) == 4 and all("4/2" not in line for line in crows)
+    assert any("3.200→3.889" in line and "+0.689" in line and "worse, raw" in line for line in crows)
+    assert max(map(len, lines)) <= 110
 
 
 # ---------------------------------------------------------------------------

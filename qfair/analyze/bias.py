@@ -658,4 +658,6 @@ def _as_summary(r: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
                                   "ci_high", "ci_method", "p", "test", "p_perm") if k in row})
     row["kind"] = "bias"
     row["pct_low"], row["pct_high"] = r["ci_low"], r["ci_high"]
+    if "null" in row:  # the value the row's p tests: no change
+        row["null"] = 0.0 if r.get("p") is not None else None
     return row

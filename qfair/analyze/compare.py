@@ -21,6 +21,7 @@ table (columns ``p_holm`` and ``p_bh``).
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,15 @@ import polars as pl
 from qfair import stats
 from qfair.analyze import bias as bias_scores
 from qfair.analyze.examples import example_columns, example_stats, task_kinds
-from qfair.analyze.summary import SUMMARY_SCHEMA, StatsConfig, calibration_rows, metric_rows, strata_rows
+from qfair.analyze.summary import (
+    SUMMARY_SCHEMA,
+    StatsConfig,
+    calibration_rows,
+    metric_rows,
+    parse_bins,
+    strata_rows,
+)
+from qfair.analyze.task_kinds import get_task_kind
 from qfair.analyze.tokens import (
     DEFAULT_METRIC_MEMORY,
     PAIRED_TOKEN_METRICS,
@@ -147,7 +156,35 @@ def pair_examples(base_ex: pl.DataFrame, quant_ex: pl.DataFrame, meta: pl.DataFr
         ((pl.col("base_correct") == 0) & (pl.col("quant_correct") == 1)).cast(pl.Float64).alias("flip_i2c"),
         (pl.col("base_pred") != pl.col("quant_pred")).cast(pl.Float64).alias("changed_answer"),
         (pl.col("quant_conf") - pl.col("base_conf")).alias("delta_conf"),
-    ).with_columns((pl.col("flip_c2i") + pl.col("flip_i2c")).alias("flip"))
+    ).with_columns((pl.col("flip_c2i") + pl.col("flip_i2c")).alias("flip"),
+                   pl.Series("choice_js", choice_js(j["base_probs"], j["quant_probs"]), dtype=pl.Float64))
+
+
+def choice_js(base_probs: pl.Series, quant_probs: pl.Series) -> np.ndarray:
+    """Jensen-Shannon distance (base 2, in [0, 1]) between each example's base and quantized
+    choice distributions: sqrt(JS divergence in bits), as scipy.spatial.distance.jensenshannon(p, q, base=2)."""
+    n = base_probs.len()
+    out = np.full(n, np.nan)
+    lens = base_probs.list.len().fill_null(0).to_numpy()
+    if n == 0 or not np.array_equal(lens, quant_probs.list.len().fill_null(0).to_numpy()) or lens.sum() == 0:
+        return out
+    p = base_probs.explode().cast(pl.Float64).to_numpy()
+    q = quant_probs.explode().cast(pl.Float64).to_numpy()
+    keep = lens > 0
+    starts = np.concatenate([[0], np.cumsum(lens[keep])[:-1]]).astype(np.int64)
+    # explode() leaves one null for an empty list: drop those positions
+    if p.size != lens.sum():
+        flat_ok = np.repeat(keep, np.where(keep, lens, 1))
+        p, q = p[flat_ok], q[flat_ok]
+    # with m = (p + q)/2 and d = (p - q)/(p + q): p log(p/m) + q log(q/m) = m h(d),
+    # h(d) = (1 + d) log1p(d) + (1 - d) log1p(-d) >= 0, which has no cancellation when p ~ q
+    m = 0.5 * (p + q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(m > 0, (p - q) / (p + q), 0.0)
+        h = np.where(np.abs(d) < 1, (1 + d) * np.log1p(d) + (1 - d) * np.log1p(-d), 2 * np.log(2.0))
+    js = 0.5 * np.add.reduceat(m * h, starts) / np.log(2.0)
+    out[np.flatnonzero(keep)] = np.sqrt(np.clip(js, 0.0, None))
+    return out
 
 
 def adjust(df: pl.DataFrame) -> pl.DataFrame:
@@ -155,8 +192,9 @@ def adjust(df: pl.DataFrame) -> pl.DataFrame:
     if df.height == 0 or "p" not in df.columns:
         return df
     p = df["p"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    return df.with_columns(pl.Series("p_holm", stats.adjust_pvalues(p, "holm")),
-                           pl.Series("p_bh", stats.adjust_pvalues(p, "bh")))
+    # rows without a p (descriptive rows) are outside the family and stay empty
+    return df.with_columns(pl.Series("p_holm", stats.adjust_pvalues(p, "holm")).fill_nan(None),
+                           pl.Series("p_bh", stats.adjust_pvalues(p, "bh")).fill_nan(None))
 
 
 @dataclass
@@ -216,27 +254,40 @@ class _Parts:
     groups: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
 
-    def add_calibration(self, conf: np.ndarray, correct: np.ndarray, bins: int, model: str, role: str,
+    def add_calibration(self, conf: np.ndarray, correct: np.ndarray, cfg: StatsConfig, model: str, role: str,
                         task: str) -> None:
-        c = calibration_rows(conf, correct, bins)
+        c = calibration_rows(conf, correct, cfg.bins_for("ece"), cfg.confidence, cfg.bins_for("reliability"))
         if c.height:
             self.calibration.append(c.with_columns(pl.lit(model).alias("model"), pl.lit(role).alias("role"),
                                                    pl.lit(task).alias("task")))
 
 
 def task_tables(parts: _Parts, j: pl.DataFrame, label: str, cfg: StatsConfig, side: _TokenSide,
-                strata: str, n_strata: int) -> None:
+                strata: str, n_strata: int, notes: list[str]) -> None:
     """Summary, calibration, strata and group rows of one quantized model, task by task."""
+    from qfair.analyze.uncertainty import token_uncertainty_rows, uncertainty_rows
+
     for task in j["task"].unique(maintain_order=True).to_list():
         jt = j.filter(pl.col("task") == task)
+        tk = get_task_kind(jt["kind"][0])
         where = {"model": label, "task": task, "task_kind": jt["kind"][0]}
         rows = metric_rows(jt, cfg, side.paired, side.unpaired)
+        if cfg.uncertainty and "base_conf" in jt.columns:
+            urows, unotes = uncertainty_rows(jt, cfg, tk.correctness, f"{label}/{task}")
+            rows += urows
+            notes += unotes
+        if cfg.uncertainty and side.table is not None and side.table.height:
+            urows, unotes = token_uncertainty_rows(side.table.filter(pl.col("task") == task), cfg,
+                                                   f"{label}/{task}")
+            rows += urows
+            notes += unotes
         for r in rows:
             r.update(where)
         parts.summary.extend(rows)
         if "quant_conf" in jt.columns:
-            parts.add_calibration(jt["quant_conf"].to_numpy(), jt["quant_correct"].to_numpy(), cfg.bins, label,
-                                  "quant", task)
+            if tk.correctness:
+                parts.add_calibration(jt["quant_conf"].to_numpy(), jt["quant_correct"].to_numpy(), cfg, label,
+                                      "quant", task)
             st = strata_rows(jt, cfg, strata, n_strata)
             if st.height:
                 parts.strata.append(st.with_columns(pl.lit(label).alias("model"), pl.lit(task).alias("task")))
@@ -281,7 +332,9 @@ def assemble(parts: _Parts, settings: dict[str, Any], notes: list[str]) -> Compa
         extra={k: pl.concat(v, how="diagonal_relaxed") for k, v in parts.extra.items() if v})
 
 
-def _check_options(binning: str, strata: str, bootstrap: int) -> None:
+def _check_options(binning: str, strata: str, bootstrap: int, entropy_unit: str = "nats") -> None:
+    if entropy_unit not in ("nats", "bits"):
+        raise ValueError(f"entropy_unit: expected 'nats' or 'bits', got {entropy_unit!r}")
     if binning not in ("width", "mass"):
         raise ValueError(f"binning: expected 'width' or 'mass', got {binning!r}")
     if strata not in ("confidence", "entropy"):
@@ -294,21 +347,29 @@ def _check_options(binning: str, strata: str, bootstrap: int) -> None:
 # the comparison
 # ---------------------------------------------------------------------------
 
-def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bins: int = 15,
-            binning: str = "width", topk: Sequence[int] = (1, 5, 10), strata: str = "confidence",
-            n_strata: int = 5, confidence: float = 0.95, threads: int | None = None,
+def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
+            bins: int | str | Mapping[str, int] = 15, binning: str = "width", topk: Sequence[int] = (1, 5, 10),
+            strata: str = "confidence", n_strata: int = 5, confidence: float = 0.95, threads: int | None = None,
             metrics: Mapping[str, Callable[..., Any]] | None = None, chunk_rows: int = 4096,
-            tokens: bool = True, permutation: bool = True, progress: bool = False,
+            tokens: bool = True, permutation: bool = True, ttest: bool = False, entropy_unit: str = "nats",
+            uncertainty: bool = True, progress: bool = False,
             metric_memory: int = DEFAULT_METRIC_MEMORY) -> Comparison:
     """Compare a base dump with one or more quantized dumps.
 
     ``base``/``quant``: dump paths or opened dumps (``quant`` may be a list).
+    ``bins``: calibration bins, one number or per metric (``"15,mce_study=100"``
+    or ``{"default": 15, "ace_study": 10}``; see docs/analyze.md).
     ``metrics``: custom token metrics ``{name: fn}``; ``fn`` receives a
     :class:`qfair.analyze.tokens.TokenChunk` and returns one value per row.
     ``metric_memory``: bytes of float32 rows handed to custom metrics at once
     (default 256 MiB; see :func:`qfair.analyze.tokens.custom_chunk_rows`).
+    ``ttest``: add the paired t-test (``p_ttest``) to the mean-difference rows.
+    ``entropy_unit``: ``"bits"`` reports the choice entropy in bits.
+    ``uncertainty=False`` leaves out the uncertainty tests (summary kinds
+    ``uncertainty`` and ``uncertainty_token``).
     """
-    _check_options(binning, strata, bootstrap)
+    _check_options(binning, strata, bootstrap, entropy_unit)
+    n_bins, metric_bins = parse_bins(bins)
     b = _open(base)
     quants = [_open(q) for q in (quant if isinstance(quant, (list, tuple)) else [quant])]
     if not quants:
@@ -318,7 +379,9 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
         b.aligned_with(q)
 
     cfg = StatsConfig(resamples=int(bootstrap), seed=int(seed), confidence=float(confidence),
-                      threads=threads, bins=int(bins), binning=binning, permutation=permutation)
+                      threads=threads, bins=n_bins, binning=binning, permutation=permutation, ttest=bool(ttest),
+                      entropy_unit=entropy_unit, n_strata=int(n_strata), metric_bins=metric_bins,
+                      uncertainty=bool(uncertainty))
     kind = b.kind
     custom = dict(metrics or {})
     if custom and not kind.has_tokens:
@@ -332,7 +395,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
     if base_ex is not None:
         for task in meta["task"].unique(maintain_order=True).to_list():
             sub = base_ex.filter(pl.col("task") == task)
-            parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg.bins, "base", "base", task)
+            if get_task_kind(sub["kind"][0] if sub.height else None).correctness:
+                parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg, "base", "base", task)
 
     for q, label in zip(quants, labels):
         j = meta
@@ -352,7 +416,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
             j = j.join(side.aggregates, on="example_id", how="left")
             parts.tokens.append(side.table)
         parts.examples.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))
-        task_tables(parts, j, label, cfg, side, strata, n_strata)
+        task_tables(parts, j, label, cfg, side, strata, n_strata, notes)
         if attributes is not None:
             bias_step(parts, j, attributes, label, cfg)
         extra = kind_analysis(kind)
@@ -360,12 +424,22 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
             for name, df in extra(b, q, label, cfg, side.table).items():
                 parts.extra.setdefault(name, []).append(df)
 
-    settings = {"bootstrap": int(bootstrap), "seed": int(seed), "bins": int(bins), "binning": binning,
-                "topk": list(topk), "strata": strata, "n_strata": int(n_strata), "confidence": confidence,
-                "adjust": "holm and bh over all rows of the table", "base": str(b.path),
+    settings = {"bootstrap": int(bootstrap), "seed": int(seed), "bins": n_bins, "metric_bins": dict(metric_bins),
+                "binning": binning, "topk": list(topk), "strata": strata, "n_strata": int(n_strata),
+                "confidence": confidence, "ttest": bool(ttest), "entropy_unit": entropy_unit,
+                "uncertainty": bool(uncertainty),
+                "interval_p": "p inverts the row's interval (percentile, or BCa where stable)",
+                "adjust": "holm and bh over all rows of the table that have a p", "base": str(b.path),
                 "quant": [str(q.path) for q in quants], "models": labels, "kind": kind.name,
                 "custom_metrics": sorted(custom)}
-    cmp = assemble(parts, settings, notes)
-    if "bias" in cmp.extra:
-        cmp.extra["bias"] = bias_scores.adjust_permutation(adjust(cmp.extra["bias"]))   # over the bias rows
-    return cmp
+    out = assemble(parts, settings, notes)
+    if "bias" in out.extra:
+        out.extra["bias"] = bias_scores.adjust_permutation(adjust(out.extra["bias"]))   # over the bias rows
+    m = int(out.summary["p"].is_not_null().sum()) if out.summary.height else 0
+    alpha = 1.0 - float(confidence)
+    if m and 1.0 / (int(bootstrap) + 1) > alpha / m:
+        notes.append(f"Holm over the {m} tested rows of the summary needs p < {alpha:g}/{m} = {alpha / m:.2g}, "
+                     f"finer than {int(bootstrap)} resamples resolve (smallest p 1/(B+1) = "
+                     f"{1 / (int(bootstrap) + 1):.2g}): no row can pass Holm; read p_bh, or use --bootstrap "
+                     f"{int(math.ceil(m / alpha))} or more")
+    return out

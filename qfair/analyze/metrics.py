@@ -124,6 +124,7 @@ class ExampleMetric:
     nan_when_bad: bool = True                   # NaN for examples with a non-finite log-likelihood
     direction: int = 0                          # +1 higher is better, -1 lower is better, 0 neither
     neutral: float | None = None                # the value of an unbiased model, where one exists
+    gold: bool = False                          # needs a gold answer (left out for kinds without one)
     doc: str = ""
 
 
@@ -180,17 +181,17 @@ GENERIC: tuple[ExampleMetric, ...] = (
                   doc="predicted choice: the first argmax of the log-likelihoods"),
     ExampleMetric("pred_norm", "pred_norm", lambda a: _pred_norm(a).astype(np.float64), summary=False,
                   nan_when_bad=False, doc="prediction under acc_norm (log-likelihood per character)"),
-    ExampleMetric("acc", "correct", lambda a: _correct(a, _pred(a)), direction=+1,
+    ExampleMetric("acc", "correct", lambda a: _correct(a, _pred(a)), gold=True, direction=+1,
                   doc="1 when the predicted choice is the gold one (or one of the accepted ones)"),
-    ExampleMetric("acc_norm", "correct_norm", lambda a: _correct(a, _pred_norm(a)),
+    ExampleMetric("acc_norm", "correct_norm", lambda a: _correct(a, _pred_norm(a)), gold=True,
                   direction=+1, doc="acc with log-likelihoods divided by the choice's length in characters"),
     ExampleMetric("confidence", "conf", lambda a: a.reduce_max(a.p),
                   doc="the largest probability of the choice distribution"),
-    ExampleMetric("p_gold", "p_gold", _p_gold, direction=+1,
+    ExampleMetric("p_gold", "p_gold", _p_gold, gold=True, direction=+1,
                   doc="probability of the gold choice (of the accepted choices together)"),
-    ExampleMetric("nll", "nll", _nll, direction=-1,
+    ExampleMetric("nll", "nll", _nll, gold=True, direction=-1,
                   doc="negative log probability of the gold choice (of the accepted choices together)"),
-    ExampleMetric("brier", "brier", _brier, direction=-1,
+    ExampleMetric("brier", "brier", _brier, gold=True, direction=-1,
                   doc="squared distance of the choice distribution to the one-hot gold (range [0, 2])"),
     ExampleMetric("choice_entropy", "entropy", _entropy,
                   doc="entropy of the choice distribution (nats)"),

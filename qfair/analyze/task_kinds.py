@@ -109,7 +109,7 @@ MULTIPLE_CHOICE = register_task_kind(TaskKind(
     "multiple_choice", headline=("acc",),
     doc="one gold choice among several, scored by summed log-likelihood (lm-evaluation-harness)"))
 MC2 = register_task_kind(TaskKind(
-    "mc2", metrics=(ExampleMetric("mc2", "mc2", _mc2, nan_when_bad=False, direction=+1,
+    "mc2", metrics=(ExampleMetric("mc2", "mc2", _mc2, nan_when_bad=False, direction=+1, gold=True,
                                   doc="probability mass on the true answers (TruthfulQA MC2)"),),
     headline=("mc2", "acc"),
     doc="several true and false answers; mc2 = normalised probability of the true ones"))
@@ -119,7 +119,7 @@ CROWS_PAIRS = register_task_kind(TaskKind(
                            doc="1 when the more stereotyping sentence is the likelier one (ties: 0)"),
              ExampleMetric("likelihood_diff", "likelihood_diff", _likelihood_diff, nan_when_bad=False,
                            direction=-1, doc="|loglik(more) - loglik(less)|")),
-    headline=("pct_stereotype", "likelihood_diff"),
+    headline=("pct_stereotype", "likelihood_diff"), correctness=False,
     doc="minimal sentence pairs; bias = how often the stereotyping sentence is likelier (ideal 50 %)"))
 
 

@@ -26,6 +26,16 @@ def _formats(ctx, param, value):  # noqa: ARG001
     return fs
 
 
+def _bins(ctx, param, value):  # noqa: ARG001
+    from qfair.analyze.summary import parse_bins
+
+    try:
+        parse_bins(str(value))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return str(value)
+
+
 @main.command("analyze")
 @click.argument("base", type=click.Path(exists=True, file_okay=False))
 @click.argument("quant", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
@@ -33,7 +43,10 @@ def _formats(ctx, param, value):  # noqa: ARG001
 @click.option("--bootstrap", "bootstrap", type=click.IntRange(min=1), default=10000, show_default=True,
               help="Paired bootstrap resamples per test.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap / permutation seed.")
-@click.option("--bins", type=click.IntRange(min=1), default=15, show_default=True, help="Calibration bins.")
+@click.option("--bins", default="15", show_default=True, callback=_bins, metavar="K[,METRIC=K...]",
+              help="Calibration bins: one number for qfair's estimators, and METRIC=K per metric (ece, ece_mass, "
+                   "mce, rms_ce, l2_ce_debiased, reliability; the study's ace_study [15 ranges], "
+                   "ace_study_binary [100], mce_study [100]).")
 @click.option("--binning", type=click.Choice(["width", "mass"]), default="width", show_default=True,
               help="Binning of MCE, RMS-CE and the debiased L2 (ECE is reported under both).")
 @click.option("--topk", default="1,5,10", show_default=True, callback=_int_list, help="Top-k overlaps.")
@@ -42,12 +55,17 @@ def _formats(ctx, param, value):  # noqa: ARG001
 @click.option("--n-strata", type=click.IntRange(min=1), default=5, show_default=True, help="Number of strata.")
 @click.option("--format", "formats", default="parquet,csv,md,latex", show_default=True, callback=_formats,
               help="Output formats (latex: summary only).")
+@click.option("--ttest", is_flag=True, help="Add the paired t-test (column p_ttest) to the mean-difference rows.")
+@click.option("--entropy-unit", type=click.Choice(["nats", "bits"]), default="nats", show_default=True,
+              help="Unit of the choice entropy in the summary (the study uses bits).")
+@click.option("--no-uncertainty", is_flag=True,
+              help="Leave out the uncertainty tests (rank correlations of base uncertainty and shift).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads (default: all cores).")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Logits rows per streamed chunk (bounds memory).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, n_strata, formats, threads,
-                chunk_rows, no_progress) -> None:
+def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, n_strata, formats, ttest,
+                entropy_unit, no_uncertainty, threads, chunk_rows, no_progress) -> None:
     """Compare BASE with one or more QUANT dumps: token divergences, example-level
     accuracy / confidence / calibration changes, flips, strata and groups, each
     difference with its bootstrap CI and p-value (Holm and BH adjusted).
@@ -59,12 +77,15 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
     from qfair.analyze import compare
     from qfair.analyze.tables import format_summary
     from qfair.dump import DumpError
+    from qfair.report.data import write_provenance
 
     try:
         result = compare(base, list(quant), bootstrap=bootstrap, seed=seed, bins=bins, binning=binning,
-                         topk=topk, strata=strata, n_strata=n_strata, threads=threads,
+                         topk=topk, strata=strata, n_strata=n_strata, threads=threads, ttest=ttest,
+                         entropy_unit=entropy_unit, uncertainty=not no_uncertainty,
                          chunk_rows=chunk_rows, progress=not no_progress)
         files = result.write(out, formats=formats)
+        files.append(write_provenance(out))  # the dumps' manifests: the directory alone makes a report
     except DumpError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
@@ -73,4 +94,4 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
     for n in result.notes:
         click.echo(f"note: {n}", err=True)
     click.echo(f"wrote {len(files)} files to {out} (tables: summary, examples, tokens, calibration, "
-               f"strata, groups; p_holm / p_bh adjust over all rows of a table)")
+               f"strata, groups; provenance.json; p_holm / p_bh adjust over the rows of a table that have a p)")

@@ -34,15 +34,24 @@ def quant_specs_cmd(as_json: bool, only_available: bool) -> None:
              "options": [{"name": k, "default": d, "help": h} for k, d, h in spec_options_help(name)]}
             for name, ok, why in rows], indent=2))
         return
-    width = max([len(r[0]) for r in rows] + [len("spec")])
-    click.echo(f"{'spec':<{width}}  {'here':<4}  what it does [backend version] / why not; its options below it")
+    width = max([len(r[0]) for r in rows] + [len("checkpoint"), len("SPEC")])
+    click.echo(f"{'SPEC':<{width}}  {'HERE':<4}  WHAT (options below a spec: NAME=DEFAULT)")
     for name, ok, why in rows:
-        click.echo(f"{name:<{width}}  {'yes' if ok else 'no':<4}  {why}")
+        click.echo(f"{name:<{width}}  {'yes' if ok else 'no ':<4}  {why}")
         for k, d, h in spec_options_help(name):
             click.echo(f"{'':<{width}}        {k}={d}: {h}")
-    click.echo("\nCheckpoint formats loaded as they are (no spec needed):\n"
-               "  gguf          a llama.cpp GGUF file (--model FILE.gguf, or --gguf-file in a model directory) is\n"
-               "                de-quantized to float once (cached) and is then the base; quantize it further with\n"
-               "                any spec above. Files llama-perplexity wrote: qfair import llamacpp.\n"
-               "  prequantized  a checkpoint whose config carries its own quantization (GPTQ, AWQ, ...): use\n"
-               "                --quant none; the row above says which formats can load here.")
+    # already-quantized files are loaded, not quantized: not specs, but where users look for them
+    import importlib.util
+
+    gguf = importlib.util.find_spec("gguf") is not None
+    extra = [("gguf", gguf, "a GGUF file (llama.cpp quantizations: Q4_0, Q4_1, Q8_0, K-quants, ...): "
+              "qfair dump --model FILE.gguf --quant none; transformers de-quantizes it to float, so the "
+              "dump measures that float model" + ("" if gguf else " (needs: pip install gguf)")),
+             ("checkpoint", True, "a GPTQ / AWQ / compressed-tensors / saved bitsandbytes checkpoint: "
+              "qfair dump --model DIR --quant none; loaded as is and recorded as 'prequantized'")]
+    if not only_available or gguf:
+        click.echo("")
+        click.echo("Already-quantized models (not specs; compare their dump with the float model's):")
+        for name, ok, why in extra:
+            if ok or not only_available:
+                click.echo(f"{name:<{width}}  {'yes' if ok else 'no ':<4}  {why}")

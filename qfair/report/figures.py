@@ -3,10 +3,12 @@
 Each ``fig_*`` function returns a list of :class:`Figure` (a file name, a
 matplotlib figure, a title and a caption); ``make_figures`` draws them all and
 saves PNGs. Every figure labels its axes with units, says in its title what is
-compared, and has a legend. Intervals drawn here come from the analysis tables
-(paired bootstrap CIs, Wilson intervals) or, for views the tables do not hold
-(accuracy levels, Δconfidence pooled over tasks), from :mod:`qfair.stats` with
-the analysis' own seed, resamples and confidence level.
+compared, and has a legend. Every interval drawn here is read from the
+analysis tables (bootstrap intervals of the summary, groups and strata
+tables; Wilson intervals of the calibration bins and flip rates); the only
+statistic computed here is the Wilson interval of a plain accuracy level.
+Figures about correct answers (reliability, accuracy, flips) show only the
+tasks whose kind has gold answers.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ import polars as pl
 from qfair.report.data import AnalysisData
 
 __all__ = ["Figure", "make_figures", "KL_PERCENTILES", "kl_percentiles", "FIGURE_FUNCS", "model_colors",
-           "accuracy_view", "strata_view", "flip_table", "group_view"]
+           "accuracy_view", "strata_view", "flip_table", "group_view", "range_label", "gold_tasks",
+           "uncertainty_view"]
 
 DPI = 110
 BASE_COLOR = "#222222"
@@ -74,6 +77,34 @@ def _summary_value(data: AnalysisData, model: str, task: str, metric: str, col: 
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def _task_kind(data: AnalysisData, task: str) -> Any:
+    from qfair.analyze.task_kinds import get_task_kind
+
+    for df in (data.summary, data.groups, data.examples):
+        col = "task_kind" if "task_kind" in df.columns else "kind"
+        if col in df.columns and "task" in df.columns:
+            k = df.filter(pl.col("task") == task)[col]
+            if k.len():
+                return get_task_kind(k[0])
+    return get_task_kind(None)
+
+
+def gold_tasks(data: AnalysisData) -> list[str]:
+    """The tasks whose kind has gold answers (accuracy, flips and calibration mean something)."""
+    return [t for t in data.tasks if _task_kind(data, t).correctness]
+
+
+def range_label(lo: float, hi: float, most: int = 6) -> str:
+    """``lo–hi`` with the fewest decimals (at least 2) that keep distinct ends distinct."""
+    if lo == hi:
+        return f"{lo:.3g}"
+    for d in range(2, most + 1):
+        a, b = f"{lo:.{d}f}", f"{hi:.{d}f}"
+        if a != b:
+            return f"{a}–{b}"
+    return f"{lo:.{most + 2}g}–{hi:.{most + 2}g}"
+
+
 def _conf_level(data: AnalysisData) -> float:
     return float(data.settings.get("confidence") or 0.95)
 
@@ -86,16 +117,28 @@ def _pct(level: float) -> str:
 # reliability diagrams
 
 
+def _ece_label(data: AnalysisData, model: str, task: str, role: str) -> str:
+    src = data.models[0] if role == "base" and data.models else model
+    v = _summary_value(data, src, task, "ece", role)
+    if v is None:
+        return model
+    lo = _summary_value(data, src, task, "ece", f"{role}_low")
+    hi = _summary_value(data, src, task, "ece", f"{role}_high")
+    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    return f"{model}: ECE {v:.3f}{ci}"
+
+
 def fig_reliability(data: AnalysisData) -> list[Figure]:
     plt = _plt()
     cal = data.calibration
     if cal.height == 0:
         return []
-    binning = "width"
-    nbins = int(data.settings.get("bins") or cal.filter(pl.col("binning") == binning)["bin"].max() + 1)
+    binning = "auto" if "auto" in set(cal["binning"].to_list()) else "width"
     colors = model_colors(data.models)
+    level = _conf_level(data)
+    ece_bins = int(data.settings.get("bins") or 15)
     out = []
-    for task in data.tasks:
+    for task in gold_tasks(data):
         sub = cal.filter((pl.col("task") == task) & (pl.col("binning") == binning))
         if sub.height == 0:
             continue
@@ -103,40 +146,60 @@ def fig_reliability(data: AnalysisData) -> list[Figure]:
         series += [(m, sub.filter((pl.col("role") == "quant") & (pl.col("model") == m))) for m in data.models]
         series = [(m, df.sort("bin")) for m, df in series if df.height]
         n_ex = int(series[0][1]["n"].sum())
-        fig, (ax, axc) = plt.subplots(2, 1, figsize=(6.4, 6.2), sharex=True,
+        n_bins = series[0][1].filter(pl.col("n") > 0).height
+        fig, (ax, axc) = plt.subplots(2, 1, figsize=(6.6, 6.4), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1.2], "hspace": 0.08})
         ax.plot([0, 1], [0, 1], ls="--", color="#888888", lw=1, label="perfect calibration")
-        width = 1.0 / nbins
         k = len(series)
         for i, (m, df) in enumerate(series):
             ok = df.filter(pl.col("n") > 0)
-            if m == "base":
-                ece = _summary_value(data, data.models[0], task, "ece", "base") if data.models else None
+            x, y = ok["conf_mean"].to_numpy(), ok["acc_mean"].to_numpy()
+            role = "base" if m == "base" else "quant"
+            lab = _ece_label(data, m, task, role)
+            if "acc_low" in ok.columns:
+                err = np.vstack([y - ok["acc_low"].to_numpy(), ok["acc_high"].to_numpy() - y])
+                ax.errorbar(x, y, yerr=np.maximum(err, 0), marker="o", ms=5, lw=1.4, capsize=3,
+                            color=colors.get(m), label=lab, alpha=0.9)
             else:
-                ece = _summary_value(data, m, task, "ece", "quant")
-            lab = f"{m} (ECE {ece:.3f})" if ece is not None else m
-            ax.plot(ok["conf_mean"].to_numpy(), ok["acc_mean"].to_numpy(), marker="o", ms=5, lw=1.6,
-                    color=colors.get(m), label=lab, alpha=0.9)
-            lo = df["lo"].to_numpy()
-            axc.bar(lo + width * (i + 0.5) / k, df["n"].to_numpy(), width=width / k, color=colors.get(m),
-                    alpha=0.85, label=m, align="center")
-        ax.set_xlim(0, 1)
+                ax.plot(x, y, marker="o", ms=5, lw=1.4, color=colors.get(m), label=lab, alpha=0.9)
+            # lower panel: every example's confidence (a rug), bin edges and counts
+            ex = data.examples
+            src = data.models[0] if m == "base" and data.models else m
+            col = "base_conf" if m == "base" else "quant_conf"
+            if ex.height and col in ex.columns:
+                c = ex.filter((pl.col("model") == src) & (pl.col("task") == task))[col].cast(pl.Float64).to_numpy()
+                c = c[np.isfinite(c)]
+                axc.plot(c, np.full(c.size, i), ls="none", marker="|", ms=11, mew=1.0, color=colors.get(m),
+                         alpha=0.7, label=m)
+            for r in ok.iter_rows(named=True):
+                if float(r["hi"]) < 1.0:
+                    axc.plot([r["hi"]] * 2, [i - 0.42, i + 0.42], color="#555555", lw=0.9)
+                axc.annotate(f"n={int(r['n'])}", (float(r["conf_mean"]), i - 0.3), ha="center", va="bottom",
+                             fontsize=6.5, color="#222222")
+        ax.set_xlim(-0.01, 1.015)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("accuracy in bin (fraction correct)")
-        ax.set_title(f"{task}: reliability, base vs {', '.join(data.models)}\n"
-                     f"({nbins} equal-width confidence bins, n = {n_ex} examples)", fontsize=10)
+        how = (f"{n_bins} equal-mass bins of about {n_ex // max(n_bins, 1)} examples"
+               if binning == "auto" else f"{n_bins} non-empty equal-width bins")
+        ax.set_title(f"{task}: reliability, base vs {', '.join(data.models)}\n({how}, n = {n_ex}; "
+                     f"{_pct(level)} Wilson intervals)", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8, frameon=True)
+        ax.legend(loc="upper left", fontsize=7.5, frameon=True,
+                  title=f"ECE ({ece_bins} equal-width bins) [{_pct(level)} bootstrap CI]", title_fontsize=7.5)
         axc.set_xlabel("confidence (probability of the predicted choice)")
-        axc.set_ylabel("examples per bin")
-        axc.legend(loc="upper left", fontsize=7, ncol=max(1, k), frameon=False)
-        axc.grid(alpha=0.3, axis="y")
-        fig.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.09)
+        axc.set_ylabel("examples", fontsize=8)
+        axc.set_yticks(range(k))
+        axc.set_yticklabels([m for m, _ in series], fontsize=7)
+        axc.set_ylim(k - 0.5, -0.5)
+        axc.legend(loc="upper left", fontsize=6.5, ncol=max(1, k), frameon=False, bbox_to_anchor=(0, -0.32))
+        axc.grid(alpha=0.3, axis="x")
+        fig.subplots_adjust(left=0.14, right=0.97, top=0.89, bottom=0.13)
         out.append(Figure(f"reliability_{_safe(task)}", fig, f"Reliability on {task}",
-                          "Mean accuracy against mean confidence in each non-empty equal-width bin "
-                          "(top-label: the probability of the chosen answer); the diagonal is perfect calibration. "
-                          "Lower panel: how many examples fall in each bin, per model. ECE from the summary table.",
-                          "calibration"))
+                          "Accuracy against mean confidence (top-label: the probability of the chosen answer) "
+                          "in bins chosen by the number of examples (equal-mass, about ten per bin), with Wilson "
+                          "intervals; the diagonal is perfect calibration. Lower panel: each example's confidence "
+                          "per model, the bin edges (grey) and the examples per bin. Legend: each model's ECE with its bootstrap interval from the "
+                          "summary table.", "calibration"))
     return out
 
 
@@ -184,17 +247,13 @@ def fig_token_kl(data: AnalysisData) -> list[Figure]:
             xs = np.sort(np.maximum(kl, KL_FLOOR))
             ys = np.arange(1, xs.size + 1) / xs.size
         ax.step(xs, ys, where="post", color=colors[m], lw=1.8,
-                label=f"{m}: mean {st['mean']:.4f} nats, median {st['p50']:.4f} (n = {kl.size:,} tokens)")
+                label=f"{m}: mean {st['mean']:.4f} nats, median {st['p50']:.3g}, P99 {st['p99']:.3g} "
+                      f"(n = {kl.size:,} tokens)")
         px = [max(st[f"p{p:g}"], KL_FLOOR) for p in KL_PERCENTILES] + [max(st["max"], KL_FLOOR)]
         py = [p / 100 for p in KL_PERCENTILES] + [1.0]
         ax.plot(px, py, ls="none", marker="D", ms=5, mfc="white", mec=colors[m], mew=1.4,
                 label=None if pct_label_done else "percentiles 0.1, 1, 5, 10, 50, 90, 95, 99, 99.9 and max")
         pct_label_done = True
-        for p in (50.0, 99.0):
-            v = st[f"p{p:g}"]
-            ax.annotate(f"{'median' if p == 50 else 'P99'} {v:.3g}", (max(v, KL_FLOOR), p / 100),
-                        textcoords="offset points", xytext=(6, -12 if p == 50 else -12), fontsize=7,
-                        color=colors[m])
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -219,106 +278,170 @@ def fig_token_kl(data: AnalysisData) -> list[Figure]:
 # uncertainty strata
 
 
-def _strata_edges(conf: np.ndarray, k: int) -> np.ndarray:
-    k = max(1, min(k, conf.size))
-    return np.quantile(conf, np.linspace(0, 1, k + 1)[1:-1]) if k > 1 else np.array([])
+# the shift the strata figure draws (defined for every task kind), and the example-level shifts of the tests
+STRATA_SHIFT = ("choice_js", "Jensen–Shannon distance of the choice distributions (base 2)")
+TEST_SHIFTS = (("choice_js", "JS distance, choices"), ("abs_dconf", "|Δconfidence|"),
+               ("abs_dp_gold", "|Δp(gold)|"), ("flip", "flip"), ("kl_all_mean", "mean token KL"))
+TOKEN_TEST_SHIFTS = (("kl_pq", "token KL (rows)"), ("top1_change", "top-1 change (rows)"))
 
 
 def strata_view(data: AnalysisData) -> pl.DataFrame:
-    """Examples pooled over tasks, binned by base confidence into equal-count
-    strata: per (model, stratum) n, mean base confidence, mean Δconfidence with
-    a bootstrap CI, flip rate with a Wilson interval."""
-    from qfair import stats
-
-    ex = data.examples
-    if ex.height == 0:
+    """The strata table of the analysis (per model, task and stratum; its means and
+    intervals come from the analysis' bootstrap), in model, task, stratum order."""
+    st = data.strata
+    if st.height == 0 or "stratum" not in st.columns:
         return pl.DataFrame()
-    k = int(data.settings.get("n_strata") or 5)
-    level = _conf_level(data)
-    b = int(min(int(data.settings.get("bootstrap") or 10_000), 10_000))
-    seed = int(data.settings.get("seed") or 0)
-    rows = []
-    for m in data.models:
-        e = ex.filter(pl.col("model") == m)
-        bc = e["base_conf"].cast(pl.Float64).to_numpy()
-        dc = (e["quant_conf"].cast(pl.Float64) - e["base_conf"].cast(pl.Float64)).to_numpy()
-        fl = (e["base_correct"].cast(pl.Float64) != e["quant_correct"].cast(pl.Float64)).cast(pl.Int64).to_numpy()
-        ok = np.isfinite(bc) & np.isfinite(dc)
-        bc, dc, fl = bc[ok], dc[ok], fl[ok]
-        if bc.size == 0:
-            continue
-        edges = _strata_edges(bc, k)
-        s = np.searchsorted(edges, bc, side="left")
-        for j in range(len(edges) + 1):
-            mask = s == j
-            if not mask.any():
-                continue
-            r = stats.paired_bootstrap([stats.MeanDiff(dc[mask])], resamples=b, seed=seed, confidence=level)[0]
-            n = int(mask.sum())
-            kf = int(fl[mask].sum())
-            lo, hi = stats.wilson([kf], [n], level)
-            rows.append({"model": m, "stratum": j, "n": n, "conf_lo": float(bc[mask].min()),
-                         "conf_hi": float(bc[mask].max()), "base_conf": float(bc[mask].mean()),
-                         "delta_conf": float(dc[mask].mean()), "delta_conf_low": r.pct_lo,
-                         "delta_conf_high": r.pct_hi, "flip_rate": kf / n, "flip_low": float(lo[0]),
-                         "flip_high": float(hi[0])})
-    return pl.DataFrame(rows)
+    order = {m: i for i, m in enumerate(data.models)}
+    torder = {t: i for i, t in enumerate(data.tasks)}
+    return (st.with_columns(pl.col("model").replace_strict(order, default=len(order)).alias("_m"),
+                            pl.col("task").replace_strict(torder, default=len(torder)).alias("_t"))
+            .sort(["_m", "_t", "stratum"]).drop("_m", "_t"))
+
+
+def uncertainty_view(data: AnalysisData) -> pl.DataFrame:
+    """The summary's uncertainty rows (Spearman and top-minus-bottom stratum), with the
+    uncertainty and the shift split out of the metric name."""
+    s = data.summary
+    if s.height == 0 or "kind" not in s.columns:
+        return pl.DataFrame()
+    u = s.filter(pl.col("kind").is_in(["uncertainty", "uncertainty_token"]))
+    if u.height == 0:
+        return pl.DataFrame()
+    parts = u["metric"].str.extract_groups(r"^(\w+)\(([^,]+),([^)]+)\)$")
+    return u.with_columns(parts.struct.field("1").alias("statistic"), parts.struct.field("2").alias("uncertainty"),
+                          parts.struct.field("3").alias("shift"))
+
+
+def _p_short(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return "p<1e-4" if p < 1e-4 else f"p={p:.2g}"
 
 
 def fig_strata(data: AnalysisData) -> list[Figure]:
+    """Per task: the mean shift per base-uncertainty stratum, and the Spearman test."""
     plt = _plt()
     view = strata_view(data)
-    if view.height == 0:
+    if view.height == 0 or STRATA_SHIFT[0] not in view.columns:
         return []
     colors = model_colors(data.models)
     level = _conf_level(data)
-    ex = data.examples
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
+    by = view["by"][0] if "by" in view.columns else "confidence"
+    unc = "1-conf" if by == "confidence" else "entropy"
+    tasks = [t for t in data.tasks if view.filter(pl.col("task") == t).height]
+    ncol = min(4, len(tasks))
+    nrow = int(math.ceil(len(tasks) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.9 * ncol + 0.4, 4.1 * nrow + 0.9), squeeze=False)
     k = len(data.models)
-    for i, m in enumerate(data.models):
-        v = view.filter(pl.col("model") == m).sort("stratum")
-        if v.height == 0:
+    col, what = STRATA_SHIFT
+    for ax, t in zip(axes.ravel(), tasks):
+        first = None
+        for i, m in enumerate(data.models):
+            v = view.filter((pl.col("model") == m) & (pl.col("task") == t)).sort("stratum")
+            if v.height == 0 or v[col].null_count() == v.height:
+                continue
+            first = first if first is not None else v
+            x = np.arange(v.height) + (i - (k - 1) / 2) * 0.12
+            y = v[col].cast(pl.Float64).to_numpy()
+            lo = v[f"{col}_low"].cast(pl.Float64).to_numpy()
+            hi = v[f"{col}_high"].cast(pl.Float64).to_numpy()
+            err = np.where(np.isfinite(np.vstack([y - lo, hi - y])), np.maximum(np.vstack([y - lo, hi - y]), 0), 0)
+            rho = _summary_value(data, m, t, f"spearman({unc},{col})", "diff")
+            rlo = _summary_value(data, m, t, f"spearman({unc},{col})", "ci_low")
+            rhi = _summary_value(data, m, t, f"spearman({unc},{col})", "ci_high")
+            p = _summary_value(data, m, t, f"spearman({unc},{col})", "p")
+            test = ("ρ undefined" if rho is None else
+                    f"ρ {rho:+.2f} [{rlo:+.2f}, {rhi:+.2f}], {_p_short(p)}")
+            ax.errorbar(x, y, yerr=err, marker="o", ms=4.5, lw=1.4, capsize=2.5, color=colors[m],
+                        label=f"{m}: {test}")
+        if first is None:
+            fig.delaxes(ax)
             continue
-        e = ex.filter(pl.col("model") == m)
-        bc = e["base_conf"].cast(pl.Float64).to_numpy()
-        dc = (e["quant_conf"].cast(pl.Float64) - e["base_conf"].cast(pl.Float64)).to_numpy()
-        if bc.size > SCATTER_POINTS:  # a fixed random subset keeps the PNG readable
-            keep = np.random.default_rng(0).choice(bc.size, SCATTER_POINTS, replace=False)
-            bc, dc = bc[keep], dc[keep]
-        ax.scatter(bc, dc, s=9, alpha=0.25, color=colors[m], lw=0, label=f"{m}: one example")
-        x = v["base_conf"].to_numpy()
-        y = v["delta_conf"].to_numpy()
-        yerr = np.vstack([y - v["delta_conf_low"].to_numpy(), v["delta_conf_high"].to_numpy() - y])
-        ax.errorbar(x, y, yerr=np.maximum(yerr, 0), color=colors[m], marker="o", ms=6, lw=1.8, capsize=3,
-                    label=f"{m}: stratum mean, {_pct(level)} bootstrap CI")
-        pos = np.arange(v.height) + (i - (k - 1) / 2) * 0.8 / max(k, 1)
-        fr = v["flip_rate"].to_numpy()
-        ferr = np.vstack([fr - v["flip_low"].to_numpy(), v["flip_high"].to_numpy() - fr])
-        ax2.bar(pos, 100 * fr, width=0.8 / max(k, 1), color=colors[m], alpha=0.8,
-                label=f"{m} ({_pct(level)} Wilson interval)")
-        ax2.errorbar(pos, 100 * fr, yerr=100 * np.maximum(ferr, 0), fmt="none", ecolor="#333333", capsize=3, lw=1)
-    ax.axhline(0, color="#888888", lw=1, ls="--")
-    ax.set_xlabel("base model confidence (probability of its chosen answer)")
-    ax.set_ylabel("Δconfidence, quantized − base (probability)")
-    ax.set_title("Confidence change against base confidence\n(all tasks pooled, equal-count strata)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    first = view.filter(pl.col("model") == data.models[0]).sort("stratum") if data.models else view
-    ax2.set_xticks(np.arange(first.height))
-    ax2.set_xticklabels([f"{a:.3f}–{b:.3f}\n(n={n})" for a, b, n in
-                         zip(first["conf_lo"], first["conf_hi"], first["n"])], fontsize=7)
-    ax2.set_xlabel("base confidence stratum (range, examples)")
-    ax2.set_ylabel("answers flipped (% of examples)")
-    ax2.set_title("Flip rate (correct↔incorrect) per base-confidence stratum", fontsize=10)
-    ax2.grid(alpha=0.3, axis="y")
-    ax2.legend(fontsize=7, loc="best")
-    fig.suptitle(f"Uncertainty strata: base vs {', '.join(data.models)}", fontsize=11)
-    fig.tight_layout()
+        ax.set_xticks(np.arange(first.height))
+        ax.set_xticklabels([range_label(a, b).replace("–", "–\n") + f"\nn={n}" for a, b, n in
+                            zip(first["lo"], first["hi"], first["n"])], fontsize=6)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel(f"base {by} stratum (range; examples)", fontsize=7.5)
+        ax.set_ylabel("mean JS distance (0–1)", fontsize=7.5)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.38), frameon=False,
+                  title=f"Spearman({unc}, JS) [{_pct(level)} CI], p", title_fontsize=6)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in axes.ravel()[len(tasks):]:
+        fig.delaxes(ax)
+    fig.suptitle(f"Where the base model was uncertain: {what}, per base-{by} stratum, "
+                 f"base vs {', '.join(data.models)}\n(means with {_pct(level)} bootstrap intervals; legend: the "
+                 f"rank correlation of the base model's uncertainty with the shift over examples)", fontsize=9.5)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     return [Figure("confidence_strata", fig, "Uncertainty strata",
-                   "Left: each example's change in confidence (quantized − base) against the base model's "
-                   "confidence; large points are stratum means with percentile bootstrap intervals. Right: the "
-                   "share of examples whose correctness flips, per stratum. Strata have equal counts "
-                   "(quantiles of base confidence over all tasks).", "strata")]
+                   f"Per task, the mean {what} between the base and the quantized model in equal-count strata of "
+                   f"the base model's {by}, with bootstrap intervals from the strata table. The legend gives "
+                   f"Spearman's correlation between the base model's uncertainty ({unc}) and the shift, with its "
+                   "bootstrap interval and p (the test of the study's claim that quantization moves the "
+                   "predictions most where the base model was uncertain).", "strata")]
+
+
+def fig_uncertainty_tests(data: AnalysisData) -> list[Figure]:
+    """Forest plot: Spearman's rho of base entropy against each shift, per task and model."""
+    plt = _plt()
+    u = uncertainty_view(data)
+    if u.height == 0:
+        return []
+    u = u.filter(pl.col("statistic") == "spearman")
+    colors = model_colors(data.models)
+    level = _conf_level(data)
+    alpha = 1 - level
+    panels = [(s, lab, "entropy") for s, lab in TEST_SHIFTS] + [(s, lab, "entropy_p") for s, lab in TOKEN_TEST_SHIFTS]
+    panels = [pn for pn in panels if u.filter((pl.col("shift") == pn[0]) & (pl.col("uncertainty") == pn[2])).height]
+    if not panels:
+        return []
+    tasks = data.tasks
+    ncol = min(4, len(panels))
+    nrow = int(math.ceil(len(panels) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol + 1.6, 0.3 * len(tasks) * nrow + 1.6 * nrow + 0.6),
+                             sharey=True, squeeze=False)
+    k = len(data.models)
+    y0 = np.arange(len(tasks))
+    for ax, (shift, lab, unc) in zip(axes.ravel(), panels):
+        for i, m in enumerate(data.models):
+            pos = y0 + (i - (k - 1) / 2) * 0.3
+            for yi, t in zip(pos, tasks):
+                r = u.filter((pl.col("model") == m) & (pl.col("task") == t) & (pl.col("shift") == shift) &
+                             (pl.col("uncertainty") == unc))
+                if r.height == 0 or r["diff"][0] is None:
+                    continue
+                d, lo, hi = r["diff"][0], r["ci_low"][0], r["ci_high"][0]
+                ph = r["p_holm"][0] if "p_holm" in r.columns else None
+                filled = ph is not None and ph < alpha
+                ax.errorbar([d], [yi], xerr=[[max(d - lo, 0)], [max(hi - d, 0)]], fmt="o", ms=4.5, capsize=2,
+                            color=colors[m], mfc=colors[m] if filled else "white", lw=1.1)
+        ax.axvline(0, color="#888888", lw=1, ls="--")
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_title(f"{lab}\nvs base {'token entropy' if unc == 'entropy_p' else 'choice entropy'}", fontsize=8.5)
+        ax.set_xlabel("Spearman ρ", fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(panels):]:
+        fig.delaxes(ax)
+    axes[0][0].invert_yaxis()  # shared by every panel
+    for row in axes:
+        row[0].set_yticks(y0)
+        row[0].set_yticklabels(tasks, fontsize=7.5)
+        row[0].set_ylabel("task", fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", color=colors[m], ls="none", label=m) for m in data.models]
+    handles.append(Line2D([], [], marker="o", color="#444444", mfc="white", ls="none",
+                          label=f"open: Holm-adjusted p ≥ {alpha:g}; filled: < {alpha:g}"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7.5, frameon=False)
+    fig.suptitle(f"Does quantization move the predictions most where the base model was uncertain? "
+                 f"Spearman ρ with {_pct(level)} bootstrap intervals", fontsize=10)
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1 - 0.35 / fig.get_figheight()))
+    return [Figure("uncertainty_tests", fig, "Uncertainty and shift: rank correlations",
+                   "Spearman's correlation between the base model's uncertainty (choice entropy; token entropy for "
+                   "the token-level panels, bootstrap over examples) and each per-example shift, per task, with "
+                   "percentile bootstrap intervals; a filled marker survives Holm's correction over the summary "
+                   "table. Positive: larger shifts where the base model was less certain.", "strata")]
 
 
 # ---------------------------------------------------------------------------
@@ -326,7 +449,8 @@ def fig_strata(data: AnalysisData) -> list[Figure]:
 
 
 def accuracy_view(data: AnalysisData) -> pl.DataFrame:
-    """Per (model incl. "base", task): n, correct count, accuracy and its Wilson interval."""
+    """Per (model incl. "base", task with gold answers): n, correct count, accuracy and its
+    Wilson interval, and the accuracy of guessing (the mean of 1 / number of choices)."""
     from qfair import stats
 
     ex = data.examples
@@ -337,28 +461,32 @@ def accuracy_view(data: AnalysisData) -> pl.DataFrame:
     for m in ["base"] + data.models:
         src = data.models[0] if m == "base" else m
         col = "base_correct" if m == "base" else "quant_correct"
-        for t in data.tasks:
-            c = ex.filter((pl.col("model") == src) & (pl.col("task") == t))[col].cast(pl.Float64).to_numpy()
-            c = c[np.isfinite(c)]
+        for t in gold_tasks(data):
+            e = ex.filter((pl.col("model") == src) & (pl.col("task") == t))
+            c = e[col].cast(pl.Float64).to_numpy()
+            fin = np.isfinite(c)
+            c = c[fin]
             n, k = int(c.size), int(c.sum())
             if n == 0:
                 continue
             lo, hi = stats.wilson([k], [n], level)
+            chance = (float(np.mean(1.0 / e["n_choices"].cast(pl.Float64).to_numpy()[fin]))
+                      if "n_choices" in e.columns else None)
             rows.append({"model": m, "task": t, "n": n, "correct": k, "acc": k / n, "acc_low": float(lo[0]),
-                         "acc_high": float(hi[0])})
+                         "acc_high": float(hi[0]), "chance": chance})
     return pl.DataFrame(rows)
 
 
 def fig_accuracy(data: AnalysisData) -> list[Figure]:
     plt = _plt()
-    tasks = data.tasks
+    tasks = gold_tasks(data)
     view = accuracy_view(data)
     if not tasks or view.height == 0:
         return []
     colors = model_colors(data.models)
     level = _conf_level(data)
     names = ["base"] + data.models
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.2 * len(tasks) * len(names) + 1.9),
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.2 * len(tasks) * len(names) + 2.5),
                                   gridspec_kw={"width_ratios": [1.1, 1]})
     h = 0.8 / len(names)
     y0 = np.arange(len(tasks))
@@ -372,6 +500,11 @@ def fig_accuracy(data: AnalysisData) -> list[Figure]:
         err = np.vstack([acc_a - lo, hi - acc_a])
         ax.errorbar(acc_a, pos, xerr=np.where(np.isfinite(err), np.maximum(err, 0), 0), fmt="none",
                     ecolor="#333333", capsize=2, lw=0.9)
+    chance = {r["task"]: r["chance"] for r in view.filter(pl.col("model") == "base").iter_rows(named=True)}
+    for yi, t in zip(y0, tasks):
+        if chance.get(t) is not None:
+            ax.plot([chance[t]] * 2, [yi - 0.45, yi + 0.45], color="#555555", ls=":", lw=1.6,
+                    label="chance (1 / number of choices)" if yi == 0 else None)
     ax.set_yticks(y0)
     ax.set_yticklabels(tasks, fontsize=8)
     ax.invert_yaxis()
@@ -380,7 +513,7 @@ def fig_accuracy(data: AnalysisData) -> list[Figure]:
     ax.set_title("Accuracy per task", fontsize=10)
     ax.set_ylabel("task")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
     k = len(data.models)
     h2 = 0.8 / max(k, 1)
     for i, m in enumerate(data.models):
@@ -400,54 +533,58 @@ def fig_accuracy(data: AnalysisData) -> list[Figure]:
     ax2.set_yticks(y0)
     ax2.set_yticklabels(tasks, fontsize=8)
     ax2.invert_yaxis()
-    ax2.set_xlabel(f"Δaccuracy, quantized − base (paired bootstrap {_pct(level)} CI)")
+    ax2.set_xlabel(f"Δaccuracy, quantized − base ({_pct(level)} interval from the summary)")
     ax2.set_title("Accuracy change per task", fontsize=10)
     ax2.set_ylabel("task")
     ax2.grid(alpha=0.3, axis="x")
-    ax2.legend(fontsize=8, loc="best")
+    ax2.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
     fig.suptitle(f"Accuracy: base vs {', '.join(data.models)}", fontsize=11)
     fig.tight_layout()
     return [Figure("accuracy", fig, "Accuracy per task",
-                   "Left: accuracy (lm-evaluation-harness acc) of each model per task with Wilson intervals. "
-                   "Right: the paired difference with its bootstrap interval from the summary table "
-                   "(BCa where defined, else percentile).", "accuracy")]
+                   "Tasks with gold answers. Left: accuracy (lm-evaluation-harness acc) of each model per task "
+                   "with Wilson intervals; dotted: the accuracy of guessing. Right: the paired difference with its "
+                   "interval from the summary table (bootstrap; when no answer changed, the Wilson bound on the "
+                   "share of changed answers).", "accuracy")]
 
 
 def flip_table(data: AnalysisData) -> pl.DataFrame:
-    """Per (model, task): n, correct→incorrect, incorrect→correct, changed answers
-    (counts from the summary's flip rates) and McNemar's exact p (raw, Holm, BH)."""
+    """Per (model, task with gold answers): n, correct→incorrect, incorrect→correct, changed
+    answers (counts from the summary's flip rates), the flip rate with its Wilson interval and
+    McNemar's exact p of "accuracy unchanged" (unadjusted; the acc row's own p is its bootstrap p)."""
     s = data.summary
     rows = []
     for m in data.models:
-        for t in data.tasks:
+        for t in gold_tasks(data):
             def get(metric: str, col: str, m: str = m, t: str = t) -> float | None:
                 return _summary_value(data, m, t, metric, col)
             n = s.filter((pl.col("model") == m) & (pl.col("task") == t) & (pl.col("metric") == "flips"))
             if n.height == 0:
                 continue
             nn = int(n["n"][0])
+            p = get("flips", "p_mcnemar") if "p_mcnemar" in s.columns else get("flips", "p")
             rows.append({"model": m, "task": t, "n": nn,
                          "c2i": int(round((get("flips_c2i", "diff") or 0) * nn)),
                          "i2c": int(round((get("flips_i2c", "diff") or 0) * nn)),
                          "changed": int(round((get("changed_answer", "diff") or 0) * nn)),
                          "flip_rate": get("flips", "diff"),
                          "flip_low": get("flips", "ci_low"), "flip_high": get("flips", "ci_high"),
-                         "p_mcnemar": get("flips", "p"), "p_holm": get("flips", "p_holm"),
-                         "p_bh": get("flips", "p_bh")})
+                         "p_mcnemar": p})
     return pl.DataFrame(rows)
 
 
 def fig_flips(data: AnalysisData) -> list[Figure]:
     plt = _plt()
-    if not data.models or not data.tasks:
+    tasks = gold_tasks(data)
+    if not data.models or not tasks:
         return []
     level = _conf_level(data)
-    tasks = data.tasks
     k = len(data.models)
-    fig, axes = plt.subplots(1, k, figsize=(5.4 * k + 1.2, 0.5 * len(tasks) + 2.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, k, figsize=(5.6 * k + 1.2, 0.5 * len(tasks) + 2.2), sharey=True, squeeze=False)
     y0 = np.arange(len(tasks))
     xmax = 0.0
+    ft = {(r["model"], r["task"]): r for r in flip_table(data).iter_rows(named=True)}
     for ax, m in zip(axes[0], data.models):
+        ends = np.zeros(len(tasks))
         for j, (metric, lab, col) in enumerate((("flips_c2i", "correct → incorrect", "#d62728"),
                                                 ("flips_i2c", "incorrect → correct", "#2ca02c"))):
             v = np.array([_summary_value(data, m, t, metric, "diff") or 0.0 for t in tasks])
@@ -457,29 +594,29 @@ def fig_flips(data: AnalysisData) -> list[Figure]:
             ax.barh(pos, 100 * v, height=0.36, color=col, alpha=0.85, label=f"{lab} ({_pct(level)} Wilson interval)")
             ax.errorbar(100 * v, pos, xerr=100 * np.maximum(np.vstack([v - lo, hi - v]), 0), fmt="none",
                         ecolor="#333333", capsize=2.5, lw=1)
+            ends = np.maximum(ends, 100 * hi)
             xmax = max(xmax, float(np.nanmax(100 * hi)) if hi.size else 0.0)
         for yi, t in enumerate(tasks):
-            p = _summary_value(data, m, t, "flips", "p_holm")
+            p = (ft.get((m, t)) or {}).get("p_mcnemar")
             if p is not None:
-                ax.annotate(f"p_holm {p:.2g}", (1.0, yi), xycoords=("axes fraction", "data"), xytext=(-3, 0),
-                            textcoords="offset points", ha="right", va="center", fontsize=7, color="#444444")
+                ax.annotate(f"McNemar p {p:.2g}", (ends[yi], yi), xytext=(4, 0), textcoords="offset points",
+                            ha="left", va="center", fontsize=6.5, color="#444444")
         ax.set_title(f"base → {m}", fontsize=10)
         ax.set_xlabel("examples whose correctness flips (% of the task)")
         ax.grid(alpha=0.3, axis="x")
     for ax in axes[0]:
-        ax.set_xlim(0, max(5.0, xmax) * 1.3)
+        ax.set_xlim(0, max(5.0, xmax) * 1.55)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     axes[0][0].set_yticks(y0)
     axes[0][0].set_yticklabels(tasks, fontsize=8)
     axes[0][0].invert_yaxis()
     axes[0][0].set_ylabel("task")
-    fig.suptitle(f"Answer flips per task: base vs {', '.join(data.models)} "
-                 "(right: McNemar exact p, Holm-adjusted)", fontsize=11)
+    fig.suptitle(f"Answer flips per task with gold answers: base vs {', '.join(data.models)}", fontsize=11)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return [Figure("flips", fig, "Answer flips per task",
-                   "Share of examples whose correctness changes, by direction, with Wilson intervals; "
-                   "McNemar's exact test on the discordant pairs, Holm-adjusted over the summary table.",
+                   "Share of examples whose correctness changes, by direction, with Wilson intervals; beside each "
+                   "task, McNemar's exact p (unadjusted) of \"accuracy unchanged\" on the discordant pairs.",
                    "accuracy")]
 
 
@@ -487,8 +624,9 @@ def fig_flips(data: AnalysisData) -> list[Figure]:
 # groups
 
 
-def _group_metric(kind: str | None, task: str) -> str:
-    return "pct_stereotype" if (kind == "crows_pairs" or task.startswith("crows_pairs")) else "acc"
+def _group_metric(data: AnalysisData, task: str) -> str:
+    """The metric a task's groups are compared on: its kind's primary headline metric."""
+    return _task_kind(data, task).headline[0]
 
 
 _METRIC_AXIS = {
@@ -499,8 +637,9 @@ _METRIC_AXIS = {
 
 def group_view(data: AnalysisData) -> pl.DataFrame:
     """The group rows the report shows: per task with two or more groups, the
-    task's headline metric (pct_stereotype for CrowS-Pairs, else acc), sorted by
-    effect (largest absolute difference first, averaged over models)."""
+    task kind's primary headline metric (pct_stereotype for CrowS-Pairs, mc2 for
+    TruthfulQA MC2, else acc), sorted by effect (largest absolute difference
+    first, averaged over models)."""
     g = data.groups
     if g.height == 0:
         return pl.DataFrame()
@@ -509,8 +648,7 @@ def group_view(data: AnalysisData) -> pl.DataFrame:
         gt = g.filter(pl.col("task") == t)
         if gt["group"].n_unique() < 2:
             continue
-        kind = gt["task_kind"][0] if "task_kind" in gt.columns else None
-        metric = _group_metric(kind, t)
+        metric = _group_metric(data, t)
         sub = gt.filter(pl.col("metric") == metric)
         if sub.height == 0:
             continue
@@ -533,7 +671,7 @@ def fig_groups(data: AnalysisData) -> list[Figure]:
         metric = v["metric"][0]
         groups = v["group"].unique(maintain_order=True).to_list()
         k = len(data.models)
-        fig, ax = plt.subplots(figsize=(7.6, 0.45 * len(groups) * max(1, 0.6 * k) + 2.0))
+        fig, ax = plt.subplots(figsize=(7.6, 0.45 * len(groups) * max(1, 0.6 * k) + 2.6))
         y0 = np.arange(len(groups))
         for i, m in enumerate(data.models):
             vm = v.filter(pl.col("model") == m)
@@ -545,7 +683,7 @@ def fig_groups(data: AnalysisData) -> list[Figure]:
             err = np.vstack([x - lo, hi - x])
             err = np.where(np.isfinite(err), np.maximum(err, 0), 0)
             ax.errorbar(x, pos, xerr=err, fmt="o", color=colors[m], capsize=3, ms=5,
-                        label=f"{m} − base ({_pct(level)} bootstrap CI)")
+                        label=f"{m} − base ({_pct(level)} interval)")
             whole = _summary_value(data, m, t, metric, "diff")
             if whole is not None:
                 ax.axvline(whole, color=colors[m], lw=1, ls=":", label=f"{m}: whole task ({whole:+.3f})")
@@ -558,12 +696,13 @@ def fig_groups(data: AnalysisData) -> list[Figure]:
         ax.set_ylabel("group (sorted by |effect|)")
         ax.set_title(f"{t}: per-group change in {metric}\nbase vs {', '.join(data.models)}", fontsize=10)
         ax.grid(alpha=0.3, axis="x")
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
         fig.tight_layout()
         out.append(Figure(f"groups_{_safe(t)}", fig, f"Per-group differences on {t}",
                           f"Difference in {metric} between the quantized and the base model within each group, "
-                          "with paired bootstrap intervals from the groups table, sorted by the size of the effect; "
-                          "dotted lines mark the whole task's difference.", "groups"))
+                          "with the groups table's intervals (paired bootstrap; where no answer in the group "
+                          "changed, the Wilson bound on the share of changed answers), sorted by the size of the "
+                          "effect; dotted lines mark the whole task's difference.", "groups"))
     return out
 
 
@@ -574,7 +713,8 @@ def fig_bias(data: AnalysisData) -> list[Figure]:
 
 
 FIGURE_FUNCS: tuple[Callable[[AnalysisData], list[Figure]], ...] = (
-    fig_reliability, fig_token_kl, fig_strata, fig_accuracy, fig_flips, fig_groups, fig_bias)
+    fig_reliability, fig_token_kl, fig_strata, fig_uncertainty_tests, fig_accuracy, fig_flips, fig_groups,
+    fig_bias)
 
 
 def make_figures(data: AnalysisData, out_dir: str | Path, progress: bool = False) -> list[Figure]:

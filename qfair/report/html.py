@@ -23,8 +23,9 @@ from qfair.report.figures import (
     group_view,
     kl_percentiles,
     strata_view,
+    uncertainty_view,
 )
-from qfair.report.text import compact_rows, model_headlines
+from qfair.report.text import headline_rows, model_headlines
 
 __all__ = ["render_html", "SECTIONS"]
 
@@ -32,7 +33,7 @@ SECTIONS = (
     ("headline", "Headline numbers"),
     ("calibration", "Calibration: reliability diagrams"),
     ("tokens", "Token distributions: KL(base ‖ quantized)"),
-    ("strata", "Uncertainty strata"),
+    ("strata", "Uncertainty: strata and tests"),
     ("accuracy", "Accuracy and flips"),
     ("groups", "Groups"),
     ("bias", "Bias benchmarks"),
@@ -127,26 +128,35 @@ def _figs(figs: list[Figure], section: str, grid: bool = False) -> str:
 
 
 def _headline(data: AnalysisData) -> str:
-    rows = compact_rows(data.summary, data.models)
+    level = float(data.settings.get("confidence") or 0.95)
+    rows = headline_rows(data.summary, data.models, alpha=1 - level)
     parts = ["<ul>"] + [f"<li>{_e(h)}</li>" for h in model_headlines(data.summary, data.examples, data.tokens,
                                                                      data.models)] + ["</ul>"]
     if rows:
         def f3(v: Any, sign: bool = False) -> str:
-            return "" if v is None else (f"{v:+.3f}" if sign else f"{v:.3f}")
+            if v is None:
+                return ""
+            return (f"{v:+.3f}" if sign else f"{v:.3f}") if abs(v) < 10 else (f"{v:+.2f}" if sign else f"{v:.2f}")
 
-        view = [{"model": r["model"], "task": r["task"], "n": r["n"],
-                 "acc base → quant": f"{f3(r['acc_base'])} → {f3(r['acc_quant'])}",
-                 "Δacc [CI]": f"{f3(r['d_acc'], True)} [{f3(r['d_acc_low'], True)}, {f3(r['d_acc_high'], True)}]",
-                 "p_holm": r["p_acc_holm"],
-                 "ECE base → quant": f"{f3(r['ece_base'])} → {f3(r['ece_quant'])}",
-                 "Δconf": f3(r["d_conf"], True), "KL (nats)": None if r["kl"] is None else f"{r['kl']:.4f}",
+        view = [{"model": r["model"] if r["first"] else "", "task": r["task"] if r["first"] else "",
+                 "n": r["n"] if r["first"] else None, "metric": r["metric"],
+                 "base → quant": f"{f3(r['base'])} → {f3(r['quant'])}",
+                 "Δ [CI]": f"{f3(r['diff'], True)} [{f3(r['ci_low'], True)}, {f3(r['ci_high'], True)}]",
+                 "p": r["p"], "p_holm": r["p_holm"], "reading": r["reading"],
+                 "ECE base → quant": "" if r["ece_base"] is None else f"{f3(r['ece_base'])} → {f3(r['ece_quant'])}",
+                 "KL (nats)": None if r["kl"] is None else f"{r['kl']:.4f}",
                  "flips c→i / i→c": "" if r["c2i"] is None else f"{r['c2i']} / {r['i2c']}",
-                 "p_holm McNemar": r["p_flips_holm"]} for r in rows]
+                 "McNemar p": r["p_mcnemar"]} for r in rows]
         parts.append(table_html(pl.DataFrame(view, infer_schema_length=None), sig_col="p_holm"))
-        level = data.settings.get("confidence") or 0.95
-        parts.append(f"<p class='meta'>Δ = quantized − base. CIs: paired bootstrap ({_e(data.settings.get('bootstrap'))}"
-                     f" resamples, {100 * float(level):g}%, BCa where defined). p_holm: Holm-adjusted over all "
-                     "rows of the summary table (Benjamini–Hochberg in column p_bh of the full table). "
+        parts.append(f"<p class='meta'>Each task headlines its own metric(s): accuracy for a multiple-choice task, "
+                     "mc2 for TruthfulQA MC2, the share of stereotype-consistent pairs (neutral: 50 %) and the "
+                     "likelihood difference for CrowS-Pairs. Δ = quantized − base with its paired bootstrap "
+                     f"interval ({_e(data.settings.get('bootstrap'))} resamples, {100 * level:g}%); p inverts "
+                     "that interval, so the interval excludes 0 exactly when p &lt; "
+                     f"{1 - level:g}. p_holm: Holm-adjusted over every row of the summary table that has a p. "
+                     "reading: better / worse by the metric's direction (for CrowS-Pairs: toward / away from "
+                     "50 %), n.s. when the interval includes 0, “raw” when only the unadjusted p passes. "
+                     "ECE, flips and McNemar's exact p (unadjusted) only for tasks with gold answers. "
                      "Bold rows: p_holm &lt; 0.05.</p>")
     return "".join(parts)
 
@@ -249,49 +259,74 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
 
     sec: dict[str, str] = {}
     sec["headline"] = _headline(data)
+    cal_cols = ["model", "task", "metric", "n", "base", "base_low", "base_high", "quant", "quant_low", "quant_high",
+                "diff", "ci_low", "ci_high", "p", "p_holm"]
+    has_kind = "kind" in data.summary.columns
     sec["calibration"] = (_figs(figs, "calibration", grid=True) +
-                          "<details><summary>Calibration summary rows (ECE, MCE, RMS-CE, debiased L2)</summary>" +
-                          table_html(data.summary.filter(pl.col("kind") == "calibration") if "kind" in
-                                     data.summary.columns else pl.DataFrame(),
-                                     ["model", "task", "metric", "n", "base", "quant", "diff", "ci_low", "ci_high",
-                                      "p", "p_holm"]) + "</details>")
+                          "<details><summary>Calibration summary rows (ECE, MCE, RMS-CE, debiased L2, and the "
+                          "study's ACE / MCE estimators)</summary>" +
+                          table_html(data.summary.filter(pl.col("kind").is_in(["calibration", "study"]))
+                                     if has_kind else pl.DataFrame(), cal_cols, sig_col="p_holm") +
+                          "<p class='meta'>base_low … quant_high: each model's own value with its percentile "
+                          "bootstrap interval; conf_pos / conf_neg: mean confidence on correct / incorrect answers; "
+                          "ace_study / mce_study: the reference study's estimators as published (docs/metrics.md)."
+                          "</p></details>")
     sec["tokens"] = _figs(figs, "tokens") + _kl_table(data)
     sv = strata_view(data)
+    uv = uncertainty_view(data)
+    ucols = ["model", "task", "metric", "n", "diff", "ci_low", "ci_high", "p", "p_perm", "p_holm", "p_bh"]
     sec["strata"] = (_figs(figs, "strata") +
-                     ("<h3>Pooled strata</h3>" + table_html(sv) if sv.height else "") +
+                     ("<h3>Tests: does the shift grow with the base model's uncertainty?</h3>" +
+                      table_html(uv.filter(pl.col("statistic") == "spearman").sort("p", nulls_last=True),
+                                 ucols, max_rows=60, sig_col="p_holm") +
+                      "<p class='meta'>spearman(u,s): rank correlation over examples (token rows for kind "
+                      "uncertainty_token, resampled by example) of the base model's uncertainty u with the shift s, "
+                      "bootstrap interval and the p that inverts it; p_perm: permutation test. strata_diff rows "
+                      "(mean shift in the most minus the least uncertain stratum) are in the summary table.</p>"
+                      if uv.height else "") +
                      ("<details><summary>Per-task strata (strata table of qfair analyze)</summary>" +
-                      table_html(data.strata) + "</details>" if data.strata.height else ""))
+                      table_html(sv) + "</details>" if sv.height else ""))
     ft = flip_table(data)
     av = accuracy_view(data)
     sec["accuracy"] = (_figs(figs, "accuracy") +
                        ("<details><summary>Accuracy per model and task (Wilson intervals)</summary>" +
                         table_html(av) + "</details>" if av.height else "") +
                        "<h3>Flip table</h3>" +
-                       table_html(ft, sig_col="p_holm") +
-                       "<p class='meta'>c2i = correct → incorrect, i2c = incorrect → correct, changed = the "
-                       "predicted answer changed; flip_low/high: Wilson interval of (c2i + i2c) / n; p_mcnemar: "
-                       "exact two-sided McNemar on c2i vs i2c; p_holm / p_bh adjusted over the summary table.</p>")
+                       table_html(ft) +
+                       "<p class='meta'>Tasks with gold answers. c2i = correct → incorrect, i2c = incorrect → "
+                       "correct, changed = the predicted answer changed; flip_low/high: Wilson interval of "
+                       "(c2i + i2c) / n (a rate, 0 for identical models: no test); p_mcnemar: exact two-sided "
+                       "McNemar test of c2i vs i2c (accuracy unchanged), unadjusted.</p>")
     gv = group_view(data)
     sec["groups"] = (_figs(figs, "groups") +
                      (("<h3>Group rows, sorted by effect</h3>" +
                        table_html(gv, ["model", "task", "group", "metric", "n", "base", "quant", "diff", "ci_low",
-                                       "ci_high", "gap", "p", "p_holm", "p_bh"], sig_col="p_holm"))
+                                       "ci_high", "ci_method", "gap", "p", "p_holm", "p_bh"], sig_col="p_holm"))
                       if gv.height else "<p class='meta'>No task has two or more groups.</p>") +
                      ("<p class='meta'>gap = the group's difference minus the whole task's; p_holm / p_bh adjusted "
                       "over all rows of the groups table.</p>" if gv.height else ""))
     from qfair.report.bias import bias_section
 
     sec["bias"] = bias_section(data, figs, table_html, _img)
-    sec["summary"] = ("<p class='meta'>Every test of the analysis: diff = quantized − base, CI and p from the "
-                      "paired bootstrap (flip rates: Wilson interval, McNemar exact test); p_holm: Holm, p_bh: "
-                      "Benjamini–Hochberg, each over all rows of this table.</p>" +
+    sec["summary"] = ("<p class='meta'>Every row of the analysis: diff = quantized − base (or the comparison "
+                      "metric's value), its interval (ci_method) and p, the smallest level at which that interval "
+                      "excludes null; rows without p describe a quantity with no test (divergences, agreement and "
+                      "flip rates). p_perm: permutation test, p_ttest: paired t-test (--ttest), p_mcnemar: "
+                      "McNemar's exact test; p_holm: Holm, p_bh: Benjamini–Hochberg, each over all rows of this "
+                      "table that have a p.</p>" +
                       "<details><summary>Show the full summary table "
                       f"({data.summary.height} rows)</summary>" +
                       table_html(data.summary, ["model", "task", "metric", "kind", "n", "base", "quant", "diff",
-                                                "ci_low", "ci_high", "ci_method", "test", "p", "p_holm", "p_bh"],
+                                                "ci_low", "ci_high", "ci_method", "null", "test", "p", "p_perm",
+                                                "p_ttest", "p_mcnemar", "p_holm", "p_bh"],
                                  sig_col="p_holm") + "</details>")
     sec["provenance"] = _provenance(data)
-    notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes)
+    # notes about undefined statistics can be many: they go into a fold below the others
+    undefined = [n for n in data.notes if " undefined (" in n]
+    notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes if n not in undefined)
+    if undefined:
+        notes += (f"<details><summary>{len(undefined)} statistic(s) undefined (no row in the summary)</summary>"
+                  + "".join(f"<p class='note'>{_e(n)}</p>" for n in undefined) + "</details>")
     nav = "<nav><ul>" + "".join(f"<li><a href='#{k}'>{_e(v)}</a></li>" for k, v in SECTIONS) + "</ul></nav>"
     body = "".join(f"<section id='{k}'><h2>{_e(v)}</h2>{sec[k]}</section>" for k, v in SECTIONS)
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -1,5 +1,14 @@
 """Compact views of the summary table: the terminal block ``qfair demo`` prints
-and the headline table of the HTML report."""
+and the headline table of the HTML report.
+
+Each task headlines its own metrics, as its task kind says
+(:class:`qfair.analyze.task_kinds.TaskKind.headline`): accuracy for a
+multiple-choice task, mc2 for TruthfulQA MC2, pct_stereotype and
+likelihood_diff for CrowS-Pairs. The "reading" of a change follows the
+metric's direction (higher or lower is better) or its neutral value
+(CrowS-Pairs: 50 %), and says "n.s." unless the row's interval excludes 0.
+Flips and calibration appear only for kinds with gold answers.
+"""
 from __future__ import annotations
 
 import math
@@ -7,70 +16,151 @@ from typing import Any
 
 import polars as pl
 
-__all__ = ["compact_rows", "compact_summary", "model_headlines"]
+__all__ = ["compact_rows", "compact_summary", "model_headlines", "headline_rows", "reading", "ALPHA_DEFAULT"]
+
+ALPHA_DEFAULT = 0.05
 
 
-def _get(s: pl.DataFrame, model: str, task: str, metric: str, col: str) -> float | None:
-    r = s.filter((pl.col("model") == model) & (pl.col("task") == task) & (pl.col("metric") == metric))
-    if r.height == 0 or col not in r.columns:
-        return None
-    v = r[col][0]
+def _lookup(s: pl.DataFrame) -> dict[tuple[str, str, str], dict[str, Any]]:
+    if s.height == 0:
+        return {}
+    return {(r["model"], r["task"], r["metric"]): r for r in s.iter_rows(named=True)}
+
+
+def _num(v: Any) -> float | None:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
     return float(v)
 
 
-def compact_rows(summary: pl.DataFrame, models: list[str] | None = None) -> list[dict[str, Any]]:
-    """One row per (model, task): n, acc base/quant, Δacc with CI and Holm p,
-    ECE base/quant, mean token KL(base‖quant), flips by direction, McNemar Holm p."""
+def _kind_of(s: pl.DataFrame, task: str) -> Any:
+    from qfair.analyze.task_kinds import get_task_kind
+
+    name = None
+    if "task_kind" in s.columns:
+        k = s.filter(pl.col("task") == task)["task_kind"]
+        name = k[0] if k.len() else None
+    return get_task_kind(name)
+
+
+def reading(row: dict[str, Any] | None, direction: int, *, neutral: float | None = None,
+            neutral_row: dict[str, Any] | None = None, alpha: float = ALPHA_DEFAULT) -> str:
+    """A word for the change a row reports.
+
+    "better"/"worse" follow ``direction`` (+1: higher is better, -1: lower is better);
+    a metric with a ``neutral`` value reads "toward/away from" it, decided by its
+    ``*_from_neutral`` row; "up"/"down" for a metric with neither. The word needs
+    the interval to exclude 0 (p < alpha); it gets ", raw" when the Holm-adjusted p
+    does not also pass. Otherwise "n.s.".
+    """
+    src = neutral_row if neutral is not None else row
+    if src is None:
+        return ""
+    p, ph, d = _num(src.get("p")), _num(src.get("p_holm")), _num(src.get("diff"))
+    if p is None or d is None:
+        return ""
+    if not p < alpha or d == 0:
+        return "n.s."
+    if neutral is not None:
+        word = f"away from {neutral:.0%}" if d > 0 else f"toward {neutral:.0%}"
+    elif direction == 0:
+        word = "up" if d > 0 else "down"
+    else:
+        word = "better" if d * direction > 0 else "worse"
+    return word if ph is not None and ph < alpha else f"{word}, raw"
+
+
+def headline_rows(summary: pl.DataFrame, models: list[str] | None = None,
+                  alpha: float = ALPHA_DEFAULT) -> list[dict[str, Any]]:
+    """One row per (model, task, headline metric) in model, task, metric order.
+
+    Keys: model, task, task_kind, metric, n, base, quant, diff, ci_low, ci_high, p,
+    p_holm, reading, first (the task's first line), and on the first line of a task:
+    d_ece, ece_base, ece_quant, kl, c2i, i2c, p_mcnemar (None where the kind has no
+    gold answers or the analysis no tokens).
+    """
     if summary.height == 0:
         return []
+    look = _lookup(summary)
     models = models or summary["model"].unique(maintain_order=True).to_list()
     tasks = summary["task"].unique(maintain_order=True).to_list()
-    rows = []
+    out = []
     for m in models:
         for t in tasks:
-            n = _get(summary, m, t, "acc", "n")
-            if n is None:
-                continue
-            nn = int(n)
-            c2i = _get(summary, m, t, "flips_c2i", "diff")
-            i2c = _get(summary, m, t, "flips_i2c", "diff")
-            rows.append({
-                "model": m, "task": t, "n": nn,
-                "acc_base": _get(summary, m, t, "acc", "base"), "acc_quant": _get(summary, m, t, "acc", "quant"),
-                "d_acc": _get(summary, m, t, "acc", "diff"), "d_acc_low": _get(summary, m, t, "acc", "ci_low"),
-                "d_acc_high": _get(summary, m, t, "acc", "ci_high"),
-                "p_acc_holm": _get(summary, m, t, "acc", "p_holm"),
-                "ece_base": _get(summary, m, t, "ece", "base"), "ece_quant": _get(summary, m, t, "ece", "quant"),
-                "d_ece": _get(summary, m, t, "ece", "diff"),
-                "d_conf": _get(summary, m, t, "confidence", "diff"),
-                "kl": _get(summary, m, t, "kl_pq", "diff"),
-                "c2i": None if c2i is None else int(round(c2i * nn)),
-                "i2c": None if i2c is None else int(round(i2c * nn)),
-                "p_flips_holm": _get(summary, m, t, "flips", "p_holm"),
-            })
-    return rows
+            tk = _kind_of(summary, t)
+            names = [x for x in tk.headline if (m, t, x) in look] or [x for x in ("acc",) if (m, t, x) in look]
+            for i, name in enumerate(names):
+                r = look[(m, t, name)]
+                em = tk.metric(name)
+                neutral = em.neutral if em is not None else None
+                row = {"model": m, "task": t, "task_kind": tk.name, "metric": name, "n": int(r["n"]),
+                       "base": _num(r["base"]), "quant": _num(r["quant"]), "diff": _num(r["diff"]),
+                       "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]), "p": _num(r["p"]),
+                       "p_holm": _num(r.get("p_holm")), "neutral": neutral,
+                       "reading": reading(r, em.direction if em is not None else 0, neutral=neutral,
+                                          neutral_row=look.get((m, t, f"{name}_from_neutral")), alpha=alpha),
+                       "first": i == 0}
+                extra = dict.fromkeys(("d_ece", "ece_base", "ece_quant", "kl", "c2i", "i2c", "p_mcnemar"))
+                if i == 0:
+                    kl = look.get((m, t, "kl_pq"))
+                    extra["kl"] = None if kl is None else _num(kl["diff"])
+                    if tk.correctness:
+                        ece = look.get((m, t, "ece"))
+                        if ece is not None:
+                            extra.update(d_ece=_num(ece["diff"]), ece_base=_num(ece["base"]),
+                                         ece_quant=_num(ece["quant"]))
+                        fl = look.get((m, t, "flips"))
+                        c2i, i2c = look.get((m, t, "flips_c2i")), look.get((m, t, "flips_i2c"))
+                        if fl is not None and c2i is not None and i2c is not None:
+                            nn = int(fl["n"])
+                            extra.update(c2i=int(round(c2i["diff"] * nn)), i2c=int(round(i2c["diff"] * nn)),
+                                         p_mcnemar=_num(fl.get("p_mcnemar")))
+                row.update(extra)
+                out.append(row)
+    return out
+
+
+def compact_rows(summary: pl.DataFrame, models: list[str] | None = None) -> list[dict[str, Any]]:
+    """The first headline line of every (model, task) -- kept for callers of the old view."""
+    return [r for r in headline_rows(summary, models) if r["first"]]
 
 
 def _f(v: float | None, fmt: str) -> str:
     return "–" if v is None else format(v, fmt)
 
 
+def _val(v: float | None) -> str:
+    if v is None:
+        return "–"
+    a = abs(v)
+    return f"{v:.3f}" if a < 10 else (f"{v:.2f}" if a < 100 else f"{v:.4g}")
+
+
+def _signed(v: float | None, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    a = abs(v)
+    d = digits if a < 10 else max(1, digits - 1)
+    return f"{v:+.{d}f}"
+
+
 def _p(v: float | None) -> str:
     if v is None:
         return "–"
-    return "<1e-4" if v < 1e-4 else f"{v:.3f}"
+    return "<1e-4" if v < 1e-4 else f"{v:.3f}" if v >= 0.001 else f"{v:.0e}"
 
 
-def compact_summary(summary: pl.DataFrame, models: list[str] | None = None, task_width: int = 19) -> str:
-    """A terminal table (≤ 100 columns): per quantized model a block of tasks."""
-    rows = compact_rows(summary, models)
+def compact_summary(summary: pl.DataFrame, models: list[str] | None = None, task_width: int = 19,
+                    confidence: float = 0.95) -> str:
+    """A terminal table (≤ 110 columns): per quantized model a block of tasks, each
+    with its own headline metric(s)."""
+    rows = headline_rows(summary, models, alpha=1 - confidence)
     if not rows:
         return "(empty summary)\n"
-    head = (f"{'task':<{task_width}} {'n':>4}  {'acc base→quant':>14}  {'Δacc [95% CI]':<21} {'p_holm':>6}  "
-            f"{'ΔECE':>7}  {'KL nats':>7}  {'flips c→i/i→c':>13}")
-    lines = []
+    pct = f"{100 * confidence:g}%"
+    head = (f"{'task':<{task_width}} {'n':>3}  {'metric':<15} {'base→quant':>11}  {'Δ [' + pct + ' CI]':<20} "
+            f"{'p_holm':>6}  {'reading':<13} {'KL nats':>7} {'flips':>5}")
+    lines: list[str] = []
     current = None
     for r in rows:
         if r["model"] != current:
@@ -80,22 +170,30 @@ def compact_summary(summary: pl.DataFrame, models: list[str] | None = None, task
             lines.append(f"base vs {current}")
             lines.append(head)
             lines.append("-" * len(head))
-        task = r["task"] if len(r["task"]) <= task_width else r["task"][: task_width - 1] + "…"
-        acc = f"{_f(r['acc_base'], '.3f')}→{_f(r['acc_quant'], '.3f')}"
-        ci = (f"{_f(r['d_acc'], '+.3f')} [{_f(r['d_acc_low'], '+.2f')},{_f(r['d_acc_high'], '+.2f')}]")
-        flips = "–" if r["c2i"] is None else f"{r['c2i']}/{r['i2c']}"
-        lines.append(f"{task:<{task_width}} {r['n']:>4}  {acc:>14}  {ci:<21} {_p(r['p_acc_holm']):>6}  "
-                     f"{_f(r['d_ece'], '+.3f'):>7}  {_f(r['kl'], '.4f'):>7}  {flips:>13}")
-    lines += ["", "Δ = quantized − base; CI: paired bootstrap; p_holm: Holm-adjusted p of Δacc over the whole "
-              "summary table;", "KL nats: mean per-token KL(base ‖ quantized); flips: correct→incorrect / "
-              "incorrect→correct."]
+        if r["first"]:
+            task = r["task"] if len(r["task"]) <= task_width else r["task"][: task_width - 1] + "…"
+            left = f"{task:<{task_width}} {r['n']:>3}"
+            kl = _f(r["kl"], ".4f")
+            flips = "–" if r["c2i"] is None else f"{r['c2i']}/{r['i2c']}"
+        else:
+            left, kl, flips = " " * (task_width + 4), "", ""
+        vals = f"{_val(r['base'])}→{_val(r['quant'])}"
+        ci = f"{_signed(r['diff'])} [{_signed(r['ci_low'], 2)},{_signed(r['ci_high'], 2)}]"
+        lines.append(f"{left}  {r['metric'][:15]:<15} {vals:>11}  {ci:<20} {_p(r['p_holm']):>6}  "
+                     f"{r['reading'][:13]:<13} {kl:>7} {flips:>5}")
+    lines += ["", f"Δ = quantized − base with its paired bootstrap {pct} interval (p inverts it);",
+              "p_holm: Holm-adjusted over the summary table. reading: by the metric's direction, for",
+              "CrowS-Pairs by the distance from 50 %; n.s. = the interval includes 0; raw = not after Holm.",
+              "KL nats: mean per-token KL(base ‖ quantized); flips: correct→incorrect / incorrect→correct."]
     return "\n".join(lines) + "\n"
 
 
 def model_headlines(summary: pl.DataFrame, examples: pl.DataFrame | None = None,
                     tokens: pl.DataFrame | None = None, models: list[str] | None = None) -> list[str]:
-    """One sentence per quantized model over all tasks: mean token KL, top-1
-    agreement, flips by direction."""
+    """One sentence per quantized model: mean token KL and top-1 agreement over all
+    tasks, flips and accuracy over the tasks with gold answers."""
+    from qfair.analyze.task_kinds import get_task_kind
+
     models = models or (summary["model"].unique(maintain_order=True).to_list() if summary.height else [])
     out = []
     for m in models:
@@ -109,12 +207,16 @@ def model_headlines(summary: pl.DataFrame, examples: pl.DataFrame | None = None,
                 parts.append(f"same top token {100 * tk['top1_agree'].drop_nans().mean():.1f}%")
         if examples is not None and examples.height and "flip_c2i" in examples.columns:
             e = examples.filter(pl.col("model") == m)
-            c2i, i2c = int(e["flip_c2i"].sum()), int(e["flip_i2c"].sum())
-            parts.append(f"{c2i + i2c} of {e.height} answers flipped correctness ({c2i} correct→incorrect, "
-                         f"{i2c} incorrect→correct)")
-            acc_b = e["base_correct"].mean()
-            acc_q = e["quant_correct"].mean()
-            if acc_b is not None and acc_q is not None:
-                parts.append(f"accuracy {acc_b:.3f}→{acc_q:.3f}")
+            if "kind" in e.columns:
+                gold = [k for k in e["kind"].unique().to_list() if get_task_kind(k).correctness]
+                e = e.filter(pl.col("kind").is_in(gold))
+            if e.height:
+                c2i, i2c = int(e["flip_c2i"].sum()), int(e["flip_i2c"].sum())
+                n_tasks = e["task"].n_unique()
+                parts.append(f"{c2i + i2c} of {e.height} answers on {n_tasks} task(s) with gold answers flipped "
+                             f"correctness ({c2i} correct→incorrect, {i2c} incorrect→correct)")
+                acc_b, acc_q = e["base_correct"].mean(), e["quant_correct"].mean()
+                if acc_b is not None and acc_q is not None:
+                    parts.append(f"accuracy {acc_b:.3f}→{acc_q:.3f}")
         out.append(" ".join(parts[:1]) + " " + "; ".join(parts[1:]))
     return out

@@ -1,0 +1,303 @@
+"""Bootstrap and permutation statistics computed in numpy on top of the C++
+core's resample draw.
+
+Every bootstrap here uses :func:`qfair.stats.bootstrap_counts`: resample ``b``
+of ``n`` examples under ``seed`` has exactly the multiplicities the C++
+paired bootstrap uses, so these statistics share the draw of the summary's
+other rows. Resamples are processed in blocks (a ``[block, n]`` count
+matrix), vectorised over the block.
+
+- :func:`weighted_sums`: ``C @ V`` for every resample -- any statistic that is
+  a function of weighted sums (means, ratios of means, stratum means).
+- :func:`spearman` / :func:`spearman_bootstrap`: Spearman's rank correlation
+  of a resample is the Pearson correlation of its mid-ranks; with
+  multiplicities, a value's mid-rank is the count of smaller values plus
+  (its count + 1) / 2, computed from cumulative counts in sorted order.
+  ``clusters`` resamples clusters (examples) and weights their rows.
+- :func:`spearman_permutation`, :func:`mean_diff_permutation`: permutation
+  tests with the conventions of ``scipy.stats.permutation_test`` (exact
+  enumeration when it fits in ``resamples``, else random permutations with the
+  +1 correction; two-sided p = twice the smaller one-sided p).
+- :func:`ttest_rel`: the paired t-test (two-sided), as ``scipy.stats.ttest_rel``.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from qfair import stats
+
+__all__ = ["count_blocks", "weighted_sums", "spearman", "spearman_bootstrap", "spearman_permutation",
+           "mean_diff_permutation", "ttest_rel", "student_t_sf", "rank_average"]
+
+# a block of resamples holds at most this many counts
+MAX_BLOCK_CELLS = 2_000_000
+# permutation streams never share a seed with anything else
+_PERM_DOMAIN = 0x5EED_0F_9E3
+
+
+# count matrices up to this many entries are kept for the next statistic on the same draw
+CACHE_CELLS = 20_000_000
+_cache: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _counts(n: int, seed: int, resamples: int) -> np.ndarray | None:
+    key = (int(n), int(seed), int(resamples))
+    if key in _cache:
+        return _cache[key]
+    if n * resamples > CACHE_CELLS:
+        return None
+    m = np.empty((resamples, n), dtype=np.uint32)
+    for b in range(resamples):
+        m[b] = stats.bootstrap_counts(n, seed, b)
+    if len(_cache) >= 8:
+        _cache.pop(next(iter(_cache)))
+    _cache[key] = m
+    return m
+
+
+def count_blocks(n: int, seed: int, resamples: int, *, width: int | None = None) -> Iterator[np.ndarray]:
+    """Yield ``[block, n]`` float64 multiplicity matrices of resamples 0..B-1 in order."""
+    w = max(1, int(width or n))
+    block = max(1, min(int(resamples), MAX_BLOCK_CELLS // w))
+    cached = _counts(n, seed, resamples)
+    for b0 in range(0, int(resamples), block):
+        b1 = min(int(resamples), b0 + block)
+        if cached is not None:
+            yield cached[b0:b1].astype(np.float64)
+        else:
+            yield np.stack([stats.bootstrap_counts(n, seed, b) for b in range(b0, b1)]).astype(np.float64)
+
+
+def weighted_sums(v: np.ndarray, *, seed: int, resamples: int) -> np.ndarray:
+    """``[B, m]``: the column sums of ``v`` ([n, m]) weighted by each resample's multiplicities."""
+    v = np.asarray(v, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    out = [c @ v for c in count_blocks(v.shape[0], seed, resamples)]
+    return np.concatenate(out, axis=0) if out else np.zeros((0, v.shape[1]))
+
+
+def rank_average(x: np.ndarray) -> np.ndarray:
+    """Mid-ranks (1-based, ties averaged) -- ``scipy.stats.rankdata(method='average')``."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    counts = np.diff(np.r_[starts, xs.size])
+    mid = starts + (counts + 1) / 2.0
+    r = np.empty(x.size)
+    r[order] = np.repeat(mid, counts)
+    return r
+
+
+class _Ranker:
+    """Mid-ranks of a fixed set of values under varying multiplicities."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.order = np.argsort(x, kind="stable")
+        xs = x[self.order]
+        self.starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]]) if xs.size else np.zeros(0, np.int64)
+        self.ties = self.starts.size < xs.size
+        self.group = np.repeat(np.arange(self.starts.size), np.diff(np.r_[self.starts, xs.size]))
+
+    def ranks(self, w: np.ndarray) -> np.ndarray:
+        """``[block, n]`` mid-ranks (in the original order) for multiplicities ``w`` ([block, n])."""
+        ws = w[:, self.order]
+        cs = np.cumsum(ws, axis=1)
+        if self.ties:
+            ends = np.r_[self.starts[1:], ws.shape[1]] - 1
+            c_end = cs[:, ends]
+            g = c_end - np.concatenate([np.zeros((ws.shape[0], 1)), c_end[:, :-1]], axis=1)
+            mid = (c_end - 0.5 * (g - 1.0))[:, self.group]
+        else:
+            mid = cs - 0.5 * (ws - 1.0)
+        out = np.empty_like(w)
+        out[:, self.order] = mid
+        return out
+
+
+def _weighted_pearson(w: np.ndarray, rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Pearson correlation of mid-ranks under multiplicities ``w``: the ranks of N = sum(w)
+    items always average (N + 1) / 2, so only the cross and square sums are needed."""
+    tot = w.sum(axis=1)
+    m2 = tot * ((tot + 1.0) / 2.0) ** 2
+    wrx = w * rx
+    sxy = np.einsum("ij,ij->i", wrx, ry) - m2
+    sxx = np.einsum("ij,ij->i", wrx, rx) - m2
+    syy = np.einsum("ij,ij,ij->i", w, ry, ry) - m2
+    den = np.sqrt(np.clip(sxx, 0.0, None) * np.clip(syy, 0.0, None))
+    # exact zeros of sxx/syy can come out as rounding noise: treat relative noise as constant
+    tiny = 1e-9 * m2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where((sxx > tiny) & (syy > tiny), sxy / np.where(den > 0, den, 1.0), np.nan)
+    return np.clip(r, -1.0, 1.0)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho (NaN when either variable is constant)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.size < 2:
+        return math.nan
+    w = np.ones((1, x.size))
+    return float(_weighted_pearson(w, rank_average(x)[None, :], rank_average(y)[None, :])[0])
+
+
+def spearman_bootstrap(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: int,
+                       clusters: np.ndarray | None = None, n_clusters: int | None = None) -> np.ndarray:
+    """Spearman's rho on every bootstrap resample (NaN where a resample is constant).
+
+    ``y`` may be ``[k, n]`` (k variables against the same ``x``; the result is then
+    ``[k, B]``). Without ``clusters`` the n pairs are resampled (the draw of
+    ``bootstrap_counts(n, ...)``); with ``clusters`` (an int array, cluster of each
+    pair, 0..n_clusters-1) the clusters are resampled and each pair carries its
+    cluster's multiplicity.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    ys = np.atleast_2d(np.asarray(y, dtype=np.float64))
+    rx = _Ranker(x)
+    rys = [_Ranker(v) for v in ys]
+    n_draw = x.size if clusters is None else int(n_clusters if n_clusters is not None else clusters.max() + 1)
+    out: list[list[np.ndarray]] = [[] for _ in rys]
+    for c in count_blocks(n_draw, seed, resamples, width=x.size * (1 + len(rys))):
+        w = c if clusters is None else c[:, clusters]
+        ranks_x = rx.ranks(w)
+        for k, ry in enumerate(rys):
+            out[k].append(_weighted_pearson(w, ranks_x, ry.ranks(w)))
+    res = np.stack([np.concatenate(o) if o else np.zeros(0) for o in out])
+    return res if np.ndim(y) == 2 else res[0]
+
+
+def _perm_p(null: np.ndarray, observed: float, exact: bool) -> float:
+    """Two-sided p as scipy.stats.permutation_test (values within 100 eps |observed| count as ties)."""
+    gamma = abs(100 * np.finfo(np.float64).eps * observed)
+    adj = 0 if exact else 1
+    less = (np.count_nonzero(null <= observed + gamma) + adj) / (null.size + adj)
+    greater = (np.count_nonzero(null >= observed - gamma) + adj) / (null.size + adj)
+    return float(min(1.0, 2.0 * min(less, greater)))
+
+
+def spearman_permutation(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: int) -> float:
+    """Permutation p of Spearman's rho (pairings permuted; exact when n! <= resamples)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = x.size
+    rx, ry = rank_average(x), rank_average(y)
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    den = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
+    if n < 2 or den == 0:
+        return math.nan
+    observed = float((dx * dy).sum() / den)
+    exact = math.factorial(n) <= resamples if n <= 20 else False
+    if exact:
+        perms = np.array(list(itertools.permutations(range(n))), dtype=np.int64)
+        null = (dy[perms] @ dx) / den
+    else:
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _PERM_DOMAIN, 1])
+        null = np.empty(int(resamples))
+        block = max(1, MAX_BLOCK_CELLS // n)
+        for b0 in range(0, int(resamples), block):
+            b1 = min(int(resamples), b0 + block)
+            idx = rng.permuted(np.broadcast_to(np.arange(n), (b1 - b0, n)), axis=1)
+            null[b0:b1] = (dy[idx] @ dx) / den
+    return _perm_p(null, observed, exact)
+
+
+def mean_diff_permutation(a: np.ndarray, b: np.ndarray, *, seed: int, resamples: int) -> float:
+    """Two-sample permutation p of mean(a) - mean(b) (labels permuted; exact when C(n, n_a) <= resamples)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    na, nb = a.size, b.size
+    if na == 0 or nb == 0:
+        return math.nan
+    z = np.concatenate([a, b])
+    n = z.size
+    observed = float(a.mean() - b.mean())
+    total = z.sum()
+    exact = math.comb(n, na) <= resamples
+    if exact:
+        combos = np.array(list(itertools.combinations(range(n), na)), dtype=np.int64)
+        sa = z[combos].sum(axis=1)
+    else:
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _PERM_DOMAIN, 2])
+        sa = np.empty(int(resamples))
+        block = max(1, MAX_BLOCK_CELLS // n)
+        for b0 in range(0, int(resamples), block):
+            b1 = min(int(resamples), b0 + block)
+            idx = rng.permuted(np.broadcast_to(np.arange(n), (b1 - b0, n)), axis=1)[:, :na]
+            sa[b0:b1] = z[idx].sum(axis=1)
+    null = sa / na - (total - sa) / nb
+    return _perm_p(null, observed, exact)
+
+
+# ---------------------------------------------------------------------------
+# the paired t-test
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-16:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    lbt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(lbt) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(lbt) * _betacf(b, a, 1.0 - x) / b
+
+
+def student_t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with ``df`` degrees of freedom."""
+    if math.isnan(t):
+        return math.nan
+    if math.isinf(t):
+        return 0.0 if t > 0 else 1.0
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t > 0 else 1.0 - tail
+
+
+def ttest_rel(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(t, two-sided p) of the paired t-test of mean(x - y) = 0, as scipy.stats.ttest_rel(x, y)."""
+    d = np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)
+    n = d.size
+    if n < 2:
+        return math.nan, math.nan
+    m = float(d.mean())
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        if m == 0.0:
+            return math.nan, math.nan
+        return math.copysign(math.inf, m), 0.0
+    t = m / (sd / math.sqrt(n))
+    return t, min(1.0, 2.0 * student_t_sf(abs(t), n - 1))

@@ -1,0 +1,132 @@
+"""The reference study's own calibration estimators, reproduced as published.
+
+Proskurina et al., "When Quantization Affects Confidence of Large Language
+Models?" (Findings of NAACL 2024) compute their calibration errors in a
+notebook of their repository (upunaprosk/quantized-lm-confidence,
+``3_Calibration_Error_Metrics.ipynb``). qfair reproduces them under the
+names ``ace_study`` and ``mce_study``, quirks included, next to its own
+top-label estimators (docs/metrics.md explains each difference). With
+``y_pred`` the N x K choice distributions, ``c`` = max_k y_pred, ``pred`` =
+argmax (first index), ``y`` the gold index:
+
+- K > 2, ``ace_study`` (their ``ace``, R = 15 ranges): thresholds
+  ``t_r = sort(c)[r * floor(N / R)]``; an example goes to the first range with
+  ``c <= t_r`` and, when there is none (the top of the data), to range 0;
+  ACE = sum over non-empty (range, gold class k) cells of
+  ``|mean(pred == k) - mean(c)|``, divided by ``K * R``.
+- K > 2, ``mce_study`` (their ``mce``, 100 bins): bin = ``np.digitize(c,
+  np.arange(0, 1, 1/100))``; bins 0..99 are visited (so ``c >= 0.99`` is never
+  counted); MCE = the largest ``|mean(pred == k) - mean(c)|`` over non-empty
+  (bin, gold class) cells, -1 when there is none.
+- K = 2, ``ace_study`` (their ``ece``, 100 bins): per bin as above,
+  ``sum_b n_b / N * |mean_b(c) - mean_b(y)|`` with ``y`` the gold *label index*
+  (not correctness);
+- K = 2, ``mce_study`` (their ``mce_binary``): ``max_b (mean_b(c) - mean_b(y))``,
+  signed, over the non-empty bins.
+
+Every estimator takes multiplicities ``w`` (``[B, N]``, one row per bootstrap
+resample; a row of ones is the plain estimate) and is vectorised over rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["study_ace", "study_mce", "study_calibration", "STUDY_RANGES", "STUDY_BINS"]
+
+STUDY_RANGES = 15   # their ace() default
+STUDY_BINS = 100    # their mce(num_bins=100), mce_binary and ece defaults
+
+
+def _prep(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None):
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"probs: expected an N x K matrix, got shape {probs.shape}")
+    y = np.asarray(labels, dtype=np.int64)
+    if y.shape[0] != probs.shape[0]:
+        raise ValueError(f"labels: {y.shape[0]} values for {probs.shape[0]} rows of probs")
+    n = probs.shape[0]
+    w = np.ones((1, n)) if w is None else np.atleast_2d(np.asarray(w, dtype=np.float64))
+    c = probs.max(axis=1)
+    pred = probs.argmax(axis=1)
+    return probs, y, w, c, pred
+
+
+def _cell_sums(w: np.ndarray, idx: np.ndarray, n_cells: int, *values: np.ndarray) -> list[np.ndarray]:
+    """Per resample row and cell: sum of w (and of w * value for each value)."""
+    b = w.shape[0]
+    flat = (np.arange(b)[:, None] * n_cells + idx[None, :]).ravel()
+    out = [np.bincount(flat, weights=w.ravel(), minlength=b * n_cells).reshape(b, n_cells)]
+    for v in values:
+        out.append(np.bincount(flat, weights=(w * v[None, :]).ravel(), minlength=b * n_cells).reshape(b, n_cells))
+    return out
+
+
+def _digitize(c: np.ndarray, bins: int) -> np.ndarray:
+    return np.digitize(c, np.arange(0.0, 1.0, 1.0 / bins))
+
+
+def study_ace(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None, *,
+              ranges: int = STUDY_RANGES, binary_bins: int = STUDY_BINS) -> np.ndarray:
+    """The study's ``ace`` (K > 2) or binary ``ece`` (K = 2), one value per row of ``w``."""
+    probs, y, w, c, pred = _prep(probs, labels, w)
+    n, k = probs.shape
+    if n == 0:
+        return np.full(w.shape[0], np.nan)
+    if k <= 2:
+        d = _digitize(c, binary_bins)
+        cnt, sc, sy = _cell_sums(w, d, binary_bins + 1, c, y.astype(np.float64))
+        tot = w.sum(axis=1)
+        return np.abs(sc - sy).sum(axis=1) / tot
+    step = n // ranges
+    if step == 0:  # their code cannot run with fewer examples than ranges
+        return np.full(w.shape[0], np.nan)
+    order = np.argsort(c, kind="stable")
+    cs = c[order]
+    cw = np.cumsum(w[:, order], axis=1)
+    pos = np.arange(0, step * ranges, step, dtype=np.float64)
+    # threshold r of each row: the sorted value at multiset position r * step
+    j = (cw[:, :, None] <= pos[None, None, :]).sum(axis=1)            # [B, R]
+    t = cs[np.minimum(j, n - 1)]
+    first = (t[:, None, :] < c[None, :, None]).sum(axis=2)            # first range with c <= t_r
+    bins = np.where(first >= ranges, 0, first)                         # argmax of an all-False row is 0
+    correct = (pred == y).astype(np.float64)
+    nb = w.shape[0]
+    flat = (np.arange(nb)[:, None] * (ranges * k) + bins * k + y[None, :]).ravel()
+    size = nb * ranges * k
+    cnt = np.bincount(flat, weights=w.ravel(), minlength=size).reshape(nb, -1)
+    sa = np.bincount(flat, weights=(w * correct).ravel(), minlength=size).reshape(nb, -1)
+    sc = np.bincount(flat, weights=(w * c).ravel(), minlength=size).reshape(nb, -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.where(cnt > 0, np.abs(sa - sc) / np.where(cnt > 0, cnt, 1.0), 0.0)
+    return gap.sum(axis=1) / (k * ranges)
+
+
+def study_mce(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None, *,
+              bins: int = STUDY_BINS) -> np.ndarray:
+    """The study's ``mce`` (K > 2, class-wise, bins 0..bins-1 visited) or ``mce_binary`` (K = 2, signed)."""
+    probs, y, w, c, pred = _prep(probs, labels, w)
+    n, k = probs.shape
+    if n == 0:
+        return np.full(w.shape[0], np.nan)
+    d = _digitize(c, bins)
+    if k <= 2:
+        cnt, sc, sy = _cell_sums(w, d, bins + 1, c, y.astype(np.float64))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = np.where(cnt > 0, (sc - sy) / np.where(cnt > 0, cnt, 1.0), -np.inf)
+        return gap.max(axis=1)
+    correct = (pred == y).astype(np.float64)
+    visited = d < bins
+    idx = np.where(visited, d * k + y, bins * k + y)   # cells of bin `bins` are never visited
+    cnt, sa, sc = _cell_sums(w, idx, (bins + 1) * k, correct, c)
+    cnt, sa, sc = cnt[:, : bins * k], sa[:, : bins * k], sc[:, : bins * k]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.where(cnt > 0, np.abs(sa - sc) / np.where(cnt > 0, cnt, 1.0), -1.0)
+    return np.maximum(gap.max(axis=1), -1.0)
+
+
+def study_calibration(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None, *,
+                      ranges: int = STUDY_RANGES, binary_bins: int = STUDY_BINS,
+                      bins: int = STUDY_BINS) -> dict[str, np.ndarray]:
+    """``{"ace_study": ..., "mce_study": ...}``, one value per row of ``w``."""
+    return {"ace_study": study_ace(probs, labels, w, ranges=ranges, binary_bins=binary_bins),
+            "mce_study": study_mce(probs, labels, w, bins=bins)}

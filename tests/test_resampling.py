@@ -1,0 +1,132 @@
+"""The numpy statistics on the C++ resample draw (qfair.analyze.resampling)
+against scipy: spearmanr, bootstrap, permutation_test, ttest_rel, t.sf."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from qfair import stats
+from qfair.analyze import resampling as R
+
+
+def _pairs(seed: int, n: int, ties: bool):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    y = 0.5 * x + rng.normal(size=n)
+    if ties:
+        x = np.round(x, 0)
+        y = np.round(y * 2, 0) / 2
+    return x, y
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_spearman_and_ranks_against_scipy(ties):
+    x, y = _pairs(0, 57, ties)
+    assert R.spearman(x, y) == pytest.approx(sps.spearmanr(x, y).statistic, abs=1e-13)
+    np.testing.assert_allclose(R.rank_average(y), sps.rankdata(y, method="average"))
+    assert math.isnan(R.spearman(np.ones(9), y[:9]))       # constant: undefined, as scipy
+    assert math.isnan(R.spearman(x[:1], y[:1]))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_every_bootstrap_resample_is_spearman_of_the_expanded_resample(ties):
+    x, y = _pairs(1, 40, ties)
+    d = R.spearman_bootstrap(x, y, seed=7, resamples=60)
+    two = R.spearman_bootstrap(x, np.stack([y, -y]), seed=7, resamples=60)
+    np.testing.assert_array_equal(two[0], d)
+    for b in range(60):
+        c = stats.bootstrap_counts(40, 7, b)
+        ref = sps.spearmanr(np.repeat(x, c), np.repeat(y, c)).statistic
+        assert d[b] == pytest.approx(ref, abs=1e-12) or (math.isnan(d[b]) and math.isnan(ref))
+        assert two[1][b] == pytest.approx(-d[b], abs=1e-12) or math.isnan(d[b])
+
+
+def test_cluster_bootstrap_repeats_whole_clusters():
+    rng = np.random.default_rng(2)
+    clusters = np.repeat(np.arange(15), rng.integers(1, 6, 15))
+    x = rng.normal(size=clusters.size)
+    y = x + rng.normal(size=clusters.size)
+    d = R.spearman_bootstrap(x, y, seed=3, resamples=30, clusters=clusters, n_clusters=15)
+    for b in range(30):
+        c = stats.bootstrap_counts(15, 3, b)
+        w = c[clusters]
+        assert d[b] == pytest.approx(sps.spearmanr(np.repeat(x, w), np.repeat(y, w)).statistic, abs=1e-12)
+
+
+def test_spearman_percentile_interval_against_scipy_bootstrap():
+    x, y = _pairs(4, 120, False)
+    d = R.spearman_bootstrap(x, y, seed=0, resamples=4000)
+    ref = sps.bootstrap((x, y), lambda a, b: sps.spearmanr(a, b).statistic, paired=True, vectorized=False,
+                        n_resamples=4000, method="percentile", random_state=0).confidence_interval
+    se = np.nanstd(d)
+    assert np.quantile(d, 0.025) == pytest.approx(ref.low, abs=0.15 * se)
+    assert np.quantile(d, 0.975) == pytest.approx(ref.high, abs=0.15 * se)
+
+
+def _scipy_perm_spearman(x, y, n_resamples, seed=0):
+    # one sample permuted against the other: n! pairings (exact when they fit in n_resamples)
+    return sps.permutation_test((x,), lambda a: sps.spearmanr(a, y).statistic, permutation_type="pairings",
+                                n_resamples=n_resamples, random_state=seed).pvalue
+
+
+def test_spearman_permutation_exact_equals_scipy():
+    x = np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.2])
+    y = np.array([1.0, 2.0, 2.0, 5.0, 4.0, 0.5])
+    p = R.spearman_permutation(x, y, seed=0, resamples=10_000)       # 6! = 720 <= 10,000: exact
+    assert p == pytest.approx(_scipy_perm_spearman(x, y, 10_000), abs=1e-12)
+
+
+def test_spearman_permutation_random_within_monte_carlo_error():
+    x, y = _pairs(5, 35, True)
+    y = y * 0.3 + np.random.default_rng(9).normal(size=35)
+    p = R.spearman_permutation(x, y, seed=1, resamples=20_000)
+    ref = _scipy_perm_spearman(x, y, 20_000)
+    assert p == pytest.approx(ref, abs=4 * math.sqrt(ref * (1 - ref) / 20_000) + 1e-3)
+
+
+@pytest.mark.parametrize("na,nb,exact", [(4, 5, True), (25, 30, False)])
+def test_two_sample_permutation_against_scipy(na, nb, exact):
+    rng = np.random.default_rng(na)
+    a, b = rng.normal(0.4, 1, na), rng.normal(0, 1, nb)
+    p = R.mean_diff_permutation(a, b, seed=2, resamples=20_000)
+    ref = sps.permutation_test((a, b), lambda u, v: np.mean(u) - np.mean(v), permutation_type="independent",
+                               n_resamples=20_000, random_state=0).pvalue
+    tol = 1e-12 if exact else 4 * math.sqrt(ref * (1 - ref) / 20_000) + 1e-3
+    assert p == pytest.approx(ref, abs=tol)
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss")
+@pytest.mark.parametrize("case", ["normal", "skewed", "tiny", "constant_diff", "zero_diff", "huge_t"])
+def test_ttest_rel_against_scipy(case):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=30)
+    y = {"normal": x + rng.normal(0.2, 1, 30), "skewed": x + rng.exponential(1.0, 30) - 0.8,
+         "tiny": None, "constant_diff": x + 0.5, "zero_diff": x.copy(), "huge_t": x + 5 + rng.normal(0, 1e-3, 30)}[case]
+    if case == "tiny":
+        x, y = np.array([1.0, 2.0]), np.array([1.5, 2.7])
+    t, p = R.ttest_rel(x, y)
+    ref = sps.ttest_rel(x, y)
+    if math.isnan(ref.pvalue):
+        assert math.isnan(p)
+    else:
+        assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
+        assert t == pytest.approx(ref.statistic, rel=1e-12)
+
+
+def test_student_t_sf_against_scipy():
+    for df in (1, 2, 3.5, 10, 29, 200, 5000):
+        for t in (-40.0, -3.0, -0.5, 0.0, 0.3, 1.96, 4.0, 12.0, 80.0):
+            assert R.student_t_sf(t, df) == pytest.approx(sps.t.sf(t, df), rel=1e-9, abs=1e-300), (t, df)
+
+
+def test_weighted_sums_are_the_count_matrix_product():
+    v = np.random.default_rng(0).normal(size=(23, 3))
+    s = R.weighted_sums(v, seed=5, resamples=50)
+    for b in (0, 17, 49):
+        np.testing.assert_allclose(s[b], stats.bootstrap_counts(23, 5, b) @ v, rtol=1e-12)
+    # the cached and the streamed draw agree
+    big = R.weighted_sums(v[:, 0], seed=5, resamples=50)
+    np.testing.assert_allclose(big[:, 0], s[:, 0], rtol=1e-12)
