@@ -68,3 +68,27 @@ def llamacpp_cmd(kld, out, tokenizer, shard_rows, overwrite, threads, no_progres
     s = _run(lambda: import_llamacpp(kld, out, tokenizer=tokenizer, shard_rows=shard_rows, overwrite=overwrite,
                                      threads=threads, progress=not no_progress), out)
     click.echo(s.text())
+
+
+@import_group.command("lm-eval")
+@click.argument("path", type=click.Path(exists=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Dump directory to write.")
+@click.option("--group-field", default=None, metavar="FIELD",
+              help="A field of the logged documents that holds each example's group (e.g. bias_type); "
+                   "CrowS-Pairs tasks use bias_type by default.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dump in --out.")
+def lm_eval_cmd(path, out, group_field, overwrite) -> None:
+    """Import the per-sample logs of one lm-evaluation-harness run (lm_eval
+    --log_samples): PATH is its output directory or one samples_<task>_<date>.jsonl
+    file. Multiple-choice tasks only; acc / acc_norm are checked to be lm-eval's own.
+
+    \b
+    Example (one run with the full-precision model, one with the quantized one):
+      qfair import lm-eval results/fp16 --out runs/fp16
+      qfair import lm-eval results/nf4  --out runs/nf4
+      qfair analyze runs/fp16 runs/nf4 --out runs/analysis
+    """
+    from qfair.importers.lm_eval import import_lm_eval
+
+    s = _run(lambda: import_lm_eval(path, out, group_field=group_field, overwrite=overwrite), out)
+    click.echo(s.text())

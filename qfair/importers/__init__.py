@@ -7,8 +7,8 @@ analyze`` compares them like its own.
   logs of multiple-choice tasks -> a ``choices_only`` dump.
 
 Every importer writes through :class:`qfair.dump.DumpWriter` and refuses bad
-input with one :class:`ImportError_`-free line: a :class:`qfair.dump.DumpError`
-naming the file and the problem.
+input with a :class:`qfair.dump.DumpError` whose one-line message names the
+file and the problem (the CLI prints it and exits with status 1).
 """
 from __future__ import annotations
 
