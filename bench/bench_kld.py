@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="use base.kld / quant.kld already in --dir")
     ap.add_argument("--out", default="bench/results/bench_kld.json")
     args = ap.parse_args(argv)
     if not args.llama_bin:
@@ -108,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                     "threads": args.threads}
     try:
         t0 = time.perf_counter()
-        base, quant = write_pair(work, args.ctx, args.chunks, args.vocab, seed=0)
+        if args.reuse and (work / "base.kld").is_file() and (work / "quant.kld").is_file():
+            base, quant = work / "base.kld", work / "quant.kld"
+        else:
+            base, quant = write_pair(work, args.ctx, args.chunks, args.vocab, seed=0)
         report["generate_s"] = time.perf_counter() - t0
         report["file_bytes"] = base.stat().st_size
         print(f"pair written: 2 x {base.stat().st_size / 1e9:.3f} GB in {report['generate_s']:.0f} s", flush=True)

@@ -412,3 +412,41 @@ def test_with_llamacpp_binaries(tmp_path):
                               "--kl-divergence"], env={**os.environ, "KLD_QUANT_FILE": str(tmp_path / "quant.kld")},
                              **run)
         assert mine == read_layout(two.stdout + two.stderr)
+
+
+def test_bootstrap_over_chunks_recomputes_each_figure_on_the_resampled_chunks():
+    """Oracle: for a few resamples, the tokens of the drawn chunks laid out explicitly and the
+    figures recomputed from scratch (float64)."""
+    from qfair import stats
+    from qfair.analyze.text import _boot_figures, _weighted_order_stats
+
+    rng = np.random.default_rng(5)
+    K, per = 6, 9
+    chunk = np.repeat(np.arange(K), per)
+    kld = rng.gamma(2.0, 0.1, size=K * per).astype(F32)
+    counts = np.stack([stats.bootstrap_counts(K, 7, b) for b in range(5)]).astype(np.float64)
+    got = _weighted_order_stats(kld, chunk, counts, PERCENTILES_KLD, "kld")
+    nll = rng.gamma(2.0, 1.0, size=K * per)
+    nb = nll + rng.normal(0, 0.3, size=K * per)
+    for b in range(5):
+        idx = np.concatenate([np.flatnonzero(chunk == k).repeat(1) for k in range(K) for _ in range(int(counts[b, k]))])
+        v = np.sort(kld[idx].astype(np.float64))
+        n = v.size
+        assert got["kld_max"][b] == v[-1] and got["kld_min"][b] == v[0]
+        med = v[n // 2] if n % 2 else 0.5 * (v[n // 2] + v[n // 2 - 1])
+        assert got["kld_median"][b] == pytest.approx(med)
+        for label, frac in PERCENTILES_KLD:
+            if frac is None:
+                continue
+            p = frac * (n - 1)
+            i = int(np.floor(p))
+            want = (1 - (p - i)) * v[i] + (p - i) * v[min(i + 1, n - 1)]
+            assert got["kld_p" + label.strip().rstrip("%")][b] == pytest.approx(want), label
+        # mean-type figures from per-chunk sums
+        per_tok = np.stack([nll, nll ** 2, nb, nb ** 2, nll * nb, kld, kld ** 2, 0 * nll, 0 * nll, 0 * nll,
+                            np.ones_like(nll)], axis=1)
+        S = per_tok[idx].sum(axis=0)[None, :]
+        f = _boot_figures(S, np.array([float(n)]))
+        assert f["ppl_q"][0] == pytest.approx(np.exp(nll[idx].mean()))
+        assert f["cor_ln_ppl"][0] == pytest.approx(np.corrcoef(nll[idx], nb[idx])[0, 1])
+        assert f["kld_mean"][0] == pytest.approx(kld[idx].astype(np.float64).mean())
