@@ -27,6 +27,15 @@ def distribution_stats(
 ) -> dict[str, Any]:
     """{'metrics': {name: ndarray}, 'invalid_rows': int}"""
 
+def llamacpp_token_stats(
+    q: npt.NDArray[Any],
+    base: npt.NDArray[Any],
+    targets: npt.NDArray[np.integer[Any]],
+    threads: int = 0,
+    dtype: str = "",
+) -> dict[str, Any]:
+    """{'nll', 'nll_base': float32, 'kld': float64, 'p_diff': float32, 'argmax_q', 'argmax_base': int64}"""
+
 def active_isa() -> str: ...
 def select_isa(cap: str) -> str: ...
 

@@ -29,6 +29,7 @@ __all__ = [
     "divergence",
     "distribution_stats",
     "stream_divergence",
+    "stream_rows",
     "active_isa",
 ]
 
@@ -276,34 +277,23 @@ def _as_sources(blocks: Any, name: str) -> list[Any]:
     return sources
 
 
-def stream_divergence(
-    p_blocks: Any,
-    q_blocks: Any,
-    *,
-    targets: Any = None,
-    topk: Sequence[int] = (1, 5, 10),
-    chunk_rows: int = 4096,
-    threads: int | None = None,
-    dtype: str | None = None,
-) -> Iterator[DivergenceChunk]:
-    """Stream aligned row blocks of P and Q through :func:`divergence`.
+def stream_rows(p_blocks: Any, q_blocks: Any, *, chunk_rows: int = 4096
+                ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Aligned row ranges of two sequences of row blocks: ``(start, stop, p, q)``.
 
     ``p_blocks`` / ``q_blocks``: an array, a path to a .npy file, or a
     sequence of them, concatenated along rows (shard boundaries may differ
     between the two sides). Paths are memory-mapped and the pages of consumed
     rows are handed back to the OS after each chunk, so resident memory stays
-    bounded by a chunk whatever the total size. ``targets``: one id per row
-    of the concatenation, or None.
-
-    Yields :class:`DivergenceChunk` objects in row order; chunks never span
-    a block boundary, so no rows are ever copied.
+    bounded by a chunk whatever the total size. ``p`` and ``q`` are views,
+    valid until the next chunk is requested; chunks never span a block
+    boundary, so no rows are ever copied. Both sides must hold the same number
+    of rows (ValueError otherwise).
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     ps = _Blocks(_as_sources(p_blocks, "p"), "p")
     qs = _Blocks(_as_sources(q_blocks, "q"), "q")
-    t_all = None if targets is None else np.asarray(targets)
-    n_threads = _default_threads(threads)
     ip = iq = 0  # current block on each side
     op = oq = 0  # row offset inside the current block
     start = 0
@@ -316,14 +306,7 @@ def stream_divergence(
                 )
             n = min(chunk_rows, bp.shape[0] - op, bq.shape[0] - oq)
             if n > 0:
-                pv, qv = bp[op : op + n], bq[oq : oq + n]
-                tv = None
-                if t_all is not None:
-                    if start + n > t_all.shape[0]:
-                        raise ValueError(f"targets hold {t_all.shape[0]} ids, fewer than the rows streamed")
-                    tv = t_all[start : start + n]
-                res = divergence(pv, qv, targets=tv, topk=topk, threads=n_threads, dtype=dtype)
-                yield DivergenceChunk(start, start + n, pv, qv, tv, res)
+                yield start, start + n, bp[op : op + n], bq[oq : oq + n]
                 start += n
                 op += n
                 oq += n
@@ -342,11 +325,47 @@ def stream_divergence(
             raise ValueError(
                 f"p and q hold different numbers of rows: {start + rest_p} and {start + rest_q}"
             )
-        if t_all is not None and t_all.shape[0] != start:
-            raise ValueError(f"targets hold {t_all.shape[0]} ids for {start} rows")
     finally:
         for i in range(len(ps.sources)):
             ps.close(i)
         for i in range(len(qs.sources)):
             qs.close(i)
 
+
+def stream_divergence(
+    p_blocks: Any,
+    q_blocks: Any,
+    *,
+    targets: Any = None,
+    topk: Sequence[int] = (1, 5, 10),
+    chunk_rows: int = 4096,
+    threads: int | None = None,
+    dtype: str | None = None,
+) -> Iterator[DivergenceChunk]:
+    """Stream aligned row blocks of P and Q through :func:`divergence`.
+
+    ``p_blocks`` / ``q_blocks``: an array, a path to a .npy file, or a
+    sequence of them, concatenated along rows (shard boundaries may differ
+    between the two sides). Paths are memory-mapped and the pages of consumed
+    rows are handed back to the OS after each chunk, so resident memory stays
+    bounded by a chunk whatever the total size (:func:`stream_rows`).
+    ``targets``: one id per row of the concatenation, or None.
+
+    Yields :class:`DivergenceChunk` objects in row order; chunks never span
+    a block boundary, so no rows are ever copied.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    t_all = None if targets is None else np.asarray(targets)
+    n_threads = _default_threads(threads)
+    stop = 0
+    for start, stop, pv, qv in stream_rows(p_blocks, q_blocks, chunk_rows=chunk_rows):
+        tv = None
+        if t_all is not None:
+            if stop > t_all.shape[0]:
+                raise ValueError(f"targets hold {t_all.shape[0]} ids, fewer than the rows streamed")
+            tv = t_all[start:stop]
+        res = divergence(pv, qv, targets=tv, topk=topk, threads=n_threads, dtype=dtype)
+        yield DivergenceChunk(start, stop, pv, qv, tv, res)
+    if t_all is not None and t_all.shape[0] != stop:
+        raise ValueError(f"targets hold {t_all.shape[0]} ids for {stop} rows")

@@ -37,7 +37,9 @@ def workdir(tmp_path_factory):
 
 def test_the_readme_has_the_snippets_this_test_runs():
     assert len(blocks("python")) == 3
-    assert len(blocks("bash")) == 3  # make, the study, a benchmark
+    bash = blocks("bash")
+    assert any(b.startswith("make demo") for b in bash)  # the two setup commands
+    assert any("qfair dump" in b and "qfair report" in b for b in bash)  # the study, run by the slow test
 
 
 @pytest.mark.parametrize("i", range(3))
@@ -77,6 +79,30 @@ def test_shell_snippets_name_real_commands():
     for sub in sorted(seen):
         r = CliRunner().invoke(main, [sub, "--help"])
         assert r.exit_code == 0, (sub, r.output)
+
+
+def test_shell_snippets_use_real_options():
+    """Every option of every qfair command line in the README exists on that
+    (sub-)command (examples with your own files cannot run here as written, but
+    their options must be right)."""
+    import shlex
+
+    import click
+
+    from qfair.cli import main
+
+    for block in blocks("bash"):
+        for cmd in _commands(block):
+            if not cmd.startswith("qfair "):
+                continue
+            words = shlex.split(cmd)[1:]
+            command: click.Command = main
+            while isinstance(command, click.Group) and words and not words[0].startswith("-"):
+                command = command.commands[words.pop(0)]
+            known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"--help", "-h"}
+            for w in words:
+                if w.startswith("--"):
+                    assert w.split("=", 1)[0] in known, f"README: `{cmd}`: {w} is not an option of {command.name}"
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "qfair/divergence.hpp"
+#include "qfair/llamacpp.hpp"
 
 namespace py = pybind11;
 
@@ -168,6 +169,31 @@ class Columns {
     return result;
 }
 
+::py::dict llamacpp_token_stats_py(const ::py::array& q, const ::py::array& base, const ::py::object& targets,
+                                   int threads, const std::string& dtype) {
+    Matrix mq = as_matrix(q, "q", dtype);
+    Matrix mb = as_matrix(base, "base", dtype);
+    if (mq.rows != mb.rows || mq.cols != mb.cols)
+        throw ::py::value_error("q and base must have the same shape, got [" + std::to_string(mq.rows) + ", " +
+                                std::to_string(mq.cols) + "] and [" + std::to_string(mb.rows) + ", " +
+                                std::to_string(mb.cols) + "]");
+    if (targets.is_none()) throw ::py::value_error("targets are required (one scored token id per row)");
+    std::vector<int64_t> t = as_targets(targets, mq.rows);
+    Columns c(mq.rows);
+    LlamaTokenOutputs out;
+    out.nll = c.f32("nll");
+    out.nll_base = c.f32("nll_base");
+    out.kld = c.f64("kld");
+    out.p_diff = c.f32("p_diff");
+    out.argmax_q = c.i64("argmax_q");
+    out.argmax_base = c.i64("argmax_base");
+    {
+        ::py::gil_scoped_release release;
+        llamacpp_token_stats(mq, mb, t.data(), threads, out);
+    }
+    return c.dict();
+}
+
 }  // namespace
 
 void bind_divergence(::py::module_& m) {
@@ -178,6 +204,10 @@ void bind_divergence(::py::module_& m) {
     m.def("distribution_stats", &distribution_stats_py, ::py::arg("p"), ::py::arg("targets") = ::py::none(),
           ::py::arg("threads") = 0, ::py::arg("dtype") = "",
           "Row-wise entropy, max prob, margin, argmax and target stats of one [rows, vocab] array.");
+    m.def("llamacpp_token_stats", &llamacpp_token_stats_py, ::py::arg("q"), ::py::arg("base"),
+          ::py::arg("targets"), ::py::arg("threads") = 0, ::py::arg("dtype") = "",
+          "Per-token statistics of llama-perplexity --kl-divergence (q used as logits, base as "
+          "log-probs as they are). Returns {nll, nll_base, kld, p_diff, argmax_q, argmax_base}.");
     m.def("active_isa", &active_isa, "The vector instruction set the kernels run with.");
     m.def("select_isa", [](const std::string& cap) { return std::string(select_isa(cap.c_str())); },
           ::py::arg("cap"), "Cap the kernel's instruction set ('avx512', 'avx2', 'baseline'); returns the one chosen.");

@@ -91,7 +91,14 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
     except OSError as e:
         raise click.ClickException(f"{getattr(e, 'filename', None) or out}: {e.strerror or e}") from None
     click.echo(format_summary(result.summary, max_rows=60), nl=False)
+    if "text_summary" in result.extra:  # text dumps: llama-perplexity --kl-divergence's own layout
+        from qfair.analyze.text import format_llamacpp
+
+        for label in result.settings["models"]:
+            lines = format_llamacpp(result.extra["text_summary"], result.extra["text_chunks"], label)
+            if lines:
+                click.echo(f"\nllama.cpp --kl-divergence summary, {label} vs base:\n" + "\n".join(lines))
     for n in result.notes:
         click.echo(f"note: {n}", err=True)
-    click.echo(f"wrote {len(files)} files to {out} (tables: summary, examples, tokens, calibration, "
-               f"strata, groups; provenance.json; p_holm / p_bh adjust over the rows of a table that have a p)")
+    click.echo(f"wrote {len(files)} files to {out} (tables: {', '.join(result.table_names())}; provenance.json; "
+               "p_holm / p_bh adjust over the rows of a table that have a p)")

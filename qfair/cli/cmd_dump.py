@@ -27,6 +27,13 @@ from qfair.cli import main
               help="Rows per logits shard (cut at the first example boundary at or past N).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Choice sequences per forward pass (the shared context is computed once).")
+@click.option("--text", "text", default=None, type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="Score a plain text file instead of tasks, the way llama-perplexity does (needs --ctx): "
+                   "chunks of --ctx tokens, the second half of each scored (a 'text' dump).")
+@click.option("--ctx", type=click.IntRange(min=4), default=None, metavar="N",
+              help="With --text: tokens per chunk (llama-perplexity -c).")
+@click.option("--chunks", type=click.IntRange(min=1), default=None, metavar="K",
+              help="With --text: at most K chunks (default: all whole chunks of the text).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted dump in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dump in --out.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed recorded in the manifest (torch.manual_seed).")
@@ -39,7 +46,7 @@ from qfair.cli import main
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, shard_rows, batch_size,
-             resume, overwrite, seed, revision, dtype, device, device_map, gguf_file, trust_remote_code,
+             text, ctx, chunks, resume, overwrite, seed, revision, dtype, device, device_map, gguf_file, trust_remote_code,
              cache_dir, no_progress) -> None:
     """Score multiple-choice tasks with one (possibly quantized) model and write a
     dump directory: manifest.json, examples/choices/tokens Parquet tables and
@@ -48,6 +55,7 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
     \b
     Example:
       qfair dump --quant bnb-nf4 --tasks piqa,arc_easy --limit 100 --out runs/nf4
+      qfair dump --quant bnb-nf4 --text wiki.test.raw --ctx 512 --out runs/nf4-text
     """
     from qfair.dump import DumpError
     from qfair.dump.run import dump
@@ -69,6 +77,14 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
     load_kwargs = {"revision": revision, "dtype": dtype, "device": device, "device_map": device_map,
                    "gguf_file": gguf_file, "trust_remote_code": trust_remote_code or None,
                    "cache_dir": cache_dir}
+    if text is not None:
+        if ctx is None:
+            raise click.UsageError("--text needs --ctx (tokens per chunk)")
+        if tasks or data_files or limit is not None:
+            raise click.UsageError("--text scores a text file; drop --tasks / --data-file / --limit")
+        load_kwargs.update(text=text, ctx=ctx, chunks=chunks)
+    elif ctx is not None or chunks is not None:
+        raise click.UsageError("--ctx and --chunks go with --text")
     try:
         summary = dump(out, model=model, quant=quant, tasks=tasks, data_files=list(data_files), limit=limit,
                        store=store, store_dtype=store_dtype, shard_rows=shard_rows, batch_size=batch_size,

@@ -13,9 +13,12 @@ kind                tables besides ``examples``      rows align on
 ==================  ===============================  ==========================================
 multiple_choice     choices, tokens                  tokens: example_id, choice, pos, target
 choices_only        choices                          (no rows: examples align on example_id)
+text                tokens                           tokens: example_id, choice, pos, target
+                                                     (after the chunks' token ids)
 ==================  ===============================  ==========================================
 
-(``generation`` and ``text`` register themselves where they are implemented.)
+``text`` (a plain text scored like llama-perplexity, and imported llama.cpp
+files) registers itself in :mod:`qfair.dump.text`, listed in ``_PLUGINS``.
 """
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ class DumpKind:
     # "module:function" adding this kind's own analysis tables to qfair.compare
     # (fn(base, quant, label, cfg, token_table) -> {table name: DataFrame}); imported when needed
     analysis: str | None = None
+    # "module:function" with further alignment checks of this kind (fn(a, b, pair) raises DumpError),
+    # run before the row-by-row key check so that it can name the problem in the kind's own terms
+    align_check: str | None = None
     doc: str = ""
 
     @property
@@ -71,7 +77,9 @@ def get_kind(name: str | None) -> DumpKind:
 
 
 # modules that register further kinds when imported (one line per kind implemented elsewhere)
-_PLUGINS: tuple[str, ...] = ()
+_PLUGINS: tuple[str, ...] = (
+    "qfair.dump.text",  # text: llama-perplexity-style chunks of a plain text, and imported llama.cpp .kld files
+)
 
 
 def _load_plugins() -> None:

@@ -177,6 +177,12 @@ class Dump:
         pair = f"{self.path} vs {other.path}"
         if self.kind.name != other.kind.name:
             raise DumpError(f"{pair}: dump kinds differ ({self.kind.name!r} vs {other.kind.name!r}); not aligned")
+        check_same_task_versions(self.manifest, other.manifest, pair)
+        if self.kind.align_check:
+            import importlib
+
+            module, _, name = self.kind.align_check.partition(":")
+            getattr(importlib.import_module(module), name)(self, other, pair)
         a, b = self.tokenizer_fingerprint, other.tokenizer_fingerprint
         for k in sorted(set(a) | set(b)):
             if k == "class":
@@ -203,6 +209,17 @@ class Dump:
 def open_dump(path: str | os.PathLike) -> Dump:
     """Open a dump directory; DumpError (a ValueError) names file and field on failure."""
     return Dump(path)
+
+
+def check_same_task_versions(a: dict[str, Any], b: dict[str, Any], pair: str) -> None:
+    """DumpError when a task of both dumps was rendered / scored under different
+    versions (``prompt_format_version`` in the manifests' task records)."""
+    va = {t.get("name"): t.get("prompt_format_version") for t in a.get("tasks") or []}
+    for t in b.get("tasks") or []:
+        name, vb = t.get("name"), t.get("prompt_format_version")
+        if name in va and va[name] is not None and vb is not None and va[name] != vb:
+            raise DumpError(f"{pair}: task {name!r} has version {va[name]!r} vs {vb!r}; "
+                            "results of different task versions are not comparable")
 
 
 def check_same_keys(a: pl.DataFrame, b: pl.DataFrame, keys: tuple[str, ...], pair: str, table: str) -> None:

@@ -44,6 +44,10 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
     from qfair.models import load_model
 
     load_kwargs = {k: v for k, v in (load_kwargs or {}).items() if v is not None}
+    if "text" in load_kwargs:  # a plain text scored like llama-perplexity (qfair.dump.text)
+        return _text_dump(out, model, quant, load_kwargs, store=store, store_dtype=store_dtype,
+                          shard_rows=shard_rows, batch_size=batch_size, resume=resume, overwrite=overwrite,
+                          seed=seed, progress=progress)
     names = T.resolve(tasks) if tasks else default_tasks()
     if isinstance(data_files, dict):
         files = {k: Path(v) for k, v in data_files.items()}
@@ -70,3 +74,23 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
     return run_dump(out, loaded, task_objs, store=store, store_dtype=store_dtype, shard_rows=shard_rows,
                     batch_size=batch_size, resume=resume, overwrite=overwrite, seed=seed,
                     progress=progress, config=config)
+
+
+def _text_dump(out: str | os.PathLike, model: str | None, quant: str, load_kwargs: dict[str, Any], **kw: Any
+               ) -> DumpSummary:
+    from qfair.dump.text import plan_chunks, read_text, run_text_dump
+    from qfair.models import load_model
+
+    text, ctx, chunks = load_kwargs.pop("text"), int(load_kwargs.pop("ctx")), load_kwargs.pop("chunks", None)
+    read_text(text)  # an unreadable file stops the run before the (slow) model load
+    if ctx < 4 or (chunks is not None and chunks < 1):
+        plan_chunks(0, ctx, chunks, str(text))
+    out_p = Path(out)
+    if not kw["resume"] and not kw["overwrite"] and out_p.is_dir() and any(out_p.iterdir()):
+        raise DumpError(f"{out_p}: directory exists and is not empty (use --resume to finish it or --overwrite "
+                        "to replace it)")
+    config = {"model": model, "quant": quant,
+              **{k: (str(v) if not isinstance(v, (bool, int, float, type(None))) else v)
+                 for k, v in sorted(load_kwargs.items()) if k != "progress"}}
+    loaded = load_model(model, quant=quant, progress=kw["progress"], **load_kwargs)
+    return run_text_dump(out, loaded, text, ctx=ctx, chunks=chunks, config=config, **kw)
