@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from scipy.special import log_softmax, rel_entr, softmax
 from statsmodels.stats.multitest import multipletests
+from test_dump_support import resign
 
 import qfair
 from qfair import stats
@@ -447,6 +448,7 @@ def test_nonfinite_logliks_are_counted_not_averaged(dumps, tmp_path):
     ch = ch.with_columns(pl.when((pl.col("example_id") == victim) & (pl.col("choice") == 1))
                          .then(float("nan")).otherwise(pl.col("loglik")).alias("loglik"))
     ch.write_parquet(q / "choices.parquet")
+    resign(q)
     c = compare(dumps["base"], q, bootstrap=100, bins=5, tokens=False)
     ex = c.examples.filter(pl.col("example_id") == victim).row(0, named=True)
     assert ex["quant_nonfinite"] == 1.0 and math.isnan(ex["quant_conf"]) and math.isnan(ex["quant_correct"])

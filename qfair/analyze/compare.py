@@ -162,6 +162,7 @@ class _TokenSide:
     paired: list[tuple[str, str, str]] = field(default_factory=list)
     unpaired: list[str] = field(default_factory=list)
     aggregates: pl.DataFrame | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence[int], chunk_rows: int,
@@ -170,8 +171,14 @@ def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence
     tt, info = token_table(b, q, topk=topk, chunk_rows=chunk_rows, threads=threads, metrics=custom,
                            progress=progress)
     if info["nonfinite_rows"]:
-        notes.append(f"{label}: {info['nonfinite_rows']} logits rows with non-finite values "
-                     "(their metrics are NaN and the examples' token aggregates are NaN)")
+        notes.append(f"{label}: {info['nonfinite_rows']} token(s) whose logits row is not a distribution "
+                     f"(NaN, +inf or no finite entry: {info['nonfinite_base_rows']} in base, "
+                     f"{info['nonfinite_quant_rows']} in {label}); every token statistic leaves them out")
+    for kl, who in (("kl_pq", f"{label} gives zero probability where base gives mass"),
+                    ("kl_qp", f"base gives zero probability where {label} gives mass")):
+        if info.get(f"infinite_{kl}_rows"):
+            notes.append(f"{label}: {kl} is infinite for {info[f'infinite_{kl}_rows']} token(s) ({who}); "
+                         f"its mean is infinite and is not tested")
     if not info["vocab_wide"]:
         notes.append(f"{label}: no logits in both dumps (--store none); token table has "
                      "target-token statistics only")
@@ -181,7 +188,7 @@ def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence
     agg = example_token_aggregates(tt, meta.select("example_id", "label"), names + [c for p in pairs for c in p[1:]])
     unpaired = names + (["kl_gold_mean"] if "kl_gold_mean" in agg.columns else [])
     return _TokenSide(tt.with_columns(pl.lit(label).alias("model")).select("model", *tt.columns),
-                      [(p[0], p[1], p[2]) for p in pairs], unpaired, agg)
+                      [(p[0], p[1], p[2]) for p in pairs], unpaired, agg, info)
 
 
 def _group_rows(jt: pl.DataFrame, rows: list[dict[str, Any]], cfg: StatsConfig, side: _TokenSide,
@@ -282,12 +289,16 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
             binning: str = "width", topk: Sequence[int] = (1, 5, 10), strata: str = "confidence",
             n_strata: int = 5, confidence: float = 0.95, threads: int | None = None,
             metrics: Mapping[str, Callable[..., Any]] | None = None, chunk_rows: int = 4096,
-            tokens: bool = True, permutation: bool = True, progress: bool = False) -> Comparison:
+            tokens: bool = True, permutation: bool = True, progress: bool = False,
+            verify_hash: bool = True) -> Comparison:
     """Compare a base dump with one or more quantized dumps.
 
     ``base``/``quant``: dump paths or opened dumps (``quant`` may be a list).
     ``metrics``: custom token metrics ``{name: fn}``; ``fn`` receives a
     :class:`qfair.analyze.tokens.TokenChunk` and returns one value per row.
+    ``verify_hash``: check every listed file's sha256 before any work (sizes
+    and shard headers are always checked); False skips the hashing for very
+    large dumps (recorded in the settings).
     """
     _check_options(binning, strata, bootstrap)
     b = _open(base)
@@ -295,6 +306,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
     if not quants:
         raise ValueError("compare: need at least one quantized dump")
     labels = model_labels(quants)
+    for d in (b, *quants):
+        d.verify(hash=verify_hash)
     for q in quants:
         b.aligned_with(q)
 
@@ -314,14 +327,17 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
             sub = base_ex.filter(pl.col("task") == task)
             parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg.bins, "base", "base", task)
 
+    nonfinite: dict[str, dict[str, int]] = {}
     for q, label in zip(quants, labels):
         j = meta
+        counts = nonfinite.setdefault(label, {})
         if base_ex is not None:
             q_ex = example_stats(q.examples, q.choices, task_kinds(q.manifest) or task_kinds(b.manifest),
                                  where=str(q.path))
             j = pair_examples(base_ex, q_ex, meta)
             for who, ex_t in (("base", base_ex), (label, q_ex)):
                 bad = int(ex_t["nonfinite"].sum())
+                counts["nonfinite_examples_" + ("base" if who == "base" else "quant")] = bad
                 if bad:
                     notes.append(f"{who}: {bad} example(s) with a non-finite choice log-likelihood; their "
                                  "statistics are NaN and every test leaves them out (see the rows' n)")
@@ -330,6 +346,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
             side = token_side(b, q, label, meta, topk=topk, chunk_rows=chunk_rows, threads=threads,
                               custom=custom, progress=progress, notes=notes)
             j = j.join(side.aggregates, on="example_id", how="left")
+            counts.update({k: int(v) for k, v in side.info.items()
+                           if k.startswith(("nonfinite_", "infinite_"))})
             parts.tokens.append(side.table)
         parts.examples.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))
         task_tables(parts, j, label, cfg, side, strata, n_strata)
@@ -342,5 +360,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
                 "topk": list(topk), "strata": strata, "n_strata": int(n_strata), "confidence": confidence,
                 "adjust": "holm and bh over all rows of the table", "base": str(b.path),
                 "quant": [str(q.path) for q in quants], "models": labels, "kind": kind.name,
-                "custom_metrics": sorted(custom)}
+                "custom_metrics": sorted(custom),
+                "nonfinite": nonfinite,
+                "integrity": "size, header and sha256 of every file" if verify_hash
+                else "size and header of every file (sha256 skipped)"}
     return assemble(parts, settings, notes)

@@ -71,22 +71,30 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
     token aggregates. Rows whose inputs are missing or all NaN are left out.
     """
     rows: list[dict[str, Any]] = []
-    specs: list[Any] = []
-    pending: list[tuple[dict[str, Any], np.ndarray | None]] = []  # (row, d for permutation)
+    # (row, bootstrap spec or None, d for the permutation test or None), in row order
+    pending: list[tuple[dict[str, Any], Any, np.ndarray | None]] = []
 
     def add_mean(metric: str, kind: str, x: np.ndarray | None, y: np.ndarray) -> None:
-        ok = np.isfinite(y) if x is None else (np.isfinite(x) & np.isfinite(y))
+        # NaN marks an invalid value (a non-finite logits row, a NaN log-likelihood): left out and
+        # counted by n. +-inf is a legitimate value (a zero probability: KL = inf, log-prob = -inf).
+        ok = ~np.isnan(y) if x is None else (~np.isnan(x) & ~np.isnan(y))
         n = int(ok.sum())
         if n == 0:
             return
         row = _nan_row(metric, kind, n)
         yv = y[ok]
         xv = None if x is None else x[ok]
-        row["quant"] = float(yv.mean()) if xv is not None else None
-        row["base"] = float(xv.mean()) if xv is not None else None
+        with np.errstate(invalid="ignore"):
+            row["quant"] = float(yv.mean()) if xv is not None else None
+            row["base"] = float(xv.mean()) if xv is not None else None
+            if not np.isfinite(yv).all() or (xv is not None and not np.isfinite(xv).all()):
+                # the mean is infinite: reported as such, with no interval and no test
+                row["diff"] = float(yv.mean() - (xv.mean() if xv is not None else 0.0))
+                row["test"] = "none (infinite values)"
+                pending.append((row, None, None))
+                return
         row["test"] = "paired bootstrap"
-        specs.append(stats.MeanDiff(yv, xv))
-        pending.append((row, yv - (xv if xv is not None else 0.0)))
+        pending.append((row, stats.MeanDiff(yv, xv), yv - (xv if xv is not None else 0.0)))
 
     for metric, col in mean_metrics():
         x, y = _col(j, f"base_{col}"), _col(j, f"quant_{col}")
@@ -113,14 +121,26 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
                 bn = binning or cfg.binning
                 row = _nan_row(metric, "calibration", n)
                 row["test"] = "paired bootstrap"
-                specs.append(stats.CalibrationDiff(cyo, ayo, cxo, axo, bins=cfg.bins, binning=bn,
-                                                   measure=measure))
-                pending.append((row, None))
+                pending.append((row, stats.CalibrationDiff(cyo, ayo, cxo, axo, bins=cfg.bins, binning=bn,
+                                                           measure=measure), None))
 
-    if specs:
-        res = stats.paired_bootstrap(specs, resamples=cfg.resamples, seed=cfg.seed,
-                                     confidence=cfg.confidence, threads=cfg.threads)
-        for (row, d), r in zip(pending, res):
+    if pending:
+        # one shared draw per sample size: statistics over different examples (a metric with
+        # invalid values leaves some out) cannot share one index draw
+        by_n: dict[int, list[int]] = {}
+        for i, (row, spec, _) in enumerate(pending):
+            if spec is not None:
+                by_n.setdefault(row["n"], []).append(i)
+        results: dict[int, Any] = {}
+        for idx in by_n.values():
+            res = stats.paired_bootstrap([pending[i][1] for i in idx], resamples=cfg.resamples, seed=cfg.seed,
+                                         confidence=cfg.confidence, threads=cfg.threads)
+            results.update(zip(idx, res))
+        for i, (row, spec, d) in enumerate(pending):
+            if spec is None:
+                rows.append(row)
+                continue
+            r = results[i]
             row["diff"] = r.estimate
             row["pct_low"], row["pct_high"] = r.pct_lo, r.pct_hi
             if np.isfinite(r.bca_lo) and np.isfinite(r.bca_hi):
@@ -207,10 +227,20 @@ def strata_rows(j: pl.DataFrame, cfg: StatsConfig, by: str = "confidence", n_str
             "c2i_rate": c2i / n, "i2c_rate": i2c / n, "changed_rate": changed / n,
             "base_acc": float(bc.mean()), "quant_acc": float(qc.mean()),
             "delta_conf": float((qconf - bconf).mean()),
-            "mean_kl": float(sub["kl_all_mean"].mean()) if has_kl else None,
+            "mean_kl": _nanmean(sub["kl_all_mean"]) if has_kl else None,
             "base_ece": eb, "quant_ece": eq, "delta_ece": eq - eb,
         })
     return pl.DataFrame(out, schema_overrides={"mean_kl": pl.Float64})
+
+
+def _nanmean(col: pl.Series) -> float | None:
+    """Mean over the non-NaN values (None when there are none); +-inf is kept."""
+    v = col.cast(pl.Float64).to_numpy()
+    v = v[~np.isnan(v)]
+    if not v.size:
+        return None
+    with np.errstate(invalid="ignore"):
+        return float(v.mean())
 
 
 def calibration_rows(conf: np.ndarray, correct: np.ndarray, bins: int) -> pl.DataFrame:

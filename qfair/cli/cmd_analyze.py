@@ -45,9 +45,12 @@ def _formats(ctx, param, value):  # noqa: ARG001
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads (default: all cores).")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Logits rows per streamed chunk (bounds memory).")
+@click.option("--skip-hash", is_flag=True,
+              help="Check the dumps' file sizes and shard headers but not their sha256 (for very large "
+                   "dumps; recorded in settings.json).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, n_strata, formats, threads,
-                chunk_rows, no_progress) -> None:
+                chunk_rows, skip_hash, no_progress) -> None:
     """Compare BASE with one or more QUANT dumps: token divergences, example-level
     accuracy / confidence / calibration changes, flips, strata and groups, each
     difference with its bootstrap CI and p-value (Holm and BH adjusted).
@@ -63,7 +66,7 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
     try:
         result = compare(base, list(quant), bootstrap=bootstrap, seed=seed, bins=bins, binning=binning,
                          topk=topk, strata=strata, n_strata=n_strata, threads=threads,
-                         chunk_rows=chunk_rows, progress=not no_progress)
+                         chunk_rows=chunk_rows, progress=not no_progress, verify_hash=not skip_hash)
         files = result.write(out, formats=formats)
     except DumpError as e:
         raise click.ClickException(str(e)) from None
