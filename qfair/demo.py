@@ -132,7 +132,8 @@ def _check_tasks(tasks: Sequence[str]) -> list[str]:
 def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike | None = None,
              quant: str | Iterable[str] = DEFAULT_QUANTS, tasks: Sequence[str] = DEMO_TASKS,
              limit: int | None = DEFAULT_LIMIT, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
-             progress: bool = True, log: Callable[[str], None] | None = None) -> DemoResult:
+             progress: bool = True, log: Callable[[str], None] | None = None,
+             threads: int | None = None) -> DemoResult:
     """Dump, analyze and report; see the module docstring. ``limit``: examples per
     task (None: every built-in example). ``log`` receives one line per step
     (default: stderr)."""
@@ -150,6 +151,12 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
     limit = limit or None
     if bootstrap < 1:
         raise DemoError(f"--bootstrap must be >= 1, got {bootstrap}")
+    from qfair.threads import resolve_threads
+
+    try:
+        resolve_threads(threads, "--threads")
+    except ValueError as e:
+        raise DemoError(str(e)) from None
     names = _check_tasks(tasks)
     if not names:
         raise DemoError("no tasks to run")
@@ -172,7 +179,7 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
         say(f"[{step}/{n_steps}] dump {model_name}, {what}, on {len(names)} tasks ({per_task}) -> {dumps_dir / label}")
         t0 = time.perf_counter()
         s = dump(dumps_dir / label, model=None if model is None else str(model), quant=spec, tasks=names,
-                 limit=limit, overwrite=True, seed=seed, progress=progress)
+                 limit=limit, overwrite=True, seed=seed, progress=progress, threads=threads)
         seconds[f"dump {label}"] = time.perf_counter() - t0
         say(f"      {s.n_examples} examples, {s.n_rows} scored tokens in {seconds[f'dump {label}']:.0f} s")
         return s.path
@@ -202,7 +209,8 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
         f"-> {analysis_dir}")
     t0 = time.perf_counter()
     try:
-        cmp = compare(base, list(quants.values()), bootstrap=bootstrap, seed=seed, progress=progress)
+        cmp = compare(base, list(quants.values()), bootstrap=bootstrap, seed=seed, progress=progress,
+                      threads=threads)
         cmp.write(analysis_dir, formats=("parquet", "csv", "md"))
         write_provenance(analysis_dir)
     except DumpError as e:

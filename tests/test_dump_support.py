@@ -55,7 +55,7 @@ def stable_manifest(dump_dir: Path) -> dict:
     """The manifest without the fields that record wall-clock times."""
     m = json.loads((Path(dump_dir) / "manifest.json").read_text())
     run = dict(m["run"])
-    for k in ("start_time", "end_time", "resumed_at"):
+    for k in ("start_time", "end_time", "resumed_at", "resumed_threads"):
         run.pop(k, None)
     m["run"] = run
     return m

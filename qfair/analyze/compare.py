@@ -86,10 +86,12 @@ class Comparison:
         return {name: self.table(name) for name in self.table_names()}
 
     def write(self, out_dir: str | os.PathLike, formats: Sequence[str] = ("parquet", "csv", "md")) -> list[Path]:
-        """Write every table in each format (parquet, csv, md; latex for the summary)."""
-        from qfair.analyze.tables import write_tables
+        """Write every table in each format (parquet, csv, md; latex for the summary) as one
+        analysis directory: an earlier analysis there is replaced as a whole, atomically
+        (:mod:`qfair.analyze.outdir`)."""
+        from qfair.analyze.outdir import write_analysis
 
-        return write_tables(self, Path(out_dir), formats)
+        return write_analysis(self, Path(out_dir), formats)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{t}={self.table(t).shape}" for t in self.table_names())
@@ -311,6 +313,9 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
     for q in quants:
         b.aligned_with(q)
 
+    from qfair.threads import resolve_threads
+
+    threads = resolve_threads(threads)  # default: the CPUs this process may use
     cfg = StatsConfig(resamples=int(bootstrap), seed=int(seed), confidence=float(confidence),
                       threads=threads, bins=int(bins), binning=binning, permutation=permutation)
     kind = b.kind

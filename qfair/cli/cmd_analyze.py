@@ -11,8 +11,8 @@ def _int_list(ctx, param, value):  # noqa: ARG001 - click callback signature
         ks = tuple(int(x) for x in str(value).split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers like 1,5,10, got {value!r}") from None
-    if not ks or any(k < 1 for k in ks):
-        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    if not ks or any(not 1 <= k <= 1000 for k in ks):
+        raise click.BadParameter(f"expected integers in 1..1000, got {value!r}")
     return ks
 
 
@@ -42,7 +42,8 @@ def _formats(ctx, param, value):  # noqa: ARG001
 @click.option("--n-strata", type=click.IntRange(min=1), default=5, show_default=True, help="Number of strata.")
 @click.option("--format", "formats", default="parquet,csv,md,latex", show_default=True, callback=_formats,
               help="Output formats (latex: summary only).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
+              help="Threads (default: the CPUs this process may use).")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Logits rows per streamed chunk (bounds memory).")
 @click.option("--skip-hash", is_flag=True,
@@ -60,14 +61,19 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
       qfair analyze runs/base runs/nf4 runs/int8 --out runs/analysis
     """
     from qfair.analyze import compare
+    from qfair.analyze.outdir import lock_analysis_dir
     from qfair.analyze.tables import format_summary
     from qfair.dump import DumpError
 
     try:
-        result = compare(base, list(quant), bootstrap=bootstrap, seed=seed, bins=bins, binning=binning,
-                         topk=topk, strata=strata, n_strata=n_strata, threads=threads,
-                         chunk_rows=chunk_rows, progress=not no_progress, verify_hash=not skip_hash)
-        files = result.write(out, formats=formats)
+        lock = lock_analysis_dir(out)  # a second analysis into --out stops here, before any work
+        try:
+            result = compare(base, list(quant), bootstrap=bootstrap, seed=seed, bins=bins, binning=binning,
+                             topk=topk, strata=strata, n_strata=n_strata, threads=threads,
+                             chunk_rows=chunk_rows, progress=not no_progress, verify_hash=not skip_hash)
+            files = result.write(out, formats=formats)
+        finally:
+            lock.release()
     except DumpError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:

@@ -38,10 +38,22 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
          limit: int | None = None, store: str = "full", store_dtype: str = "f16",
          shard_rows: int = DEFAULT_SHARD_ROWS, batch_size: int = DEFAULT_BATCH_SIZE,
          resume: bool = False, overwrite: bool = False, seed: int = 0, progress: bool = True,
-         load_kwargs: dict[str, Any] | None = None) -> DumpSummary:
-    """Load the model and tasks by name, then ``run_dump``."""
+         load_kwargs: dict[str, Any] | None = None, threads: int | None = None) -> DumpSummary:
+    """Load the model and tasks by name, then ``run_dump``.
+
+    ``threads``: torch's compute threads for this dump (default: the CPUs this
+    process may use), restored afterwards. The output directory is locked
+    (and so known to be writable) before the model is loaded.
+    """
     import qfair.tasks as T
+    from qfair.lock import LOCK_NAME, lock_dir
     from qfair.models import load_model
+    from qfair.threads import resolve_threads, torch_threads
+
+    try:
+        n_threads = resolve_threads(threads, "--threads")
+    except ValueError as e:
+        raise DumpError(str(e)) from None
 
     load_kwargs = {k: v for k, v in (load_kwargs or {}).items() if v is not None}
     names = T.resolve(tasks) if tasks else default_tasks()
@@ -64,9 +76,16 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
         raise DumpError("--resume and --overwrite exclude each other")
     if resume and not (out_p / mf.MANIFEST).is_file():
         raise DumpError(f"{out_p / mf.MANIFEST}: missing, nothing to resume (run without --resume)")
-    if not resume and not overwrite and out_p.is_dir() and any(out_p.iterdir()):
-        raise DumpError(f"{out_p}: directory exists and is not empty (use --resume to finish it or --overwrite to replace it)")
-    loaded = load_model(model, quant=quant, progress=progress, **load_kwargs)
-    return run_dump(out, loaded, task_objs, store=store, store_dtype=store_dtype, shard_rows=shard_rows,
-                    batch_size=batch_size, resume=resume, overwrite=overwrite, seed=seed,
-                    progress=progress, config=config)
+    # the lock: a second process on this directory stops now, and an unwritable --out is found now
+    lock = lock_dir(out_p, "dump")
+    try:
+        if not resume and not overwrite and any(p.name != LOCK_NAME for p in out_p.iterdir()):
+            raise DumpError(f"{out_p}: directory exists and is not empty (use --resume to finish it or "
+                            "--overwrite to replace it)")
+        with torch_threads(n_threads):
+            loaded = load_model(model, quant=quant, progress=progress, **load_kwargs)
+            return run_dump(out, loaded, task_objs, store=store, store_dtype=store_dtype, shard_rows=shard_rows,
+                            batch_size=batch_size, resume=resume, overwrite=overwrite, seed=seed,
+                            progress=progress, config=config, threads=n_threads)
+    finally:
+        lock.release()

@@ -121,16 +121,25 @@ def load_analysis(path: str | os.PathLike) -> AnalysisData:
         tables[name] = df
     settings: dict[str, Any] = {}
     notes: list[str] = []
+    raw: dict[str, Any] = {}
     sp = d / "settings.json"
     if sp.is_file():
         try:
             raw = json.loads(sp.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ReportError(f"{sp}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
+        if not isinstance(raw, dict) or not isinstance(raw.get("settings", {}), dict):
             raise ReportError(f"{sp}: expected a JSON object with field 'settings'")
         settings = dict(raw.get("settings") or {})
         notes = [str(n) for n in raw.get("notes") or []]
+    # every table must come from the one run settings.json describes (no leftovers of another run)
+    from qfair.analyze.outdir import check_run_files
+
+    used = [f for name in TABLES for f in (d / f"{name}.parquet", d / f"{name}.csv") if f.is_file()]
+    used = [f for f in used if f.suffix == ".parquet" or not (f.with_suffix(".parquet")).is_file()]
+    why = check_run_files(d, raw, used)
+    if why:
+        raise ReportError(why)
     data = AnalysisData(d, settings=settings, notes=notes, **tables)
     data.provenance = collect_provenance(d, settings)
     return data
