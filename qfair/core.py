@@ -57,14 +57,27 @@ def active_isa() -> str:
 
 
 def _default_threads(threads: int | None) -> int:
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        return int(threads)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """``threads`` checked, or the CPUs this process may use (:mod:`qfair.threads`)."""
+    from qfair.threads import resolve_threads
+
+    return resolve_threads(threads if not isinstance(threads, np.integer) else int(threads))
+
+
+MAX_TOPK = 1000  # the core's limit on K
+
+
+def _topk(topk: Any) -> tuple[int, ...]:
+    """``topk`` as a tuple of distinct integers in 1..MAX_TOPK (ValueError naming the bad value)."""
+    if isinstance(topk, (str, bytes)) or not hasattr(topk, "__iter__"):
+        raise ValueError(f"topk must be a sequence of integers in [1, {MAX_TOPK}], got {topk!r}")
+    ks = []
+    for k in topk:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_TOPK:
+            raise ValueError(f"topk values must be integers in [1, {MAX_TOPK}], got {k!r}")
+        if int(k) in ks:
+            raise ValueError(f"topk lists {int(k)} twice")
+        ks.append(int(k))
+    return tuple(ks)
 
 
 def _as_rows(x: Any, name: str, dtype: str | None) -> tuple[np.ndarray, str]:
@@ -150,7 +163,10 @@ class DistributionResult:
         return pl.DataFrame(self.metrics)
 
 
-def _targets_array(targets: Any, rows: int) -> np.ndarray | None:
+def _targets_array(targets: Any, rows: int, vocab: int) -> np.ndarray | None:
+    """One token id per row as int64 (negative: no target); ValueError for an id
+    outside the vocabulary, whatever the integer type (a uint64 id >= 2^63 would
+    otherwise wrap to a negative, i.e. silently become "no target")."""
     if targets is None:
         return None
     if type(targets).__module__.startswith("torch"):
@@ -158,9 +174,27 @@ def _targets_array(targets: Any, rows: int) -> np.ndarray | None:
     t = np.asarray(targets)
     if t.ndim != 1 or t.shape[0] != rows:
         raise ValueError(f"targets must hold one token id per row ({rows}), got shape {t.shape}")
-    if t.dtype.kind not in "iu":
+    if t.dtype.kind not in "iu" or t.dtype == np.bool_:
         raise ValueError(f"targets must be integers, got dtype {t.dtype}")
-    return t
+    if t.size:
+        big = np.flatnonzero(t >= vocab)
+        if big.size:
+            i = int(big[0])
+            raise ValueError(f"targets: row {i} has token id {t[i]}, outside the vocabulary of size {vocab}")
+    return t.astype(np.int64, copy=False)
+
+
+def _empty_like_result(pa: np.ndarray, hint: str, run: Any) -> dict[str, Any]:
+    """The core's answer for 0 rows: the same columns, dtypes and counts, empty
+    (computed on one dummy row, so the columns always match the non-empty case)."""
+    one = np.zeros((1, pa.shape[1]), dtype=pa.dtype)
+    raw = run(one)
+    raw = dict(raw)
+    raw["metrics"] = {k: np.asarray(v)[:0] for k, v in dict(raw["metrics"]).items()}
+    for k in ("invalid_p", "invalid_q", "invalid_rows"):
+        if k in raw:
+            raw[k] = 0
+    return raw
 
 
 def divergence(
@@ -195,9 +229,19 @@ def divergence(
         raise ValueError("mixing bfloat16 with float arrays: pass both as bfloat16 or both as floats")
     if pa.ndim != 2 or qa.ndim != 2:
         raise ValueError(f"p and q must be 2-D [rows, vocab], got shapes {pa.shape} and {qa.shape}")
-    t = _targets_array(targets, pa.shape[0])
-    topk = tuple(int(k) for k in topk)
-    raw = core.divergence(pa, qa, t, list(topk), _default_threads(threads), hint)
+    if pa.shape != qa.shape:
+        raise ValueError(f"p and q must have the same shape, got {list(pa.shape)} and {list(qa.shape)}")
+    if pa.shape[1] < 1:
+        raise ValueError("p has an empty vocabulary axis")
+    t = _targets_array(targets, pa.shape[0], pa.shape[1])
+    topk = _topk(topk)
+    n_threads = _default_threads(threads)
+    if pa.shape[0] == 0:  # nothing to compute (the core would only see zero strides)
+        one_t = None if t is None else np.full(1, -1, dtype=np.int64)
+        raw = _empty_like_result(pa, hint, lambda one: core.divergence(
+            one, one.astype(qa.dtype), one_t, list(topk), 1, hint))
+    else:
+        raw = core.divergence(pa, qa, t, list(topk), n_threads, hint)
     return DivergenceResult(
         metrics=dict(raw["metrics"]),
         n_rows=int(pa.shape[0]),
@@ -215,8 +259,15 @@ def distribution_stats(
     pa, hint = _as_rows(p, "p", dtype)
     if pa.ndim != 2:
         raise ValueError(f"p must be 2-D [rows, vocab], got shape {pa.shape}")
-    t = _targets_array(targets, pa.shape[0])
-    raw = core.distribution_stats(pa, t, _default_threads(threads), hint)
+    if pa.shape[1] < 1:
+        raise ValueError("p has an empty vocabulary axis")
+    t = _targets_array(targets, pa.shape[0], pa.shape[1])
+    n_threads = _default_threads(threads)
+    if pa.shape[0] == 0:
+        one_t = None if t is None else np.full(1, -1, dtype=np.int64)
+        raw = _empty_like_result(pa, hint, lambda one: core.distribution_stats(one, one_t, 1, hint))
+    else:
+        raw = core.distribution_stats(pa, t, n_threads, hint)
     return DistributionResult(dict(raw["metrics"]), int(pa.shape[0]), int(raw["invalid_rows"]))
 
 
@@ -307,8 +358,10 @@ def stream_divergence(
     Yields :class:`DivergenceChunk` objects in row order; chunks never span
     a block boundary, so no rows are ever copied.
     """
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if isinstance(chunk_rows, (bool, np.bool_)) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
+    chunk_rows = int(chunk_rows)
+    topk = _topk(topk)
     ps = _Blocks(_as_sources(p_blocks, "p"), "p")
     qs = _Blocks(_as_sources(q_blocks, "q"), "q")
     t_all = None if targets is None else np.asarray(targets)
