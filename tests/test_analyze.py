@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from scipy.special import log_softmax, rel_entr, softmax
+from scipy.special import entr, log_softmax, rel_entr, softmax
 from statsmodels.stats.multitest import multipletests
 from test_dump_support import resign
 
@@ -98,7 +98,7 @@ def write_dump(path: Path, corpus, rows: np.ndarray, *, store: str = "full", dty
                 greedy &= am == y
                 for k, v in (("row", r if full else -1), ("task", e["task"]), ("example_id", e["example_id"]),
                              ("choice", c), ("pos", pos), ("target", y), ("logprob", lp),
-                             ("entropy", float(-(np.exp(row) * row).sum())), ("max_logprob", float(row.max())),
+                             ("entropy", float(entr(np.exp(row)).sum())), ("max_logprob", float(row.max())),
                              ("argmax", am), ("rank", int(1 + (row > row[y]).sum()))):
                     tk[k].append(v)
                 r += 1
