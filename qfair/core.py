@@ -311,6 +311,11 @@ class _Blocks:
                 self.opened[i] = rows
                 self.arrays[i] = rows.array
             else:
+                if not (isinstance(src, np.ndarray) or type(src).__module__.startswith("torch")):
+                    raise ValueError(f"{self.name} block {i}: expected a 2-D array, a torch tensor or a .npy path, "
+                                     f"got {type(src).__name__}")
+                if src.ndim != 2:
+                    raise ValueError(f"{self.name} block {i} must be 2-D [rows, vocab], got shape {tuple(src.shape)}")
                 self.arrays[i] = src
         arr = self.arrays[i]
         assert arr is not None
@@ -377,6 +382,8 @@ def stream_divergence(
                     f"vocabulary mismatch: p block {ip} has {bp.shape[1]} columns, q block {iq} has {bq.shape[1]}"
                 )
             n = min(chunk_rows, bp.shape[0] - op, bq.shape[0] - oq)
+            if n == 0 and op == 0 and oq == 0:  # an empty block: still refused if it is not readable
+                divergence(bp[:0], bq[:0], topk=topk, threads=n_threads, dtype=dtype)
             if n > 0:
                 pv, qv = bp[op : op + n], bq[oq : oq + n]
                 tv = None
