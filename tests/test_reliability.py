@@ -293,6 +293,24 @@ def test_table_replaced_is_refused_and_sizes_are_always_checked(pair, clean, tmp
     assert_one_line_error(analyze(pair, tmp_path / "out", "--skip-hash"), "00002.npy: 2527 bytes")
 
 
+def test_shard_truncated_at_every_byte_is_refused(pair):
+    """Every cut of a shard is refused before analysis: with the manifest as written (its size
+    check), and with a manifest that lists the cut size (the header and data length checks; the
+    schema alone already refuses most of those)."""
+    shard = pair["base"] / "logits" / "00003.npy"
+    data = shard.read_bytes()
+    as_written, signed = open_dump(pair["base"]), open_dump(pair["base"])
+    for cut in range(len(data) - 1, -1, -1):
+        os.truncate(shard, cut)
+        with pytest.raises(DumpError, match=r"00003\.npy: \d+ bytes, manifest\.json shards\[3\]\.bytes"):
+            as_written.verify(hash=False)
+        signed.manifest["shards"][3]["bytes"] = cut
+        with pytest.raises(DumpError, match=r"00003\.npy: (not a readable \.npy shard|header and data take)"):
+            signed.verify(hash=False)
+    shard.write_bytes(data)
+    open_dump(pair["base"]).verify()
+
+
 # ---------------------------------------------------------------------------
 # 4. paths in a manifest never lead outside the dump
 

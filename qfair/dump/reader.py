@@ -78,7 +78,10 @@ class Dump:
     def file(self, rel: str, field: str) -> Path:
         """The path of a file the manifest lists (``field`` names where), after
         checking that it stays inside the dump directory."""
-        return inside(self.path, rel, f"{self.path / mf.MANIFEST} field '{field}'")
+        real = self.__dict__.get("_real_root")
+        if real is None:
+            real = self.__dict__["_real_root"] = os.path.realpath(self.path)
+        return inside(self.path, rel, f"{self.path / mf.MANIFEST} field '{field}'", real)
 
     def listed_files(self) -> list[tuple[str, int, str | None, str]]:
         """(relative path, bytes, sha256, manifest field) of every file the manifest lists."""

@@ -18,6 +18,7 @@ nothing outside the dump directory is ever read.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -134,19 +135,20 @@ def check_relpath(rel: str) -> str | None:
     return None
 
 
-def inside(root: Path, rel: str, where: str) -> Path:
+def inside(root: Path, rel: str, where: str, real_root: str | None = None) -> Path:
     """``root / rel`` after checking that it stays inside ``root`` once every
-    symbolic link is followed; DumpError otherwise."""
+    symbolic link is followed; DumpError otherwise. ``real_root``: ``root``
+    already resolved (os.path.realpath), when the caller keeps it."""
     why = check_relpath(rel)
     if why:
         raise DumpError(f"{where}: {rel!r} is {why}; refusing a file outside the dump directory")
     p = root / rel
     try:
-        real_root = root.resolve()
-        real = p.resolve()
-    except (OSError, RuntimeError) as e:  # a symlink loop
+        base = real_root or os.path.realpath(root, strict=False)
+        real = os.path.realpath(p, strict=False)
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop
         raise DumpError(f"{p}: cannot be resolved ({e})") from None
-    if real != real_root and real_root not in real.parents:
+    if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
         raise DumpError(f"{p}: leads outside the dump directory (to {real}); refusing to read it")
     return p
 
