@@ -369,7 +369,14 @@ def stream_divergence(
     topk = _topk(topk)
     ps = _Blocks(_as_sources(p_blocks, "p"), "p")
     qs = _Blocks(_as_sources(q_blocks, "q"), "q")
-    t_all = None if targets is None else np.asarray(targets)
+    t_all = None
+    if targets is not None:
+        if type(targets).__module__.startswith("torch"):
+            targets = targets.detach().cpu().numpy()
+        t_all = np.asarray(targets)
+        if t_all.ndim != 1 or t_all.dtype.kind not in "iu" or t_all.dtype == np.bool_:
+            raise ValueError(f"targets must be a 1-D integer array (one token id per row), got dtype {t_all.dtype} "
+                             f"shape {t_all.shape}")
     n_threads = _default_threads(threads)
     ip = iq = 0  # current block on each side
     op = oq = 0  # row offset inside the current block
