@@ -426,6 +426,14 @@ def test_second_writer_stops_at_once_and_the_first_finishes(tmp_path):
     open_dump(out).verify()
 
 
+def test_two_writers_in_one_process_are_refused_too(tmp_path):
+    w = _choices_only_writer(tmp_path / "d")
+    with pytest.raises(DumpError, match="another DumpWriter of this process"):
+        _choices_only_writer(tmp_path / "d", overwrite=True)
+    assert _add_all(w)["status"] == "complete"
+    assert _add_all(_choices_only_writer(tmp_path / "d", overwrite=True))["status"] == "complete"
+
+
 def test_two_dump_processes_on_one_directory(tmp_path):
     """The situation that broke dumps: two producers started on one --out. The second stops
     at once with a clear message; the first writes a complete, valid dump."""

@@ -39,6 +39,7 @@ import os
 import queue
 import shutil
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -417,6 +418,12 @@ class DumpWriter:
             raise DumpError("--resume and --overwrite exclude each other")
         # one writer per directory: a second process stops here (qfair.lock)
         self._lock: Any = lock_dir(self.out, "dump")
+        other = getattr(self._lock, "writer", None)
+        if other is not None and other() is not None:  # the lock is re-entrant within a process; writers are not
+            self._release()
+            raise DumpError(f"{self.out}: another DumpWriter of this process is writing this dump; close() or "
+                            "abort() it first")
+        self._lock.writer = weakref.ref(self)
         try:
             self._open(resume, overwrite, fresh, max_queue)
         except BaseException:
@@ -678,6 +685,8 @@ class DumpWriter:
     def _release(self) -> None:
         lock, self._lock = getattr(self, "_lock", None), None
         if lock is not None:
+            if getattr(lock, "writer", None) is not None and lock.writer() is self:
+                lock.writer = None
             lock.release()
 
     def check(self) -> None:
