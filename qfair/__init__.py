@@ -14,9 +14,16 @@ torch):
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# OpenMP threads (torch's pool) sleep at barriers instead of spinning, unless the
+# user chose otherwise: on a CPU shared with other busy processes, spinning threads
+# made dumps up to 18x slower (bench/bench_load.py). Read when torch is first
+# imported, so it takes effect when qfair is imported before torch (as the CLI is).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # name -> (module, attribute or None for the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {

@@ -12,7 +12,7 @@ probabilities, ties in argmax / top-k go to the lowest token id.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,14 +49,27 @@ def active_isa() -> str:
 
 
 def _default_threads(threads: int | None) -> int:
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        return int(threads)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """``threads`` checked, or the CPUs this process may use (:mod:`qfair.threads`)."""
+    from qfair.threads import resolve_threads
+
+    return resolve_threads(threads if not isinstance(threads, np.integer) else int(threads))
+
+
+MAX_TOPK = 1000  # the core's limit on K
+
+
+def _topk(topk: Any) -> tuple[int, ...]:
+    """``topk`` as a tuple of distinct integers in 1..MAX_TOPK (ValueError naming the bad value)."""
+    if isinstance(topk, (str, bytes)) or not hasattr(topk, "__iter__"):
+        raise ValueError(f"topk must be a sequence of integers in [1, {MAX_TOPK}], got {topk!r}")
+    ks = []
+    for k in topk:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_TOPK:
+            raise ValueError(f"topk values must be integers in [1, {MAX_TOPK}], got {k!r}")
+        if int(k) in ks:
+            raise ValueError(f"topk lists {int(k)} twice")
+        ks.append(int(k))
+    return tuple(ks)
 
 
 def _as_rows(x: Any, name: str, dtype: str | None) -> tuple[np.ndarray, str]:
@@ -142,7 +155,10 @@ class DistributionResult:
         return pl.DataFrame(self.metrics)
 
 
-def _targets_array(targets: Any, rows: int) -> np.ndarray | None:
+def _targets_array(targets: Any, rows: int, vocab: int) -> np.ndarray | None:
+    """One token id per row as int64 (negative: no target); ValueError for an id
+    outside the vocabulary, whatever the integer type (a uint64 id >= 2^63 would
+    otherwise wrap to a negative, i.e. silently become "no target")."""
     if targets is None:
         return None
     if type(targets).__module__.startswith("torch"):
@@ -150,9 +166,27 @@ def _targets_array(targets: Any, rows: int) -> np.ndarray | None:
     t = np.asarray(targets)
     if t.ndim != 1 or t.shape[0] != rows:
         raise ValueError(f"targets must hold one token id per row ({rows}), got shape {t.shape}")
-    if t.dtype.kind not in "iu":
+    if t.dtype.kind not in "iu" or t.dtype == np.bool_:
         raise ValueError(f"targets must be integers, got dtype {t.dtype}")
-    return t
+    if t.size:
+        big = np.flatnonzero(t >= vocab)
+        if big.size:
+            i = int(big[0])
+            raise ValueError(f"targets: row {i} has token id {t[i]}, outside the vocabulary of size {vocab}")
+    return t.astype(np.int64, copy=False)
+
+
+def _empty_like_result(pa: np.ndarray, hint: str, run: Any) -> dict[str, Any]:
+    """The core's answer for 0 rows: the same columns, dtypes and counts, empty
+    (computed on one dummy row, so the columns always match the non-empty case)."""
+    one = np.zeros((1, pa.shape[1]), dtype=pa.dtype)
+    raw = run(one)
+    raw = dict(raw)
+    raw["metrics"] = {k: np.asarray(v)[:0] for k, v in dict(raw["metrics"]).items()}
+    for k in ("invalid_p", "invalid_q", "invalid_rows"):
+        if k in raw:
+            raw[k] = 0
+    return raw
 
 
 def divergence(
@@ -187,9 +221,19 @@ def divergence(
         raise ValueError("mixing bfloat16 with float arrays: pass both as bfloat16 or both as floats")
     if pa.ndim != 2 or qa.ndim != 2:
         raise ValueError(f"p and q must be 2-D [rows, vocab], got shapes {pa.shape} and {qa.shape}")
-    t = _targets_array(targets, pa.shape[0])
-    topk = tuple(int(k) for k in topk)
-    raw = core.divergence(pa, qa, t, list(topk), _default_threads(threads), hint)
+    if pa.shape != qa.shape:
+        raise ValueError(f"p and q must have the same shape, got {list(pa.shape)} and {list(qa.shape)}")
+    if pa.shape[1] < 1:
+        raise ValueError("p has an empty vocabulary axis")
+    t = _targets_array(targets, pa.shape[0], pa.shape[1])
+    topk = _topk(topk)
+    n_threads = _default_threads(threads)
+    if pa.shape[0] == 0:  # nothing to compute (the core would only see zero strides)
+        one_t = None if t is None else np.full(1, -1, dtype=np.int64)
+        raw = _empty_like_result(pa, hint, lambda one: core.divergence(
+            one, one.astype(qa.dtype), one_t, list(topk), 1, hint))
+    else:
+        raw = core.divergence(pa, qa, t, list(topk), n_threads, hint)
     return DivergenceResult(
         metrics=dict(raw["metrics"]),
         n_rows=int(pa.shape[0]),
@@ -207,8 +251,15 @@ def distribution_stats(
     pa, hint = _as_rows(p, "p", dtype)
     if pa.ndim != 2:
         raise ValueError(f"p must be 2-D [rows, vocab], got shape {pa.shape}")
-    t = _targets_array(targets, pa.shape[0])
-    raw = core.distribution_stats(pa, t, _default_threads(threads), hint)
+    if pa.shape[1] < 1:
+        raise ValueError("p has an empty vocabulary axis")
+    t = _targets_array(targets, pa.shape[0], pa.shape[1])
+    n_threads = _default_threads(threads)
+    if pa.shape[0] == 0:
+        one_t = None if t is None else np.full(1, -1, dtype=np.int64)
+        raw = _empty_like_result(pa, hint, lambda one: core.distribution_stats(one, one_t, 1, hint))
+    else:
+        raw = core.distribution_stats(pa, t, n_threads, hint)
     return DistributionResult(dict(raw["metrics"]), int(pa.shape[0]), int(raw["invalid_rows"]))
 
 
@@ -252,6 +303,11 @@ class _Blocks:
                 self.opened[i] = rows
                 self.arrays[i] = rows.array
             else:
+                if not (isinstance(src, np.ndarray) or type(src).__module__.startswith("torch")):
+                    raise ValueError(f"{self.name} block {i}: expected a 2-D array, a torch tensor or a .npy path, "
+                                     f"got {type(src).__name__}")
+                if src.ndim != 2:
+                    raise ValueError(f"{self.name} block {i} must be 2-D [rows, vocab], got shape {tuple(src.shape)}")
                 self.arrays[i] = src
         arr = self.arrays[i]
         assert arr is not None
@@ -277,7 +333,8 @@ def _as_sources(blocks: Any, name: str) -> list[Any]:
     return sources
 
 
-def stream_rows(p_blocks: Any, q_blocks: Any, *, chunk_rows: int = 4096
+def stream_rows(p_blocks: Any, q_blocks: Any, *, chunk_rows: int = 4096,
+                on_empty_block: Callable[[np.ndarray, np.ndarray], Any] | None = None,
                 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Aligned row ranges of two sequences of row blocks: ``(start, stop, p, q)``.
 
@@ -288,10 +345,12 @@ def stream_rows(p_blocks: Any, q_blocks: Any, *, chunk_rows: int = 4096
     bounded by a chunk whatever the total size. ``p`` and ``q`` are views,
     valid until the next chunk is requested; chunks never span a block
     boundary, so no rows are ever copied. Both sides must hold the same number
-    of rows (ValueError otherwise).
+    of rows (ValueError otherwise). ``on_empty_block(p, q)`` is called for a
+    pair of empty blocks (to check them like any other).
     """
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if isinstance(chunk_rows, (bool, np.bool_)) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
+    chunk_rows = int(chunk_rows)
     ps = _Blocks(_as_sources(p_blocks, "p"), "p")
     qs = _Blocks(_as_sources(q_blocks, "q"), "q")
     ip = iq = 0  # current block on each side
@@ -305,6 +364,8 @@ def stream_rows(p_blocks: Any, q_blocks: Any, *, chunk_rows: int = 4096
                     f"vocabulary mismatch: p block {ip} has {bp.shape[1]} columns, q block {iq} has {bq.shape[1]}"
                 )
             n = min(chunk_rows, bp.shape[0] - op, bq.shape[0] - oq)
+            if n == 0 and op == 0 and oq == 0 and on_empty_block is not None:
+                on_empty_block(bp[:0], bq[:0])
             if n > 0:
                 yield start, start + n, bp[op : op + n], bq[oq : oq + n]
                 start += n
@@ -354,12 +415,22 @@ def stream_divergence(
     Yields :class:`DivergenceChunk` objects in row order; chunks never span
     a block boundary, so no rows are ever copied.
     """
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    t_all = None if targets is None else np.asarray(targets)
+    topk = _topk(topk)
+    t_all = None
+    if targets is not None:
+        if type(targets).__module__.startswith("torch"):
+            targets = targets.detach().cpu().numpy()
+        t_all = np.asarray(targets)
+        if t_all.ndim != 1 or t_all.dtype.kind not in "iu" or t_all.dtype == np.bool_:
+            raise ValueError(f"targets must be a 1-D integer array (one token id per row), got dtype {t_all.dtype} "
+                             f"shape {t_all.shape}")
     n_threads = _default_threads(threads)
+
+    def check_empty(bp: np.ndarray, bq: np.ndarray) -> None:  # an empty block: still refused if not readable
+        divergence(bp, bq, topk=topk, threads=n_threads, dtype=dtype)
+
     stop = 0
-    for start, stop, pv, qv in stream_rows(p_blocks, q_blocks, chunk_rows=chunk_rows):
+    for start, stop, pv, qv in stream_rows(p_blocks, q_blocks, chunk_rows=chunk_rows, on_empty_block=check_empty):
         tv = None
         if t_all is not None:
             if stop > t_all.shape[0]:
@@ -369,3 +440,4 @@ def stream_divergence(
         yield DivergenceChunk(start, stop, pv, qv, tv, res)
     if t_all is not None and t_all.shape[0] != stop:
         raise ValueError(f"targets hold {t_all.shape[0]} ids for {stop} rows")
+

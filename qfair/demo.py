@@ -161,7 +161,8 @@ def existing_dump(path: Path, *, model: str | os.PathLike | None, quant: str, ta
 def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike | None = None,
              quant: str | Iterable[str] = DEFAULT_QUANTS, tasks: Sequence[str] = DEMO_TASKS,
              limit: int | None = DEFAULT_LIMIT, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,
-             progress: bool = True, log: Callable[[str], None] | None = None) -> DemoResult:
+             progress: bool = True, log: Callable[[str], None] | None = None,
+             threads: int | None = None) -> DemoResult:
     """Dump, analyze and report; see the module docstring. ``limit``: examples per
     task (None: every built-in example). ``log`` receives one line per step
     (default: stderr)."""
@@ -179,6 +180,12 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
     limit = limit or None
     if bootstrap < 1:
         raise DemoError(f"--bootstrap must be >= 1, got {bootstrap}")
+    from qfair.threads import resolve_threads
+
+    try:
+        resolve_threads(threads, "--threads")
+    except ValueError as e:
+        raise DemoError(str(e)) from None
     names = _check_tasks(tasks)
     if not names:
         raise DemoError("no tasks to run")
@@ -209,7 +216,7 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
         t0 = time.perf_counter()
         s = dump(path, model=None if model is None else str(model), quant=spec, tasks=names,
                  limit=limit, resume=state == "partial", overwrite=state != "partial", seed=seed,
-                 progress=progress)
+                 progress=progress, threads=threads)
         seconds[f"dump {label}"] = time.perf_counter() - t0
         say(f"      {s.n_examples} examples, {s.n_rows} scored tokens in {seconds[f'dump {label}']:.0f} s")
         return s.path
@@ -232,16 +239,16 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
         raise DemoError(f"every quantized variant failed to load ({'; '.join(f'{s}: {w}' for s, w in skipped.items())})")
 
     from qfair.analyze import compare
-    from qfair.report import build_report, write_provenance
+    from qfair.report import build_report
     from qfair.report.text import compact_summary, model_headlines
 
     say(f"[{len(ok) + 2}/{n_steps}] analyze base vs {', '.join(quants)} ({bootstrap} bootstrap resamples) "
         f"-> {analysis_dir}")
     t0 = time.perf_counter()
     try:
-        cmp = compare(base, list(quants.values()), bootstrap=bootstrap, seed=seed, progress=progress)
+        cmp = compare(base, list(quants.values()), bootstrap=bootstrap, seed=seed, progress=progress,
+                      threads=threads)
         cmp.write(analysis_dir, formats=("parquet", "csv", "md", "latex"))
-        write_provenance(analysis_dir)
     except DumpError as e:
         raise DemoError(str(e)) from None
     seconds["analyze"] = time.perf_counter() - t0

@@ -13,10 +13,11 @@ import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["NpyRows", "NpyFormatError", "open_npy_rows"]
+__all__ = ["NpyRows", "NpyHeader", "NpyFormatError", "open_npy_rows", "read_npy_header"]
 
 _PAGE = mmap.PAGESIZE
 
@@ -60,26 +61,91 @@ class NpyRows:
             self._map = None
 
 
+_MAGIC = b"\x93NUMPY"
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What a .npy header says: shape, dtype, and where the data starts."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+    offset: int  # bytes before the data
+
+    @property
+    def data_bytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * self.dtype.itemsize
+
+
+def read_npy_header(fh: BinaryIO, path: str | os.PathLike = "") -> NpyHeader:
+    """Parse a .npy header from an open binary file, strictly: magic, version
+    1-3, a dict literal with exactly ``descr``, ``fortran_order`` and ``shape``.
+
+    Never evaluates code (``ast.literal_eval`` of at most 64 KiB, as numpy
+    itself), and every way the header can be damaged ends in
+    :class:`NpyFormatError` naming the file: numpy's own reader lets the
+    tokenizer's errors escape on a garbled header.
+    """
+    import ast
+    import struct
+
+    where = f"{path}: " if path else ""
+    magic = fh.read(8)
+    if len(magic) < 8 or magic[:6] != _MAGIC:
+        raise NpyFormatError(f"{where}not a .npy file (bad magic bytes)")
+    major, minor = magic[6], magic[7]
+    if (major, minor) not in ((1, 0), (2, 0), (3, 0)):
+        raise NpyFormatError(f"{where}unsupported .npy version {major}.{minor}")
+    size_fmt = "<H" if major == 1 else "<I"
+    raw = fh.read(struct.calcsize(size_fmt))
+    if len(raw) < struct.calcsize(size_fmt):
+        raise NpyFormatError(f"{where}truncated .npy header")
+    (hlen,) = struct.unpack(size_fmt, raw)
+    if hlen > 65536:
+        raise NpyFormatError(f"{where}.npy header of {hlen} bytes (numpy writes a few hundred)")
+    header = fh.read(hlen)
+    if len(header) < hlen:
+        raise NpyFormatError(f"{where}truncated .npy header")
+    try:
+        text = header.decode("utf-8" if major == 3 else "latin1")
+        d = ast.literal_eval(text)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a damaged header
+        raise NpyFormatError(f"{where}garbled .npy header ({type(e).__name__})") from None
+    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+        raise NpyFormatError(f"{where}.npy header is not a dict with keys descr, fortran_order, shape")
+    shape, fortran, descr = d["shape"], d["fortran_order"], d["descr"]
+    if not isinstance(shape, tuple) or not all(type(x) is int and x >= 0 for x in shape):
+        raise NpyFormatError(f"{where}.npy header shape {shape!r} is not a tuple of non-negative integers")
+    if not isinstance(fortran, bool):
+        raise NpyFormatError(f"{where}.npy header fortran_order {fortran!r} is not a boolean")
+    if not isinstance(descr, str):
+        raise NpyFormatError(f"{where}.npy header descr {descr!r} is not a plain dtype string "
+                             "(structured or object arrays are not read)")
+    try:
+        dtype = np.dtype(descr)
+    except Exception:  # noqa: BLE001
+        raise NpyFormatError(f"{where}.npy header descr {descr!r} is not a dtype") from None
+    if dtype.hasobject:
+        raise NpyFormatError(f"{where}object arrays are not read (they would execute pickles)")
+    return NpyHeader(tuple(shape), dtype, fortran, 8 + struct.calcsize(size_fmt) + hlen)
+
+
 def open_npy_rows(path: str | os.PathLike) -> NpyRows:
     """Map a 2-D C-order .npy file without reading its data."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            else:  # pragma: no cover - numpy raises first
-                raise NpyFormatError(f"{path}: unsupported .npy version {version}")
-            offset = fh.tell()
-            if dtype.hasobject:
-                raise NpyFormatError(f"{path}: object arrays are not read (they would execute pickles)")
-            if fortran:
+            h = read_npy_header(fh, path)
+            shape, dtype, offset = h.shape, h.dtype, h.offset
+            if h.fortran:
                 raise NpyFormatError(f"{path}: Fortran-order arrays are not supported; rows must be contiguous")
             if len(shape) != 2:
                 raise NpyFormatError(f"{path}: expected a 2-D [rows, vocab] array, got shape {shape}")
-            nbytes = int(np.prod(shape)) * dtype.itemsize
+            nbytes = h.data_bytes
             size = os.fstat(fh.fileno()).st_size
             if size < offset + nbytes:
                 raise NpyFormatError(
@@ -88,9 +154,9 @@ def open_npy_rows(path: str | os.PathLike) -> NpyRows:
             if nbytes == 0:
                 return NpyRows(path, np.empty(shape, dtype=dtype), None, offset)
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except NpyFormatError:
+        raise
     except (ValueError, OSError) as exc:
-        if isinstance(exc, NpyFormatError):
-            raise
         raise NpyFormatError(f"{path}: not a readable .npy file ({exc})") from exc
     array = np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
     return NpyRows(path, array, mm, offset)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from scipy.special import log_softmax, rel_entr, softmax
+from scipy.special import entr, log_softmax, rel_entr, softmax
 from statsmodels.stats.multitest import multipletests
+from test_dump_support import resign
 
 import qfair
 from qfair import stats
@@ -97,7 +98,7 @@ def write_dump(path: Path, corpus, rows: np.ndarray, *, store: str = "full", dty
                 greedy &= am == y
                 for k, v in (("row", r if full else -1), ("task", e["task"]), ("example_id", e["example_id"]),
                              ("choice", c), ("pos", pos), ("target", y), ("logprob", lp),
-                             ("entropy", float(-(np.exp(row) * row).sum())), ("max_logprob", float(row.max())),
+                             ("entropy", float(entr(np.exp(row)).sum())), ("max_logprob", float(row.max())),
                              ("argmax", am), ("rank", int(1 + (row > row[y]).sum()))):
                     tk[k].append(v)
                 r += 1
@@ -503,6 +504,7 @@ def test_nonfinite_logliks_are_counted_not_averaged(dumps, tmp_path):
     ch = ch.with_columns(pl.when((pl.col("example_id") == victim) & (pl.col("choice") == 1))
                          .then(float("nan")).otherwise(pl.col("loglik")).alias("loglik"))
     ch.write_parquet(q / "choices.parquet")
+    resign(q)
     c = compare(dumps["base"], q, bootstrap=100, bins=5, tokens=False)
     ex = c.examples.filter(pl.col("example_id") == victim).row(0, named=True)
     assert ex["quant_nonfinite"] == 1.0 and math.isnan(ex["quant_conf"]) and math.isnan(ex["quant_correct"])

@@ -100,10 +100,12 @@ class Comparison:
         return {name: self.table(name) for name in self.table_names()}
 
     def write(self, out_dir: str | os.PathLike, formats: Sequence[str] = ("parquet", "csv", "md")) -> list[Path]:
-        """Write every table in each format (parquet, csv, md; latex for the summary)."""
-        from qfair.analyze.tables import write_tables
+        """Write every table in each format (parquet, csv, md; latex for the summary) as one
+        analysis directory: an earlier analysis there is replaced as a whole, atomically
+        (:mod:`qfair.analyze.outdir`)."""
+        from qfair.analyze.outdir import write_analysis
 
-        return write_tables(self, Path(out_dir), formats)
+        return write_analysis(self, Path(out_dir), formats)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{t}={self.table(t).shape}" for t in self.table_names())
@@ -205,6 +207,7 @@ class _TokenSide:
     paired: list[tuple[str, str, str]] = field(default_factory=list)
     unpaired: list[str] = field(default_factory=list)
     aggregates: pl.DataFrame | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence[int], chunk_rows: int,
@@ -213,8 +216,14 @@ def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence
     tt, info = token_table(b, q, topk=topk, chunk_rows=chunk_rows, threads=threads, metrics=custom,
                            progress=progress, metric_memory=metric_memory)
     if info["nonfinite_rows"]:
-        notes.append(f"{label}: {info['nonfinite_rows']} logits rows with non-finite values "
-                     "(their metrics are NaN and the examples' token aggregates are NaN)")
+        notes.append(f"{label}: {info['nonfinite_rows']} token(s) whose logits row is not a distribution "
+                     f"(NaN, +inf or no finite entry: {info['nonfinite_base_rows']} in base, "
+                     f"{info['nonfinite_quant_rows']} in {label}); every token statistic leaves them out")
+    for kl, who in (("kl_pq", f"{label} gives zero probability where base gives mass"),
+                    ("kl_qp", f"base gives zero probability where {label} gives mass")):
+        if info.get(f"infinite_{kl}_rows"):
+            notes.append(f"{label}: {kl} is infinite for {info[f'infinite_{kl}_rows']} token(s) ({who}); "
+                         f"its mean is infinite and is not tested")
     if not info["vocab_wide"]:
         notes.append(f"{label}: no logits in both dumps (--store none); token table has "
                      "target-token statistics only")
@@ -224,7 +233,7 @@ def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence
     agg = example_token_aggregates(tt, meta.select("example_id", "label"), names + [c for p in pairs for c in p[1:]])
     unpaired = names + (["kl_gold_mean"] if "kl_gold_mean" in agg.columns else [])
     return _TokenSide(tt.with_columns(pl.lit(label).alias("model")).select("model", *tt.columns),
-                      [(p[0], p[1], p[2]) for p in pairs], unpaired, agg)
+                      [(p[0], p[1], p[2]) for p in pairs], unpaired, agg, info)
 
 
 def _group_rows(jt: pl.DataFrame, rows: list[dict[str, Any]], cfg: StatsConfig, side: _TokenSide,
@@ -353,7 +362,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
             metrics: Mapping[str, Callable[..., Any]] | None = None, chunk_rows: int = 4096,
             tokens: bool = True, permutation: bool = True, ttest: bool = False, entropy_unit: str = "nats",
             uncertainty: bool = True, progress: bool = False,
-            metric_memory: int = DEFAULT_METRIC_MEMORY) -> Comparison:
+            metric_memory: int = DEFAULT_METRIC_MEMORY, verify_hash: bool = True) -> Comparison:
     """Compare a base dump with one or more quantized dumps.
 
     ``base``/``quant``: dump paths or opened dumps (``quant`` may be a list).
@@ -367,6 +376,9 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
     ``entropy_unit``: ``"bits"`` reports the choice entropy in bits.
     ``uncertainty=False`` leaves out the uncertainty tests (summary kinds
     ``uncertainty`` and ``uncertainty_token``).
+    ``verify_hash``: check every listed file's sha256 before any work (sizes
+    and shard headers are always checked); False skips the hashing for very
+    large dumps (recorded in the settings).
     """
     _check_options(binning, strata, bootstrap, entropy_unit)
     n_bins, metric_bins = parse_bins(bins)
@@ -375,9 +387,14 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
     if not quants:
         raise ValueError("compare: need at least one quantized dump")
     labels = model_labels(quants)
+    for d in (b, *quants):
+        d.verify(hash=verify_hash)
     for q in quants:
         b.aligned_with(q)
 
+    from qfair.threads import resolve_threads
+
+    threads = resolve_threads(threads)  # default: the CPUs this process may use
     cfg = StatsConfig(resamples=int(bootstrap), seed=int(seed), confidence=float(confidence),
                       threads=threads, bins=n_bins, binning=binning, permutation=permutation, ttest=bool(ttest),
                       entropy_unit=entropy_unit, n_strata=int(n_strata), metric_bins=metric_bins,
@@ -398,14 +415,17 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
             if get_task_kind(sub["kind"][0] if sub.height else None).correctness:
                 parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg, "base", "base", task)
 
+    nonfinite: dict[str, dict[str, int]] = {}
     for q, label in zip(quants, labels):
         j = meta
+        counts = nonfinite.setdefault(label, {})
         if base_ex is not None:
             q_ex = example_stats(q.examples, q.choices, task_kinds(q.manifest) or task_kinds(b.manifest),
                                  where=str(q.path))
             j = pair_examples(base_ex, q_ex, meta)
             for who, ex_t in (("base", base_ex), (label, q_ex)):
                 bad = int(ex_t["nonfinite"].sum())
+                counts["nonfinite_examples_" + ("base" if who == "base" else "quant")] = bad
                 if bad:
                     notes.append(f"{who}: {bad} example(s) with a non-finite choice log-likelihood; their "
                                  "statistics are NaN and every test leaves them out (see the rows' n)")
@@ -414,6 +434,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
             side = token_side(b, q, label, meta, topk=topk, chunk_rows=chunk_rows, threads=threads,
                               custom=custom, progress=progress, notes=notes, metric_memory=metric_memory)
             j = j.join(side.aggregates, on="example_id", how="left")
+            counts.update({k: int(v) for k, v in side.info.items()
+                           if k.startswith(("nonfinite_", "infinite_"))})
             parts.tokens.append(side.table)
         parts.examples.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))
         task_tables(parts, j, label, cfg, side, strata, n_strata, notes)
@@ -431,7 +453,10 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
                 "interval_p": "p inverts the row's interval (percentile, or BCa where stable)",
                 "adjust": "holm and bh over all rows of the table that have a p", "base": str(b.path),
                 "quant": [str(q.path) for q in quants], "models": labels, "kind": kind.name,
-                "custom_metrics": sorted(custom)}
+                "custom_metrics": sorted(custom),
+                "nonfinite": nonfinite,
+                "integrity": "size, header and sha256 of every file" if verify_hash
+                else "size and header of every file (sha256 skipped)"}
     out = assemble(parts, settings, notes)
     if "bias" in out.extra:
         out.extra["bias"] = bias_scores.adjust_permutation(adjust(out.extra["bias"]))   # over the bias rows

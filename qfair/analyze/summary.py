@@ -196,18 +196,28 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
     rows: list[dict[str, Any]] = []
     specs: list[Any] = []
     pending: list[_Pending] = []
+    direct: list[dict[str, Any]] = []  # rows with no bootstrap (infinite means)
 
     def add_mean(metric: str, kind: str, x: np.ndarray | None, y: np.ndarray, *, tested: bool = True,
                  scale: float = 1.0) -> None:
-        ok = np.isfinite(y) if x is None else (np.isfinite(x) & np.isfinite(y))
+        # NaN marks an invalid value (a non-finite logits row, a NaN log-likelihood): left out and
+        # counted by n. +-inf is a legitimate value (a zero probability: KL = inf, log-prob = -inf).
+        ok = ~np.isnan(y) if x is None else (~np.isnan(x) & ~np.isnan(y))
         n = int(ok.sum())
         if n == 0:
             return
         row = _nan_row(metric, kind, n)
         yv = y[ok] * scale
         xv = None if x is None else x[ok] * scale
-        row["quant"] = float(yv.mean()) if xv is not None else None
-        row["base"] = float(xv.mean()) if xv is not None else None
+        with np.errstate(invalid="ignore"):
+            row["quant"] = float(yv.mean()) if xv is not None else None
+            row["base"] = float(xv.mean()) if xv is not None else None
+            if not np.isfinite(yv).all() or (xv is not None and not np.isfinite(xv).all()):
+                # the mean is infinite: reported as such, with no interval and no test
+                row["diff"] = float(yv.mean() - (xv.mean() if xv is not None else 0.0))
+                row["test"] = "none (infinite values)"
+                direct.append(row)
+                return
         specs.append(stats.MeanDiff(yv, xv))
         d = yv - (xv if xv is not None else 0.0)
         pending.append(_Pending(row, "mean", d, tested,
@@ -295,6 +305,7 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
                 _set_interval(row, r.distribution, cfg, method="percentile")
             rows.append(row)
 
+    rows.extend(direct)
     rows.extend(_neutral_rows(j, tk, cfg))
     if tk.correctness:
         rows.extend(_study_rows(j, cfg))

@@ -81,7 +81,10 @@ def format_summary(summary: pl.DataFrame, max_rows: int = 200) -> str:
     return to_markdown(summary, SUMMARY_VIEW, max_rows=max_rows)
 
 
-def write_tables(cmp: Any, out: Path, formats: Sequence[str]) -> list[Path]:
+def write_tables(cmp: Any, out: Path, formats: Sequence[str], run_id: str | None = None) -> list[Path]:
+    """Every table in each format into ``out`` (as is; :func:`qfair.analyze.outdir.write_analysis`
+    is what replaces a directory as a unit), plus settings.json; ``run_id`` goes
+    into settings.json and each Parquet file's metadata."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"formats: unknown {bad}; expected some of {', '.join(FORMATS)}")
@@ -90,7 +93,7 @@ def write_tables(cmp: Any, out: Path, formats: Sequence[str]) -> list[Path]:
     for name, df in cmp.tables().items():
         if "parquet" in formats:
             p = out / f"{name}.parquet"
-            df.write_parquet(p)
+            df.write_parquet(p, metadata={"qfair_run_id": run_id} if run_id else None)
             written.append(p)
         if "csv" in formats:
             p = out / f"{name}.csv"
@@ -112,7 +115,8 @@ def write_tables(cmp: Any, out: Path, formats: Sequence[str]) -> list[Path]:
             p.write_text(to_latex(df), encoding="utf-8")
             written.append(p)
     p = out / "settings.json"
-    p.write_text(json.dumps({"settings": cmp.settings, "notes": cmp.notes}, indent=1, default=str) + "\n",
+    head = {"run_id": run_id} if run_id else {}
+    p.write_text(json.dumps({**head, "settings": cmp.settings, "notes": cmp.notes}, indent=1, default=str) + "\n",
                  encoding="utf-8")
     written.append(p)
     return written

@@ -120,7 +120,9 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
     """
     tb, tq = base.tokens, quant.tokens
     table = _scalar_columns(tb, tq)
-    info: dict[str, Any] = {"vocab_wide": False, "rows_streamed": 0, "nonfinite_rows": 0}
+    info: dict[str, Any] = {"vocab_wide": False, "rows_streamed": 0, "nonfinite_rows": 0,
+                            "nonfinite_base_rows": 0, "nonfinite_quant_rows": 0,
+                            "infinite_kl_pq_rows": 0, "infinite_kl_qp_rows": 0}
     metrics = dict(metrics or {})
     both = bool(base.has_logits and quant.has_logits)
     if metrics and not both:
@@ -175,7 +177,9 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
         for name in names:
             if name in res.metrics:
                 cols[name][s:e] = np.asarray(res.metrics[name], dtype=np.float64)
-        info["nonfinite_rows"] += int(getattr(res, "nonfinite_rows", 0))
+        info["nonfinite_rows"] += int(res.invalid_rows)
+        info["nonfinite_base_rows"] += int(res.invalid_p)
+        info["nonfinite_quant_rows"] += int(res.invalid_q)
         if metrics:
             step = custom_chunk_rows(base.vocab_size, metric_memory)
             for a in range(s, e, step):
@@ -196,9 +200,22 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
     info["vocab_wide"] = True
     info["rows_streamed"] = n_rows
     safe = np.where(valid, rows, 0)
-    add = [pl.Series(name, np.where(valid, arr[safe], np.nan))
+    # a row that is not a distribution on either side (NaN, +inf, no finite entry) is left out of
+    # every token statistic: all its metrics are NaN, the dump's own scalars too
+    invalid = valid & np.isnan(cols["kl_pq"][safe])
+    info["infinite_kl_pq_rows"] = int(np.isinf(cols["kl_pq"]).sum())
+    info["infinite_kl_qp_rows"] = int(np.isinf(cols["kl_qp"]).sum())
+    add = [pl.Series(name, np.where(valid & ~invalid, arr[safe], np.nan))
            for name, arr in list(cols.items()) + list(custom.items())]
     table = table.with_columns(add)
+    if invalid.any():
+        mask = pl.Series(invalid)
+        table = table.with_columns(
+            pl.when(mask).then(None).otherwise(pl.col(c)).alias(c)
+            for c in ("logprob_p", "logprob_q", "delta_p", "entropy_p", "entropy_q", "maxprob_p", "maxprob_q",
+                      "top1_agree")
+        ).with_columns(pl.col(c).fill_null(np.nan) for c in ("logprob_p", "logprob_q", "delta_p", "entropy_p",
+                                                              "entropy_q", "maxprob_p", "maxprob_q", "top1_agree"))
     info["custom_metrics"] = list(custom)
     return table, info
 
@@ -212,14 +229,21 @@ def example_token_aggregates(tokens: pl.DataFrame, labels: pl.DataFrame,
     ``labels``: example_id, label.
     """
     t = tokens.join(labels.select("example_id", "label"), on="example_id", how="left")
-    aggs = [pl.col(m).mean().alias(f"tok_{m}") for m in metrics if m in t.columns]
+    # NaN marks a token left out (a non-finite logits row): every mean skips it; an example with no
+    # valid token gets NaN. Infinite values (KL where Q gives zero probability) are kept.
+    def col(m: str) -> pl.Expr:
+        return pl.col(m).cast(pl.Float64).fill_nan(None)
+
+    aggs = [col(m).mean().alias(f"tok_{m}") for m in metrics if m in t.columns]
     if "kl_pq" in t.columns:
         gold = pl.col("choice") == pl.col("label")
         aggs += [
-            pl.col("kl_pq").filter(gold).mean().alias("kl_gold_mean"),
-            pl.col("kl_pq").filter(gold).max().alias("kl_gold_max"),
-            pl.col("kl_pq").mean().alias("kl_all_mean"),
-            pl.col("kl_pq").max().alias("kl_all_max"),
+            col("kl_pq").filter(gold).mean().alias("kl_gold_mean"),
+            col("kl_pq").filter(gold).max().alias("kl_gold_max"),
+            col("kl_pq").mean().alias("kl_all_mean"),
+            col("kl_pq").max().alias("kl_all_max"),
         ]
     aggs.append(pl.len().alias("n_tokens"))
-    return t.group_by("example_id", maintain_order=True).agg(aggs)
+    out = t.group_by("example_id", maintain_order=True).agg(aggs)
+    return out.with_columns(pl.col(c).fill_null(np.nan) for c in out.columns
+                            if c not in ("example_id", "n_tokens"))

@@ -11,8 +11,8 @@ def _int_list(ctx, param, value):  # noqa: ARG001 - click callback signature
         ks = tuple(int(x) for x in str(value).split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers like 1,5,10, got {value!r}") from None
-    if not ks or any(k < 1 for k in ks):
-        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    if not ks or any(not 1 <= k <= 1000 for k in ks):
+        raise click.BadParameter(f"expected integers in 1..1000, got {value!r}")
     return ks
 
 
@@ -60,12 +60,16 @@ def _bins(ctx, param, value):  # noqa: ARG001
               help="Unit of the choice entropy in the summary (the study uses bits).")
 @click.option("--no-uncertainty", is_flag=True,
               help="Leave out the uncertainty tests (rank correlations of base uncertainty and shift).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
+              help="Threads (default: the CPUs this process may use).")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Logits rows per streamed chunk (bounds memory).")
+@click.option("--skip-hash", is_flag=True,
+              help="Check the dumps' file sizes and shard headers but not their sha256 (for very large "
+                   "dumps; recorded in settings.json).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, n_strata, formats, ttest,
-                entropy_unit, no_uncertainty, threads, chunk_rows, no_progress) -> None:
+                entropy_unit, no_uncertainty, threads, chunk_rows, skip_hash, no_progress) -> None:
     """Compare BASE with one or more QUANT dumps: token divergences, example-level
     accuracy / confidence / calibration changes, flips, strata and groups, each
     difference with its bootstrap CI and p-value (Holm and BH adjusted).
@@ -75,17 +79,20 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
       qfair analyze runs/base runs/nf4 runs/int8 --out runs/analysis
     """
     from qfair.analyze import compare
+    from qfair.analyze.outdir import lock_analysis_dir
     from qfair.analyze.tables import format_summary
     from qfair.dump import DumpError
-    from qfair.report.data import write_provenance
 
     try:
-        result = compare(base, list(quant), bootstrap=bootstrap, seed=seed, bins=bins, binning=binning,
-                         topk=topk, strata=strata, n_strata=n_strata, threads=threads, ttest=ttest,
-                         entropy_unit=entropy_unit, uncertainty=not no_uncertainty,
-                         chunk_rows=chunk_rows, progress=not no_progress)
-        files = result.write(out, formats=formats)
-        files.append(write_provenance(out))  # the dumps' manifests: the directory alone makes a report
+        lock = lock_analysis_dir(out)  # a second analysis into --out stops here, before any work
+        try:
+            result = compare(base, list(quant), bootstrap=bootstrap, seed=seed, bins=bins, binning=binning,
+                             topk=topk, strata=strata, n_strata=n_strata, threads=threads, ttest=ttest,
+                             entropy_unit=entropy_unit, uncertainty=not no_uncertainty,
+                             chunk_rows=chunk_rows, progress=not no_progress, verify_hash=not skip_hash)
+            files = result.write(out, formats=formats)
+        finally:
+            lock.release()
     except DumpError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:

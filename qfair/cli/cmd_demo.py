@@ -22,8 +22,10 @@ from qfair.cli import main
 @click.option("--bootstrap", type=click.IntRange(min=1), default=10000, show_default=True,
               help="Paired bootstrap resamples per test.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the dumps and the bootstrap.")
+@click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
+              help="Compute threads of the dumps and the analysis (default: the CPUs this process may use).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, no_progress) -> None:
+def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, threads, no_progress) -> None:
     """Run the whole study offline on the embedded SmolLM2-135M-Instruct: dump it in
     full precision and quantized (bnb-int8, bnb-nf4) on the built-in samples of seven
     benchmarks and CrowS-Pairs, compare each quantized dump with the base, print the
@@ -40,7 +42,7 @@ def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, no_progress) -> N
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(DEMO_TASKS)
     try:
         r = run_demo(out, model=model, quant=quant, tasks=names, limit=limit, bootstrap=bootstrap, seed=seed,
-                     progress=not no_progress, log=lambda m: click.echo(m, err=True))
+                     progress=not no_progress, log=lambda m: click.echo(m, err=True), threads=threads)
     except (DemoError, ReportError) as e:
         raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     except OSError as e:

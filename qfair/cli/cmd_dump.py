@@ -44,10 +44,12 @@ from qfair.cli import main
 @click.option("--gguf-file", default=None, help="GGUF file inside --model's directory.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
+@click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
+              help="torch compute threads (default: the CPUs this process may use; recorded in the manifest).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, shard_rows, batch_size,
-             text, ctx, chunks, resume, overwrite, seed, revision, dtype, device, device_map, gguf_file, trust_remote_code,
-             cache_dir, no_progress) -> None:
+             text, ctx, chunks, resume, overwrite, seed, revision, dtype, device, device_map, gguf_file,
+             trust_remote_code, cache_dir, threads, no_progress) -> None:
     """Score multiple-choice tasks with one (possibly quantized) model and write a
     dump directory: manifest.json, examples/choices/tokens Parquet tables and
     logits/NNNNN.npy shards of float16 log-probs.
@@ -89,7 +91,7 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
         summary = dump(out, model=model, quant=quant, tasks=tasks, data_files=list(data_files), limit=limit,
                        store=store, store_dtype=store_dtype, shard_rows=shard_rows, batch_size=batch_size,
                        resume=resume, overwrite=overwrite, seed=seed, progress=not no_progress,
-                       load_kwargs=load_kwargs)
+                       load_kwargs=load_kwargs, threads=threads)
     except errors as e:
         raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     except OSError as e:

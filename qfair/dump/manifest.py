@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from qfair.dump import DumpError
-from qfair.dump.kinds import DEFAULT_KIND, get_kind
 from qfair.fsutil import atomic_write_bytes
 
 FORMAT = "qfair-dump"
@@ -60,37 +59,21 @@ def write_manifest(dump_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(dump_dir: Path) -> dict[str, Any]:
-    """Parse and check ``manifest.json``; DumpError names file and field on failure."""
-    path = Path(dump_dir) / MANIFEST
-    if not Path(dump_dir).is_dir():
+    """Parse ``manifest.json`` and check it against the schema
+    (:mod:`qfair.dump.schema`); DumpError names file and field on failure."""
+    from qfair.dump.schema import inside, validate_manifest
+
+    dump_dir = Path(dump_dir)
+    path = dump_dir / MANIFEST
+    if not dump_dir.is_dir():
         raise DumpError(f"{dump_dir}: not a directory (expected a qfair dump)")
     if not path.is_file():
         raise DumpError(f"{path}: missing (expected a qfair dump's manifest.json)")
+    inside(dump_dir, MANIFEST, str(dump_dir))
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DumpError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(m, dict):
-        raise DumpError(f"{path}: top level is {type(m).__name__}, expected an object")
-    if m.get("format") != FORMAT:
-        raise DumpError(f"{path}: field 'format' is {m.get('format')!r}, expected {FORMAT!r}")
-    for key in REQUIRED_KEYS:
-        if key not in m:
-            raise DumpError(f"{path}: field {key!r} missing")
-    fv = m["format_version"]
-    if not isinstance(fv, int) or fv < 1 or fv > FORMAT_VERSION:
-        raise DumpError(f"{path}: field 'format_version' is {fv!r}, expected an integer 1..{FORMAT_VERSION}")
-    if m["status"] not in ("partial", "complete"):
-        raise DumpError(f"{path}: field 'status' is {m['status']!r}, expected 'partial' or 'complete'")
-    st = m["storage"]
-    if not isinstance(st, dict) or st.get("mode") not in STORE_MODES or st.get("dtype") not in STORE_DTYPES:
-        raise DumpError(f"{path}: field 'storage' is {st!r}, expected mode in {STORE_MODES} and dtype in {STORE_DTYPES}")
-    if not isinstance(m["shards"], list):
-        raise DumpError(f"{path}: field 'shards' is {type(m['shards']).__name__}, expected a list")
-    if not isinstance(m["vocab_size"], int) or m["vocab_size"] <= 0:
-        raise DumpError(f"{path}: field 'vocab_size' is {m['vocab_size']!r}, expected a positive integer")
-    kind = m.get("kind", DEFAULT_KIND)
-    if not isinstance(kind, str):
-        raise DumpError(f"{path}: field 'kind' is {kind!r}, expected a string")
-    get_kind(kind)  # known kind, else DumpError
-    return m
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DumpError(f"{path}: not valid JSON ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    except OSError as e:
+        raise DumpError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return validate_manifest(m, path)

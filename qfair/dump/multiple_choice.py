@@ -171,6 +171,22 @@ def example_records(d: Any, scores: Sequence[Any], first_row: int, store: str) -
     return ch, tk, blocks, nonfinite
 
 
+def context_overflow(prepared: Documents, max_length: int) -> int:
+    """How many examples do not fit the model's context (their context is cut
+    from the left when scored, as lm-evaluation-harness does); DumpError when
+    a continuation alone does not fit (it cannot be scored at all)."""
+    n = 0
+    for d, enc in zip(prepared.docs, prepared.encoded):
+        longest = max((len(c) for c in enc.conts), default=0)
+        if longest > max_length:
+            k = max(range(len(enc.conts)), key=lambda i: len(enc.conts[i]))
+            raise DumpError(f"{d.task} example {d.example_id}: choice {k} is {longest} tokens long, more than "
+                            f"the model's context of {max_length} tokens; it cannot be scored")
+        # lm-eval feeds (context + continuation)[-(max_length + 1):][:-1]
+        n += len(enc.context_enc) + longest > max_length + 1
+    return n
+
+
 def _concat_rows(blocks: list[Any]) -> Any:
     if not blocks:
         return None
@@ -184,9 +200,13 @@ def _concat_rows(blocks: list[Any]) -> Any:
 def run_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, store: str = "full",
              store_dtype: str = "f16", shard_rows: int = DEFAULT_SHARD_ROWS,
              batch_size: int = DEFAULT_BATCH_SIZE, resume: bool = False, overwrite: bool = False,
-             seed: int = 0, progress: bool = True, config: dict[str, Any] | None = None) -> DumpSummary:
+             seed: int = 0, progress: bool = True, config: dict[str, Any] | None = None,
+             threads: int | None = None) -> DumpSummary:
     """Score every document of ``tasks`` with ``loaded`` (a LoadedModel: .model,
-    .tokenizer, .device, .manifest()) and write a dump directory at ``out``."""
+    .tokenizer, .device, .manifest()) and write a dump directory at ``out``.
+
+    ``threads``: torch's compute threads for the run (restored afterwards;
+    None leaves torch's setting alone); recorded in the manifest either way."""
     import torch
     from tqdm.auto import tqdm
 
@@ -198,18 +218,27 @@ def run_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, store
     if not tasks:
         raise DumpError("no tasks to dump")
     torch.manual_seed(seed)
+    if threads is not None:
+        from qfair.threads import torch_threads
+
+        with torch_threads(threads):
+            return run_dump(out, loaded, tasks, store=store, store_dtype=store_dtype, shard_rows=shard_rows,
+                            batch_size=batch_size, resume=resume, overwrite=overwrite, seed=seed,
+                            progress=progress, config=config, threads=None)
     vocab = logits_width(loaded)
     prepared = prepare_documents(tasks, loaded.tokenizer)
+    scorer = Scorer(loaded.model, loaded.tokenizer, device=getattr(loaded, "device", None),
+                    batch_size=batch_size, keep_rows=store == "full")
+    truncated = context_overflow(prepared, scorer.max_length)
     writer = DumpWriter(
         out, kind="multiple_choice", examples=examples_columns(prepared.docs), vocab_size=vocab,
         tokenizer=tokenizer_fingerprint(loaded.tokenizer, vocab), tasks=prepared.task_infos,
         model=model_record(loaded), rows_per_example=prepared.rows_per_example, store=store,
         store_dtype=store_dtype, shard_rows=shard_rows, config={**(config or {}), "batch_size": batch_size},
         info={"scoring": SCORING_RULES}, seed=seed,
-        counts={"choices": sum(len(d.choices) for d in prepared.docs)}, resume=resume, overwrite=overwrite)
+        counts={"choices": sum(len(d.choices) for d in prepared.docs), "truncated_examples": truncated},
+        resume=resume, overwrite=overwrite, threads=torch.get_num_threads())
     if not writer.already_complete:
-        scorer = Scorer(loaded.model, loaded.tokenizer, device=getattr(loaded, "device", None),
-                        batch_size=batch_size, keep_rows=store == "full")
         rows_total = sum(prepared.rows_per_example)
         bar = tqdm(total=rows_total, initial=sum(prepared.rows_per_example[:writer.start]), unit="row",
                    unit_scale=True, dynamic_ncols=True, desc="qfair dump", disable=not progress, smoothing=0.1)
@@ -227,4 +256,4 @@ def run_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, store
         bar.close()
     return summarize(Path(out), writer.manifest, time.perf_counter() - t0,
                      resumed_from_shard=writer.resumed_from_shard or None,
-                     already_complete=writer.already_complete)
+                     already_complete=writer.already_complete, context_length=scorer.max_length)

@@ -17,7 +17,9 @@ from qfair.dump import DumpError
 from qfair.dump import manifest as mf
 from qfair.dump import tables as tb
 from qfair.dump.kinds import DumpKind, get_kind
+from qfair.dump.schema import inside
 from qfair.fsutil import sha256_file
+from qfair.npyio import NpyFormatError, NpyHeader, read_npy_header
 
 if TYPE_CHECKING:  # polars is imported lazily, when a table is first read
     import polars as pl
@@ -72,37 +74,121 @@ class Dump:
     def tokenizer_fingerprint(self) -> dict[str, Any]:
         return dict(self.manifest["tokenizer"] or {})
 
+    # -- files -----------------------------------------------------------------
+    def file(self, rel: str, field: str) -> Path:
+        """The path of a file the manifest lists (``field`` names where), after
+        checking that it stays inside the dump directory."""
+        real = self.__dict__.get("_real_root")
+        if real is None:
+            real = self.__dict__["_real_root"] = os.path.realpath(self.path)
+        return inside(self.path, rel, f"{self.path / mf.MANIFEST} field '{field}'", real)
+
+    def listed_files(self) -> list[tuple[str, int, str | None, str]]:
+        """(relative path, bytes, sha256, manifest field) of every file the manifest lists."""
+        m = self.manifest
+        out = []
+        tables = m.get("tables") or {}
+        names = ["examples", *self.kind.tables] if self.is_complete else ["examples"]
+        for name in names:
+            e = tables.get(name)
+            if e is not None:
+                out.append((e["file"], e["bytes"], e["sha256"], f"tables.{name}"))
+        for i, s in enumerate(m["shards"]):
+            if self.has_logits:
+                out.append((s["file"], s["bytes"], s["sha256"], f"shards[{i}]"))
+            if not self.is_complete:
+                for name in self.kind.tables:
+                    p = s["parts"][name]
+                    out.append((p["file"], p["bytes"], p["sha256"], f"shards[{i}].parts.{name}"))
+        return out
+
+    def verify(self, hash: bool = True) -> None:
+        """Check every listed file before any work: inside the dump directory,
+        present, of the listed size, and (``hash=True``) of the listed sha256;
+        each logits shard's header against the manifest. DumpError names the
+        file and the manifest field on the first mismatch."""
+        for rel, nbytes, sha, field in self.listed_files():
+            p = self.file(rel, f"{field}.file")
+            if not p.is_file():
+                raise DumpError(f"{p}: missing (listed in {mf.MANIFEST} {field})")
+            size = p.stat().st_size
+            if size != nbytes:
+                raise DumpError(f"{p}: {size} bytes, {mf.MANIFEST} {field}.bytes says {nbytes} "
+                                "(truncated, corrupt or replaced file)")
+            if hash and sha is not None and sha256_file(p) != sha:
+                raise DumpError(f"{p}: sha256 differs from {mf.MANIFEST} {field}.sha256 (corrupt or replaced file)")
+        for i in range(len(self.manifest["shards"]) if self.has_logits else 0):
+            self._shard_header(i)
+
+    def _shard_header(self, i: int) -> tuple[Path, NpyHeader]:
+        """Shard ``i``'s path and header, checked against the manifest (dtype, C order, shape, size)."""
+        s = self.manifest["shards"][i]
+        path = self.file(s["file"], f"shards[{i}].file")
+        if not path.is_file():
+            raise DumpError(f"{path}: missing (listed in {mf.MANIFEST} shards[{i}])")
+        size = path.stat().st_size
+        if size != s["bytes"]:
+            raise DumpError(f"{path}: {size} bytes, {mf.MANIFEST} shards[{i}].bytes says {s['bytes']} "
+                            "(truncated or corrupt shard)")
+        try:
+            with open(path, "rb") as fh:
+                h = read_npy_header(fh)
+        except NpyFormatError as e:
+            raise DumpError(f"{path}: not a readable .npy shard ({e})") from None
+        except OSError as e:
+            raise DumpError(f"{path}: cannot be read ({e.strerror or e})") from None
+        want = np.dtype(mf.NPY_DTYPES[self.logits_dtype])
+        if h.dtype != want:
+            raise DumpError(f"{path}: dtype {h.dtype}, {mf.MANIFEST} storage.dtype {self.logits_dtype!r} expects {want}")
+        if h.fortran:
+            raise DumpError(f"{path}: header says Fortran order; shards are C-order [rows, vocab]")
+        if h.shape != (s["rows"], self.vocab_size):
+            raise DumpError(f"{path}: shape {h.shape}, expected [{s['rows']}, {self.vocab_size}] "
+                            f"({mf.MANIFEST} shards[{i}].rows, vocab_size)")
+        if h.offset + h.data_bytes != size:
+            raise DumpError(f"{path}: header and data take {h.offset + h.data_bytes} bytes, the file holds {size}")
+        return path, h
+
     # -- tables ------------------------------------------------------------------
     def has_table(self, name: str) -> bool:
         return name == "examples" or name in self.kind.tables
 
     def table(self, name: str) -> Any:
-        """A table of this dump by name (``examples``, ``choices``, ``tokens``, or a kind's own)."""
+        """A table of this dump by name (``examples``, ``choices``, ``tokens``, or a kind's own),
+        checked against its schema (columns and dtypes) and the manifest's row count."""
         if not self.has_table(name):
             raise DumpError(f"{self.path}: a {self.kind.name!r} dump has no {name!r} table "
                             f"(its tables: examples, {', '.join(self.kind.tables)})")
         cache = self.__dict__.setdefault("_tables", {})
         if name not in cache:
-            cache[name] = self._table(name, tb.table_spec(name).file)
+            cache[name] = self._table(name)
         return cache[name]
 
-    def _table(self, name: str, file: str) -> Any:
-        path = self.path / file
-        if path.is_file():
-            return self._read_parquet(path)
+    def _table(self, name: str) -> Any:
+        spec = tb.table_spec(name)
+        entry = (self.manifest.get("tables") or {}).get(name)
         if self.is_complete or name == "examples":
-            raise DumpError(f"{path}: missing (dump at {self.path} lists it)")
+            path = self.file(spec.file, f"tables.{name}.file")
+            if not path.is_file():
+                raise DumpError(f"{path}: missing (dump at {self.path} lists it)")
+            return self._checked(name, path, None if entry is None else entry["rows"], f"tables.{name}.rows")
         parts = []
-        for s in self.manifest["shards"]:
-            part = (s.get("parts") or {}).get(name)
-            if part is None:
-                raise DumpError(f"{self.path / mf.MANIFEST}: field 'shards[{s.get('index')}].parts.{name}' missing")
-            parts.append(self._read_parquet(self.path / part["file"]))
+        for i, s in enumerate(self.manifest["shards"]):
+            part = s["parts"][name]
+            path = self.file(part["file"], f"shards[{i}].parts.{name}.file")
+            parts.append(self._checked(name, path, part["rows"], f"shards[{i}].parts.{name}.rows"))
         if not parts:
-            return tb.frame(name, {c: [] for c in tb.table_spec(name).schema()})
+            return tb.frame(name, {c: [] for c in spec.schema()})
         import polars as pl
 
         return pl.concat(parts, how="vertical")
+
+    def _checked(self, name: str, path: Path, rows: int | None, field: str) -> Any:
+        df = self._read_parquet(path)
+        tb.check_frame(name, df, str(path))
+        if rows is not None and df.height != rows:
+            raise DumpError(f"{path}: {df.height} rows, {mf.MANIFEST} {field} says {rows}")
+        return df
 
     @staticmethod
     def _read_parquet(path: Path) -> Any:
@@ -110,8 +196,11 @@ class Dump:
 
         try:
             return pl.read_parquet(path)
-        except Exception as e:  # polars raises several error types for corrupt files
-            raise DumpError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - polars raises many types (and panics) on corrupt files
+            msg = " ".join(str(e).split())[:160]
+            raise DumpError(f"{path}: not a readable Parquet file ({type(e).__name__}: {msg})") from None
 
     @property
     def examples(self) -> Any:
@@ -130,42 +219,28 @@ class Dump:
     def logit_paths(self) -> list[Path]:
         if not self.has_logits:
             return []
-        return [self.path / s["file"] for s in self.manifest["shards"]]
+        return [self.file(s["file"], f"shards[{i}].file") for i, s in enumerate(self.manifest["shards"])]
 
     def logit_blocks(self, verify: bool = False) -> list[np.ndarray]:
         """One read-only memory map ``[rows_i, vocab]`` per shard, in row order.
 
-        Checks each shard's shape and dtype against the manifest; with
-        ``verify=True`` also its sha256 (reads every byte).
+        Checks each shard's size and header (dtype, order, shape) against the
+        manifest; with ``verify=True`` also its sha256 (reads every byte).
         """
         if not self.has_logits:
             return []
-        want = np.dtype(mf.NPY_DTYPES[self.logits_dtype])
         blocks = []
-        expect_first = 0
-        for s in self.manifest["shards"]:
-            path = self.path / s["file"]
-            if not path.is_file():
-                raise DumpError(f"{path}: missing (listed in manifest.json shards[{s['index']}])")
-            size = path.stat().st_size
-            if "bytes" in s and size != s["bytes"]:
-                raise DumpError(f"{path}: {size} bytes, manifest.json shards[{s['index']}].bytes says {s['bytes']} (truncated or corrupt shard)")
-            if verify and sha256_file(path) != s.get("sha256"):
-                raise DumpError(f"{path}: sha256 differs from manifest.json shards[{s['index']}].sha256 (corrupt shard)")
+        for i, s in enumerate(self.manifest["shards"]):
+            path, h = self._shard_header(i)
+            if verify and sha256_file(path) != s["sha256"]:
+                raise DumpError(f"{path}: sha256 differs from {mf.MANIFEST} shards[{i}].sha256 (corrupt shard)")
+            if h.data_bytes == 0:
+                blocks.append(np.empty(h.shape, dtype=h.dtype))
+                continue
             try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
+                blocks.append(np.memmap(path, dtype=h.dtype, mode="r", offset=h.offset, shape=h.shape))
+            except (ValueError, OSError) as e:
                 raise DumpError(f"{path}: not a readable .npy shard ({e})") from None
-            if arr.dtype != want:
-                raise DumpError(f"{path}: dtype {arr.dtype}, manifest.json storage.dtype {self.logits_dtype!r} expects {want}")
-            if arr.ndim != 2 or arr.shape[1] != self.vocab_size:
-                raise DumpError(f"{path}: shape {arr.shape}, expected [rows, {self.vocab_size}] (manifest.json vocab_size)")
-            if arr.shape[0] != s["rows"]:
-                raise DumpError(f"{path}: {arr.shape[0]} rows, manifest.json shards[{s['index']}].rows says {s['rows']}")
-            if s.get("first_row", expect_first) != expect_first:
-                raise DumpError(f"{self.path / mf.MANIFEST}: field 'shards[{s['index']}].first_row' is {s['first_row']}, expected {expect_first}")
-            expect_first += arr.shape[0]
-            blocks.append(arr)
         return blocks
 
     # -- alignment --------------------------------------------------------------

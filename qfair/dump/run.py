@@ -38,16 +38,60 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
          limit: int | None = None, store: str = "full", store_dtype: str = "f16",
          shard_rows: int = DEFAULT_SHARD_ROWS, batch_size: int = DEFAULT_BATCH_SIZE,
          resume: bool = False, overwrite: bool = False, seed: int = 0, progress: bool = True,
-         load_kwargs: dict[str, Any] | None = None) -> DumpSummary:
-    """Load the model and tasks by name, then ``run_dump``."""
+         load_kwargs: dict[str, Any] | None = None, threads: int | None = None) -> DumpSummary:
+    """Load the tasks (or the text) and the model by name, then hand them to the
+    producer of their dump kind.
+
+    ``threads``: torch's compute threads for this dump (default: the CPUs this
+    process may use), restored afterwards. Everything a user can get wrong
+    (tasks, data files, the output directory: locked, so known to be writable)
+    is checked before the (slow) model load.
+    """
+    from qfair.threads import resolve_threads
+
+    try:
+        n_threads = resolve_threads(threads, "--threads")
+    except ValueError as e:
+        raise DumpError(str(e)) from None
+    load_kwargs = {k: v for k, v in (load_kwargs or {}).items() if v is not None}
+    common = dict(store=store, store_dtype=store_dtype, shard_rows=shard_rows, batch_size=batch_size,
+                  resume=resume, overwrite=overwrite, seed=seed, progress=progress)
+    if "text" in load_kwargs:  # a plain text scored like llama-perplexity (qfair.dump.text)
+        return _text_dump(out, model, quant, load_kwargs, n_threads, **common)
+    return _task_dump(out, model, quant, tasks, data_files, limit, load_kwargs, n_threads, **common)
+
+
+def _config(model: str | None, quant: str, load_kwargs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The run options recorded in the manifest (and compared on --resume)."""
+    return {"model": model, "quant": quant, **extra,
+            **{k: (str(v) if not isinstance(v, (bool, int, float, type(None))) else v)
+               for k, v in sorted(load_kwargs.items()) if k != "progress"}}
+
+
+def _locked_out(out: str | os.PathLike, resume: bool, overwrite: bool) -> Any:
+    """Check the output directory and lock it: a second process on it stops now,
+    and an unwritable --out is found now, before the model loads."""
+    from qfair.lock import LOCK_NAME, lock_dir
+
+    out_p = Path(out)
+    if resume and overwrite:
+        raise DumpError("--resume and --overwrite exclude each other")
+    if resume and not (out_p / mf.MANIFEST).is_file():
+        raise DumpError(f"{out_p / mf.MANIFEST}: missing, nothing to resume (run without --resume)")
+    lock = lock_dir(out_p, "dump")
+    if not resume and not overwrite and any(p.name != LOCK_NAME for p in out_p.iterdir()):
+        lock.release()
+        raise DumpError(f"{out_p}: directory exists and is not empty (use --resume to finish it or "
+                        "--overwrite to replace it)")
+    return lock
+
+
+def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any, data_files: Any,
+               limit: int | None, load_kwargs: dict[str, Any], threads: int, **kw: Any) -> DumpSummary:
     import qfair.tasks as T
     from qfair.models import load_model
+    from qfair.threads import torch_threads
 
-    load_kwargs = {k: v for k, v in (load_kwargs or {}).items() if v is not None}
-    if "text" in load_kwargs:  # a plain text scored like llama-perplexity (qfair.dump.text)
-        return _text_dump(out, model, quant, load_kwargs, store=store, store_dtype=store_dtype,
-                          shard_rows=shard_rows, batch_size=batch_size, resume=resume, overwrite=overwrite,
-                          seed=seed, progress=progress)
     names = T.resolve(tasks) if tasks else default_tasks()
     if isinstance(data_files, dict):
         files = {k: Path(v) for k, v in data_files.items()}
@@ -58,39 +102,32 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
         raise DumpError(f"--data-file given for {', '.join(unknown)}, which is not among --tasks ({', '.join(names)})")
     # tasks first: a malformed row stops the run before the (slow) model load
     task_objs = [T.get(n, data_file=files.get(n), limit=limit) for n in names]
-    config = {"model": model, "quant": quant, "tasks": names,
-              "data_files": {k: str(v) for k, v in sorted(files.items())}, "limit": limit,
-              **{k: (str(v) if not isinstance(v, (bool, int, float, type(None))) else v)
-                 for k, v in sorted(load_kwargs.items()) if k != "progress"}}
-    # directory problems stop the run before the (slow) model load
-    out_p = Path(out)
-    if resume and overwrite:
-        raise DumpError("--resume and --overwrite exclude each other")
-    if resume and not (out_p / mf.MANIFEST).is_file():
-        raise DumpError(f"{out_p / mf.MANIFEST}: missing, nothing to resume (run without --resume)")
-    if not resume and not overwrite and out_p.is_dir() and any(out_p.iterdir()):
-        raise DumpError(f"{out_p}: directory exists and is not empty (use --resume to finish it or --overwrite to replace it)")
-    loaded = load_model(model, quant=quant, progress=progress, **load_kwargs)
-    return run_dump(out, loaded, task_objs, store=store, store_dtype=store_dtype, shard_rows=shard_rows,
-                    batch_size=batch_size, resume=resume, overwrite=overwrite, seed=seed,
-                    progress=progress, config=config)
+    config = _config(model, quant, load_kwargs, tasks=names,
+                     data_files={k: str(v) for k, v in sorted(files.items())}, limit=limit)
+    lock = _locked_out(out, kw["resume"], kw["overwrite"])
+    try:
+        with torch_threads(threads):
+            loaded = load_model(model, quant=quant, progress=kw["progress"], **load_kwargs)
+            return run_dump(out, loaded, task_objs, config=config, threads=threads, **kw)
+    finally:
+        lock.release()
 
 
-def _text_dump(out: str | os.PathLike, model: str | None, quant: str, load_kwargs: dict[str, Any], **kw: Any
-               ) -> DumpSummary:
+def _text_dump(out: str | os.PathLike, model: str | None, quant: str, load_kwargs: dict[str, Any], threads: int,
+               **kw: Any) -> DumpSummary:
     from qfair.dump.text import plan_chunks, read_text, run_text_dump
     from qfair.models import load_model
+    from qfair.threads import torch_threads
 
     text, ctx, chunks = load_kwargs.pop("text"), int(load_kwargs.pop("ctx")), load_kwargs.pop("chunks", None)
     read_text(text)  # an unreadable file stops the run before the (slow) model load
     if ctx < 4 or (chunks is not None and chunks < 1):
         plan_chunks(0, ctx, chunks, str(text))
-    out_p = Path(out)
-    if not kw["resume"] and not kw["overwrite"] and out_p.is_dir() and any(out_p.iterdir()):
-        raise DumpError(f"{out_p}: directory exists and is not empty (use --resume to finish it or --overwrite "
-                        "to replace it)")
-    config = {"model": model, "quant": quant,
-              **{k: (str(v) if not isinstance(v, (bool, int, float, type(None))) else v)
-                 for k, v in sorted(load_kwargs.items()) if k != "progress"}}
-    loaded = load_model(model, quant=quant, progress=kw["progress"], **load_kwargs)
-    return run_text_dump(out, loaded, text, ctx=ctx, chunks=chunks, config=config, **kw)
+    config = _config(model, quant, load_kwargs)
+    lock = _locked_out(out, kw["resume"], kw["overwrite"])
+    try:
+        with torch_threads(threads):
+            loaded = load_model(model, quant=quant, progress=kw["progress"], **load_kwargs)
+            return run_text_dump(out, loaded, text, ctx=ctx, chunks=chunks, config=config, **kw)
+    finally:
+        lock.release()

@@ -26,6 +26,8 @@ class DumpSummary:
     nonfinite_rows: int = 0
     resumed_from_shard: int | None = None
     already_complete: bool = False
+    truncated_examples: int = 0
+    context_length: int | None = None
 
     def text(self) -> str:
         """A one-paragraph account of the dump."""
@@ -39,9 +41,12 @@ class DumpSummary:
         resumed = (f" Resumed at shard {self.resumed_from_shard}." if self.resumed_from_shard else "")
         nonfinite = (f" WARNING: {self.nonfinite_rows} row(s) held NaN/inf values (kept, flagged in tokens.parquet)."
                      if self.nonfinite_rows else "")
+        truncated = (f" NOTE: {self.truncated_examples} example(s) did not fit the model's context"
+                     f"{f' of {self.context_length} tokens' if self.context_length else ''}: their context "
+                     "was cut from the left (as lm-evaluation-harness does)." if self.truncated_examples else "")
         return (f"{head} {self.path}: {self.n_examples} examples, {self.n_choices} choices, {stored}."
                 f"{resumed} Metrics by task: {'; '.join(parts) or 'none'}. "
-                f"Took {self.seconds:.1f} s.{nonfinite}")
+                f"Took {self.seconds:.1f} s.{nonfinite}{truncated}")
 
 
 def task_metrics(examples: Any, choices: Any, kinds: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -77,7 +82,7 @@ def task_metrics(examples: Any, choices: Any, kinds: dict[str, str]) -> dict[str
 
 
 def summarize(path: Path, manifest: dict[str, Any], seconds: float, *, resumed_from_shard: int | None = None,
-              already_complete: bool = False) -> DumpSummary:
+              already_complete: bool = False, context_length: int | None = None) -> DumpSummary:
     """The summary of a complete dump, read back from its tables."""
     from qfair.dump.reader import open_dump
 
@@ -89,4 +94,6 @@ def summarize(path: Path, manifest: dict[str, Any], seconds: float, *, resumed_f
     return DumpSummary(path, manifest["status"], d.examples.height, n_choices, int(st.get("n_tokens") or 0),
                        len(manifest["shards"]) if st["mode"] == "full" else 0, st["mode"], st["dtype"], seconds,
                        metrics, int(manifest.get("counts", {}).get("nonfinite_rows", 0)),
-                       resumed_from_shard=resumed_from_shard, already_complete=already_complete)
+                       resumed_from_shard=resumed_from_shard, already_complete=already_complete,
+                       truncated_examples=int(manifest.get("counts", {}).get("truncated_examples", 0)),
+                       context_length=context_length)

@@ -237,7 +237,7 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
         info={"scoring": {"rules": TEXT_VERSION, "n_ctx": ctx, "first_scored_position": first,
                           "scored_per_chunk": per_chunk, "bos_replaces_first_token": bos,
                           "trailing_newline": "one dropped", "logsoftmax_dtype": "float32"}},
-        seed=seed, resume=resume, overwrite=overwrite)
+        seed=seed, resume=resume, overwrite=overwrite, threads=torch.get_num_threads())
     if not writer.already_complete:
         model = loaded.model
         device = getattr(loaded, "device", None) or next(model.parameters()).device

@@ -39,6 +39,7 @@ import os
 import queue
 import shutil
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from qfair.dump import manifest as mf
 from qfair.dump import tables as tb
 from qfair.dump.kinds import get_kind
 from qfair.fsutil import fsync_dir, sha256_file, temp_path
+from qfair.lock import LOCK_NAME, lock_dir
 
 __all__ = ["DumpWriter", "ShardPlan", "plan_shards", "to_storage"]
 
@@ -350,7 +352,11 @@ class DumpWriter:
     compare; ``tasks``: one dict per task (``name``, ``kind``, ...);
     ``model``: what was loaded; ``config``: the run's options (checked on
     resume, except :data:`RESUME_FREE`); ``info``: further manifest sections
-    (e.g. the scoring rules). See the module doc for the guarantees.
+    (e.g. the scoring rules); ``threads``: the compute threads the producer
+    used (recorded as ``run.threads``, free to differ on resume). The writer
+    holds an exclusive lock on ``out`` (:mod:`qfair.lock`) until ``close()``
+    or ``abort()``: a second writer on the same directory stops at once. See
+    the module doc for the guarantees.
     """
 
     def __init__(self, out: str | os.PathLike, *, kind: str = "multiple_choice", examples: Any,
@@ -359,7 +365,7 @@ class DumpWriter:
                  store: str = "full", store_dtype: str = "f16", shard_rows: int = 4096,
                  config: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
                  seed: int = 0, counts: Mapping[str, int] | None = None, resume: bool = False,
-                 overwrite: bool = False, max_queue: int = 64):
+                 overwrite: bool = False, max_queue: int = 64, threads: int | None = None):
         self.out = Path(out)
         self.kind = get_kind(kind)
         if store not in mf.STORE_MODES:
@@ -404,9 +410,28 @@ class DumpWriter:
             "tasks": _json_copy(list(tasks)), **_json_copy(dict(info or {})), "storage": storage,
             "plan": None if self.plans is None else [p.to_json() for p in self.plans], "shards": [],
             "tables": {}, "counts": {"examples": self.n_examples, **dict(counts or {}), "nonfinite_rows": 0},
-            "run": {"config": _json_copy(run_config), "seed": seed, "start_time": mf.now_iso(), "end_time": None},
+            "run": {"config": _json_copy(run_config), "seed": seed, "start_time": mf.now_iso(), "end_time": None,
+                    **({"threads": int(threads)} if threads is not None else {})},
             "libraries": _library_versions(),
         }
+        if resume and overwrite:
+            raise DumpError("--resume and --overwrite exclude each other")
+        # one writer per directory: a second process stops here (qfair.lock)
+        self._lock: Any = lock_dir(self.out, "dump")
+        other = getattr(self._lock, "writer", None)
+        if other is not None and other() is not None:  # the lock is re-entrant within a process; writers are not
+            self._release()
+            raise DumpError(f"{self.out}: another DumpWriter of this process is writing this dump; close() or "
+                            "abort() it first")
+        self._lock.writer = weakref.ref(self)
+        try:
+            self._open(resume, overwrite, fresh, max_queue)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self, resume: bool, overwrite: bool, fresh: dict[str, Any], max_queue: int) -> None:
+        store, store_dtype = self.store, self.store_dtype
         old = self._prepare_dir(resume, overwrite)
         self.already_complete = old is not None and old["status"] == "complete"
         self.resumed_from_shard: int | None = None
@@ -415,6 +440,7 @@ class DumpWriter:
             self.manifest = old
             self.start = self.n_examples
             self._check_resumable(old, fresh)
+            self._release()  # nothing to write
             return
         if old is not None:
             self._check_resumable(old, fresh)
@@ -422,7 +448,10 @@ class DumpWriter:
             self._clean_strays(old)
             self.manifest = old
             self.manifest["status"] = "partial"
-            self.manifest.setdefault("run", {}).setdefault("resumed_at", []).append(mf.now_iso())
+            run = self.manifest.setdefault("run", {})
+            run.setdefault("resumed_at", []).append(mf.now_iso())
+            if fresh["run"].get("threads") is not None:
+                run.setdefault("resumed_threads", []).append(fresh["run"]["threads"])
             self.resumed_from_shard = len(old["shards"])
         else:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -459,7 +488,7 @@ class DumpWriter:
             if not (out / mf.MANIFEST).is_file():
                 raise DumpError(f"{out / mf.MANIFEST}: missing, nothing to resume (run without --resume)")
             return mf.read_manifest(out)
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
             if not overwrite:
                 raise DumpError(f"{out}: directory exists and is not empty (use --resume to finish it or "
                                 "--overwrite to replace it)")
@@ -471,7 +500,13 @@ class DumpWriter:
             if not is_dump:
                 raise DumpError(f"{out}: not a qfair dump (no manifest.json with format {mf.FORMAT!r}); "
                                 "refusing to delete it")
-            shutil.rmtree(out)
+            for p in out.iterdir():  # everything but the lock this writer holds
+                if p.name == LOCK_NAME:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
         return None
 
     def _check_resumable(self, old: dict[str, Any], fresh: dict[str, Any]) -> None:
@@ -621,19 +656,23 @@ class DumpWriter:
         """Wait for the last shard, write the final tables, mark the dump complete;
         returns the manifest."""
         if self.already_complete or self._closed:
+            self._release()
             return self.manifest
-        if self._shard is not None:
-            self._close_shard()
         try:
-            self._thread.close()
-        except BaseException:
-            self._thread.abort()
-            raise
-        if self._next != self.n_examples:
-            raise DumpError(f"close(): {self._next} of {self.n_examples} examples were added; the dump stays "
-                            "partial (finish it with resume=True)")
-        self._finish()
-        self._closed = True
+            if self._shard is not None:
+                self._close_shard()
+            try:
+                self._thread.close()
+            except BaseException:
+                self._thread.abort()
+                raise
+            if self._next != self.n_examples:
+                raise DumpError(f"close(): {self._next} of {self.n_examples} examples were added; the dump "
+                                "stays partial (finish it with resume=True)")
+            self._finish()
+            self._closed = True
+        finally:
+            self._release()
         return self.manifest
 
     def abort(self) -> None:
@@ -641,6 +680,14 @@ class DumpWriter:
         if not self.already_complete and not self._closed:
             self._thread.abort()
             self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            if getattr(lock, "writer", None) is not None and lock.writer() is self:
+                lock.writer = None
+            lock.release()
 
     def check(self) -> None:
         """Raise the background writer's failure now, if any."""
