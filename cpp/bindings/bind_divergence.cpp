@@ -178,9 +178,6 @@ void bind_divergence(::py::module_& m) {
     m.def("distribution_stats", &distribution_stats_py, ::py::arg("p"), ::py::arg("targets") = ::py::none(),
           ::py::arg("threads") = 0, ::py::arg("dtype") = "",
           "Row-wise entropy, max prob, margin, argmax and target stats of one [rows, vocab] array.");
-    m.def("active_isa", &active_isa, "The vector instruction set the kernels run with.");
-    m.def("select_isa", [](const std::string& cap) { return std::string(select_isa(cap.c_str())); },
-          ::py::arg("cap"), "Cap the kernel's instruction set ('avx512', 'avx2', 'baseline'); returns the one chosen.");
 }
 
 }  // namespace qfair::py

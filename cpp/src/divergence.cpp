@@ -5,14 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <limits>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "kernels.hpp"
+#include "qfair/parallel.hpp"
 
 namespace qfair {
 namespace detail {
@@ -148,40 +147,8 @@ int64_t target_of(const int64_t* targets, int64_t r, int64_t cols) {
     return t;
 }
 
-int resolve_threads(int requested, int64_t rows) {
-    int t = requested > 0 ? requested : static_cast<int>(std::thread::hardware_concurrency());
-    if (t < 1) t = 1;
-    // A thread per few rows is not worth its start-up cost.
-    int64_t useful = rows / 4 + 1;
-    if (t > useful) t = static_cast<int>(useful);
-    return t;
-}
-
-// Runs fn(begin, end, worker) over contiguous row blocks on `threads` threads.
-// The first exception thrown by any worker is rethrown after all have joined.
-template <class Fn>
-void parallel_rows(int64_t rows, int threads, Fn fn) {
-    if (threads <= 1) {
-        fn(int64_t{0}, rows, 0);
-        return;
-    }
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
-    std::vector<std::thread> pool;
-    pool.reserve(static_cast<size_t>(threads));
-    for (int w = 0; w < threads; ++w) {
-        int64_t begin = rows * w / threads, end = rows * (w + 1) / threads;
-        pool.emplace_back([&, begin, end, w] {
-            try {
-                fn(begin, end, w);
-            } catch (...) {
-                errors[static_cast<size_t>(w)] = std::current_exception();
-            }
-        });
-    }
-    for (auto& th : pool) th.join();
-    for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
-}
+// A thread per few rows at least: fewer are not worth their start-up cost.
+constexpr int64_t kRowsPerThread = 4;
 
 // Scratch owned by one worker: the two top-k heaps and the overlap buffers.
 struct Scratch {
@@ -286,10 +253,10 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
     }
     const Kernels& k = detail::active_kernels();
     const int64_t n = p.cols;
-    const int threads = resolve_threads(options.threads, p.rows);
+    const int threads = resolve_threads(options.threads, p.rows, kRowsPerThread);
     std::vector<InvalidCounts> counts(static_cast<size_t>(std::max(threads, 1)));
 
-    parallel_rows(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
+    parallel_for(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
         Scratch s(kmax, n);
         TopK hp = s.heap_p(), hq = s.heap_q();
         InvalidCounts& c = counts[static_cast<size_t>(worker)];
@@ -357,9 +324,9 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
 int64_t distribution_stats(const Matrix& p, const int64_t* targets, int threads_requested, SideOutputs& out) {
     check_matrix(p, "p");
     const Kernels& k = detail::active_kernels();
-    const int threads = resolve_threads(threads_requested, p.rows);
+    const int threads = resolve_threads(threads_requested, p.rows, kRowsPerThread);
     std::vector<int64_t> invalid(static_cast<size_t>(std::max(threads, 1)), 0);
-    parallel_rows(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
+    parallel_for(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
         Scratch s(2, 0);
         TopK hp = s.heap_p();
         for (int64_t r = begin; r < end; ++r) {

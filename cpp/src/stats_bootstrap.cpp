@@ -8,6 +8,7 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "qfair/parallel.hpp"
 #include "qfair/stats.hpp"
 #include "stats_internal.hpp"
 
@@ -29,7 +30,7 @@ void check_finite(const double* v, int64_t n, const char* what) {
 
 void Statistic::jackknife(double* out, int threads) const {
     const int64_t n = n_;
-    detail::parallel_for(n, resolve_threads(threads), [&](int64_t b, int64_t e) {
+    parallel_for(n, resolve_threads(threads, n), [&](int64_t b, int64_t e, int) {
         std::vector<uint32_t> counts(size_t(n), 1u);
         for (int64_t i = b; i < e; ++i) {
             counts[size_t(i)] = 0;
@@ -522,7 +523,7 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
         throw std::invalid_argument("bootstrap: confidence must be in (0, 1)");
     const int64_t B = opt.resamples;
     const size_t K = stats.size();
-    const int threads = resolve_threads(opt.threads);
+    const int threads = resolve_threads(opt.threads, B);
     std::vector<double> theta(K * size_t(B));
 
     // Statistics that need multiplicities get them straight from the draws and
@@ -530,7 +531,7 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
     // product); otherwise the draws are kept as indices.
     bool need_counts = false;
     for (auto* s : stats) need_counts |= !s->has_draws_path();
-    detail::parallel_for(B, threads, [&](int64_t b0, int64_t b1) {
+    parallel_for(B, threads, [&](int64_t b0, int64_t b1, int) {
         std::vector<uint32_t> buf(static_cast<size_t>(n));
         for (int64_t b = b0; b < b1; ++b) {
             if (need_counts) {
@@ -620,19 +621,16 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
     const double gamma = std::max(100.0 * std::numeric_limits<double>::epsilon() * std::fabs(r.statistic),
                                   16.0 * std::numeric_limits<double>::epsilon() * sabs);
     const double obs = r.statistic;
-    const int T = resolve_threads(threads);
     r.exact = n < 62 && (int64_t(1) << n) <= resamples;
     const int64_t M = r.exact ? (int64_t(1) << n) : resamples;
     r.resamples = M;
+    const int T = resolve_threads(threads, M);
+    // Each block counts into its own slot; deterministic because each
+    // resample's signs depend only on (seed, r) (or on the mask, when exact).
     std::vector<int64_t> le(size_t(T), 0), ge(size_t(T), 0);
-    // Split by slot so each thread writes its own counters; deterministic because
-    // each resample's signs depend only on (seed, r) (or on the mask, when exact).
-    std::vector<std::pair<int64_t, int64_t>> ranges;
-    for (int k = 0; k < T; ++k) ranges.push_back({M * k / T, M * (k + 1) / T});
-    std::vector<std::thread> pool;
-    auto work = [&](int k) {
+    parallel_for(M, T, [&](int64_t m0, int64_t m1, int k) {
         int64_t cle = 0, cge = 0;
-        for (int64_t m = ranges[size_t(k)].first; m < ranges[size_t(k)].second; ++m) {
+        for (int64_t m = m0; m < m1; ++m) {
             double s = 0.0;
             if (r.exact) {
                 for (int64_t i = 0; i < n; ++i) s += ((m >> i) & 1) ? -d[i] : d[i];
@@ -663,13 +661,7 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
         }
         le[size_t(k)] = cle;
         ge[size_t(k)] = cge;
-    };
-    if (T == 1) {
-        work(0);
-    } else {
-        for (int k = 0; k < T; ++k) pool.emplace_back(work, k);
-        for (auto& th : pool) th.join();
-    }
+    });
     int64_t cle = 0, cge = 0;
     for (int k = 0; k < T; ++k) {
         cle += le[size_t(k)];

@@ -119,7 +119,7 @@ struct BootstrapOptions {
     int64_t resamples = 10000;
     uint64_t seed = 0;
     double confidence = 0.95;
-    int threads = 0;  // 0: all hardware threads
+    int threads = 0;  // 0: one per available CPU (qfair::resolve_threads)
     bool keep_distribution = false;
 };
 
@@ -161,7 +161,5 @@ struct PermutationResult {
 // conventions of scipy.stats.permutation_test(permutation_type='samples').
 PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, uint64_t seed,
                                  int threads);
-
-int resolve_threads(int threads);
 
 }  // namespace qfair::stats
