@@ -184,10 +184,13 @@ SideRow process_side(const Kernels& k, const Matrix& m, int64_t r, int64_t targe
     s.entropy = kNaN;
     if (s.valid) {
         detail::SumExp se = k.sum_exp(row, m.dtype, m.cols, s.scan.max, exp_store);
-        s.total = se.total;
-        s.log_norm = static_cast<double>(s.scan.max) + std::log(se.total);
-        s.entropy = std::log(se.total) - se.weighted / se.total;
-        if (heap != nullptr) detail::topk_sort(*heap);
+        s.valid = std::isfinite(se.total);  // NaN: the row holds a NaN
+        if (s.valid) {
+            s.total = se.total;
+            s.log_norm = static_cast<double>(s.scan.max) + std::log(se.total);
+            s.entropy = std::log(se.total) - se.weighted / se.total;
+            if (heap != nullptr) detail::topk_sort(*heap);
+        }
     }
     return s;
 }
@@ -279,8 +282,10 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
                 a.q_hat = s.exp_q.data();
                 a.n = n;
                 split(sq.log_norm - sp.log_norm, a.dc_hi, a.dc_lo);
-                a.inv_sp = static_cast<float>(1.0 / sp.total);
-                a.inv_sq = static_cast<float>(1.0 / sq.total);
+                a.inv_sp_d = 1.0 / sp.total;
+                a.inv_sq_d = 1.0 / sq.total;
+                a.inv_sp = static_cast<float>(a.inv_sp_d);
+                a.inv_sq = static_cast<float>(a.inv_sq_d);
                 if (r + 1 < end) {
                     a.next_p = row_ptr(p, r + 1);
                     a.next_q = row_ptr(q, r + 1);
