@@ -80,3 +80,51 @@ def test_available_isas_end_with_baseline_and_include_the_active_one():
     assert isas[-1] == "baseline"
     assert core.active_isa() in isas
     assert set(isas) <= {"avx512", "avx2", "baseline"}
+
+
+# ---- qfair doctor / qfair --version -------------------------------------------------
+
+
+def test_doctor_prints_the_isa_threads_and_measurements():
+    from qfair.cli import main
+
+    r = CliRunner().invoke(main, ["doctor", "--seconds", "0", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == f"qfair {qfair.__version__}"
+    isa_line = next(line for line in lines if line.startswith("ISA: "))
+    assert isa_line.startswith(f"ISA: {core.active_isa()} (available: {', '.join(core.available_isas())}")
+    assert any(line.startswith("threads: 1 ") for line in lines)
+    assert any(line.startswith("divergence: ") and "G pairs/s" in line for line in lines)
+    assert any(line.startswith("bootstrap: ") and "resamples/s" in line for line in lines)
+
+
+def test_doctor_isa_cap_and_no_measure():
+    from qfair.cli import main
+
+    try:
+        r = CliRunner().invoke(main, ["doctor", "--isa", "baseline", "--no-measure"])
+        assert r.exit_code == 0, r.output
+        assert "ISA: baseline (available: " in r.output
+        assert "divergence:" not in r.output
+    finally:
+        core.select_isa("avx512")
+
+
+def test_version_shows_the_kernels():
+    from qfair.cli import main
+
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0
+    assert qfair.__version__ in r.output and f"{core.active_isa()} kernels" in r.output
+
+
+def test_doctor_library_report():
+    from qfair.doctor import doctor
+
+    rep = doctor(seconds=0, threads=1)
+    assert rep.isa == core.active_isa() and rep.threads == 1
+    assert rep.divergence.rate > 0 and rep.divergence.runs >= 3
+    assert rep.bootstrap.rate > 0
+    with pytest.raises(ValueError):
+        doctor(threads=-1, measure=False)
