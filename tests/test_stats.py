@@ -175,6 +175,28 @@ def test_bootstrap_paired_width_calibration_is_the_resample_measure(measure):
         assert res.distribution[b] == pytest.approx(ref, abs=1e-12), b
 
 
+def test_bootstrap_above_2_16_examples_uses_wide_multiplicities():
+    # n >= 2^16: 32-bit multiplicities and positions (below, 16-bit ones).
+    from qfair._native import core
+
+    rng = np.random.default_rng(23)
+    n, B, seed = 70_001, 3, 4
+    cx, cy = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+    x, y = (rng.uniform(size=n) < cx).astype(float), (rng.uniform(size=n) < cy).astype(float)
+    try:
+        for isa in core.available_isas():
+            core.select_isa(isa)
+            res = stats.paired_bootstrap([stats.MeanDiff(y, x), stats.CalibrationDiff(cy, y, cx, x, bins=10)],
+                                         resamples=B, seed=seed, keep_distribution=True)
+            for b in range(B):
+                idx = np.repeat(np.arange(n), stats.bootstrap_counts(n, seed, b))
+                assert res[0].distribution[b] == pytest.approx(y[idx].mean() - x[idx].mean(), abs=1e-12)
+                ref = _ece_ref(cy[idx], y[idx], 10) - _ece_ref(cx[idx], x[idx], 10)
+                assert res[1].distribution[b] == pytest.approx(ref, abs=1e-12)
+    finally:
+        core.select_isa("avx512")
+
+
 def test_bootstrap_same_bits_on_every_instruction_set():
     # The resample sums run in the vector kernels (four chains, no FMA): every
     # instruction set, and every thread count, gives the same distribution.

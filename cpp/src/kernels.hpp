@@ -70,8 +70,8 @@ struct JointArgs {
 };
 
 // Weighted sums for the bootstrap (stats_bootstrap.cpp). Multiplicities are
-// read as counts[gather[j]], or counts[j] when gather is null; they must be
-// < 2^31. Every sum runs in four chains (element offset from the range's
+// uint16 (count_bytes = 2) or uint32 (4, values < 2^31), read as
+// counts[gather[j]], or counts[j] when gather is null. Every sum runs in four chains (element offset from the range's
 // start mod 4) combined as (s0 + s1) + (s2 + s3), without FMA, so that
 // every instruction set gives the same bits.
 struct Segment {
@@ -81,11 +81,11 @@ struct Segment {
 struct Kernels {
     const char* name;
     // sum_j c_j d[j] over [0, n).
-    double (*dot_counts)(const uint32_t* counts, const uint32_t* gather, const double* d, int64_t n);
+    double (*dot_counts)(const void* counts, int count_bytes, const uint32_t* gather, const double* d, int64_t n);
     // For each segment s: out[s * (k + 1)] = sum c_j, out[s * (k + 1) + 1 + t] =
     // sum c_j cols[t][j] over j in the segment; k is 2 or 4.
-    void (*segment_sums)(const uint32_t* counts, const uint32_t* gather, const double* const* cols, int k,
-                         const Segment* segs, int64_t nseg, double* out);
+    void (*segment_sums)(const void* counts, int count_bytes, const uint32_t* gather, const double* const* cols,
+                         int k, const Segment* segs, int64_t nseg, double* out);
     // First pass over one row: max, validity, target rank count (skipped when
     // target_value is NaN), top-k (topk must not be null; k >= 1).
     ScanResult (*scan)(const void* row, DType dtype, int64_t n, float target_value, TopK* topk);

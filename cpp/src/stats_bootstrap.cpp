@@ -46,7 +46,7 @@ namespace {
 // order, then Statistic::eval.
 class ScatterBack final : public OrderedEval {
 public:
-    ScatterBack(const Statistic& s, const std::vector<uint32_t>* order) : s_(s), order_(order) {}
+    ScatterBack(const Statistic& s, const std::vector<uint32_t>* order) : OrderedEval(s.n()), s_(s), order_(order) {}
     double eval(const uint32_t* counts) const override {
         if (order_ == nullptr) return s_.eval(counts);
         thread_local std::vector<uint32_t> buf;
@@ -61,8 +61,9 @@ private:
 };
 
 // sum_i counts[i] d[i] with the vector kernels (the same bits on every ISA).
-double dot_counts(const uint32_t* counts, const double* d, int64_t n) {
-    return qfair::detail::active_kernels().dot_counts(counts, nullptr, d, n);
+template <class C>
+double dot_counts(const C* counts, const double* d, int64_t n) {
+    return qfair::detail::active_kernels().dot_counts(counts, int(sizeof(C)), nullptr, d, n);
 }
 
 // The inverse of a permutation: position of each example.
@@ -72,6 +73,12 @@ std::vector<uint32_t> inverse(const std::vector<uint32_t>& order) {
     return inv;
 }
 }  // namespace
+
+double OrderedEval::eval16(const uint16_t* counts) const {
+    thread_local std::vector<uint32_t> wide;
+    wide.assign(counts, counts + n_);
+    return eval(wide.data());
+}
 
 std::unique_ptr<OrderedEval> Statistic::ordered(const std::vector<uint32_t>* order) const {
     return std::make_unique<ScatterBack>(*this, order);
@@ -93,14 +100,14 @@ public:
         // The differences listed in that order: a sequential dot product.
         class Eval final : public OrderedEval {
         public:
-            Eval(std::vector<double> d, int64_t n) : d_(std::move(d)), n_(n) {}
-            double eval(const uint32_t* counts) const override {
-                return dot_counts(counts, d_.data(), n_) / double(n_);
+            Eval(std::vector<double> d, int64_t n) : OrderedEval(n), d_(std::move(d)) {}
+            double eval(const uint32_t* counts) const override { return dot_counts(counts, d_.data(), n()) / double(n()); }
+            double eval16(const uint16_t* counts) const override {
+                return dot_counts(counts, d_.data(), n()) / double(n());
             }
 
         private:
             std::vector<double> d_;
-            int64_t n_;
         };
         std::vector<double> d(d_.size());
         for (size_t j = 0; j < d.size(); ++j) d[j] = d_[order ? (*order)[j] : j];
@@ -389,7 +396,7 @@ public:
         }
     }
     double eval(const uint32_t* counts) const override {
-        if (!pseg_.empty()) return eval_pairs(counts, pperm_.data());
+        if (!pseg_.empty()) return eval_pairs(counts, 4, pperm_.data());
         const double vy = y_.eval(counts, m_);
         return has_x_ ? vy - x_.eval(counts, m_) : vy;
     }
@@ -404,9 +411,13 @@ public:
         // position j sits in `order` (none when the orders are the same).
         class Eval final : public OrderedEval {
         public:
-            Eval(const CalibrationDiff& s, std::vector<uint32_t> gather) : s_(s), gather_(std::move(gather)) {}
+            Eval(const CalibrationDiff& s, std::vector<uint32_t> gather)
+                : OrderedEval(s.n()), s_(s), gather_(std::move(gather)) {}
             double eval(const uint32_t* counts) const override {
-                return s_.eval_pairs(counts, gather_.empty() ? nullptr : gather_.data());
+                return s_.eval_pairs(counts, 4, gather_.empty() ? nullptr : gather_.data());
+            }
+            double eval16(const uint16_t* counts) const override {
+                return s_.eval_pairs(counts, 2, gather_.empty() ? nullptr : gather_.data());
             }
 
         private:
@@ -429,24 +440,24 @@ public:
     // into the bins in segment order. counts[gather[j]] (or counts[j] when
     // gather is null) is the multiplicity of the example at pair-segment
     // position j.
-    const double* segment_sums(const uint32_t* counts, const uint32_t* gather, bool ece) const {
+    const double* segment_sums(const void* counts, int count_bytes, const uint32_t* gather, bool ece) const {
         const int k = ece ? 2 : 4;
         const double* cols_full[4] = {pcy_.data(), pay_.data(), pcx_.data(), pax_.data()};
         const double* cols_ece[2] = {pgy_.data(), pgx_.data()};
         thread_local std::vector<double> sums;
         sums.resize(segs_.size() * size_t(k + 1));
-        qfair::detail::active_kernels().segment_sums(counts, gather, ece ? cols_ece : cols_full, k, segs_.data(),
-                                                     int64_t(segs_.size()), sums.data());
+        qfair::detail::active_kernels().segment_sums(counts, count_bytes, gather, ece ? cols_ece : cols_full, k,
+                                                     segs_.data(), int64_t(segs_.size()), sums.data());
         return sums.data();
     }
 
-    double eval_pairs(const uint32_t* counts, const uint32_t* gather) const {
-        if (!pgy_.empty()) return eval_pairs_ece(counts, gather);
+    double eval_pairs(const void* counts, int count_bytes, const uint32_t* gather) const {
+        if (!pgy_.empty()) return eval_pairs_ece(counts, count_bytes, gather);
         const int B = y_.bins;
         thread_local std::vector<double> acc;
         acc.assign(size_t(6 * B), 0.0);
         double *ny = acc.data(), *sy = ny + B, *ay = sy + B, *nx = ay + B, *sx = nx + B, *ax = sx + B;
-        const double* v = segment_sums(counts, gather, false);
+        const double* v = segment_sums(counts, count_bytes, gather, false);
         for (const PairSeg& g : pseg_) {
             ny[g.by] += v[0];
             sy[g.by] += v[1];
@@ -464,12 +475,12 @@ public:
 
     // eval_pairs for ECE = sum_b |sum_{i in b} c_i (correct_i - conf_i)| / N,
     // from the gap sums alone.
-    double eval_pairs_ece(const uint32_t* counts, const uint32_t* gather) const {
+    double eval_pairs_ece(const void* counts, int count_bytes, const uint32_t* gather) const {
         const int B = y_.bins;
         thread_local std::vector<double> acc;
         acc.assign(size_t(2 * B), 0.0);
         double *gap_y = acc.data(), *gap_x = gap_y + B;
-        const double* v = segment_sums(counts, gather, true);
+        const double* v = segment_sums(counts, count_bytes, gather, true);
         double total = 0.0;
         for (const PairSeg& g : pseg_) {
             total += v[0];
@@ -638,29 +649,51 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
     for (auto* s : stats) need_counts |= !s->has_draws_path();
     // The draws are counted in one order of the examples, the first
     // preferred one, so that (at least) that statistic reads its
-    // multiplicities sequentially; inv[i] is example i's position in it.
+    // multiplicities sequentially; pos[i] is example i's position in it.
+    // Below 2^16 examples the multiplicities and positions are 16-bit: the
+    // draw loop's random increments then stay in L1 (n = 10,000: 40 kB
+    // instead of 80 kB), about a quarter faster.
     const std::vector<uint32_t>* order = nullptr;
-    std::vector<uint32_t> inv;
     std::vector<std::unique_ptr<OrderedEval>> evals;
     if (need_counts) {
         for (auto* s : stats)
             if ((order = s->preferred_order()) != nullptr) break;
-        if (order != nullptr) inv = inverse(*order);
         for (auto* s : stats) evals.push_back(s->ordered(order));
     }
+    const bool narrow = n < (int64_t(1) << 16);
+    std::vector<uint32_t> pos32;
+    std::vector<uint16_t> pos16;
+    if (need_counts) {
+        if (narrow) {
+            pos16.resize(size_t(n));
+            for (int64_t i = 0; i < n; ++i) pos16[size_t(i)] = uint16_t(i);
+            if (order != nullptr)
+                for (size_t j = 0; j < order->size(); ++j) pos16[(*order)[j]] = uint16_t(j);
+        } else {
+            pos32.resize(size_t(n));
+            std::iota(pos32.begin(), pos32.end(), 0u);
+            if (order != nullptr) pos32 = inverse(*order);
+        }
+    }
+    // Counts resample b into c (in the chosen order) and evaluates every statistic.
+    auto count_and_eval = [&](auto* c, const auto* pos, int64_t b) {
+        std::memset(c, 0, size_t(n) * sizeof(*c));
+        for_each_draw(n, opt.seed, b, [c, pos](int64_t, uint32_t i) { ++c[pos[i]]; });
+        for (size_t k = 0; k < K; ++k) {
+            if constexpr (sizeof(*c) == 2)
+                theta[k * size_t(B) + size_t(b)] = evals[k]->eval16(c);
+            else
+                theta[k * size_t(B) + size_t(b)] = evals[k]->eval(c);
+        }
+    };
     parallel_for(B, threads, [&](int64_t b0, int64_t b1, int) {
         std::vector<uint32_t> buf(static_cast<size_t>(n));
+        std::vector<uint16_t> buf16(narrow && need_counts ? size_t(n) : 0);
         for (int64_t b = b0; b < b1; ++b) {
-            if (need_counts) {
-                uint32_t* c = buf.data();
-                std::memset(c, 0, size_t(n) * sizeof(uint32_t));
-                if (order != nullptr) {
-                    const uint32_t* pos = inv.data();
-                    for_each_draw(n, opt.seed, b, [c, pos](int64_t, uint32_t i) { ++c[pos[i]]; });
-                } else {
-                    for_each_draw(n, opt.seed, b, [c](int64_t, uint32_t i) { ++c[i]; });
-                }
-                for (size_t k = 0; k < K; ++k) theta[k * size_t(B) + size_t(b)] = evals[k]->eval(c);
+            if (need_counts && narrow) {
+                count_and_eval(buf16.data(), pos16.data(), b);
+            } else if (need_counts) {
+                count_and_eval(buf.data(), pos32.data(), b);
             } else {
                 bootstrap_draws(n, opt.seed, b, buf.data());
                 for (size_t k = 0; k < K; ++k)

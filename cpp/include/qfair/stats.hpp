@@ -90,9 +90,17 @@ enum class CalMeasure { ECE, MCE, RMS, L2Debiased };
 // threads at once.
 class OrderedEval {
 public:
+    explicit OrderedEval(int64_t n) : n_(n) {}
     virtual ~OrderedEval() = default;
-    // counts[j] = multiplicity of example order[j].
+    // counts[j] = multiplicity of example order[j], j < n.
     virtual double eval(const uint32_t* counts) const = 0;
+    // The same with 16-bit multiplicities (the driver's choice for n < 2^16);
+    // the default widens them and calls eval.
+    virtual double eval16(const uint16_t* counts) const;
+    int64_t n() const { return n_; }
+
+private:
+    int64_t n_;
 };
 
 // A statistic evaluated on a resample given as multiplicities (counts[i] = how
