@@ -2,10 +2,13 @@
 torch (CPU, same thread count) and numpy, on the same aligned float16 rows.
 
     python bench/bench_divergence.py [--rows 2048] [--vocab 49152 128256] [--threads 2] [--repeats 3]
+                                     [--isa avx512 avx2 baseline] [--skip-numpy] [--json out.json]
 
-Prints median wall times, ratios (torch / qfair, numpy / qfair) and
-(row-element pairs)/s; also the per-ISA speed of the core (runtime dispatch
-gain). Timing is noisy on shared machines: quote medians and ratios.
+For every instruction set this CPU runs (AVX-512, AVX2, the portable
+baseline; --isa to choose) prints the core's median wall time over all rows,
+(row-element pairs)/s and the ratios torch / qfair and numpy / qfair; the
+variants are interleaved within each repeat. Timing is noisy on shared
+machines: quote medians and ratios, and the load average printed with them.
 """
 from __future__ import annotations
 
@@ -101,13 +104,16 @@ def numpy_suite(p16, q16, targets, chunk=128):
     return out
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
+def median_times(variants: dict, repeats: int) -> dict[str, float]:
+    """Median wall time of each variant, the variants interleaved within every
+    repeat so that a change in the machine's load hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def main() -> None:
@@ -116,6 +122,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, nargs="+", default=[49152, 128256])
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--isa", nargs="+", default=None,
+                    help="instruction sets to time (default: every one this CPU runs: avx512, avx2, baseline)")
     ap.add_argument("--skip-numpy", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
@@ -123,42 +131,60 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    initial = core.active_isa()
+    isas = [i for i in (args.isa or core.available_isas()) if core.select_isa(i) == i]
+    core.select_isa(initial)
     results = []
-    print(f"threads={args.threads} rows={args.rows} isa={core.active_isa()} torch={torch.__version__}")
+    print(f"threads={args.threads} rows={args.rows} isas={','.join(isas)} (default {initial}) torch={torch.__version__} "
+          f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} CPUs")
     for vocab in args.vocab:
         p, q, t = make_rows(args.rows, vocab)
         pairs = args.rows * vocab
-        qfair.divergence(p[:64], q[:64], targets=t[:64], threads=args.threads)  # warm up
-        t_qfair = median_time(lambda: qfair.divergence(p, q, targets=t, topk=TOPK, threads=args.threads), args.repeats)
-        per_isa = {}
-        for isa in ("avx512", "avx2", "baseline"):
-            if core.select_isa(isa) == isa:
-                per_isa[isa] = median_time(
-                    lambda: qfair.divergence(p[:256], q[:256], targets=t[:256], threads=args.threads), args.repeats
-                )
-        core.select_isa("avx512")
-        t_torch = median_time(lambda: torch_suite(p, q, t), args.repeats)
-        t_numpy = float("nan") if args.skip_numpy else median_time(lambda: numpy_suite(p, q, t), max(1, args.repeats - 1))
+        # warm up (torch initialises its kernels on the first call)
+        qfair.divergence(p[:64], q[:64], targets=t[:64], threads=args.threads)
+        torch_suite(p[:64], q[:64], t[:64])
+
+        def run_isa(isa):
+            def fn():
+                core.select_isa(isa)
+                qfair.divergence(p, q, targets=t, topk=TOPK, threads=args.threads)
+            return fn
+
+        variants = {f"qfair-{isa}": run_isa(isa) for isa in isas}
+        variants["torch"] = lambda: torch_suite(p, q, t)
+        if not args.skip_numpy:
+            variants["numpy"] = lambda: numpy_suite(p, q, t)
+        load0 = os.getloadavg()[0]
+        med = median_times(variants, args.repeats)
+        core.select_isa(initial)
+        t_torch = med["torch"]
+        t_numpy = med.get("numpy", float("nan"))
         row = {
             "vocab": vocab,
             "rows": args.rows,
             "threads": args.threads,
-            "qfair_s": t_qfair,
+            "load_average": [load0, os.getloadavg()[0]],
             "torch_s": t_torch,
             "numpy_s": t_numpy,
-            "torch_over_qfair": t_torch / t_qfair,
-            "numpy_over_qfair": t_numpy / t_qfair,
-            "qfair_Gpairs_per_s": pairs / t_qfair / 1e9,
             "torch_Gpairs_per_s": pairs / t_torch / 1e9,
-            "isa_Gpairs_per_s": {k: 256 * vocab / v / 1e9 for k, v in per_isa.items()},
+            "isa": {
+                isa: {
+                    "qfair_s": med[f"qfair-{isa}"],
+                    "Gpairs_per_s": pairs / med[f"qfair-{isa}"] / 1e9,
+                    "torch_over_qfair": t_torch / med[f"qfair-{isa}"],
+                    "numpy_over_qfair": t_numpy / med[f"qfair-{isa}"],
+                }
+                for isa in isas
+            },
         }
         results.append(row)
-        print(
-            f"vocab={vocab:>6}: qfair {t_qfair:7.3f} s ({row['qfair_Gpairs_per_s']:.2f} G pairs/s) | "
-            f"torch {t_torch:7.3f} s ({row['torch_Gpairs_per_s']:.3f} G/s, {row['torch_over_qfair']:.1f}x slower) | "
-            f"numpy {t_numpy:7.3f} s ({row['numpy_over_qfair']:.1f}x slower)"
-        )
-        print("   per-ISA G pairs/s: " + ", ".join(f"{k} {v:.2f}" for k, v in row["isa_Gpairs_per_s"].items()))
+        print(f"vocab={vocab:>6}: torch {t_torch:7.3f} s ({row['torch_Gpairs_per_s']:.3f} G pairs/s)"
+              + ("" if args.skip_numpy else f", numpy {t_numpy:7.3f} s")
+              + f"; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+        for isa, r in row["isa"].items():
+            print(f"   qfair {isa:<8} {r['qfair_s']:7.3f} s  {r['Gpairs_per_s']:6.2f} G pairs/s  "
+                  f"torch/qfair {r['torch_over_qfair']:5.1f}x"
+                  + ("" if args.skip_numpy else f"  numpy/qfair {r['numpy_over_qfair']:5.1f}x"))
         del p, q
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

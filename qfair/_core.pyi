@@ -36,8 +36,15 @@ def llamacpp_token_stats(
 ) -> dict[str, Any]:
     """{'nll', 'nll_base': float32, 'kld': float64, 'p_diff': float32, 'argmax_q', 'argmax_base': int64}"""
 
+# ---- runtime (cpp/bindings/bind_runtime.cpp) ---------------------------------
+
 def active_isa() -> str: ...
+def available_isas() -> list[str]:
+    """Instruction sets this build has and this CPU runs, widest first."""
 def select_isa(cap: str) -> str: ...
+def resolve_threads(threads: int = 0) -> int:
+    """Threads a call given `threads` starts (0: one per available CPU; capped;
+    negative raises ValueError)."""
 
 # ---- statistics (cpp/bindings/bind_stats.cpp) ------------------------------
 # (owned by the analyze work; typed wrappers in qfair/stats.py and qfair/calibration.py)

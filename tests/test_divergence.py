@@ -297,6 +297,26 @@ def test_invalid_rows_are_nan_and_counted():
     np.testing.assert_allclose(summary["kl_pq"], good["kl_pq"].mean(), rtol=RTOL_DIV)
 
 
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
+def test_nan_or_inf_anywhere_makes_the_row_invalid(isa, kind):
+    # NaN is caught by the normaliser pass (the top-k never takes it), +inf by
+    # the max: wherever they sit -- in the scalar head that fills the top-k,
+    # in a vector block, in the partial last vector.
+    vocab = 4099
+    rng = np.random.default_rng(17)
+    a = rng.standard_normal((8, vocab)).astype(np.float32)
+    for r, (col, val) in enumerate([(0, np.nan), (5, np.nan), (2000, np.nan), (vocab - 1, np.nan),
+                                    (0, np.inf), (2000, np.inf), (vocab - 1, np.inf)]):
+        a[r, col] = val
+    A, hint = cast(a, kind)
+    res = qfair.divergence(A, A, dtype=hint)
+    assert (res.invalid_p, res.invalid_rows) == (7, 7)
+    assert np.all(np.isnan(res["kl_pq"][:7])) and np.isfinite(res["kl_pq"][7])
+    st = qfair.distribution_stats(A, dtype=hint)
+    assert np.all(np.isnan(st["entropy"][:7])) and np.all(st["argmax"][:7] == -1)
+    assert np.isfinite(st["entropy"][7])
+
+
 def test_negative_target_means_none_and_out_of_range_raises():
     a = np.zeros((3, 10), np.float32)
     res = qfair.divergence(a, a, targets=np.array([-100, 2, 3]))

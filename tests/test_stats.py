@@ -157,6 +157,73 @@ def test_bootstrap_same_seed_any_thread_count():
     assert not np.array_equal(other[0].distribution, outs[0][0].distribution)
 
 
+@pytest.mark.parametrize("measure", ["ece", "mce", "rms", "l2_debiased"])
+def test_bootstrap_paired_width_calibration_is_the_resample_measure(measure):
+    # The paired width path sums per (y bin, x bin) segment; every resample
+    # must equal the plain calibration measure of the expanded resample.
+    from qfair._native import core
+
+    rng = np.random.default_rng(22)
+    n, B, seed = 203, 25, 8
+    cx, cy = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+    x, y = (rng.uniform(size=n) < cx).astype(float), (rng.uniform(size=n) < cy).astype(float)
+    res = stats.paired_bootstrap([stats.CalibrationDiff(cy, y, cx, x, bins=10, measure=measure)],
+                                 resamples=B, seed=seed, keep_distribution=True)[0]
+    for b in range(B):
+        idx = np.repeat(np.arange(n), stats.bootstrap_counts(n, seed, b))
+        ref = core.calibration(cy[idx], y[idx], 10)[measure] - core.calibration(cx[idx], x[idx], 10)[measure]
+        assert res.distribution[b] == pytest.approx(ref, abs=1e-12), b
+
+
+def test_bootstrap_above_2_16_examples_uses_wide_multiplicities():
+    # n >= 2^16: 32-bit multiplicities and positions (below, 16-bit ones).
+    from qfair._native import core
+
+    rng = np.random.default_rng(23)
+    n, B, seed = 70_001, 3, 4
+    cx, cy = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+    x, y = (rng.uniform(size=n) < cx).astype(float), (rng.uniform(size=n) < cy).astype(float)
+    try:
+        for isa in core.available_isas():
+            core.select_isa(isa)
+            res = stats.paired_bootstrap([stats.MeanDiff(y, x), stats.CalibrationDiff(cy, y, cx, x, bins=10)],
+                                         resamples=B, seed=seed, keep_distribution=True)
+            for b in range(B):
+                idx = np.repeat(np.arange(n), stats.bootstrap_counts(n, seed, b))
+                assert res[0].distribution[b] == pytest.approx(y[idx].mean() - x[idx].mean(), abs=1e-12)
+                ref = _ece_ref(cy[idx], y[idx], 10) - _ece_ref(cx[idx], x[idx], 10)
+                assert res[1].distribution[b] == pytest.approx(ref, abs=1e-12)
+    finally:
+        core.select_isa("avx512")
+
+
+def test_bootstrap_same_bits_on_every_instruction_set():
+    # The resample sums run in the vector kernels (four chains, no FMA): every
+    # instruction set, and every thread count, gives the same distribution.
+    from qfair._native import core
+
+    rng = np.random.default_rng(21)
+    n = 1001  # not a multiple of the vector width
+    cx, cy = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+    x, y = rng.normal(0.3, 1.0, n), rng.normal(0.2, 1.0, n)  # not 0/1: rounding shows
+    sts = [stats.MeanDiff(y, x),
+           stats.CalibrationDiff(cy, y > 0, cx, x > 0, bins=10),                 # ECE, pair segments
+           stats.CalibrationDiff(cy, y > 0, cx, x > 0, bins=10, measure="rms"),  # full sums
+           stats.CalibrationDiff(cy, y > 0, bins=10),                             # one side
+           stats.CalibrationDiff(cy, y > 0, cx, x > 0, bins=6, binning="mass")]
+    outs = []
+    try:
+        for isa in core.available_isas():
+            assert core.select_isa(isa) == isa
+            for t in (1, 3):
+                outs.append(stats.paired_bootstrap(sts, resamples=300, seed=5, threads=t, keep_distribution=True))
+    finally:
+        core.select_isa("avx512")
+    for o in outs[1:]:
+        for a, b in zip(outs[0], o):
+            np.testing.assert_array_equal(a.distribution, b.distribution)
+
+
 @pytest.mark.parametrize("method", ["percentile", "BCa"])
 def test_bootstrap_ci_against_scipy(method):
     n, B = 400, 20000

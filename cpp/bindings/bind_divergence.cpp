@@ -96,16 +96,9 @@ class Columns {
     ::py::dict dict_;
 };
 
-::py::dict divergence_py(const ::py::array& p, const ::py::array& q, const ::py::object& targets,
-                         std::vector<int> topk, int threads, const std::string& dtype) {
-    Matrix mp = as_matrix(p, "p", dtype);
-    Matrix mq = as_matrix(q, "q", dtype);
-    if (mp.rows != mq.rows || mp.cols != mq.cols)
-        throw ::py::value_error("p and q must have the same shape, got [" + std::to_string(mp.rows) + ", " +
-                                std::to_string(mp.cols) + "] and [" + std::to_string(mq.rows) + ", " +
-                                std::to_string(mq.cols) + "]");
-    std::vector<int64_t> t = as_targets(targets, mp.rows);
-    Columns c(mp.rows);
+// Wires one output column per metric (plus overlap_at_K per K, and the target
+// columns when there are targets) into the core's output struct.
+DivergenceOutputs divergence_outputs(Columns& c, const std::vector<int>& topk, bool with_targets) {
     DivergenceOutputs out;
     out.kl_pq = c.f64("kl_pq");
     out.kl_qp = c.f64("kl_qp");
@@ -121,13 +114,40 @@ class Columns {
     out.q.argmax = c.i64("argmax_q");
     out.top1_agree = c.f32("top1_agree");
     for (int k : topk) out.overlap.push_back(c.f32("overlap_at_" + std::to_string(k)));
-    if (!targets.is_none()) {
+    if (with_targets) {
         out.p.logprob = c.f64("logprob_p");
         out.q.logprob = c.f64("logprob_q");
         out.delta_p = c.f64("delta_p");
         out.p.rank = c.i64("rank_p");
         out.q.rank = c.i64("rank_q");
     }
+    return out;
+}
+
+SideOutputs side_outputs(Columns& c, bool with_targets) {
+    SideOutputs out;
+    out.entropy = c.f64("entropy");
+    out.maxprob = c.f64("maxprob");
+    out.margin = c.f64("margin");
+    out.argmax = c.i64("argmax");
+    if (with_targets) {
+        out.logprob = c.f64("logprob");
+        out.rank = c.i64("rank");
+    }
+    return out;
+}
+
+::py::dict divergence_py(const ::py::array& p, const ::py::array& q, const ::py::object& targets,
+                         std::vector<int> topk, int threads, const std::string& dtype) {
+    Matrix mp = as_matrix(p, "p", dtype);
+    Matrix mq = as_matrix(q, "q", dtype);
+    if (mp.rows != mq.rows || mp.cols != mq.cols)
+        throw ::py::value_error("p and q must have the same shape, got [" + std::to_string(mp.rows) + ", " +
+                                std::to_string(mp.cols) + "] and [" + std::to_string(mq.rows) + ", " +
+                                std::to_string(mq.cols) + "]");
+    std::vector<int64_t> t = as_targets(targets, mp.rows);
+    Columns c(mp.rows);
+    DivergenceOutputs out = divergence_outputs(c, topk, !targets.is_none());
     DivergenceOptions opt;
     opt.topk = std::move(topk);
     opt.threads = threads;
@@ -149,15 +169,7 @@ class Columns {
     Matrix mp = as_matrix(p, "p", dtype);
     std::vector<int64_t> t = as_targets(targets, mp.rows);
     Columns c(mp.rows);
-    SideOutputs out;
-    out.entropy = c.f64("entropy");
-    out.maxprob = c.f64("maxprob");
-    out.margin = c.f64("margin");
-    out.argmax = c.i64("argmax");
-    if (!targets.is_none()) {
-        out.logprob = c.f64("logprob");
-        out.rank = c.i64("rank");
-    }
+    SideOutputs out = side_outputs(c, !targets.is_none());
     int64_t invalid;
     {
         ::py::gil_scoped_release release;
@@ -208,9 +220,6 @@ void bind_divergence(::py::module_& m) {
           ::py::arg("targets"), ::py::arg("threads") = 0, ::py::arg("dtype") = "",
           "Per-token statistics of llama-perplexity --kl-divergence (q used as logits, base as "
           "log-probs as they are). Returns {nll, nll_base, kld, p_diff, argmax_q, argmax_base}.");
-    m.def("active_isa", &active_isa, "The vector instruction set the kernels run with.");
-    m.def("select_isa", [](const std::string& cap) { return std::string(select_isa(cap.c_str())); },
-          ::py::arg("cap"), "Cap the kernel's instruction set ('avx512', 'avx2', 'baseline'); returns the one chosen.");
 }
 
 }  // namespace qfair::py

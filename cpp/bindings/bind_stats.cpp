@@ -60,198 +60,231 @@ st::CalMeasure parse_measure(const std::string& s) {
     return a;
 }
 
+// ---- wilson ------------------------------------------------------------------
+
+::py::tuple wilson_py(const ::py::handle& k, const ::py::handle& n, double confidence) {
+    if (!::py::isinstance<I64>(k) || !::py::isinstance<I64>(n))
+        throw ::py::value_error("wilson: k and n must be C-contiguous int64 arrays");
+    auto ka = ::py::reinterpret_borrow<I64>(k);
+    auto na = ::py::reinterpret_borrow<I64>(n);
+    if (ka.ndim() != 1 || na.ndim() != 1 || ka.shape(0) != na.shape(0))
+        throw ::py::value_error("wilson: k and n must be 1-D arrays of equal length");
+    const auto len = ka.shape(0);
+    ::py::array_t<double> lo(len), hi(len);
+    const int64_t* kp = ka.data();
+    const int64_t* np_ = na.data();
+    double* lp = lo.mutable_data();
+    double* hp = hi.mutable_data();
+    {
+        ::py::gil_scoped_release nogil;
+        for (::py::ssize_t i = 0; i < len; ++i) {
+            const auto iv = st::wilson(kp[i], np_[i], confidence);
+            lp[i] = iv.lo;
+            hp[i] = iv.hi;
+        }
+    }
+    return ::py::make_tuple(lo, hi);
+}
+
+// ---- calibration -------------------------------------------------------------
+
+::py::tuple bin_assign_py(const ::py::handle& conf, int bins, const std::string& binning) {
+    int64_t n = -1;
+    const double* c = f64(conf, "conf", &n);
+    const auto bn = parse_binning(binning);
+    ::py::array_t<int32_t> out(n);
+    int32_t* o = out.mutable_data();
+    std::vector<double> upper;
+    {
+        ::py::gil_scoped_release nogil;
+        st::bin_assign(c, n, bins, bn, o, &upper);
+    }
+    return ::py::make_tuple(out, to_array(upper));
+}
+
+::py::dict calibration_dict(const st::CalibrationResult& r) {
+    ::py::dict d;
+    d["ece"] = r.ece;
+    d["mce"] = r.mce;
+    d["rms"] = r.rms;
+    d["ce2_debiased"] = r.ce2_debiased;
+    d["l2_debiased"] = r.l2_debiased;
+    d["lo"] = to_array(r.lo);
+    d["hi"] = to_array(r.hi);
+    d["conf_mean"] = to_array(r.conf_mean);
+    d["acc_mean"] = to_array(r.acc_mean);
+    ::py::array_t<int64_t> cnt(static_cast<::py::ssize_t>(r.count.size()));
+    std::copy(r.count.begin(), r.count.end(), cnt.mutable_data());
+    d["count"] = cnt;
+    return d;
+}
+
+::py::dict calibration_py(const ::py::handle& conf, const ::py::handle& correct, int bins,
+                          const std::string& binning) {
+    int64_t n = -1;
+    const double* c = f64(conf, "conf", &n);
+    const double* a = f64(correct, "correct", &n);
+    const auto bn = parse_binning(binning);
+    st::CalibrationResult r;
+    {
+        ::py::gil_scoped_release nogil;
+        r = st::calibration(c, a, n, bins, bn);
+    }
+    return calibration_dict(r);
+}
+
+// ---- bootstrap ---------------------------------------------------------------
+
+// The statistics described by the Python specs (dicts; see qfair/stats.py),
+// reading the caller's arrays in place: the specs must outlive them. All
+// arrays must have one length, returned in *n.
+std::vector<std::unique_ptr<st::Statistic>> parse_statistics(const ::py::list& specs, int64_t* n) {
+    std::vector<std::unique_ptr<st::Statistic>> owned;
+    for (auto item : specs) {
+        if (!::py::isinstance<::py::dict>(item))
+            throw ::py::value_error("bootstrap spec: expected a dict");
+        auto d = ::py::reinterpret_borrow<::py::dict>(item);
+        auto get = [&](const char* key) -> ::py::object {
+            return d.contains(key) ? ::py::object(d[key]) : ::py::none();
+        };
+        const auto kind = get("kind").is_none() ? std::string() : get("kind").cast<std::string>();
+        if (kind == "mean") {
+            const double* x = f64_opt(get("x"), "x", n);
+            const double* y = f64(get("y"), "y", n);
+            owned.push_back(st::make_mean_diff(x, y, *n));
+        } else if (kind == "calibration") {
+            const double* cx = f64_opt(get("conf_x"), "conf_x", n);
+            const double* ax = f64_opt(get("correct_x"), "correct_x", n);
+            const double* cy = f64(get("conf_y"), "conf_y", n);
+            const double* ay = f64(get("correct_y"), "correct_y", n);
+            const int bins = get("bins").is_none() ? 15 : get("bins").cast<int>();
+            const auto bn = parse_binning(get("binning").is_none() ? "width" : get("binning").cast<std::string>());
+            const auto ms = parse_measure(get("measure").is_none() ? "ece" : get("measure").cast<std::string>());
+            owned.push_back(st::make_calibration_diff(cx, ax, cy, ay, *n, bins, bn, ms));
+        } else {
+            throw ::py::value_error("bootstrap spec kind: expected 'mean' or 'calibration', got '" + kind + "'");
+        }
+    }
+    return owned;
+}
+
+::py::dict bootstrap_dict(const st::BootstrapResult& r, bool keep_distribution) {
+    ::py::dict d;
+    d["estimate"] = r.estimate;
+    d["se"] = r.se;
+    d["bias"] = r.bias;
+    d["pct_lo"] = r.pct_lo;
+    d["pct_hi"] = r.pct_hi;
+    d["bca_lo"] = r.bca_lo;
+    d["bca_hi"] = r.bca_hi;
+    d["z0"] = r.z0;
+    d["accel"] = r.accel;
+    d["p"] = r.p;
+    d["distribution"] = keep_distribution ? ::py::object(to_array(r.distribution)) : ::py::none();
+    return d;
+}
+
+::py::list paired_bootstrap_py(const ::py::list& specs, int64_t resamples, uint64_t seed, double confidence,
+                               int threads, bool keep_distribution) {
+    int64_t n = -1;
+    const auto owned = parse_statistics(specs, &n);
+    std::vector<const st::Statistic*> stats;
+    for (const auto& s : owned) stats.push_back(s.get());
+    st::BootstrapOptions opt;
+    opt.resamples = resamples;
+    opt.seed = seed;
+    opt.confidence = confidence;
+    opt.threads = threads;
+    opt.keep_distribution = keep_distribution;
+    std::vector<st::BootstrapResult> results;
+    {
+        ::py::gil_scoped_release nogil;
+        results = st::paired_bootstrap(stats, opt);
+    }
+    ::py::list out;
+    for (const auto& r : results) out.append(bootstrap_dict(r, keep_distribution));
+    return out;
+}
+
+::py::array_t<uint32_t> bootstrap_counts_py(int64_t n, uint64_t seed, int64_t b) {
+    if (n < 1) throw ::py::value_error("bootstrap_counts: n must be >= 1");
+    ::py::array_t<uint32_t> out(n);
+    uint32_t* o = out.mutable_data();
+    {
+        ::py::gil_scoped_release nogil;
+        st::bootstrap_counts(n, seed, b, o);
+    }
+    return out;
+}
+
+// ---- permutation test ----------------------------------------------------------
+
+::py::dict permutation_dict(const st::PermutationResult& r) {
+    ::py::dict o;
+    o["statistic"] = r.statistic;
+    o["p"] = r.p;
+    o["resamples"] = r.resamples;
+    o["exact"] = r.exact;
+    return o;
+}
+
+::py::dict sign_flip_test_py(const ::py::handle& d, int64_t resamples, uint64_t seed, int threads) {
+    int64_t n = -1;
+    const double* p = f64(d, "d", &n);
+    st::PermutationResult r;
+    {
+        ::py::gil_scoped_release nogil;
+        r = st::sign_flip_test(p, n, resamples, seed, threads);
+    }
+    return permutation_dict(r);
+}
+
+// ---- multiple comparisons ------------------------------------------------------
+
+template <void (*Fn)(const double*, int64_t, double*)>
+::py::array_t<double> adjust_py(const ::py::handle& p) {
+    int64_t n = -1;
+    const double* ptr = f64(p, "p", &n);
+    ::py::array_t<double> out(n);
+    double* o = out.mutable_data();
+    {
+        ::py::gil_scoped_release nogil;
+        Fn(ptr, n, o);
+    }
+    return out;
+}
+
+::py::tuple mcnemar_py(int64_t b, int64_t c) {
+    const auto r = st::mcnemar(b, c);
+    return ::py::make_tuple(r.p_exact, r.p_mid);
+}
+
 }  // namespace
 
 void bind_stats(::py::module_& m) {
     m.def("norm_ppf", &st::norm_ppf, ::py::arg("p"), "Inverse of the standard normal CDF.");
-
-    m.def(
-        "wilson",
-        [](::py::handle k, ::py::handle n, double confidence) {
-            if (!::py::isinstance<I64>(k) || !::py::isinstance<I64>(n))
-                throw ::py::value_error("wilson: k and n must be C-contiguous int64 arrays");
-            auto ka = ::py::reinterpret_borrow<I64>(k);
-            auto na = ::py::reinterpret_borrow<I64>(n);
-            if (ka.ndim() != 1 || na.ndim() != 1 || ka.shape(0) != na.shape(0))
-                throw ::py::value_error("wilson: k and n must be 1-D arrays of equal length");
-            const auto len = ka.shape(0);
-            ::py::array_t<double> lo(len), hi(len);
-            for (::py::ssize_t i = 0; i < len; ++i) {
-                auto iv = st::wilson(ka.data()[i], na.data()[i], confidence);
-                lo.mutable_data()[i] = iv.lo;
-                hi.mutable_data()[i] = iv.hi;
-            }
-            return ::py::make_tuple(lo, hi);
-        },
-        ::py::arg("k"), ::py::arg("n"), ::py::arg("confidence") = 0.95,
-        "Wilson score intervals (lo, hi) for k successes in n trials (elementwise).");
-
-    m.def(
-        "mcnemar",
-        [](int64_t b, int64_t c) {
-            auto r = st::mcnemar(b, c);
-            return ::py::make_tuple(r.p_exact, r.p_mid);
-        },
-        ::py::arg("b"), ::py::arg("c"),
-        "McNemar test on discordant counts: (exact two-sided p, mid-p).");
-
-    auto adjust = [](void (*fn)(const double*, int64_t, double*)) {
-        return [fn](::py::handle p) {
-            int64_t n = -1;
-            const double* ptr = f64(p, "p", &n);
-            ::py::array_t<double> out(n);
-            fn(ptr, n, out.mutable_data());
-            return out;
-        };
-    };
-    m.def("holm", adjust(&st::holm), ::py::arg("p"),
+    m.def("wilson", &wilson_py, ::py::arg("k"), ::py::arg("n"), ::py::arg("confidence") = 0.95,
+          "Wilson score intervals (lo, hi) for k successes in n trials (elementwise).");
+    m.def("mcnemar", &mcnemar_py, ::py::arg("b"), ::py::arg("c"),
+          "McNemar test on discordant counts: (exact two-sided p, mid-p).");
+    m.def("holm", &adjust_py<&st::holm>, ::py::arg("p"),
           "Holm step-down adjusted p-values (NaN entries excluded from the family).");
-    m.def("benjamini_hochberg", adjust(&st::benjamini_hochberg), ::py::arg("p"),
+    m.def("benjamini_hochberg", &adjust_py<&st::benjamini_hochberg>, ::py::arg("p"),
           "Benjamini-Hochberg adjusted p-values (NaN entries excluded from the family).");
-
-    m.def(
-        "bin_assign",
-        [](::py::handle conf, int bins, const std::string& binning) {
-            int64_t n = -1;
-            const double* c = f64(conf, "conf", &n);
-            ::py::array_t<int32_t> out(n);
-            std::vector<double> upper;
-            st::bin_assign(c, n, bins, parse_binning(binning), out.mutable_data(), &upper);
-            return ::py::make_tuple(out, to_array(upper));
-        },
-        ::py::arg("conf"), ::py::arg("bins") = 15, ::py::arg("binning") = "width",
-        "Calibration bin of each confidence and the bins' upper edges.");
-
-    m.def(
-        "calibration",
-        [](::py::handle conf, ::py::handle correct, int bins, const std::string& binning) {
-            int64_t n = -1;
-            const double* c = f64(conf, "conf", &n);
-            const double* a = f64(correct, "correct", &n);
-            const auto bn = parse_binning(binning);
-            st::CalibrationResult r;
-            {
-                ::py::gil_scoped_release nogil;
-                r = st::calibration(c, a, n, bins, bn);
-            }
-            ::py::dict d;
-            d["ece"] = r.ece;
-            d["mce"] = r.mce;
-            d["rms"] = r.rms;
-            d["ce2_debiased"] = r.ce2_debiased;
-            d["l2_debiased"] = r.l2_debiased;
-            d["lo"] = to_array(r.lo);
-            d["hi"] = to_array(r.hi);
-            d["conf_mean"] = to_array(r.conf_mean);
-            d["acc_mean"] = to_array(r.acc_mean);
-            ::py::array_t<int64_t> cnt(static_cast<::py::ssize_t>(r.count.size()));
-            std::copy(r.count.begin(), r.count.end(), cnt.mutable_data());
-            d["count"] = cnt;
-            return d;
-        },
-        ::py::arg("conf"), ::py::arg("correct"), ::py::arg("bins") = 15,
-        ::py::arg("binning") = "width",
-        "Top-label calibration: ECE, MCE, RMS-CE, debiased L2 and per-bin reliability data.");
-
-    m.def(
-        "bootstrap_counts",
-        [](int64_t n, uint64_t seed, int64_t b) {
-            ::py::array_t<uint32_t> out(n);
-            st::bootstrap_counts(n, seed, b, out.mutable_data());
-            return out;
-        },
-        ::py::arg("n"), ::py::arg("seed"), ::py::arg("b"),
-        "Multiplicities of bootstrap resample b (the draw every statistic shares).");
-
-    m.def(
-        "paired_bootstrap",
-        [](::py::list specs, int64_t resamples, uint64_t seed, double confidence, int threads,
-           bool keep_distribution) {
-            std::vector<std::unique_ptr<st::Statistic>> owned;
-            int64_t n = -1;
-            for (auto item : specs) {
-                auto d = ::py::reinterpret_borrow<::py::dict>(item);
-                const auto kind = d["kind"].cast<std::string>();
-                auto get = [&](const char* key) -> ::py::object {
-                    return d.contains(key) ? ::py::object(d[key]) : ::py::none();
-                };
-                if (kind == "mean") {
-                    const double* x = f64_opt(get("x"), "x", &n);
-                    const double* y = f64(get("y"), "y", &n);
-                    owned.push_back(st::make_mean_diff(x, y, n));
-                } else if (kind == "calibration") {
-                    const double* cx = f64_opt(get("conf_x"), "conf_x", &n);
-                    const double* ax = f64_opt(get("correct_x"), "correct_x", &n);
-                    const double* cy = f64(get("conf_y"), "conf_y", &n);
-                    const double* ay = f64(get("correct_y"), "correct_y", &n);
-                    const int bins = get("bins").is_none() ? 15 : get("bins").cast<int>();
-                    const auto bn = parse_binning(
-                        get("binning").is_none() ? "width" : get("binning").cast<std::string>());
-                    const auto ms = parse_measure(
-                        get("measure").is_none() ? "ece" : get("measure").cast<std::string>());
-                    owned.push_back(st::make_calibration_diff(cx, ax, cy, ay, n, bins, bn, ms));
-                } else {
-                    throw ::py::value_error("bootstrap spec kind: expected 'mean' or "
-                                            "'calibration', got '" + kind + "'");
-                }
-            }
-            std::vector<const st::Statistic*> ptrs;
-            for (auto& s : owned) ptrs.push_back(s.get());
-            st::BootstrapOptions opt;
-            opt.resamples = resamples;
-            opt.seed = seed;
-            opt.confidence = confidence;
-            opt.threads = threads;
-            opt.keep_distribution = keep_distribution;
-            std::vector<st::BootstrapResult> res;
-            {
-                ::py::gil_scoped_release nogil;
-                res = st::paired_bootstrap(ptrs, opt);
-            }
-            ::py::list out;
-            for (auto& r : res) {
-                ::py::dict d;
-                d["estimate"] = r.estimate;
-                d["se"] = r.se;
-                d["bias"] = r.bias;
-                d["pct_lo"] = r.pct_lo;
-                d["pct_hi"] = r.pct_hi;
-                d["bca_lo"] = r.bca_lo;
-                d["bca_hi"] = r.bca_hi;
-                d["z0"] = r.z0;
-                d["accel"] = r.accel;
-                d["p"] = r.p;
-                d["distribution"] =
-                    keep_distribution ? ::py::object(to_array(r.distribution)) : ::py::none();
-                out.append(d);
-            }
-            return out;
-        },
-        ::py::arg("specs"), ::py::arg("resamples") = 10000, ::py::arg("seed") = 0,
-        ::py::arg("confidence") = 0.95, ::py::arg("threads") = 0,
-        ::py::arg("keep_distribution") = false,
-        "Paired bootstrap of several statistics over one shared index draw per resample.");
-
-    m.def(
-        "sign_flip_test",
-        [](::py::handle d, int64_t resamples, uint64_t seed, int threads) {
-            int64_t n = -1;
-            const double* p = f64(d, "d", &n);
-            st::PermutationResult r;
-            {
-                ::py::gil_scoped_release nogil;
-                r = st::sign_flip_test(p, n, resamples, seed, threads);
-            }
-            ::py::dict o;
-            o["statistic"] = r.statistic;
-            o["p"] = r.p;
-            o["resamples"] = r.resamples;
-            o["exact"] = r.exact;
-            return o;
-        },
-        ::py::arg("d"), ::py::arg("resamples") = 10000, ::py::arg("seed") = 0,
-        ::py::arg("threads") = 0,
-        "Paired sign-flip permutation test of mean(d) = 0 (two-sided).");
+    m.def("bin_assign", &bin_assign_py, ::py::arg("conf"), ::py::arg("bins") = 15,
+          ::py::arg("binning") = "width", "Calibration bin of each confidence and the bins' upper edges.");
+    m.def("calibration", &calibration_py, ::py::arg("conf"), ::py::arg("correct"), ::py::arg("bins") = 15,
+          ::py::arg("binning") = "width",
+          "Top-label calibration: ECE, MCE, RMS-CE, debiased L2 and per-bin reliability data.");
+    m.def("bootstrap_counts", &bootstrap_counts_py, ::py::arg("n"), ::py::arg("seed"), ::py::arg("b"),
+          "Multiplicities of bootstrap resample b (the draw every statistic shares).");
+    m.def("paired_bootstrap", &paired_bootstrap_py, ::py::arg("specs"), ::py::arg("resamples") = 10000,
+          ::py::arg("seed") = 0, ::py::arg("confidence") = 0.95, ::py::arg("threads") = 0,
+          ::py::arg("keep_distribution") = false,
+          "Paired bootstrap of several statistics over one shared index draw per resample.");
+    m.def("sign_flip_test", &sign_flip_test_py, ::py::arg("d"), ::py::arg("resamples") = 10000,
+          ::py::arg("seed") = 0, ::py::arg("threads") = 0,
+          "Paired sign-flip permutation test of mean(d) = 0 (two-sided).");
 }
 
 }  // namespace qfair::py

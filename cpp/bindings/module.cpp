@@ -5,10 +5,12 @@
 namespace qfair::py {
 void bind_divergence(pybind11::module_& m);
 void bind_stats(pybind11::module_& m);
+void bind_runtime(pybind11::module_& m);
 }  // namespace qfair::py
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "qfair C++ core: vocabulary-wide divergences and resampling statistics";
     qfair::py::bind_divergence(m);
     qfair::py::bind_stats(m);
+    qfair::py::bind_runtime(m);
 }

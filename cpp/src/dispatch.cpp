@@ -63,6 +63,15 @@ const Kernels& active_kernels() {
 namespace qfair {
 const char* active_isa() { return detail::active_kernels().name; }
 
+std::vector<std::string> available_isas() {
+    std::vector<std::string> out;
+    for (detail::Level cap : {detail::kAvx512, detail::kAvx2, detail::kBaseline}) {
+        const std::string name = detail::choose(cap)->name;
+        if (out.empty() || out.back() != name) out.push_back(name);
+    }
+    return out;
+}
+
 const char* select_isa(const char* cap) {
     const detail::Kernels* k = detail::choose(detail::parse_cap(cap));
     detail::g_chosen.store(k, std::memory_order_release);

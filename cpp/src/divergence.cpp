@@ -5,14 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <limits>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "kernels.hpp"
+#include "qfair/parallel.hpp"
 
 namespace qfair {
 namespace detail {
@@ -148,40 +147,8 @@ int64_t target_of(const int64_t* targets, int64_t r, int64_t cols) {
     return t;
 }
 
-int resolve_threads(int requested, int64_t rows) {
-    int t = requested > 0 ? requested : static_cast<int>(std::thread::hardware_concurrency());
-    if (t < 1) t = 1;
-    // A thread per few rows is not worth its start-up cost.
-    int64_t useful = rows / 4 + 1;
-    if (t > useful) t = static_cast<int>(useful);
-    return t;
-}
-
-// Runs fn(begin, end, worker) over contiguous row blocks on `threads` threads.
-// The first exception thrown by any worker is rethrown after all have joined.
-template <class Fn>
-void parallel_rows(int64_t rows, int threads, Fn fn) {
-    if (threads <= 1) {
-        fn(int64_t{0}, rows, 0);
-        return;
-    }
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
-    std::vector<std::thread> pool;
-    pool.reserve(static_cast<size_t>(threads));
-    for (int w = 0; w < threads; ++w) {
-        int64_t begin = rows * w / threads, end = rows * (w + 1) / threads;
-        pool.emplace_back([&, begin, end, w] {
-            try {
-                fn(begin, end, w);
-            } catch (...) {
-                errors[static_cast<size_t>(w)] = std::current_exception();
-            }
-        });
-    }
-    for (auto& th : pool) th.join();
-    for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
-}
+// A thread per few rows at least: fewer are not worth their start-up cost.
+constexpr int64_t kRowsPerThread = 4;
 
 // Scratch owned by one worker: the two top-k heaps and the overlap buffers.
 struct Scratch {
@@ -217,10 +184,13 @@ SideRow process_side(const Kernels& k, const Matrix& m, int64_t r, int64_t targe
     s.entropy = kNaN;
     if (s.valid) {
         detail::SumExp se = k.sum_exp(row, m.dtype, m.cols, s.scan.max, exp_store);
-        s.total = se.total;
-        s.log_norm = static_cast<double>(s.scan.max) + std::log(se.total);
-        s.entropy = std::log(se.total) - se.weighted / se.total;
-        if (heap != nullptr) detail::topk_sort(*heap);
+        s.valid = std::isfinite(se.total);  // NaN: the row holds a NaN
+        if (s.valid) {
+            s.total = se.total;
+            s.log_norm = static_cast<double>(s.scan.max) + std::log(se.total);
+            s.entropy = std::log(se.total) - se.weighted / se.total;
+            if (heap != nullptr) detail::topk_sort(*heap);
+        }
     }
     return s;
 }
@@ -286,10 +256,10 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
     }
     const Kernels& k = detail::active_kernels();
     const int64_t n = p.cols;
-    const int threads = resolve_threads(options.threads, p.rows);
+    const int threads = resolve_threads(options.threads, p.rows, kRowsPerThread);
     std::vector<InvalidCounts> counts(static_cast<size_t>(std::max(threads, 1)));
 
-    parallel_rows(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
+    parallel_for(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
         Scratch s(kmax, n);
         TopK hp = s.heap_p(), hq = s.heap_q();
         InvalidCounts& c = counts[static_cast<size_t>(worker)];
@@ -312,8 +282,10 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
                 a.q_hat = s.exp_q.data();
                 a.n = n;
                 split(sq.log_norm - sp.log_norm, a.dc_hi, a.dc_lo);
-                a.inv_sp = static_cast<float>(1.0 / sp.total);
-                a.inv_sq = static_cast<float>(1.0 / sq.total);
+                a.inv_sp_d = 1.0 / sp.total;
+                a.inv_sq_d = 1.0 / sq.total;
+                a.inv_sp = static_cast<float>(a.inv_sp_d);
+                a.inv_sq = static_cast<float>(a.inv_sq_d);
                 if (r + 1 < end) {
                     a.next_p = row_ptr(p, r + 1);
                     a.next_q = row_ptr(q, r + 1);
@@ -357,9 +329,9 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
 int64_t distribution_stats(const Matrix& p, const int64_t* targets, int threads_requested, SideOutputs& out) {
     check_matrix(p, "p");
     const Kernels& k = detail::active_kernels();
-    const int threads = resolve_threads(threads_requested, p.rows);
+    const int threads = resolve_threads(threads_requested, p.rows, kRowsPerThread);
     std::vector<int64_t> invalid(static_cast<size_t>(std::max(threads, 1)), 0);
-    parallel_rows(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
+    parallel_for(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
         Scratch s(2, 0);
         TopK hp = s.heap_p();
         for (int64_t r = begin; r < end; ++r) {

@@ -33,8 +33,9 @@ void topk_offer(TopK& t, float value, int64_t id);   // out of line on purpose
 void topk_sort(TopK& t);
 
 struct ScanResult {
-    float max;         // largest value (NaN-free rows only)
-    bool invalid;      // NaN or +inf present, or no finite entry
+    float max;         // largest value (the best element of the top-k; NaN never enters it)
+    bool invalid;      // max is +inf (an +inf entry) or -inf (no finite entry); a NaN
+                       // entry is caught by sum_exp instead (its total is NaN)
     int64_t greater;   // #{v : x[v] > target_value}
 };
 
@@ -43,7 +44,7 @@ struct JointSums {
     double kl_pq, kl_qp, js, tv;
 };
 
-// sum_v e^y and sum_v e^y * y, y = x[v] - shift.
+// sum_v e^y and sum_v e^y * y, y = x[v] - shift; both NaN when the row holds a NaN.
 struct SumExp {
     double total, weighted;
 };
@@ -51,7 +52,7 @@ struct SumExp {
 // The joint pass over a row pair. dc = dc_hi + dc_lo = cq - cp, the
 // difference of the rows' log-normalisers, forms d = log q - log p =
 // (xq - xp) - dc; p_hat holds exp(xp - max p) from the normaliser pass and
-// inv_sp = 1 / sum(p_hat) (likewise for q).
+// inv_sp = 1 / sum(p_hat) (likewise for q), rounded to float and in double.
 struct JointArgs {
     const void* p;
     DType dp;
@@ -61,14 +62,30 @@ struct JointArgs {
     const float* q_hat;
     int64_t n;
     float dc_hi, dc_lo, inv_sp, inv_sq;
+    double inv_sp_d, inv_sq_d;
     // The next row pair (null on a worker's last row): prefetched during this
     // pass, so that the next row's first pass finds it in cache.
     const void* next_p = nullptr;
     const void* next_q = nullptr;
 };
 
+// Weighted sums for the bootstrap (stats_bootstrap.cpp). Multiplicities are
+// uint16 (count_bytes = 2) or uint32 (4, values < 2^31), read as
+// counts[gather[j]], or counts[j] when gather is null. Every sum runs in four chains (element offset from the range's
+// start mod 4) combined as (s0 + s1) + (s2 + s3), without FMA, so that
+// every instruction set gives the same bits.
+struct Segment {
+    int64_t begin, end;
+};
+
 struct Kernels {
     const char* name;
+    // sum_j c_j d[j] over [0, n).
+    double (*dot_counts)(const void* counts, int count_bytes, const uint32_t* gather, const double* d, int64_t n);
+    // For each segment s: out[s * (k + 1)] = sum c_j, out[s * (k + 1) + 1 + t] =
+    // sum c_j cols[t][j] over j in the segment; k is 2 or 4.
+    void (*segment_sums)(const void* counts, int count_bytes, const uint32_t* gather, const double* const* cols,
+                         int k, const Segment* segs, int64_t nseg, double* out);
     // First pass over one row: max, validity, target rank count (skipped when
     // target_value is NaN), top-k (topk must not be null; k >= 1).
     ScanResult (*scan)(const void* row, DType dtype, int64_t n, float target_value, TopK* topk);

@@ -9,11 +9,11 @@
 
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
+
+#include "qfair/parallel.hpp"
 
 namespace qfair {
 namespace {
@@ -114,33 +114,12 @@ void llamacpp_token_stats(const Matrix& q, const Matrix& base, const int64_t* ta
             throw std::invalid_argument("targets: row " + std::to_string(r) + " has token id " +
                                         std::to_string(targets[r]) + ", outside the vocabulary of size " +
                                         std::to_string(cols));
-    int t = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
-    if (t < 1) t = 1;
-    if (t > rows) t = static_cast<int>(rows > 0 ? rows : 1);
-    auto work = [&](int64_t begin, int64_t end) {
+    auto work = [&](int64_t begin, int64_t end, int /*worker*/) {
         std::vector<float> qb(static_cast<size_t>(cols)), bb(static_cast<size_t>(cols));
         for (int64_t r = begin; r < end; ++r)
             token_row(row_as_float(q, r, qb), row_as_float(base, r, bb), cols, targets[r], out, r);
     };
-    if (t <= 1) {
-        work(0, rows);
-        return;
-    }
-    std::vector<std::thread> pool;
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(t));
-    for (int w = 0; w < t; ++w) {
-        const int64_t begin = rows * w / t, end = rows * (w + 1) / t;
-        pool.emplace_back([&, begin, end, w] {
-            try {
-                work(begin, end);
-            } catch (...) {
-                errors[static_cast<size_t>(w)] = std::current_exception();
-            }
-        });
-    }
-    for (auto& th : pool) th.join();
-    for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
+    parallel_for(rows, resolve_threads(threads, rows), work);
 }
 
 }  // namespace qfair

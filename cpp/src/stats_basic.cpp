@@ -5,7 +5,6 @@
 #include <limits>
 #include <numeric>
 #include <stdexcept>
-#include <thread>
 
 #include "qfair/stats.hpp"
 
@@ -68,12 +67,6 @@ uint32_t Rng::below(uint32_t n) {
         }
     }
     return uint32_t(m >> 32);
-}
-
-int resolve_threads(int threads) {
-    if (threads > 0) return threads;
-    unsigned h = std::thread::hardware_concurrency();
-    return h == 0 ? 1 : int(h);
 }
 
 // ------------------------------------------------------------------- normal

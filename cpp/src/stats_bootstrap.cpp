@@ -8,6 +8,8 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "kernels.hpp"
+#include "qfair/parallel.hpp"
 #include "qfair/stats.hpp"
 #include "stats_internal.hpp"
 
@@ -29,7 +31,7 @@ void check_finite(const double* v, int64_t n, const char* what) {
 
 void Statistic::jackknife(double* out, int threads) const {
     const int64_t n = n_;
-    detail::parallel_for(n, resolve_threads(threads), [&](int64_t b, int64_t e) {
+    parallel_for(n, resolve_threads(threads, n), [&](int64_t b, int64_t e, int) {
         std::vector<uint32_t> counts(size_t(n), 1u);
         for (int64_t i = b; i < e; ++i) {
             counts[size_t(i)] = 0;
@@ -37,6 +39,49 @@ void Statistic::jackknife(double* out, int threads) const {
             counts[size_t(i)] = 1;
         }
     });
+}
+
+namespace {
+// The default ordered evaluator: multiplicities scattered back to example
+// order, then Statistic::eval.
+class ScatterBack final : public OrderedEval {
+public:
+    ScatterBack(const Statistic& s, const std::vector<uint32_t>* order) : OrderedEval(s.n()), s_(s), order_(order) {}
+    double eval(const uint32_t* counts) const override {
+        if (order_ == nullptr) return s_.eval(counts);
+        thread_local std::vector<uint32_t> buf;
+        buf.resize(order_->size());
+        for (size_t j = 0; j < buf.size(); ++j) buf[(*order_)[j]] = counts[j];
+        return s_.eval(buf.data());
+    }
+
+private:
+    const Statistic& s_;
+    const std::vector<uint32_t>* order_;
+};
+
+// sum_i counts[i] d[i] with the vector kernels (the same bits on every ISA).
+template <class C>
+double dot_counts(const C* counts, const double* d, int64_t n) {
+    return qfair::detail::active_kernels().dot_counts(counts, int(sizeof(C)), nullptr, d, n);
+}
+
+// The inverse of a permutation: position of each example.
+std::vector<uint32_t> inverse(const std::vector<uint32_t>& order) {
+    std::vector<uint32_t> inv(order.size());
+    for (size_t j = 0; j < order.size(); ++j) inv[order[j]] = uint32_t(j);
+    return inv;
+}
+}  // namespace
+
+double OrderedEval::eval16(const uint16_t* counts) const {
+    thread_local std::vector<uint32_t> wide;
+    wide.assign(counts, counts + n_);
+    return eval(wide.data());
+}
+
+std::unique_ptr<OrderedEval> Statistic::ordered(const std::vector<uint32_t>* order) const {
+    return std::make_unique<ScatterBack>(*this, order);
 }
 
 // ------------------------------------------------------------- mean difference
@@ -50,18 +95,23 @@ public:
         sum_ = 0.0;
         for (double v : d_) sum_ += v;
     }
-    double eval(const uint32_t* counts) const override {
-        const double* d = d_.data();
-        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;  // four chains: latency, not a loop-carried add
-        int64_t i = 0;
-        for (; i + 4 <= n_; i += 4) {
-            s0 += double(counts[i]) * d[i];
-            s1 += double(counts[i + 1]) * d[i + 1];
-            s2 += double(counts[i + 2]) * d[i + 2];
-            s3 += double(counts[i + 3]) * d[i + 3];
-        }
-        for (; i < n_; ++i) s0 += double(counts[i]) * d[i];
-        return ((s0 + s1) + (s2 + s3)) / double(n_);
+    double eval(const uint32_t* counts) const override { return dot_counts(counts, d_.data(), n_) / double(n_); }
+    std::unique_ptr<OrderedEval> ordered(const std::vector<uint32_t>* order) const override {
+        // The differences listed in that order: a sequential dot product.
+        class Eval final : public OrderedEval {
+        public:
+            Eval(std::vector<double> d, int64_t n) : OrderedEval(n), d_(std::move(d)) {}
+            double eval(const uint32_t* counts) const override { return dot_counts(counts, d_.data(), n()) / double(n()); }
+            double eval16(const uint16_t* counts) const override {
+                return dot_counts(counts, d_.data(), n()) / double(n());
+            }
+
+        private:
+            std::vector<double> d_;
+        };
+        std::vector<double> d(d_.size());
+        for (size_t j = 0; j < d.size(); ++j) d[j] = d_[order ? (*order)[j] : j];
+        return std::make_unique<Eval>(std::move(d), n_);
     }
     bool has_draws_path() const override { return true; }
     double eval_draws(const uint32_t* idx) const override {
@@ -332,58 +382,121 @@ public:
                     pseg_.push_back({int32_t(key[i] / bins), int32_t(key[i] % bins), j, j});
                 pseg_.back().end = j + 1;
             }
+            for (const PairSeg& g : pseg_) segs_.push_back({g.begin, g.end});
+            if (m_ == CalMeasure::ECE) {
+                // ECE needs only each bin's gap sum(correct - conf): two sums
+                // an example instead of four.
+                pgy_.resize(size_t(n));
+                pgx_.resize(size_t(n));
+                for (int64_t j = 0; j < n; ++j) {
+                    pgy_[size_t(j)] = pay_[size_t(j)] - pcy_[size_t(j)];
+                    pgx_[size_t(j)] = pax_[size_t(j)] - pcx_[size_t(j)];
+                }
+            }
         }
     }
     double eval(const uint32_t* counts) const override {
-        if (!pseg_.empty()) return eval_pairs(counts);
+        if (!pseg_.empty()) return eval_pairs(counts, 4, pperm_.data());
         const double vy = y_.eval(counts, m_);
         return has_x_ ? vy - x_.eval(counts, m_) : vy;
     }
 
-    double eval_pairs(const uint32_t* counts) const {
+    // The pair-segment order, in which the multiplicities are read without a
+    // gather.
+    const std::vector<uint32_t>* preferred_order() const override { return pseg_.empty() ? nullptr : &pperm_; }
+
+    std::unique_ptr<OrderedEval> ordered(const std::vector<uint32_t>* order) const override {
+        if (pseg_.empty()) return Statistic::ordered(order);
+        // gather[j]: where the multiplicity of the example at pair-segment
+        // position j sits in `order` (none when the orders are the same).
+        class Eval final : public OrderedEval {
+        public:
+            Eval(const CalibrationDiff& s, std::vector<uint32_t> gather)
+                : OrderedEval(s.n()), s_(s), gather_(std::move(gather)) {}
+            double eval(const uint32_t* counts) const override {
+                return s_.eval_pairs(counts, 4, gather_.empty() ? nullptr : gather_.data());
+            }
+            double eval16(const uint16_t* counts) const override {
+                return s_.eval_pairs(counts, 2, gather_.empty() ? nullptr : gather_.data());
+            }
+
+        private:
+            const CalibrationDiff& s_;
+            std::vector<uint32_t> gather_;
+        };
+        std::vector<uint32_t> gather;
+        if (order == nullptr) {
+            gather = pperm_;
+        } else if (order != &pperm_) {
+            const std::vector<uint32_t> pos = inverse(*order);
+            gather.resize(pperm_.size());
+            for (size_t j = 0; j < gather.size(); ++j) gather[j] = pos[pperm_[j]];
+        }
+        return std::make_unique<Eval>(*this, std::move(gather));
+    }
+
+    // Per pair segment (examples with one bin under y and one under x): the
+    // sums of multiplicity and of the value columns (vector kernels), then
+    // into the bins in segment order. counts[gather[j]] (or counts[j] when
+    // gather is null) is the multiplicity of the example at pair-segment
+    // position j.
+    const double* segment_sums(const void* counts, int count_bytes, const uint32_t* gather, bool ece) const {
+        const int k = ece ? 2 : 4;
+        const double* cols_full[4] = {pcy_.data(), pay_.data(), pcx_.data(), pax_.data()};
+        const double* cols_ece[2] = {pgy_.data(), pgx_.data()};
+        thread_local std::vector<double> sums;
+        sums.resize(segs_.size() * size_t(k + 1));
+        qfair::detail::active_kernels().segment_sums(counts, count_bytes, gather, ece ? cols_ece : cols_full, k,
+                                                     segs_.data(), int64_t(segs_.size()), sums.data());
+        return sums.data();
+    }
+
+    double eval_pairs(const void* counts, int count_bytes, const uint32_t* gather) const {
+        if (!pgy_.empty()) return eval_pairs_ece(counts, count_bytes, gather);
         const int B = y_.bins;
         thread_local std::vector<double> acc;
         acc.assign(size_t(6 * B), 0.0);
         double *ny = acc.data(), *sy = ny + B, *ay = sy + B, *nx = ay + B, *sx = nx + B, *ax = sx + B;
-        const uint32_t* perm = pperm_.data();
-        const double *cy = pcy_.data(), *yy = pay_.data(), *cx = pcx_.data(), *xx = pax_.data();
+        const double* v = segment_sums(counts, count_bytes, gather, false);
         for (const PairSeg& g : pseg_) {
-            double c0 = 0, sy0 = 0, ay0 = 0, sx0 = 0, ax0 = 0;
-            double c1 = 0, sy1 = 0, ay1 = 0, sx1 = 0, ax1 = 0;
-            int64_t j = g.begin;
-            for (; j + 2 <= g.end; j += 2) {
-                const double w0 = double(counts[perm[j]]), w1 = double(counts[perm[j + 1]]);
-                c0 += w0;
-                sy0 += w0 * cy[j];
-                ay0 += w0 * yy[j];
-                sx0 += w0 * cx[j];
-                ax0 += w0 * xx[j];
-                c1 += w1;
-                sy1 += w1 * cy[j + 1];
-                ay1 += w1 * yy[j + 1];
-                sx1 += w1 * cx[j + 1];
-                ax1 += w1 * xx[j + 1];
-            }
-            if (j < g.end) {
-                const double w0 = double(counts[perm[j]]);
-                c0 += w0;
-                sy0 += w0 * cy[j];
-                ay0 += w0 * yy[j];
-                sx0 += w0 * cx[j];
-                ax0 += w0 * xx[j];
-            }
-            ny[g.by] += c0 + c1;
-            sy[g.by] += sy0 + sy1;
-            ay[g.by] += ay0 + ay1;
-            nx[g.bx] += c0 + c1;
-            sx[g.bx] += sx0 + sx1;
-            ax[g.bx] += ax0 + ax1;
+            ny[g.by] += v[0];
+            sy[g.by] += v[1];
+            ay[g.by] += v[2];
+            nx[g.bx] += v[0];
+            sx[g.bx] += v[3];
+            ax[g.bx] += v[4];
+            v += 5;
         }
         double total = 0.0;
         for (int b = 0; b < B; ++b) total += ny[b];
         return detail::measure_from_bins(ny, sy, ay, B, total, m_) -
                detail::measure_from_bins(nx, sx, ax, B, total, m_);
     }
+
+    // eval_pairs for ECE = sum_b |sum_{i in b} c_i (correct_i - conf_i)| / N,
+    // from the gap sums alone.
+    double eval_pairs_ece(const void* counts, int count_bytes, const uint32_t* gather) const {
+        const int B = y_.bins;
+        thread_local std::vector<double> acc;
+        acc.assign(size_t(2 * B), 0.0);
+        double *gap_y = acc.data(), *gap_x = gap_y + B;
+        const double* v = segment_sums(counts, count_bytes, gather, true);
+        double total = 0.0;
+        for (const PairSeg& g : pseg_) {
+            total += v[0];
+            gap_y[g.by] += v[1];
+            gap_x[g.bx] += v[2];
+            v += 3;
+        }
+        if (!(total > 0)) return std::numeric_limits<double>::quiet_NaN();
+        double ey = 0.0, ex = 0.0;
+        for (int b = 0; b < B; ++b) {
+            ey += std::fabs(gap_y[b]);
+            ex += std::fabs(gap_x[b]);
+        }
+        return ey / total - ex / total;
+    }
+
     // Counts, not draws: the per-bin sums then run over examples in bin order
     // with register accumulators instead of read-modify-writes per draw.
     bool has_draws_path() const override { return false; }
@@ -411,6 +524,8 @@ private:
     std::vector<PairSeg> pseg_;
     std::vector<uint32_t> pperm_;
     std::vector<double> pcy_, pay_, pcx_, pax_;
+    std::vector<double> pgy_, pgx_;  // ECE: correct - conf in pair-segment order
+    std::vector<qfair::detail::Segment> segs_;  // pseg_'s ranges
 };
 }  // namespace
 
@@ -516,13 +631,15 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
     const int64_t n = stats[0]->n();
     for (auto* s : stats)
         if (s->n() != n) throw std::invalid_argument("bootstrap: statistics differ in length");
-    if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+    // Multiplicities are summed as int32 by the vector kernels.
+    if (n < 1 || n >= (int64_t(1) << 31))
+        throw std::invalid_argument("bootstrap: need 1 to 2^31 - 1 examples, got " + std::to_string(n));
     if (opt.resamples < 1) throw std::invalid_argument("bootstrap: resamples must be >= 1");
     if (!(opt.confidence > 0.0 && opt.confidence < 1.0))
         throw std::invalid_argument("bootstrap: confidence must be in (0, 1)");
     const int64_t B = opt.resamples;
     const size_t K = stats.size();
-    const int threads = resolve_threads(opt.threads);
+    const int threads = resolve_threads(opt.threads, B);
     std::vector<double> theta(K * size_t(B));
 
     // Statistics that need multiplicities get them straight from the draws and
@@ -530,12 +647,53 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
     // product); otherwise the draws are kept as indices.
     bool need_counts = false;
     for (auto* s : stats) need_counts |= !s->has_draws_path();
-    detail::parallel_for(B, threads, [&](int64_t b0, int64_t b1) {
+    // The draws are counted in one order of the examples, the first
+    // preferred one, so that (at least) that statistic reads its
+    // multiplicities sequentially; pos[i] is example i's position in it.
+    // Below 2^16 examples the multiplicities and positions are 16-bit: the
+    // draw loop's random increments then stay in L1 (n = 10,000: 40 kB
+    // instead of 80 kB), about a quarter faster.
+    const std::vector<uint32_t>* order = nullptr;
+    std::vector<std::unique_ptr<OrderedEval>> evals;
+    if (need_counts) {
+        for (auto* s : stats)
+            if ((order = s->preferred_order()) != nullptr) break;
+        for (auto* s : stats) evals.push_back(s->ordered(order));
+    }
+    const bool narrow = n < (int64_t(1) << 16);
+    std::vector<uint32_t> pos32;
+    std::vector<uint16_t> pos16;
+    if (need_counts) {
+        if (narrow) {
+            pos16.resize(size_t(n));
+            for (int64_t i = 0; i < n; ++i) pos16[size_t(i)] = uint16_t(i);
+            if (order != nullptr)
+                for (size_t j = 0; j < order->size(); ++j) pos16[(*order)[j]] = uint16_t(j);
+        } else {
+            pos32.resize(size_t(n));
+            std::iota(pos32.begin(), pos32.end(), 0u);
+            if (order != nullptr) pos32 = inverse(*order);
+        }
+    }
+    // Counts resample b into c (in the chosen order) and evaluates every statistic.
+    auto count_and_eval = [&](auto* c, const auto* pos, int64_t b) {
+        std::memset(c, 0, size_t(n) * sizeof(*c));
+        for_each_draw(n, opt.seed, b, [c, pos](int64_t, uint32_t i) { ++c[pos[i]]; });
+        for (size_t k = 0; k < K; ++k) {
+            if constexpr (sizeof(*c) == 2)
+                theta[k * size_t(B) + size_t(b)] = evals[k]->eval16(c);
+            else
+                theta[k * size_t(B) + size_t(b)] = evals[k]->eval(c);
+        }
+    };
+    parallel_for(B, threads, [&](int64_t b0, int64_t b1, int) {
         std::vector<uint32_t> buf(static_cast<size_t>(n));
+        std::vector<uint16_t> buf16(narrow && need_counts ? size_t(n) : 0);
         for (int64_t b = b0; b < b1; ++b) {
-            if (need_counts) {
-                bootstrap_counts(n, opt.seed, b, buf.data());
-                for (size_t k = 0; k < K; ++k) theta[k * size_t(B) + size_t(b)] = stats[k]->eval(buf.data());
+            if (need_counts && narrow) {
+                count_and_eval(buf16.data(), pos16.data(), b);
+            } else if (need_counts) {
+                count_and_eval(buf.data(), pos32.data(), b);
             } else {
                 bootstrap_draws(n, opt.seed, b, buf.data());
                 for (size_t k = 0; k < K; ++k)
@@ -620,19 +778,16 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
     const double gamma = std::max(100.0 * std::numeric_limits<double>::epsilon() * std::fabs(r.statistic),
                                   16.0 * std::numeric_limits<double>::epsilon() * sabs);
     const double obs = r.statistic;
-    const int T = resolve_threads(threads);
     r.exact = n < 62 && (int64_t(1) << n) <= resamples;
     const int64_t M = r.exact ? (int64_t(1) << n) : resamples;
     r.resamples = M;
+    const int T = resolve_threads(threads, M);
+    // Each block counts into its own slot; deterministic because each
+    // resample's signs depend only on (seed, r) (or on the mask, when exact).
     std::vector<int64_t> le(size_t(T), 0), ge(size_t(T), 0);
-    // Split by slot so each thread writes its own counters; deterministic because
-    // each resample's signs depend only on (seed, r) (or on the mask, when exact).
-    std::vector<std::pair<int64_t, int64_t>> ranges;
-    for (int k = 0; k < T; ++k) ranges.push_back({M * k / T, M * (k + 1) / T});
-    std::vector<std::thread> pool;
-    auto work = [&](int k) {
+    parallel_for(M, T, [&](int64_t m0, int64_t m1, int k) {
         int64_t cle = 0, cge = 0;
-        for (int64_t m = ranges[size_t(k)].first; m < ranges[size_t(k)].second; ++m) {
+        for (int64_t m = m0; m < m1; ++m) {
             double s = 0.0;
             if (r.exact) {
                 for (int64_t i = 0; i < n; ++i) s += ((m >> i) & 1) ? -d[i] : d[i];
@@ -663,13 +818,7 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
         }
         le[size_t(k)] = cle;
         ge[size_t(k)] = cge;
-    };
-    if (T == 1) {
-        work(0);
-    } else {
-        for (int k = 0; k < T; ++k) pool.emplace_back(work, k);
-        for (auto& th : pool) th.join();
-    }
+    });
     int64_t cle = 0, cge = 0;
     for (int k = 0; k < T; ++k) {
         cle += le[size_t(k)];

@@ -11,8 +11,22 @@ import click
 from qfair import __version__
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    try:  # the compiled core is small and loads fast; `qfair --help` does not load it
+        from qfair._native import core
+
+        kernels = f" (C++ core: {core.active_isa()} kernels; this CPU runs {', '.join(core.available_isas())})"
+    except ImportError as exc:  # pragma: no cover - broken install
+        kernels = f" (C++ core not loadable: {exc})"
+    click.echo(f"qfair, version {__version__}{kernels}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="qfair")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and the vector kernels the core runs with, and exit.")
 def main() -> None:
     """Measure what quantization does to a language model's confidence and
     vocabulary-wide output distributions, and who bears the cost.

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace qfair {
@@ -48,7 +49,7 @@ struct DivergenceOutputs {
 
 struct DivergenceOptions {
     std::vector<int> topk;       // k values for overlap; each in [1, 1000]
-    int threads = 0;             // 0 = hardware concurrency
+    int threads = 0;             // 0: one per available CPU; < 0 is an error (qfair/parallel.hpp)
 };
 
 // Counts of rows whose metrics are NaN because their input was not a valid
@@ -75,6 +76,10 @@ int64_t distribution_stats(const Matrix& p, const int64_t* targets, int threads,
 // QFAIR_ISA=avx512|avx2|baseline in the environment caps the choice (for tests
 // and benchmarks); a level the CPU lacks is never chosen.
 const char* active_isa();
+
+// The kernels this build has and this CPU runs, widest first (always ends
+// with "baseline").
+std::vector<std::string> available_isas();
 
 // Re-chooses the kernel with the given cap ("avx512", "avx2", "baseline");
 // returns the name of the one now active. Not for use while a call is running.

@@ -85,12 +85,39 @@ CalibrationResult calibration(const double* conf, const double* correct, int64_t
 enum class CalMeasure { ECE, MCE, RMS, L2Debiased };
 
 // ---------------------------------------------------------------- bootstrap
+// Evaluates a statistic on multiplicities listed in an order fixed when it was
+// made (see Statistic::ordered). eval must be safe to call from several
+// threads at once.
+class OrderedEval {
+public:
+    explicit OrderedEval(int64_t n) : n_(n) {}
+    virtual ~OrderedEval() = default;
+    // counts[j] = multiplicity of example order[j], j < n.
+    virtual double eval(const uint32_t* counts) const = 0;
+    // The same with 16-bit multiplicities (the driver's choice for n < 2^16);
+    // the default widens them and calls eval.
+    virtual double eval16(const uint16_t* counts) const;
+    int64_t n() const { return n_; }
+
+private:
+    int64_t n_;
+};
+
 // A statistic evaluated on a resample given as multiplicities (counts[i] = how
 // many times example i was drawn; they sum to n).
 class Statistic {
 public:
     virtual ~Statistic() = default;
     virtual double eval(const uint32_t* counts) const = 0;
+    // The bootstrap driver counts the draws in one order of the examples that
+    // every statistic then reads: the first statistic's preferred order (a
+    // permutation of 0..n-1, position -> example; null: no preference), so
+    // that it reads its multiplicities sequentially.
+    virtual const std::vector<uint32_t>* preferred_order() const { return nullptr; }
+    // An evaluator on multiplicities listed in `order` (null: example order);
+    // `order` outlives it. Equals eval() up to floating-point summation order.
+    // The default scatters the multiplicities back and calls eval().
+    virtual std::unique_ptr<OrderedEval> ordered(const std::vector<uint32_t>* order) const;
     // Faster path from the drawn indices themselves (idx has n entries), for
     // statistics that need no counts; the result equals eval(counts of idx) up
     // to floating-point summation order.
@@ -119,7 +146,7 @@ struct BootstrapOptions {
     int64_t resamples = 10000;
     uint64_t seed = 0;
     double confidence = 0.95;
-    int threads = 0;  // 0: all hardware threads
+    int threads = 0;  // 0: one per available CPU (qfair::resolve_threads)
     bool keep_distribution = false;
 };
 
@@ -161,7 +188,5 @@ struct PermutationResult {
 // conventions of scipy.stats.permutation_test(permutation_type='samples').
 PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, uint64_t seed,
                                  int threads);
-
-int resolve_threads(int threads);
 
 }  // namespace qfair::stats
