@@ -282,12 +282,15 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
             binning: str = "width", topk: Sequence[int] = (1, 5, 10), strata: str = "confidence",
             n_strata: int = 5, confidence: float = 0.95, threads: int | None = None,
             metrics: Mapping[str, Callable[..., Any]] | None = None, chunk_rows: int = 4096,
-            tokens: bool = True, permutation: bool = True, progress: bool = False) -> Comparison:
+            tokens: bool = True, permutation: bool = True, progress: bool = False,
+            kind_options: Mapping[str, Any] | None = None) -> Comparison:
     """Compare a base dump with one or more quantized dumps.
 
     ``base``/``quant``: dump paths or opened dumps (``quant`` may be a list).
     ``metrics``: custom token metrics ``{name: fn}``; ``fn`` receives a
     :class:`qfair.analyze.tokens.TokenChunk` and returns one value per row.
+    ``kind_options``: keyword arguments of the dump kind's own analysis (e.g.
+    a generation dump's ``lexicons`` and ``scorer``).
     """
     _check_options(binning, strata, bootstrap)
     b = _open(base)
@@ -295,12 +298,14 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
     if not quants:
         raise ValueError("compare: need at least one quantized dump")
     labels = model_labels(quants)
-    for q in quants:
-        b.aligned_with(q)
+    rows_aligned = [b.aligned_with(q) for q in quants]  # False: same examples, rows not meant to align
 
     cfg = StatsConfig(resamples=int(bootstrap), seed=int(seed), confidence=float(confidence),
                       threads=threads, bins=int(bins), binning=binning, permutation=permutation)
     kind = b.kind
+    if kind_options and not kind.analysis:
+        raise ValueError(f"options {sorted(kind_options)} apply to a dump kind's own analysis; a {kind.name!r} "
+                         "dump has none")
     custom = dict(metrics or {})
     if custom and not kind.has_tokens:
         raise ValueError(f"custom token metrics need a tokens table; a {kind.name!r} dump has none")
@@ -314,7 +319,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
             sub = base_ex.filter(pl.col("task") == task)
             parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg.bins, "base", "base", task)
 
-    for q, label in zip(quants, labels):
+    for q, label, aligned in zip(quants, labels, rows_aligned):
         j = meta
         if base_ex is not None:
             q_ex = example_stats(q.examples, q.choices, task_kinds(q.manifest) or task_kinds(b.manifest),
@@ -326,7 +331,10 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
                     notes.append(f"{who}: {bad} example(s) with a non-finite choice log-likelihood; their "
                                  "statistics are NaN and every test leaves them out (see the rows' n)")
         side = _TokenSide()
-        if tokens and kind.has_tokens:
+        if kind.has_tokens and not aligned:
+            notes.append(f"{label}: its rows do not follow the base dump's text (a generation dump made without "
+                         "--reference, or with another reference); only text-level comparisons are possible")
+        if tokens and kind.has_tokens and aligned:
             side = token_side(b, q, label, meta, topk=topk, chunk_rows=chunk_rows, threads=threads,
                               custom=custom, progress=progress, notes=notes)
             j = j.join(side.aggregates, on="example_id", how="left")
@@ -335,7 +343,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0, bi
         task_tables(parts, j, label, cfg, side, strata, n_strata)
         extra = kind_analysis(kind)
         if extra is not None:
-            for name, df in extra(b, q, label, cfg, side.table).items():
+            for name, df in extra(b, q, label, cfg, side.table, **dict(kind_options or {})).items():
                 parts.extra.setdefault(name, []).append(df)
 
     settings = {"bootstrap": int(bootstrap), "seed": int(seed), "bins": int(bins), "binning": binning,

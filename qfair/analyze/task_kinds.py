@@ -111,3 +111,6 @@ CROWS_PAIRS = register_task_kind(TaskKind(
                            direction=-1, doc="|loglik(more) - loglik(less)|")),
     headline=("pct_stereotype", "likelihood_diff"),
     doc="minimal sentence pairs; bias = how often the stereotyping sentence is likelier (ideal 50 %)"))
+GENERATION = register_task_kind(TaskKind(
+    "generation", headline=("kl_pq",), correctness=False,
+    doc="prompts the model continues (no gold answer); compared along the base text and between the free texts"))

@@ -15,7 +15,7 @@ multiple_choice     choices, tokens                  tokens: example_id, choice,
 choices_only        choices                          (no rows: examples align on example_id)
 ==================  ===============================  ==========================================
 
-(``generation`` and ``text`` register themselves where they are implemented.)
+(``generation`` registers itself in :mod:`qfair.generation.kind`; further kinds where they are implemented.)
 """
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ class DumpKind:
     # "module:function" adding this kind's own analysis tables to qfair.compare
     # (fn(base, quant, label, cfg, token_table) -> {table name: DataFrame}); imported when needed
     analysis: str | None = None
+    # "module:function" telling whether two dumps of this kind are meant to align row by row
+    # (fn(a, b) -> bool; None: always). When it says no, only the examples must agree, and the
+    # analysis compares what does not need aligned rows (e.g. generation dumps without --reference).
+    rows_align: str | None = None
     doc: str = ""
 
     @property
@@ -71,7 +75,9 @@ def get_kind(name: str | None) -> DumpKind:
 
 
 # modules that register further kinds when imported (one line per kind implemented elsewhere)
-_PLUGINS: tuple[str, ...] = ()
+_PLUGINS: tuple[str, ...] = (
+    "qfair.generation.kind",
+)
 
 
 def _load_plugins() -> None:

@@ -38,8 +38,10 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
          limit: int | None = None, store: str = "full", store_dtype: str = "f16",
          shard_rows: int = DEFAULT_SHARD_ROWS, batch_size: int = DEFAULT_BATCH_SIZE,
          resume: bool = False, overwrite: bool = False, seed: int = 0, progress: bool = True,
-         load_kwargs: dict[str, Any] | None = None) -> DumpSummary:
-    """Load the model and tasks by name, then ``run_dump``."""
+         load_kwargs: dict[str, Any] | None = None, generation: dict[str, Any] | None = None) -> DumpSummary:
+    """Load the model and tasks by name, then ``run_dump`` (multiple-choice
+    tasks) or the generation producer (generation tasks; ``generation``:
+    max_new_tokens, temperature, top_p, samples, reference)."""
     import qfair.tasks as T
     from qfair.models import load_model
 
@@ -54,6 +56,8 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
         raise DumpError(f"--data-file given for {', '.join(unknown)}, which is not among --tasks ({', '.join(names)})")
     # tasks first: a malformed row stops the run before the (slow) model load
     task_objs = [T.get(n, data_file=files.get(n), limit=limit) for n in names]
+    gen_opts = {k: v for k, v in (generation or {}).items() if v is not None}
+    is_gen = _generation_tasks(task_objs, gen_opts)
     config = {"model": model, "quant": quant, "tasks": names,
               "data_files": {k: str(v) for k, v in sorted(files.items())}, "limit": limit,
               **{k: (str(v) if not isinstance(v, (bool, int, float, type(None))) else v)
@@ -66,7 +70,38 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
         raise DumpError(f"{out_p / mf.MANIFEST}: missing, nothing to resume (run without --resume)")
     if not resume and not overwrite and out_p.is_dir() and any(out_p.iterdir()):
         raise DumpError(f"{out_p}: directory exists and is not empty (use --resume to finish it or --overwrite to replace it)")
+    if is_gen:
+        from qfair.generation.decode import DecodeSettings
+        from qfair.generation.producer import check_reference
+
+        try:
+            settings = DecodeSettings(**{k: v for k, v in gen_opts.items() if k != "reference"}, seed=seed)
+        except ValueError as e:
+            raise DumpError(str(e)) from None
+        if gen_opts.get("reference") is not None:  # prompts and settings before the model load
+            check_reference(gen_opts["reference"], [d for t in task_objs for d in t.docs()], None, settings)
     loaded = load_model(model, quant=quant, progress=progress, **load_kwargs)
+    if is_gen:
+        from qfair.generation.producer import run_generation_dump
+
+        return run_generation_dump(out, loaded, task_objs, settings=settings, reference=gen_opts.get("reference"),
+                                   store=store, store_dtype=store_dtype, shard_rows=shard_rows,
+                                   batch_size=batch_size, resume=resume, overwrite=overwrite, progress=progress,
+                                   config=config)
     return run_dump(out, loaded, task_objs, store=store, store_dtype=store_dtype, shard_rows=shard_rows,
                     batch_size=batch_size, resume=resume, overwrite=overwrite, seed=seed,
                     progress=progress, config=config)
+
+
+def _generation_tasks(tasks: list[Any], gen_opts: dict[str, Any]) -> bool:
+    """True when every task is a generation task; DumpError when kinds are mixed
+    or generation options are given for multiple-choice tasks."""
+    gen = [t.name for t in tasks if t.kind == "generation"]
+    other = [t.name for t in tasks if t.kind != "generation"]
+    if gen and other:
+        raise DumpError(f"--tasks mixes generation tasks ({', '.join(gen)}) with scored tasks ({', '.join(other)}); "
+                        "dump them into separate directories")
+    if other and gen_opts:
+        opts = ", ".join("--" + k.replace("_", "-") for k in gen_opts)
+        raise DumpError(f"{opts}: generation options, but --tasks ({', '.join(other)}) are not generation tasks")
+    return bool(gen)

@@ -20,7 +20,7 @@ HF_SOURCE = "hf"
 class TaskSpec:
     name: str
     description: str
-    kind: str                       # "multiple_choice" | "mc2" | "crows_pairs"
+    kind: str                       # "multiple_choice" | "mc2" | "crows_pairs" | "generation"
     prompt_format_version: str
     convert: formats.Converter
     schema: str                     # the fields a data file must hold
@@ -113,6 +113,9 @@ def _specs() -> dict[str, TaskSpec]:
         "multiple_choice", "qfair/mc@1", formats.generic_mc,
         "context, choices (list), label (index), optional id and group",
         sample="mc.jsonl", group_by="group field"))
+    from qfair.generation.prompts import generation_task_specs  # prompt-only tasks (task kind "generation")
+
+    specs.extend(generation_task_specs())
     return {s.name: s for s in specs}
 
 
@@ -123,6 +126,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "crows_pairs": ("crows_pairs_english", "crows_pairs_french"),
     "truthfulqa": ("truthfulqa_mc1", "truthfulqa_mc2"),
     "ai2_arc": ("arc_easy", "arc_challenge"),
+    "generation": ("gen_stories", "gen_bias_probes"),
 }
 
 
@@ -268,7 +272,7 @@ def _convert(sp: TaskSpec, where: str, located: Iterable[tuple[str, Mapping[str,
             r = sp.convert(row)
         except FieldError as exc:
             raise TaskDataError(sp.name, where, location, exc.field, exc.problem) from None
-        if sp.name == "mc" and "id" in r.extras:
+        if (sp.name == "mc" or sp.kind == "generation") and "id" in r.extras:
             ident = r.extras["id"]
             if ident in seen_ids:
                 raise TaskDataError(sp.name, where, location, "id",
