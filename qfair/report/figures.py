@@ -442,7 +442,10 @@ def fig_flips(data: AnalysisData) -> list[Figure]:
     if not data.models or not data.tasks:
         return []
     level = _conf_level(data)
-    tasks = data.tasks
+    flips = set(data.summary.filter(pl.col("metric") == "flips")["task"].to_list()) if data.summary.height else set()
+    tasks = [t for t in data.tasks if t in flips]  # tasks with answers to flip (not generation)
+    if not tasks:
+        return []
     k = len(data.models)
     fig, axes = plt.subplots(1, k, figsize=(5.4 * k + 1.2, 0.5 * len(tasks) + 2.2), sharey=True, squeeze=False)
     y0 = np.arange(len(tasks))
@@ -567,8 +570,15 @@ def fig_groups(data: AnalysisData) -> list[Figure]:
     return out
 
 
+def fig_generation(data: AnalysisData) -> list[Figure]:
+    """Generation analyses: KL by position and identical-prefix survival (qfair.report.generation)."""
+    from qfair.report.generation import generation_figures
+
+    return generation_figures(data)
+
+
 FIGURE_FUNCS: tuple[Callable[[AnalysisData], list[Figure]], ...] = (
-    fig_reliability, fig_token_kl, fig_strata, fig_accuracy, fig_flips, fig_groups)
+    fig_reliability, fig_token_kl, fig_strata, fig_accuracy, fig_flips, fig_groups, fig_generation)
 
 
 def make_figures(data: AnalysisData, out_dir: str | Path, progress: bool = False) -> list[Figure]:
