@@ -611,3 +611,49 @@ def _gap_row(metric: str, xb: np.ndarray, xq: np.ndarray, g: np.ndarray, groups:
     r["base_low"], r["base_high"] = _pct(Db, cfg.confidence)
     r["quant_low"], r["quant_high"] = _pct(Dq, cfg.confidence)
     return r
+
+
+# ---------------------------------------------------------------------------
+# a few lines for a terminal (qfair demo)
+
+def demo_lines(cmp: Any, width: int = 70) -> list[str]:
+    """Per quantized model one sentence on its free texts and the base text's
+    divergence, then the first prompt's continuations side by side."""
+    gs, gt = cmp.extra.get("gen_summary"), cmp.extra.get("gen_texts")
+    if gs is None or gt is None or gt.height == 0:
+        return []
+    out = []
+
+    def val(m: str, metric: str, col: str) -> float | None:
+        r = gs.filter((pl.col("model") == m) & (pl.col("metric") == metric))
+        if r.height == 0 or r[col][0] is None:
+            return None
+        return float(r[col][0])
+
+    tok = cmp.tokens
+    for m in gt["model"].unique(maintain_order=True).to_list():
+        t = gt.filter(pl.col("model") == m)
+        parts = [f"generation, base vs {m}: {int(t['identical'].sum())}/{t.height} continuations identical to "
+                 f"the base's"]
+        pre = val(m, "identical_prefix_tokens", "diff")
+        if pre is not None:
+            parts.append(f"identical prefix {pre:.1f} tokens on average")
+        if tok.height and "kl_pq" in tok.columns:
+            kl = tok.filter(pl.col("model") == m)["kl_pq"].drop_nans().drop_nulls()
+            if kl.len():
+                parts.append(f"KL along the base text {kl.mean():.4f} nats/token")
+        ratio = val(m, "ppl_ratio", "diff")
+        if ratio is not None:
+            parts.append(f"perplexity of the base text x{ratio:.3f}")
+        out.append("; ".join(parts))
+
+    def short(s: str) -> str:
+        s = " ".join((s or "").split())
+        return s if len(s) <= width else s[:width - 1] + "…"
+
+    first = gt.row(0, named=True)
+    out.append(f"prompt {first['prompt']!r} -> base: {short(first['base_text'])!r}")
+    for m in gt["model"].unique(maintain_order=True).to_list():
+        r = gt.filter((pl.col("model") == m) & (pl.col("example_id") == first["example_id"])).row(0, named=True)
+        out.append(f"  {m}: {short(r['quant_text'])!r}")
+    return out
