@@ -23,8 +23,8 @@ from test_dump_support import data_files, load_tiny  # noqa: E402
 import qfair.tasks as T  # noqa: E402
 from qfair.dump import DumpError, open_dump  # noqa: E402
 from qfair.generation.decode import (  # noqa: E402
-    DecodeSettings,
     Decoder,
+    DecodeSettings,
     LanguageModel,
     encode_prompt,
     row_seed,
