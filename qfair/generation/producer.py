@@ -203,6 +203,18 @@ def _prepare(tasks: Sequence[Any], tokenizer: Any) -> tuple[list[Any], list[list
     return docs, prompts, infos
 
 
+def _check_lengths(model: Any, docs: Sequence[Any], prompts: Sequence[list[int]], max_new: int) -> None:
+    cfg = getattr(model, "config", None)
+    limit = next((v for a in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+                  if isinstance(v := getattr(cfg, a, None), int) and v > 0), None)
+    if limit is None:
+        return
+    for d, p in zip(docs, prompts):
+        if len(p) + max_new > limit:
+            raise DumpError(f"{d.task} example {d.example_id}: {len(p)} prompt tokens + --max-new-tokens {max_new} "
+                            f"exceed the model's {limit} positions")
+
+
 def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *,
                         settings: DecodeSettings | None = None, reference: str | os.PathLike | None = None,
                         store: str = "full", store_dtype: str = "f16", shard_rows: int = 4096,
@@ -229,6 +241,7 @@ def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any
     tok = loaded.tokenizer
     vocab = logits_width(loaded)
     docs, prompts, infos = _prepare(tasks, tok)
+    _check_lengths(loaded.model, docs, prompts, settings.max_new_tokens)
     fp = tokenizer_fingerprint(tok, vocab)
     ref = check_reference(reference, docs, fp, settings) if reference is not None else None
     S = settings.samples
