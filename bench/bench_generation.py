@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                  "tokens_per_s": {k: n_new / v for k, v in med.items()},
                  "decoder_over_generate": med["qfair_decoder"] / med["model_generate"]}
 
+    print(json.dumps(res), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         s = run_generation_dump(Path(tmp) / "base", loaded, tasks, settings=st, batch_size=args.batch_size,

@@ -494,3 +494,32 @@ def test_mixing_kinds_refused_before_loading(tmp_path):
     with pytest.raises(DumpError, match="greedy"):
         dump(tmp_path / "x", model=str(tmp_path / "no-model"), tasks="gen_stories", generation={"samples": 3})
     Path(tmp_path / "x").mkdir()
+
+
+def test_readme_bloom_example_on_the_tiny_bloom(tiny_model, tmp_path):
+    """The README's reproduction of the study's BLOOM example, with the tiny offline
+    BLOOM in place of bigscience/bloom-560m: the same commands, end to end."""
+    from click.testing import CliRunner
+
+    from qfair.cli import main
+
+    model = str(tiny_model("bloom"))
+    story = tmp_path / "fr_story.jsonl"
+    story.write_text('{"id": "fr-story", "prompt": "Il était une fois", "lang": "fr"}\n', encoding="utf-8")
+    run = CliRunner().invoke
+    common = ["--model", model, "--tasks", "gen_prompts", "--data-file", f"gen_prompts={story}",
+              "--max-new-tokens", "64", "--no-progress"]
+    res = run(main, ["dump", *common, "--out", str(tmp_path / "bloom-base")])
+    assert res.exit_code == 0, res.output
+    res = run(main, ["dump", *common, "--quant", "bnb-int8", "--reference", str(tmp_path / "bloom-base"),
+                     "--out", str(tmp_path / "bloom-int8")])
+    assert res.exit_code == 0, res.output
+    res = run(main, ["analyze", str(tmp_path / "bloom-base"), str(tmp_path / "bloom-int8"), "--out",
+                     str(tmp_path / "bloom-analysis"), "--bootstrap", "200", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = run(main, ["report", str(tmp_path / "bloom-analysis")])
+    assert res.exit_code == 0, res.output
+    tx = pl.read_parquet(tmp_path / "bloom-analysis" / "gen_texts.parquet")
+    assert tx["prompt"].to_list() == ["Il était une fois"] and tx["prompt_lang"].to_list() == ["fr"]
+    html = (tmp_path / "bloom-analysis" / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Il était une fois" in html

@@ -284,3 +284,21 @@ def test_user_prompt_files(tmp_path):
     dup.write_text('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', encoding="utf-8")
     with pytest.raises(T.TaskDataError, match="field 'id' repeats"):
         T.get("gen_prompts", data_file=dup)
+
+
+def test_summary_rows_with_metrics_of_different_sizes():
+    """A one-token text has no bigram: metrics have their own finite prompts."""
+    from types import SimpleNamespace
+
+    import polars as pl
+
+    from qfair.generation.analysis import PAIRED_TEXT, UNPAIRED_TEXT, _paired_rows
+
+    pt = pl.DataFrame({"base_distinct_2": [1.0, None, 0.5, 1.0], "quant_distinct_2": [0.5, 0.2, None, 1.0],
+                       "base_n": [3.0, 1.0, 4.0, 2.0], "quant_n": [2.0, 1.0, 1.0, 2.0],
+                       "edit_distance": [0.5, 0.0, 1.0, float("nan")]})
+    cfg = SimpleNamespace(resamples=200, seed=0, confidence=0.95, threads=None, permutation=False)
+    rows = {r["metric"]: r for r in _paired_rows(pt, cfg, PAIRED_TEXT, UNPAIRED_TEXT)}
+    assert rows["distinct_2"]["n"] == 2 and rows["distinct_2"]["diff"] == pytest.approx((0.5 + 1.0) / 2 - 1.0)
+    assert rows["length_tokens"]["n"] == 4 and rows["edit_distance"]["n"] == 3
+    assert rows["distinct_2"]["kind"] == "diversity" and rows["edit_distance"]["kind"] == "text"

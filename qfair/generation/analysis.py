@@ -229,9 +229,8 @@ def _text_table(b: Any, q: Any, meta: pl.DataFrame, lexicons: Mapping[str, Any],
         who = q.path if r["text_q"] is None else b.path
         raise DumpError(f"{who}: generations.parquet has no free continuation for {r['example_id']!r} sample "
                         f"{r['sample']}; the dumps hold different prompts or samples")
-    j = meta.join(j, on="example_id", how="inner").sort(["example_id", "sample"], maintain_order=True)
-    order = meta.with_row_index("_i").select("example_id", "_i")
-    j = j.join(order, on="example_id").sort(["_i", "sample"]).drop("_i")
+    # prompts in the base dump's order, samples in order
+    j = meta.with_row_index("_i").join(j, on="example_id", how="inner").sort(["_i", "sample"]).drop("_i")
     ids_b, ids_q = j["token_ids"].to_list(), j["token_ids_q"].to_list()
     tb_, tq_ = j["text"].to_list(), j["text_q"].to_list()
     ce_b, ce_q = j["char_ends"].to_list(), j["char_ends_q"].to_list()
@@ -362,7 +361,13 @@ def _paired_rows(df: pl.DataFrame, cfg: Any, paired: Sequence[tuple[str, str, st
             kinds[metric] = kind
     if not cols:
         return []
-    rows = metric_rows(pl.DataFrame(cols), cfg, tp, tu)
+    # one metric at a time: each has its own finite prompts (a one-token text has no bigram)
+    j = pl.DataFrame(cols)
+    rows = []
+    for p in tp:
+        rows += metric_rows(j, cfg, [p], [])
+    for m in tu:
+        rows += metric_rows(j, cfg, [], [m])
     for r in rows:
         r["kind"] = kinds.get(r["metric"], r["kind"])
     return rows
