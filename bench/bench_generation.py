@@ -11,10 +11,12 @@
 4. ``qfair analyze`` of a generation pair (base vs bnb-nf4 teacher-forced on
    it, B bootstrap resamples): wall time.
 
-Model loading is excluded. Decoder and generate runs are interleaved and
-repeated; medians are reported with ``uptime``'s load average.
+Model loading is excluded. Decoder and generate runs are interleaved (order
+alternating) and repeated; medians of wall and of process CPU time (less
+sensitive to other jobs on a shared box, with one torch thread) are reported
+with ``uptime``'s load average.
 
-    .venv/bin/python bench/bench_generation.py --threads 2 --repeats 3
+    .venv/bin/python bench/bench_generation.py --threads 1 --repeats 5
 """
 from __future__ import annotations
 
@@ -87,22 +89,28 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     times: dict[str, list[float]] = {"qfair_decoder": [], "model_generate": []}
+    cpu: dict[str, list[float]] = {"qfair_decoder": [], "model_generate": []}
     ref_ids = None
-    for _ in range(args.repeats):
-        for name, fn in (("qfair_decoder", run_qfair), ("model_generate", run_generate)):
-            t0 = time.perf_counter()
+    for i in range(args.repeats):
+        order = (("qfair_decoder", run_qfair), ("model_generate", run_generate))
+        for name, fn in (order if i % 2 == 0 else order[::-1]):
+            t0, c0 = time.perf_counter(), time.process_time()
             ids = fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
             if ref_ids is None:
                 ref_ids = ids
             elif ids != ref_ids:
                 print(f"warning: {name} generated other tokens than the first run", file=sys.stderr)
     n_new = sum(len(x) for x in ref_ids)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     res: dict = {"prompts": len(prompts), "batch_size": args.batch_size, "max_new_tokens": st.max_new_tokens,
-                 "new_tokens": n_new, "threads": torch.get_num_threads(), "times_s": times,
+                 "new_tokens": n_new, "threads": torch.get_num_threads(), "times_s": times, "cpu_s": cpu,
                  "tokens_per_s": {k: n_new / v for k, v in med.items()},
-                 "decoder_over_generate": med["qfair_decoder"] / med["model_generate"]}
+                 "decoder_over_generate": med["qfair_decoder"] / med["model_generate"],
+                 "decoder_over_generate_cpu": med_cpu["qfair_decoder"] / med_cpu["model_generate"],
+                 "decoder_over_generate_min": min(times["qfair_decoder"]) / min(times["model_generate"])}
 
     print(json.dumps(res), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
