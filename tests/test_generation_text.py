@@ -302,3 +302,12 @@ def test_summary_rows_with_metrics_of_different_sizes():
     assert rows["distinct_2"]["n"] == 2 and rows["distinct_2"]["diff"] == pytest.approx((0.5 + 1.0) / 2 - 1.0)
     assert rows["length_tokens"]["n"] == 4 and rows["edit_distance"]["n"] == 3
     assert rows["distinct_2"]["kind"] == "diversity" and rows["edit_distance"]["kind"] == "text"
+
+
+def test_markdown_cells_stay_on_one_line():
+    import polars as pl
+
+    from qfair.analyze.tables import to_markdown
+
+    md = to_markdown(pl.DataFrame({"base_text": ["Il était\nune | fois\r"]}))
+    assert md.splitlines()[2] == "| Il était\\nune \\| fois\\r |"
