@@ -220,7 +220,7 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
         raise DemoError(str(e)) from None
     seconds["analyze"] = time.perf_counter() - t0
 
-    say(f"[{n_steps}/{n_steps}] report -> {report_dir}")
+    say(f"[{n_steps - (1 if generation else 0)}/{n_steps}] report -> {report_dir}")
     t0 = time.perf_counter()
     rep = build_report(analysis_dir, report_dir, progress=progress,
                        title=f"qfair demo: {model_name}, base vs {', '.join(quants)}")
