@@ -70,6 +70,25 @@ def test_demo_writes_dumps_analysis_and_report(demo_run):
     assert "[1/5]" not in output  # step messages go to stderr
 
 
+def test_demo_generation_part(demo_run):
+    from qfair.demo import GEN_MAX_NEW_TOKENS, GEN_PROMPTS
+
+    out, output = demo_run
+    gen = out / "generation"
+    for label in ("base", *QUANTS):
+        m = json.loads((gen / "dumps" / label / "manifest.json").read_text())
+        assert m["kind"] == "generation" and m["status"] == "complete"
+        assert m["generation"]["settings"]["max_new_tokens"] == GEN_MAX_NEW_TOKENS
+        assert m["counts"]["examples"] == len(GEN_PROMPTS)
+        ref = m["generation"]["reference"]
+        assert (ref is None) if label == "base" else (Path(ref["path"]) == gen / "dumps" / "base")
+    assert (gen / "analysis" / "gen_summary.parquet").is_file()
+    assert (gen / "report" / "report.html").is_file()
+    for q in QUANTS:
+        assert f"generation, base vs {q}:" in output
+    assert f"generation report: {(gen / 'report' / 'report.html').resolve()}" in output
+
+
 def _acc_from_dump(dump: Path) -> dict[str, np.ndarray]:
     """Independent oracle: correctness per example from choices.parquet (argmax of
     the summed log-likelihoods, first index on ties, against examples.label)."""
