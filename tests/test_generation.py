@@ -523,3 +523,18 @@ def test_readme_bloom_example_on_the_tiny_bloom(tiny_model, tmp_path):
     assert tx["prompt"].to_list() == ["Il était une fois"] and tx["prompt_lang"].to_list() == ["fr"]
     html = (tmp_path / "bloom-analysis" / "report" / "report.html").read_text(encoding="utf-8")
     assert "Il était une fois" in html
+
+
+def test_custom_metric_on_teacher_forced_rows(dumps):
+    """A custom token metric works unchanged on a generation pair: KL recomputed in
+    numpy from the chunks equals the core's kl_pq column."""
+    from qfair.analyze import compare
+
+    def kl_numpy(chunk):
+        p = np.exp(chunk.p.astype(np.float64))
+        return (p * (chunk.p.astype(np.float64) - chunk.q.astype(np.float64))).sum(1)
+
+    cmp = compare(dumps["base"], dumps["bnb-nf4"], bootstrap=100, metrics={"kl_numpy": kl_numpy})
+    t = cmp.tokens
+    np.testing.assert_allclose(t["kl_numpy"].to_numpy(), t["kl_pq"].to_numpy(), rtol=1e-4, atol=1e-6)
+    assert "kl_numpy" in cmp.summary["metric"].to_list()
