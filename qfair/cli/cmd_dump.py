@@ -26,7 +26,8 @@ from qfair.cli import main
 @click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Rows per logits shard (cut at the first example boundary at or past N).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Choice sequences per forward pass (the shared context is computed once).")
+              help="Choice sequences per forward pass (the shared context is computed once); generation tasks: "
+                   "continuations decoded together.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted dump in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dump in --out.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed recorded in the manifest (torch.manual_seed).")

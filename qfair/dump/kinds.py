@@ -13,6 +13,7 @@ kind                tables besides ``examples``      rows align on
 ==================  ===============================  ==========================================
 multiple_choice     choices, tokens                  tokens: example_id, choice, pos, target
 choices_only        choices                          (no rows: examples align on example_id)
+generation          generations, tokens, gen_tokens  tokens, when both follow the same text
 ==================  ===============================  ==========================================
 
 (``generation`` registers itself in :mod:`qfair.generation.kind`; further kinds where they are implemented.)
