@@ -67,9 +67,29 @@ def test_demo_writes_dumps_analysis_and_report(demo_run):
     for q in QUANTS:
         assert f"base vs {q}" in output
     assert "Δ [95% CI]" in output and "pct_stereotype" in output and "likelihood_diff" in output
-    # fits a 110-column terminal (the two path lines aside)
-    assert max(len(line) for line in output.splitlines() if not line.startswith(("report:", "tables:"))) <= 110
+    # fits a 110-column terminal (the path lines aside)
+    assert max(len(line) for line in output.splitlines()
+               if not line.startswith(("report:", "tables:", "generation report:"))) <= 110
     assert "[1/5]" not in output  # step messages go to stderr
+
+
+def test_demo_generation_part(demo_run):
+    from qfair.demo import GEN_MAX_NEW_TOKENS, GEN_PROMPTS
+
+    out, output = demo_run
+    gen = out / "generation"
+    for label in ("base", *QUANTS):
+        m = json.loads((gen / "dumps" / label / "manifest.json").read_text())
+        assert m["kind"] == "generation" and m["status"] == "complete"
+        assert m["generation"]["settings"]["max_new_tokens"] == GEN_MAX_NEW_TOKENS
+        assert m["counts"]["examples"] == len(GEN_PROMPTS)
+        ref = m["generation"]["reference"]
+        assert (ref is None) if label == "base" else (Path(ref["path"]) == gen / "dumps" / "base")
+    assert (gen / "analysis" / "gen_summary.parquet").is_file()
+    assert (gen / "report" / "report.html").is_file()
+    for q in QUANTS:
+        assert f"generation, base vs {q}:" in output
+    assert f"generation report: {(gen / 'report' / 'report.html').resolve()}" in output
 
 
 def _acc_from_dump(dump: Path) -> dict[str, np.ndarray]:
@@ -131,7 +151,8 @@ def test_demo_resumes_in_its_output_directory(demo_run, tiny_model, tmp_path):
     m["status"] = "partial"
     m["shards"] = m["shards"][:0]
     (int8 / "manifest.json").write_text(json.dumps(m))
-    kw = dict(model=tiny_model, quant=QUANTS, tasks=TASKS, limit=LIMIT, bootstrap=200, progress=False)
+    kw = dict(model=tiny_model, quant=QUANTS, tasks=TASKS, limit=LIMIT, bootstrap=200, progress=False,
+              generation=False)
     assert existing_dump(out / "dumps" / "base", model=tiny_model, quant="none", tasks=TASKS, limit=LIMIT,
                          seed=0) == "complete"
     assert existing_dump(int8, model=tiny_model, quant="bnb-int8", tasks=TASKS, limit=LIMIT, seed=0) == "partial"

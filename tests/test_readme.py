@@ -56,9 +56,15 @@ def test_python_snippet_runs_as_written(workdir, i, monkeypatch):
 
 
 def _commands(block: str) -> list[str]:
-    out = []
+    """The block's commands, comments dropped, backslash-continued lines joined."""
+    out, pending = [], ""
     for line in block.splitlines():
         cmd = line.split("#", 1)[0].strip()
+        if cmd.endswith("\\"):
+            pending += cmd[:-1].strip() + " "
+            continue
+        cmd = (pending + cmd).strip()
+        pending = ""
         if cmd:
             out.append(cmd)
     return out

@@ -26,6 +26,7 @@ ALL_TASKS = [
     "winogender_gotcha_male", "winogender_gotcha_female"]
 # qfair's own formulations (lm-evaluation-harness has no such task)
 QFAIR_FORMATS = {"mc", "bbq_3choice", "stereoset_intrasentence", "stereoset_intersentence"}
+GENERATION_TASKS = ["gen_bias_probes", "gen_prompts", "gen_stories"]   # prompts only (tests/test_generation*.py)
 
 
 def write_jsonl(path: Path, rows, *, raw_lines=None) -> Path:
@@ -47,7 +48,17 @@ def one_doc(tmp_path, task, row):
 
 
 def test_names_are_all_builtin_tasks_sorted():
-    assert T.names() == sorted(ALL_TASKS)
+    assert T.names() == sorted(ALL_TASKS + GENERATION_TASKS)
+
+
+@pytest.mark.parametrize("name", GENERATION_TASKS)
+def test_generation_spec_fields(name):
+    sp = T.spec(name)
+    assert sp.kind == "generation" and sp.prompt_format_version == f"qfair/{name}@1"
+    assert sp.target_delimiter == "" and T.has_builtin_sample(name)
+    docs = list(T.get(name).docs())
+    assert docs and all(d.choices == [] and d.gold == -1 and d.context for d in docs)
+    assert T.resolve("generation") == ["gen_stories", "gen_bias_probes"]
 
 
 def test_task_error_is_value_error_and_names_known_tasks():

@@ -362,7 +362,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
             metrics: Mapping[str, Callable[..., Any]] | None = None, chunk_rows: int = 4096,
             tokens: bool = True, permutation: bool = True, ttest: bool = False, entropy_unit: str = "nats",
             uncertainty: bool = True, progress: bool = False,
-            metric_memory: int = DEFAULT_METRIC_MEMORY, verify_hash: bool = True) -> Comparison:
+            metric_memory: int = DEFAULT_METRIC_MEMORY, verify_hash: bool = True,
+            kind_options: Mapping[str, Any] | None = None) -> Comparison:
     """Compare a base dump with one or more quantized dumps.
 
     ``base``/``quant``: dump paths or opened dumps (``quant`` may be a list).
@@ -379,6 +380,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
     ``verify_hash``: check every listed file's sha256 before any work (sizes
     and shard headers are always checked); False skips the hashing for very
     large dumps (recorded in the settings).
+    ``kind_options``: keyword arguments of the dump kind's own analysis (e.g.
+    a generation dump's ``lexicons`` and ``scorer``).
     """
     _check_options(binning, strata, bootstrap, entropy_unit)
     n_bins, metric_bins = parse_bins(bins)
@@ -389,8 +392,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
     labels = model_labels(quants)
     for d in (b, *quants):
         d.verify(hash=verify_hash)
-    for q in quants:
-        b.aligned_with(q)
+    rows_aligned = [b.aligned_with(q) for q in quants]  # False: same examples, rows not meant to align
 
     from qfair.threads import resolve_threads
 
@@ -400,6 +402,9 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
                       entropy_unit=entropy_unit, n_strata=int(n_strata), metric_bins=metric_bins,
                       uncertainty=bool(uncertainty))
     kind = b.kind
+    if kind_options and not kind.analysis:
+        raise ValueError(f"options {sorted(kind_options)} apply to a dump kind's own analysis; a {kind.name!r} "
+                         "dump has none")
     custom = dict(metrics or {})
     if custom and not kind.has_tokens:
         raise ValueError(f"custom token metrics need a tokens table; a {kind.name!r} dump has none")
@@ -416,7 +421,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
                 parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg, "base", "base", task)
 
     nonfinite: dict[str, dict[str, int]] = {}
-    for q, label in zip(quants, labels):
+    for q, label, aligned in zip(quants, labels, rows_aligned):
         j = meta
         counts = nonfinite.setdefault(label, {})
         if base_ex is not None:
@@ -430,7 +435,10 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
                     notes.append(f"{who}: {bad} example(s) with a non-finite choice log-likelihood; their "
                                  "statistics are NaN and every test leaves them out (see the rows' n)")
         side = _TokenSide()
-        if tokens and kind.has_tokens:
+        if kind.has_tokens and not aligned:
+            notes.append(f"{label}: its rows do not follow the base dump's text (a generation dump made without "
+                         "--reference, or with another reference); only text-level comparisons are possible")
+        if tokens and kind.has_tokens and aligned:
             side = token_side(b, q, label, meta, topk=topk, chunk_rows=chunk_rows, threads=threads,
                               custom=custom, progress=progress, notes=notes, metric_memory=metric_memory)
             j = j.join(side.aggregates, on="example_id", how="left")
@@ -443,7 +451,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
             bias_step(parts, j, attributes, label, cfg)
         extra = kind_analysis(kind)
         if extra is not None:
-            for name, df in extra(b, q, label, cfg, side.table).items():
+            for name, df in extra(b, q, label, cfg, side.table, **dict(kind_options or {})).items():
                 parts.extra.setdefault(name, []).append(df)
 
     settings = {"bootstrap": int(bootstrap), "seed": int(seed), "bins": n_bins, "metric_bins": dict(metric_bins),

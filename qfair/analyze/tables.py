@@ -50,7 +50,9 @@ def to_markdown(df: pl.DataFrame, columns: Sequence[str] | None = None, max_rows
     for row in view.iter_rows():
         cells = [(_fmt_p(v) if c.startswith("p") and c != "pred" and isinstance(v, float) else _fmt(v))
                  for c, v in zip(cols, row)]
-        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
+        # a cell is one line: generated text may hold newlines
+        lines.append("| " + " | ".join(x.replace("|", "\\|").replace("\r", "\\r").replace("\n", "\\n")
+                                       for x in cells) + " |")
     if max_rows is not None and df.height > max_rows:
         lines.append(f"\n({df.height - max_rows} more rows in the Parquet/CSV files)")
     return "\n".join(lines) + "\n"

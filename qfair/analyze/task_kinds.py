@@ -204,3 +204,6 @@ STEREOSET = register_task_kind(TaskKind(
 WINOGENDER = register_task_kind(TaskKind(
     "winogender", headline=("acc", "gender_gap", "acc_disparity"),
     doc="WinoGender coreference; accuracy per pronoun gender and the gap between genders (Rudinger et al. 2018)"))
+GENERATION = register_task_kind(TaskKind(
+    "generation", headline=("kl_pq",), correctness=False,
+    doc="prompts the model continues (no gold answer); compared along the base text and between the free texts"))

@@ -68,8 +68,14 @@ def _bins(ctx, param, value):  # noqa: ARG001
               help="Check the dumps' file sizes and shard headers but not their sha256 (for very large "
                    "dumps; recorded in settings.json).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--lexicon", "lexicons", multiple=True, metavar="NAME=FILE",
+              help="Generation dumps: a word list whose rate is measured in the texts (gendered / negative replace "
+                   "the built-in lists, other names add one; plain text or a CSV/TSV with a lemma column).")
+@click.option("--scorer", default=None, metavar="hf:PATH_OR_ID",
+              help="Generation dumps: a local Hugging Face text-classification model run on every text; "
+                   "each label's rate is compared.")
 def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, n_strata, formats, ttest,
-                entropy_unit, no_uncertainty, threads, chunk_rows, skip_hash, no_progress) -> None:
+                entropy_unit, no_uncertainty, threads, chunk_rows, skip_hash, no_progress, lexicons, scorer) -> None:
     """Compare BASE with one or more QUANT dumps: token divergences, example-level
     accuracy / confidence / calibration changes, flips, strata and groups, each
     difference with its bootstrap CI and p-value (Holm and BH adjusted).
@@ -84,17 +90,19 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
     from qfair.dump import DumpError
 
     try:
+        kind_options = _generation_options(lexicons, scorer)
         lock = lock_analysis_dir(out)  # a second analysis into --out stops here, before any work
         try:
             result = compare(base, list(quant), bootstrap=bootstrap, seed=seed, bins=bins, binning=binning,
                              topk=topk, strata=strata, n_strata=n_strata, threads=threads, ttest=ttest,
                              entropy_unit=entropy_unit, uncertainty=not no_uncertainty,
-                             chunk_rows=chunk_rows, progress=not no_progress, verify_hash=not skip_hash)
+                             chunk_rows=chunk_rows, progress=not no_progress, verify_hash=not skip_hash,
+                             kind_options=kind_options)
             files = result.write(out, formats=formats)
         finally:
             lock.release()
-    except DumpError as e:
-        raise click.ClickException(str(e)) from None
+    except (DumpError, ValueError) as e:
+        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     except OSError as e:
         raise click.ClickException(f"{getattr(e, 'filename', None) or out}: {e.strerror or e}") from None
     click.echo(format_summary(result.summary, max_rows=60), nl=False)
@@ -109,3 +117,16 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
         click.echo(f"note: {n}", err=True)
     click.echo(f"wrote {len(files)} files to {out} (tables: {', '.join(result.table_names())}; provenance.json; "
                "p_holm / p_bh adjust over the rows of a table that have a p)")
+
+
+def _generation_options(lexicons, scorer) -> dict | None:
+    """The generation analysis' options (None when none is given)."""
+    if not lexicons and not scorer:
+        return None
+    from qfair.generation.lexicon import lexicons_from_options
+    from qfair.generation.scorer import parse_scorer
+
+    out: dict = {"lexicons": lexicons_from_options(lexicons)}
+    if scorer:
+        out["scorer"] = parse_scorer(scorer)
+    return out

@@ -25,7 +25,9 @@ from qfair.cli import main
 @click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
               help="Compute threads of the dumps and the analysis (default: the CPUs this process may use).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, threads, no_progress) -> None:
+@click.option("--generation/--no-generation", default=True, show_default=True,
+              help="Also run the short generation part (4 prompts, 32 new tokens, teacher-forced comparison).")
+def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, threads, no_progress, generation) -> None:
     """Run the whole study offline on the embedded SmolLM2-135M-Instruct: dump it in
     full precision and quantized (bnb-int8, bnb-nf4) on the built-in samples of seven
     benchmarks and CrowS-Pairs, compare each quantized dump with the base, print the
@@ -42,7 +44,8 @@ def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, threads, no_progr
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(DEMO_TASKS)
     try:
         r = run_demo(out, model=model, quant=quant, tasks=names, limit=limit, bootstrap=bootstrap, seed=seed,
-                     progress=not no_progress, log=lambda m: click.echo(m, err=True), threads=threads)
+                     progress=not no_progress, log=lambda m: click.echo(m, err=True), threads=threads,
+                     generation=generation)
     except (DemoError, ReportError) as e:
         raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     except OSError as e:
@@ -54,11 +57,17 @@ def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, threads, no_progr
 
     for h in r.headlines:
         click.echo(textwrap.fill(h, width=100, subsequent_indent="  "))
+    if r.gen_lines:
+        click.echo("")
+        for h in r.gen_lines:
+            click.echo(textwrap.fill(h, width=100, subsequent_indent="  "))
     for s, why in r.skipped.items():
         click.echo(f"skipped {s}: {why}")
     for n in r.notes:
         click.echo(f"note: {n}", err=True)
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items() if k != "total")
     click.echo(f"took {r.seconds.get('total', 0):.0f} s ({steps})")
+    if r.gen_report is not None:
+        click.echo(f"generation report: {r.gen_report.resolve()}")
     click.echo(f"tables: {r.analysis}")
     click.echo(f"report: {r.report.resolve()}")

@@ -1,4 +1,4 @@
-"""`qfair dump`: score multiple-choice tasks with one model and write a dump."""
+"""`qfair dump`: score multiple-choice tasks (or generate from prompts) with one model and write a dump."""
 from __future__ import annotations
 
 import click
@@ -26,7 +26,8 @@ from qfair.cli import main
 @click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Rows per logits shard (cut at the first example boundary at or past N).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Choice sequences per forward pass (the shared context is computed once).")
+              help="Choice sequences per forward pass (the shared context is computed once); generation tasks: "
+                   "continuations decoded together.")
 @click.option("--text", "text", default=None, type=click.Path(dir_okay=False, exists=True), metavar="FILE",
               help="Score a plain text file instead of tasks, the way llama-perplexity does (needs --ctx): "
                    "chunks of --ctx tokens, the second half of each scored (a 'text' dump).")
@@ -47,17 +48,35 @@ from qfair.cli import main
 @click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
               help="torch compute threads (default: the CPUs this process may use; recorded in the manifest).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Generation tasks: tokens to generate per prompt at most (default 64; stops at EOS).")
+@click.option("--temperature", type=click.FloatRange(min=0), default=None,
+              help="Generation tasks: 0 = greedy (default); > 0 samples, seeded per (prompt, sample) by --seed.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Generation tasks: nucleus sampling mass (default 1).")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Generation tasks: continuations per prompt (default 1; > 1 needs --temperature > 0).")
+@click.option("--reference", type=click.Path(file_okay=False), default=None,
+              help="Generation tasks: the base model's generation dump; this model is teacher-forced on its "
+                   "texts (rows aligned with it) and also writes its own.")
 def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, shard_rows, batch_size,
              text, ctx, chunks, resume, overwrite, seed, revision, dtype, device, device_map, gguf_file,
-             trust_remote_code, cache_dir, threads, no_progress) -> None:
+             trust_remote_code, cache_dir, threads, no_progress, max_new_tokens, temperature, top_p, samples,
+             reference) -> None:
     """Score multiple-choice tasks with one (possibly quantized) model and write a
     dump directory: manifest.json, examples/choices/tokens Parquet tables and
     logits/NNNNN.npy shards of float16 log-probs.
 
+    Generation tasks (gen_stories, gen_bias_probes, gen_prompts) write a
+    generation dump instead: each prompt's continuation, and a row per
+    generated position.
+
     \b
-    Example:
+    Examples:
       qfair dump --quant bnb-nf4 --tasks piqa,arc_easy --limit 100 --out runs/nf4
       qfair dump --quant bnb-nf4 --text wiki.test.raw --ctx 512 --out runs/nf4-text
+      qfair dump --tasks gen_stories --out runs/base-gen
+      qfair dump --quant bnb-int8 --tasks gen_stories --reference runs/base-gen --out runs/int8-gen
     """
     from qfair.dump import DumpError
     from qfair.dump.run import dump
@@ -91,7 +110,9 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
         summary = dump(out, model=model, quant=quant, tasks=tasks, data_files=list(data_files), limit=limit,
                        store=store, store_dtype=store_dtype, shard_rows=shard_rows, batch_size=batch_size,
                        resume=resume, overwrite=overwrite, seed=seed, progress=not no_progress,
-                       load_kwargs=load_kwargs, threads=threads)
+                       load_kwargs=load_kwargs, threads=threads,
+                       generation={"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                                   "samples": samples, "reference": reference})
     except errors as e:
         raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     except OSError as e:

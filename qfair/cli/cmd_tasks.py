@@ -74,6 +74,11 @@ def _show(T, name: str, data_file, num: int) -> None:
         click.echo("")
         click.echo(f"--- doc {doc.doc_index}  {doc.example_id}"
                    + (f"  group={doc.group}" if doc.group is not None else ""))
+        if task.kind == "generation":
+            click.echo("prompt (the model writes its continuation):")
+            click.echo(doc.context)
+            click.echo(f"extras: {dict(doc.extras)}" if doc.extras else "")
+            continue
         click.echo("context:")
         click.echo(doc.context if doc.context else "(empty: the scorer starts from BOS/EOS)")
         click.echo("continuations (target delimiter + choice):")

@@ -15,10 +15,12 @@ multiple_choice     choices, tokens                  tokens: example_id, choice,
 choices_only        choices                          (no rows: examples align on example_id)
 text                tokens                           tokens: example_id, choice, pos, target
                                                      (after the chunks' token ids)
+generation          generations, tokens, gen_tokens  tokens, when both follow the same text
 ==================  ===============================  ==========================================
 
 ``text`` (a plain text scored like llama-perplexity, and imported llama.cpp
-files) registers itself in :mod:`qfair.dump.text`, listed in ``_PLUGINS``.
+files) registers itself in :mod:`qfair.dump.text`, and ``generation`` in
+:mod:`qfair.generation.kind`, both listed in ``_PLUGINS``.
 """
 from __future__ import annotations
 
@@ -45,6 +47,10 @@ class DumpKind:
     # "module:function" with further alignment checks of this kind (fn(a, b, pair) raises DumpError),
     # run before the row-by-row key check so that it can name the problem in the kind's own terms
     align_check: str | None = None
+    # "module:function" telling whether two dumps of this kind are meant to align row by row
+    # (fn(a, b) -> bool; None: always). When it says no, only the examples must agree, and the
+    # analysis compares what does not need aligned rows (e.g. generation dumps without --reference).
+    rows_align: str | None = None
     doc: str = ""
 
     @property
@@ -79,6 +85,7 @@ def get_kind(name: str | None) -> DumpKind:
 # modules that register further kinds when imported (one line per kind implemented elsewhere)
 _PLUGINS: tuple[str, ...] = (
     "qfair.dump.text",  # text: llama-perplexity-style chunks of a plain text, and imported llama.cpp .kld files
+    "qfair.generation.kind",  # generation: continuations of prompts, teacher-forced on a reference
 )
 
 

@@ -244,11 +244,13 @@ class Dump:
         return blocks
 
     # -- alignment --------------------------------------------------------------
-    def aligned_with(self, other: Dump) -> None:
-        """None when both dumps are of one kind, share the tokenizer, and agree
+    def aligned_with(self, other: Dump) -> bool:
+        """True when both dumps are of one kind, share the tokenizer, and agree
         on their examples and on the kind's alignment keys row for row (for
         ``multiple_choice``: example_id, choice, pos, target of every scored
-        token); otherwise DumpError naming the first difference."""
+        token); otherwise DumpError naming the first difference. False when
+        the kind says the two are not meant to align row by row (a generation
+        dump made without ``--reference``) and their examples agree."""
         pair = f"{self.path} vs {other.path}"
         if self.kind.name != other.kind.name:
             raise DumpError(f"{pair}: dump kinds differ ({self.kind.name!r} vs {other.kind.name!r}); not aligned")
@@ -267,9 +269,9 @@ class Dump:
                                 f"({a.get(k)!r} vs {b.get(k)!r}); the dumps are not aligned")
         if self.vocab_size != other.vocab_size:
             raise DumpError(f"{pair}: vocab_size {self.vocab_size} vs {other.vocab_size}; not aligned")
-        if self.kind.align_table is None:
+        if self.kind.align_table is None or not _rows_meant_to_align(self, other):
             check_same_keys(self.examples, other.examples, self.kind.example_keys, pair, mf.EXAMPLES)
-            return
+            return self.kind.align_table is None
         ta, tq = self.table(self.kind.align_table), other.table(self.kind.align_table)
         check_same_keys(ta, tq, self.kind.align_keys, pair, tb.table_spec(self.kind.align_table).file)
         if self.has_logits and other.has_logits:
@@ -279,6 +281,16 @@ class Dump:
                 i = int(neq[0])
                 raise DumpError(f"{pair}: tokens.parquet row {i} key 'row' differs ({ra[i]} vs {rb[i]}); not aligned")
         check_same_keys(self.examples, other.examples, self.kind.example_keys, pair, mf.EXAMPLES)
+        return True
+
+
+def _rows_meant_to_align(a: Dump, b: Dump) -> bool:
+    if not a.kind.rows_align:
+        return True
+    import importlib
+
+    module, _, name = a.kind.rows_align.partition(":")
+    return bool(getattr(importlib.import_module(module), name)(a, b))
 
 
 def open_dump(path: str | os.PathLike) -> Dump:

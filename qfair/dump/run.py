@@ -38,9 +38,12 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
          limit: int | None = None, store: str = "full", store_dtype: str = "f16",
          shard_rows: int = DEFAULT_SHARD_ROWS, batch_size: int = DEFAULT_BATCH_SIZE,
          resume: bool = False, overwrite: bool = False, seed: int = 0, progress: bool = True,
-         load_kwargs: dict[str, Any] | None = None, threads: int | None = None) -> DumpSummary:
+         load_kwargs: dict[str, Any] | None = None, threads: int | None = None,
+         generation: dict[str, Any] | None = None) -> DumpSummary:
     """Load the tasks (or the text) and the model by name, then hand them to the
-    producer of their dump kind.
+    producer of their dump kind: multiple choice (:func:`run_dump`), generation
+    (``generation``: max_new_tokens, temperature, top_p, samples, reference) or
+    a text (``load_kwargs["text"]``).
 
     ``threads``: torch's compute threads for this dump (default: the CPUs this
     process may use), restored afterwards. Everything a user can get wrong
@@ -58,7 +61,7 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
                   resume=resume, overwrite=overwrite, seed=seed, progress=progress)
     if "text" in load_kwargs:  # a plain text scored like llama-perplexity (qfair.dump.text)
         return _text_dump(out, model, quant, load_kwargs, n_threads, **common)
-    return _task_dump(out, model, quant, tasks, data_files, limit, load_kwargs, n_threads, **common)
+    return _task_dump(out, model, quant, tasks, data_files, limit, load_kwargs, n_threads, generation, **common)
 
 
 def _config(model: str | None, quant: str, load_kwargs: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -87,7 +90,8 @@ def _locked_out(out: str | os.PathLike, resume: bool, overwrite: bool) -> Any:
 
 
 def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any, data_files: Any,
-               limit: int | None, load_kwargs: dict[str, Any], threads: int, **kw: Any) -> DumpSummary:
+               limit: int | None, load_kwargs: dict[str, Any], threads: int, generation: dict[str, Any] | None,
+               **kw: Any) -> DumpSummary:
     import qfair.tasks as T
     from qfair.models import load_model
     from qfair.threads import torch_threads
@@ -102,15 +106,54 @@ def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any
         raise DumpError(f"--data-file given for {', '.join(unknown)}, which is not among --tasks ({', '.join(names)})")
     # tasks first: a malformed row stops the run before the (slow) model load
     task_objs = [T.get(n, data_file=files.get(n), limit=limit) for n in names]
+    gen_opts = {k: v for k, v in (generation or {}).items() if v is not None}
+    settings = _generation_settings(task_objs, gen_opts, kw["seed"])  # None: multiple-choice tasks
     config = _config(model, quant, load_kwargs, tasks=names,
                      data_files={k: str(v) for k, v in sorted(files.items())}, limit=limit)
     lock = _locked_out(out, kw["resume"], kw["overwrite"])
     try:
         with torch_threads(threads):
             loaded = load_model(model, quant=quant, progress=kw["progress"], **load_kwargs)
-            return run_dump(out, loaded, task_objs, config=config, threads=threads, **kw)
+            if settings is None:
+                return run_dump(out, loaded, task_objs, config=config, threads=threads, **kw)
+            from qfair.generation.producer import run_generation_dump
+
+            kw.pop("seed")  # part of the decoding settings
+            return run_generation_dump(out, loaded, task_objs, settings=settings,
+                                       reference=gen_opts.get("reference"), config=config, **kw)
     finally:
         lock.release()
+
+
+def _generation_settings(task_objs: list[Any], gen_opts: dict[str, Any], seed: int) -> Any:
+    """The decoding settings of generation tasks (None for multiple-choice ones), and a
+    reference dump checked against the prompts and settings before the model loads."""
+    if not _generation_tasks(task_objs, gen_opts):
+        return None
+    from qfair.generation.decode import DecodeSettings
+    from qfair.generation.producer import check_reference
+
+    try:
+        settings = DecodeSettings(**{k: v for k, v in gen_opts.items() if k != "reference"}, seed=seed)
+    except ValueError as e:
+        raise DumpError(str(e)) from None
+    if gen_opts.get("reference") is not None:
+        check_reference(gen_opts["reference"], [d for t in task_objs for d in t.docs()], None, settings)
+    return settings
+
+
+def _generation_tasks(tasks: list[Any], gen_opts: dict[str, Any]) -> bool:
+    """True when every task is a generation task; DumpError when kinds are mixed
+    or generation options are given for multiple-choice tasks."""
+    gen = [t.name for t in tasks if t.kind == "generation"]
+    other = [t.name for t in tasks if t.kind != "generation"]
+    if gen and other:
+        raise DumpError(f"--tasks mixes generation tasks ({', '.join(gen)}) with scored tasks ({', '.join(other)}); "
+                        "dump them into separate directories")
+    if other and gen_opts:
+        opts = ", ".join("--" + k.replace("_", "-") for k in gen_opts)
+        raise DumpError(f"{opts}: generation options, but --tasks ({', '.join(other)}) are not generation tasks")
+    return bool(gen)
 
 
 def _text_dump(out: str | os.PathLike, model: str | None, quant: str, load_kwargs: dict[str, Any], threads: int,

@@ -47,7 +47,9 @@ def build_report(analysis_dir: str | os.PathLike, out: str | os.PathLike | None 
     from qfair.report.html import render_html
 
     data = load_analysis(analysis_dir)
-    if data.summary.height == 0:
+    from qfair.report.generation import has_generation
+
+    if data.summary.height == 0 and not has_generation(analysis_dir):
         raise ReportError(f"{Path(analysis_dir) / 'summary.parquet'}: no rows; nothing to report")
     out_dir = Path(out) if out is not None else Path(analysis_dir) / "report"
     try:

@@ -111,6 +111,10 @@ def load_analysis(path: str | os.PathLike) -> AnalysisData:
                 raise ReportError(f"{d / (name + '.parquet')}: missing (neither {name}.parquet nor {name}.csv); "
                                   "expected the output directory of qfair analyze")
             df = pl.DataFrame()
+        if name == "examples" and df.height and "base_conf" not in df.columns:
+            # a dump kind without choices (generation): no choice-level statistics to draw
+            df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias(c)
+                                 for c in ("base_conf", "quant_conf", "base_correct", "quant_correct"))
         if df.height or name in REQUIRED:
             missing = [c for c in _NEEDED_COLUMNS[name] if c not in df.columns]
             if missing:

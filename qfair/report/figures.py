@@ -578,6 +578,10 @@ def fig_flips(data: AnalysisData) -> list[Figure]:
     if not data.models or not tasks:
         return []
     level = _conf_level(data)
+    flips = set(data.summary.filter(pl.col("metric") == "flips")["task"].to_list()) if data.summary.height else set()
+    tasks = [t for t in tasks if t in flips]  # tasks with answers to flip (not generation)
+    if not tasks:
+        return []
     k = len(data.models)
     fig, axes = plt.subplots(1, k, figsize=(5.6 * k + 1.2, 0.5 * len(tasks) + 2.2), sharey=True, squeeze=False)
     y0 = np.arange(len(tasks))
@@ -712,9 +716,16 @@ def fig_bias(data: AnalysisData) -> list[Figure]:
     return bias_figures(data)
 
 
+def fig_generation(data: AnalysisData) -> list[Figure]:
+    """Generation analyses: KL by position and identical-prefix survival (qfair.report.generation)."""
+    from qfair.report.generation import generation_figures
+
+    return generation_figures(data)
+
+
 FIGURE_FUNCS: tuple[Callable[[AnalysisData], list[Figure]], ...] = (
     fig_reliability, fig_token_kl, fig_strata, fig_uncertainty_tests, fig_accuracy, fig_flips, fig_groups,
-    fig_bias)
+    fig_bias, fig_generation)
 
 
 def make_figures(data: AnalysisData, out_dir: str | Path, progress: bool = False) -> list[Figure]:

@@ -62,6 +62,8 @@ details{margin:8px 0}summary{cursor:pointer;color:#0b57d0}
 pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:.8em;max-height:420px}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;font-size:.9em}
 .scroll{overflow-x:auto}
+td.gen{white-space:pre-wrap;max-width:360px;min-width:160px}
+td.gen mark{background:#ffe08a}td.gen .rest{color:#777}
 """
 
 
@@ -321,14 +323,20 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
                                                 "p_ttest", "p_mcnemar", "p_holm", "p_bh"],
                                  sig_col="p_holm") + "</details>")
     sec["provenance"] = _provenance(data)
+    sections = SECTIONS
+    from qfair.report.generation import generation_section
+
+    sec["generation"] = generation_section(data, figs)
+    if sec["generation"]:  # generation dumps: their section follows the headline
+        sections = (SECTIONS[0], ("generation", "Generation: what the models wrote"), *SECTIONS[1:])
     # notes about undefined statistics can be many: they go into a fold below the others
     undefined = [n for n in data.notes if " undefined (" in n]
     notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes if n not in undefined)
     if undefined:
         notes += (f"<details><summary>{len(undefined)} statistic(s) undefined (no row in the summary)</summary>"
                   + "".join(f"<p class='note'>{_e(n)}</p>" for n in undefined) + "</details>")
-    nav = "<nav><ul>" + "".join(f"<li><a href='#{k}'>{_e(v)}</a></li>" for k, v in SECTIONS) + "</ul></nav>"
-    body = "".join(f"<section id='{k}'><h2>{_e(v)}</h2>{sec[k]}</section>" for k, v in SECTIONS)
+    nav = "<nav><ul>" + "".join(f"<li><a href='#{k}'>{_e(v)}</a></li>" for k, v in sections) + "</ul></nav>"
+    body = "".join(f"<section id='{k}'><h2>{_e(v)}</h2>{sec[k]}</section>" for k, v in sections)
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"

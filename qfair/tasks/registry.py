@@ -20,7 +20,7 @@ HF_SOURCE = "hf"
 class TaskSpec:
     name: str
     description: str
-    kind: str                       # a task kind of qfair.analyze.task_kinds ("multiple_choice", "bbq", ...)
+    kind: str                       # a task kind of qfair.analyze.task_kinds ("multiple_choice", "bbq", "generation", ...)
     prompt_format_version: str
     convert: formats.Converter
     schema: str                     # the fields a data file must hold
@@ -122,6 +122,9 @@ def _specs() -> dict[str, TaskSpec]:
         "multiple_choice", "qfair/mc@1", formats.generic_mc,
         "context, choices (list), label (index), optional id and group",
         sample="mc.jsonl", group_by="group field"))
+    from qfair.generation.prompts import generation_task_specs  # prompt-only tasks (task kind "generation")
+
+    specs.extend(generation_task_specs())
     return {s.name: s for s in specs}
 
 
@@ -184,6 +187,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "winogender": ("winogender_all", "winogender_gotcha"),
     "bias": ("bbq", "stereoset_intrasentence", "stereoset_intersentence", "winogender_all", "winogender_gotcha",
              "crows_pairs_english", "crows_pairs_french"),
+    "generation": ("gen_stories", "gen_bias_probes"),
 }
 
 
@@ -332,7 +336,7 @@ def _convert(sp: TaskSpec, where: str, located: Iterable[tuple[str, Mapping[str,
             r = sp.convert(row)
         except FieldError as exc:
             raise TaskDataError(sp.name, where, location, exc.field, exc.problem) from None
-        if sp.name == "mc" and "id" in r.extras:
+        if (sp.name == "mc" or sp.kind == "generation") and "id" in r.extras:
             ident = r.extras["id"]
             if ident in seen_ids:
                 raise TaskDataError(sp.name, where, location, "id",
