@@ -16,6 +16,7 @@ BACKEND_MODULES = (
     "qfair.models.backends.bitsandbytes",
     "qfair.models.backends.quanto",
     "qfair.models.backends.torchao",
+    "qfair.models.backends.llmcompressor",
 )
 
 _BACKENDS: dict[str, Any] = {}
