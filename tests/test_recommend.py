@@ -169,3 +169,25 @@ def test_cli_refuses_a_directory_that_is_no_scan(tmp_path):
     r = subprocess.run([sys.executable, "-m", "qfair", "recommend", str(tmp_path), "--budget", "1MB"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "not a sensitivity directory" in r.stderr
+
+
+def test_report_of_a_scan_with_its_recommendation(scanned):
+    pytest.importorskip("matplotlib")
+    from qfair.report import build_report
+    from qfair.report.sensitivity import heatmap_data
+    from qfair.sensitivity.recommend import recommend
+    from qfair.sensitivity.scan import read_scan
+
+    _, scan_dir = scanned
+    s = read_scan(scan_dir)
+    r = recommend(scan_dir, budget="5bits", objective="bias", seeds=2, resamples=200, progress=False)
+    rep = build_report(scan_dir)
+    page = rep.html.read_text()
+    assert page.count("data:image/png;base64,") == 2  # single and leave-one-out heatmaps
+    assert "Top units per metric (single)" in page and r.spec in page and "validation on the heldout side" in page
+    assert "src='http" not in page and "src=\"http" not in page
+    units, labels, vals, _ = heatmap_data(s, "single")
+    t = s["sensitivity"].filter((pl.col("mode") == "single") & pl.col("group").is_null() & (pl.col("set") == "all")
+                                & (pl.col("metric") == "kl"))
+    j = labels.index("token KL")
+    assert [vals[units.index(u), j] for u in t["unit"].to_list()] == t["delta"].to_list()

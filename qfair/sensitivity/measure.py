@@ -191,3 +191,33 @@ def _role_matches(set_name: str, role: str) -> bool:
     if role == "bias":
         return set_name == "bias"
     return set_name != "bias"  # "general" and the per-task sets
+
+
+PAIRED_METRICS = ("gap_shift", "kl", "pct_stereotype", "likelihood_diff", "stereo_gap", "acc")
+
+
+def metric_set(metric: str) -> str:
+    return "all" if metric == "kl" else ("general" if metric == "acc" else "bias")
+
+
+def paired_rows(probes: Any, y_values: dict[str, np.ndarray], x_values: dict[str, np.ndarray], *,
+                resamples: int = 10_000, seed: int = 0) -> list[dict[str, Any]]:
+    """Per metric, mean(y) - mean(x) over the examples where both are defined,
+    with a paired bootstrap interval (rows like :func:`compare`'s; ``base`` holds
+    mean(x) and ``value`` mean(y))."""
+    from qfair import stats
+
+    roles = np.array(probes.roles)
+    masks = {"bias": roles == "bias", "general": roles == "general", "all": np.ones(len(roles), bool)}
+    rows = []
+    for m in PAIRED_METRICS:
+        s = metric_set(m)
+        y, x = y_values[m][masks[s]], x_values[m][masks[s]]
+        ok = np.isfinite(x) & np.isfinite(y)
+        if not ok.any():
+            continue
+        r = stats.paired_bootstrap([stats.MeanDiff(y[ok], x[ok])], resamples=resamples, seed=seed)[0]
+        rows.append({"set": s, "group": None, "metric": m, "n": int(ok.sum()), "base": float(x[ok].mean()),
+                     "value": float(y[ok].mean()), "delta": float(r.estimate), "ci_low": float(r.pct_lo),
+                     "ci_high": float(r.pct_hi), "p": float(r.p)})
+    return rows

@@ -273,9 +273,8 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
     recommended and random configurations on one side of the split."""
     import polars as pl
 
-    from qfair import stats
     from qfair.models import load_model
-    from qfair.sensitivity.measure import compare, score_probes
+    from qfair.sensitivity.measure import PAIRED_METRICS, compare, paired_rows, score_probes
     from qfair.sensitivity.probes import Split, build_probes, load_tasks
     from qfair.sensitivity.scan import _quiet_torch, load_pair
     from qfair.sensitivity.units import UnitSwapper, define_units, model_bytes
@@ -324,30 +323,14 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
         for r in compare(probes, base, s, resamples=resamples):
             rows.append({"config": cname, "comparison": "vs_base", **r})
     # paired differences of the recommended model against uniform and random
-    metrics = ("gap_shift", "kl", "pct_stereotype", "likelihood_diff", "stereo_gap", "acc")
     rand_names = [c for c in configs if c.startswith("random")]
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # NaN columns: metrics of the other role
         rand_mean = {m: np.nanmean(np.stack([scored[c].values[m] for c in rand_names]), axis=0)
-                     if rand_names else None for m in metrics}
-    masks = {"bias": np.array(probes.roles) == "bias", "general": np.array(probes.roles) == "general",
-             "all": np.ones(len(probes), bool)}
-    for other in ("uniform", "random"):
-        for m in metrics:
-            set_name = "all" if m == "kl" else ("general" if m == "acc" else "bias")
-            y = scored["recommended"].values[m][masks[set_name]]
-            x = (scored["uniform"].values[m] if other == "uniform" else rand_mean[m])
-            if x is None:
-                continue
-            x = x[masks[set_name]]
-            ok = np.isfinite(x) & np.isfinite(y)
-            if not ok.any():
-                continue
-            r = stats.paired_bootstrap([stats.MeanDiff(y[ok], x[ok])], resamples=resamples)[0]
-            rows.append({"config": "recommended", "comparison": f"vs_{other}", "set": set_name, "group": None,
-                         "metric": m, "n": int(ok.sum()), "base": float(x[ok].mean()), "value": float(y[ok].mean()),
-                         "delta": float(r.estimate), "ci_low": float(r.pct_lo), "ci_high": float(r.pct_hi),
-                         "p": float(r.p)})
+                     for m in PAIRED_METRICS}
+    for other, xv in (("uniform", scored["uniform"].values), ("random", rand_mean)):
+        for r in paired_rows(probes, scored["recommended"].values, xv, resamples=resamples):
+            rows.append({"config": "recommended", "comparison": f"vs_{other}", **r})
     table = pl.DataFrame(rows, schema={"config": pl.Utf8, "comparison": pl.Utf8, "set": pl.Utf8, "group": pl.Utf8,
                                        "metric": pl.Utf8, "n": pl.Int64, "base": pl.Float64, "value": pl.Float64,
                                        "delta": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
