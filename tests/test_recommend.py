@@ -191,3 +191,46 @@ def test_report_of_a_scan_with_its_recommendation(scanned):
                                 & (pl.col("metric") == "kl"))
     j = labels.index("token KL")
     assert [vals[units.index(u), j] for u in t["unit"].to_list()] == t["delta"].to_list()
+
+
+def test_keep_units_in_a_higher_bit_spec(scanned, tmp_path):
+    """--keep bnb-int8 on a bnb-nf4 scan: a mixed spec (bitsandbytes has no per-module bit width) that
+    loads with the kept block in int8 and the rest in nf4, sized exactly as predicted."""
+    from qfair.models import load_model, parse_quant_spec
+    from qfair.sensitivity.recommend import recommend
+    from qfair.sensitivity.scan import read_scan
+
+    model, scan_dir = scanned
+    man = read_scan(scan_dir)["manifest"]
+    r = recommend(scan_dir, budget=str(man["bytes"]["quantized_model"] + 100_000), objective="kl", keep="bnb-int8",
+                  seeds=2, resamples=200, progress=False, out=tmp_path / "rec")
+    assert r.kept and r.spec.startswith("mixed:base=bnb-nf4,high=bnb-int8,modules=")
+    assert parse_quant_spec(r.spec).options["modules"] == tuple(r.kept)
+    assert r.measured_bytes == r.predicted_bytes <= man["bytes"]["quantized_model"] + 100_000
+    lm = load_model(str(model), quant=r.spec, progress=False, device="cpu")
+    for name, m in lm.model.named_modules():
+        if name.endswith("_proj"):
+            kept = any(name.startswith(k + ".") for k in r.kept)
+            assert type(m).__name__ == ("Linear8bitLt" if kept else "Linear4bit"), name
+    assert r.validation["spec_check"]["bitwise_equal"] is True
+    man_q = lm.manifest()["quantization"]
+    assert man_q["name"] == "mixed" and man_q["details"]["modules"] == r.kept
+    assert json.loads(json.dumps(man_q)) == man_q
+
+
+def test_mixed_spec_errors(tmp_path):
+    from qfair.models import ModelError, load_model, parse_quant_spec
+    from qfair.models.tiny import make_tiny_model
+
+    with pytest.raises(ModelError, match="inner spec cannot be 'mixed'"):
+        parse_quant_spec("mixed:base=mixed,modules=a")
+    with pytest.raises(ModelError, match="unknown quantization spec 'bnb-nf5'"):
+        parse_quant_spec("mixed:base=bnb-nf5,modules=a")
+    s = parse_quant_spec("mixed:base=bnb-nf4:double_quant=true;compute_dtype=bf16,high=bnb-int8,modules=lm_head")
+    assert s.options["base"] == "bnb-nf4:compute_dtype=bfloat16;double_quant=true"
+    assert parse_quant_spec(str(s)) == s
+    m = make_tiny_model("llama", tmp_path / "m", seed=0)
+    with pytest.raises(ModelError, match="needs base=SPEC and modules"):
+        load_model(str(m), quant="mixed:base=bnb-nf4", progress=False)
+    with pytest.raises(ModelError, match="no module 'model.layers.9'"):
+        load_model(str(m), quant="mixed:base=bnb-nf4,modules=model.layers.9", progress=False)

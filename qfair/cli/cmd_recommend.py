@@ -16,6 +16,9 @@ from qfair.cli.cmd_sensitivity import one_line, user_errors
                                                 "acc"]), default="bias", show_default=True,
               help="What to minimise: bias = mean shift of the CrowS-Pairs stereotype gap; kl = token KL; "
                    "acc = accuracy loss; or one CrowS-Pairs metric's change.")
+@click.option("--keep", default="none", show_default=True, metavar="SPEC",
+              help="Precision of the kept units: none (full precision, via the backend's skip list) or a "
+                   "higher-bit spec such as bnb-int8 (written as a mixed spec).")
 @click.option("--from", "source", type=click.Choice(["single", "leave-one-out"]), default="single",
               show_default=True, help="Which scan rows give each unit's gain.")
 @click.option("--probe-split", type=click.Choice(["heldout", "scan", "none"]), default="heldout",
@@ -30,7 +33,7 @@ from qfair.cli.cmd_sensitivity import one_line, user_errors
               help="Directory for recommendation.json, spec.txt and validation.parquet (default: SCAN_DIR/recommend).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
 @click.option("--no-progress", is_flag=True, help="No progress messages.")
-def recommend_cmd(scan_dir, budget, objective, source, probe_split, seeds, resamples, out, threads,
+def recommend_cmd(scan_dir, budget, objective, keep, source, probe_split, seeds, resamples, out, threads,
                   no_progress) -> None:
     """From a sensitivity scan in SCAN_DIR, choose the units to keep in full
     precision that minimise the objective within the budget, and print a
@@ -51,7 +54,7 @@ def recommend_cmd(scan_dir, budget, objective, source, probe_split, seeds, resam
 
         torch.set_num_threads(threads)
     try:
-        r = recommend(scan_dir, budget=budget, objective=objective, source=source, probe_split=probe_split,
+        r = recommend(scan_dir, budget=budget, objective=objective, keep=keep, source=source, probe_split=probe_split,
                       seeds=seeds, out=out, resamples=resamples, progress=not no_progress)
     except user_errors() as e:
         raise click.ClickException(one_line(e)) from None

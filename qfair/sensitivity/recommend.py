@@ -186,9 +186,14 @@ def unit_gains(scan: dict[str, Any], objective: str, source: str = "single") -> 
 
 def recommend(scan_dir: str | os.PathLike, *, budget: str, objective: str = "bias", source: str = "single",
               probe_split: str = "heldout", seeds: int = 5, out: str | os.PathLike | None = None,
-              resamples: int = 10_000, progress: bool = True, loaded: tuple[Any, Any] | None = None
-              ) -> Recommendation:
-    """Choose, write and (unless ``probe_split="none"``) validate a recommendation."""
+              resamples: int = 10_000, progress: bool = True, loaded: tuple[Any, Any] | None = None,
+              keep: str = "none") -> Recommendation:
+    """Choose, write and (unless ``probe_split="none"``) validate a recommendation.
+
+    ``keep``: the spec of the kept units, ``none`` (full precision, through the
+    backend's skip list) or a higher-bit spec (written as a ``mixed`` spec; the
+    gains are still the scan's, i.e. the kept units' own harm under the
+    higher-bit spec is taken as negligible, which the validation measures)."""
     if objective not in OBJECTIVES:
         raise SensitivityError(f"unknown --objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
     if probe_split not in PROBE_SPLITS:
@@ -199,7 +204,13 @@ def recommend(scan_dir: str | os.PathLike, *, budget: str, objective: str = "bia
     man = scan["manifest"]
     units = scan["units"]
     names = units["unit"].to_list()
-    cost = {r["unit"]: int(r["float_bytes"]) - int(r["quant_bytes"]) for r in units.iter_rows(named=True)}
+    keep_spec_ = _parse_keep(keep)
+    high_lm = None
+    if keep_spec_ is None:
+        cost = {r["unit"]: int(r["float_bytes"]) - int(r["quant_bytes"]) for r in units.iter_rows(named=True)}
+    else:
+        high_lm, high_bytes = _high_unit_bytes(man, units, keep_spec_, progress)
+        cost = {r["unit"]: high_bytes[r["unit"]] - int(r["quant_bytes"]) for r in units.iter_rows(named=True)}
     nbytes = man["bytes"]
     outside = int(nbytes["quantized_model"]) - int(nbytes["units_quantized"])
     budget_bytes, budget_text = parse_budget(budget, unit_params=int(units["n_params"].sum()), outside_bytes=outside)
@@ -213,7 +224,7 @@ def recommend(scan_dir: str | os.PathLike, *, budget: str, objective: str = "bia
     kept = [names[i] for i in idx]
     quant = man["settings"]["quant"]
     default_skips = list((man["models"]["quantized"].get("quantization") or {}).get("modules_not_converted") or [])
-    spec = keep_spec(quant, kept, default_skips)
+    spec = keep_spec(quant, kept, default_skips) if keep_spec_ is None else mixed_spec(quant, keep_spec_, kept)
     predicted = uniform_bytes + sum(cost[k] for k in kept)
     out_p = Path(out) if out is not None else Path(scan_dir) / "recommend"
     rec = Recommendation(out_p, spec, kept, objective, budget_bytes, budget_text, predicted, None, uniform_bytes,
@@ -221,7 +232,7 @@ def recommend(scan_dir: str | os.PathLike, *, budget: str, objective: str = "bia
     if probe_split != "none":
         rec.measured_bytes, rec.validation, table = validate(scan, rec, side=probe_split, seeds=seeds,
                                                              resamples=resamples, progress=progress,
-                                                             loaded=loaded, costs=cost)
+                                                             loaded=loaded, costs=cost, high=high_lm)
         if rec.measured_bytes != predicted:
             raise SensitivityError(f"the recommended spec measures {rec.measured_bytes} bytes, not the predicted "
                                    f"{predicted}: the units' sizes do not add up for this backend")
@@ -236,6 +247,7 @@ def recommend(scan_dir: str | os.PathLike, *, budget: str, objective: str = "bia
 
     record = {"format": "qfair-recommendation", "format_version": 1, "scan": str(Path(scan_dir)),
               "objective": objective, "objective_metric": list(OBJECTIVES[objective]), "gain_source": source,
+              "keep": "none" if keep_spec_ is None else str(keep_spec_),
               "budget": {"given": budget, "bytes": budget_bytes, "read_as": budget_text},
               "spec": spec, "kept": kept, "exact": exact,
               "gains": {n: gains.get(n) for n in names}, "costs": cost,
@@ -266,8 +278,46 @@ def random_sets(names: list[str], costs: dict[str, int], target: int, seeds: int
     return out
 
 
+def _parse_keep(keep: str | None) -> Any:
+    from qfair.models import ModelError, parse_quant_spec
+
+    try:
+        s = parse_quant_spec(keep or "none")
+    except ModelError as e:
+        raise SensitivityError(f"--keep: {e}") from None
+    if s.name == "none":
+        return None
+    if s.name in ("mixed", "prequantized"):
+        raise SensitivityError(f"--keep {keep!r}: expected none or a plain quantization spec")
+    return s
+
+
+def mixed_spec(quant: str, high: Any, kept: list[str]) -> str:
+    """``mixed:base=QUANT,high=HIGH,modules=KEPT`` (inner options joined by ';')."""
+    from qfair.models import parse_quant_spec
+
+    base = str(parse_quant_spec(quant)).replace(",", ";")
+    if not kept:
+        return str(parse_quant_spec(quant))
+    text = f"mixed:base={base},high={str(high).replace(',', ';')},modules={'+'.join(kept)}"
+    return str(parse_quant_spec(text))
+
+
+def _high_unit_bytes(man: dict[str, Any], units: Any, high: Any, progress: bool) -> tuple[Any, dict[str, int]]:
+    """The higher-bit copy (loaded once, before any forward) and each unit's bytes in it."""
+    from qfair.models import load_model
+    from qfair.sensitivity.units import members_bytes
+
+    st = man["settings"]
+    load_kw = {k: v for k, v in (st.get("load") or {}).items() if v not in (None, "None")}
+    lm = load_model(st["model"], quant=high, progress=progress, **load_kw)
+    packed = lm.extra.get("packed_bytes")
+    out = {r["unit"]: members_bytes(lm.model, r["members"], packed) for r in units.iter_rows(named=True)}
+    return lm, out
+
+
 def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int, resamples: int,
-             progress: bool, loaded: tuple[Any, Any] | None, costs: dict[str, int]
+             progress: bool, loaded: tuple[Any, Any] | None, costs: dict[str, int], high: Any = None
              ) -> tuple[int, dict[str, Any], Any]:
     """Load the recommended spec (its measured size), then score base, uniform,
     recommended and random configurations on one side of the split."""
@@ -293,7 +343,8 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
     rec_lm = load_model(st["model"], quant=rec.spec, progress=progress, **load_kw)
     measured = model_bytes(rec_lm.model, rec_lm.extra.get("packed_bytes"))
     probes = build_probes(tasks, base_lm.tokenizer, Split.parse(st["split"]), side)
-    sw = UnitSwapper(base_lm.model, quant_lm.model, units)
+    sw = UnitSwapper(base_lm.model, quant_lm.model, units, extra={"high": high.model} if high is not None else None)
+    keep_source = "float" if high is None else "high"
     host, tok, dev = base_lm.model, base_lm.tokenizer, getattr(base_lm, "device", None)
     extra_cost = sum(costs[k] for k in rec.kept)
     rand = random_sets(names, costs, extra_cost, seeds, exclude=None)
@@ -307,7 +358,7 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
         with _quiet_torch():
             base = score_probes(host, tok, probes, keep_rows=True, device=dev)
             for cname, keep in configs.items():
-                sw.set_quantized([n for n in names if n not in keep])
+                sw.assign({n: (keep_source if n in keep else "quant") for n in names})
                 scored[cname] = score_probes(host, tok, probes, base=base, device=dev)
                 say(f"validation: {cname} scored ({scored[cname].seconds:.0f} s)")
             sw.restore()

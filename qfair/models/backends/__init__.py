@@ -17,6 +17,7 @@ BACKEND_MODULES = (
     "qfair.models.backends.quanto",
     "qfair.models.backends.torchao",
     "qfair.models.backends.llmcompressor",
+    "qfair.models.backends.mixed",
 )
 
 _BACKENDS: dict[str, Any] = {}
