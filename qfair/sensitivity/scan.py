@@ -6,11 +6,11 @@ Work plan (one process, two loaded copies of the model):
 
 1. load the float model and the model quantized with the spec; the units are
    the modules the backend changed, grouped by block or one per layer;
-2. check that the float model with every unit exchanged gives the quantized
+2. check that the float model with every unit in place gives the quantized
    model's logits (recorded in ``sensitivity.json``);
 3. score the base once (its float16 log-prob rows are kept for the KL);
-4. for every unit: exchange it in, score, compare with the base, exchange
-   it back. Only the forward passes are repeated, nothing is reloaded.
+4. for every unit: put it in, score, compare with the base, take it back
+   out. Only the forward passes are repeated, nothing is reloaded.
 
 Outputs (Parquet through polars, plus one JSON): see docs/sensitivity.md.
 """
@@ -97,7 +97,7 @@ def load_pair(model: str | None, quant: str, load_kwargs: dict[str, Any] | None 
 
 
 def swap_check(swapper: UnitSwapper, quant_model: Any, probes: Any) -> dict[str, Any]:
-    """Logits of the float model with every unit exchanged against the
+    """Logits of the float model with every unit in place against the
     quantized model's own, on the first probe examples (context + first choice)."""
     import torch
 
@@ -130,11 +130,12 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
              unit: str = "block", mode: str = "single", split: str | Split = "0.5:0",
              resamples: int = 10_000, seed: int = 0, batch_size: int = 32,
              load_kwargs: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
-             loaded: tuple[Any, Any] | None = None) -> ScanResult:
+             loaded: tuple[Any, Any] | None = None, only: Any = None) -> ScanResult:
     """Run a sensitivity scan and write its directory (see the module doc).
 
     ``loaded`` = (float LoadedModel, quantized LoadedModel) skips loading (the
-    library path; the scan exchanges their modules and restores them at the end).
+    library path; the scan swaps their modules and restores them at the end).
+    ``only``: scan these unit names only (the uniform rows still quantize every unit).
     """
     import polars as pl
     from tqdm.auto import tqdm
@@ -188,7 +189,11 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
             uni = score_probes(host, tok, probes, base=base, batch_size=batch_size, device=dev)
             record("uniform", "<all units>", None, uni)
             timing.append({"mode": "uniform", "unit": "<all units>", "seconds": uni.seconds})
-            jobs = [(m, u) for m in modes for u in units]
+            if only is not None:
+                missing = sorted(set(only) - {u.name for u in units})
+                if missing:
+                    raise SensitivityError(f"unknown unit(s) {', '.join(missing)}")
+            jobs = [(m, u) for m in modes for u in units if only is None or u.name in only]
             bar = tqdm(jobs, desc="qfair sensitivity", unit="unit", disable=not progress, dynamic_ncols=True)
             for m, u in bar:
                 bar.set_postfix_str(f"{m} {u.name}")

@@ -6,8 +6,8 @@ own: a transformer block (``model.layers.7``) or one linear layer
 (``model.layers.7.mlp.down_proj``). What quantizing a unit means is decided
 by the backend, never re-implemented here: the float model and the model
 loaded with the quantization spec are both held in memory, and a unit is
-quantized by exchanging its quantized modules between the two trees
-(:class:`UnitSwapper`). With every unit exchanged, the float tree holds
+quantized by putting its quantized modules at their paths in the float model
+(:class:`UnitSwapper`). With every unit in place, the float tree holds
 exactly the backend's quantized modules, so it computes what the backend's
 model computes.
 
@@ -37,7 +37,7 @@ class Unit:
     name: str
     kind: str                 # "block" | "linear" | "other" (a quantized module outside every block)
     index: int                # position in scan order
-    members: tuple[str, ...]  # module paths exchanged when the unit is (de)quantized
+    members: tuple[str, ...]  # module paths swapped when the unit is (de)quantized
     n_params: int             # parameters of the members in the float model
     float_bytes: int          # bytes of the members in the float model
     quant_bytes: int          # bytes of the members as the backend stores them
