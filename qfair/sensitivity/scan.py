@@ -157,6 +157,10 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
         units = define_units(base_lm.model, quant_lm.model, unit, packed)
     except UnitError as e:
         raise SensitivityError(str(e)) from None
+    if only is not None:
+        missing = sorted(set(only) - {u.name for u in units})
+        if missing:
+            raise SensitivityError(f"unknown unit(s) {', '.join(missing)}")
     probes = build_probes(task_objs, base_lm.tokenizer, sp, "scan")
     swapper = UnitSwapper(base_lm.model, quant_lm.model, units)
     host, tok = base_lm.model, base_lm.tokenizer
@@ -189,10 +193,6 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
             uni = score_probes(host, tok, probes, base=base, batch_size=batch_size, device=dev)
             record("uniform", "<all units>", None, uni)
             timing.append({"mode": "uniform", "unit": "<all units>", "seconds": uni.seconds})
-            if only is not None:
-                missing = sorted(set(only) - {u.name for u in units})
-                if missing:
-                    raise SensitivityError(f"unknown unit(s) {', '.join(missing)}")
             jobs = [(m, u) for m in modes for u in units if only is None or u.name in only]
             bar = tqdm(jobs, desc="qfair sensitivity", unit="unit", disable=not progress, dynamic_ncols=True)
             for m, u in bar:
