@@ -269,10 +269,11 @@ def _silence_llmcompressor() -> None:
 def _load_checkpoint(entry: Path, request: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, CompressedTensorsConfig
 
+    from qfair.models.loading import _progress
     from qfair.models.quant import ModelError, quiet_backend_loggers
 
     try:
-        with warnings.catch_warnings(), quiet_backend_loggers():
+        with warnings.catch_warnings(), quiet_backend_loggers(), _progress(request.progress):
             warnings.simplefilter("ignore")
             model = AutoModelForCausalLM.from_pretrained(
                 str(entry), quantization_config=CompressedTensorsConfig(dequantize=True), dtype="auto",
