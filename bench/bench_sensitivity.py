@@ -1,12 +1,12 @@
 """Scan time per unit against one full dump of the same probes, on the embedded model.
 
 Runs, in one process and one after the other:
-  1. ``qfair.dump.run_dump`` of the scan side of the probes with the quantized
-     model (``--store full``: every scored token's float16 log-prob row written),
-     timed from the loaded model to the closed dump;
-  2. a sensitivity scan over the first ``--units`` block units of the same spec
-     (the base scored once, then one scoring pass per unit), reporting the
-     median seconds per unit.
+  1. a sensitivity scan over the first ``--units`` block units of the spec (the
+     base scored once, then one scoring pass per unit), reporting the median
+     seconds per unit;
+  2. ``qfair.dump.run_dump`` of the same scan-side probes with the same
+     quantized model (``--store full``: every scored token's float16 log-prob
+     row written), timed from the loaded model to the closed dump.
 
 The ratio (median per unit / one dump) says what a scan costs in "dumps". The
 alternative a scan replaces — reloading the model with a skip list and dumping
@@ -59,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     ids = {d.example_id for d in probes.docs}
     tmp = tempfile.mkdtemp(prefix="qfair-bench-sens-")
     try:
+        # the scan first: it reads the models' sizes, which must happen before any forward pass
+        r = run_scan(os.path.join(tmp, "scan"), loaded=(base, quant), quant=args.quant, tasks=args.tasks,
+                     progress=False, resamples=1000, only=[f"model.layers.{i}" for i in range(args.units)])
         t0 = time.perf_counter()
         run_dump(os.path.join(tmp, "dump"), quant, [_Only(t, ids) for t in tasks], store="full", progress=False)
         dump_s = time.perf_counter() - t0
-        r = run_scan(os.path.join(tmp, "scan"), loaded=(base, quant), quant=args.quant, tasks=args.tasks,
-                     progress=False, resamples=1000, only=[f"model.layers.{i}" for i in range(args.units)])
         import polars as pl
 
         t = pl.read_parquet(os.path.join(tmp, "scan", "timing.parquet"))

@@ -389,7 +389,7 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
     set_name, metric = OBJECTIVES[rec.objective]
     headline = _headline(table, set_name, metric, side)
     if metric != "kl":
-        headline += _headline(table, "all", "kl", side)[1:]
+        headline += _headline(table, "all", "kl", side)
     info = {"side": side, "n_examples": len(probes), "seeds": seeds, "random_sets": rand,
             "configs": {k: v for k, v in configs.items()}, "spec_check": spec_check,
             "seconds": time.perf_counter() - t0, "headline": headline,
