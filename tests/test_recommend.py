@@ -110,7 +110,11 @@ def test_recommendation_respects_the_budget_and_its_spec_loads(scanned, tmp_path
     assert rec["bytes"]["measured"] == rec["bytes"]["predicted"] and rec["spec"] == r.spec
     assert (tmp_path / "rec" / "spec.txt").read_text().strip() == r.spec
     v = pl.read_parquet(tmp_path / "rec" / "validation.parquet")
-    assert {"uniform", "recommended", "random0", "random1", "random2"} <= set(v["config"].to_list())
+    assert {"uniform", "recommended", "recommended_spec", "random0", "random1", "random2"} <= set(v["config"].to_list())
+    # the loaded spec's rows equal the swapped configuration's (bitwise-equal scores)
+    a = v.filter((pl.col("config") == "recommended") & (pl.col("comparison") == "vs_base"))
+    b = v.filter((pl.col("config") == "recommended_spec") & (pl.col("comparison") == "vs_base"))
+    assert a["delta"].to_list() == b["delta"].to_list()
     assert {"vs_base", "vs_uniform", "vs_random"} <= set(v["comparison"].to_list())
     # the held-out side only, and the loaded spec scores exactly like the swapped configuration
     assert rec["validation"]["side"] == "heldout"

@@ -370,9 +370,13 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
     diffs = [abs(a - b) for x, y in zip(loaded_rec.ll, scored["recommended"].ll) for a, b in zip(x, y)]
     spec_check = {"max_abs_loglik_diff": float(max(diffs)) if diffs else 0.0,
                   "bitwise_equal": bool(all(d == 0.0 for d in diffs))}
-    for cname, s in scored.items():
+    # "recommended_spec": the spec loaded from disk (for calibrated backends a new calibration run, whose
+    # other layers may differ from the scan's); "recommended": the same units kept, built by swapping
+    for cname, s in [*scored.items(), ("recommended_spec", loaded_rec)]:
         for r in compare(probes, base, s, resamples=resamples):
             rows.append({"config": cname, "comparison": "vs_base", **r})
+    for r in paired_rows(probes, loaded_rec.values, scored["uniform"].values, resamples=resamples):
+        rows.append({"config": "recommended_spec", "comparison": "vs_uniform", **r})
     # paired differences of the recommended model against uniform and random
     rand_names = [c for c in configs if c.startswith("random")]
     with np.errstate(all="ignore"), warnings.catch_warnings():
