@@ -238,3 +238,17 @@ def test_mixed_spec_errors(tmp_path):
         load_model(str(m), quant="mixed:base=bnb-nf4", progress=False)
     with pytest.raises(ModelError, match="no module 'model.layers.9'"):
         load_model(str(m), quant="mixed:base=bnb-nf4,modules=model.layers.9", progress=False)
+
+
+def test_cli_recommend_prints_a_spec_that_loads(scanned, tmp_path):
+    from qfair.models import parse_quant_spec
+    from qfair.sensitivity.scan import read_scan
+
+    _, scan_dir = scanned
+    man = read_scan(scan_dir)["manifest"]
+    r = subprocess.run([sys.executable, "-m", "qfair", "recommend", str(scan_dir), "--budget",
+                        str(man["bytes"]["float_model"]), "--objective", "kl", "--probe-split", "none",
+                        "--out", str(tmp_path / "r"), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    spec = (tmp_path / "r" / "spec.txt").read_text().strip()
+    assert f"spec: {spec}" in r.stdout and parse_quant_spec(spec).name == "bnb-nf4"

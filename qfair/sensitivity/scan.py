@@ -218,8 +218,8 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
         schema={"unit": pl.Utf8, "unit_index": pl.Int64, "kind": pl.Utf8, "n_members": pl.Int64,
                 "members": pl.List(pl.Utf8), "n_params": pl.Int64, "float_bytes": pl.Int64,
                 "quant_bytes": pl.Int64})
-    table = pl.DataFrame(rows, schema=SENSITIVITY_SCHEMA())
-    examples = pl.DataFrame(ex_rows, schema=EXAMPLES_SCHEMA())
+    table = pl.DataFrame(rows, schema=sensitivity_schema())
+    examples = pl.DataFrame(ex_rows, schema=examples_schema())
     split_df = pl.DataFrame(probes.split_rows, schema={"example_id": pl.Utf8, "task": pl.Utf8, "group": pl.Utf8,
                                                        "role": pl.Utf8, "side": pl.Utf8, "key": pl.Utf8})
     timing_df = pl.DataFrame(timing, schema={"mode": pl.Utf8, "unit": pl.Utf8, "seconds": pl.Float64})
@@ -293,7 +293,7 @@ class _quiet_torch:
         return self._inf.__exit__(*exc)
 
 
-def SENSITIVITY_SCHEMA() -> dict[str, Any]:
+def sensitivity_schema() -> dict[str, Any]:
     import polars as pl
 
     return {"mode": pl.Utf8, "unit": pl.Utf8, "unit_index": pl.Int64, "set": pl.Utf8, "group": pl.Utf8,
@@ -301,7 +301,7 @@ def SENSITIVITY_SCHEMA() -> dict[str, Any]:
             "ci_low": pl.Float64, "ci_high": pl.Float64, "p": pl.Float64}
 
 
-def EXAMPLES_SCHEMA() -> dict[str, Any]:
+def examples_schema() -> dict[str, Any]:
     import polars as pl
 
     return {"mode": pl.Utf8, "unit": pl.Utf8, "example_id": pl.Utf8, "task": pl.Utf8, "group": pl.Utf8,
