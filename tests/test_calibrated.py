@@ -78,12 +78,11 @@ def test_calibration_file(tmp_path):
 # ---------------------------------------------------------------------------
 # building, caching, loading (tiny model)
 
-pytest.importorskip("llmcompressor")
-torch = pytest.importorskip("torch")
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """A tiny model; the tests using it skip without llmcompressor (the ones above run everywhere)."""
+    pytest.importorskip("llmcompressor")
+    pytest.importorskip("torch")
     from qfair.models.tiny import make_tiny_model
 
     return make_tiny_model("llama", tmp_path_factory.mktemp("gptq") / "m", seed=0, layers=2)
@@ -91,6 +90,7 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_gptq_build_cache_and_grid(tiny, tmp_path):
+    import torch
     from safetensors import safe_open
 
     from qfair.models import load_model
@@ -133,6 +133,8 @@ def test_gptq_build_cache_and_grid(tiny, tmp_path):
 def test_scan_units_on_a_gptq_model_are_the_backends(tiny, tmp_path):
     """Every unit swapped into the float model = the GPTQ model loaded by qfair
     (bitwise); unit sizes come from the checkpoint's packed tensors."""
+    import torch
+
     from qfair.models import load_model
     from qfair.sensitivity.units import UnitSwapper, define_units, model_bytes
 
