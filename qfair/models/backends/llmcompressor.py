@@ -103,7 +103,8 @@ class LLMCompressor(QuantBackend):
     name = "llmcompressor"
     distribution = "llmcompressor"
     loggers = ("llmcompressor", "compressed_tensors")
-    install_hint = "pip install 'qfair[gptq]' (llmcompressor)"
+    install_hint = ("make install-gptq, or pip install --no-deps llmcompressor==0.14.0.1 compressed-tensors==0.19.0 "
+                    "loguru (its declared transformers pin is older than the one installed)")
     builds_model = True
     specs = (
         SpecDef("gptq", "GPTQ integer weights made here from the float model by llmcompressor, calibrated "
