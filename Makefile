@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install build lint test test-fast demo bench clean
+.PHONY: install install-gptq build lint test test-fast demo bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 install: $(VENV)/.installed
+
+# Optional: the `gptq` quantization spec (llmcompressor). Installed without
+# dependency resolution so that the pinned torch and transformers stay as they are.
+install-gptq: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps "llmcompressor==0.14.0.1" "compressed-tensors==0.19.0" loguru
 
 # Recompile the C++ core after editing cpp/ (incremental).
 build: $(VENV)/.installed

@@ -39,7 +39,7 @@ def test_options_parse_and_canonical_round_trip():
 
 @pytest.mark.parametrize("bad, fragment", [
     ("bnb-int4", "unknown quantization spec 'bnb-int4'"),
-    ("gptq", "valid specs: none, bnb-int8"),
+    ("hqq", "valid specs: none, bnb-int8"),
     ("bnb-nf4:double=true", "unknown option 'double' for quantization spec 'bnb-nf4'; valid options: double_quant"),
     ("bnb-nf4:double_quant=maybe", "bad value 'maybe' for option 'double_quant'"),
     ("bnb-nf4:compute_dtype=int8", "expected one of float32, bfloat16, float16"),

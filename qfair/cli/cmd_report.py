@@ -17,6 +17,8 @@ def report_cmd(analysis_dir, out, title, no_progress) -> None:
     self-contained report.html (images embedded, opens offline) beside the PNGs:
     reliability diagrams, token KL distribution, uncertainty strata, accuracy and
     flips, per-group differences, the summary table and the run's provenance.
+    On a directory written by `qfair sensitivity`, the report shows its units x
+    metrics heatmap, the top units per metric and any recommendation.
 
     \b
     Example:

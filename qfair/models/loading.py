@@ -300,7 +300,7 @@ class LoadedModel:
             "trust_remote_code": bool(self.extra.get("trust_remote_code", False)),
             "quantization": dict(self.quant.to_manifest(),
                                  modules_not_converted=self.extra.get("modules_not_converted"),
-                                 note=self.extra.get("note")),
+                                 note=self.extra.get("note"), details=self.extra.get("quant_details")),
             "tokenizer": tok_info,
             "library_versions": library_versions(imported_only=True),
         })
@@ -509,6 +509,33 @@ def _from_pretrained(src: ModelSource, ckpt: _Checkpoint, spec: QuantSpec, qconf
     return m, tok
 
 
+@dataclass
+class LoadRequest:
+    """What the caller of :func:`load_model` asked for, handed to a backend that
+    builds its model itself (``QuantBackend.builds_model``)."""
+
+    model: Any
+    kwargs: dict[str, Any]
+
+    @property
+    def cache_dir(self) -> Any:
+        return self.kwargs.get("cache_dir")
+
+    @property
+    def progress(self) -> bool:
+        return bool(self.kwargs.get("progress", True))
+
+    def source(self) -> ModelSource:
+        src = resolve_model(self.model, revision=self.kwargs.get("revision"), gguf_file=self.kwargs.get("gguf_file"))
+        if src.is_gguf and src.kind != "hub":
+            src.gguf_sha256 = _cache.file_sha256(src.gguf_file)
+        return src
+
+    def load(self, quant: str | QuantSpec = "none", model: Any = None, **overrides: Any) -> LoadedModel:
+        """``load_model`` with the caller's arguments (``model`` and any of them overridden)."""
+        return load_model(self.model if model is None else model, quant=quant, **{**self.kwargs, **overrides})
+
+
 def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec = "none",
                revision: str | None = None, dtype: Any = "auto", device: Any = "auto",
                device_map: Any = None, gguf_file: str | os.PathLike | None = None,
@@ -526,6 +553,13 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
     """
     t0 = time.perf_counter()
     spec = parse_quant_spec(quant)
+    backend = spec_backend(spec.name)
+    if backend.builds_model:
+        _check_spec_here(spec, None)
+        return backend.load(spec, LoadRequest(model, dict(
+            revision=revision, dtype=dtype, device=device, device_map=device_map, gguf_file=gguf_file,
+            trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress,
+            conversion_cache=conversion_cache)))
     torch_dtype = _parse_dtype(dtype)
     dev = _resolve_device(device) if device_map is None else None
     src = resolve_model(model, revision=revision, gguf_file=gguf_file)

@@ -111,7 +111,7 @@ def _build_tokenizer(arch: str):
     )
 
 
-def _build_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
+def _build_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, pad_id: int, layers: int = _LAYERS):
     import transformers as tf
 
     _, tie = _ARCH_EXTRA[arch]
@@ -124,36 +124,37 @@ def _build_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, pad_id: 
     )
     if arch == "llama":
         return tf.LlamaConfig(
-            hidden_size=_HIDDEN, intermediate_size=_FFN, num_hidden_layers=_LAYERS,
+            hidden_size=_HIDDEN, intermediate_size=_FFN, num_hidden_layers=layers,
             num_attention_heads=_HEADS, num_key_value_heads=_KV_HEADS,
             max_position_embeddings=_MAX_POS, initializer_range=_INIT_RANGE, **common,
         )
     if arch == "mistral":
         return tf.MistralConfig(
-            hidden_size=_HIDDEN, intermediate_size=_FFN, num_hidden_layers=_LAYERS,
+            hidden_size=_HIDDEN, intermediate_size=_FFN, num_hidden_layers=layers,
             num_attention_heads=_HEADS, num_key_value_heads=_KV_HEADS,
             max_position_embeddings=_MAX_POS, sliding_window=_MAX_POS,
             initializer_range=_INIT_RANGE, **common,
         )
     if arch == "bloom":
         return tf.BloomConfig(
-            hidden_size=_HIDDEN, n_layer=_LAYERS, n_head=_HEADS,
+            hidden_size=_HIDDEN, n_layer=layers, n_head=_HEADS,
             initializer_range=_INIT_RANGE, **common,
         )
     if arch == "opt":
         return tf.OPTConfig(
-            hidden_size=_HIDDEN, ffn_dim=_FFN, num_hidden_layers=_LAYERS,
+            hidden_size=_HIDDEN, ffn_dim=_FFN, num_hidden_layers=layers,
             num_attention_heads=_HEADS, max_position_embeddings=_MAX_POS,
             word_embed_proj_dim=_HIDDEN, init_std=_INIT_RANGE, dropout=0.0, **common,
         )
     raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
 
 
-def make_tiny_model(arch: str, path: str | os.PathLike, seed: int = 0) -> Path:
+def make_tiny_model(arch: str, path: str | os.PathLike, seed: int = 0, layers: int = _LAYERS) -> Path:
     """Build a tiny random-weight ``arch`` model and save it (with its tokenizer) to ``path``.
 
     ``arch`` is one of ``llama``, ``mistral``, ``bloom``, ``opt``.  The result is
-    deterministic for a given ``seed`` and library version.  ``path`` is written
+    deterministic for a given ``seed`` and library version; ``layers`` sets the
+    number of transformer blocks (default two).  ``path`` is written
     atomically (built in a sibling temporary directory, then renamed); an
     existing directory at ``path`` is replaced.  Returns ``path`` as a ``Path``.
     """
@@ -171,8 +172,8 @@ def make_tiny_model(arch: str, path: str | os.PathLike, seed: int = 0) -> Path:
     bos_text, _ = _ARCH_EXTRA[arch]
     bos_id = tokenizer.convert_tokens_to_ids(bos_text or "<s>")
     config = _build_config(
-        arch, vocab, bos_id=bos_id, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id
-    )
+        arch, vocab, bos_id=bos_id, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+        layers=layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

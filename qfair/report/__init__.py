@@ -43,6 +43,10 @@ def build_report(analysis_dir: str | os.PathLike, out: str | os.PathLike | None 
 
     if importlib.util.find_spec("matplotlib") is None:
         raise ReportError("qfair report needs matplotlib: pip install 'qfair[report]' (or pip install matplotlib)")
+    if (Path(analysis_dir) / "sensitivity.json").is_file():  # a `qfair sensitivity` directory
+        from qfair.report.sensitivity import build_sensitivity_report
+
+        return build_sensitivity_report(analysis_dir, out, title=title)
     from qfair.report.figures import make_figures
     from qfair.report.html import render_html
 

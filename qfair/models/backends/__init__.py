@@ -16,6 +16,8 @@ BACKEND_MODULES = (
     "qfair.models.backends.bitsandbytes",
     "qfair.models.backends.quanto",
     "qfair.models.backends.torchao",
+    "qfair.models.backends.llmcompressor",
+    "qfair.models.backends.mixed",
 )
 
 _BACKENDS: dict[str, Any] = {}

@@ -168,3 +168,14 @@ class QuantBackend:
 
     def post_load(self, model: Any, spec: Any, extra: dict[str, Any]) -> None:
         """Called after the model is loaded; may add notes to ``extra`` (recorded in the manifest)."""
+
+    # A backend that makes the quantized model itself (from the float model, e.g.
+    # calibrated GPTQ) sets ``builds_model = True`` and implements ``load``;
+    # ``qfair.models.load_model`` then hands it the whole request.
+    builds_model: bool = False
+
+    def load(self, spec: Any, request: Any) -> Any:
+        """The :class:`~qfair.models.loading.LoadedModel` for ``spec``; ``request``
+        (a :class:`~qfair.models.loading.LoadRequest`) holds the caller's arguments
+        and loads the float model with ``request.load("none")``."""
+        raise NotImplementedError(f"backend {self.name!r} does not build models itself")

@@ -1,0 +1,63 @@
+"""`qfair recommend`: which units to keep in full precision under a memory budget."""
+from __future__ import annotations
+
+import click
+
+from qfair.cli import main
+from qfair.cli.cmd_sensitivity import one_line, user_errors
+
+
+@main.command("recommend")
+@click.argument("scan_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--budget", required=True, metavar="BYTES|BITS",
+              help="Size limit of the whole model: bytes (60MB, 57MiB, 60000000) or bits per scanned "
+                   "parameter (4.5bits).")
+@click.option("--objective", type=click.Choice(["bias", "pct_stereotype", "likelihood_diff", "stereo_gap", "kl",
+                                                "acc"]), default="bias", show_default=True,
+              help="What to minimise: bias = mean shift of the CrowS-Pairs stereotype gap; kl = token KL; "
+                   "acc = accuracy loss; or one CrowS-Pairs metric's change.")
+@click.option("--keep", default="none", show_default=True, metavar="SPEC",
+              help="Precision of the kept units: none (full precision, via the backend's skip list) or a "
+                   "higher-bit spec such as bnb-int8 (written as a mixed spec).")
+@click.option("--from", "source", type=click.Choice(["single", "leave-one-out"]), default="single",
+              show_default=True, help="Which scan rows give each unit's gain.")
+@click.option("--probe-split", type=click.Choice(["heldout", "scan", "none"]), default="heldout",
+              show_default=True,
+              help="Where the recommendation is validated: the held-out probes (default), the scan's own "
+                   "(in-sample), or not at all.")
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Random same-bytes configurations to compare with.")
+@click.option("--resamples", type=click.IntRange(min=100), default=10_000, show_default=True,
+              help="Bootstrap resamples per interval.")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False),
+              help="Directory for recommendation.json, spec.txt and validation.parquet (default: SCAN_DIR/recommend).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
+@click.option("--no-progress", is_flag=True, help="No progress messages.")
+def recommend_cmd(scan_dir, budget, objective, keep, source, probe_split, seeds, resamples, out, threads,
+                  no_progress) -> None:
+    """From a sensitivity scan in SCAN_DIR, choose the units to keep in full
+    precision that minimise the objective within the budget, and print a
+    quantization spec that qfair dump --quant accepts as is, with its size
+    measured on the loaded model. Then validate it on the probe examples the
+    scan never saw: against uniform quantization and against the same bytes
+    kept in random units, with paired bootstrap intervals.
+
+    \b
+    Example:
+      qfair recommend runs/sens --budget 4.6bits --objective bias
+      qfair dump --quant "$(cat runs/sens/recommend/spec.txt)" --out runs/mixed
+    """
+    from qfair.sensitivity.recommend import recommend
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        r = recommend(scan_dir, budget=budget, objective=objective, keep=keep, source=source, probe_split=probe_split,
+                      seeds=seeds, out=out, resamples=resamples, progress=not no_progress)
+    except user_errors() as e:
+        raise click.ClickException(one_line(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or scan_dir}: {e.strerror or e}") from None
+    click.echo(r.text())

@@ -1,0 +1,90 @@
+"""`qfair sensitivity`: which units' quantization moves the bias metrics."""
+from __future__ import annotations
+
+import click
+
+from qfair.cli import main
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types whose message is a one-line answer for the user."""
+    from qfair.dump import DumpError
+    from qfair.models import ModelError
+    from qfair.sensitivity import ProbeError, SensitivityError
+    from qfair.tasks import TaskError
+
+    return (SensitivityError, ProbeError, TaskError, ModelError, DumpError)
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+@main.command("sensitivity")
+@click.option("--model", "model", default=None, metavar="M",
+              help="Model: a local directory or 'smollm2-135m' (the embedded default, used when omitted).")
+@click.option("--quant", required=True, metavar="SPEC",
+              help="Quantization spec whose units are scanned, e.g. bnb-nf4 (see qfair quant-specs).")
+@click.option("--tasks", default=None, metavar="PROBES",
+              help="Probe tasks: CrowS-Pairs tasks are the bias probes, the others give accuracy. "
+                   "Default: crows_pairs,arc_easy,piqa.")
+@click.option("--unit", type=click.Choice(["block", "linear"]), default="block", show_default=True,
+              help="block: one transformer block per unit; linear: every quantized layer.")
+@click.option("--mode", type=click.Choice(["single", "leave-one-out", "both"]), default="single",
+              show_default=True,
+              help="single: quantize only that unit; leave-one-out: quantize all but that unit.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
+@click.option("--split", default="0.5:0", show_default=True, metavar="FRACTION[:SEED]",
+              help="Share of the probe examples the scan uses; the rest is held out for qfair recommend.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N documents per task.")
+@click.option("--data-file", "data_files", multiple=True, metavar="TASK=PATH",
+              help="Read TASK's documents from a local JSONL/Parquet/CSV file (repeatable).")
+@click.option("--resamples", type=click.IntRange(min=100), default=10_000, show_default=True,
+              help="Bootstrap resamples per interval.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Choice sequences per forward pass.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
+@click.option("--dtype", default=None, help="Model dtype (float32, bfloat16, float16, auto).")
+@click.option("--device", default=None, help="Device (cpu, cuda, cuda:1, ...).")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing directory in --out.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def sensitivity_cmd(model, quant, tasks, unit, mode, out, split, limit, data_files, resamples, seed, batch_size,
+                    threads, dtype, device, cache_dir, overwrite, no_progress) -> None:
+    """Quantize one unit at a time (a transformer block, or every quantized
+    linear layer) and measure what it does against the unquantized model on the
+    scan side of the probes: CrowS-Pairs pct_stereotype, likelihood_diff and
+    stereotype-gap shift per bias type, mean token KL, and accuracy on the
+    general tasks, each with a bootstrap interval over examples.
+
+    The float model and the quantized model are both loaded once; a unit is
+    quantized by putting the backend's own quantized modules in place, so the
+    numbers are the backend's (the run checks that all units together give the
+    quantized model's logits).
+
+    \b
+    Example:
+      qfair sensitivity --quant bnb-nf4 --out runs/sens
+      qfair report runs/sens
+      qfair recommend runs/sens --budget 4.6bits --objective bias
+    """
+    from qfair.sensitivity import run_scan
+    from qfair.tasks import parse_data_files
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        files = parse_data_files(list(data_files))
+        r = run_scan(out, model=model, quant=quant, tasks=tasks, data_files=files, limit=limit, unit=unit,
+                     mode=mode, split=split, resamples=resamples, seed=seed, batch_size=batch_size,
+                     load_kwargs={"dtype": dtype, "device": device, "cache_dir": cache_dir},
+                     overwrite=overwrite, progress=not no_progress)
+    except user_errors() as e:
+        raise click.ClickException(one_line(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
+    click.echo(r.text())

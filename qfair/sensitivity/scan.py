@@ -1,0 +1,368 @@
+"""``qfair sensitivity``: what quantizing one unit does (and, leave-one-out,
+what keeping one unit in full precision recovers), on the scan side of the
+probes, against the unquantized model.
+
+Work plan (one process, two loaded copies of the model):
+
+1. load the float model and the model quantized with the spec; the units are
+   the modules the backend changed, grouped by block or one per layer;
+2. check that the float model with every unit in place gives the quantized
+   model's logits (recorded in ``sensitivity.json``);
+3. score the base once (its float16 log-prob rows are kept for the KL);
+4. for every unit: put it in, score, compare with the base, take it back
+   out. Only the forward passes are repeated, nothing is reloaded.
+
+Outputs (Parquet through polars, plus one JSON): see docs/sensitivity.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qfair.sensitivity.measure import METRIC_NAMES, compare, score_probes
+from qfair.sensitivity.probes import ProbeError, Split, build_probes, load_tasks
+from qfair.sensitivity.units import UnitError, UnitSwapper, define_units, model_bytes
+
+FORMAT = "qfair-sensitivity"
+FORMAT_VERSION = 1
+MANIFEST = "sensitivity.json"
+MODES = ("single", "leave-one-out")
+
+
+class SensitivityError(ValueError):
+    """A user-caused problem with a scan or a recommendation (one line)."""
+
+
+@dataclass
+class ScanResult:
+    out: Path
+    n_units: int
+    n_examples: int
+    swap_max_abs_diff: float
+    seconds: dict[str, float] = field(default_factory=dict)
+    top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+
+    def text(self) -> str:
+        lines = [f"qfair sensitivity: {self.n_units} units x {self.n_examples} probe examples -> {self.out}",
+                 f"  swap check: max |logit difference| all-units-swapped vs the backend's model = "
+                 f"{self.swap_max_abs_diff:.3g}",
+                 f"  time: base {self.seconds.get('base', 0):.1f} s, median per unit "
+                 f"{self.seconds.get('per_unit_median', 0):.1f} s, total {self.seconds.get('total', 0):.0f} s"]
+        for metric, items in self.top.items():
+            lines.append(f"  top units by {metric}: " + ", ".join(f"{u} ({v:+.3g})" for u, v in items))
+        return "\n".join(lines)
+
+
+def _parse_modes(mode: str) -> tuple[str, ...]:
+    m = mode.strip().lower()
+    if m == "both":
+        return MODES
+    if m not in MODES:
+        raise SensitivityError(f"unknown --mode {mode!r}; expected single, leave-one-out or both")
+    return (m,)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise SensitivityError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SensitivityError(f"{out}: directory exists and is not empty (use --overwrite to replace it)")
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"qfair: {msg}", file=sys.stderr, flush=True)
+
+
+def load_pair(model: str | None, quant: str, load_kwargs: dict[str, Any] | None = None,
+              progress: bool = True) -> tuple[Any, Any]:
+    """(float LoadedModel, quantized LoadedModel) of the same checkpoint."""
+    from qfair.models import load_model, parse_quant_spec
+
+    spec = parse_quant_spec(quant)
+    if not spec.is_quantized or spec.name == "prequantized":
+        raise SensitivityError(f"--quant {quant!r}: a scan needs a quantization spec that quantizes the "
+                               "float model (e.g. bnb-nf4)")
+    kw = {k: v for k, v in (load_kwargs or {}).items() if v is not None}
+    base = load_model(model, quant="none", progress=progress, **kw)
+    q = load_model(model, quant=spec, progress=progress, **kw)
+    return base, q
+
+
+def swap_check(swapper: UnitSwapper, quant_model: Any, probes: Any) -> dict[str, Any]:
+    """Logits of the float model with every unit in place against the
+    quantized model's own, on the first probe examples (context + first choice)."""
+    import torch
+
+    swapper.set_quantized(())
+    seqs = []
+    for enc in probes.encoded[:4]:
+        seq = enc.context_enc + (enc.conts[0] if enc.conts else [])
+        if len(seq) > 1:
+            seqs.append(seq)
+    worst, n = 0.0, 0
+    with torch.inference_mode():
+        ref = [quant_model(torch.tensor([s], device=_device(quant_model))).logits.float() for s in seqs]
+        swapper.set_quantized(swapper.all())
+        try:
+            for s, r in zip(seqs, ref):
+                out = swapper.host(torch.tensor([s], device=_device(swapper.host))).logits.float()
+                worst = max(worst, float((out - r).abs().max()))
+                n += int(r.shape[1])
+        finally:
+            swapper.set_quantized(())
+    return {"max_abs_logit_diff": worst, "positions": n, "bitwise_equal": worst == 0.0}
+
+
+def _device(model: Any) -> Any:
+    return model.get_input_embeddings().weight.device
+
+
+def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "bnb-nf4",
+             tasks: Any = None, data_files: dict[str, Any] | None = None, limit: int | None = None,
+             unit: str = "block", mode: str = "single", split: str | Split = "0.5:0",
+             resamples: int = 10_000, seed: int = 0, batch_size: int = 32,
+             load_kwargs: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
+             loaded: tuple[Any, Any] | None = None, only: Any = None) -> ScanResult:
+    """Run a sensitivity scan and write its directory (see the module doc).
+
+    ``loaded`` = (float LoadedModel, quantized LoadedModel) skips loading (the
+    library path; the scan swaps their modules and restores them at the end).
+    ``only``: scan these unit names only (the uniform rows still quantize every unit).
+    """
+    import polars as pl
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    out_p = Path(out)
+    modes = _parse_modes(mode)
+    sp = Split.parse(split)
+    _check_out(out_p, overwrite)
+    task_objs = load_tasks(tasks, data_files, limit)  # a bad row stops the run before the model load
+    t0 = time.perf_counter()
+    if loaded is None:
+        base_lm, quant_lm = load_pair(model, quant, load_kwargs, progress)
+    else:
+        base_lm, quant_lm = loaded
+    t_load = time.perf_counter() - t0
+    packed = quant_lm.extra.get("packed_bytes")
+    try:
+        units = define_units(base_lm.model, quant_lm.model, unit, packed)
+    except UnitError as e:
+        raise SensitivityError(str(e)) from None
+    if only is not None:
+        missing = sorted(set(only) - {u.name for u in units})
+        if missing:
+            raise SensitivityError(f"unknown unit(s) {', '.join(missing)}")
+    probes = build_probes(task_objs, base_lm.tokenizer, sp, "scan")
+    swapper = UnitSwapper(base_lm.model, quant_lm.model, units)
+    host, tok = base_lm.model, base_lm.tokenizer
+    dev = getattr(base_lm, "device", None)
+    # sizes as loaded (bitsandbytes repacks 4-bit constants for its CPU kernels on the first forward)
+    float_total = model_bytes(base_lm.model)
+    quant_total = model_bytes(quant_lm.model, packed)
+    check = swap_check(swapper, quant_lm.model, probes)
+    _say(progress, f"{len(units)} units ({unit}), {len(probes)} probe examples on the scan side "
+                   f"({probes.n_rows} scored tokens); swap check max |Δlogit| = {check['max_abs_logit_diff']:.3g}")
+
+    rows: list[dict[str, Any]] = []
+    ex_rows: list[dict[str, Any]] = []
+    timing: list[dict[str, Any]] = []
+
+    def record(mode_name: str, unit_name: str | None, unit_index: int | None, scored: Any) -> None:
+        if mode_name != "base":
+            for r in compare(probes, base, scored, resamples=resamples, seed=seed):
+                rows.append({"mode": mode_name, "unit": unit_name, "unit_index": unit_index, **r})
+        for i, d in enumerate(probes.docs):
+            ex_rows.append({"mode": mode_name, "unit": unit_name, "example_id": d.example_id, "task": d.task,
+                            "group": d.group, "role": probes.roles[i],
+                            **{m: _f(scored.values[m][i]) for m in METRIC_NAMES}})
+
+    try:
+        with _quiet_torch():
+            base = score_probes(host, tok, probes, keep_rows=True, batch_size=batch_size, device=dev)
+            record("base", None, None, base)
+            swapper.set_quantized(swapper.all())
+            uni = score_probes(host, tok, probes, base=base, batch_size=batch_size, device=dev)
+            record("uniform", "<all units>", None, uni)
+            timing.append({"mode": "uniform", "unit": "<all units>", "seconds": uni.seconds})
+            jobs = [(m, u) for m in modes for u in units if only is None or u.name in only]
+            bar = tqdm(jobs, desc="qfair sensitivity", unit="unit", disable=not progress, dynamic_ncols=True)
+            for m, u in bar:
+                bar.set_postfix_str(f"{m} {u.name}")
+                others = [x.name for x in units if x.name != u.name]
+                swapper.set_quantized([u.name] if m == "single" else others)
+                s = score_probes(host, tok, probes, base=base, batch_size=batch_size, device=dev)
+                record(m, u.name, u.index, s)
+                timing.append({"mode": m, "unit": u.name, "seconds": s.seconds})
+            bar.close()
+    finally:
+        swapper.restore()
+
+    seconds = {"load": t_load, "base": base.seconds,
+               "per_unit_median": float(np.median([t["seconds"] for t in timing if t["mode"] in MODES]))
+               if len(timing) > 1 else 0.0}
+    out_p.mkdir(parents=True, exist_ok=True)
+    units_df = pl.DataFrame({
+        "unit": [u.name for u in units], "unit_index": [u.index for u in units], "kind": [u.kind for u in units],
+        "n_members": [len(u.members) for u in units], "members": [list(u.members) for u in units],
+        "n_params": [u.n_params for u in units], "float_bytes": [u.float_bytes for u in units],
+        "quant_bytes": [u.quant_bytes for u in units]},
+        schema={"unit": pl.Utf8, "unit_index": pl.Int64, "kind": pl.Utf8, "n_members": pl.Int64,
+                "members": pl.List(pl.Utf8), "n_params": pl.Int64, "float_bytes": pl.Int64,
+                "quant_bytes": pl.Int64})
+    table = pl.DataFrame(rows, schema=sensitivity_schema())
+    examples = pl.DataFrame(ex_rows, schema=examples_schema())
+    split_df = pl.DataFrame(probes.split_rows, schema={"example_id": pl.Utf8, "task": pl.Utf8, "group": pl.Utf8,
+                                                       "role": pl.Utf8, "side": pl.Utf8, "key": pl.Utf8})
+    timing_df = pl.DataFrame(timing, schema={"mode": pl.Utf8, "unit": pl.Utf8, "seconds": pl.Float64})
+    for name, df in (("units", units_df), ("sensitivity", table), ("examples", examples), ("split", split_df),
+                     ("timing", timing_df)):
+        df.write_parquet(out_p / f"{name}.parquet")
+    seconds["total"] = time.perf_counter() - t_start
+    from qfair.models.quant import json_safe
+    from qfair.provenance import library_versions
+
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "settings": {"model": model, "quant": str(quant_lm.quant), "tasks": [t.name for t in task_objs],
+                     "data_files": {k: str(v) for k, v in sorted((data_files or {}).items())}, "limit": limit,
+                     "unit": unit, "modes": list(modes), "split": str(sp), "resamples": resamples, "seed": seed,
+                     "batch_size": batch_size,
+                     "load": {k: str(v) for k, v in sorted((load_kwargs or {}).items()) if v is not None}},
+        "split": {"fraction": sp.fraction, "seed": sp.seed, "rule": "sha256 of the rendered example text",
+                  "n_scan": int(sum(s == "scan" for s in probes.split_rows["side"])),
+                  "n_heldout": int(sum(s == "heldout" for s in probes.split_rows["side"]))},
+        "tasks": probes.task_infos,
+        "models": {"base": _manifest(base_lm), "quantized": _manifest(quant_lm)},
+        "bytes": {"float_model": float_total, "quantized_model": quant_total,
+                  "units_float": sum(u.float_bytes for u in units),
+                  "units_quantized": sum(u.quant_bytes for u in units)},
+        "swap_check": check,
+        "seconds": seconds,
+        "torch_threads": _threads(),
+        "library_versions": library_versions(imported_only=True),
+    }
+    (out_p / MANIFEST).write_text(json.dumps(json_safe(manifest), indent=1, ensure_ascii=False) + "\n")
+    return ScanResult(out_p, len(units), len(probes), check["max_abs_logit_diff"], seconds,
+                      top_units(table, n=3))
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _manifest(lm: Any) -> dict[str, Any]:
+    try:
+        return lm.manifest()
+    except Exception as e:  # pragma: no cover - a stand-in model in tests
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _f(x: Any) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x
+
+
+class _quiet_torch:
+    """torch.inference_mode plus no per-call backend warnings for the scan's loop."""
+
+    def __enter__(self):
+        import warnings
+
+        import torch
+
+        self._inf = torch.inference_mode()
+        self._inf.__enter__()
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore")
+        return self
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+        return self._inf.__exit__(*exc)
+
+
+def sensitivity_schema() -> dict[str, Any]:
+    import polars as pl
+
+    return {"mode": pl.Utf8, "unit": pl.Utf8, "unit_index": pl.Int64, "set": pl.Utf8, "group": pl.Utf8,
+            "metric": pl.Utf8, "n": pl.Int64, "base": pl.Float64, "value": pl.Float64, "delta": pl.Float64,
+            "ci_low": pl.Float64, "ci_high": pl.Float64, "p": pl.Float64}
+
+
+def examples_schema() -> dict[str, Any]:
+    import polars as pl
+
+    return {"mode": pl.Utf8, "unit": pl.Utf8, "example_id": pl.Utf8, "task": pl.Utf8, "group": pl.Utf8,
+            "role": pl.Utf8, **{m: pl.Float64 for m in METRIC_NAMES}}
+
+
+# the headline (set, metric) of each objective and whether larger deltas are worse
+HEADLINE = (("bias", "gap_shift"), ("bias", "pct_stereotype"), ("bias", "likelihood_diff"), ("all", "kl"),
+            ("general", "acc"))
+
+
+def top_units(table: Any, n: int = 3, mode: str = "single") -> dict[str, list[tuple[str, float]]]:
+    """The ``n`` units with the largest harm per headline metric (abs delta for
+    bias metrics, delta for KL, -delta for accuracy)."""
+    import polars as pl
+
+    out: dict[str, list[tuple[str, float]]] = {}
+    t = table.filter((pl.col("mode") == mode) & pl.col("group").is_null())
+    for set_name, metric in HEADLINE:
+        s = t.filter((pl.col("set") == set_name) & (pl.col("metric") == metric))
+        if s.height == 0:
+            continue
+        harm = harm_expr(metric)
+        s = s.with_columns(harm.alias("_h")).sort(["_h", "unit_index"], descending=[True, False]).head(n)
+        out[f"{set_name}/{metric}"] = list(zip(s["unit"].to_list(), s["delta"].to_list()))
+    return out
+
+
+def harm_expr(metric: str) -> Any:
+    """How harmful a delta is, larger = worse (polars expression on ``delta``)."""
+    import polars as pl
+
+    if metric == "acc":
+        return -pl.col("delta")
+    if metric in ("pct_stereotype", "likelihood_diff", "stereo_gap"):
+        return pl.col("delta").abs()
+    return pl.col("delta")
+
+
+def read_scan(path: str | os.PathLike) -> dict[str, Any]:
+    """The scan directory's manifest and tables (``units``, ``sensitivity``, ``examples``, ``split``, ``timing``)."""
+    import polars as pl
+
+    p = Path(path)
+    mf = p / MANIFEST
+    if not mf.is_file():
+        raise SensitivityError(f"{mf}: missing; not a sensitivity directory (written by qfair sensitivity)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except ValueError as e:
+        raise SensitivityError(f"{mf}: not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise SensitivityError(f"{mf}: field 'format' is {manifest.get('format')!r}, expected {FORMAT!r}")
+    out: dict[str, Any] = {"manifest": manifest, "path": p}
+    for name in ("units", "sensitivity", "examples", "split", "timing"):
+        f = p / f"{name}.parquet"
+        if not f.is_file():
+            raise SensitivityError(f"{f}: missing (an incomplete sensitivity directory)")
+        out[name] = pl.read_parquet(f)
+    return out
+
+
+__all__ = ["run_scan", "read_scan", "ScanResult", "SensitivityError", "ProbeError", "top_units", "MODES",
+           "load_pair", "swap_check", "harm_expr"]
