@@ -281,10 +281,13 @@ class Scorer:
 
     # -- public ------------------------------------------------------------
     def score(self, ex: EncodedExample) -> list[ChoiceScore]:
-        """Score every choice of one example (shared-context path when it fits)."""
+        """Score every choice of one example (shared-context path when it fits).
+
+        Runs under ``torch.no_grad`` rather than ``inference_mode``: quanto's
+        quantized weights cannot be used with inference tensors."""
         import torch
 
-        with torch.inference_mode():
+        with torch.no_grad():
             longest = max((len(c) for c in ex.conts), default=0)
             if self.share_context and len(ex.context_enc) + longest <= self.max_length:
                 return self._score_shared(ex)
@@ -294,7 +297,7 @@ class Scorer:
         """The plain computation: one full sequence per choice, no sharing."""
         import torch
 
-        with torch.inference_mode():
+        with torch.no_grad():
             return self._score_naive(ex)
 
     def _vocab(self) -> int:

@@ -253,7 +253,7 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
                 if bos:
                     inp[:, 0] = int(tok.bos_token_id)
                 kwargs = {keep_kw: ctx - first} if keep_kw else {}
-                with torch.inference_mode():
+                with torch.no_grad():
                     logits = model(inp.to(device), use_cache=False, **kwargs).logits
                 logits = logits[:, -(ctx - first):-1] if keep_kw else logits[:, first:ctx - 1]
                 for r, j in enumerate(batch):

@@ -220,7 +220,7 @@ class Decoder:
     def generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None = None) -> list[Continuation]:
         import torch
 
-        with torch.inference_mode():
+        with torch.no_grad():
             return self._generate(prompts, seeds)
 
     def _generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None) -> list[Continuation]:
