@@ -209,7 +209,7 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
 
     from qfair.dump.multiple_choice import logits_width, model_record
     from qfair.dump.summary import summarize
-    from qfair.dump.writer import DumpWriter
+    from qfair.dump.writer import DumpWriter, writing
     from qfair.scoring import token_scalars, tokenizer_fingerprint
 
     t0 = time.perf_counter()
@@ -245,7 +245,7 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
         per_pass = max(1, min(batch_size, (1 << 26) // ((ctx - first) * vocab)))
         bar = tqdm(total=n_chunks, initial=writer.start, unit="chunk", dynamic_ncols=True, desc="qfair dump --text",
                    disable=not progress)
-        try:
+        with writing(writer, bar):
             k = writer.start
             while k < n_chunks:
                 batch = list(range(k, min(k + per_pass, n_chunks)))
@@ -265,12 +265,6 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
                     writer.add({"tokens": rec}, lp, counts={"nonfinite_rows": nonfinite})
                     bar.update(1)
                 k = batch[-1] + 1
-            writer.close()
-        except BaseException:
-            writer.abort()
-            bar.close()
-            raise
-        bar.close()
     s = summarize(Path(out), writer.manifest, time.perf_counter() - t0,
                   resumed_from_shard=writer.resumed_from_shard or None, already_complete=writer.already_complete)
     from qfair.dump.reader import open_dump
