@@ -118,6 +118,28 @@ def test_cli_prints_llamacpp_layout(imports, tmp_path):
     assert (tmp_path / "an" / "text_summary.parquet").is_file() and (tmp_path / "an" / "text_chunks.csv").is_file()
 
 
+def test_report_shows_the_llamacpp_summary(imports, tmp_path):
+    """qfair report on a text analysis: a section with llama.cpp's figures (oracle: its own log)."""
+    import html
+    import re
+
+    base, quant = imports
+    an = tmp_path / "an"
+    assert CliRunner().invoke(main, ["analyze", str(base), str(quant), "--out", str(an), "--bootstrap", "100",
+                                     "--no-progress"]).exit_code == 0
+    r = CliRunner().invoke(main, ["report", str(an)])
+    assert r.exit_code == 0, r.output
+    page = (an / "report" / "report.html").read_text(encoding="utf-8")
+    i = page.index("id='corpus'")
+    cells = [html.unescape(c) for c in re.findall(r"<td[^>]*>([^<]*)</td>", page[i:page.index("</section>", i)])]
+    want = {" ".join(ln.split(":")[0].split()): ln.split(":")[1].split()[0]
+            for ln in oracle("twofile_quant_vs_base.log") if ":" in ln}
+    row = cells.index("Mean KLD(base ‖ Q)")
+    assert float(cells[row + 1]) == pytest.approx(float(want["Mean KLD"]), rel=1e-3)
+    row = cells.index("PPL(quantized)")
+    assert float(cells[row + 1]) == pytest.approx(float(want["Mean PPL(Q)"]), rel=1e-3)
+
+
 def test_live_oracle_differs_by_the_documented_amounts(imports):
     """Stock llama-perplexity compares the quantized model's *live* logits with the
     base file; two imported files stand in for them with the quantized side's

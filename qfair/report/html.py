@@ -329,6 +329,11 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
     sec["generation"] = generation_section(data, figs)
     if sec["generation"]:  # generation dumps: their section follows the headline
         sections = (SECTIONS[0], ("generation", "Generation: what the models wrote"), *SECTIONS[1:])
+    from qfair.report.corpus import corpus_section
+
+    sec["corpus"] = corpus_section(data, table_html)
+    if sec["corpus"]:  # text dumps: llama.cpp's summary follows the headline
+        sections = (sections[0], ("corpus", "Free text: llama.cpp's KL-divergence summary"), *sections[1:])
     # notes about undefined statistics can be many: they go into a fold below the others
     undefined = [n for n in data.notes if " undefined (" in n]
     notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes if n not in undefined)
