@@ -6,6 +6,17 @@ import click
 from qfair.cli import main
 
 
+def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from qfair.dump import DumpError
+    from qfair.dump.manifest import parse_store
+
+    try:
+        parse_store(value)
+    except DumpError as e:
+        raise click.BadParameter(str(e).removeprefix("--store is ")) from None
+    return value
+
+
 @main.command("dump")
 @click.option("--model", "model", default=None, metavar="M",
               help="Model: a local directory, an HF id already in the local cache, or "
@@ -19,8 +30,9 @@ from qfair.cli import main
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N documents per task.")
 @click.option("--data-file", "data_files", multiple=True, metavar="TASK=PATH",
               help="Read TASK's documents from a local JSONL/Parquet/CSV file (repeatable).")
-@click.option("--store", type=click.Choice(["full", "none"]), default="full", show_default=True,
-              help="full: store every scored token's vocabulary-wide log-probs; none: scalars only.")
+@click.option("--store", default="full", show_default=True, metavar="full|none|topk:K", callback=_check_store,
+              help="full: store every scored token's vocabulary-wide log-probs; none: scalars only; topk:K: per "
+                   "row the K largest log-probs, their token ids and the log of the remaining mass.")
 @click.option("--store-dtype", type=click.Choice(["f16", "f32", "bf16"]), default="f16", show_default=True,
               help="dtype of the stored log-prob rows.")
 @click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from qfair.dump import DumpError
+from qfair.dump.manifest import stores_rows
 from qfair.dump.summary import DumpSummary, summarize
 from qfair.dump.writer import DumpWriter
 
@@ -138,7 +139,7 @@ def example_records(d: Any, scores: Sequence[Any], first_row: int, store: str) -
     row = first_row
     blocks = []
     nonfinite = 0
-    full = store == "full"
+    full = stores_rows(store)
     for ci, s in enumerate(scores):
         n = s.n_tokens
         text = d.choices[ci]
@@ -228,7 +229,7 @@ def run_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, store
     vocab = logits_width(loaded)
     prepared = prepare_documents(tasks, loaded.tokenizer)
     scorer = Scorer(loaded.model, loaded.tokenizer, device=getattr(loaded, "device", None),
-                    batch_size=batch_size, keep_rows=store == "full")
+                    batch_size=batch_size, keep_rows=stores_rows(store))
     truncated = context_overflow(prepared, scorer.max_length)
     writer = DumpWriter(
         out, kind="multiple_choice", examples=examples_columns(prepared.docs), vocab_size=vocab,

@@ -77,7 +77,7 @@ def chunk_token_records(k: int, n_ctx: int, targets: np.ndarray, first_row: int,
     n = len(targets)
     first = n_ctx // 2
     return {
-        "row": list(range(first_row, first_row + n)) if store == "full" else [-1] * n,
+        "row": list(range(first_row, first_row + n)) if store != "none" else [-1] * n,
         "task": [TASK] * n, "example_id": [chunk_id(k)] * n, "choice": [0] * n,
         "pos": list(range(first + 1, first + 1 + n)), "target": [int(t) for t in targets],
         **{c: np.asarray(scalars[c]).tolist() for c in ("logprob", "entropy", "max_logprob", "argmax", "rank")},
