@@ -131,4 +131,7 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
         raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; finished shards are kept in {out} (finish with --resume)") from None
-    click.echo(summary.text())
+    import os
+
+    if os.environ.get("RANK", "0") in ("0", ""):  # a data-parallel run reports once, from rank 0
+        click.echo(summary.text())

@@ -492,8 +492,10 @@ class DumpWriter:
             "libraries": _library_versions(),
         }
         if self.shard_range is not None:
+            import socket
+
             fresh["part"] = {"rank": self.part[0], "world_size": self.part[1], "shards": list(self.shard_range),
-                             "done": False}
+                             "host": socket.gethostname(), "done": False}
         if resume and overwrite:
             raise DumpError("--resume and --overwrite exclude each other")
         # one writer per directory: a second process stops here (qfair.lock)
@@ -570,6 +572,11 @@ class DumpWriter:
         a, b = self.shard_range
         return self.plans[b - 1].ex_end if b > a else self._range_start()
 
+    @property
+    def first_example(self) -> int:
+        """The first example this writer adds in a fresh run (0, or the start of its part)."""
+        return self._range_start()
+
     def _range_start(self) -> int:
         if self.shard_range is None:
             return 0
@@ -619,8 +626,8 @@ class DumpWriter:
                   ("storage", {k: (old.get("storage") or {}).get(k) for k in _STORAGE_STATIC},
                    {k: fresh["storage"][k] for k in _STORAGE_STATIC}),
                   ("plan", old.get("plan"), fresh["plan"]),
-                  ("part", {k: v for k, v in (old.get("part") or {}).items() if k != "done"},
-                   {k: v for k, v in (fresh.get("part") or {}).items() if k != "done"})]
+                  ("part", {k: v for k, v in (old.get("part") or {}).items() if k not in ("done", "host")},
+                   {k: v for k, v in (fresh.get("part") or {}).items() if k not in ("done", "host")})]
         for key, old_val, new_val in checks:
             diff = first_difference(old_val, new_val)
             if diff is not None:
@@ -776,6 +783,7 @@ class DumpWriter:
                                 "(finish it with resume=True)")
             if self.shard_range is not None:  # a part: its shards are written; the merge finishes the dump
                 self.manifest["part"]["done"] = True
+                self.manifest["run"]["end_time"] = mf.now_iso()
                 mf.write_manifest(self.out, self.manifest)
             else:
                 finish_dump(self.out, self.manifest, self.kind, self.store_mode)
@@ -843,8 +851,8 @@ def finish_dump(out: Path, m: dict[str, Any], kind: Any, store_mode: str) -> Non
 
 def split_plans(plans: Sequence[ShardPlan], world: int) -> list[tuple[int, int]]:
     """Contiguous ranges [a, b) of whole planned shards, one per rank, with about
-    equal rows (rank r starts at the first shard whose rows before it reach
-    r / world of the total); depends only on the plan and the world size."""
+    equal rows: rank r starts at the shard boundary nearest to r / world of the
+    rows (ties: the earlier one). Depends only on the plan and the world size."""
     if world < 1:
         raise DumpError(f"world size {world}: expected >= 1")
     rows = [int(p.rows or 0) for p in plans]
