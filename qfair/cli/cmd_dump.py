@@ -53,7 +53,13 @@ def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--revision", default=None, help="Model revision (local HF cache).")
 @click.option("--dtype", default=None, help="Model dtype (float32, bfloat16, float16, auto).")
 @click.option("--device", default=None, help="Device (cpu, cuda, cuda:1, ...).")
-@click.option("--device-map", default=None, help="accelerate device map (e.g. auto, cpu).")
+@click.option("--device-map", default=None, help="accelerate device map (e.g. auto, cpu): a model larger than one "
+              "device is split across the GPUs, the CPU and disk.")
+@click.option("--max-memory", default=None, metavar="DEV=SIZE,...",
+              help="With --device-map auto: memory each device may take, e.g. 0=20GiB,1=20GiB,cpu=60GiB; what does "
+                   "not fit is offloaded to disk.")
+@click.option("--offload-folder", default=None, type=click.Path(file_okay=False),
+              help="With --device-map: where offloaded weights go (default: a temporary folder removed at exit).")
 @click.option("--gguf-file", default=None, help="GGUF file inside --model's directory.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
@@ -72,7 +78,8 @@ def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="Generation tasks: the base model's generation dump; this model is teacher-forced on its "
                    "texts (rows aligned with it) and also writes its own.")
 def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, shard_rows, batch_size,
-             text, ctx, chunks, resume, overwrite, seed, revision, dtype, device, device_map, gguf_file,
+             text, ctx, chunks, resume, overwrite, seed, revision, dtype, device, device_map, max_memory,
+             offload_folder, gguf_file,
              trust_remote_code, cache_dir, threads, no_progress, max_new_tokens, temperature, top_p, samples,
              reference) -> None:
     """Score multiple-choice tasks with one (possibly quantized) model and write a
@@ -108,6 +115,7 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
         pass
 
     load_kwargs = {"revision": revision, "dtype": dtype, "device": device, "device_map": device_map,
+                   "max_memory": max_memory, "offload_folder": offload_folder,
                    "gguf_file": gguf_file, "trust_remote_code": trust_remote_code or None,
                    "cache_dir": cache_dir}
     if text is not None:

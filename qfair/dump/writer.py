@@ -57,7 +57,7 @@ from qfair.lock import LOCK_NAME, lock_dir
 __all__ = ["DumpWriter", "ShardPlan", "plan_shards", "split_plans", "to_storage", "to_topk", "finish_dump"]
 
 # run options that may differ between an interrupted run and its resume
-RESUME_FREE = ("resume", "overwrite", "progress", "out", "cache_dir")
+RESUME_FREE = ("resume", "overwrite", "progress", "out", "cache_dir", "offload_folder", "max_memory")
 # storage fields that must match on resume (the totals are only known at the end without a plan)
 _STORAGE_STATIC = ("mode", "dtype", "values", "npy_dtype", "shard_rows")
 
