@@ -679,3 +679,39 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
     finally:
         if ckpt.tmp_dir is not None:
             shutil.rmtree(ckpt.tmp_dir, ignore_errors=True)
+
+
+def load_tokenizer(model: str | os.PathLike | None = None, *, revision: str | None = None,
+                   gguf_file: str | os.PathLike | None = None, trust_remote_code: bool = False,
+                   cache_dir: str | os.PathLike | None = None, **_: Any) -> tuple[Any, int]:
+    """The tokenizer of ``model`` and the width of its logits rows (the config's
+    vocabulary size), without loading the weights: what ``qfair study --dry-run``
+    needs to count rows. GGUF models read their float cache when it exists, else
+    the GGUF file's metadata. Extra keyword arguments (load options) are ignored."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    src = resolve_model(model, revision=revision, gguf_file=gguf_file)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    try:
+        if src.is_gguf:
+            if src.kind == "hub":
+                src.gguf_file = _hub_gguf_local(src)
+            hit = _cache.lookup(_cache.file_sha256(src.gguf_file), cache_dir)
+            if hit is not None:
+                tok = AutoTokenizer.from_pretrained(str(hit))
+                cfg = AutoConfig.from_pretrained(str(hit))
+            else:
+                gdir, gname = str(Path(src.gguf_file).parent), Path(src.gguf_file).name
+                tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
+                cfg = AutoConfig.from_pretrained(gdir, gguf_file=gname)
+        else:
+            where = src.path if src.path is not None else src.id
+            tok = AutoTokenizer.from_pretrained(where, revision=src.revision, **kw)
+            cfg = AutoConfig.from_pretrained(where, revision=src.revision, **kw)
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - offline hub, corrupt files, ...: one line
+        raise _wrap_load_error(f"the tokenizer of {src.id or src.path}", e) from None
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    width = int(getattr(text_cfg, "vocab_size", 0) or len(tok))
+    return tok, width
