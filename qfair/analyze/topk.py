@@ -153,8 +153,13 @@ def _both_topk(a: TopkSide, b: TopkSide, ks: Sequence[int], vocab: int) -> dict[
     qcol = np.take_along_axis(order, np.clip(col, 0, max(kq - 1, 0)), axis=1)
     qc = np.where(matched, np.take_along_axis(qq, qcol, axis=1), 0.0)
     pc = np.where(matched, pp, 0.0)
+    # the rest cell summed from its own entries (no 1 - sum cancellation): a rounding
+    # residual against an exact zero would read as an infinite KL
+    q_matched = np.zeros((n, kq), dtype=bool)
+    r, c = np.nonzero(matched)
+    q_matched[r, qcol[r, c]] = True
     pr = pt + np.where(matched, 0.0, pp).sum(axis=1)
-    qr = qt + qq.sum(axis=1) - qc.sum(axis=1)
+    qr = qt + np.where(q_matched, 0.0, qq).sum(axis=1)
     out = _cell_metrics(pc, qc, pr, qr)
     out.update(_overlaps_records(ip, iq, ks, vocab))
     out["margin_p"], out["margin_q"] = _margin(pp), _margin(qq)
@@ -202,7 +207,8 @@ def _topk_full(a: TopkSide, b: TopkSide, ks: Sequence[int], vocab: int, threads:
         bad_q = np.isnan(m["entropy_q"]) if "entropy_q" in m else np.zeros(e - s, dtype=bool)
         vq[s:e] = ~bad_q
         raw_t = np.take_along_axis(qv, targets[s:e, None], axis=1)[:, 0].astype(np.float64)
-        lse[s:e] = raw_t - np.asarray(m["logprob_q"], dtype=np.float64)
+        with np.errstate(invalid="ignore"):  # -inf - -inf: P's top-1 outside Q's support, redone below
+            lse[s:e] = raw_t - np.asarray(m["logprob_q"], dtype=np.float64)
     # rows whose P top-1 has zero probability under Q: the normaliser from the whole row
     redo = np.flatnonzero(~np.isfinite(lse) & vq)
     for i in redo:
@@ -212,7 +218,9 @@ def _topk_full(a: TopkSide, b: TopkSide, ks: Sequence[int], vocab: int, threads:
     raw = np.take_along_axis(q_rows, ip, axis=1).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         qc = np.exp(raw - lse[:, None])
-    qr = 1.0 - qc.sum(axis=1)
+    # K = the whole vocabulary: no rest cell, on either side (1 - sum would leave a
+    # rounding residual against P's exact zero, an infinite KL(Q||P))
+    qr = np.zeros(n) if kp >= vocab else 1.0 - qc.sum(axis=1)
     out = _cell_metrics(pp, qc, pt, qr)
     out.update(over)
     out["margin_p"], out["margin_q"] = _margin(pp), margin_q
