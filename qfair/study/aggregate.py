@@ -142,6 +142,13 @@ def _yerr(sub: pl.DataFrame) -> Any:
     return np.vstack([np.nan_to_num(d - lo, nan=0.0).clip(0), np.nan_to_num(hi - d, nan=0.0).clip(0)])
 
 
+def _legend(ax: Any, most: int = 20) -> None:
+    """A legend when it stays readable (at most ``most`` entries)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if 0 < len(labels) <= most:
+        ax.legend(fontsize=7)
+
+
 def _ylabel(metric: str, descriptive: bool) -> str:
     return f"{metric} (base vs quantized)" if descriptive else f"Δ {metric} (quantized − base)"
 
@@ -186,7 +193,7 @@ def _figures(table: pl.DataFrame, out_dir: Path, wanted: list[str] | None, confi
                     if not desc:
                         ax.axhline(0, color="#888", lw=0.8)
                     ax.set_title(f"{task}: {metric} against model size ({group})")
-                    ax.legend(fontsize=7)
+                    _legend(ax)
                     fig.tight_layout()
                     p = out_dir / f"size_{stem}.png"
                     fig.savefig(p, dpi=110)
@@ -214,7 +221,7 @@ def _figures(table: pl.DataFrame, out_dir: Path, wanted: list[str] | None, confi
                     if not desc:
                         ax.axhline(0, color="#888", lw=0.8)
                     ax.set_title(f"{task}: {metric} against bits per weight ({group})")
-                    ax.legend(fontsize=7)
+                    _legend(ax)
                     fig.tight_layout()
                     p = out_dir / f"bits_{stem}.png"
                     fig.savefig(p, dpi=110)
