@@ -217,6 +217,18 @@ def _empty_choice(keep_rows: bool, vocab: int) -> ChoiceScore:
 # the scorer
 # ---------------------------------------------------------------------------
 
+def model_device(model: Any, device: Any = None) -> Any:
+    """Where a model's inputs go: ``device`` if given, else its first parameter's device (CPU without any)."""
+    import torch
+
+    if device is None:
+        try:
+            device = next(model.parameters()).device
+        except StopIteration:  # pragma: no cover
+            device = torch.device("cpu")
+    return torch.device(device) if not isinstance(device, torch.device) else device
+
+
 class Scorer:
     """Scores encoded examples with a causal LM.
 
@@ -226,7 +238,6 @@ class Scorer:
 
     def __init__(self, model: Any, tokenizer: Any, *, device: Any = None, batch_size: int = 32,
                  keep_rows: bool = True, max_length: int | None = None, share_context: bool = True):
-        import torch
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -235,12 +246,7 @@ class Scorer:
         self.batch_size = int(batch_size)
         self.keep_rows = keep_rows
         self.share_context = share_context
-        if device is None:
-            try:
-                device = next(model.parameters()).device
-            except StopIteration:  # pragma: no cover
-                device = torch.device("cpu")
-        self.device = torch.device(device) if not isinstance(device, torch.device) else device
+        self.device = model_device(model, device)
         cfg = getattr(model, "config", None)
         if max_length is None:
             for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -281,10 +287,13 @@ class Scorer:
 
     # -- public ------------------------------------------------------------
     def score(self, ex: EncodedExample) -> list[ChoiceScore]:
-        """Score every choice of one example (shared-context path when it fits)."""
+        """Score every choice of one example (shared-context path when it fits).
+
+        Runs under ``torch.no_grad`` rather than ``inference_mode``: quanto's
+        quantized weights cannot be used with inference tensors."""
         import torch
 
-        with torch.inference_mode():
+        with torch.no_grad():
             longest = max((len(c) for c in ex.conts), default=0)
             if self.share_context and len(ex.context_enc) + longest <= self.max_length:
                 return self._score_shared(ex)
@@ -294,7 +303,7 @@ class Scorer:
         """The plain computation: one full sequence per choice, no sharing."""
         import torch
 
-        with torch.inference_mode():
+        with torch.no_grad():
             return self._score_naive(ex)
 
     def _vocab(self) -> int:

@@ -86,3 +86,15 @@ def test_help_lists_the_options():
                 "--shard-rows", "--batch-size", "--resume", "--overwrite", "--seed", "--revision", "--dtype",
                 "--device", "--device-map", "--gguf-file", "--trust-remote-code"):
         assert opt in r.output
+
+
+@pytest.mark.parametrize("spec", ["quanto-int4", "quanto-int8", "bnb-nf4"])
+def test_dump_runs_with_weight_only_backends(tiny, tmp_path, spec):
+    """quanto's packed weights cannot be used with inference tensors: scoring runs under no_grad."""
+    from qfair.models.quant import spec_availability
+
+    if not spec_availability(spec)[0]:
+        pytest.skip(f"{spec} not available here")
+    r = _run(["--model", tiny["model"], "--tasks", "piqa", "--limit", "2", "--quant", spec, "--out", tmp_path / "d"])
+    assert r.exit_code == 0, r.output
+    assert open_dump(tmp_path / "d").manifest["model"]["quantization"]["name"] == spec

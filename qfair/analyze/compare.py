@@ -210,7 +210,7 @@ class _TokenSide:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence[int], chunk_rows: int,
+def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence[int], chunk_rows: int | None,
                threads: int | None, custom: Mapping[str, Callable[..., Any]], progress: bool,
                notes: list[str], metric_memory: int = DEFAULT_METRIC_MEMORY) -> _TokenSide:
     tt, info = token_table(b, q, topk=topk, chunk_rows=chunk_rows, threads=threads, metrics=custom,
@@ -365,7 +365,7 @@ def _check_options(binning: str, strata: str, bootstrap: int, entropy_unit: str 
 def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
             bins: int | str | Mapping[str, int] = 15, binning: str = "width", topk: Sequence[int] = (1, 5, 10),
             strata: str = "confidence", n_strata: int = 5, confidence: float = 0.95, threads: int | None = None,
-            metrics: Mapping[str, Callable[..., Any]] | None = None, chunk_rows: int = 4096,
+            metrics: Mapping[str, Callable[..., Any]] | None = None, chunk_rows: int | None = None,
             tokens: bool = True, permutation: bool = True, ttest: bool = False, entropy_unit: str = "nats",
             uncertainty: bool = True, progress: bool = False,
             metric_memory: int = DEFAULT_METRIC_MEMORY, verify_hash: bool = True,

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from qfair.dump import DumpError
+from qfair.dump import manifest as mf
 
 __all__ = ["TokenChunk", "token_table", "example_token_aggregates", "VOCAB_METRICS",
            "PAIRED_TOKEN_METRICS", "UNPAIRED_TOKEN_METRICS"]
@@ -56,6 +57,17 @@ class TokenChunk:
 
 #: default memory budget of the rows handed to custom metrics (see :func:`custom_chunk_rows`)
 DEFAULT_METRIC_MEMORY = 256 << 20
+
+
+#: default memory budget of the stored rows streamed through the C++ core at once (both dumps)
+DEFAULT_STREAM_MEMORY = 256 << 20
+
+
+def stream_chunk_rows(vocab: int, itemsize: int, memory: int = DEFAULT_STREAM_MEMORY) -> int:
+    """Rows per streamed chunk when none is given: the chunk's stored rows of
+    both dumps (read in place, released after the chunk) fit ``memory`` bytes:
+    1,365 rows of a 49,152-token float16 vocabulary for 256 MiB."""
+    return max(1, int(memory) // (2 * max(1, int(vocab)) * max(1, int(itemsize))))
 
 
 def custom_chunk_rows(vocab: int, memory: int = DEFAULT_METRIC_MEMORY) -> int:
@@ -109,14 +121,15 @@ def _scalar_columns(tb: pl.DataFrame, tq: pl.DataFrame) -> pl.DataFrame:
     return out
 
 
-def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chunk_rows: int = 4096,
+def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chunk_rows: int | None = None,
                 threads: int | None = None, metrics: Mapping[str, CustomMetric] | None = None,
                 progress: bool = False, metric_memory: int = DEFAULT_METRIC_MEMORY,
                 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Token table for an aligned pair and a small report (rows streamed, non-finite rows).
 
-    Custom metrics receive sub-chunks of at most :func:`custom_chunk_rows` rows
-    (``metric_memory`` bytes), whatever ``chunk_rows`` the C++ pass streams with.
+    ``chunk_rows``: rows per streamed chunk (default: :func:`stream_chunk_rows`,
+    256 MiB of stored rows). Custom metrics receive sub-chunks of at most
+    :func:`custom_chunk_rows` rows (``metric_memory`` bytes).
     """
     tb, tq = base.tokens, quant.tokens
     table = _scalar_columns(tb, tq)
@@ -171,6 +184,9 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
 
     bar = tqdm(total=n_rows, unit="row", unit_scale=True, desc="divergence", disable=not progress,
                dynamic_ncols=True)
+    if chunk_rows is None:
+        itemsize = max(np.dtype(mf.NPY_DTYPES[d.logits_dtype]).itemsize for d in (base, quant))
+        chunk_rows = stream_chunk_rows(base.vocab_size, itemsize)
     kwargs: dict[str, Any] = {"topk": ks, "chunk_rows": int(chunk_rows), "threads": threads}
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -28,7 +28,7 @@ import numpy as np
 from qfair.dump import DumpError
 from qfair.dump.manifest import stores_rows
 from qfair.dump.summary import DumpSummary, summarize
-from qfair.dump.writer import DumpWriter
+from qfair.dump.writer import DumpWriter, check_unique_ids, writing
 
 DEFAULT_SHARD_ROWS = 4096
 DEFAULT_BATCH_SIZE = 32
@@ -109,11 +109,7 @@ def prepare_documents(tasks: Sequence[Any], tokenizer: Any) -> Documents:
         infos.append(info)
     if not docs:
         raise DumpError("the selected tasks hold no examples (check --limit and --data-file)")
-    seen: set[str] = set()
-    for d in docs:
-        if d.example_id in seen:
-            raise DumpError(f"{d.task}: field 'example_id' {d.example_id!r} occurs twice")
-        seen.add(d.example_id)
+    check_unique_ids(docs)
     return Documents(docs, encoded, infos)
 
 
@@ -246,18 +242,12 @@ def run_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, store
         rows_total = sum(prepared.rows_per_example[first:writer.stop])
         bar = tqdm(total=rows_total, initial=sum(prepared.rows_per_example[first:writer.start]), unit="row",
                    unit_scale=True, dynamic_ncols=True, desc="qfair dump", disable=not progress, smoothing=0.1)
-        try:
+        with writing(writer, bar):
             for i in range(writer.start, writer.stop):
                 d, enc = prepared.docs[i], prepared.encoded[i]
                 ch, tk, blocks, nonfinite = example_records(d, scorer.score(enc), writer.next_row, store)
                 writer.add({"choices": ch, "tokens": tk}, _concat_rows(blocks), counts={"nonfinite_rows": nonfinite})
                 bar.update(enc.n_rows)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            bar.close()
-            raise
-        bar.close()
     if part is not None:  # a part: the merged dump is summarised once every rank is done
         return None
     return summarize(Path(out), writer.manifest, time.perf_counter() - t0,

@@ -210,7 +210,7 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
 
     from qfair.dump.multiple_choice import logits_width, model_record
     from qfair.dump.summary import summarize
-    from qfair.dump.writer import DumpWriter
+    from qfair.dump.writer import DumpWriter, writing
     from qfair.scoring import token_scalars, tokenizer_fingerprint
 
     t0 = time.perf_counter()
@@ -246,7 +246,7 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
         per_pass = max(1, min(batch_size, (1 << 26) // ((ctx - first) * vocab)))
         bar = tqdm(total=writer.stop - writer.first_example, initial=writer.start - writer.first_example,
                    unit="chunk", dynamic_ncols=True, desc="qfair dump --text", disable=not progress)
-        try:
+        with writing(writer, bar):
             k = writer.start
             while k < writer.stop:
                 batch = list(range(k, min(k + per_pass, writer.stop)))
@@ -254,7 +254,7 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
                 if bos:
                     inp[:, 0] = int(tok.bos_token_id)
                 kwargs = {keep_kw: ctx - first} if keep_kw else {}
-                with torch.inference_mode():
+                with torch.no_grad():
                     logits = model(inp.to(device), use_cache=False, **kwargs).logits
                 logits = logits[:, -(ctx - first):-1] if keep_kw else logits[:, first:ctx - 1]
                 for r, j in enumerate(batch):
@@ -266,12 +266,6 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
                     writer.add({"tokens": rec}, lp, counts={"nonfinite_rows": nonfinite})
                     bar.update(1)
                 k = batch[-1] + 1
-            writer.close()
-        except BaseException:
-            writer.abort()
-            bar.close()
-            raise
-        bar.close()
     if part is not None:  # a part: the merged dump is summarised once every rank is done
         return None
     s = summarize(Path(out), writer.manifest, time.perf_counter() - t0,

@@ -31,6 +31,7 @@ Layout and guarantees:
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -40,7 +41,7 @@ import queue
 import shutil
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,8 @@ from qfair.dump.kinds import get_kind
 from qfair.fsutil import fsync_dir, sha256_file, temp_path
 from qfair.lock import LOCK_NAME, lock_dir
 
-__all__ = ["DumpWriter", "ShardPlan", "plan_shards", "split_plans", "to_storage", "to_topk", "finish_dump"]
+__all__ = ["DumpWriter", "ShardPlan", "plan_shards", "split_plans", "to_storage", "to_topk", "finish_dump", "writing",
+           "check_unique_ids"]
 
 # run options that may differ between an interrupted run and its resume
 RESUME_FREE = ("resume", "overwrite", "progress", "out", "cache_dir", "offload_folder", "max_memory")
@@ -883,3 +885,29 @@ def _library_versions() -> dict[str, Any]:
     from qfair.provenance import library_versions
 
     return library_versions()
+
+
+@contextlib.contextmanager
+def writing(writer: DumpWriter, bar: Any = None) -> Iterator[DumpWriter]:
+    """A producer's write loop: the dump is closed (tables written, manifest
+    complete) when the block ends normally, aborted (finished shards kept, so it
+    can be resumed) when it raises; ``bar`` (a progress bar) is closed either way."""
+    try:
+        yield writer
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def check_unique_ids(docs: Sequence[Any]) -> None:
+    """DumpError naming the first ``example_id`` that occurs twice among documents
+    (checked before the model runs; the writer checks its examples table again)."""
+    seen: set[str] = set()
+    for d in docs:
+        if d.example_id in seen:
+            raise DumpError(f"{d.task}: field 'example_id' {d.example_id!r} occurs twice")
+        seen.add(d.example_id)

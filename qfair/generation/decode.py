@@ -111,16 +111,11 @@ class LanguageModel:
     (cache, logits to keep, position ids), pad and EOS ids and the device."""
 
     def __init__(self, model: Any, tokenizer: Any, device: Any = None):
-        import torch
+        from qfair.scoring import model_device
 
         self.model = model
         self.tokenizer = tokenizer
-        if device is None:
-            try:
-                device = next(model.parameters()).device
-            except StopIteration:  # pragma: no cover
-                device = torch.device("cpu")
-        self.device = torch.device(device) if not isinstance(device, torch.device) else device
+        self.device = model_device(model, device)
         params = inspect.signature(model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
@@ -220,7 +215,7 @@ class Decoder:
     def generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None = None) -> list[Continuation]:
         import torch
 
-        with torch.inference_mode():
+        with torch.no_grad():
             return self._generate(prompts, seeds)
 
     def _generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None) -> list[Continuation]:

@@ -33,7 +33,7 @@ import numpy as np
 from qfair.dump import DumpError
 from qfair.dump.manifest import parse_store, stores_rows
 from qfair.dump.summary import DumpSummary, _store_label, stored_text
-from qfair.dump.writer import DumpWriter
+from qfair.dump.writer import DumpWriter, check_unique_ids, writing
 from qfair.generation import GENERATION_TASK_KIND
 from qfair.generation.decode import DecodeSettings
 
@@ -195,11 +195,7 @@ def _prepare(tasks: Sequence[Any], tokenizer: Any) -> tuple[list[Any], list[list
         infos.append(info)
     if not docs:
         raise DumpError("the selected tasks hold no prompts (check --limit and --data-file)")
-    seen: set[str] = set()
-    for d in docs:
-        if d.example_id in seen:
-            raise DumpError(f"{d.task}: field 'example_id' {d.example_id!r} occurs twice")
-        seen.add(d.example_id)
+    check_unique_ids(docs)
     return docs, prompts, infos
 
 
@@ -273,7 +269,7 @@ def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any
                    desc="qfair dump (generation)", disable=not progress)
         pending: dict[int, dict[int, tuple[Any, Any]]] = {}
         nxt = writer.start
-        try:
+        with writing(writer, bar):
             for b0 in range(first, len(items), batch_size):
                 batch = items[b0:b0 + batch_size]
                 bp = [prompts[i] for i, _ in batch]
@@ -288,12 +284,6 @@ def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any
                     _add_example(writer, docs[nxt], len(prompts[nxt]), pending.pop(nxt), seeds, nxt, tok, store)
                     bar.update(S)
                     nxt += 1
-            writer.close()
-        except BaseException:
-            writer.abort()
-            bar.close()
-            raise
-        bar.close()
     return _summary(Path(out), writer, time.perf_counter() - t0, settings, reference)
 
 

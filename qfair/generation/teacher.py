@@ -41,7 +41,7 @@ def teacher_force(lm: LanguageModel, prompts: Sequence[Sequence[int]], conts: Se
     vocab = int(lm.model.get_output_embeddings().weight.shape[0])
     per_seq = max(len(conts[i]) for i in todo) * vocab * 4 if todo else 1
     chunk = max(1, MAX_LOGITS_BYTES // max(per_seq, 1))
-    with torch.inference_mode():
+    with torch.no_grad():
         for s in range(0, len(todo), chunk):
             part = todo[s:s + chunk]
             for i, c in zip(part, _batch(lm, [prompts[i] for i in part], [conts[i] for i in part],

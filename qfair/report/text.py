@@ -185,7 +185,7 @@ def compact_summary(summary: pl.DataFrame, models: list[str] | None = None, task
               "p_holm: Holm-adjusted over the summary table. reading: by the metric's direction, for",
               "CrowS-Pairs by the distance from 50 %; n.s. = the interval includes 0; raw = not after Holm.",
               "KL nats: mean per-token KL(base ‖ quantized); flips: correct→incorrect / incorrect→correct."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
 def model_headlines(summary: pl.DataFrame, examples: pl.DataFrame | None = None,
