@@ -149,6 +149,20 @@ def _legend(ax: Any, most: int = 20) -> None:
         ax.legend(fontsize=7)
 
 
+def _finish(fig: Any, ax: Any, metric: str, desc: bool, title: str, path: Path) -> None:
+    """Label, zero line (differences only), legend; save and close."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel(_ylabel(metric, desc))
+    if not desc:
+        ax.axhline(0, color="#888", lw=0.8)
+    ax.set_title(title)
+    _legend(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _ylabel(metric: str, descriptive: bool) -> str:
     return f"{metric} (base vs quantized)" if descriptive else f"Δ {metric} (quantized − base)"
 
@@ -189,15 +203,8 @@ def _figures(table: pl.DataFrame, out_dir: Path, wanted: list[str] | None, confi
                                         label=f"{spec} ({fam})" if fam else spec)
                     ax.set_xscale("log")
                     ax.set_xlabel("model size (parameters, log scale)")
-                    ax.set_ylabel(_ylabel(metric, desc))
-                    if not desc:
-                        ax.axhline(0, color="#888", lw=0.8)
-                    ax.set_title(f"{task}: {metric} against model size ({group})")
-                    _legend(ax)
-                    fig.tight_layout()
                     p = out_dir / f"size_{stem}.png"
-                    fig.savefig(p, dpi=110)
-                    plt.close(fig)
+                    _finish(fig, ax, metric, desc, f"{task}: {metric} against model size ({group})", p)
                     figs.append({"path": p, "title": f"{task}: {metric} against model size",
                                  "caption": f"Group {group}. One line per quantization spec and family; bars: "
                                             f"{pct} bootstrap intervals of the pair's summary."})
@@ -217,15 +224,8 @@ def _figures(table: pl.DataFrame, out_dir: Path, wanted: list[str] | None, confi
                             ax.plot([x[-1], bb], [y[-1], 0.0], color=mcol[m], ls=":", lw=1)
                             ax.plot([bb], [0.0], color=mcol[m], marker="D", ms=5)
                     ax.set_xlabel("bits per weight (measured)")
-                    ax.set_ylabel(_ylabel(metric, desc))
-                    if not desc:
-                        ax.axhline(0, color="#888", lw=0.8)
-                    ax.set_title(f"{task}: {metric} against bits per weight ({group})")
-                    _legend(ax)
-                    fig.tight_layout()
                     p = out_dir / f"bits_{stem}.png"
-                    fig.savefig(p, dpi=110)
-                    plt.close(fig)
+                    _finish(fig, ax, metric, desc, f"{task}: {metric} against bits per weight ({group})", p)
                     figs.append({"path": p, "title": f"{task}: {metric} against bits per weight",
                                  "caption": f"Group {group}. One line per model; diamonds: the base model (Δ = 0) "
                                             f"at its own bits per weight; bars: {pct} bootstrap intervals."})

@@ -117,6 +117,16 @@ class _C:
             raise self.fail(fld, f"is {v!r}, expected a number")
         return float(v)
 
+    def choice(self, v: Any, fld: str, options: tuple[str, ...]) -> str:
+        if v not in options:
+            raise self.fail(fld, f"is {v!r}, expected " + " or ".join(repr(o) for o in options))
+        return v
+
+    def flag(self, v: Any, fld: str) -> bool:
+        if not isinstance(v, bool):
+            raise self.fail(fld, f"is {v!r}, expected true or false")
+        return v
+
     def strs(self, v: Any, fld: str) -> list[str]:
         if isinstance(v, str):
             v = [x for x in (s.strip() for s in v.split(",")) if x]
@@ -187,8 +197,7 @@ def _model(c: _C, v: Any, i: int, root: Path) -> ModelEntry:
             continue
         val = t[k]
         if k == "trust_remote_code":
-            if not isinstance(val, bool):
-                raise c.fail(f"{fld}.{k}", f"is {val!r}, expected true or false")
+            c.flag(val, f"{fld}.{k}")
         elif k == "max_memory":
             if isinstance(val, dict):
                 val = ",".join(f"{dk}={dv}" for dk, dv in val.items())
@@ -350,17 +359,11 @@ def _analysis(c: _C, v: Any) -> dict[str, Any]:
                 raise c.fail(fld, f"is {val!r}, expected an integer, 'K,METRIC=K' or a table")
             out[k] = val
         elif k == "binning":
-            if val not in ("width", "mass"):
-                raise c.fail(fld, f"is {val!r}, expected 'width' or 'mass'")
-            out[k] = val
+            out[k] = c.choice(val, fld, ("width", "mass"))
         elif k == "strata":
-            if val not in ("confidence", "entropy"):
-                raise c.fail(fld, f"is {val!r}, expected 'confidence' or 'entropy'")
-            out[k] = val
+            out[k] = c.choice(val, fld, ("confidence", "entropy"))
         elif k in ("skip_hash", "report"):
-            if not isinstance(val, bool):
-                raise c.fail(fld, f"is {val!r}, expected true or false")
-            out[k] = val
+            out[k] = c.flag(val, fld)
         elif k == "formats":
             fm = c.strs(val, fld)
             bad = [f for f in fm if f not in ("parquet", "csv", "md", "latex")]
