@@ -143,6 +143,9 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
                         f"(qfair dump --store full); {base.path if not base.has_logits else quant.path} has "
                         f"{'top-K records only' if (base if not base.has_logits else quant).has_topk else 'none'}")
     if base.has_rows and quant.has_rows and not both:
+        if chunk_rows is None:  # the full side's rows bound the chunk (a top-K record is small)
+            full = base if base.has_logits else quant
+            chunk_rows = stream_chunk_rows(full.vocab_size, np.dtype(mf.NPY_DTYPES[full.logits_dtype]).itemsize)
         return _topk_token_table(base, quant, table, info, topk=topk, chunk_rows=chunk_rows, threads=threads,
                                  progress=progress)
     if not both:

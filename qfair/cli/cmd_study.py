@@ -32,7 +32,7 @@ def study_cmd(study_file, out, executor, dry_run) -> None:
     Examples:
       qfair study study.toml --out runs/study --dry-run
       qfair study study.toml --out runs/study
-      qfair study study.toml --out /shared/runs/study --executor slurm
+      qfair study study.toml --out /scratch/runs/study --executor slurm
     """
     from qfair.dump import DumpError
     from qfair.study import StudyError, run_study
