@@ -173,7 +173,7 @@ def _targets_array(targets: Any, rows: int, vocab: int) -> np.ndarray | None:
         if big.size:
             i = int(big[0])
             raise ValueError(f"targets: row {i} has token id {t[i]}, outside the vocabulary of size {vocab}")
-    return t.astype(np.int64, copy=False)
+    return np.ascontiguousarray(t, dtype=np.int64)  # a strided view (a column) is copied: one id per row
 
 
 def _empty_like_result(pa: np.ndarray, hint: str, run: Any) -> dict[str, Any]:

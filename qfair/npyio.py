@@ -81,6 +81,26 @@ class NpyHeader:
         return n * self.dtype.itemsize
 
 
+def _plain_record(descr: object) -> bool:
+    """A structured descr of named fields, each a plain dtype string with an optional
+    shape: ``[('logprob', '<f2', (128,)), ('id', '<i4', (128,)), ('tail', '<f4')]``
+    (the records of a top-K dump). Nothing nested, nothing that could hold objects."""
+    if not isinstance(descr, list) or not descr or len(descr) > 64:
+        return False
+    for f in descr:
+        if not isinstance(f, tuple) or len(f) not in (2, 3) or not isinstance(f[0], str) or not f[0] \
+                or not isinstance(f[1], str):
+            return False
+        if len(f) == 3 and not (isinstance(f[2], tuple) and all(type(x) is int and x >= 0 for x in f[2])):
+            return False
+        try:
+            if np.dtype(f[1]).fields is not None or np.dtype(f[1]).hasobject:
+                return False
+        except Exception:  # noqa: BLE001
+            return False
+    return True
+
+
 def read_npy_header(fh: BinaryIO, path: str | os.PathLike = "") -> NpyHeader:
     """Parse a .npy header from an open binary file, strictly: magic, version
     1-3, a dict literal with exactly ``descr``, ``fortran_order`` and ``shape``.
@@ -122,9 +142,9 @@ def read_npy_header(fh: BinaryIO, path: str | os.PathLike = "") -> NpyHeader:
         raise NpyFormatError(f"{where}.npy header shape {shape!r} is not a tuple of non-negative integers")
     if not isinstance(fortran, bool):
         raise NpyFormatError(f"{where}.npy header fortran_order {fortran!r} is not a boolean")
-    if not isinstance(descr, str):
-        raise NpyFormatError(f"{where}.npy header descr {descr!r} is not a plain dtype string "
-                             "(structured or object arrays are not read)")
+    if not isinstance(descr, str) and not _plain_record(descr):
+        raise NpyFormatError(f"{where}.npy header descr {str(descr)[:80]!r} is neither a plain dtype string nor a "
+                             "record of named plain fields (nested or object arrays are not read)")
     try:
         dtype = np.dtype(descr)
     except Exception:  # noqa: BLE001

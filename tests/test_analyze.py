@@ -314,7 +314,7 @@ def test_store_none_gives_example_and_target_token_stats(dumps):
     assert {"acc", "ece", "flips", "target_logprob", "delta_p", "top1_agree"} <= metrics
     assert "kl_pq" not in metrics
     assert any("--store none" in n for n in c.notes)
-    with pytest.raises(DumpError, match="need logits"):
+    with pytest.raises(DumpError, match="need vocabulary-wide rows in both dumps"):
         compare(dumps["base_none"], dumps["nf4_none"], bootstrap=50, metrics={"x": lambda ch: ch.p[:, 0]})
 
 

@@ -125,3 +125,17 @@ def test_the_study_steps_run_as_written(tmp_path):
         r = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
         assert r.returncode == 0, (cmd, r.stdout[-2000:], r.stderr[-2000:])
     assert (tmp_path / "runs" / "analysis" / "report" / "report.html").is_file()
+
+
+def test_the_study_file_is_valid(tmp_path):
+    """The README's study file loads as written (every field checked) and names its grid."""
+    from qfair.study import load_study
+
+    (toml,) = blocks("toml")
+    f = tmp_path / "study.toml"
+    f.write_text(toml, encoding="utf-8")
+    st = load_study(f)
+    assert [m.id for m in st.models] == ["smollm2-135m"]
+    assert [q.spec for q in st.specs] == ["bnb-int8", "bnb-nf4"] and st.base.spec == "none"
+    assert [(g.name, g.tasks) for g in st.groups] == [("mc", ("piqa", "arc_easy", "crows_pairs_english"))]
+    assert st.dump["limit"] == 20

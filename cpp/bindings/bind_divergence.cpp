@@ -70,7 +70,8 @@ std::vector<int64_t> as_targets(const ::py::object& t, int64_t rows) {
     if (a.ndim() != 1 || a.shape(0) != rows)
         throw ::py::value_error("targets must be 1-D with one token id per row (" + std::to_string(rows) +
                                 "), got shape of " + std::to_string(a.ndim()) + " dimension(s)");
-    auto converted = ::py::array_t<int64_t, ::py::array::forcecast>::ensure(a);  // small: one id per row
+    // c_style: a strided view (a column of a 2-D array) is copied, never read as if it were contiguous
+    auto converted = ::py::array_t<int64_t, ::py::array::c_style | ::py::array::forcecast>::ensure(a);
     out.assign(converted.data(), converted.data() + rows);
     return out;
 }

@@ -224,6 +224,12 @@ def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence
         if info.get(f"infinite_{kl}_rows"):
             notes.append(f"{label}: {kl} is infinite for {info[f'infinite_{kl}_rows']} token(s) ({who}); "
                          f"its mean is infinite and is not tested")
+    if info.get("topk"):
+        tk = info["topk"]
+        notes.append(f"{label}: top-K storage (base {'K=' + str(tk['base']) if tk['base'] else 'full'}, "
+                     f"{label} {'K=' + str(tk['quant']) if tk['quant'] else 'full'}): kl_pq, kl_qp, js and tv are "
+                     "lower bounds (the ids stored on both sides plus one tail bucket); overlap_at_k is exact "
+                     f"for k <= {tk['exact_overlap_up_to']} and NaN beyond")
     if not info["vocab_wide"]:
         notes.append(f"{label}: no logits in both dumps (--store none); token table has "
                      "target-token statistics only")

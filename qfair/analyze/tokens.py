@@ -139,8 +139,15 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
     metrics = dict(metrics or {})
     both = bool(base.has_logits and quant.has_logits)
     if metrics and not both:
-        raise DumpError(f"custom metrics {sorted(metrics)} need logits stored in both dumps "
-                        f"(qfair dump --store full); {base.path if not base.has_logits else quant.path} has none")
+        raise DumpError(f"custom metrics {sorted(metrics)} need vocabulary-wide rows in both dumps "
+                        f"(qfair dump --store full); {base.path if not base.has_logits else quant.path} has "
+                        f"{'top-K records only' if (base if not base.has_logits else quant).has_topk else 'none'}")
+    if base.has_rows and quant.has_rows and not both:
+        if chunk_rows is None:  # the full side's rows bound the chunk (a top-K record is small)
+            full = base if base.has_logits else quant
+            chunk_rows = stream_chunk_rows(full.vocab_size, np.dtype(mf.NPY_DTYPES[full.logits_dtype]).itemsize)
+        return _topk_token_table(base, quant, table, info, topk=topk, chunk_rows=chunk_rows, threads=threads,
+                                 progress=progress)
     if not both:
         return table, info
 
@@ -233,6 +240,51 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
         ).with_columns(pl.col(c).fill_null(np.nan) for c in ("logprob_p", "logprob_q", "delta_p", "entropy_p",
                                                               "entropy_q", "maxprob_p", "maxprob_q", "top1_agree"))
     info["custom_metrics"] = list(custom)
+    return table, info
+
+
+def _topk_token_table(base: Any, quant: Any, table: pl.DataFrame, info: dict[str, Any], *, topk: Sequence[int],
+                      chunk_rows: int, threads: int | None, progress: bool) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The vocabulary-wide columns when a side stores top-K records (:mod:`qfair.analyze.topk`):
+    KL / JS / TV as lower bounds, overlaps exact up to K, margins exact."""
+    from tqdm import tqdm
+
+    from qfair.analyze.topk import BOUND_METRICS, stream_topk_divergence
+
+    rows = table["row"].to_numpy()
+    valid = rows >= 0
+    n_rows = base.n_rows
+    if np.any(rows >= n_rows):
+        raise DumpError(f"{base.path}: tokens.parquet field 'row' reaches {int(rows.max())}, "
+                        f"but the dump holds {n_rows} rows")
+    ks = tuple(int(k) for k in topk)
+    names = list(VOCAB_METRICS) + [f"overlap_at_{k}" for k in ks]
+    cols = {name: np.full(n_rows, np.nan) for name in names}
+    bad_p = np.zeros(n_rows, dtype=bool)
+    bad_q = np.zeros(n_rows, dtype=bool)
+    bar = tqdm(total=n_rows, unit="row", unit_scale=True, desc="divergence (top-K)", disable=not progress,
+               dynamic_ncols=True)
+    for s, e, res in stream_topk_divergence(base, quant, topk=ks, chunk_rows=chunk_rows, threads=threads):
+        for name in names:
+            cols[name][s:e] = res[name]
+        bad_p[s:e], bad_q[s:e] = res["_invalid_p"], res["_invalid_q"]
+        bar.update(e - s)
+    bar.close()
+    info.update(vocab_wide=True, rows_streamed=n_rows, nonfinite_rows=int((bad_p | bad_q).sum()),
+                nonfinite_base_rows=int(bad_p.sum()), nonfinite_quant_rows=int(bad_q.sum()),
+                infinite_kl_pq_rows=int(np.isinf(cols["kl_pq"]).sum()),
+                infinite_kl_qp_rows=int(np.isinf(cols["kl_qp"]).sum()),
+                topk={"base": base.topk, "quant": quant.topk, "lower_bounds": list(BOUND_METRICS),
+                      "exact_overlap_up_to": min(k for k in (base.topk, quant.topk) if k is not None)})
+    safe = np.where(valid, rows, 0)
+    invalid = valid & (bad_p | bad_q)[safe]
+    table = table.with_columns([pl.Series(name, np.where(valid & ~invalid, arr[safe], np.nan))
+                                for name, arr in cols.items()])
+    if invalid.any():
+        mask = pl.Series(invalid)
+        cs = ("logprob_p", "logprob_q", "delta_p", "entropy_p", "entropy_q", "maxprob_p", "maxprob_q", "top1_agree")
+        table = table.with_columns(pl.when(mask).then(np.nan).otherwise(pl.col(c)).alias(c) for c in cs)
+    info["custom_metrics"] = []
     return table, info
 
 

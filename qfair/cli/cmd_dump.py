@@ -6,6 +6,17 @@ import click
 from qfair.cli import main
 
 
+def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from qfair.dump import DumpError
+    from qfair.dump.manifest import parse_store
+
+    try:
+        parse_store(value)
+    except DumpError as e:
+        raise click.BadParameter(str(e).removeprefix("--store is ")) from None
+    return value
+
+
 @main.command("dump")
 @click.option("--model", "model", default=None, metavar="M",
               help="Model: a local directory, an HF id already in the local cache, or "
@@ -19,8 +30,9 @@ from qfair.cli import main
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N documents per task.")
 @click.option("--data-file", "data_files", multiple=True, metavar="TASK=PATH",
               help="Read TASK's documents from a local JSONL/Parquet/CSV file (repeatable).")
-@click.option("--store", type=click.Choice(["full", "none"]), default="full", show_default=True,
-              help="full: store every scored token's vocabulary-wide log-probs; none: scalars only.")
+@click.option("--store", default="full", show_default=True, metavar="full|none|topk:K", callback=_check_store,
+              help="full: store every scored token's vocabulary-wide log-probs; none: scalars only; topk:K: per "
+                   "row the K largest log-probs, their token ids and the log of the remaining mass.")
 @click.option("--store-dtype", type=click.Choice(["f16", "f32", "bf16"]), default="f16", show_default=True,
               help="dtype of the stored log-prob rows.")
 @click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,
@@ -41,7 +53,13 @@ from qfair.cli import main
 @click.option("--revision", default=None, help="Model revision (local HF cache).")
 @click.option("--dtype", default=None, help="Model dtype (float32, bfloat16, float16, auto).")
 @click.option("--device", default=None, help="Device (cpu, cuda, cuda:1, ...).")
-@click.option("--device-map", default=None, help="accelerate device map (e.g. auto, cpu).")
+@click.option("--device-map", default=None, help="accelerate device map (e.g. auto, cpu): a model larger than one "
+              "device is split across the GPUs, the CPU and disk.")
+@click.option("--max-memory", default=None, metavar="DEV=SIZE,...",
+              help="With --device-map auto: memory each device may take, e.g. 0=20GiB,1=20GiB,cpu=60GiB; what does "
+                   "not fit is offloaded to disk.")
+@click.option("--offload-folder", default=None, type=click.Path(file_okay=False),
+              help="With --device-map: where offloaded weights go (default: a temporary folder removed at exit).")
 @click.option("--gguf-file", default=None, help="GGUF file inside --model's directory.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
@@ -60,7 +78,8 @@ from qfair.cli import main
               help="Generation tasks: the base model's generation dump; this model is teacher-forced on its "
                    "texts (rows aligned with it) and also writes its own.")
 def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, shard_rows, batch_size,
-             text, ctx, chunks, resume, overwrite, seed, revision, dtype, device, device_map, gguf_file,
+             text, ctx, chunks, resume, overwrite, seed, revision, dtype, device, device_map, max_memory,
+             offload_folder, gguf_file,
              trust_remote_code, cache_dir, threads, no_progress, max_new_tokens, temperature, top_p, samples,
              reference) -> None:
     """Score multiple-choice tasks with one (possibly quantized) model and write a
@@ -96,6 +115,7 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
         pass
 
     load_kwargs = {"revision": revision, "dtype": dtype, "device": device, "device_map": device_map,
+                   "max_memory": max_memory, "offload_folder": offload_folder,
                    "gguf_file": gguf_file, "trust_remote_code": trust_remote_code or None,
                    "cache_dir": cache_dir}
     if text is not None:
@@ -119,4 +139,7 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
         raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; finished shards are kept in {out} (finish with --resume)") from None
-    click.echo(summary.text())
+    import os
+
+    if os.environ.get("RANK", "0") in ("0", ""):  # a data-parallel run reports once, from rank 0
+        click.echo(summary.text())

@@ -26,12 +26,51 @@ TOKENS = "tokens.parquet"
 LOGITS_DIR = "logits"
 PARTS_DIR = "parts"
 
-STORE_MODES = ("full", "none")
+STORE_MODES = ("full", "none", "topk")
 STORE_DTYPES = ("f16", "f32", "bf16")
 # numpy dtype string of each stored dtype (bf16 as raw uint16 bit patterns)
 NPY_DTYPES = {"f16": "<f2", "f32": "<f4", "bf16": "<u2"}
+# the fields of a top-K record besides the values: token ids and the log of the mass outside the top K
+TOPK_ID_DTYPE = "<i4"
+TOPK_TAIL_DTYPE = "<f4"
 
 REQUIRED_KEYS = ("format", "format_version", "status", "storage", "shards", "tokenizer", "vocab_size")
+
+
+def parse_store(store: str) -> tuple[str, int | None]:
+    """``full`` | ``none`` | ``topk:K`` -> (mode, K or None); DumpError otherwise."""
+    s = str(store).strip()
+    if s in ("full", "none"):
+        return s, None
+    head, sep, k = s.partition(":")
+    if head == "topk" and sep and k.strip().isdigit() and int(k) >= 1:
+        return "topk", int(k)
+    raise DumpError(f"--store is {store!r}, expected full, none or topk:K (K a positive integer, e.g. topk:128)")
+
+
+def stores_rows(store: str) -> bool:
+    """Whether a ``--store`` value keeps a row per scored token (full rows or top-K records)."""
+    return parse_store(store)[0] != "none"
+
+
+def topk_record(dtype: str, k: int) -> Any:
+    """The numpy record of one row of a top-K shard: ``logprob`` (K values in the
+    stored dtype, largest first), ``id`` (their token ids, int32) and ``tail``
+    (float32 log of the probability outside the K)."""
+    import numpy as np
+
+    return np.dtype([("logprob", NPY_DTYPES[dtype], (int(k),)), ("id", TOPK_ID_DTYPE, (int(k),)),
+                     ("tail", TOPK_TAIL_DTYPE)])
+
+
+def shard_dtype(storage: dict[str, Any]) -> Any:
+    """The numpy dtype of a dump's shards: the stored dtype of ``full`` rows
+    ([rows, vocab]) or the :func:`topk_record` of ``topk`` shards ([rows])."""
+    import numpy as np
+
+    if storage.get("mode") == "topk":
+        return topk_record(storage["dtype"], int(storage["k"]))
+    return np.dtype(NPY_DTYPES[storage["dtype"]])
 
 
 def now_iso() -> str:

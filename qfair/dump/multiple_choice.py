@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from qfair.dump import DumpError
+from qfair.dump.manifest import stores_rows
 from qfair.dump.summary import DumpSummary, summarize
 from qfair.dump.writer import DumpWriter, check_unique_ids, writing
 
@@ -134,7 +135,7 @@ def example_records(d: Any, scores: Sequence[Any], first_row: int, store: str) -
     row = first_row
     blocks = []
     nonfinite = 0
-    full = store == "full"
+    full = stores_rows(store)
     for ci, s in enumerate(scores):
         n = s.n_tokens
         text = d.choices[ci]
@@ -197,12 +198,14 @@ def run_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, store
              store_dtype: str = "f16", shard_rows: int = DEFAULT_SHARD_ROWS,
              batch_size: int = DEFAULT_BATCH_SIZE, resume: bool = False, overwrite: bool = False,
              seed: int = 0, progress: bool = True, config: dict[str, Any] | None = None,
-             threads: int | None = None) -> DumpSummary:
+             threads: int | None = None, part: tuple[int, int] | None = None) -> DumpSummary:
     """Score every document of ``tasks`` with ``loaded`` (a LoadedModel: .model,
     .tokenizer, .device, .manifest()) and write a dump directory at ``out``.
 
     ``threads``: torch's compute threads for the run (restored afterwards;
-    None leaves torch's setting alone); recorded in the manifest either way."""
+    None leaves torch's setting alone); recorded in the manifest either way.
+    ``part``: (rank, world size) of a data-parallel dump: write only this rank's
+    range of planned shards (:mod:`qfair.dump.distributed`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -220,11 +223,11 @@ def run_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, store
         with torch_threads(threads):
             return run_dump(out, loaded, tasks, store=store, store_dtype=store_dtype, shard_rows=shard_rows,
                             batch_size=batch_size, resume=resume, overwrite=overwrite, seed=seed,
-                            progress=progress, config=config, threads=None)
+                            progress=progress, config=config, threads=None, part=part)
     vocab = logits_width(loaded)
     prepared = prepare_documents(tasks, loaded.tokenizer)
     scorer = Scorer(loaded.model, loaded.tokenizer, device=getattr(loaded, "device", None),
-                    batch_size=batch_size, keep_rows=store == "full")
+                    batch_size=batch_size, keep_rows=stores_rows(store))
     truncated = context_overflow(prepared, scorer.max_length)
     writer = DumpWriter(
         out, kind="multiple_choice", examples=examples_columns(prepared.docs), vocab_size=vocab,
@@ -233,17 +236,20 @@ def run_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, store
         store_dtype=store_dtype, shard_rows=shard_rows, config={**(config or {}), "batch_size": batch_size},
         info={"scoring": SCORING_RULES}, seed=seed,
         counts={"choices": sum(len(d.choices) for d in prepared.docs), "truncated_examples": truncated},
-        resume=resume, overwrite=overwrite, threads=torch.get_num_threads())
+        resume=resume, overwrite=overwrite, threads=torch.get_num_threads(), part=part)
     if not writer.already_complete:
-        rows_total = sum(prepared.rows_per_example)
-        bar = tqdm(total=rows_total, initial=sum(prepared.rows_per_example[:writer.start]), unit="row",
+        first = writer.first_example
+        rows_total = sum(prepared.rows_per_example[first:writer.stop])
+        bar = tqdm(total=rows_total, initial=sum(prepared.rows_per_example[first:writer.start]), unit="row",
                    unit_scale=True, dynamic_ncols=True, desc="qfair dump", disable=not progress, smoothing=0.1)
         with writing(writer, bar):
-            for i in range(writer.start, writer.n_examples):
+            for i in range(writer.start, writer.stop):
                 d, enc = prepared.docs[i], prepared.encoded[i]
                 ch, tk, blocks, nonfinite = example_records(d, scorer.score(enc), writer.next_row, store)
                 writer.add({"choices": ch, "tokens": tk}, _concat_rows(blocks), counts={"nonfinite_rows": nonfinite})
                 bar.update(enc.n_rows)
+    if part is not None:  # a part: the merged dump is summarised once every rank is done
+        return None
     return summarize(Path(out), writer.manifest, time.perf_counter() - t0,
                      resumed_from_shard=writer.resumed_from_shard or None,
                      already_complete=writer.already_complete, context_length=scorer.max_length)

@@ -52,8 +52,29 @@ class Dump:
         return self.status == "complete"
 
     @property
+    def storage_mode(self) -> str:
+        """``full`` (vocabulary-wide rows), ``topk`` (top-K records per row) or ``none``."""
+        return self.manifest["storage"]["mode"]
+
+    @property
     def has_logits(self) -> bool:
-        return self.manifest["storage"]["mode"] == "full"
+        """Vocabulary-wide rows are stored (``--store full``)."""
+        return self.storage_mode == "full"
+
+    @property
+    def has_topk(self) -> bool:
+        """Top-K records are stored (``--store topk:K``)."""
+        return self.storage_mode == "topk"
+
+    @property
+    def has_rows(self) -> bool:
+        """A row per scored token is stored, full or top-K."""
+        return self.storage_mode != "none"
+
+    @property
+    def topk(self) -> int | None:
+        """K of a top-K dump (None otherwise)."""
+        return int(self.manifest["storage"]["k"]) if self.has_topk else None
 
     @property
     def logits_dtype(self) -> str:
@@ -65,8 +86,8 @@ class Dump:
 
     @property
     def n_rows(self) -> int:
-        """Logits rows present (sum over finished shards; 0 without --store full)."""
-        if not self.has_logits:
+        """Rows present (sum over finished shards; 0 with --store none)."""
+        if not self.has_rows:
             return 0
         return sum(int(s["rows"]) for s in self.manifest["shards"])
 
@@ -94,7 +115,7 @@ class Dump:
             if e is not None:
                 out.append((e["file"], e["bytes"], e["sha256"], f"tables.{name}"))
         for i, s in enumerate(m["shards"]):
-            if self.has_logits:
+            if self.has_rows:
                 out.append((s["file"], s["bytes"], s["sha256"], f"shards[{i}]"))
             if not self.is_complete:
                 for name in self.kind.tables:
@@ -117,7 +138,7 @@ class Dump:
                                 "(truncated, corrupt or replaced file)")
             if hash and sha is not None and sha256_file(p) != sha:
                 raise DumpError(f"{p}: sha256 differs from {mf.MANIFEST} {field}.sha256 (corrupt or replaced file)")
-        for i in range(len(self.manifest["shards"]) if self.has_logits else 0):
+        for i in range(len(self.manifest["shards"]) if self.has_rows else 0):
             self._shard_header(i)
 
     def _shard_header(self, i: int) -> tuple[Path, NpyHeader]:
@@ -137,14 +158,16 @@ class Dump:
             raise DumpError(f"{path}: not a readable .npy shard ({e})") from None
         except OSError as e:
             raise DumpError(f"{path}: cannot be read ({e.strerror or e})") from None
-        want = np.dtype(mf.NPY_DTYPES[self.logits_dtype])
+        want = mf.shard_dtype(self.manifest["storage"])
         if h.dtype != want:
-            raise DumpError(f"{path}: dtype {h.dtype}, {mf.MANIFEST} storage.dtype {self.logits_dtype!r} expects {want}")
+            what = f"storage.dtype {self.logits_dtype!r}" + (f" and storage.k {self.topk}" if self.has_topk else "")
+            raise DumpError(f"{path}: dtype {h.dtype}, {mf.MANIFEST} {what} expects {want}")
         if h.fortran:
             raise DumpError(f"{path}: header says Fortran order; shards are C-order [rows, vocab]")
-        if h.shape != (s["rows"], self.vocab_size):
-            raise DumpError(f"{path}: shape {h.shape}, expected [{s['rows']}, {self.vocab_size}] "
-                            f"({mf.MANIFEST} shards[{i}].rows, vocab_size)")
+        shape = (s["rows"],) if self.has_topk else (s["rows"], self.vocab_size)
+        if h.shape != shape:
+            raise DumpError(f"{path}: shape {h.shape}, expected [{', '.join(map(str, shape))}] "
+                            f"({mf.MANIFEST} shards[{i}].rows{'' if self.has_topk else ', vocab_size'})")
         if h.offset + h.data_bytes != size:
             raise DumpError(f"{path}: header and data take {h.offset + h.data_bytes} bytes, the file holds {size}")
         return path, h
@@ -217,17 +240,26 @@ class Dump:
     # -- logits ----------------------------------------------------------------
     @property
     def logit_paths(self) -> list[Path]:
+        """The shards of vocabulary-wide rows (empty unless ``--store full``)."""
         if not self.has_logits:
+            return []
+        return self.row_paths
+
+    @property
+    def row_paths(self) -> list[Path]:
+        """The shard files, full rows or top-K records (empty with ``--store none``)."""
+        if not self.has_rows:
             return []
         return [self.file(s["file"], f"shards[{i}].file") for i, s in enumerate(self.manifest["shards"])]
 
     def logit_blocks(self, verify: bool = False) -> list[np.ndarray]:
-        """One read-only memory map ``[rows_i, vocab]`` per shard, in row order.
+        """One read-only memory map ``[rows_i, vocab]`` per shard, in row order
+        (a top-K dump: ``[rows_i]`` records with fields logprob, id, tail).
 
         Checks each shard's size and header (dtype, order, shape) against the
         manifest; with ``verify=True`` also its sha256 (reads every byte).
         """
-        if not self.has_logits:
+        if not self.has_rows:
             return []
         blocks = []
         for i, s in enumerate(self.manifest["shards"]):
@@ -274,7 +306,7 @@ class Dump:
             return self.kind.align_table is None
         ta, tq = self.table(self.kind.align_table), other.table(self.kind.align_table)
         check_same_keys(ta, tq, self.kind.align_keys, pair, tb.table_spec(self.kind.align_table).file)
-        if self.has_logits and other.has_logits:
+        if self.has_rows and other.has_rows:
             ra, rb = ta["row"].to_numpy(), tq["row"].to_numpy()
             neq = np.flatnonzero(ra != rb)
             if neq.size:

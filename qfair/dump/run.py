@@ -49,9 +49,19 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
     process may use), restored afterwards. Everything a user can get wrong
     (tasks, data files, the output directory: locked, so known to be writable)
     is checked before the (slow) model load.
+
+    Started by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1), each
+    process writes its range of the planned shards and rank 0 merges them
+    (:mod:`qfair.dump.distributed`); every rank returns the merged dump's summary.
     """
+    from qfair.dump.distributed import context
     from qfair.threads import resolve_threads
 
+    ctx = context()
+    if ctx is not None and threads is None:  # the node's CPUs shared between its processes
+        from qfair.threads import available_cpus
+
+        threads = max(1, available_cpus() // ctx.local_world_size)
     try:
         n_threads = resolve_threads(threads, "--threads")
     except ValueError as e:
@@ -59,9 +69,51 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
     load_kwargs = {k: v for k, v in (load_kwargs or {}).items() if v is not None}
     common = dict(store=store, store_dtype=store_dtype, shard_rows=shard_rows, batch_size=batch_size,
                   resume=resume, overwrite=overwrite, seed=seed, progress=progress)
+    if ctx is not None:
+        try:
+            return _parallel(ctx, out, model, quant, tasks, data_files, limit, load_kwargs, n_threads, generation,
+                             common)
+        finally:
+            ctx.close()
     if "text" in load_kwargs:  # a plain text scored like llama-perplexity (qfair.dump.text)
         return _text_dump(out, model, quant, load_kwargs, n_threads, **common)
     return _task_dump(out, model, quant, tasks, data_files, limit, load_kwargs, n_threads, generation, **common)
+
+
+def _parallel(ctx: Any, out: str | os.PathLike, model: str | None, quant: str, tasks: Any, data_files: Any,
+              limit: int | None, load_kwargs: dict[str, Any], threads: int, generation: dict[str, Any] | None,
+              common: dict[str, Any]) -> DumpSummary:
+    """One rank of a data-parallel dump (:mod:`qfair.dump.distributed`)."""
+    import time
+
+    from qfair.dump.distributed import parallel_dump
+    from qfair.dump.summary import summarize
+
+    t0 = time.perf_counter()
+    lk = dict(load_kwargs)
+    if lk.get("device_map") is None and str(lk.get("device") or "auto") in ("auto", "cuda"):
+        from qfair.models.backends.base import cuda_available
+
+        if cuda_available():  # one device per process
+            lk["device"] = f"cuda:{ctx.local_rank}"
+    part = (ctx.rank, ctx.world_size)
+
+    def write_part(pd: Path, resume: bool) -> None:
+        kw = dict(common, resume=resume, overwrite=False, progress=bool(common["progress"]) and ctx.rank == 0)
+        if "text" in lk:
+            _text_dump(pd, model, quant, dict(lk), threads, part=part, **kw)
+        else:
+            _task_dump(pd, model, quant, tasks, data_files, limit, dict(lk), threads, generation, part=part, **kw)
+
+    what = parallel_dump(ctx, out, resume=common["resume"], overwrite=common["overwrite"], write_part=write_part)
+    m = mf.read_manifest(Path(out))
+    s = summarize(Path(out), m, time.perf_counter() - t0, already_complete=what == "complete")
+    if m.get("kind") == "text":
+        from qfair.dump.reader import open_dump
+        from qfair.dump.text import TASK, text_metrics
+
+        s.metrics = {TASK: text_metrics(open_dump(out).tokens)}
+    return s
 
 
 def _config(model: str | None, quant: str, load_kwargs: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -91,7 +143,7 @@ def _locked_out(out: str | os.PathLike, resume: bool, overwrite: bool) -> Any:
 
 def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any, data_files: Any,
                limit: int | None, load_kwargs: dict[str, Any], threads: int, generation: dict[str, Any] | None,
-               **kw: Any) -> DumpSummary:
+               part: tuple[int, int] | None = None, **kw: Any) -> DumpSummary:
     import qfair.tasks as T
     from qfair.models import load_model
     from qfair.threads import torch_threads
@@ -108,6 +160,10 @@ def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any
     task_objs = [T.get(n, data_file=files.get(n), limit=limit) for n in names]
     gen_opts = {k: v for k, v in (generation or {}).items() if v is not None}
     settings = _generation_settings(task_objs, gen_opts, kw["seed"])  # None: multiple-choice tasks
+    if settings is not None and part is not None:
+        raise DumpError("generation dumps cut their shards while generating, so they cannot be split across "
+                        "processes up front; run them in one process (data-parallel dumps: multiple-choice "
+                        "tasks and --text)")
     config = _config(model, quant, load_kwargs, tasks=names,
                      data_files={k: str(v) for k, v in sorted(files.items())}, limit=limit)
     lock = _locked_out(out, kw["resume"], kw["overwrite"])
@@ -115,7 +171,7 @@ def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any
         with torch_threads(threads):
             loaded = load_model(model, quant=quant, progress=kw["progress"], **load_kwargs)
             if settings is None:
-                return run_dump(out, loaded, task_objs, config=config, threads=threads, **kw)
+                return run_dump(out, loaded, task_objs, config=config, threads=threads, part=part, **kw)
             from qfair.generation.producer import run_generation_dump
 
             kw.pop("seed")  # part of the decoding settings
@@ -157,7 +213,7 @@ def _generation_tasks(tasks: list[Any], gen_opts: dict[str, Any]) -> bool:
 
 
 def _text_dump(out: str | os.PathLike, model: str | None, quant: str, load_kwargs: dict[str, Any], threads: int,
-               **kw: Any) -> DumpSummary:
+               part: tuple[int, int] | None = None, **kw: Any) -> DumpSummary:
     from qfair.dump.text import plan_chunks, read_text, run_text_dump
     from qfair.models import load_model
     from qfair.threads import torch_threads
@@ -171,6 +227,6 @@ def _text_dump(out: str | os.PathLike, model: str | None, quant: str, load_kwarg
     try:
         with torch_threads(threads):
             loaded = load_model(model, quant=quant, progress=kw["progress"], **load_kwargs)
-            return run_text_dump(out, loaded, text, ctx=ctx, chunks=chunks, config=config, **kw)
+            return run_text_dump(out, loaded, text, ctx=ctx, chunks=chunks, config=config, part=part, **kw)
     finally:
         lock.release()

@@ -199,13 +199,17 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
     st = c.obj(m["storage"], "storage")
     mode = c.str_(c.need(st, "mode", "storage.mode"), "storage.mode", choices=mf.STORE_MODES)
     dtype = c.str_(c.need(st, "dtype", "storage.dtype"), "storage.dtype", choices=mf.STORE_DTYPES)
-    full = mode == "full"
+    full = mode != "none"  # a row per scored token: vocabulary-wide (full) or a top-K record (topk)
     if full and not kind.stores_rows:
         c.fail("storage.mode", mode, f"'none' (a {kind.name!r} dump stores no logits rows)")
+    if mode == "topk":
+        c.int_(c.need(st, "k", "storage.k"), "storage.k", 1, vocab)
     if "values" in st:
         c.str_(st["values"], "storage.values", choices=("log_softmax",))
     if st.get("npy_dtype") is not None or (full and "npy_dtype" in st):
         c.str_(st.get("npy_dtype"), "storage.npy_dtype", choices=(mf.NPY_DTYPES[dtype],))
+    row_bytes = (mf.topk_record(dtype, st["k"]).itemsize if mode == "topk"
+                 else vocab * int(mf.NPY_DTYPES[dtype][-1]))
     if "shard_rows" in st:
         c.int_(st["shard_rows"], "storage.shard_rows", 1)
     for key in ("n_rows", "n_tokens", "n_shards"):
@@ -237,13 +241,33 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
             c.need(tables, name, f"tables.{name}")
     n_examples = tables["examples"]["rows"] if "examples" in tables else None
 
+    # one part of a data-parallel dump (qfair.dump.distributed): the shards [a, b) of the plan
+    part = c.obj(m.get("part"), "part", null=True)
+    first_shard = 0
+    if part is not None:
+        if plan is None:
+            c.fail("plan", None, "the shard plan (a part of a data-parallel dump splits planned shards)")
+        if complete:
+            c.fail("status", status, "'partial' (a part of a data-parallel dump is merged, never complete itself)")
+        world = c.int_(c.need(part, "world_size", "part.world_size"), "part.world_size", 1)
+        c.int_(c.need(part, "rank", "part.rank"), "part.rank", 0, world - 1)
+        first_shard, end_shard = _range(c, c.need(part, "shards", "part.shards"), "part.shards")
+        if end_shard > len(plan):
+            c.fail("part.shards", part["shards"], f"a range within the {len(plan)} shards of the plan")
+        if not isinstance(part.get("done", False), bool):
+            c.fail("part.done", part.get("done"), "a boolean")
+        if len(shards_of(m)) > end_shard - first_shard:
+            c.fail("shards", f"{len(m['shards'])} shards", f"at most the {end_shard - first_shard} shards of part.shards")
     shards = c.list_(m["shards"], "shards")
     next_ex = next_row = 0
+    if first_shard:
+        next_ex = plan[first_shard]["examples"][0] if first_shard < len(plan) else (n_examples or 0)
+        next_row = plan[first_shard]["first_row"] if first_shard < len(plan) else 0
     seen_files: set[str] = set()
     for i, s in enumerate(shards):
         f = f"shards[{i}]"
         s = c.obj(s, f)
-        c.int_(c.need(s, "index", f"{f}.index"), f"{f}.index", i, i)
+        c.int_(c.need(s, "index", f"{f}.index"), f"{f}.index", first_shard + i, first_shard + i)
         a, b = _range(c, c.need(s, "examples", f"{f}.examples"), f"{f}.examples")
         if a != next_ex:
             c.fail(f"{f}.examples", [a, b], f"a range starting at {next_ex} (where the previous shard ended)")
@@ -255,7 +279,7 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
         next_row += rows
         nbytes = c.int_(c.need(s, "bytes", f"{f}.bytes"), f"{f}.bytes")
         if plan is not None:
-            p = plan[i]
+            p = plan[first_shard + i]
             for key, got in (("examples", [a, b]), ("first_row", s["first_row"]), ("rows", rows)):
                 if p[key] is not None and got != p[key]:
                     c.fail(f"{f}.{key}", got, f"{p[key]!r} (plan[{i}].{key})")
@@ -265,9 +289,8 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
                 c.fail(f"{f}.file", rel, "a file no other shard lists")
             seen_files.add(rel)
             c.sha(c.need(s, "sha256", f"{f}.sha256"), f"{f}.sha256")
-            itemsize = int(mf.NPY_DTYPES[dtype][-1])
-            if nbytes < rows * vocab * itemsize:
-                c.fail(f"{f}.bytes", nbytes, f"at least {rows} rows x {vocab} x {itemsize} bytes")
+            if nbytes < rows * row_bytes:
+                c.fail(f"{f}.bytes", nbytes, f"at least {rows} rows x {row_bytes} bytes")
         else:
             if s.get("file") is not None:
                 c.fail(f"{f}.file", s.get("file"), "null (storage.mode is 'none')")

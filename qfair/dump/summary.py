@@ -35,8 +35,7 @@ class DumpSummary:
         for task, m in self.metrics.items():
             vals = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k != "n")
             parts.append(f"{task} (n={int(m['n'])}: {vals})")
-        stored = (f"{self.n_rows} rows of {self.store_dtype} log-probs in {self.n_shards} shard(s)"
-                  if self.store == "full" else f"{self.n_rows} scored tokens (distributions not stored)")
+        stored = stored_text(self.store, self.store_dtype, self.n_rows, self.n_shards)
         head = "Dump already complete at" if self.already_complete else "Wrote"
         resumed = (f" Resumed at shard {self.resumed_from_shard}." if self.resumed_from_shard else "")
         nonfinite = (f" WARNING: {self.nonfinite_rows} row(s) held NaN/inf values (kept, flagged in tokens.parquet)."
@@ -47,6 +46,20 @@ class DumpSummary:
         return (f"{head} {self.path}: {self.n_examples} examples, {self.n_choices} choices, {stored}."
                 f"{resumed} Metrics by task: {'; '.join(parts) or 'none'}. "
                 f"Took {self.seconds:.1f} s.{nonfinite}{truncated}")
+
+
+def _store_label(storage: dict[str, Any]) -> str:
+    """The --store value a manifest's storage section records (full, none, topk:K)."""
+    return f"topk:{storage['k']}" if storage.get("mode") == "topk" else str(storage.get("mode"))
+
+
+def stored_text(store: str, dtype: str, n_rows: int, n_shards: int) -> str:
+    """What a dump stores, in words."""
+    if store == "full":
+        return f"{n_rows} rows of {dtype} log-probs in {n_shards} shard(s)"
+    if store.startswith("topk:"):
+        return f"{n_rows} rows of the top {store[5:]} {dtype} log-probs (ids and tail mass) in {n_shards} shard(s)"
+    return f"{n_rows} scored tokens (distributions not stored)"
 
 
 def task_metrics(examples: Any, choices: Any, kinds: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -92,7 +105,7 @@ def summarize(path: Path, manifest: dict[str, Any], seconds: float, *, resumed_f
     metrics = task_metrics(d.examples, d.choices, kinds) if d.kind.has_choices else {}
     n_choices = d.choices.height if d.kind.has_choices else 0
     return DumpSummary(path, manifest["status"], d.examples.height, n_choices, int(st.get("n_tokens") or 0),
-                       len(manifest["shards"]) if st["mode"] == "full" else 0, st["mode"], st["dtype"], seconds,
+                       len(manifest["shards"]) if st["mode"] != "none" else 0, _store_label(st), st["dtype"], seconds,
                        metrics, int(manifest.get("counts", {}).get("nonfinite_rows", 0)),
                        resumed_from_shard=resumed_from_shard, already_complete=already_complete,
                        truncated_examples=int(manifest.get("counts", {}).get("truncated_examples", 0)),

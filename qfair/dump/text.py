@@ -77,7 +77,7 @@ def chunk_token_records(k: int, n_ctx: int, targets: np.ndarray, first_row: int,
     n = len(targets)
     first = n_ctx // 2
     return {
-        "row": list(range(first_row, first_row + n)) if store == "full" else [-1] * n,
+        "row": list(range(first_row, first_row + n)) if store != "none" else [-1] * n,
         "task": [TASK] * n, "example_id": [chunk_id(k)] * n, "choice": [0] * n,
         "pos": list(range(first + 1, first + 1 + n)), "target": [int(t) for t in targets],
         **{c: np.asarray(scalars[c]).tolist() for c in ("logprob", "entropy", "max_logprob", "argmax", "rank")},
@@ -199,7 +199,8 @@ def text_metrics(tokens: Any) -> dict[str, float]:
 def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathLike, *, ctx: int,
                   chunks: int | None = None, store: str = "full", store_dtype: str = "f16",
                   shard_rows: int = 4096, batch_size: int = 1, resume: bool = False, overwrite: bool = False,
-                  seed: int = 0, progress: bool = True, config: dict[str, Any] | None = None) -> Any:
+                  seed: int = 0, progress: bool = True, config: dict[str, Any] | None = None,
+                  part: tuple[int, int] | None = None) -> Any:
     """Score ``text_file`` with ``loaded`` (a LoadedModel) in chunks of ``ctx``
     tokens and write a ``text`` dump at ``out`` (see the module doc).
     ``batch_size``: at most this many chunks per forward pass, fewer when their
@@ -237,18 +238,18 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
         info={"scoring": {"rules": TEXT_VERSION, "n_ctx": ctx, "first_scored_position": first,
                           "scored_per_chunk": per_chunk, "bos_replaces_first_token": bos,
                           "trailing_newline": "one dropped", "logsoftmax_dtype": "float32"}},
-        seed=seed, resume=resume, overwrite=overwrite, threads=torch.get_num_threads())
+        seed=seed, resume=resume, overwrite=overwrite, threads=torch.get_num_threads(), part=part)
     if not writer.already_complete:
         model = loaded.model
         device = getattr(loaded, "device", None) or next(model.parameters()).device
         keep_kw = _logits_to_keep_kw(model)
         per_pass = max(1, min(batch_size, (1 << 26) // ((ctx - first) * vocab)))
-        bar = tqdm(total=n_chunks, initial=writer.start, unit="chunk", dynamic_ncols=True, desc="qfair dump --text",
-                   disable=not progress)
+        bar = tqdm(total=writer.stop - writer.first_example, initial=writer.start - writer.first_example,
+                   unit="chunk", dynamic_ncols=True, desc="qfair dump --text", disable=not progress)
         with writing(writer, bar):
             k = writer.start
-            while k < n_chunks:
-                batch = list(range(k, min(k + per_pass, n_chunks)))
+            while k < writer.stop:
+                batch = list(range(k, min(k + per_pass, writer.stop)))
                 inp = torch.tensor([chunk_ids[j] for j in batch], dtype=torch.long)
                 if bos:
                     inp[:, 0] = int(tok.bos_token_id)
@@ -265,6 +266,8 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
                     writer.add({"tokens": rec}, lp, counts={"nonfinite_rows": nonfinite})
                     bar.update(1)
                 k = batch[-1] + 1
+    if part is not None:  # a part: the merged dump is summarised once every rank is done
+        return None
     s = summarize(Path(out), writer.manifest, time.perf_counter() - t0,
                   resumed_from_shard=writer.resumed_from_shard or None, already_complete=writer.already_complete)
     from qfair.dump.reader import open_dump

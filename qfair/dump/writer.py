@@ -8,7 +8,7 @@ per-example table records and, when logits are stored, its rows::
     w = DumpWriter(out, kind="choices_only", examples=examples, vocab_size=V,
                    tokenizer={"vocab_size": V}, tasks=[{"name": "piqa", "kind": "multiple_choice"}],
                    store="none")
-    for i in range(w.start, w.n_examples):          # w.start > 0 after a resume
+    for i in range(w.start, w.stop):                # w.start > 0 after a resume
         w.add({"choices": {...one example's columns...}})
     w.close()                                        # tables written, manifest complete
 
@@ -55,10 +55,11 @@ from qfair.dump.kinds import get_kind
 from qfair.fsutil import fsync_dir, sha256_file, temp_path
 from qfair.lock import LOCK_NAME, lock_dir
 
-__all__ = ["DumpWriter", "ShardPlan", "plan_shards", "to_storage", "writing", "check_unique_ids"]
+__all__ = ["DumpWriter", "ShardPlan", "plan_shards", "split_plans", "to_storage", "to_topk", "finish_dump", "writing",
+           "check_unique_ids"]
 
 # run options that may differ between an interrupted run and its resume
-RESUME_FREE = ("resume", "overwrite", "progress", "out", "cache_dir")
+RESUME_FREE = ("resume", "overwrite", "progress", "out", "cache_dir", "offload_folder", "max_memory")
 # storage fields that must match on resume (the totals are only known at the end without a plan)
 _STORAGE_STATIC = ("mode", "dtype", "values", "npy_dtype", "shard_rows")
 
@@ -120,6 +121,64 @@ def to_storage(rows: Any, dtype: str) -> np.ndarray:
     return np.where(nan, np.uint16(0x7FC0), rounded)
 
 
+def to_topk(rows: Any, k: int, dtype: str) -> np.ndarray:
+    """Top-K records (:func:`qfair.dump.manifest.topk_record`) of log-softmax rows
+    ``[n, vocab]`` (numpy, or a torch tensor on any device; computed there).
+
+    The K entries are chosen and ordered on the values as stored (rounded to
+    ``dtype``) by (value descending, token id ascending), the order the C++
+    core uses for its top-k, so top-k sets read from the records equal those
+    of the stored full rows for every k <= K. ``tail`` is the log of the
+    probability outside the K, summed from the unrounded rows (``-inf`` when
+    nothing is left). A row holding NaN gives NaN values and tail (ids 0..K-1).
+    """
+    import torch
+
+    x = rows.detach() if hasattr(rows, "detach") else torch.from_numpy(np.ascontiguousarray(rows))
+    if x.dim() != 2:
+        raise DumpError(f"rows of shape {tuple(x.shape)}, expected [n, vocab]")
+    if x.dtype == torch.uint16 or (not hasattr(rows, "detach") and np.asarray(rows).dtype == np.uint16):
+        raise DumpError("top-K records are made from float rows, not raw bf16 bit patterns")
+    x = x.float()
+    n, vocab = x.shape
+    if not 1 <= k <= vocab:
+        raise DumpError(f"--store topk:{k} needs 1 <= K <= the vocabulary ({vocab})")
+    if dtype == "f16":
+        r = x.to(torch.float16).float()
+    elif dtype == "bf16":
+        r = x.to(torch.bfloat16).float()
+    else:
+        r = x
+    nan = torch.isnan(r).any(dim=1)
+    r_sel = r.masked_fill(nan[:, None], 0.0) if bool(nan.any()) else r
+    _, idx = torch.topk(r_sel, k, dim=1, largest=True, sorted=False)
+    # ties at the K-th value: keep the lowest ids, as the core's (-value, id) order does
+    thr = r_sel.gather(1, idx).min(dim=1, keepdim=True).values
+    n_tied = (r_sel == thr).sum(dim=1)
+    n_above = (r_sel > thr).sum(dim=1)
+    fix = torch.nonzero(n_above + n_tied > k).flatten().tolist()
+    for i in fix:
+        above = torch.nonzero(r_sel[i] > thr[i]).flatten()
+        tied = torch.nonzero(r_sel[i] == thr[i]).flatten()[: k - above.numel()]
+        idx[i] = torch.cat([above, tied])
+    # order: value descending, id ascending
+    idx, _ = torch.sort(idx, dim=1)
+    order = torch.sort(r_sel.gather(1, idx), dim=1, descending=True, stable=True).indices
+    idx = idx.gather(1, order)
+    vals = r.gather(1, idx)
+    tail = torch.logsumexp(x.scatter(1, idx, float("-inf")), dim=1)
+    rec = np.empty(n, dtype=mf.topk_record(dtype, k))
+    rec["logprob"] = to_storage(vals, dtype)
+    rec["id"] = idx.to(torch.int32).cpu().numpy()
+    rec["tail"] = tail.cpu().numpy().astype(np.float32)
+    if bool(nan.any()):
+        m = nan.cpu().numpy()
+        rec["logprob"][m] = to_storage(np.full((int(m.sum()), k), np.nan, dtype=np.float32), dtype)
+        rec["id"][m] = np.arange(k, dtype=np.int32)
+        rec["tail"][m] = np.nan
+    return rec
+
+
 def _describe_oserror(e: OSError, path: Path) -> str:
     if e.errno == errno.ENOSPC:
         return f"disk full while writing {path}"
@@ -128,10 +187,10 @@ def _describe_oserror(e: OSError, path: Path) -> str:
     return f"cannot write {path}: {e.strerror or e}"
 
 
-def _npy_header(dtype: np.dtype, rows: int, vocab: int) -> bytes:
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     hdr = io.BytesIO()
-    np.lib.format.write_array_header_1_0(hdr, {"descr": dtype.str, "fortran_order": False,
-                                               "shape": (rows, vocab)})
+    np.lib.format.write_array_header_1_0(hdr, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                                               "shape": tuple(shape)})
     return hdr.getvalue()
 
 
@@ -164,9 +223,11 @@ class ShardWriter:
                  tables: Sequence[str], max_queue: int = 64):
         self.dir = Path(dump_dir)
         self.manifest = manifest  # owned by the writer thread once started
-        self.store = store
+        self.store = mf.parse_store(store)[0]  # full | topk | none
         self.vocab = int(vocab)
-        self.np_dtype = np.dtype(mf.NPY_DTYPES[dtype])
+        self.np_dtype = mf.shard_dtype(manifest["storage"]) if self.store != "none" else np.dtype(mf.NPY_DTYPES[dtype])
+        # shape of one row in a shard: [vocab] values, or one top-K record
+        self.row_shape: tuple[int, ...] = (self.vocab,) if self.store == "full" else ()
         self.tables = tuple(tables)
         self._q: queue.Queue = queue.Queue(maxsize=max_queue)
         self._error: BaseException | None = None
@@ -274,7 +335,7 @@ class ShardWriter:
         self._tmp = temp_path(self._final)
         self._fh = open(self._tmp, "wb")
         # the row count goes into the header: known from the plan, or patched in at the end
-        h = _npy_header(self.np_dtype, plan.rows or 0, self.vocab)
+        h = _npy_header(self.np_dtype, (plan.rows or 0, *self.row_shape))
         self._header_len = len(h)
         self._write(h)
         self._hash = hashlib.sha256(h) if plan.rows is not None else None
@@ -284,8 +345,9 @@ class ShardWriter:
         assert self._plan is not None
         if self.store == "none":
             return
-        if arr.dtype != self.np_dtype or arr.ndim != 2 or arr.shape[1] != self.vocab:
-            raise DumpError(f"rows of dtype {arr.dtype} shape {arr.shape}, expected {self.np_dtype} [*, {self.vocab}]")
+        if arr.dtype != self.np_dtype or arr.shape[1:] != self.row_shape:
+            raise DumpError(f"rows of dtype {arr.dtype} shape {arr.shape}, expected {self.np_dtype} "
+                            f"[*{''.join(f', {d}' for d in self.row_shape)}]")
         mv = memoryview(np.ascontiguousarray(arr)).cast("B")
         self._write(mv)
         if self._hash is not None:
@@ -297,7 +359,7 @@ class ShardWriter:
         """Flush, fsync and rename the shard into place; its sha256."""
         if plan.rows is None:  # patch the header with the final row count, then hash the file
             plan.rows = self._written
-            h = _npy_header(self.np_dtype, plan.rows, self.vocab)
+            h = _npy_header(self.np_dtype, (plan.rows, *self.row_shape))
             if len(h) != self._header_len:  # pragma: no cover - needs > 10^15 rows
                 raise DumpError(f"shard {plan.index}: header length changed")
             self._fh.seek(0)
@@ -366,20 +428,24 @@ class DumpWriter:
                  store: str = "full", store_dtype: str = "f16", shard_rows: int = 4096,
                  config: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
                  seed: int = 0, counts: Mapping[str, int] | None = None, resume: bool = False,
-                 overwrite: bool = False, max_queue: int = 64, threads: int | None = None):
+                 overwrite: bool = False, max_queue: int = 64, threads: int | None = None,
+                 part: tuple[int, int] | None = None):
         self.out = Path(out)
         self.kind = get_kind(kind)
-        if store not in mf.STORE_MODES:
-            raise DumpError(f"--store is {store!r}, expected one of {', '.join(mf.STORE_MODES)}")
+        store = str(store)
+        mode, topk = mf.parse_store(store)
         if store_dtype not in mf.STORE_DTYPES:
             raise DumpError(f"--store-dtype is {store_dtype!r}, expected one of {', '.join(mf.STORE_DTYPES)}")
-        if store == "full" and not self.kind.stores_rows:
+        if mode != "none" and not self.kind.stores_rows:
             raise DumpError(f"a {self.kind.name!r} dump stores no logits rows; use store='none'")
         if shard_rows < 1:
             raise DumpError(f"--shard-rows must be >= 1, got {shard_rows}")
         if not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
             raise DumpError(f"vocab_size is {vocab_size!r}, expected a positive integer")
+        if topk is not None and topk > int(vocab_size):
+            raise DumpError(f"--store {store}: K = {topk} exceeds the vocabulary of {int(vocab_size)} tokens")
         self.store, self.store_dtype, self.vocab = store, store_dtype, int(vocab_size)
+        self.store_mode, self.topk = mode, topk
         self.shard_rows = int(shard_rows)
         self.examples = examples if hasattr(examples, "schema") else tb.frame("examples", examples)
         tb.check_frame("examples", self.examples, f"{self.out / mf.EXAMPLES}")
@@ -396,13 +462,25 @@ class DumpWriter:
                 raise DumpError(f"rows_per_example has {len(self._rows_per_example)} entries for "
                                 f"{self.n_examples} examples")
             self.plans = plan_shards(self._rows_per_example, self.shard_rows)
+        # a part of a data-parallel dump: the shards [a, b) of the plan (split_plans), written into out
+        self.part = None if part is None else (int(part[0]), int(part[1]))
+        self.shard_range: tuple[int, int] | None = None
+        if self.part is not None:
+            if self.plans is None:
+                raise DumpError("a data-parallel dump needs its shards planned up front (rows_per_example); this "
+                                f"{self.kind.name!r} dump cuts its shards on the fly: run it in one process")
+            r, world = self.part
+            if not 0 <= r < world:
+                raise DumpError(f"part {r} of {world}: expected 0 <= rank < world size")
+            self.shard_range = split_plans(self.plans, world)[r]
         total = None if self._rows_per_example is None else sum(self._rows_per_example)
         run_config = {k: v for k, v in dict(config or {}).items() if k not in RESUME_FREE}
         run_config.update({"store": store, "store_dtype": store_dtype, "shard_rows": self.shard_rows, "seed": seed})
-        storage = {"mode": store, "dtype": store_dtype, "values": "log_softmax",
-                   "npy_dtype": mf.NPY_DTYPES[store_dtype] if store == "full" else None,
+        storage = {"mode": mode, "dtype": store_dtype, "values": "log_softmax",
+                   "npy_dtype": mf.NPY_DTYPES[store_dtype] if mode != "none" else None,
+                   **({"k": topk} if topk is not None else {}),
                    "shard_rows": self.shard_rows,
-                   "n_rows": (total if store == "full" else 0) if total is not None else None,
+                   "n_rows": (total if mode != "none" else 0) if total is not None else None,
                    "n_tokens": total, "n_shards": None if self.plans is None else len(self.plans)}
         fresh = {
             "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION, "kind": self.kind.name, "status": "partial",
@@ -415,6 +493,11 @@ class DumpWriter:
                     **({"threads": int(threads)} if threads is not None else {})},
             "libraries": _library_versions(),
         }
+        if self.shard_range is not None:
+            import socket
+
+            fresh["part"] = {"rank": self.part[0], "world_size": self.part[1], "shards": list(self.shard_range),
+                             "host": socket.gethostname(), "done": False}
         if resume and overwrite:
             raise DumpError("--resume and --overwrite exclude each other")
         # one writer per directory: a second process stops here (qfair.lock)
@@ -437,10 +520,12 @@ class DumpWriter:
         self.already_complete = old is not None and old["status"] == "complete"
         self.resumed_from_shard: int | None = None
         self._closed = False
+        if old is not None and self.shard_range is not None and (old.get("part") or {}).get("done"):
+            self.already_complete = True  # this part is written; the merge is what remains
         if self.already_complete:
             self.manifest = old
-            self.start = self.n_examples
             self._check_resumable(old, fresh)
+            self.start = self.stop
             self._release()  # nothing to write
             return
         if old is not None:
@@ -460,15 +545,19 @@ class DumpWriter:
             fresh["tables"]["examples"] = {"file": mf.EXAMPLES, "rows": self.n_examples, "bytes": nbytes,
                                            "sha256": sha}
             self.manifest = fresh
-            self.start = 0
+            self.start = self._range_start()
         (self.out / mf.PARTS_DIR).mkdir(exist_ok=True)
-        if store == "full":
+        if self.store_mode != "none":
             (self.out / mf.LOGITS_DIR).mkdir(exist_ok=True)
         mf.write_manifest(self.out, self.manifest)
         # the shard being filled
         done = self.manifest["shards"]
-        self._shard_index = len(done)
-        self._next_row = (done[-1]["first_row"] + done[-1]["rows"]) if done else 0
+        first = self.shard_range[0] if self.shard_range is not None else 0
+        self._shard_index = first + len(done)
+        if done:
+            self._next_row = done[-1]["first_row"] + done[-1]["rows"]
+        else:
+            self._next_row = self.plans[first].first_row if self.plans is not None and first < len(self.plans) else 0
         self._next = self.start
         self._shard_rows_acc = 0
         self._shard: ShardPlan | None = None
@@ -476,6 +565,25 @@ class DumpWriter:
         self._extra: dict[str, Any] = {}
         self._thread = ShardWriter(self.out, self.manifest, store=store, dtype=store_dtype, vocab=self.vocab,
                                    tables=self.kind.tables, max_queue=max_queue).start()
+
+    @property
+    def stop(self) -> int:
+        """One past the last example this writer adds (``n_examples``, or the end of its part)."""
+        if self.shard_range is None:
+            return self.n_examples
+        a, b = self.shard_range
+        return self.plans[b - 1].ex_end if b > a else self._range_start()
+
+    @property
+    def first_example(self) -> int:
+        """The first example this writer adds in a fresh run (0, or the start of its part)."""
+        return self._range_start()
+
+    def _range_start(self) -> int:
+        if self.shard_range is None:
+            return 0
+        a = self.shard_range[0]
+        return self.plans[a].ex_start if a < len(self.plans) else self.n_examples
 
     # -- directory and resume ----------------------------------------------------
     def _prepare_dir(self, resume: bool, overwrite: bool) -> dict[str, Any] | None:
@@ -519,7 +627,9 @@ class DumpWriter:
                   ("tasks", old.get("tasks"), fresh["tasks"]),
                   ("storage", {k: (old.get("storage") or {}).get(k) for k in _STORAGE_STATIC},
                    {k: fresh["storage"][k] for k in _STORAGE_STATIC}),
-                  ("plan", old.get("plan"), fresh["plan"])]
+                  ("plan", old.get("plan"), fresh["plan"]),
+                  ("part", {k: v for k, v in (old.get("part") or {}).items() if k not in ("done", "host")},
+                   {k: v for k, v in (fresh.get("part") or {}).items() if k not in ("done", "host")})]
         for key, old_val, new_val in checks:
             diff = first_difference(old_val, new_val)
             if diff is not None:
@@ -534,7 +644,7 @@ class DumpWriter:
 
     def _verify_done_shards(self, m: dict[str, Any]) -> int:
         """Check every shard listed in a partial manifest; returns the first example still to add."""
-        nxt = 0
+        nxt = self._range_start()
         for entry in m["shards"]:
             files = []
             if entry.get("file"):
@@ -577,8 +687,9 @@ class DumpWriter:
         counters summed per shard and into the manifest (e.g. ``nonfinite_rows``)."""
         if self._closed:
             raise DumpError("add() after close()")
-        if self._next >= self.n_examples:
-            raise DumpError(f"add(): all {self.n_examples} examples were added already")
+        if self._next >= self.stop:
+            raise DumpError(f"add(): all {self.n_examples} examples were added already" if self.shard_range is None
+                            else f"add(): every example of this part (up to {self.stop}) was added already")
         tables = dict(tables or {})
         unknown = sorted(set(tables) - set(self.kind.tables))
         if unknown:
@@ -597,15 +708,17 @@ class DumpWriter:
                                 else "columns differ in length"))
         n_rows = 0
         stored = None
-        if rows is not None and self.store == "full":
-            stored = to_storage(rows, self.store_dtype)
-            if stored.ndim != 2 or stored.shape[1] != self.vocab:
-                raise DumpError(f"add(): rows of shape {tuple(stored.shape)}, expected [n, {self.vocab}]")
+        if rows is not None and self.store_mode != "none":
+            shape = tuple(rows.shape)
+            if len(shape) != 2 or shape[1] != self.vocab:
+                raise DumpError(f"add(): rows of shape {shape}, expected [n, {self.vocab}]")
+            stored = to_storage(rows, self.store_dtype) if self.store_mode == "full" else \
+                to_topk(rows, self.topk, self.store_dtype)
             n_rows = int(stored.shape[0])
         elif "tokens" in tables:  # store='none': the tokens table still counts the scored tokens
             n_rows = len(next(iter(tables["tokens"].values()), []))
         if self._rows_per_example is not None and n_rows != self._rows_per_example[self._next] \
-                and (self.store == "full" or "tokens" in tables):
+                and (self.store_mode != "none" or "tokens" in tables):
             raise DumpError(f"add(): example {self._next} has {n_rows} rows, planned {self._rows_per_example[self._next]}")
         if self._shard is None:
             self._open_shard()
@@ -667,10 +780,15 @@ class DumpWriter:
             except BaseException:
                 self._thread.abort()
                 raise
-            if self._next != self.n_examples:
-                raise DumpError(f"close(): {self._next} of {self.n_examples} examples were added; the dump "
-                                "stays partial (finish it with resume=True)")
-            self._finish()
+            if self._next != self.stop:
+                raise DumpError(f"close(): {self._next} of {self.stop} examples were added; the dump stays partial "
+                                "(finish it with resume=True)")
+            if self.shard_range is not None:  # a part: its shards are written; the merge finishes the dump
+                self.manifest["part"]["done"] = True
+                self.manifest["run"]["end_time"] = mf.now_iso()
+                mf.write_manifest(self.out, self.manifest)
+            else:
+                finish_dump(self.out, self.manifest, self.kind, self.store_mode)
             self._closed = True
         finally:
             self._release()
@@ -704,31 +822,53 @@ class DumpWriter:
         else:
             self.abort()
 
-    def _finish(self) -> None:
-        import polars as pl
+def finish_dump(out: Path, m: dict[str, Any], kind: Any, store_mode: str) -> None:
+    """Concatenate every shard's table parts into the final tables, record the
+    totals and mark the manifest complete (the parts are removed afterwards)."""
+    import polars as pl
 
-        m = self.manifest
-        for name in self.kind.tables:
-            spec = tb.table_spec(name)
-            parts = [pl.read_parquet(self.out / e["parts"][name]["file"]) for e in m["shards"]]
-            df = pl.concat(parts, how="vertical") if parts else tb.frame(name, {c: [] for c in spec.schema()})
-            nbytes, sha = mf.atomic_write_parquet(self.out / spec.file, df)
-            m["tables"][name] = {"file": spec.file, "rows": df.height, "bytes": nbytes, "sha256": sha}
-            m["counts"][name] = df.height
-        nonfinite = sum(int(e.get("nonfinite_rows", 0)) for e in m["shards"])
-        for e in m["shards"]:
-            e.pop("parts", None)
-        rows = sum(int(e["rows"]) for e in m["shards"])
-        st = m["storage"]
-        st["n_rows"] = rows if self.store == "full" else 0
-        if st.get("n_tokens") is None:
-            st["n_tokens"] = m["counts"].get("tokens", rows)
-        st["n_shards"] = len(m["shards"])
-        m["counts"]["nonfinite_rows"] = nonfinite
-        m["status"] = "complete"
-        m["run"]["end_time"] = mf.now_iso()
-        mf.write_manifest(self.out, m)
-        shutil.rmtree(self.out / mf.PARTS_DIR, ignore_errors=True)
+    out = Path(out)
+    for name in kind.tables:
+        spec = tb.table_spec(name)
+        parts = [pl.read_parquet(out / e["parts"][name]["file"]) for e in m["shards"]]
+        df = pl.concat(parts, how="vertical") if parts else tb.frame(name, {c: [] for c in spec.schema()})
+        nbytes, sha = mf.atomic_write_parquet(out / spec.file, df)
+        m["tables"][name] = {"file": spec.file, "rows": df.height, "bytes": nbytes, "sha256": sha}
+        m["counts"][name] = df.height
+    nonfinite = sum(int(e.get("nonfinite_rows", 0)) for e in m["shards"])
+    for e in m["shards"]:
+        e.pop("parts", None)
+    rows = sum(int(e["rows"]) for e in m["shards"])
+    st = m["storage"]
+    st["n_rows"] = rows if store_mode != "none" else 0
+    if st.get("n_tokens") is None:
+        st["n_tokens"] = m["counts"].get("tokens", rows)
+    st["n_shards"] = len(m["shards"])
+    m["counts"]["nonfinite_rows"] = nonfinite
+    m["status"] = "complete"
+    m["run"]["end_time"] = mf.now_iso()
+    mf.write_manifest(out, m)
+    shutil.rmtree(out / mf.PARTS_DIR, ignore_errors=True)
+
+
+def split_plans(plans: Sequence[ShardPlan], world: int) -> list[tuple[int, int]]:
+    """Contiguous ranges [a, b) of whole planned shards, one per rank, with about
+    equal rows: rank r starts at the shard boundary nearest to r / world of the
+    rows (ties: the earlier one). Depends only on the plan and the world size."""
+    if world < 1:
+        raise DumpError(f"world size {world}: expected >= 1")
+    rows = [int(p.rows or 0) for p in plans]
+    total = sum(rows)
+    bounds = [0]
+    acc, s = 0, 0
+    for r in range(1, world):
+        target = total * r / world
+        while s < len(plans) and acc + rows[s] / 2 <= target:
+            acc += rows[s]
+            s += 1
+        bounds.append(max(s, bounds[-1]))
+    bounds.append(len(plans))
+    return [(bounds[r], bounds[r + 1]) for r in range(world)]
 
 
 def _json_copy(x: Any) -> Any:

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from qfair.dump import DumpError
-from qfair.dump.summary import DumpSummary
+from qfair.dump.manifest import parse_store, stores_rows
+from qfair.dump.summary import DumpSummary, _store_label, stored_text
 from qfair.dump.writer import DumpWriter, check_unique_ids, writing
 from qfair.generation import GENERATION_TASK_KIND
 from qfair.generation.decode import DecodeSettings
@@ -61,8 +62,7 @@ class GenerationSummary(DumpSummary):
         mode = ("greedy" if st.get("mode") == "greedy" else
                 f"sampled (temperature {st.get('temperature')}, top-p {st.get('top_p')}, seed {st.get('seed')})")
         mean = self.n_generated / self.n_continuations if self.n_continuations else 0.0
-        stored = (f"{self.n_rows} rows of {self.store_dtype} log-probs in {self.n_shards} shard(s)"
-                  if self.store == "full" else f"{self.n_rows} scored tokens (distributions not stored)")
+        stored = stored_text(self.store, self.store_dtype, self.n_rows, self.n_shards)
         ref = (f" Rows teacher-forced on the continuations of {self.reference}; free continuations kept "
                "alongside." if self.reference else "")
         resumed = f" Resumed at shard {self.resumed_from_shard}." if self.resumed_from_shard else ""
@@ -258,7 +258,10 @@ def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any
         resume=resume, overwrite=overwrite)
     if not writer.already_complete:
         lm = LanguageModel(loaded.model, tok, getattr(loaded, "device", None))
-        decoder = Decoder(lm, settings, keep_rows=store == "full" and ref is None, store_dtype=store_dtype)
+        keep = stores_rows(store)
+        # top-K records are made by the writer from float32 rows
+        row_dtype = store_dtype if parse_store(store)[0] == "full" else "f32"
+        decoder = Decoder(lm, settings, keep_rows=keep and ref is None, store_dtype=row_dtype)
         items = [(i, s) for i in range(len(docs)) for s in range(S)]
         seeds = {(i, s): row_seed(settings.seed, docs[i].example_id, s) for i, s in items}
         first = (writer.start * S // batch_size) * batch_size
@@ -272,7 +275,7 @@ def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any
                 bp = [prompts[i] for i, _ in batch]
                 free = decoder.generate(bp, [seeds[it] for it in batch])
                 forced = (teacher_force(lm, bp, [ref.conts[(docs[i].example_id, s)] for i, s in batch],
-                                        keep_rows=store == "full", store_dtype=store_dtype)
+                                        keep_rows=keep, store_dtype=row_dtype)
                           if ref is not None else [None] * len(batch))
                 for (i, s), f, r in zip(batch, free, forced):
                     if i >= writer.start:
@@ -293,7 +296,7 @@ def _add_example(writer: DumpWriter, d: Any, n_prompt: int, res: dict[int, tuple
                                            "entropy", "max_logprob", "argmax", "rank")}
     gt: dict[str, list] = {k: [] for k in ("task", "example_id", "sample", "pos", "target", "logprob", "entropy",
                                            "max_logprob", "argmax", "rank")}
-    full = store == "full"
+    full = stores_rows(store)
     row = writer.next_row
     blocks: list[np.ndarray] = []
     nonfinite = 0
@@ -359,7 +362,7 @@ def _summary(path: Path, writer: DumpWriter, seconds: float, settings: DecodeSet
     st = m["storage"]
     return GenerationSummary(
         path, m["status"], d.examples.height, 0, int(st.get("n_tokens") or 0),
-        len(m["shards"]) if st["mode"] == "full" else 0, st["mode"], st["dtype"], seconds, {},
+        len(m["shards"]) if st["mode"] != "none" else 0, _store_label(st), st["dtype"], seconds, {},
         int(m.get("counts", {}).get("nonfinite_rows", 0)), resumed_from_shard=writer.resumed_from_shard or None,
         already_complete=writer.already_complete, n_samples=settings.samples, n_generated=int(g["n_tokens"].sum()),
         n_eos=int((g["stop"] == "eos").sum()), n_continuations=g.height,

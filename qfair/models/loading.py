@@ -297,6 +297,8 @@ class LoadedModel:
             "device": str(self.device),
             "device_map": dict(hf_map) if hf_map else None,
             "device_map_requested": self.extra.get("device_map_requested"),
+            "max_memory": self.extra.get("max_memory"),
+            "size": self.extra.get("size"),
             "trust_remote_code": bool(self.extra.get("trust_remote_code", False)),
             "quantization": dict(self.quant.to_manifest(),
                                  modules_not_converted=self.extra.get("modules_not_converted"),
@@ -477,8 +479,55 @@ def _import_backend_quietly(spec: QuantSpec) -> None:
         import_quietly(runner.module)
 
 
+def parse_max_memory(spec: Any) -> dict[Any, Any] | None:
+    """``--max-memory``: ``"0=20GiB,1=20GiB,cpu=60GiB"`` (or a dict) -> accelerate's
+    ``max_memory`` ({0: "20GiB", "cpu": "60GiB"}); sizes in bytes or with a unit
+    (KB, MB, GB, KiB, MiB, GiB, ...). ModelError names the bad entry."""
+    if spec is None or spec == "" or spec == {}:
+        return None
+    if isinstance(spec, dict):
+        items = [(str(k), v) for k, v in spec.items()]
+    else:
+        items = []
+        for part in str(spec).split(","):
+            key, sep, val = part.partition("=")
+            if not sep or not key.strip() or not val.strip():
+                raise ModelError(f"--max-memory entry {part.strip()!r}: expected DEVICE=SIZE (e.g. 0=20GiB, cpu=60GiB)")
+            items.append((key.strip(), val.strip()))
+    from accelerate.utils import convert_file_size_to_int
+
+    out: dict[Any, Any] = {}
+    for key, val in items:
+        dev: Any = int(key) if key.isdigit() else key
+        if not isinstance(dev, int) and dev not in ("cpu", "disk", "mps") and not str(dev).startswith(("cuda:", "xpu:")):
+            raise ModelError(f"--max-memory device {key!r}: expected a GPU index (0, 1, ...), cpu or disk")
+        if isinstance(dev, str) and dev.startswith("cuda:") and dev[5:].isdigit():
+            dev = int(dev[5:])
+        try:
+            size = int(val) if isinstance(val, int) or str(val).isdigit() else convert_file_size_to_int(str(val))
+        except (ValueError, TypeError):
+            size = -1
+        if size <= 0:
+            raise ModelError(f"--max-memory {key}={val!r}: expected a positive size (bytes, or e.g. 200MB, 20GiB)")
+        out[dev] = val if not str(val).isdigit() else int(val)
+    return out
+
+
+def _input_device(m: Any) -> Any:
+    """Where inputs go: the embedding's device; with an accelerate device map whose
+    embedding is offloaded (on ``meta``), the map's first GPU, else the CPU."""
+    import torch
+
+    dev = m.get_input_embeddings().weight.device
+    if dev.type != "meta":
+        return dev
+    gpus = [v for v in (getattr(m, "hf_device_map", None) or {}).values() if isinstance(v, int)]
+    return torch.device("cuda", min(gpus)) if gpus else torch.device("cpu")
+
+
 def _from_pretrained(src: ModelSource, ckpt: _Checkpoint, spec: QuantSpec, qconfig: Any, torch_dtype: Any,
-                     dev: Any, device_map: Any, trust_remote_code: bool, progress: bool) -> tuple[Any, Any]:
+                     dev: Any, device_map: Any, trust_remote_code: bool, progress: bool,
+                     max_memory: dict[Any, Any] | None = None, offload_folder: str | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     common = dict(revision=ckpt.revision, trust_remote_code=trust_remote_code)
@@ -487,6 +536,9 @@ def _from_pretrained(src: ModelSource, ckpt: _Checkpoint, spec: QuantSpec, qconf
         kwargs["quantization_config"] = qconfig
     if device_map is not None:
         kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = max_memory
+        kwargs["offload_folder"] = offload_folder or _offload_dir()
     elif spec.is_quantized:
         kwargs["device_map"] = "cpu" if dev.type == "cpu" else {"": str(dev)}
     try:
@@ -536,16 +588,44 @@ class LoadRequest:
         return load_model(self.model if model is None else model, quant=quant, **{**self.kwargs, **overrides})
 
 
+def _offload_dir() -> str:
+    """A temporary folder for weights an accelerate device map offloads to disk,
+    removed when the process exits."""
+    import atexit
+
+    d = tempfile.mkdtemp(prefix="qfair-offload-")
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+def _with_size(lm: LoadedModel) -> LoadedModel:
+    """Record the loaded model's measured size (:func:`qfair.models.size.measure`) in its manifest."""
+    if "size" not in lm.extra:
+        from qfair.models.size import measure
+
+        try:
+            lm.extra["size"] = measure(lm.model, lm.extra.get("packed_bytes"))
+        except Exception as e:  # noqa: BLE001 - the dump goes on; the manifest says why there is no size
+            lm.extra["size"] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
+    return lm
+
+
 def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec = "none",
                revision: str | None = None, dtype: Any = "auto", device: Any = "auto",
                device_map: Any = None, gguf_file: str | os.PathLike | None = None,
                trust_remote_code: bool = False, cache_dir: str | os.PathLike | None = None,
-               progress: bool = True, conversion_cache: bool = True) -> LoadedModel:
+               progress: bool = True, conversion_cache: bool = True, max_memory: Any = None,
+               offload_folder: str | os.PathLike | None = None) -> LoadedModel:
     """Load ``model`` for scoring, quantized with ``quant`` (see module doc).
 
     dtype: ``auto`` (the checkpoint's dtype; float32 for GGUF) | float32 | bfloat16 | float16.
     device: ``auto`` (cuda if available) | cpu | cuda | cuda:N; ``device_map``
-    (e.g. ``"auto"``) places the model across devices through accelerate instead.
+    (e.g. ``"auto"``) places the model across devices through accelerate instead,
+    within ``max_memory`` per device (``"0=20GiB,cpu=60GiB"`` or accelerate's
+    dict; :func:`parse_max_memory`), offloading what does not fit to
+    ``offload_folder`` (default: a temporary folder removed at exit).
+    The model's size is measured once loaded and recorded in its manifest
+    (``size``: :func:`qfair.models.size.measure`).
     cache_dir: root of qfair's GGUF float cache (default ``$QFAIR_CACHE`` or
     ``~/.cache/qfair``); ``conversion_cache=False`` converts GGUF without
     reading or writing the cache (``quant="none"`` then returns the direct
@@ -554,12 +634,16 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
     t0 = time.perf_counter()
     spec = parse_quant_spec(quant)
     backend = spec_backend(spec.name)
+    mm = parse_max_memory(max_memory)
+    if (mm or offload_folder is not None) and device_map is None:
+        raise ModelError("--max-memory / --offload-folder place the model with an accelerate device map; "
+                         "add --device-map auto")
     if backend.builds_model:
         _check_spec_here(spec, None)
-        return backend.load(spec, LoadRequest(model, dict(
+        return _with_size(backend.load(spec, LoadRequest(model, dict(
             revision=revision, dtype=dtype, device=device, device_map=device_map, gguf_file=gguf_file,
             trust_remote_code=trust_remote_code, cache_dir=cache_dir, progress=progress,
-            conversion_cache=conversion_cache)))
+            conversion_cache=conversion_cache, max_memory=max_memory, offload_folder=offload_folder))))
     torch_dtype = _parse_dtype(dtype)
     dev = _resolve_device(device) if device_map is None else None
     src = resolve_model(model, revision=revision, gguf_file=gguf_file)
@@ -574,23 +658,60 @@ def load_model(model: str | os.PathLike | None = None, *, quant: str | QuantSpec
         if not conversion_cache and not spec.is_quantized and device_map is None:
             m, tok = _convert_gguf(src, torch_dtype, progress)  # the direct load, no cache involved
             m.to(dev)
-            return LoadedModel(m, tok, dev, spec, src, requested, src.gguf_file, False,
-                               time.perf_counter() - t0, {"trust_remote_code": trust_remote_code})
+            return _with_size(LoadedModel(m, tok, dev, spec, src, requested, src.gguf_file, False,
+                                          time.perf_counter() - t0, {"trust_remote_code": trust_remote_code}))
     ckpt = _float_checkpoint(src, cache_dir, conversion_cache, progress)
     try:
         spec, qconfig = _settle_quantization(spec, _read_config(src, ckpt, trust_remote_code), src, ckpt)
         _import_backend_quietly(spec)
         m, tok = _from_pretrained(src, ckpt, spec, qconfig, torch_dtype, dev, device_map, trust_remote_code,
-                                  progress)
-        dev = dev if dev is not None else m.get_input_embeddings().weight.device
-        extra: dict[str, Any] = {"trust_remote_code": trust_remote_code, "device_map_requested": device_map}
+                                  progress, mm, None if offload_folder is None else os.fspath(offload_folder))
+        dev = dev if dev is not None else _input_device(m)
+        extra: dict[str, Any] = {"trust_remote_code": trust_remote_code, "device_map_requested": device_map,
+                                 "max_memory": None if mm is None else {str(k): v for k, v in mm.items()}}
         hq = getattr(m, "hf_quantizer", None)
         if hq is not None and getattr(hq, "modules_to_not_convert", None) is not None:
             extra["modules_not_converted"] = sorted(set(hq.modules_to_not_convert))
         spec_backend(spec.name).post_load(m, spec, extra)
         where = (None if ckpt.tmp_dir is not None else ckpt.path) if src.is_gguf else src.path
-        return LoadedModel(m, tok, dev, spec, src, requested, where, ckpt.from_cache, time.perf_counter() - t0,
-                           extra)
+        return _with_size(LoadedModel(m, tok, dev, spec, src, requested, where, ckpt.from_cache,
+                                      time.perf_counter() - t0, extra))
     finally:
         if ckpt.tmp_dir is not None:
             shutil.rmtree(ckpt.tmp_dir, ignore_errors=True)
+
+
+def load_tokenizer(model: str | os.PathLike | None = None, *, revision: str | None = None,
+                   gguf_file: str | os.PathLike | None = None, trust_remote_code: bool = False,
+                   cache_dir: str | os.PathLike | None = None, **_: Any) -> tuple[Any, int]:
+    """The tokenizer of ``model`` and the width of its logits rows (the config's
+    vocabulary size), without loading the weights: what ``qfair study --dry-run``
+    needs to count rows. GGUF models read their float cache when it exists, else
+    the GGUF file's metadata. Extra keyword arguments (load options) are ignored."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    src = resolve_model(model, revision=revision, gguf_file=gguf_file)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    try:
+        if src.is_gguf:
+            if src.kind == "hub":
+                src.gguf_file = _hub_gguf_local(src)
+            hit = _cache.lookup(_cache.file_sha256(src.gguf_file), cache_dir)
+            if hit is not None:
+                tok = AutoTokenizer.from_pretrained(str(hit))
+                cfg = AutoConfig.from_pretrained(str(hit))
+            else:
+                gdir, gname = str(Path(src.gguf_file).parent), Path(src.gguf_file).name
+                tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
+                cfg = AutoConfig.from_pretrained(gdir, gguf_file=gname)
+        else:
+            where = src.path if src.path is not None else src.id
+            tok = AutoTokenizer.from_pretrained(where, revision=src.revision, **kw)
+            cfg = AutoConfig.from_pretrained(where, revision=src.revision, **kw)
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - offline hub, corrupt files, ...: one line
+        raise _wrap_load_error(f"the tokenizer of {src.id or src.path}", e) from None
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    width = int(getattr(text_cfg, "vocab_size", 0) or len(tok))
+    return tok, width

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qfair.models import size as _size
+
 UNIT_KINDS = ("block", "linear")
 
 
@@ -47,65 +49,20 @@ class Unit:
 # bytes
 
 
-def _plain_tensors(t: Any) -> list[Any]:
-    """The plain tensors holding ``t``'s data (tensor subclasses flattened)."""
-    import torch
-
-    data = t.data if isinstance(t, torch.nn.Parameter) else t
-    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
-        names, _ = data.__tensor_flatten__()
-        out: list[Any] = []
-        for n in names:
-            out.extend(_plain_tensors(getattr(data, n)))
-        return out
-    return [data]
-
-
-def _state_tensors(module: Any) -> list[Any]:
-    """Every plain tensor of ``module``'s saved state (state dict, quantization states included)."""
-    for m in module.modules():
-        qs = getattr(getattr(m, "weight", None), "quant_state", None)
-        if qs is not None and getattr(qs, "packing_format_for_cpu", False):
-            # bitsandbytes 0.50 repacks 4-bit weights for its CPU kernels on the first forward, and
-            # its state_dict() then unpacks them in place, leaving a module that computes garbage
-            raise UnitError("sizes of a bitsandbytes 4-bit model must be measured before its first forward "
-                            "pass on the CPU (reading its state afterwards corrupts it)")
-    out: list[Any] = []
-    for v in module.state_dict(keep_vars=True).values():
-        out.extend(_plain_tensors(v))
-    return out
-
-
-def _unique_bytes(tensors: Iterable[Any], seen: set | None = None) -> int:
-    seen = set() if seen is None else seen
-    total = 0
-    for t in tensors:
-        key = (t.data_ptr(), t.dtype, tuple(t.shape)) if t.numel() else None
-        if key is not None and key in seen:
-            continue
-        if key is not None:
-            seen.add(key)
-        total += t.numel() * t.element_size()
-    return total
-
-
 def module_bytes(module: Any) -> int:
-    """Bytes of a module's saved state (see the module doc)."""
-    return _unique_bytes(_state_tensors(module))
+    """Bytes of a module's saved state (:func:`qfair.models.size.module_bytes`)."""
+    try:
+        return _size.module_bytes(module)
+    except _size.SizeError as e:
+        raise UnitError(str(e)) from None
 
 
 def model_bytes(model: Any, packed: dict[str, int] | None = None) -> int:
-    """Bytes of a whole model's saved state, each tensor counted once.
-
-    ``packed`` (module path -> bytes) overrides the in-memory size of modules a
-    backend keeps de-quantized in memory (a GPTQ checkpoint loaded to float).
-    """
-    if not packed:
-        return module_bytes(model)
-    prefixes = tuple(p + "." for p in packed)
-    rest = [t for k, v in model.state_dict(keep_vars=True).items() if not k.startswith(prefixes)
-            for t in _plain_tensors(v)]
-    return _unique_bytes(rest) + sum(packed.values())
+    """Bytes of a whole model's saved state (:func:`qfair.models.size.model_bytes`)."""
+    try:
+        return _size.model_bytes(model, packed)
+    except _size.SizeError as e:
+        raise UnitError(str(e)) from None
 
 
 def members_bytes(model: Any, names: Sequence[str], packed: dict[str, int] | None = None) -> int:

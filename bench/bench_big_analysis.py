@@ -1,0 +1,149 @@
+"""``qfair analyze`` of a dump pair larger than this machine's RAM: rows/s and peak RSS.
+
+1. Writes two synthetic multiple-choice dumps through ``DumpWriter`` (default:
+   140,000 rows x 49,152-token vocabulary in float16, 13.8 GB each; 2 choices x 5
+   tokens per example). Rows are drawn from a pool of distinct log-softmax rows
+   (Zipf-like, as language models give), the quantized side a perturbed copy,
+   so writing is fast while every row on disk is a real distribution and the two
+   files differ; the scalars of ``tokens.parquet`` are those of the rows.
+2. Runs ``qfair analyze`` on the pair under ``/usr/bin/time -v`` (wall time and
+   peak resident memory), with the default 10,000 bootstrap resamples, once
+   verifying every file's sha256 first (the default) and once with ``--skip-hash``.
+3. Deletes the dumps (``--keep`` keeps them).
+
+    nice -n 10 .venv/bin/python bench/bench_big_analysis.py --out /tmp/qfair-big
+
+Check first that the pair is larger than RAM (``free -g``) and that the disk has
+room for it; ``uptime`` is recorded before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TOKENS_PER_CHOICE = 5
+CHOICES = 2
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def pools(vocab: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    profile = -np.log1p(np.arange(vocab, dtype=np.float32)) * 1.5
+    base = np.empty((n, vocab), np.float32)
+    quant = np.empty((n, vocab), np.float32)
+    for i in range(n):
+        lg = profile[rng.permutation(vocab)] + rng.normal(0, 0.5, vocab).astype(np.float32)
+        lq = lg + rng.normal(0, 0.3, vocab).astype(np.float32)
+        for src, dst in ((lg, base), (lq, quant)):
+            m = src.max()
+            dst[i] = src - m - np.log(np.exp(src - m, dtype=np.float64).sum()).astype(np.float32)
+    return base, quant
+
+
+def write_dump(out: Path, pool: np.ndarray, base_pool: np.ndarray, rows: int, shard_rows: int) -> float:
+    from qfair.dump import DumpWriter
+
+    vocab = pool.shape[1]
+    per_ex = CHOICES * TOKENS_PER_CHOICE
+    n_ex = rows // per_ex
+    P = pool.shape[0]
+    f16 = pool.astype(np.float16)
+    lp = f16.astype(np.float32)
+    lp -= np.log(np.exp(lp.astype(np.float64)).sum(1, keepdims=True)).astype(np.float32)
+    order = np.argsort(-base_pool, axis=1)[:, :3]
+    target = order[:, 2]                                        # each pool row's third most likely token (base)
+    ent = -(np.exp(lp.astype(np.float64)) * lp).sum(1)
+    mx = lp.max(1)
+    am = lp.argmax(1)
+    t_lp = lp[np.arange(P), target]
+    rank = 1 + (lp > t_lp[:, None]).sum(1)
+    ids = [f"ex{i:06d}" for i in range(n_ex)]
+    examples = {"example_id": ids, "task": ["synthetic"] * n_ex, "doc_index": list(range(n_ex)),
+                "group": [("g1", "g2", "g3")[i % 3] for i in range(n_ex)], "label": [i % CHOICES for i in range(n_ex)],
+                "n_choices": [CHOICES] * n_ex, "context": ["synthetic context"] * n_ex,
+                "choices": [["a", "b"]] * n_ex, "labels": [None] * n_ex, "extras": [None] * n_ex}
+    w = DumpWriter(out, kind="multiple_choice", examples=examples, vocab_size=vocab,
+                   tokenizer={"vocab_size": vocab, "vocab_sha256": "0" * 64, "model_vocab_size": vocab},
+                   tasks=[{"name": "synthetic", "kind": "multiple_choice", "prompt_format_version": "synthetic@1"}],
+                   rows_per_example=[per_ex] * n_ex, shard_rows=shard_rows, store="full", store_dtype="f16",
+                   counts={"choices": n_ex * CHOICES})
+    t0 = time.perf_counter()
+    for i in range(w.start, w.stop):
+        r0 = w.next_row
+        idx = (np.arange(r0, r0 + per_ex, dtype=np.int64) * 2654435761) % P
+        ch = {"task": ["synthetic"] * CHOICES, "example_id": [ids[i]] * CHOICES, "doc_index": [i] * CHOICES,
+              "choice": list(range(CHOICES)),
+              "loglik": [float(t_lp[idx[c * TOKENS_PER_CHOICE:(c + 1) * TOKENS_PER_CHOICE]].sum())
+                         for c in range(CHOICES)],
+              "n_tokens": [TOKENS_PER_CHOICE] * CHOICES, "n_chars": [1] * CHOICES, "n_bytes": [1] * CHOICES,
+              "is_greedy": [False] * CHOICES, "first_row": [r0 + c * TOKENS_PER_CHOICE for c in range(CHOICES)],
+              "n_rows": [TOKENS_PER_CHOICE] * CHOICES}
+        tk = {"row": list(range(r0, r0 + per_ex)), "task": ["synthetic"] * per_ex, "example_id": [ids[i]] * per_ex,
+              "choice": [c for c in range(CHOICES) for _ in range(TOKENS_PER_CHOICE)],
+              "pos": list(range(TOKENS_PER_CHOICE)) * CHOICES, "target": target[idx].tolist(),
+              "logprob": t_lp[idx].tolist(), "entropy": ent[idx].tolist(), "max_logprob": mx[idx].tolist(),
+              "argmax": am[idx].tolist(), "rank": rank[idx].tolist()}
+        w.add({"choices": ch, "tokens": tk}, f16[idx])
+    w.close()
+    return time.perf_counter() - t0
+
+
+def timed(cmd: list[str]) -> dict:
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([0-9:.]+)", p.stderr).group(1)
+    parts = [float(x) for x in wall.split(":")]
+    secs = sum(x * 60 ** i for i, x in enumerate(reversed(parts)))
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)) / 1024
+    return {"wall": secs, "rss_mb": rss}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="/tmp/qfair-big")
+    ap.add_argument("--rows", type=int, default=140_000)
+    ap.add_argument("--vocab", type=int, default=49_152)
+    ap.add_argument("--pool", type=int, default=256)
+    ap.add_argument("--shard-rows", type=int, default=4096)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"# load before: {uptime()}")
+    print(subprocess.run(["free", "-g"], capture_output=True, text=True).stdout)
+    try:
+        base_pool, quant_pool = pools(args.vocab, args.pool, 0)
+        for name, pool in (("base", base_pool), ("quant", quant_pool)):
+            if not (out / name / "manifest.json").is_file():
+                s = write_dump(out / name, pool, base_pool, args.rows, args.shard_rows)
+                gb = sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file()) / 1e9
+                print(f"wrote {name}: {args.rows} rows, {gb:.2f} GB in {s:.0f} s ({gb / s:.2f} GB/s)", flush=True)
+        del base_pool, quant_pool
+        qfair = str(Path(sys.executable).with_name("qfair"))
+        for extra in ([], ["--skip-hash"]):
+            t = timed([qfair, "analyze", str(out / "base"), str(out / "quant"), "--out", str(out / "analysis"),
+                       "--no-progress", *extra])
+            label = "with sha256 of every file" if not extra else "--skip-hash"
+            print(f"qfair analyze ({label}): {t['wall']:.0f} s, {args.rows / t['wall']:,.0f} rows/s "
+                  f"({args.rows * args.vocab * 2 * 2 / t['wall'] / 1e9:.2f} GB/s of rows), "
+                  f"peak RSS {t['rss_mb']:.0f} MB", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    print(f"# load after: {uptime()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The plan of a study: every dump and every analysis, where it goes and what is
+left to do, decided from what is on disk.
+
+Layout under the study's output directory::
+
+    <out>/dumps/<model>/<group>/<spec>/       one dump per (model, task group, spec); the base is one spec
+    <out>/analyses/<model>/<group>/<spec>/    base vs <spec>: tables and report/report.html
+    <out>/jobs/<model>/<group>/<spec>.dump.json, .analysis.json
+                                              what the study asked of each (compared on the next run)
+    <out>/results.parquet|csv|md, <out>/figures/, <out>/report.html   the aggregate
+
+A dump whose recorded job equals the study's is skipped when complete and
+resumed when partial; a dump made with other settings is redone. An analysis
+is redone when its options or either dump changed (the dumps' manifests are
+fingerprinted).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qfair.study.config import ModelEntry, SpecEntry, Study, StudyError, TaskGroup
+
+__all__ = ["DumpJob", "AnalysisJob", "Plan", "make_plan", "dump_action", "analysis_action", "expected_rows"]
+
+# keys of a dump job that do not change what is written
+_RUNTIME = ("out", "resume", "overwrite", "progress")
+
+
+def _canon(x: Any) -> str:
+    return json.dumps(x, sort_keys=True, default=str, ensure_ascii=False)
+
+
+@dataclass
+class DumpJob:
+    key: str                    # "<model>/<group>/<spec>"
+    model: str
+    group: str
+    spec: str
+    quant: str
+    path: Path
+    record: Path
+    kwargs: dict[str, Any]      # qfair.dump.run.dump's keyword arguments (JSON-safe)
+    depends: str | None = None  # the key of the dump this one needs first (generation: the base)
+    action: str = "run"         # run | resume | redo | skip
+    why: str = ""
+    rows: int | None = None     # expected rows (dry run)
+    rows_exact: bool = True
+    row_bytes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "model": self.model, "group": self.group, "spec": self.spec, "quant": self.quant,
+                "path": str(self.path), "record": str(self.record), "kwargs": self.kwargs, "depends": self.depends}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {k: v for k, v in self.kwargs.items() if k not in _RUNTIME}
+
+
+@dataclass
+class AnalysisJob:
+    key: str
+    model: str
+    group: str
+    spec: str
+    base: Path
+    quant: Path
+    path: Path
+    record: Path
+    options: dict[str, Any]     # qfair.compare's keyword arguments
+    formats: list[str]
+    report: bool
+    depends: tuple[str, str] = ("", "")
+    action: str = "run"
+    why: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "model": self.model, "group": self.group, "spec": self.spec,
+                "base": str(self.base), "quant": str(self.quant), "path": str(self.path), "record": str(self.record),
+                "options": self.options, "formats": self.formats, "report": self.report,
+                "depends": list(self.depends)}
+
+
+@dataclass
+class Plan:
+    study: Study
+    out: Path
+    dumps: list[DumpJob] = field(default_factory=list)
+    analyses: list[AnalysisJob] = field(default_factory=list)
+
+    def dump(self, key: str) -> DumpJob:
+        return next(d for d in self.dumps if d.key == key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"study": str(self.study.path), "name": self.study.name, "out": str(self.out),
+                "models": [m.__dict__ for m in self.study.models],
+                "dumps": [d.to_json() for d in self.dumps], "analyses": [a.to_json() for a in self.analyses]}
+
+
+# ---------------------------------------------------------------------------
+# jobs from the study
+# ---------------------------------------------------------------------------
+
+def _dump_kwargs(study: Study, model: ModelEntry, group: TaskGroup, spec: SpecEntry, out: Path,
+                 reference: Path | None) -> dict[str, Any]:
+    opts = study.dump_options(group)
+    load = dict(model.load)
+    kw: dict[str, Any] = {"out": str(out), "model": model.id, "quant": spec.spec, "progress": False}
+    for k in ("store", "store_dtype", "shard_rows", "batch_size", "seed", "threads"):
+        if k in opts:
+            kw[k] = opts[k]
+    if group.kind == "text":
+        load.update(group.text)
+    else:
+        kw["tasks"] = list(group.tasks)
+        kw["data_files"] = dict(group.data_files)
+        kw["limit"] = opts.get("limit") or None
+    if group.kind == "generation":
+        gen = dict(group.generation)
+        if reference is not None:
+            gen["reference"] = str(reference)
+        kw["generation"] = gen
+    kw["load_kwargs"] = load
+    return kw
+
+
+def make_plan(study: Study, out: str | os.PathLike) -> Plan:
+    """Every dump and analysis of the study, with what is left to do for each."""
+    out = Path(out).resolve()
+    plan = Plan(study, out)
+    a = study.analysis
+    formats = list(a.get("formats", ["parquet", "csv", "md"]))
+    compare_opts = {k: a[k] for k in ("bootstrap", "seed", "bins", "binning", "topk", "confidence", "strata",
+                                      "n_strata", "threads", "chunk_rows") if k in a}
+    if a.get("skip_hash"):
+        compare_opts["verify_hash"] = False
+    for m in study.models:
+        for g in study.groups:
+            base_key = f"{m.label}/{g.name}/{study.base.label}"
+            base_path = out / "dumps" / m.label / g.name / study.base.label
+            for spec in (study.base, *study.specs):
+                path = out / "dumps" / m.label / g.name / spec.label
+                is_base = spec is study.base
+                ref = base_path if (g.kind == "generation" and not is_base) else None
+                job = DumpJob(f"{m.label}/{g.name}/{spec.label}", m.label, g.name, spec.label, spec.spec, path,
+                              out / "jobs" / m.label / g.name / f"{spec.label}.dump.json",
+                              _dump_kwargs(study, m, g, spec, path, ref),
+                              depends=base_key if ref is not None else None)
+                job.action, job.why = dump_action(job)
+                plan.dumps.append(job)
+                if not is_base:
+                    aj = AnalysisJob(f"{m.label}/{g.name}/{spec.label}", m.label, g.name, spec.label, base_path,
+                                     path, out / "analyses" / m.label / g.name / spec.label,
+                                     out / "jobs" / m.label / g.name / f"{spec.label}.analysis.json",
+                                     dict(compare_opts), formats, bool(a.get("report", True)),
+                                     (base_key, job.key))
+                    plan.analyses.append(aj)
+    by_key = {d.key: d for d in plan.dumps}
+    for d in plan.dumps:
+        if d.depends is not None and by_key[d.depends].action != "skip" and d.action == "skip":
+            d.action, d.why = "redo", "its reference (the base dump) will be written"
+    for aj in plan.analyses:
+        if any(by_key[k].action != "skip" for k in aj.depends):
+            aj.action, aj.why = "run", "a dump it compares will be written"
+        else:
+            aj.action, aj.why = analysis_action(aj)
+    return plan
+
+
+# ---------------------------------------------------------------------------
+# what is left to do, from the disk
+# ---------------------------------------------------------------------------
+
+def _read_json(p: Path) -> Any:
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def dump_action(job: DumpJob) -> tuple[str, str]:
+    """(run | resume | redo | skip, why) for a dump job, from its directory and its record."""
+    man = _read_json(job.path / "manifest.json")
+    if man is None:
+        if job.path.is_dir() and any(p.name != ".qfair.lock" for p in job.path.iterdir()):
+            if (job.path / "manifest.json").exists():
+                return "redo", "its manifest.json is unreadable"
+            raise StudyError(f"{job.path}: exists, is not empty and holds no qfair dump; move it away")
+        return "run", "not written yet"
+    rec = _read_json(job.record)
+    same = rec is not None and _canon(rec.get("job")) == _canon(job.fingerprint())
+    if not same:
+        return "redo", "made with other settings" if rec is not None else "not made by this study"
+    if job.depends is not None and man.get("status") == "complete":
+        # teacher-forced on the base dump's texts: the base must still hold the texts it followed
+        want = ((man.get("generation") or {}).get("reference") or {}).get("tokens_sha256")
+        base = _read_json(Path(job.kwargs["generation"]["reference"]) / "manifest.json") or {}
+        have = ((base.get("tables") or {}).get("tokens") or {}).get("sha256")
+        if want != have:
+            return "redo", "its reference (the base dump) was rewritten"
+    if man.get("status") == "complete":
+        return "skip", "complete, same settings"
+    return "resume", "interrupted"
+
+
+def manifest_sha256(dump: Path) -> str | None:
+    try:
+        return hashlib.sha256((dump / "manifest.json").read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def analysis_fingerprint(job: AnalysisJob) -> dict[str, Any]:
+    return {"options": job.options, "formats": job.formats, "report": job.report,
+            "base": manifest_sha256(job.base), "quant": manifest_sha256(job.quant)}
+
+
+def analysis_action(job: AnalysisJob) -> tuple[str, str]:
+    from qfair.analyze.outdir import is_analysis_dir
+
+    if not is_analysis_dir(job.path):
+        return "run", "not analysed yet"
+    rec = _read_json(job.record)
+    if rec is None or _canon(rec.get("job")) != _canon(analysis_fingerprint(job)):
+        return "run", "its dumps or options changed"
+    if job.report and not (job.path / "report" / "report.html").is_file():
+        return "run", "its report is missing"
+    return "skip", "up to date"
+
+
+# ---------------------------------------------------------------------------
+# expected rows (dry run)
+# ---------------------------------------------------------------------------
+
+def _row_bytes(store: str, dtype: str, vocab: int) -> int:
+    from qfair.dump import manifest as mf
+
+    mode, k = mf.parse_store(store)
+    if mode == "none":
+        return 0
+    if mode == "topk":
+        return int(mf.topk_record(dtype, k).itemsize)
+    return vocab * int(mf.NPY_DTYPES[dtype][-1])
+
+
+def expected_rows(plan: Plan, progress: bool = False) -> None:
+    """Fill each dump job's expected rows and row bytes: tokenizers and configs
+    only (no weights); generation dumps give an upper bound (every continuation
+    at --max-new-tokens)."""
+    import qfair.tasks as T
+    from qfair.dump.multiple_choice import prepare_documents
+    from qfair.models.loading import load_tokenizer
+
+    cache: dict[tuple[str, str], tuple[int | None, bool]] = {}
+    toks: dict[str, tuple[Any, int]] = {}
+    study = plan.study
+    for d in plan.dumps:
+        model = next(m for m in study.models if m.label == d.model)
+        group = next(g for g in study.groups if g.name == d.group)
+        if d.model not in toks:
+            toks[d.model] = load_tokenizer(model.id, **model.load)
+        tok, vocab = toks[d.model]
+        opts = study.dump_options(group)
+        d.row_bytes = _row_bytes(opts.get("store", "full"), opts.get("store_dtype", "f16"), vocab)
+        key = (d.model, d.group)
+        if key not in cache:
+            if group.kind == "text":
+                from qfair.dump.text import plan_chunks, read_text, tokenize_text
+
+                text, _ = read_text(group.text["text"])
+                ctx = int(group.text["ctx"])
+                n = plan_chunks(len(tokenize_text(tok, text)), ctx, group.text.get("chunks"), group.text["text"])
+                cache[key] = (n * (ctx - 1 - ctx // 2), True)
+            else:
+                limit = opts.get("limit") or None
+                tasks = [T.get(n, data_file=group.data_files.get(n), limit=limit) for n in group.tasks]
+                if group.kind == "generation":
+                    docs = sum(sum(1 for _ in t.docs()) for t in tasks)
+                    g = group.generation
+                    cache[key] = (docs * int(g.get("samples", 1)) * int(g.get("max_new_tokens", 64)), False)
+                else:
+                    cache[key] = (sum(prepare_documents(tasks, tok).rows_per_example), True)
+        d.rows, d.rows_exact = cache[key]
