@@ -81,6 +81,16 @@ def paired_bootstrap(
     'correct_y', 'conf_x'?, 'correct_x'?, 'bins', 'binning', 'measure'}; each
     result: estimate, se, bias, pct_lo, pct_hi, bca_lo, bca_hi, z0, accel, p,
     distribution (ndarray or None)."""
+def weighted_spearman(
+    counts: npt.NDArray[np.float64],
+    clusters: npt.NDArray[np.int64] | None,
+    x_order: npt.NDArray[np.int64],
+    x_end: npt.NDArray[np.int64],
+    y_order: npt.NDArray[np.int64],
+    y_end: npt.NDArray[np.int64],
+    threads: int = 0,
+) -> npt.NDArray[np.float64]:
+    """[k, resamples]: Spearman's rho of x against each y under each row of multiplicities."""
 def sign_flip_test(
     d: npt.NDArray[np.float64], resamples: int = 10000, seed: int = 0, threads: int = 0
 ) -> dict[str, Any]:

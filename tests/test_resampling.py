@@ -130,3 +130,85 @@ def test_weighted_sums_are_the_count_matrix_product():
     # the cached and the streamed draw agree
     big = R.weighted_sums(v[:, 0], seed=5, resamples=50)
     np.testing.assert_allclose(big[:, 0], s[:, 0], rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# the core's weighted Spearman on adversarial multiplicities
+# ---------------------------------------------------------------------------
+
+def _expanded(x, y, w):
+    import warnings
+
+    w = np.asarray(w, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sps.ConstantInputWarning)  # NaN is the expected answer there
+        return sps.spearmanr(np.repeat(x, w), np.repeat(y, w)).statistic if w.sum() > 1 else math.nan
+
+
+def _core_rho(x, ys, counts, clusters=None):
+    from qfair._native import core
+
+    xo, xe = R._order_and_ends(np.asarray(x, dtype=np.float64))
+    ranked = [R._order_and_ends(np.asarray(v, dtype=np.float64)) for v in ys]
+    return core.weighted_spearman(np.ascontiguousarray(counts, dtype=np.float64),
+                                  None if clusters is None else np.asarray(clusters, dtype=np.int64), xo, xe,
+                                  np.stack([o for o, _ in ranked]), np.stack([e for _, e in ranked]), 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_weighted_spearman_on_adversarial_weights_equals_scipy_on_the_expanded_sample(seed):
+    rng = np.random.default_rng(seed)
+    n = 30
+    x = np.round(rng.normal(size=n), 1 if seed % 2 else 3)          # with and without many ties
+    y = np.where(rng.random(n) < 0.3, 0.0, x + rng.normal(size=n))  # a heavy tie at 0
+    counts = np.stack([
+        rng.integers(0, 4, n),                         # zeros: items left out
+        np.eye(n, dtype=np.int64)[3] * 7,              # one item only: constant, NaN
+        np.r_[np.full(n - 2, 0), 5, 9],                # two items
+        np.full(n, 1),                                 # the sample itself
+        rng.integers(0, 2, n) * 1000,                  # large multiplicities
+        np.zeros(n, dtype=np.int64),                   # nothing drawn: NaN
+    ])
+    got = _core_rho(x, [y, -y, np.full(n, 2.0)], counts)
+    for r, w in enumerate(counts):
+        ref = _expanded(x, y, w)
+        assert got[0, r] == pytest.approx(ref, abs=1e-12) or (math.isnan(got[0, r]) and math.isnan(ref)), r
+        assert got[1, r] == pytest.approx(-ref, abs=1e-12) or (math.isnan(got[1, r]) and math.isnan(ref)), r
+    assert np.isnan(got[2]).all()  # a constant y: undefined, as scipy
+
+
+def test_weighted_spearman_large_sample_and_thread_invariance():
+    from qfair._native import core
+
+    rng = np.random.default_rng(9)
+    n_cl = 400
+    clusters = np.repeat(np.arange(n_cl), rng.integers(1, 12, n_cl))
+    x = rng.normal(size=clusters.size).round(2)
+    y = 0.1 * x + rng.normal(size=clusters.size)
+    counts = np.stack([stats.bootstrap_counts(n_cl, 5, b) for b in range(16)]).astype(np.float64)
+    xo, xe = R._order_and_ends(x)
+    yo, ye = R._order_and_ends(y)
+    runs = [core.weighted_spearman(counts, clusters.astype(np.int64), xo, xe, yo[None], ye[None], t)
+            for t in (1, 2, 3, 7)]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+    for b in (0, 7, 15):
+        assert runs[0][0, b] == pytest.approx(_expanded(x, y, counts[b].astype(np.int64)[clusters]), abs=1e-12)
+
+
+def test_weighted_spearman_refuses_bad_layouts():
+    from qfair._native import core
+
+    x = np.arange(5.0)
+    xo, xe = R._order_and_ends(x)
+    c = np.ones((2, 5))
+    with pytest.raises(ValueError, match="float64"):
+        core.weighted_spearman(c.astype(np.float32), None, xo, xe, xo[None], xe[None], 0)
+    with pytest.raises(ValueError, match="outside"):
+        core.weighted_spearman(c, None, xo + 1, xe, xo[None], xe[None], 0)
+    with pytest.raises(ValueError, match="cluster"):
+        core.weighted_spearman(np.ones((2, 2)), np.array([0, 1, 2, 0, 1]), xo, xe, xo[None], xe[None], 0)
+    with pytest.raises(ValueError, match="must match"):
+        core.weighted_spearman(np.ones((2, 4)), None, xo, xe, xo[None], xe[None], 0)
+    with pytest.raises(ValueError, match="tie-group"):
+        core.weighted_spearman(c, None, xo, np.array([1, 1, 1, 3, 4]), xo[None], xe[None], 0)

@@ -217,6 +217,47 @@ std::vector<std::unique_ptr<st::Statistic>> parse_statistics(const ::py::list& s
     return out;
 }
 
+// ---- Spearman under multiplicities ---------------------------------------------
+
+// A C-contiguous int64 array of `ndim` dimensions.
+I64 i64(const ::py::handle& h, const char* name, int ndim) {
+    if (!::py::isinstance<I64>(h))
+        throw ::py::value_error(std::string(name) + ": expected a C-contiguous int64 numpy array");
+    auto a = ::py::reinterpret_borrow<I64>(h);
+    if (a.ndim() != ndim)
+        throw ::py::value_error(std::string(name) + ": expected a " + std::to_string(ndim) + "-D array");
+    return a;
+}
+
+::py::array_t<double> weighted_spearman_py(const ::py::handle& counts, const ::py::handle& clusters,
+                                           const ::py::handle& x_order, const ::py::handle& x_end,
+                                           const ::py::handle& y_order, const ::py::handle& y_end, int threads) {
+    if (!::py::isinstance<F64>(counts))
+        throw ::py::value_error("counts: expected a C-contiguous float64 numpy array");
+    auto c = ::py::reinterpret_borrow<F64>(counts);
+    if (c.ndim() != 2) throw ::py::value_error("counts: expected a 2-D array [resamples, drawn units]");
+    auto xo = i64(x_order, "x_order", 1), xe = i64(x_end, "x_end", 1);
+    auto yo = i64(y_order, "y_order", 2), ye = i64(y_end, "y_end", 2);
+    const int64_t n = xo.shape(0), k = yo.shape(0), m = c.shape(0), n_draw = c.shape(1);
+    if (xe.shape(0) != n || yo.shape(1) != n || ye.shape(0) != k || ye.shape(1) != n)
+        throw ::py::value_error("weighted_spearman: x_order, x_end [n] and y_order, y_end [k, n] must agree");
+    const int64_t* cl = nullptr;
+    I64 cla;
+    if (!clusters.is_none()) {
+        cla = i64(clusters, "clusters", 1);
+        if (cla.shape(0) != n) throw ::py::value_error("clusters: one entry per item expected");
+        cl = cla.data();
+    }
+    ::py::array_t<double> out({k, m});
+    double* o = out.mutable_data();
+    {
+        ::py::gil_scoped_release nogil;
+        st::weighted_spearman(c.data(), m, n_draw, cl, n, xo.data(), xe.data(), yo.data(), ye.data(), k, threads,
+                              o);
+    }
+    return out;
+}
+
 // ---- permutation test ----------------------------------------------------------
 
 ::py::dict permutation_dict(const st::PermutationResult& r) {
@@ -282,6 +323,10 @@ void bind_stats(::py::module_& m) {
           ::py::arg("seed") = 0, ::py::arg("confidence") = 0.95, ::py::arg("threads") = 0,
           ::py::arg("keep_distribution") = false,
           "Paired bootstrap of several statistics over one shared index draw per resample.");
+    m.def("weighted_spearman", &weighted_spearman_py, ::py::arg("counts"), ::py::arg("clusters"),
+          ::py::arg("x_order"), ::py::arg("x_end"), ::py::arg("y_order"), ::py::arg("y_end"),
+          ::py::arg("threads") = 0,
+          "Spearman's rho of x against each y under every row of bootstrap multiplicities ([k, m]).");
     m.def("sign_flip_test", &sign_flip_test_py, ::py::arg("d"), ::py::arg("resamples") = 10000,
           ::py::arg("seed") = 0, ::py::arg("threads") = 0,
           "Paired sign-flip permutation test of mean(d) = 0 (two-sided).");

@@ -94,30 +94,14 @@ def rank_average(x: np.ndarray) -> np.ndarray:
     return r
 
 
-class _Ranker:
-    """Mid-ranks of a fixed set of values under varying multiplicities."""
-
-    def __init__(self, x: np.ndarray) -> None:
-        self.order = np.argsort(x, kind="stable")
-        xs = x[self.order]
-        self.starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]]) if xs.size else np.zeros(0, np.int64)
-        self.ties = self.starts.size < xs.size
-        self.group = np.repeat(np.arange(self.starts.size), np.diff(np.r_[self.starts, xs.size]))
-
-    def ranks(self, w: np.ndarray) -> np.ndarray:
-        """``[block, n]`` mid-ranks (in the original order) for multiplicities ``w`` ([block, n])."""
-        ws = w[:, self.order]
-        cs = np.cumsum(ws, axis=1)
-        if self.ties:
-            ends = np.r_[self.starts[1:], ws.shape[1]] - 1
-            c_end = cs[:, ends]
-            g = c_end - np.concatenate([np.zeros((ws.shape[0], 1)), c_end[:, :-1]], axis=1)
-            mid = (c_end - 0.5 * (g - 1.0))[:, self.group]
-        else:
-            mid = cs - 0.5 * (ws - 1.0)
-        out = np.empty_like(w)
-        out[:, self.order] = mid
-        return out
+def _order_and_ends(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A stable argsort of ``v`` and, per sorted position, the last sorted position
+    of its tie group (the layout the core's weighted Spearman reads)."""
+    order = np.argsort(v, kind="stable")
+    vs = v[order]
+    last = np.flatnonzero(np.r_[vs[1:] != vs[:-1], True]) if vs.size else np.zeros(0, np.int64)
+    ends = np.repeat(last, np.diff(np.r_[-1, last]))
+    return order.astype(np.int64), ends.astype(np.int64)
 
 
 def _weighted_pearson(w: np.ndarray, rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
@@ -148,27 +132,30 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def spearman_bootstrap(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: int,
-                       clusters: np.ndarray | None = None, n_clusters: int | None = None) -> np.ndarray:
+                       clusters: np.ndarray | None = None, n_clusters: int | None = None,
+                       threads: int | None = None) -> np.ndarray:
     """Spearman's rho on every bootstrap resample (NaN where a resample is constant).
 
     ``y`` may be ``[k, n]`` (k variables against the same ``x``; the result is then
     ``[k, B]``). Without ``clusters`` the n pairs are resampled (the draw of
     ``bootstrap_counts(n, ...)``); with ``clusters`` (an int array, cluster of each
     pair, 0..n_clusters-1) the clusters are resampled and each pair carries its
-    cluster's multiplicity.
+    cluster's multiplicity. The ranks and sums of each resample are computed by
+    the C++ core from the multiplicities, without expanding the sample.
     """
+    from qfair._native import core
+
     x = np.asarray(x, dtype=np.float64)
     ys = np.atleast_2d(np.asarray(y, dtype=np.float64))
-    rx = _Ranker(x)
-    rys = [_Ranker(v) for v in ys]
+    xo, xe = _order_and_ends(x)
+    ranked = [_order_and_ends(v) for v in ys]
+    yo = np.ascontiguousarray(np.stack([o for o, _ in ranked]) if ranked else np.zeros((0, x.size), np.int64))
+    ye = np.ascontiguousarray(np.stack([e for _, e in ranked]) if ranked else np.zeros((0, x.size), np.int64))
     n_draw = x.size if clusters is None else int(n_clusters if n_clusters is not None else clusters.max() + 1)
-    out: list[list[np.ndarray]] = [[] for _ in rys]
-    for c in count_blocks(n_draw, seed, resamples, width=x.size * (1 + len(rys))):
-        w = c if clusters is None else c[:, clusters]
-        ranks_x = rx.ranks(w)
-        for k, ry in enumerate(rys):
-            out[k].append(_weighted_pearson(w, ranks_x, ry.ranks(w)))
-    res = np.stack([np.concatenate(o) if o else np.zeros(0) for o in out])
+    cl = None if clusters is None else np.ascontiguousarray(clusters, dtype=np.int64)
+    parts = [core.weighted_spearman(np.ascontiguousarray(c), cl, xo, xe, yo, ye, int(threads or 0))
+             for c in count_blocks(n_draw, seed, resamples)]
+    res = np.concatenate(parts, axis=1) if parts else np.zeros((ys.shape[0], 0))
     return res if np.ndim(y) == 2 else res[0]
 
 

@@ -189,4 +189,22 @@ struct PermutationResult {
 PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, uint64_t seed,
                                  int threads);
 
+// ------------------------------------------------ Spearman under multiplicities
+// Spearman's rho of (x, y_j), j < k, for each of m rows of bootstrap
+// multiplicities: the Pearson correlation of the mid-ranks (ties averaged) of
+// the sample in which item i appears w_i times, without expanding it.
+//   counts      [m, n_draw]: multiplicities of the drawn units (whole numbers)
+//   clusters    [n] or null: item i carries counts[r, clusters[i]] (a cluster
+//               bootstrap); null: n == n_draw and item i carries counts[r, i]
+//   x_order     [n]: a stable argsort of x; x_end [n]: for sorted position p,
+//               the last sorted position of p's tie group
+//   y_order, y_end [k, n]: the same for each y_j
+//   out         [k, m]: rho, NaN where either side of a resample is constant
+//               (its centred sum of squares <= 1e-9 N ((N+1)/2)^2, N = sum w)
+// Rows are independent (parallel over r); sums are centred on (N+1)/2, so no
+// large terms cancel. Matches scipy.stats.spearmanr on the expanded sample.
+void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out);
+
 }  // namespace qfair::stats
