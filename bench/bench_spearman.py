@@ -1,5 +1,7 @@
-"""The bootstrap of Spearman's rho (the uncertainty tests): the C++ core against
-the vectorised numpy implementation it replaced, in the same run.
+"""The resampling of the uncertainty tests: the C++ core against the vectorised
+numpy implementations it replaced, in the same run -- the bootstrap of
+Spearman's rho, and the permutation nulls of Spearman's rho (pairings) and of a
+difference of means (subsets).
 
 Token-level uncertainty rows resample whole examples (a cluster bootstrap), so
 each resample ranks every token row under its example's multiplicity. The numpy
@@ -8,6 +10,10 @@ three einsums per variable); the core walks each variable's sorted order once
 per resample. Both are checked to agree to 1e-12 first.
 
     nice -n 10 .venv/bin/python bench/bench_spearman.py --rows 20000 --examples 2000 --resamples 1000
+
+The permutation nulls are drawn from other generators than before (the core's
+streams instead of numpy's), so they are compared by their spread, not value by
+value.
 """
 from __future__ import annotations
 
@@ -86,6 +92,34 @@ def main() -> int:
     for k, v in med.items():
         print(f"  {k:18s} {v:8.3f} s (median of {args.repeats})")
     print(f"  ratio numpy / core: {med['numpy (previous)'] / med['qfair core']:.1f}x")
+    # permutation nulls over the examples (B = 10,000, as the analysis runs them)
+    from qfair._native import core
+
+    n, B = args.examples, 10_000
+    dx, dy = rng.normal(size=n), rng.normal(size=n)
+
+    def numpy_pairings():
+        g = np.random.default_rng(0)
+        out = np.empty(B)
+        block = max(1, R.MAX_BLOCK_CELLS // n)
+        for b0 in range(0, B, block):
+            idx = g.permuted(np.broadcast_to(np.arange(n), (min(B, b0 + block) - b0, n)), axis=1)
+            out[b0:b0 + idx.shape[0]] = dy[idx] @ dx
+        return out
+
+    pt = {"numpy (previous)": [], "qfair core": []}
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        a = numpy_pairings()
+        pt["numpy (previous)"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        c = core.pairings_dot(dx, dy, B, 0, 0)
+        pt["qfair core"].append(time.perf_counter() - t)
+    pm = {k: statistics.median(v) for k, v in pt.items()}
+    print(f"pairings null, {n} examples, B = {B}: null sd numpy {a.std():.3f} / core {c.std():.3f}")
+    for k, v in pm.items():
+        print(f"  {k:18s} {v:8.3f} s (median of {args.repeats})")
+    print(f"  ratio numpy / core: {pm['numpy (previous)'] / pm['qfair core']:.1f}x")
     print(f"# load after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     return 0
 

@@ -91,6 +91,14 @@ def weighted_spearman(
     threads: int = 0,
 ) -> npt.NDArray[np.float64]:
     """[k, resamples]: Spearman's rho of x against each y under each row of multiplicities."""
+def pairings_dot(
+    a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], resamples: int, seed: int = 0, threads: int = 0
+) -> npt.NDArray[np.float64]:
+    """sum_i a[i] * b[perm_r(i)] for `resamples` uniform random permutations."""
+def subset_sums(
+    z: npt.NDArray[np.float64], k: int, resamples: int, seed: int = 0, threads: int = 0
+) -> npt.NDArray[np.float64]:
+    """Sums of z over `resamples` uniform random k-subsets."""
 def sign_flip_test(
     d: npt.NDArray[np.float64], resamples: int = 10000, seed: int = 0, threads: int = 0
 ) -> dict[str, Any]:

@@ -212,3 +212,38 @@ def test_weighted_spearman_refuses_bad_layouts():
         core.weighted_spearman(np.ones((2, 4)), None, xo, xe, xo[None], xe[None], 0)
     with pytest.raises(ValueError, match="tie-group"):
         core.weighted_spearman(c, None, xo, np.array([1, 1, 1, 3, 4]), xo[None], xe[None], 0)
+
+
+# ---------------------------------------------------------------------------
+# the core's permutation nulls: uniform draws, thread invariance
+# ---------------------------------------------------------------------------
+
+def test_pairings_are_uniform_permutations_at_any_thread_count():
+    from qfair._native import core
+
+    a = np.array([1.0, 10.0, 100.0, 1000.0])  # each permutation of b gives its own dot product
+    b = np.arange(4.0)
+    draws = [core.pairings_dot(a, b, 48_000, 11, t) for t in (1, 2, 5)]
+    for other in draws[1:]:
+        np.testing.assert_array_equal(other, draws[0])
+    _, counts = np.unique(draws[0], return_counts=True)
+    assert counts.size == 24                                   # every permutation of 4 occurs
+    assert sps.chisquare(counts).pvalue > 1e-4                 # and equally often
+    assert not np.array_equal(core.pairings_dot(a, b, 100, 12, 0), draws[0][:100])  # another seed, other draws
+
+
+def test_subsets_are_uniform_and_sums_exact():
+    from qfair._native import core
+
+    z = 2.0 ** np.arange(5)                                     # each 2-subset has its own sum
+    s = core.subset_sums(z, 2, 30_000, 3, 0)
+    vals, counts = np.unique(s, return_counts=True)
+    assert counts.size == 10 and sps.chisquare(counts).pvalue > 1e-4
+    assert set(vals) == {z[i] + z[j] for i in range(5) for j in range(i + 1, 5)}
+    np.testing.assert_array_equal(core.subset_sums(z, 5, 7, 3, 0), np.full(7, z.sum()))
+    np.testing.assert_array_equal(core.subset_sums(z, 0, 7, 3, 0), np.zeros(7))
+    np.testing.assert_array_equal(core.subset_sums(z, 2, 500, 3, 1), core.subset_sums(z, 2, 500, 3, 4))
+    with pytest.raises(ValueError, match="k must be"):
+        core.subset_sums(z, 6, 10, 0, 0)
+    with pytest.raises(ValueError, match="float64"):
+        core.subset_sums(z.astype(np.float32), 2, 10, 0, 0)

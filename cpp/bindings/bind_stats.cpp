@@ -258,6 +258,37 @@ I64 i64(const ::py::handle& h, const char* name, int ndim) {
     return out;
 }
 
+// ---- permutation nulls ------------------------------------------------------------
+
+::py::array_t<double> pairings_dot_py(const ::py::handle& a, const ::py::handle& b, int64_t resamples,
+                                      uint64_t seed, int threads) {
+    int64_t n = -1;
+    const double* ap = f64(a, "a", &n);
+    const double* bp = f64(b, "b", &n);
+    if (resamples < 0) throw ::py::value_error("pairings_dot: resamples must be >= 0");
+    ::py::array_t<double> out(resamples);
+    double* o = out.mutable_data();
+    {
+        ::py::gil_scoped_release nogil;
+        st::pairings_dot(ap, bp, n, resamples, seed, threads, o);
+    }
+    return out;
+}
+
+::py::array_t<double> subset_sums_py(const ::py::handle& z, int64_t k, int64_t resamples, uint64_t seed,
+                                     int threads) {
+    int64_t n = -1;
+    const double* zp = f64(z, "z", &n);
+    if (resamples < 0) throw ::py::value_error("subset_sums: resamples must be >= 0");
+    ::py::array_t<double> out(resamples);
+    double* o = out.mutable_data();
+    {
+        ::py::gil_scoped_release nogil;
+        st::subset_sums(zp, n, k, resamples, seed, threads, o);
+    }
+    return out;
+}
+
 // ---- permutation test ----------------------------------------------------------
 
 ::py::dict permutation_dict(const st::PermutationResult& r) {
@@ -327,6 +358,12 @@ void bind_stats(::py::module_& m) {
           ::py::arg("x_order"), ::py::arg("x_end"), ::py::arg("y_order"), ::py::arg("y_end"),
           ::py::arg("threads") = 0,
           "Spearman's rho of x against each y under every row of bootstrap multiplicities ([k, m]).");
+    m.def("pairings_dot", &pairings_dot_py, ::py::arg("a"), ::py::arg("b"), ::py::arg("resamples"),
+          ::py::arg("seed") = 0, ::py::arg("threads") = 0,
+          "sum_i a[i] * b[perm_r(i)] for `resamples` uniform random permutations.");
+    m.def("subset_sums", &subset_sums_py, ::py::arg("z"), ::py::arg("k"), ::py::arg("resamples"),
+          ::py::arg("seed") = 0, ::py::arg("threads") = 0,
+          "Sums of z over `resamples` uniform random k-subsets.");
     m.def("sign_flip_test", &sign_flip_test_py, ::py::arg("d"), ::py::arg("resamples") = 10000,
           ::py::arg("seed") = 0, ::py::arg("threads") = 0,
           "Paired sign-flip permutation test of mean(d) = 0 (two-sided).");

@@ -35,8 +35,6 @@ __all__ = ["count_blocks", "weighted_sums", "spearman", "spearman_bootstrap", "s
 
 # a block of resamples holds at most this many counts
 MAX_BLOCK_CELLS = 2_000_000
-# permutation streams never share a seed with anything else
-_PERM_DOMAIN = 0x5EED_0F_9E3
 
 
 # count matrices up to this many entries are kept for the next statistic on the same draw
@@ -184,13 +182,10 @@ def spearman_permutation(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: 
         perms = np.array(list(itertools.permutations(range(n))), dtype=np.int64)
         null = (dy[perms] @ dx) / den
     else:
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _PERM_DOMAIN, 1])
-        null = np.empty(int(resamples))
-        block = max(1, MAX_BLOCK_CELLS // n)
-        for b0 in range(0, int(resamples), block):
-            b1 = min(int(resamples), b0 + block)
-            idx = rng.permuted(np.broadcast_to(np.arange(n), (b1 - b0, n)), axis=1)
-            null[b0:b1] = (dy[idx] @ dx) / den
+        from qfair._native import core
+
+        null = core.pairings_dot(np.ascontiguousarray(dx), np.ascontiguousarray(dy), int(resamples),
+                                 int(seed) & 0xFFFFFFFFFFFFFFFF, 0) / den
     return _perm_p(null, observed, exact)
 
 
@@ -210,13 +205,9 @@ def mean_diff_permutation(a: np.ndarray, b: np.ndarray, *, seed: int, resamples:
         combos = np.array(list(itertools.combinations(range(n), na)), dtype=np.int64)
         sa = z[combos].sum(axis=1)
     else:
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _PERM_DOMAIN, 2])
-        sa = np.empty(int(resamples))
-        block = max(1, MAX_BLOCK_CELLS // n)
-        for b0 in range(0, int(resamples), block):
-            b1 = min(int(resamples), b0 + block)
-            idx = rng.permuted(np.broadcast_to(np.arange(n), (b1 - b0, n)), axis=1)[:, :na]
-            sa[b0:b1] = z[idx].sum(axis=1)
+        from qfair._native import core
+
+        sa = core.subset_sums(np.ascontiguousarray(z), na, int(resamples), int(seed) & 0xFFFFFFFFFFFFFFFF, 0)
     null = sa / na - (total - sa) / nb
     return _perm_p(null, observed, exact)
 

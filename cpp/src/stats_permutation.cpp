@@ -1,0 +1,69 @@
+// Permutation nulls (qfair/stats.hpp): random pairings and random subsets drawn
+// by Fisher-Yates from the core's counter-based streams, one stream per resample.
+#include <cstdint>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "qfair/parallel.hpp"
+#include "qfair/stats.hpp"
+
+namespace qfair::stats {
+
+namespace {
+// Pairings and subsets never share a stream with each other or with the
+// bootstrap and sign-flip streams.
+constexpr uint64_t kPairingsDomain = 0x70616972696e6773ULL;  // "pairings"
+constexpr uint64_t kSubsetDomain = 0x7375627365747321ULL;    // "subsets!"
+
+void check_sizes(int64_t n, int64_t resamples, const char* what) {
+    if (n < 0 || resamples < 0) throw std::invalid_argument(std::string(what) + ": negative size");
+    if (n >= (int64_t(1) << 32)) throw std::invalid_argument(std::string(what) + ": n must be below 2^32");
+}
+
+// The first `steps` positions of a Fisher-Yates shuffle of idx (already a
+// permutation of [0, n)), in place.
+void shuffle_prefix(std::vector<uint32_t>& idx, int64_t steps, Rng& rng) {
+    const auto n = static_cast<uint32_t>(idx.size());
+    for (uint32_t i = 0; i < static_cast<uint32_t>(steps) && i + 1 < n; ++i) {
+        const uint32_t j = i + rng.below(n - i);
+        std::swap(idx[i], idx[j]);
+    }
+}
+}  // namespace
+
+void pairings_dot(const double* a, const double* b, int64_t n, int64_t resamples, uint64_t seed, int threads,
+                  double* out) {
+    check_sizes(n, resamples, "pairings_dot");
+    parallel_for(resamples, resolve_threads(threads, resamples), [&](int64_t r0, int64_t r1, int) {
+        std::vector<uint32_t> idx(static_cast<size_t>(n));
+        for (int64_t r = r0; r < r1; ++r) {
+            std::iota(idx.begin(), idx.end(), 0u);  // each draw from the identity: thread-count invariant
+            Rng rng(seed ^ kPairingsDomain, uint64_t(r));
+            shuffle_prefix(idx, n, rng);
+            double acc = 0.0;
+            for (int64_t i = 0; i < n; ++i) acc += a[i] * b[idx[i]];
+            out[r] = acc;
+        }
+    });
+}
+
+void subset_sums(const double* z, int64_t n, int64_t k, int64_t resamples, uint64_t seed, int threads,
+                 double* out) {
+    check_sizes(n, resamples, "subset_sums");
+    if (k < 0 || k > n) throw std::invalid_argument("subset_sums: k must be in [0, n]");
+    parallel_for(resamples, resolve_threads(threads, resamples), [&](int64_t r0, int64_t r1, int) {
+        std::vector<uint32_t> idx(static_cast<size_t>(n));
+        for (int64_t r = r0; r < r1; ++r) {
+            std::iota(idx.begin(), idx.end(), 0u);
+            Rng rng(seed ^ kSubsetDomain, uint64_t(r));
+            shuffle_prefix(idx, k, rng);
+            double acc = 0.0;
+            for (int64_t i = 0; i < k; ++i) acc += z[idx[i]];
+            out[r] = acc;
+        }
+    });
+}
+
+}  // namespace qfair::stats
