@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from qfair.cli import main
+from qfair.cli.errors import reported
 
 
 def _int_list(ctx, param, value):  # noqa: ARG001 - click callback signature
@@ -88,9 +89,8 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
     from qfair.analyze import compare
     from qfair.analyze.outdir import lock_analysis_dir
     from qfair.analyze.tables import format_summary
-    from qfair.dump import DumpError
 
-    try:
+    with reported(out, ValueError):  # the library checks options as ValueError too
         kind_options = _generation_options(lexicons, scorer)
         lock = lock_analysis_dir(out)  # a second analysis into --out stops here, before any work
         try:
@@ -102,10 +102,6 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
             files = result.write(out, formats=formats)
         finally:
             lock.release()
-    except (DumpError, ValueError) as e:
-        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    except OSError as e:
-        raise click.ClickException(f"{getattr(e, 'filename', None) or out}: {e.strerror or e}") from None
     click.echo(format_summary(result.summary, max_rows=60), nl=False)
     if "text_summary" in result.extra:  # text dumps: llama-perplexity --kl-divergence's own layout
         from qfair.analyze.text import format_llamacpp

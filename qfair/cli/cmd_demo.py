@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from qfair.cli import main
+from qfair.cli.errors import reported
 
 
 @main.command("demo")
@@ -42,14 +43,10 @@ def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, threads, no_progr
     from qfair.report import ReportError
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else list(DEMO_TASKS)
-    try:
+    with reported(out, DemoError, ReportError):
         r = run_demo(out, model=model, quant=quant, tasks=names, limit=limit, bootstrap=bootstrap, seed=seed,
                      progress=not no_progress, log=lambda m: click.echo(m, err=True), threads=threads,
                      generation=generation)
-    except (DemoError, ReportError) as e:
-        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    except OSError as e:
-        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
     click.echo("")
     click.echo(r.summary_text, nl=False)
     click.echo("")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from qfair.cli import main
+from qfair.cli.errors import reported
 
 
 def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -97,22 +98,7 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
       qfair dump --tasks gen_stories --out runs/base-gen
       qfair dump --quant bnb-int8 --tasks gen_stories --reference runs/base-gen --out runs/int8-gen
     """
-    from qfair.dump import DumpError
     from qfair.dump.run import dump
-
-    errors: tuple[type[BaseException], ...] = (DumpError,)
-    try:
-        from qfair.tasks import TaskError
-
-        errors += (TaskError,)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from qfair.models import ModelError
-
-        errors += (ModelError,)
-    except ImportError:  # pragma: no cover
-        pass
 
     load_kwargs = {"revision": revision, "dtype": dtype, "device": device, "device_map": device_map,
                    "max_memory": max_memory, "offload_folder": offload_folder,
@@ -126,19 +112,13 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
         load_kwargs.update(text=text, ctx=ctx, chunks=chunks)
     elif ctx is not None or chunks is not None:
         raise click.UsageError("--ctx and --chunks go with --text")
-    try:
+    with reported(out, interrupted=f"interrupted; finished shards are kept in {out} (finish with --resume)"):
         summary = dump(out, model=model, quant=quant, tasks=tasks, data_files=list(data_files), limit=limit,
                        store=store, store_dtype=store_dtype, shard_rows=shard_rows, batch_size=batch_size,
                        resume=resume, overwrite=overwrite, seed=seed, progress=not no_progress,
                        load_kwargs=load_kwargs, threads=threads,
                        generation={"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                                    "samples": samples, "reference": reference})
-    except errors as e:
-        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    except OSError as e:
-        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
-    except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted; finished shards are kept in {out} (finish with --resume)") from None
     import os
 
     if os.environ.get("RANK", "0") in ("0", ""):  # a data-parallel run reports once, from rank 0

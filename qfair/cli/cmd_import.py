@@ -5,27 +5,13 @@ from __future__ import annotations
 import click
 
 from qfair.cli import main
+from qfair.cli.errors import reported
 
 
 def _run(fn, out: str):
     """Call an importer; every problem the user can fix is one line, exit 1."""
-    from qfair.dump import DumpError
-
-    errors: tuple[type[BaseException], ...] = (DumpError,)
-    try:
-        from qfair.models import ModelError
-
-        errors += (ModelError,)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
+    with reported(out, interrupted=f"interrupted; {out} is incomplete (run again with --overwrite)"):
         return fn()
-    except errors as e:
-        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    except OSError as e:
-        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
-    except KeyboardInterrupt:
-        raise click.ClickException(f"interrupted; {out} is incomplete (run again with --overwrite)") from None
 
 
 @main.group("import")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from qfair.cli import main
-from qfair.cli.cmd_sensitivity import one_line, user_errors
+from qfair.cli.cmd_sensitivity import sensitivity_errors
+from qfair.cli.errors import reported
 
 
 @main.command("recommend")
@@ -53,11 +54,7 @@ def recommend_cmd(scan_dir, budget, objective, keep, source, probe_split, seeds,
         import torch
 
         torch.set_num_threads(threads)
-    try:
+    with reported(scan_dir, *sensitivity_errors()):
         r = recommend(scan_dir, budget=budget, objective=objective, keep=keep, source=source, probe_split=probe_split,
                       seeds=seeds, out=out, resamples=resamples, progress=not no_progress)
-    except user_errors() as e:
-        raise click.ClickException(one_line(e)) from None
-    except OSError as e:
-        raise click.ClickException(f"{e.filename or scan_dir}: {e.strerror or e}") from None
     click.echo(r.text())

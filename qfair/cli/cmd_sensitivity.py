@@ -4,21 +4,13 @@ from __future__ import annotations
 import click
 
 from qfair.cli import main
+from qfair.cli.errors import reported
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types whose message is a one-line answer for the user."""
-    from qfair.dump import DumpError
-    from qfair.models import ModelError
+def sensitivity_errors() -> tuple[type[BaseException], ...]:
     from qfair.sensitivity import ProbeError, SensitivityError
-    from qfair.tasks import TaskError
 
-    return (SensitivityError, ProbeError, TaskError, ModelError, DumpError)
-
-
-def one_line(e: BaseException) -> str:
-    text = str(e)
-    return text.splitlines()[0] if text else type(e).__name__
+    return (SensitivityError, ProbeError)
 
 
 @main.command("sensitivity")
@@ -77,14 +69,10 @@ def sensitivity_cmd(model, quant, tasks, unit, mode, out, split, limit, data_fil
         import torch
 
         torch.set_num_threads(threads)
-    try:
+    with reported(out, *sensitivity_errors()):
         files = parse_data_files(list(data_files))
         r = run_scan(out, model=model, quant=quant, tasks=tasks, data_files=files, limit=limit, unit=unit,
                      mode=mode, split=split, resamples=resamples, seed=seed, batch_size=batch_size,
                      load_kwargs={"dtype": dtype, "device": device, "cache_dir": cache_dir},
                      overwrite=overwrite, progress=not no_progress)
-    except user_errors() as e:
-        raise click.ClickException(one_line(e)) from None
-    except OSError as e:
-        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
     click.echo(r.text())

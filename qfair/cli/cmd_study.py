@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from qfair.cli import main
+from qfair.cli.errors import reported
 
 
 @main.command("study")
@@ -34,23 +35,10 @@ def study_cmd(study_file, out, executor, dry_run) -> None:
       qfair study study.toml --out runs/study
       qfair study study.toml --out /scratch/runs/study --executor slurm
     """
-    from qfair.dump import DumpError
     from qfair.study import StudyError, run_study
 
-    errors: tuple[type[BaseException], ...] = (StudyError, DumpError)
-    try:
-        from qfair.models import ModelError
-        from qfair.tasks import TaskError
-
-        errors += (ModelError, TaskError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
+    with reported(out or study_file, StudyError):
         res = run_study(study_file, out, executor=executor, dry_run=dry_run, log=click.echo)
-    except errors as e:
-        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    except OSError as e:
-        raise click.ClickException(f"{e.filename or out}: {e.strerror or e}") from None
     if res.failed:
         for k, why in res.failed.items():
             click.echo(f"FAILED {k}: {why}", err=True)
