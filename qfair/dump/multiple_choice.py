@@ -75,21 +75,10 @@ def task_info(task: Any) -> dict[str, Any]:
 
 def examples_columns(docs: Sequence[Any]) -> dict[str, list]:
     """The examples table of a multiple-choice dump, as columns."""
-    cols: dict[str, list] = {k: [] for k in ("example_id", "task", "doc_index", "group", "label", "n_choices",
-                                             "context", "choices", "labels", "extras")}
-    for d in docs:
-        cols["example_id"].append(d.example_id)
-        cols["task"].append(d.task)
-        cols["doc_index"].append(int(d.doc_index))
-        cols["group"].append(d.group)
-        cols["label"].append(int(d.gold))
-        cols["n_choices"].append(len(d.choices))
-        cols["context"].append(d.context)
-        cols["choices"].append(list(d.choices))
-        cols["labels"].append(None if d.labels is None else [int(x) for x in d.labels])
-        extras = getattr(d, "extras", None) or {}
-        cols["extras"].append(json.dumps(extras, sort_keys=True, ensure_ascii=False, default=str) if extras else None)
-    return cols
+    from qfair.dump.tables import examples_columns as columns
+
+    return columns(docs, lambda d: (int(d.gold), len(d.choices), list(d.choices),
+                                    None if d.labels is None else [int(x) for x in d.labels]))
 
 
 def prepare_documents(tasks: Sequence[Any], tokenizer: Any) -> Documents:

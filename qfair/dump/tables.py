@@ -7,13 +7,14 @@ are registered with :func:`register_table`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from qfair.dump import DumpError
 
-__all__ = ["TableSpec", "TABLES", "register_table", "table_spec", "frame", "check_frame"]
+__all__ = ["TableSpec", "TABLES", "register_table", "table_spec", "frame", "check_frame", "examples_columns"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +118,25 @@ def check_frame(name: str, df: Any, where: str) -> None:
     extra = [c for c in got if c not in schema]
     if extra:
         raise DumpError(f"{where}: unknown column(s) {', '.join(extra)} for table {name!r}")
+
+
+def examples_columns(docs: Sequence[Any],
+                     answer: Callable[[Any], tuple[int, int, list[str], list[int] | None]]) -> dict[str, list]:
+    """The examples table as columns, one row per document; ``answer(doc)`` gives
+    the dump kind's ``(label, n_choices, choices, labels)``."""
+    cols: dict[str, list] = {k: [] for k in ("example_id", "task", "doc_index", "group", "label", "n_choices",
+                                             "context", "choices", "labels", "extras")}
+    for d in docs:
+        label, n_choices, choices, labels = answer(d)
+        cols["example_id"].append(d.example_id)
+        cols["task"].append(d.task)
+        cols["doc_index"].append(int(d.doc_index))
+        cols["group"].append(d.group)
+        cols["label"].append(label)
+        cols["n_choices"].append(n_choices)
+        cols["context"].append(d.context)
+        cols["choices"].append(choices)
+        cols["labels"].append(labels)
+        extras = getattr(d, "extras", None) or {}
+        cols["extras"].append(json.dumps(extras, sort_keys=True, ensure_ascii=False, default=str) if extras else None)
+    return cols

@@ -20,7 +20,6 @@ resumed dump holds the same texts.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -88,21 +87,10 @@ def char_ends(tokenizer: Any, ids: Sequence[int], text: str) -> list[int]:
 
 
 def _examples_columns(docs: Sequence[Any], samples: int) -> dict[str, list]:
-    cols: dict[str, list] = {k: [] for k in ("example_id", "task", "doc_index", "group", "label", "n_choices",
-                                             "context", "choices", "labels", "extras")}
-    for d in docs:
-        cols["example_id"].append(d.example_id)
-        cols["task"].append(d.task)
-        cols["doc_index"].append(int(d.doc_index))
-        cols["group"].append(d.group)
-        cols["label"].append(-1)
-        cols["n_choices"].append(int(samples))
-        cols["context"].append(d.context)
-        cols["choices"].append([])
-        cols["labels"].append(None)
-        extras = getattr(d, "extras", None) or {}
-        cols["extras"].append(json.dumps(extras, sort_keys=True, ensure_ascii=False, default=str) if extras else None)
-    return cols
+    """The examples table of a generation dump: no choices; n_choices holds the samples per prompt."""
+    from qfair.dump.tables import examples_columns
+
+    return examples_columns(docs, lambda d: (-1, int(samples), [], None))
 
 
 @dataclass
@@ -287,6 +275,17 @@ def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any
     return _summary(Path(out), writer, time.perf_counter() - t0, settings, reference)
 
 
+def _extend_positions(t: dict[str, list], d: Any, sample_col: str, s: int, c: Any) -> None:
+    """One continuation's positions appended to a per-token table (tokens or gen_tokens)."""
+    t["task"].extend([d.task] * c.n)
+    t["example_id"].extend([d.example_id] * c.n)
+    t[sample_col].extend([s] * c.n)
+    t["pos"].extend(range(c.n))
+    t["target"].extend(c.ids)
+    for k in ("logprob", "entropy", "max_logprob", "argmax", "rank"):
+        t[k].extend(c.scalars[k].tolist())
+
+
 def _add_example(writer: DumpWriter, d: Any, n_prompt: int, res: dict[int, tuple[Any, Any]],
                  seeds: dict[tuple[int, int], int], index: int, tok: Any, store: str) -> None:
     gen: dict[str, list] = {k: [] for k in ("task", "example_id", "doc_index", "sample", "source", "seed",
@@ -327,21 +326,8 @@ def _add_example(writer: DumpWriter, d: Any, n_prompt: int, res: dict[int, tuple
             add_gen(s, "reference", forced, True)
         n = aligned.n
         tk["row"].extend(range(row, row + n) if full else [-1] * n)
-        tk["task"].extend([d.task] * n)
-        tk["example_id"].extend([d.example_id] * n)
-        tk["choice"].extend([s] * n)
-        tk["pos"].extend(range(n))
-        tk["target"].extend(aligned.ids)
-        for k in ("logprob", "entropy", "max_logprob", "argmax", "rank"):
-            tk[k].extend(aligned.scalars[k].tolist())
-        m = free.n
-        gt["task"].extend([d.task] * m)
-        gt["example_id"].extend([d.example_id] * m)
-        gt["sample"].extend([s] * m)
-        gt["pos"].extend(range(m))
-        gt["target"].extend(free.ids)
-        for k in ("logprob", "entropy", "max_logprob", "argmax", "rank"):
-            gt[k].extend(free.scalars[k].tolist())
+        _extend_positions(tk, d, "choice", s, aligned)
+        _extend_positions(gt, d, "sample", s, free)
         nonfinite += aligned.nonfinite
         if full and n:
             blocks.append(aligned.rows)
