@@ -138,14 +138,19 @@ SideOutputs side_outputs(Columns& c, bool with_targets) {
     return out;
 }
 
+// ValueError unless a and b (named `names`, e.g. "p and q") have the same shape.
+void same_shape(const Matrix& a, const Matrix& b, const char* names) {
+    if (a.rows != b.rows || a.cols != b.cols)
+        throw ::py::value_error(std::string(names) + " must have the same shape, got [" + std::to_string(a.rows) +
+                                ", " + std::to_string(a.cols) + "] and [" + std::to_string(b.rows) + ", " +
+                                std::to_string(b.cols) + "]");
+}
+
 ::py::dict divergence_py(const ::py::array& p, const ::py::array& q, const ::py::object& targets,
                          std::vector<int> topk, int threads, const std::string& dtype) {
     Matrix mp = as_matrix(p, "p", dtype);
     Matrix mq = as_matrix(q, "q", dtype);
-    if (mp.rows != mq.rows || mp.cols != mq.cols)
-        throw ::py::value_error("p and q must have the same shape, got [" + std::to_string(mp.rows) + ", " +
-                                std::to_string(mp.cols) + "] and [" + std::to_string(mq.rows) + ", " +
-                                std::to_string(mq.cols) + "]");
+    same_shape(mp, mq, "p and q");
     std::vector<int64_t> t = as_targets(targets, mp.rows);
     Columns c(mp.rows);
     DivergenceOutputs out = divergence_outputs(c, topk, !targets.is_none());
@@ -186,10 +191,7 @@ SideOutputs side_outputs(Columns& c, bool with_targets) {
                                    int threads, const std::string& dtype) {
     Matrix mq = as_matrix(q, "q", dtype);
     Matrix mb = as_matrix(base, "base", dtype);
-    if (mq.rows != mb.rows || mq.cols != mb.cols)
-        throw ::py::value_error("q and base must have the same shape, got [" + std::to_string(mq.rows) + ", " +
-                                std::to_string(mq.cols) + "] and [" + std::to_string(mb.rows) + ", " +
-                                std::to_string(mb.cols) + "]");
+    same_shape(mq, mb, "q and base");
     if (targets.is_none()) throw ::py::value_error("targets are required (one scored token id per row)");
     std::vector<int64_t> t = as_targets(targets, mq.rows);
     Columns c(mq.rows);

@@ -260,33 +260,34 @@ I64 i64(const ::py::handle& h, const char* name, int ndim) {
 
 // ---- permutation nulls ------------------------------------------------------------
 
+// `resamples` doubles filled by `fill` without the GIL.
+template <class Fill>
+::py::array_t<double> null_distribution(int64_t resamples, const char* what, Fill&& fill) {
+    if (resamples < 0) throw ::py::value_error(std::string(what) + ": resamples must be >= 0");
+    ::py::array_t<double> out(resamples);
+    double* o = out.mutable_data();
+    {
+        ::py::gil_scoped_release nogil;
+        fill(o);
+    }
+    return out;
+}
+
 ::py::array_t<double> pairings_dot_py(const ::py::handle& a, const ::py::handle& b, int64_t resamples,
                                       uint64_t seed, int threads) {
     int64_t n = -1;
     const double* ap = f64(a, "a", &n);
     const double* bp = f64(b, "b", &n);
-    if (resamples < 0) throw ::py::value_error("pairings_dot: resamples must be >= 0");
-    ::py::array_t<double> out(resamples);
-    double* o = out.mutable_data();
-    {
-        ::py::gil_scoped_release nogil;
-        st::pairings_dot(ap, bp, n, resamples, seed, threads, o);
-    }
-    return out;
+    return null_distribution(resamples, "pairings_dot",
+                             [&](double* o) { st::pairings_dot(ap, bp, n, resamples, seed, threads, o); });
 }
 
 ::py::array_t<double> subset_sums_py(const ::py::handle& z, int64_t k, int64_t resamples, uint64_t seed,
                                      int threads) {
     int64_t n = -1;
     const double* zp = f64(z, "z", &n);
-    if (resamples < 0) throw ::py::value_error("subset_sums: resamples must be >= 0");
-    ::py::array_t<double> out(resamples);
-    double* o = out.mutable_data();
-    {
-        ::py::gil_scoped_release nogil;
-        st::subset_sums(zp, n, k, resamples, seed, threads, o);
-    }
-    return out;
+    return null_distribution(resamples, "subset_sums",
+                             [&](double* o) { st::subset_sums(zp, n, k, resamples, seed, threads, o); });
 }
 
 // ---- permutation test ----------------------------------------------------------
