@@ -11,6 +11,8 @@ from typing import Any
 
 import polars as pl
 
+from qfair.report.data import read_table
+
 __all__ = ["corpus_section", "CORPUS_ROWS"]
 
 # (statistic, label): the rows a reader looks at first, in llama.cpp's order
@@ -31,11 +33,8 @@ CORPUS_ROWS = (
 
 
 def _read(data: Any, name: str) -> pl.DataFrame:
-    p = data.path / f"{name}.parquet"
-    if p.is_file():
-        return pl.read_parquet(p)
-    c = data.path / f"{name}.csv"
-    return pl.read_csv(c) if c.is_file() and c.stat().st_size else pl.DataFrame()
+    df = read_table(data.path, name)
+    return pl.DataFrame() if df is None else df
 
 
 def corpus_section(data: Any, table_html: Callable[..., str]) -> str:

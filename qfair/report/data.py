@@ -19,7 +19,7 @@ import polars as pl
 
 from qfair.analyze.provenance import PROVENANCE_FILE, collect_provenance, write_provenance
 
-__all__ = ["ReportError", "AnalysisData", "load_analysis", "collect_provenance", "write_provenance",
+__all__ = ["ReportError", "AnalysisData", "load_analysis", "read_table", "collect_provenance", "write_provenance",
            "PROVENANCE_FILE", "TABLES"]
 
 TABLES = ("summary", "examples", "tokens", "calibration", "strata", "groups")
@@ -61,7 +61,8 @@ class AnalysisData:
 TOKEN_COLUMNS = ("model", "task", "kl_pq", "delta_p", "top1_agree")
 
 
-def _read_table(d: Path, name: str) -> pl.DataFrame | None:
+def read_table(d: Path, name: str) -> pl.DataFrame | None:
+    """One table of an analysis directory: Parquet, else CSV; None when neither exists."""
     pq, csv = d / f"{name}.parquet", d / f"{name}.csv"
     try:
         if pq.is_file():
@@ -105,7 +106,7 @@ def load_analysis(path: str | os.PathLike) -> AnalysisData:
         raise ReportError(f"{d}: not a directory (expected the --out directory of qfair analyze)")
     tables: dict[str, pl.DataFrame] = {}
     for name in TABLES:
-        df = _read_table(d, name)
+        df = read_table(d, name)
         if df is None:
             if name in REQUIRED:
                 raise ReportError(f"{d / (name + '.parquet')}: missing (neither {name}.parquet nor {name}.csv); "
