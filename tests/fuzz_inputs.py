@@ -198,28 +198,6 @@ def _truncate(data, d: Path) -> tuple[str, bool]:
     return f"truncate {p.name} at {at}/{size}", at == size
 
 
-def _kl_oracle(base: Path, quant: Path) -> tuple[np.ndarray, int, int]:
-    """Per-row KL(P||Q) in float64 from the stored rows (NaN: not a distribution), and the
-    numbers of rows that are not a distribution on the base / quant side."""
-    from qfair.dump import open_dump
-
-    def rows(d):
-        return np.concatenate([np.asarray(x, dtype=np.float64) for x in open_dump(d).logit_blocks()])
-
-    def valid(a):
-        return ~np.isnan(a).any(1) & ~np.isposinf(a).any(1) & np.isfinite(a).any(1)
-
-    a, b = rows(base), rows(quant)
-    ok = valid(a) & valid(b)
-    kl = np.full(a.shape[0], np.nan)
-    with np.errstate(all="ignore"):
-        lp = a[ok] - logsumexp(a[ok], axis=1, keepdims=True)
-        lq = b[ok] - logsumexp(b[ok], axis=1, keepdims=True)
-        # in log space: exp() of a log-prob below -745 underflows to 0 and rel_entr would say inf
-        kl[ok] = np.where(np.exp(lp) == 0.0, 0.0, np.exp(lp) * (lp - lq)).sum(1)  # p = 0 adds 0
-    return kl, int((~valid(a)).sum()), int((~valid(b)).sum())
-
-
 def _one_line(res) -> None:
     assert isinstance(res.exception, SystemExit) or res.exception is None, \
         f"escaped exception {res.exception!r}\n{res.output[-2000:]}"
@@ -303,7 +281,9 @@ def check_dump_case(data, report_every: int = 0) -> None:
             assert res.exit_code == 1, f"{what}: analyzed although the file no longer matches its manifest"
         if family == "payload" and resign:
             assert res.exit_code == 0, f"{what}: {res.output}"
-            kl, bad_p, bad_q = _kl_oracle(dirs["base"], dirs["q"])
+            from test_dump_support import stored_kl_oracle
+
+            kl, bad_p, bad_q = stored_kl_oracle(dirs["base"], dirs["q"])
             c = json.loads((out / "settings.json").read_text())["settings"]["nonfinite"]["q"]
             assert c["nonfinite_base_rows"] == bad_p and c["nonfinite_quant_rows"] == bad_q, (what, c)
             assert c["nonfinite_rows"] == int(np.isnan(kl).sum()), (what, c)

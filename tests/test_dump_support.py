@@ -85,3 +85,42 @@ def resign(dump_dir: Path) -> dict:
             sign(p)
     mp.write_text(json.dumps(m, indent=1))
     return m
+
+
+def stored_kl_oracle(base: Path, quant: Path):
+    """Per stored row, KL(P||Q) in float64 from the rows as written (scipy's logsumexp),
+    NaN for a row that is not a distribution on either side (NaN, +inf, or no finite
+    entry); and the numbers of such rows on the base / quant side."""
+    import numpy as np
+    from scipy.special import logsumexp
+
+    from qfair.dump import open_dump
+
+    def rows(d):
+        return np.concatenate([np.asarray(x, dtype=np.float64) for x in open_dump(d).logit_blocks()])
+
+    def valid(a):
+        return ~np.isnan(a).any(1) & ~np.isposinf(a).any(1) & np.isfinite(a).any(1)
+
+    a, b = rows(base), rows(quant)
+    ok = valid(a) & valid(b)
+    kl = np.full(a.shape[0], np.nan)
+    with np.errstate(all="ignore"):
+        lp = a[ok] - logsumexp(a[ok], axis=1, keepdims=True)
+        lq = b[ok] - logsumexp(b[ok], axis=1, keepdims=True)
+        # in log space: exp() of a log-prob below -745 underflows to 0 and rel_entr would say inf
+        kl[ok] = np.where(np.exp(lp) == 0.0, 0.0, np.exp(lp) * (lp - lq)).sum(1)  # p = 0 adds 0
+    return kl, int((~valid(a)).sum()), int((~valid(b)).sum())
+
+
+def saved_tensor_bytes(model, directory: Path) -> int:
+    """Bytes of every tensor ``save_pretrained`` writes for ``model`` (read back with safetensors)."""
+    from safetensors import safe_open
+
+    model.save_pretrained(directory)
+    total = 0
+    with safe_open(str(directory / "model.safetensors"), "pt") as fh:
+        for k in fh.keys():
+            t = fh.get_tensor(k)
+            total += t.numel() * t.element_size()
+    return total

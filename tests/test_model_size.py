@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_dump_support import data_files, write_mc_file  # noqa: E402
+from test_dump_support import data_files, saved_tensor_bytes, write_mc_file  # noqa: E402
 
 from qfair.models import ModelError, load_model  # noqa: E402
 from qfair.models.loading import parse_max_memory  # noqa: E402
@@ -54,16 +54,9 @@ def test_float_and_int8_sizes_match_the_architecture(tiny_model):
 
 
 def test_nf4_size_is_what_save_pretrained_writes(tiny_model, tmp_path):
-    from safetensors import safe_open
-
     q = load_model(str(tiny_model("bloom", 0)), quant="bnb-nf4", progress=False, device="cpu")
     size = q.manifest()["size"]
-    q.model.save_pretrained(tmp_path / "saved")
-    total = 0
-    with safe_open(str(tmp_path / "saved" / "model.safetensors"), "pt") as fh:
-        for k in fh.keys():
-            t = fh.get_tensor(k)
-            total += t.numel() * t.element_size()
+    total = saved_tensor_bytes(q.model, tmp_path / "saved")
     assert size["stored_bytes"] == total
     # tied embeddings counted once: BLOOM's float model has as many weights as parameters
     f = load_model(str(tiny_model("bloom", 0)), progress=False, device="cpu")

@@ -22,9 +22,8 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from scipy.special import logsumexp
 from test_analyze import make_corpus, make_rows, write_dump
-from test_dump_support import resign
+from test_dump_support import resign, stored_kl_oracle
 
 import qfair
 from qfair.analyze import compare
@@ -81,26 +80,6 @@ def analyze(pair, out, *extra):
 # ---------------------------------------------------------------------------
 # 1. non-finite values in logits shards
 
-def _kl_oracle(base: Path, quant: Path) -> np.ndarray:
-    """KL(P||Q) per stored row in float64 (scipy), NaN for a row that is not a
-    distribution on either side (NaN, +inf, or no finite entry)."""
-    def rows(d):
-        return np.concatenate([np.asarray(x, dtype=np.float64) for x in open_dump(d).logit_blocks()])
-
-    def valid(a):
-        return ~np.isnan(a).any(1) & ~np.isposinf(a).any(1) & np.isfinite(a).any(1)
-
-    a, b = rows(base), rows(quant)
-    ok = valid(a) & valid(b)
-    kl = np.full(a.shape[0], np.nan)
-    with np.errstate(all="ignore"):
-        lp = a[ok] - logsumexp(a[ok], axis=1, keepdims=True)
-        lq = b[ok] - logsumexp(b[ok], axis=1, keepdims=True)
-        # in log space: exp() of a log-prob below -745 underflows to 0 and rel_entr would say inf
-        kl[ok] = np.where(np.exp(lp) == 0.0, 0.0, np.exp(lp) * (lp - lq)).sum(1)  # p = 0 adds 0
-    return kl
-
-
 def _expected_task_means(d: Path, kl: np.ndarray) -> dict[str, tuple[int, float]]:
     """Per task: (examples with a valid token, mean over them of the example's mean KL over its valid tokens)."""
     t = open_dump(d).tokens.with_columns(pl.Series("kl", kl[open_dump(d).tokens["row"].to_numpy()]))
@@ -133,7 +112,7 @@ def test_nonfinite_rows_are_counted_and_left_out(corpus, tmp_path, side, damage)
     assert counts["nonfinite_quant_rows" if side == "base" else "nonfinite_base_rows"] == 0
     assert any("not a distribution" in n for n in settings["notes"])
 
-    kl = _kl_oracle(tmp_path / "base", tmp_path / "q")
+    kl = stored_kl_oracle(tmp_path / "base", tmp_path / "q")[0]
     assert np.isnan(kl).sum() == 1 and np.isfinite(kl[~np.isnan(kl)]).all()
     s = pl.read_parquet(tmp_path / "out" / "summary.parquet").filter(pl.col("metric") == "kl_pq")
     for task, (n, mean) in _expected_task_means(tmp_path / "base", kl).items():
@@ -160,7 +139,7 @@ def test_neg_inf_entry_is_a_zero_probability(corpus, tmp_path):
     write_dump(tmp_path / "base", corpus, b, shard_rows=20)
     write_dump(tmp_path / "q", corpus, q, shard_rows=20)
     c = compare(tmp_path / "base", tmp_path / "q", bootstrap=50)
-    kl = _kl_oracle(tmp_path / "base", tmp_path / "q")
+    kl = stored_kl_oracle(tmp_path / "base", tmp_path / "q")[0]
     assert np.isinf(kl[3]) and not np.isnan(kl).any()
     task = open_dump(tmp_path / "base").tokens.filter(pl.col("row") == 3)["task"][0]
     row = c.summary.filter((pl.col("task") == task) & (pl.col("metric") == "kl_pq")).row(0, named=True)

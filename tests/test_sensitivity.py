@@ -90,16 +90,11 @@ def test_units_and_quantized_modules(tiny3):
 
 def test_sizes_are_the_saved_state(tmp_path, tiny3):
     """model_bytes of a bitsandbytes model = the tensor bytes save_pretrained writes (read back with safetensors)."""
-    from safetensors import safe_open
+    from test_dump_support import saved_tensor_bytes
 
     q = load_model(str(tiny3), quant="bnb-nf4", progress=False, device="cpu")
     measured = model_bytes(q.model)
-    q.model.save_pretrained(tmp_path / "saved")
-    total = 0
-    with safe_open(str(tmp_path / "saved" / "model.safetensors"), "pt") as fh:
-        for k in fh.keys():
-            t = fh.get_tensor(k)
-            total += t.numel() * t.element_size()
+    total = saved_tensor_bytes(q.model, tmp_path / "saved")
     assert measured == total
     f = load_model(str(tiny3), progress=False, device="cpu")
     assert model_bytes(f.model) == sum(p.numel() * 4 for p in f.model.parameters()) + sum(
