@@ -35,8 +35,15 @@ build: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 
+# The C++ core and statistics tests once more under each narrower instruction set, so that
+# the paths users without AVX-512 (or without AVX2) get are tested on every machine.
+CORE_TESTS := tests/test_divergence.py tests/test_stats.py tests/test_resampling.py tests/test_uncertainty.py \
+	tests/test_metrics.py tests/test_intervals.py tests/test_calibration.py tests/test_runtime.py tests/test_topk.py
+
 test: build lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+	QFAIR_ISA=avx2 $(PY) -m pytest -q $(CORE_TESTS)
+	QFAIR_ISA=baseline $(PY) -m pytest -q $(CORE_TESTS)
 
 test-fast: build lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -99,12 +99,44 @@ def test_offloaded_layers_give_the_unsplit_logits(tiny_model, tmp_path):
     assert m["size"]["offloaded_bytes"] > 0 and m["size"]["stored_bytes"] == 4 * m["size"]["n_weights"]
 
 
-def test_measure_refuses_a_bnb_4bit_model_after_its_first_cpu_forward(tiny_model):
+def _bnb_repacked(model) -> bool:
+    """Whether bitsandbytes repacked any 4-bit weight for its CPU kernels (only on CPUs with AVX512-BF16)."""
+    return any(getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)
+               for m in model.modules())
+
+
+@pytest.mark.parametrize("cpu", ["this", "without_avx512bf16"])
+def test_measure_refuses_a_bnb_4bit_model_iff_its_cpu_forward_repacked_it(tiny_model, cpu, monkeypatch):
+    """bitsandbytes repacks 4-bit weights on the first CPU forward only where its AVX512-BF16 kernel
+    runs; reading the state afterwards would corrupt the model. The refusal follows the repack
+    itself: refused if and only if the state changed, and an unchanged state measures the same.
+    ``without_avx512bf16`` makes bitsandbytes see an AVX2-only CPU, so both branches run here."""
+    from qfair.models.size import SizeError
+
+    if cpu == "without_avx512bf16":
+        import bitsandbytes.nn.modules as bnb_modules
+        monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: False)
+    q = load_model(str(tiny_model("llama", 0)), quant="bnb-nf4", progress=False, device="cpu")
+    before = q.manifest()["size"]
+    assert before["stored_bytes"] > 0  # measured at load
+    with torch.inference_mode():
+        q.model(torch.tensor([[1, 5, 9]]))
+    if _bnb_repacked(q.model):
+        with pytest.raises(SizeError, match="before its first forward"):
+            measure(q.model)
+    else:
+        assert measure(q.model)["stored_bytes"] == before["stored_bytes"]
+
+
+def test_measure_refuses_a_repacked_bnb_4bit_state_on_any_cpu(tiny_model):
+    """The refusal path itself, on every CPU: a state flagged as repacked for the CPU kernels (what
+    the first forward leaves on AVX512-BF16 machines) is refused, and the model is left untouched."""
     from qfair.models.size import SizeError
 
     q = load_model(str(tiny_model("llama", 0)), quant="bnb-nf4", progress=False, device="cpu")
-    assert q.manifest()["size"]["stored_bytes"] > 0  # measured at load
-    with torch.inference_mode():
-        q.model(torch.tensor([[1, 5, 9]]))
+    lin = next(m for m in q.model.modules() if type(m).__name__ == "Linear4bit")
+    packed = lin.weight.data.clone()
+    lin.weight.quant_state.packing_format_for_cpu = True
     with pytest.raises(SizeError, match="before its first forward"):
         measure(q.model)
+    assert torch.equal(lin.weight.data, packed) and lin.weight.quant_state.packing_format_for_cpu

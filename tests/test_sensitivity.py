@@ -81,11 +81,23 @@ def test_units_and_quantized_modules(tiny3):
     u2 = define_units(f.model, q2.model, "block")
     assert [(u.name, u.kind) for u in u2] == [("model.layers.0", "block"), ("model.layers.2", "block"),
                                               ("lm_head", "other")]
-    # reading a bitsandbytes 4-bit model's state after a CPU forward would corrupt it: refused
+    # reading a bitsandbytes 4-bit model's state after a CPU forward that repacked it (AVX512-BF16
+    # CPUs only) would corrupt it: refused if and only if the state was repacked
+    before = model_bytes(q.model)
     with torch.inference_mode():
         q.model(torch.tensor([[1, 5, 9]]))
+    repacked = any(getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)
+                   for m in q.model.modules())
+    if repacked:
+        with pytest.raises(UnitError, match="before its first forward"):
+            model_bytes(q.model)
+    else:
+        assert model_bytes(q.model) == before
+    # the refusal itself on every CPU: a state flagged as repacked is refused
+    q3 = load_model(str(tiny3), quant="bnb-nf4", progress=False, device="cpu")
+    next(m for m in q3.model.modules() if type(m).__name__ == "Linear4bit").weight.quant_state.packing_format_for_cpu = True
     with pytest.raises(UnitError, match="before its first forward"):
-        model_bytes(q.model)
+        model_bytes(q3.model)
 
 
 def test_sizes_are_the_saved_state(tmp_path, tiny3):
