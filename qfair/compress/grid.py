@@ -27,10 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
+from qfair.compress.errors import CompressError
+
 MIN_BITS, MAX_BITS = 2, 8
 
 
-class GridError(ValueError):
+class GridError(CompressError):
     """Bad grid settings: bits, group size (one line, for the user)."""
 
 

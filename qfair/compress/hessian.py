@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from qfair.compress.errors import CompressError
 
-class HessianError(ValueError):
+
+class HessianError(CompressError):
     """A Hessian that cannot be used (no data, not positive definite)."""
 
 
