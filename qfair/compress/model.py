@@ -100,7 +100,7 @@ def quantize_model(model: nn.Module, method: str, grid: Grid, *, calibration: Se
         for name, m in layers.items():
             qw = rtn_quantize(m.weight.detach().float(), grid, name)
             out.weights[name] = qw
-            out.layers[name] = {"weight_error": float(((m.weight.double() - qw.dequantize().double()) ** 2).sum())}
+            out.layers[name] = {"weight_error": float(((m.weight.detach().double() - qw.dequantize().double()) ** 2).sum())}
             _set_weight(m, qw)
         out.seconds = time.perf_counter() - t0
         return out
