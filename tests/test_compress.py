@@ -188,3 +188,168 @@ def test_gptq_reconstruction_error_at_most_rtn_random(bits, gs, sym):
             assert eg <= er, (seed, act_order, eg, er)
             # the Hessian form of the error is the same number (mean over tokens, float64)
             assert weighted_error(w - g.dequantize(), h) == pytest.approx(eg / 512, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# the fairness term (one layer)
+
+def random_pairs(cols, m, seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    return torch.randn(m, cols, generator=g, dtype=torch.float64) * torch.rand(cols, generator=g, dtype=torch.float64)
+
+
+def test_fair_alpha_zero_is_plain_gptq_bit_for_bit():
+    from qfair.compress.fair import fair_hessian
+
+    w, x, h = random_layer(16, 32, 200, seed=1, dtype=torch.float32)
+    d = random_pairs(32, 8, 1)
+    f = 2 * d.T @ d / 8
+    for act_order in (False, True):
+        a = gptq_quantize(w, fair_hessian(h, f, 0.0), Grid(4, 8), act_order=act_order)
+        b = gptq_quantize(w, h, Grid(4, 8), act_order=act_order)
+        assert torch.equal(a.codes, b.codes) and torch.equal(a.scale, b.scale)
+
+
+def test_fair_alpha_reduces_the_pair_difference_error():
+    from qfair.compress.fair import FairnessError, fair_hessian
+
+    for seed in range(6):
+        w, x, h = random_layer(32, 64, 400, seed=seed, dtype=torch.float32)
+        d = random_pairs(64, 12, seed)
+        f = 2 * d.T @ d / 12
+        errs = []
+        for alpha in (0.0, 1.0, 10.0):
+            qw = gptq_quantize(w, fair_hessian(h, f, alpha), Grid(3, 16))
+            errs.append(weighted_error(w - qw.dequantize(), f))
+        assert errs[2] < errs[1] < errs[0], (seed, errs)
+    with pytest.raises(FairnessError, match="fair=-0.5: expected a number >= 0"):
+        fair_hessian(h, f, -0.5)
+
+
+def test_pair_alignment_pools_after_the_common_prefix():
+    from qfair.compress.fair import FairnessError, PairAccumulator, pair_sequences, pooling_starts
+
+    t = torch.tensor
+    assert pooling_starts(t([1, 2, 3, 4]), t([1, 2, 5])) == (2, 2)
+    assert pooling_starts(t([1, 2]), t([1, 2, 3])) == (1, 2)      # a prefix keeps its last token
+    assert pooling_starts(t([7, 2]), t([1, 2, 3])) == (0, 0)
+    seqs, starts = pair_sequences([(t([1, 2, 3]), t([1, 2, 3])), (t([1, 2, 3, 4]), t([1, 9]))])
+    assert len(seqs) == 2 and starts == [1, 1]                    # the identical pair is dropped
+    with pytest.raises(FairnessError, match="no pair of distinct sentences"):
+        pair_sequences([(t([1, 2]), t([1, 2]))])
+    acc = PairAccumulator(starts)
+    xs = torch.arange(12.0).reshape(1, 4, 3)
+    xa = -torch.arange(6.0).reshape(1, 2, 3)
+    acc("l", 0, xs)
+    acc("l", 1, xa)
+    diff = xs[0, 1:].double().mean(0) - xa[0, 1:].double().mean(0)
+    assert torch.equal(acc.differences("l")[0], diff)
+    assert torch.allclose(acc.hessian("l"), 2 * torch.outer(diff, diff))
+
+
+# ---------------------------------------------------------------------------
+# a whole tiny model: sequential capture checked by an independent capture
+
+def _texts_ids(tok, texts):
+    return [tok(s, return_tensors="pt").input_ids[0] for s in texts]
+
+
+CAL_TEXTS = ["The river keeps its own calendar, rising in spring and falling by late summer.",
+             "A careful baker weighs the flour twice and trusts the oven thermometer once.",
+             "When the train is late, the station clock looks slower than it really is.",
+             "Good evidence is repeatable: measure twice, write down both, compare honestly.",
+             "Children in the valley learn three languages before they learn to swim, they say."] * 4
+PAIR_TEXTS = [("The nurse said she was tired.", "The nurse said he was tired."),
+              ("Women are bad at maths.", "Men are bad at maths."),
+              ("The old man could not use the phone.", "The young man could not use the phone."),
+              ("Poor people are lazy.", "Rich people are lazy.")]
+
+
+def _load_float(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    m.eval()
+    return m, AutoTokenizer.from_pretrained(str(path))
+
+
+def _independent_inputs(float_model, result, layer, seqs, prefix):
+    """The inputs of ``layer`` over ``seqs`` on a model whose blocks before the
+    layer's block (all blocks for a layer outside them) carry the quantized
+    weights: captured with one hook on a plain full forward pass."""
+    import copy
+
+    m = copy.deepcopy(float_model)
+    i = int(layer[len(prefix) + 1:].split(".")[0]) if layer.startswith(prefix + ".") else 10 ** 9
+    for name, qw in result.weights.items():
+        if name.startswith(prefix + ".") and int(name[len(prefix) + 1:].split(".")[0]) < i:
+            m.get_submodule(name).weight.data = qw.dequantize()
+    xs = []
+    h = m.get_submodule(layer).register_forward_pre_hook(lambda _m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        for s in seqs:
+            m(input_ids=s[None], use_cache=False)
+    h.remove()
+    return xs
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("arch,ignore", [("llama", ("lm_head",)), ("bloom", ())])
+def test_model_gptq_beats_rtn_on_every_layer_with_independent_inputs(tiny_model, arch, ignore):
+    import copy
+
+    from qfair.compress.capture import decoder_blocks
+    from qfair.compress.model import quantize_model
+
+    fm, tok = _load_float(tiny_model(arch))
+    cal = _texts_ids(tok, CAL_TEXTS)
+    qm = copy.deepcopy(fm)
+    res = quantize_model(qm, "gptq", Grid(4, 32, False), calibration=cal, ignore=ignore, act_order=True)
+    prefix, _ = decoder_blocks(fm)
+    assert set(res.weights) == {n for n, mod in fm.named_modules() if isinstance(mod, torch.nn.Linear)
+                                and n not in ignore}
+    for name, qw in res.weights.items():
+        x = torch.cat(_independent_inputs(fm, res, name, cal, prefix)).double()
+        w = fm.get_submodule(name).weight.detach().double()
+        err = float(((x @ (w - qw.dequantize().double()).T) ** 2).sum())
+        rtn = float(((x @ (w - rtn_quantize(w.float(), Grid(4, 32, False)).dequantize().double()).T) ** 2).sum())
+        assert err <= rtn, (name, err, rtn)
+        assert res.layers[name]["error"] == pytest.approx(err / x.shape[0], rel=1e-4)
+        assert res.layers[name]["rtn_error"] == pytest.approx(rtn / x.shape[0], rel=1e-4)
+        # the model holds the de-quantized codes
+        assert torch.equal(qm.get_submodule(name).weight, qw.dequantize())
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_model_fair_alpha_zero_bitwise_and_alpha_reduces_pair_error(tiny_model):
+    import copy
+
+    from qfair.compress.model import quantize_model
+
+    fm, tok = _load_float(tiny_model("llama"))
+    cal = _texts_ids(tok, CAL_TEXTS)
+    pairs = [tuple(_texts_ids(tok, p)) for p in PAIR_TEXTS]
+    plain = quantize_model(copy.deepcopy(fm), "gptq", Grid(3, 32), calibration=cal)
+    zero = quantize_model(copy.deepcopy(fm), "gptq", Grid(3, 32), calibration=cal, pairs=pairs, alpha=0.0)
+    fair = quantize_model(copy.deepcopy(fm), "gptq", Grid(3, 32), calibration=cal, pairs=pairs, alpha=20.0)
+    for n in plain.weights:
+        assert torch.equal(plain.weights[n].codes, zero.weights[n].codes)
+        assert torch.equal(plain.weights[n].scale, zero.weights[n].scale)
+    # block 0 sees the same inputs in both runs: compare ||(W - What) d||^2 on independently pooled differences
+    from qfair.compress.fair import pooling_starts
+
+    total = {"plain": 0.0, "fair": 0.0}
+    for name in [n for n in plain.weights if n.startswith("model.layers.0.")]:
+        seqs = [s for p in pairs for s in p]
+        xs = _independent_inputs(fm, plain, name, seqs, "model.layers")
+        diffs = []
+        for k, (s, a) in enumerate(pairs):
+            i, j = pooling_starts(s, a)
+            diffs.append(xs[2 * k][i:].double().mean(0) - xs[2 * k + 1][j:].double().mean(0))
+        d = torch.stack(diffs)
+        w = fm.get_submodule(name).weight.detach().double()
+        for key, res in (("plain", plain), ("fair", fair)):
+            total[key] += float(((d @ (w - res.weights[name].dequantize().double()).T) ** 2).sum())
+        assert fair.layers[name]["fair_error"] == pytest.approx(
+            float(((d @ (w - fair.weights[name].dequantize().double()).T) ** 2).sum()) / len(pairs), rel=1e-4)
+    assert total["fair"] < 0.5 * total["plain"], total
