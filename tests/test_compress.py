@@ -3,6 +3,8 @@ RTN, GPTQ against a float64 reference written from the papers, the fairness
 term, calibration capture on tiny models, and the rtn/gptq specs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -353,3 +355,200 @@ def test_model_fair_alpha_zero_bitwise_and_alpha_reduces_pair_error(tiny_model):
         assert fair.layers[name]["fair_error"] == pytest.approx(
             float(((d @ (w - fair.weights[name].dequantize().double()).T) ** 2).sum()) / len(pairs), rel=1e-4)
     assert total["fair"] < 0.5 * total["plain"], total
+
+
+# ---------------------------------------------------------------------------
+# the specs: rtn, gptq (qfair engine), refusals, cache
+
+def test_specs_parse_and_refuse_bad_values(tmp_path):
+    from qfair.models import ModelError, parse_quant_spec
+
+    s = parse_quant_spec("gptq")
+    assert s.options["engine"] == "qfair" and s.options["bits"] == 4 and s.options["group_size"] == 64
+    assert s.options["samples"] == 64 and s.options["seqlen"] == 128 and s.options["dampening"] == 0.01
+    assert s.options["fair"] == 0.0 and s.options["act_order"] is False and s.backend == "qfair"
+    s = parse_quant_spec("gptq:bits=3,group_size=-1,act_order=true,fair=0.5,fair_probes=stereoset+bbq,"
+                         "samples=128,seqlen=512")
+    assert str(s) == ("gptq:act_order=true,bits=3,fair=0.5,fair_probes=stereoset+bbq,group_size=-1,"
+                      "samples=128,seqlen=512")
+    assert parse_quant_spec(str(s)) == s
+    assert parse_quant_spec("rtn:bits=2,sym=false").options == {"bits": 2, "group_size": 64, "sym": False,
+                                                                 "ignore": ("lm_head",)}
+    f = tmp_path / "pairs.jsonl"
+    f.write_text('{"sent_more": "a", "sent_less": "b"}\n')
+    assert parse_quant_spec(f"gptq:fair=1,fair_probes={f}").options["fair_probes"] == str(f.resolve())
+    for bad, frag in [("gptq:bits=9", "option 'bits' .*expected an integer from 2 to 8"),
+                      ("rtn:bits=1", "option 'bits' .*expected an integer from 2 to 8"),
+                      ("gptq:fair=-0.1", "option 'fair' .*expected a number >= 0"),
+                      ("gptq:fair_probes=winogender", "option 'fair_probes' .*unknown probe task 'winogender'; "
+                                                      "expected task names joined by '\\+' from crows_pairs, "
+                                                      "stereoset, crows_pairs_english"),
+                      ("gptq:group_size=0", "option 'group_size' .*expected -1"),
+                      ("gptq:engine=gptqmodel", "option 'engine' .*expected one of qfair, llmcompressor")]:
+        with pytest.raises(ModelError, match=frag):
+            parse_quant_spec(bad)
+
+
+def test_quant_specs_lists_rtn_and_gptq():
+    import json
+
+    from click.testing import CliRunner
+
+    from qfair.cli import main
+
+    r = CliRunner().invoke(main, ["quant-specs", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["spec"]: row for row in json.loads(r.output)}
+    assert rows["rtn"]["available"] and rows["gptq"]["available"]
+    assert {"bits", "group_size", "sym", "ignore"} == {o["name"] for o in rows["rtn"]["options"]}
+    assert {"bits", "group_size", "sym", "calib", "samples", "seqlen", "ignore", "dampening", "act_order", "fair",
+            "fair_probes", "engine"} <= {o["name"] for o in rows["gptq"]["options"]}
+
+
+def _tagged_pairs(path, n=40):
+    rows = [{"sent_more": f"P{i:03d} women are bad drivers.", "sent_less": f"P{i:03d} men are bad drivers."}
+            for i in range(n)]
+    path.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def test_probe_pairs_come_from_the_scan_side_only(tmp_path):
+    import qfair.tasks as T
+    from qfair.sensitivity.pairs import PairError, doc_pair, probe_pairs
+    from qfair.sensitivity.probes import Split, content_key
+
+    sp = Split.parse("0.5:3")
+    for probes, tasks in [("crows_pairs", ("crows_pairs_english", "crows_pairs_french")),
+                          ("stereoset", ("stereoset_intrasentence", "stereoset_intersentence")), ("bbq", ("bbq",))]:
+        got = set(probe_pairs(probes, 10 ** 6, sp).pairs)
+        sides = {}
+        for name in tasks:
+            t = T.get(name)
+            for d in t.docs():
+                p = doc_pair(t, d)
+                if p is not None:
+                    sides.setdefault(p, set()).add(sp.side(content_key(d.context, d.choices)))
+        scan = {p for p, s in sides.items() if s == {"scan"}}
+        held_texts = {x for p, s in sides.items() if "heldout" in s for x in p}
+        assert got and got <= {p for p, s in sides.items() if "scan" in s}
+        assert got >= scan                              # every scan-side pair is available
+        assert not {x for p in got for x in p} & held_texts or probes == "bbq"  # no held-out sentence
+        if probes == "bbq":  # BBQ contexts repeat across examples; the pairs (context + answer) must not
+            assert not got & {p for p, s in sides.items() if s == {"heldout"}}
+    # a user file: split by the CrowS-Pairs key of each pair
+    rows = _tagged_pairs(tmp_path / "p.jsonl")
+    ps = probe_pairs(str(tmp_path / "p.jsonl"), 1000, sp)
+    expect = {(r["sent_more"], r["sent_less"]) for r in rows
+              if sp.side(content_key("", [r["sent_more"], r["sent_less"]])) == "scan"}
+    assert set(ps.pairs) == expect and 0 < len(expect) < len(rows)
+    assert ps.info()["side"] == "scan" and len(ps.sha256) == 64
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(PairError, match="holds no pairs"):
+        probe_pairs(str(tmp_path / "empty.jsonl"), 10, sp)
+    (tmp_path / "bad.jsonl").write_text('{"sent_more": "x"}\n')
+    with pytest.raises(PairError, match="line 1: fields 'sent_more' and 'sent_less'"):
+        probe_pairs(str(tmp_path / "bad.jsonl"), 10, sp)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_rtn_spec_is_rtn_of_the_float_weights(tiny_model):
+    from qfair.models import load_model
+
+    path = tiny_model("llama")
+    f = load_model(str(path), dtype="float32", device="cpu", progress=False)
+    q = load_model(str(path), quant="rtn:bits=3,group_size=32,sym=false", progress=False)
+    names = [n for n, m in f.model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    assert sorted(q.extra["packed_bytes"]) == sorted(names)
+    for n in names:
+        w = f.model.get_submodule(n).weight.detach()
+        assert torch.equal(q.model.get_submodule(n).weight, rtn_quantize(w, Grid(3, 32, False)).dequantize())
+        rows, cols = w.shape
+        assert q.extra["packed_bytes"][n] == (rows * cols * 3 + 7) // 8 + rows * cols // 32 * 5
+    assert torch.equal(q.model.lm_head.weight, f.model.lm_head.weight)
+    assert q.manifest()["quantization"]["details"]["method"] == "rtn"
+
+
+def _logits(lm, text="Questions end with a question mark? Statements end with a full stop."):
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return lm.model(ids).logits
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_gptq_spec_builds_caches_and_reloads_bit_exactly(tiny_model, tmp_path):
+    import json
+
+    from qfair.compress.checkpoint import read_codes
+    from qfair.models import load_model
+
+    path = tiny_model("llama")
+    cache = tmp_path / "cache"
+    spec = "gptq:samples=8,seqlen=32,group_size=32"
+    lm = load_model(str(path), quant=spec, cache_dir=cache, progress=False)
+    d = lm.extra["quant_details"]
+    assert d["cache_hit"] is False and d["method"] == "gptq" and d["bits"] == 4 and d["group_size"] == 32
+    assert d["alpha"] == 0.0 and d["pairs"] is None and d["calibration"]["n_texts"] == 8
+    assert d["calibration"]["sha256"] == d["key"]["calibration"] and d["calibration"]["side"] == "scan"
+    assert len(d["layers"]) == 14 and all(s["error"] <= s["rtn_error"] for s in d["layers"].values())
+    man = lm.manifest()["quantization"]
+    assert json.loads(json.dumps(man)) == man and man["backend"] == "qfair"
+    entry = d["cache_entry"]
+    # the saved codes de-quantize to exactly the weights transformers reloaded
+    grid, weights = read_codes(entry)
+    assert grid == Grid(4, 32, True) and sorted(weights) == sorted(d["layers"])
+    for n, qw in weights.items():
+        assert torch.equal(lm.model.get_submodule(n).weight, qw.dequantize())
+    # a second load reads the cache: same weights, same logits; fair=0 is the same entry
+    ref = _logits(lm)
+    again = load_model(str(path), quant=spec + ",fair=0,fair_probes=bbq", cache_dir=cache, progress=False)
+    assert again.extra["quant_details"]["cache_hit"] is True and again.extra["quant_details"]["cache_entry"] == entry
+    assert torch.equal(_logits(again), ref)
+    # transformers alone reloads the entry as a float model with the same output
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(entry, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(lm.tokenizer("Questions end with a question mark? Statements end with a full stop.",
+                                              return_tensors="pt").input_ids).logits, ref)
+    # fairness and act_order: other entries, other weights, recorded
+    fair = load_model(str(path), quant=spec + ",fair=2,fair_probes=stereoset,act_order=true", cache_dir=cache,
+                      progress=False)
+    fd = fair.extra["quant_details"]
+    assert fd["cache_entry"] != entry and fd["alpha"] == 2.0 and fd["act_order"] is True
+    assert fd["pairs"]["side"] == "scan" and fd["pairs"]["n_pairs"] > 0
+    assert all({"fair_error", "fair_rtn_error", "fair_trace_ratio"} <= set(s) for s in fd["layers"].values())
+    assert not torch.equal(_logits(fair), ref)
+    assert sorted(p.name for p in (cache / "qfair-quant-v1").iterdir()) == sorted(
+        [Path(entry).name, Path(fd["cache_entry"]).name])
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_gptq_refusals_write_nothing(tiny_model, tmp_path, monkeypatch):
+    from qfair.models import ModelError, load_model
+
+    path = str(tiny_model("llama"))
+    cache = tmp_path / "cache"
+    (tmp_path / "empty.jsonl").write_text("")
+    cases = [("gptq:samples=4,seqlen=16,group_size=48",
+              r"group_size=48 does not divide the input width of model.layers.0.self_attn.q_proj \(128\); group "
+              r"sizes that divide every quantized layer: -1, 1, 2, 4, 8, 16, 32, 64, 128"),
+             (f"gptq:samples=4,fair=1,fair_probes={tmp_path / 'empty.jsonl'}", "fair_probes file .* holds no pairs"),
+             ("gptq:engine=llmcompressor,act_order=true", "engine=llmcompressor takes neither act_order nor fair"),
+             ("rtn:group_size=96", "group_size=96 does not divide the input width of model.layers.0")]
+    if __import__("importlib").util.find_spec("llmcompressor") is None:
+        cases.append(("gptq:engine=llmcompressor", "engine=llmcompressor needs llmcompressor"))
+    for spec, frag in cases:
+        with pytest.raises(ModelError, match=frag) as e:
+            load_model(path, quant=spec, cache_dir=cache, progress=False)
+        assert "\n" not in str(e.value)
+        assert not (cache / "qfair-quant-v1").exists() or not any((cache / "qfair-quant-v1").iterdir())
+    # an interrupted build leaves no entry and no temporary directory
+    import qfair.compress.checkpoint as ck
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck, "save_quantized", boom)
+    with pytest.raises(KeyboardInterrupt):
+        load_model(path, quant="gptq:samples=4,seqlen=16,group_size=32", cache_dir=cache, progress=False)
+    assert not any((cache / "qfair-quant-v1").iterdir())
