@@ -552,3 +552,26 @@ def test_gptq_refusals_write_nothing(tiny_model, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         load_model(path, quant="gptq:samples=4,seqlen=16,group_size=32", cache_dir=cache, progress=False)
     assert not any((cache / "qfair-quant-v1").iterdir())
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_scan_units_on_a_qfair_gptq_model(tiny_model, tmp_path):
+    """The sensitivity scan's units swapped into the float model give the GPTQ
+    model bit for bit; unit sizes are the stored codes + scales."""
+    from qfair.models import load_model
+    from qfair.sensitivity.units import UnitSwapper, define_units, model_bytes
+
+    path = str(tiny_model("llama"))
+    f = load_model(path, dtype="float32", device="cpu", progress=False)
+    q = load_model(path, quant="gptq:samples=4,seqlen=16,group_size=32", cache_dir=tmp_path / "c", progress=False)
+    packed = q.extra["packed_bytes"]
+    units = define_units(f.model, q.model, "linear", packed)
+    assert sorted(u.name for u in units) == sorted(packed)
+    linear_bytes = sum(f.model.get_submodule(n).weight.numel() * 4 for n in packed)
+    assert model_bytes(q.model, packed) == model_bytes(f.model) - linear_bytes + sum(packed.values())
+    assert packed["model.layers.0.mlp.down_proj"] == 128 * 256 // 2 + 128 * 256 // 32 * 4  # nibbles + fp32 scales
+    ref = _logits(q)
+    with torch.no_grad():
+        sw = UnitSwapper(f.model, q.model, define_units(f.model, q.model, "block", packed))
+        sw.set_quantized(sw.all())
+        assert torch.equal(_logits(f), ref)
