@@ -475,16 +475,32 @@ def _logits(lm, text="Questions end with a question mark? Statements end with a 
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-def test_gptq_spec_builds_caches_and_reloads_bit_exactly(tiny_model, tmp_path):
+def test_gptq_spec_builds_caches_and_reloads_bit_exactly(tiny_model, tmp_path, monkeypatch):
     import json
 
+    import qfair.compress.checkpoint as ck
     from qfair.compress.checkpoint import read_codes
     from qfair.models import load_model
 
     path = tiny_model("llama")
     cache = tmp_path / "cache"
     spec = "gptq:samples=8,seqlen=32,group_size=32"
+    built = {}
+    save = ck.save_quantized
+
+    def keep(model, tok, result, directory):  # the model as quantized in memory, before it is saved
+        built["model"] = model
+        built["state"] = {k: v.clone() for k, v in model.state_dict().items()}
+        save(model, tok, result, directory)
+
+    monkeypatch.setattr(ck, "save_quantized", keep)
     lm = load_model(str(path), quant=spec, cache_dir=cache, progress=False)
+    # the reloaded model is the in-memory one: every tensor and the logits, bit for bit
+    state = lm.model.state_dict()
+    assert set(state) == set(built["state"]) and all(torch.equal(state[k], v) for k, v in built["state"].items())
+    with torch.no_grad():
+        ids = lm.tokenizer("Numbers such as 3.14 appear in many sentences.", return_tensors="pt").input_ids
+        assert torch.equal(built["model"](ids).logits, lm.model(ids).logits)
     d = lm.extra["quant_details"]
     assert d["cache_hit"] is False and d["method"] == "gptq" and d["bits"] == 4 and d["group_size"] == 32
     assert d["alpha"] == 0.0 and d["pairs"] is None and d["calibration"]["n_texts"] == 8
