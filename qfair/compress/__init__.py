@@ -10,7 +10,9 @@
 - :mod:`~qfair.compress.capture`: calibration capture, block by block, on the
   already-quantized outputs of earlier blocks;
 - :mod:`~qfair.compress.fair`: the fairness term from paired sentences;
-- :mod:`~qfair.compress.model`: quantizing every linear layer of a model.
+- :mod:`~qfair.compress.model`: quantizing every linear layer of a model;
+- :mod:`~qfair.compress.checkpoint`: the saved form (float checkpoint + codes);
+- :mod:`~qfair.compress.errors`: the package's error class.
 
 This package knows torch and transformers models only: the calibration texts
 and probe pairs are chosen by the caller (the ``rtn``/``gptq`` specs).

@@ -91,7 +91,7 @@ OPTIONS = {
     "samples": Option(positive_int, 64, "calibration texts used"),
     "seqlen": Option(positive_int, 128, "tokens per calibration text at most"),
     "split": Option(_split, "0.5:0", "probe split FRACTION:SEED whose scan side the built-in calibration "
-                                     "sets draw from (the held-out side is never used)"),
+                                     "sets and the fairness pairs draw from (the held-out side is never used)"),
     "calib_data": Option(_path, None, "a CrowS-Pairs file for calib=bias-balanced (default: the built-in samples)"),
 }
 LOGGERS = ("llmcompressor", "compressed_tensors")
