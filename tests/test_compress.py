@@ -167,6 +167,22 @@ def test_gptq_lazy_blocks_equal_column_by_column():
         np.testing.assert_allclose(a.scale.numpy(), b.scale.numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_equals_reference_on_adversarial_hessians(act_order):
+    """Fewer tokens than inputs (H singular before dampening), a dead input, and
+    inputs whose scales span six orders of magnitude."""
+    for seed in range(4):
+        w, x, _ = random_layer(4, 6, 3, seed=seed)
+        x[:, 2] = 0
+        x[:, 4] *= 1e3
+        x[:, 5] *= 1e-3
+        h = 2 * x.T @ x / 3
+        ref = np_gptq(w.numpy(), h.numpy(), 4, 3, False, 0.01, act_order)
+        got = gptq_quantize(w, h, Grid(4, 3, False), act_order=act_order).dequantize()
+        np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-9)
+        assert torch.all(got[:, 2] == 0)
+
+
 def test_gptq_dead_columns_and_act_order_differ():
     w, x, h = random_layer(8, 12, 100, seed=4)
     x[:, 5] = 0
