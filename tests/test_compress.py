@@ -584,6 +584,18 @@ def test_gptq_refusals_write_nothing(tiny_model, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         load_model(path, quant="gptq:samples=4,seqlen=16,group_size=32", cache_dir=cache, progress=False)
     assert not any((cache / "qfair-quant-v1").iterdir())
+    # a build killed outright (no cleanup ran) leaves its temporary directory: the next build removes it
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = cache / "qfair-quant-v1" / f".tmp-{dead}-abc"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    monkeypatch.undo()
+    lm = load_model(path, quant="gptq:samples=4,seqlen=16,group_size=32", cache_dir=cache, progress=False)
+    assert [p.name for p in (cache / "qfair-quant-v1").iterdir()] == [Path(lm.extra["quant_details"]["cache_entry"]).name]
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -290,7 +290,10 @@ def _build(spec: Any, float_lm: Any, calib: Any, pairs: Any, entry: Path, key_do
     res = _quantize(spec, float_lm, calibration=calib_ids, pairs=pair_ids, alpha=float(o["fair"]),
                     dampening=float(o["dampening"]), act_order=bool(o["act_order"]),
                     progress=stderr_progress if progress else None)
+    from qfair.models.cache import clean_stale_tmp
+
     entry.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(entry.parent.parent, entry.parent.name)  # builds killed before their rename
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=entry.parent))
     try:
         save_quantized(model, tok, res, tmp)
