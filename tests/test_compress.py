@@ -548,6 +548,20 @@ def test_gptq_spec_builds_caches_and_reloads_bit_exactly(tiny_model, tmp_path, m
     fd = fair.extra["quant_details"]
     assert fd["cache_entry"] != entry and fd["alpha"] == 2.0 and fd["act_order"] is True
     assert fd["pairs"]["side"] == "scan" and fd["pairs"]["n_pairs"] > 0
+    # the pairs the entry was built from are scan-side StereoSet examples, none held out
+    import qfair.tasks as T
+    from qfair.sensitivity.pairs import doc_pair
+    from qfair.sensitivity.probes import Split, content_key
+
+    side = {}
+    for name in ("stereoset_intrasentence", "stereoset_intersentence"):
+        t = T.get(name)
+        for doc in t.docs():
+            side[doc_pair(t, doc)] = Split.parse("0.5:0").side(content_key(doc.context, doc.choices))
+    used = [tuple(json.loads(line).values()) for line in
+            (Path(fd["cache_entry"]) / "pairs.jsonl").read_text().splitlines()]
+    assert len(used) == fd["pairs"]["n_pairs"] and all(side[p] == "scan" for p in used)
+    assert sum(v == "heldout" for v in side.values()) > 0
     assert all({"fair_error", "fair_rtn_error", "fair_trace_ratio"} <= set(s) for s in fd["layers"].values())
     assert not torch.equal(_logits(fair), ref)
     assert sorted(p.name for p in (cache / "qfair-quant-v1").iterdir()) == sorted(
