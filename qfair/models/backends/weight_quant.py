@@ -267,12 +267,11 @@ def _build(spec: Any, float_lm: Any, calib: Any, pairs: Any, entry: Path, key_do
     import torch
 
     from qfair.compress.checkpoint import save_quantized
+    from qfair.compress.errors import CompressError
     from qfair.compress.model import check_grid, stderr_progress
 
     o = spec.options
     model, tok = float_lm.model, float_lm.tokenizer
-    from qfair.compress.errors import CompressError
-
     try:
         layers = check_grid(model, _grid(spec), tuple(o["ignore"]))  # a bad group size: refused before any work
     except CompressError as e:
