@@ -273,7 +273,7 @@ def _tokenizer(model: ModelEntry, stand_in: dict[str, Any]) -> tuple[Any, int, b
 def _data_dir_for_counting(study: Study, notes: list[str]) -> str | None:
     if study.data_dir is None or os.path.isdir(study.data_dir):
         return study.data_dir
-    notes.append(f"data_dir {study.data_dir} is not there yet (qfair data fetch ... --out {study.data_dir}): rows "
+    notes.append(f"data_dir {study.data_dir} is not there yet (qfair data fetch ... --out {study.data_dir}): rows (~) "
                  "counted on the built-in samples; the full splits hold many more")
     return None
 
@@ -293,6 +293,7 @@ def expected_rows(plan: Plan, progress: bool = False) -> None:
     stand_in: dict[str, Any] = {}
     study = plan.study
     data_dir = _data_dir_for_counting(study, plan.notes)
+    uncounted: list[str] = []
     for d in plan.dumps:
         model = next(m for m in study.models if m.label == d.model)
         group = next(g for g in study.groups if g.name == d.group)
@@ -313,8 +314,13 @@ def expected_rows(plan: Plan, progress: bool = False) -> None:
                 cache[key] = (n * (ctx - 1 - ctx // 2), True)
             else:
                 limit = opts.get("limit") or None
-                tasks = [T.get(n, data_file=group.data_files.get(n), limit=limit, data_dir=data_dir)
-                         for n in group.tasks]
+                tasks = []
+                for n in group.tasks:
+                    if data_dir is None and study.data_dir is not None and not group.data_files.get(n) \
+                            and not T.has_builtin_sample(n):
+                        uncounted.append(n)  # only the missing data directory holds it
+                        continue
+                    tasks.append(T.get(n, data_file=group.data_files.get(n), limit=limit, data_dir=data_dir))
                 if group.kind == "generation":
                     docs = sum(sum(1 for _ in t.docs()) for t in tasks)
                     g = group.generation
@@ -322,6 +328,10 @@ def expected_rows(plan: Plan, progress: bool = False) -> None:
                 else:
                     cache[key] = (sum(prepare_documents(tasks, tok).rows_per_example), True)
         d.rows, d.rows_exact = cache[key]
+        d.rows_estimated |= data_dir != study.data_dir and group.kind != "text"
+    if uncounted:
+        plan.notes.append(f"no rows counted for {', '.join(dict.fromkeys(uncounted))}: no built-in sample, and "
+                          "data_dir is not there yet")
     guessed = sorted(label for label, (_, _, est) in toks.items() if est)
     if guessed:
         plan.notes.append(f"{len(guessed)} model(s) without a readable tokenizer or config here ({', '.join(guessed)}): "
