@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import types
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -292,3 +293,39 @@ def test_dump_reads_data_dir_as_it_reads_data_file(tmp_path, tiny_model):
     assert ca.equals(cb)
     man = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert man["run"]["config"]["data_dir"] == str(tmp_path / "d")
+
+
+def test_the_hub_sources_table_in_the_docs_is_the_registry():
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text(encoding="utf-8")
+    table = page.split("## Hub sources", 1)[1]
+    documented: dict[tuple, list[str]] = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[1].startswith("`"):
+            continue
+        tasks = re.findall(r"`([a-z0-9_]+|xstorycloze_LANG)`", cells[0])
+        dataset = cells[1].strip("`")
+        config = None if cells[2] == "(default)" else cells[2].strip("`")
+        split = cells[3].strip("`")
+        if tasks == ["xstorycloze_LANG"]:
+            for lang in re.search(r"\((.*)\)", cells[0]).group(1).split(", "):
+                documented[(dataset, lang, split)] = [f"xstorycloze_{lang}"]
+        else:
+            documented[(dataset, config, split)] = tasks
+    registry = {}
+    for name, sp in T.SPECS.items():
+        if sp.hf is not None:
+            registry.setdefault(sp.hf, []).append(name)
+    assert documented == registry
+
+
+def test_sensitivity_probes_read_the_data_dir(tmp_path):
+    from qfair.sensitivity.probes import load_tasks
+
+    fetch(["crows_pairs_english", "piqa"], tmp_path / "d", loader=FakeHub())
+    objs = load_tasks("crows_pairs_english,piqa,arc_easy", None, None, tmp_path / "d")
+    assert [(t.name, len(t)) for t in objs] == [("crows_pairs_english", 1), ("piqa", 2),
+                                                ("arc_easy", T.get("arc_easy").n_source_docs)]
+    assert objs[0].source.startswith(str(tmp_path / "d")) and objs[2].source == "builtin-sample"
