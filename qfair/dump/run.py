@@ -74,20 +74,19 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
                   resume=resume, overwrite=overwrite, seed=seed, progress=progress)
     if ctx is not None:
         try:
-            return _parallel(ctx, out, model, quant, tasks, (data_files, data_dir), limit, load_kwargs, n_threads,
-                             generation,
-                             common)
+            return _parallel(ctx, out, model, quant, tasks, data_files, limit, load_kwargs, n_threads, generation,
+                             common, data_dir)
         finally:
             ctx.close()
     if "text" in load_kwargs:  # a plain text scored like llama-perplexity (qfair.dump.text)
         return _text_dump(out, model, quant, load_kwargs, n_threads, **common)
-    return _task_dump(out, model, quant, tasks, (data_files, data_dir), limit, load_kwargs, n_threads, generation,
-                      **common)
+    return _task_dump(out, model, quant, tasks, data_files, limit, load_kwargs, n_threads, generation,
+                      data_dir=data_dir, **common)
 
 
-def _parallel(ctx: Any, out: str | os.PathLike, model: str | None, quant: str, tasks: Any, data_sources: tuple,
+def _parallel(ctx: Any, out: str | os.PathLike, model: str | None, quant: str, tasks: Any, data_files: Any,
               limit: int | None, load_kwargs: dict[str, Any], threads: int, generation: dict[str, Any] | None,
-              common: dict[str, Any]) -> DumpSummary:
+              common: dict[str, Any], data_dir: str | os.PathLike | None = None) -> DumpSummary:
     """One rank of a data-parallel dump (:mod:`qfair.dump.distributed`)."""
     import time
 
@@ -108,7 +107,8 @@ def _parallel(ctx: Any, out: str | os.PathLike, model: str | None, quant: str, t
         if "text" in lk:
             _text_dump(pd, model, quant, dict(lk), threads, part=part, **kw)
         else:
-            _task_dump(pd, model, quant, tasks, data_sources, limit, dict(lk), threads, generation, part=part, **kw)
+            _task_dump(pd, model, quant, tasks, data_files, limit, dict(lk), threads, generation, part=part,
+                       data_dir=data_dir, **kw)
 
     what = parallel_dump(ctx, out, resume=common["resume"], overwrite=common["overwrite"], write_part=write_part)
     m = mf.read_manifest(Path(out))
@@ -146,15 +146,15 @@ def _locked_out(out: str | os.PathLike, resume: bool, overwrite: bool) -> Any:
     return lock
 
 
-def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any, data_sources: tuple,
+def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any, data_files: Any,
                limit: int | None, load_kwargs: dict[str, Any], threads: int, generation: dict[str, Any] | None,
-               part: tuple[int, int] | None = None, **kw: Any) -> DumpSummary:
+               part: tuple[int, int] | None = None, data_dir: str | os.PathLike | None = None,
+               **kw: Any) -> DumpSummary:
     import qfair.tasks as T
     from qfair.models import load_model
     from qfair.threads import torch_threads
 
     names = T.resolve(tasks) if tasks else default_tasks()
-    data_files, data_dir = data_sources  # --data-file values (or a dict), --data-dir
     if isinstance(data_files, dict):
         files = {k: Path(v) for k, v in data_files.items()}
     else:

@@ -328,7 +328,9 @@ def expected_rows(plan: Plan, progress: bool = False) -> None:
                 else:
                     cache[key] = (sum(prepare_documents(tasks, tok).rows_per_example), True)
         d.rows, d.rows_exact = cache[key]
-        d.rows_estimated |= data_dir != study.data_dir and group.kind != "text"
+        # counted on built-in samples in place of the data directory's full splits
+        d.rows_estimated |= data_dir != study.data_dir and any(
+            T.spec(n).hf is not None and not group.data_files.get(n) for n in group.tasks)
     if uncounted:
         plan.notes.append(f"no rows counted for {', '.join(dict.fromkeys(uncounted))}: no built-in sample, and "
                           "data_dir is not there yet")
