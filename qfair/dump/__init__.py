@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from qfair.errors import QfairError
 
-class DumpError(ValueError):
+
+class DumpError(QfairError):
     """A dump cannot be written, resumed or read; the message names file and field."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qfair.errors import QfairError
 from qfair.sensitivity.probes import Split, content_key
 
 GENERIC_TASKS = ("boolq", "hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa", "xstorycloze_en",
@@ -32,7 +33,7 @@ BIAS_TASKS = ("crows_pairs_english", "crows_pairs_french")
 KINDS = ("generic", "bias-balanced")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(QfairError):
     """Bad calibration settings or data (one line)."""
 
 

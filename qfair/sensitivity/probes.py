@@ -18,12 +18,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from qfair.errors import QfairError
+
 SIDES = ("scan", "heldout")
 BIAS_KIND = "crows_pairs"
 DEFAULT_TASKS = "crows_pairs,arc_easy,piqa"
 
 
-class ProbeError(ValueError):
+class ProbeError(QfairError):
     """Bad probe tasks or split settings (one line, for the user)."""
 
 
