@@ -8,11 +8,13 @@ catches this base and prints that line with a non-zero exit; anything else
 is a bug and keeps its traceback.
 
 This module is the ground floor: it imports nothing from qfair, so every
-layer can derive from it.
+layer can derive from it. :class:`DumpError` lives here too (and is
+re-exported by :mod:`qfair.dump`) because the directory lock
+(:mod:`qfair.lock`), which sits below the dump, raises it.
 """
 from __future__ import annotations
 
-__all__ = ["QfairError"]
+__all__ = ["QfairError", "DumpError"]
 
 
 class QfairError(ValueError):
@@ -21,3 +23,7 @@ class QfairError(ValueError):
     A ``ValueError`` subclass, so code (and tests) that catch ``ValueError``
     keep catching every qfair error.
     """
+
+
+class DumpError(QfairError):
+    """A dump cannot be written, resumed or read; the message names file and field."""

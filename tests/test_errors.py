@@ -58,7 +58,7 @@ def test_qfair_error_is_a_value_error_and_imports_nothing_of_qfair():
 def test_every_error_class_derives_from_qfair_error():
     classes = _exception_classes()
     # the walk found the areas' errors (so a broken walk cannot pass vacuously)
-    for expected in ("qfair.dump.DumpError", "qfair.tasks.base.TaskError", "qfair.models.quant.ModelError",
+    for expected in ("qfair.errors.DumpError", "qfair.tasks.base.TaskError", "qfair.models.quant.ModelError",
                      "qfair.study.config.StudyError", "qfair.lock.LockError"):
         assert expected in classes
     outside = sorted(name for name, cls in classes.items()

@@ -13,11 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qfair.errors import QfairError
-
-
-class DumpError(QfairError):
-    """A dump cannot be written, resumed or read; the message names file and field."""
+from qfair.errors import DumpError  # defined below the dump: the directory lock raises it too
 
 
 def open_dump(path: Any) -> Any:
