@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from qfair.report.common import Figure, _plt, _safe, model_colors
 from qfair.report.data import AnalysisData, ReportError
-from qfair.report.figures import Figure, _plt, _safe, model_colors
 
 __all__ = ["load_bias", "bias_figures", "bias_section", "SIG_COLUMN"]
 
