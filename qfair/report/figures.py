@@ -45,7 +45,7 @@ def _summary_value(data: AnalysisData, model: str, task: str, metric: str, col: 
 
 
 def _task_kind(data: AnalysisData, task: str) -> Any:
-    from qfair.analyze.task_kinds import get_task_kind
+    from qfair.metrics.task_kinds import get_task_kind
 
     for df in (data.summary, data.groups, data.examples):
         col = "task_kind" if "task_kind" in df.columns else "kind"

@@ -20,7 +20,7 @@ HF_SOURCE = "hf"
 class TaskSpec:
     name: str
     description: str
-    kind: str                       # a task kind of qfair.analyze.task_kinds ("multiple_choice", "bbq", "generation", ...)
+    kind: str                       # a task kind of qfair.metrics.task_kinds ("multiple_choice", "bbq", "generation", ...)
     prompt_format_version: str
     convert: formats.Converter
     schema: str                     # the fields a data file must hold
