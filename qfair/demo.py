@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qfair.errors import QfairError
+
 __all__ = ["run_demo", "DemoResult", "DemoError", "DEMO_TASKS", "DEFAULT_QUANTS", "DEFAULT_LIMIT",
            "DEFAULT_BOOTSTRAP", "plan_quants", "existing_dump", "GEN_PROMPTS", "GEN_MAX_NEW_TOKENS"]
 
@@ -56,7 +58,7 @@ GEN_PROMPTS = (
 GEN_MAX_NEW_TOKENS = 32
 
 
-class DemoError(ValueError):
+class DemoError(QfairError):
     """The demo cannot run as asked (unknown task or spec, no quantized variant available...)."""
 
 

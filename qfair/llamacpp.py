@@ -42,6 +42,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from qfair.errors import QfairError
+
 __all__ = ["KldError", "KldHeader", "KldReader", "decode_rows", "encode_rows", "write_kld", "token_stats",
            "KlAccumulator", "KlSummary", "PERCENTILES_KLD", "PERCENTILES_DP", "CHUNK_HEADER", "MIN_SUMMARY_TOKENS"]
 
@@ -60,7 +62,7 @@ CHUNK_HEADER = ("chunk             PPL               ln(PPL(Q)/PPL(base))       
                 "              Δp RMS            Same top p")
 
 
-class KldError(ValueError):
+class KldError(QfairError):
     """A .kld file that cannot be read; the message names the file and the problem."""
 
 

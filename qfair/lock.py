@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from qfair.dump import DumpError
+from qfair.errors import DumpError
 
 __all__ = ["LockError", "DirLock", "LOCK_NAME", "lock_dir"]
 

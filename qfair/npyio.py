@@ -17,12 +17,14 @@ from typing import BinaryIO
 
 import numpy as np
 
+from qfair.errors import QfairError
+
 __all__ = ["NpyRows", "NpyHeader", "NpyFormatError", "open_npy_rows", "read_npy_header"]
 
 _PAGE = mmap.PAGESIZE
 
 
-class NpyFormatError(ValueError):
+class NpyFormatError(QfairError):
     """A file that is not a readable 2-D C-order .npy array."""
 
 

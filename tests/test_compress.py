@@ -430,8 +430,8 @@ def _tagged_pairs(path, n=40):
 
 def test_probe_pairs_come_from_the_scan_side_only(tmp_path):
     import qfair.tasks as T
-    from qfair.sensitivity.pairs import PairError, doc_pair, probe_pairs
     from qfair.sensitivity.probes import Split, content_key
+    from qfair.tasks.pairs import PairError, doc_pair, probe_pairs
 
     sp = Split.parse("0.5:3")
     for probes, tasks in [("crows_pairs", ("crows_pairs_english", "crows_pairs_french")),
@@ -550,8 +550,8 @@ def test_gptq_spec_builds_caches_and_reloads_bit_exactly(tiny_model, tmp_path, m
     assert fd["pairs"]["side"] == "scan" and fd["pairs"]["n_pairs"] > 0
     # the pairs the entry was built from are scan-side StereoSet examples, none held out
     import qfair.tasks as T
-    from qfair.sensitivity.pairs import doc_pair
     from qfair.sensitivity.probes import Split, content_key
+    from qfair.tasks.pairs import doc_pair
 
     side = {}
     for name in ("stereoset_intrasentence", "stereoset_intersentence"):

@@ -12,7 +12,7 @@ What runs depends on what the dumps hold (their kind, :mod:`qfair.dump.kinds`):
    bins, strata and groups;
 5. the dump kind's own tables (``DumpKind.analysis``), e.g. a text dump's
    perplexity summary;
-6. the bias benchmarks' set-level scores (:mod:`qfair.analyze.bias`): the
+6. the bias benchmarks' set-level scores (:mod:`qfair.metrics.bias`): the
    ``bias`` table, whose whole-task, disparity and per-group rows also join the
    summary and groups tables (kind ``bias``).
 
@@ -32,8 +32,6 @@ import numpy as np
 import polars as pl
 
 from qfair import stats
-from qfair.analyze import bias as bias_scores
-from qfair.analyze.examples import example_columns, example_stats, task_kinds
 from qfair.analyze.summary import (
     SUMMARY_SCHEMA,
     StatsConfig,
@@ -42,7 +40,6 @@ from qfair.analyze.summary import (
     parse_bins,
     strata_rows,
 )
-from qfair.analyze.task_kinds import get_task_kind
 from qfair.analyze.tokens import (
     DEFAULT_METRIC_MEMORY,
     PAIRED_TOKEN_METRICS,
@@ -51,6 +48,9 @@ from qfair.analyze.tokens import (
     token_table,
 )
 from qfair.dump.reader import sha256_in_background
+from qfair.metrics import bias as bias_scores
+from qfair.metrics.examples import example_columns, example_stats, task_kinds
+from qfair.metrics.task_kinds import get_task_kind
 from qfair.stages import stage
 
 __all__ = ["compare", "Comparison", "TABLES"]

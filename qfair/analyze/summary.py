@@ -10,7 +10,7 @@ level at which the reported interval excludes ``null``. Rows that describe a
 quantity without a meaningful null (divergences, agreement rates, flip
 rates) carry an interval and no ``p``.
 
-What a task reports follows its task kind (:mod:`qfair.analyze.task_kinds`):
+What a task reports follows its task kind (:mod:`qfair.metrics.task_kinds`):
 metrics that need a gold answer, calibration, flips and the study's
 correctness measures only where ``TaskKind.correctness`` holds; a metric with
 a neutral value (CrowS-Pairs' 50 %) also gets its distance from it.
@@ -38,7 +38,7 @@ __all__ = ["StatsConfig", "metric_rows", "strata_rows", "calibration_rows", "mea
 def mean_metrics() -> list[tuple[str, str]]:
     """(summary metric, example column without the base_/quant_ prefix) of every
     registered example metric compared in the summary."""
-    from qfair.analyze.task_kinds import example_metrics
+    from qfair.metrics.task_kinds import example_metrics
 
     return [(m.name, m.column) for m in example_metrics() if m.summary]
 
@@ -157,7 +157,7 @@ def _set_interval(row: dict[str, Any], dist: np.ndarray, cfg: StatsConfig, *, me
 
 
 def _task_kind(j: pl.DataFrame):
-    from qfair.analyze.task_kinds import get_task_kind
+    from qfair.metrics.task_kinds import get_task_kind
 
     k = j["kind"][0] if "kind" in j.columns and j.height else None
     return get_task_kind(k)

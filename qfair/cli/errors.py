@@ -1,38 +1,27 @@
 """How every command reports a problem the user can fix: one line, exit status 1.
 
 The library raises its own error types (``DumpError``, ``TaskError``,
-``ModelError``, ...) with a message that names the file, field or option;
-:func:`reported` turns them, and file-system errors, into a one-line
-``click.ClickException``. Anything else is a bug and keeps its traceback.
+``ModelError``, ...), all derived from :class:`qfair.errors.QfairError`, with a
+message that names the file, field or option; :func:`reported` turns them, and
+file-system errors, into a one-line ``click.ClickException``. Anything else is
+a bug and keeps its traceback.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
 
-__all__ = ["user_errors", "one_line", "reported"]
+from qfair.errors import QfairError
 
-# (module, class): the library's user-facing error types; a module whose optional
-# dependencies are missing (torch, transformers) simply contributes none
-_LIBRARY_ERRORS = (
-    ("qfair.dump", "DumpError"),
-    ("qfair.tasks", "TaskError"),
-    ("qfair.models", "ModelError"),
-)
+__all__ = ["user_errors", "one_line", "reported"]
 
 
 def user_errors(*extra: type[BaseException]) -> tuple[type[BaseException], ...]:
-    """The exception types whose message is a one-line answer for the user."""
-    out = list(extra)
-    for module, name in _LIBRARY_ERRORS:
-        try:
-            out.append(getattr(importlib.import_module(module), name))
-        except ImportError:  # pragma: no cover - a broken or partial install
-            pass
-    return tuple(out)
+    """The exception types whose message is a one-line answer for the user:
+    every qfair error (:class:`QfairError`) and ``extra``."""
+    return (QfairError, *extra)
 
 
 def one_line(e: BaseException) -> str:

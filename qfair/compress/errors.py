@@ -1,6 +1,8 @@
 """The error class of qfair.compress (one line, for the user)."""
 from __future__ import annotations
 
+from qfair.errors import QfairError
 
-class CompressError(ValueError):
+
+class CompressError(QfairError):
     """Bad quantizer settings or data, or a model the quantizer cannot walk."""

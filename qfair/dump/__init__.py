@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-class DumpError(ValueError):
-    """A dump cannot be written, resumed or read; the message names file and field."""
+from qfair.errors import DumpError  # defined below the dump: the directory lock raises it too
 
 
 def open_dump(path: Any) -> Any:

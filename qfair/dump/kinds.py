@@ -25,10 +25,11 @@ files) registers itself in :mod:`qfair.dump.text`, and ``generation`` in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from qfair.dump import DumpError
 
-__all__ = ["DumpKind", "KINDS", "register_kind", "get_kind", "DEFAULT_KIND"]
+__all__ = ["DumpKind", "KINDS", "register_kind", "get_kind", "DEFAULT_KIND", "resolve"]
 
 DEFAULT_KIND = "multiple_choice"  # dumps written before kinds existed
 
@@ -51,6 +52,13 @@ class DumpKind:
     # (fn(a, b) -> bool; None: always). When it says no, only the examples must agree, and the
     # analysis compares what does not need aligned rows (e.g. generation dumps without --reference).
     rows_align: str | None = None
+    # "module:function" that checks this kind's producer options before the model loads and returns
+    # the producer's settings (fn(tasks, options, seed) -> settings); None: the kind takes none
+    prepare: str | None = None
+    # "module:function" writing a dump of this kind from a loaded model and its tasks
+    # (fn(out, loaded, tasks, *, settings, reference, config, **common) -> DumpSummary); None: the
+    # multiple-choice producer, qfair.dump.multiple_choice.run_dump
+    producer: str | None = None
     doc: str = ""
 
     @property
@@ -80,6 +88,16 @@ def get_kind(name: str | None) -> DumpKind:
         return KINDS[key]
     except KeyError:
         raise DumpError(f"unknown dump kind {key!r}; known kinds: {', '.join(sorted(KINDS))}") from None
+
+
+def resolve(ref: str) -> Any:
+    """The function a kind names as ``"module:function"``, imported when first
+    needed: the dump calls a kind's own code without importing the layer that
+    implements it."""
+    import importlib
+
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # modules that register further kinds when imported (one line per kind implemented elsewhere)

@@ -4,7 +4,9 @@ Everything a dump holds is JSON, Parquet or ``.npy`` (``allow_pickle=False``).
 Files are written atomically (:mod:`qfair.fsutil`): a reader (or a resumed
 run) sees either the old file or the complete new one, never a torn write.
 Table schemas live in :mod:`qfair.dump.tables`, dump kinds in
-:mod:`qfair.dump.kinds`.
+:mod:`qfair.dump.kinds`; the format's version, storage modes and dtypes in
+:mod:`qfair.dump.layout` (which the schema check reads without reading this
+module, so that reading a manifest can call the check).
 """
 from __future__ import annotations
 
@@ -15,26 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from qfair.dump import DumpError
+from qfair.dump.layout import (  # noqa: F401 - the format's constants, re-exported (mf.FORMAT, ...)
+    FORMAT,
+    FORMAT_VERSION,
+    NPY_DTYPES,
+    REQUIRED_KEYS,
+    STORE_DTYPES,
+    STORE_MODES,
+    TOPK_ID_DTYPE,
+    TOPK_TAIL_DTYPE,
+    topk_record,
+)
 from qfair.fsutil import atomic_write_bytes
 
-FORMAT = "qfair-dump"
-FORMAT_VERSION = 2  # 2: the manifest names the dump kind (1: always multiple_choice)
 MANIFEST = "manifest.json"
 EXAMPLES = "examples.parquet"
 CHOICES = "choices.parquet"
 TOKENS = "tokens.parquet"
 LOGITS_DIR = "logits"
 PARTS_DIR = "parts"
-
-STORE_MODES = ("full", "none", "topk")
-STORE_DTYPES = ("f16", "f32", "bf16")
-# numpy dtype string of each stored dtype (bf16 as raw uint16 bit patterns)
-NPY_DTYPES = {"f16": "<f2", "f32": "<f4", "bf16": "<u2"}
-# the fields of a top-K record besides the values: token ids and the log of the mass outside the top K
-TOPK_ID_DTYPE = "<i4"
-TOPK_TAIL_DTYPE = "<f4"
-
-REQUIRED_KEYS = ("format", "format_version", "status", "storage", "shards", "tokenizer", "vocab_size")
 
 
 def parse_store(store: str) -> tuple[str, int | None]:
@@ -51,16 +52,6 @@ def parse_store(store: str) -> tuple[str, int | None]:
 def stores_rows(store: str) -> bool:
     """Whether a ``--store`` value keeps a row per scored token (full rows or top-K records)."""
     return parse_store(store)[0] != "none"
-
-
-def topk_record(dtype: str, k: int) -> Any:
-    """The numpy record of one row of a top-K shard: ``logprob`` (K values in the
-    stored dtype, largest first), ``id`` (their token ids, int32) and ``tail``
-    (float32 log of the probability outside the K)."""
-    import numpy as np
-
-    return np.dtype([("logprob", NPY_DTYPES[dtype], (int(k),)), ("id", TOPK_ID_DTYPE, (int(k),)),
-                     ("tail", TOPK_TAIL_DTYPE)])
 
 
 def shard_dtype(storage: dict[str, Any]) -> Any:

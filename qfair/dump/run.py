@@ -13,8 +13,12 @@ from typing import Any
 
 from qfair.dump import DumpError
 from qfair.dump import manifest as mf
+from qfair.dump.kinds import get_kind, resolve
 from qfair.dump.multiple_choice import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_ROWS, run_dump
 from qfair.dump.summary import DumpSummary, task_metrics
+
+# the dump kind of generation tasks: declared (with its producer) by qfair.generation.kind
+GENERATION_DUMP_KIND = "generation"
 
 __all__ = ["dump", "run_dump", "default_tasks", "DumpSummary", "task_metrics", "DEFAULT_SHARD_ROWS",
            "DEFAULT_BATCH_SIZE"]
@@ -179,11 +183,11 @@ def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any
             loaded = load_model(model, quant=quant, progress=kw["progress"], **load_kwargs)
             if settings is None:
                 return run_dump(out, loaded, task_objs, config=config, threads=threads, part=part, **kw)
-            from qfair.generation.producer import run_generation_dump
+            produce = resolve(get_kind(GENERATION_DUMP_KIND).producer)
 
             kw.pop("seed")  # part of the decoding settings
-            return run_generation_dump(out, loaded, task_objs, settings=settings,
-                                       reference=gen_opts.get("reference"), config=config, **kw)
+            return produce(out, loaded, task_objs, settings=settings, reference=gen_opts.get("reference"),
+                           config=config, **kw)
     finally:
         lock.release()
 
@@ -193,16 +197,8 @@ def _generation_settings(task_objs: list[Any], gen_opts: dict[str, Any], seed: i
     reference dump checked against the prompts and settings before the model loads."""
     if not _generation_tasks(task_objs, gen_opts):
         return None
-    from qfair.generation.decode import DecodeSettings
-    from qfair.generation.producer import check_reference
-
-    try:
-        settings = DecodeSettings(**{k: v for k, v in gen_opts.items() if k != "reference"}, seed=seed)
-    except ValueError as e:
-        raise DumpError(str(e)) from None
-    if gen_opts.get("reference") is not None:
-        check_reference(gen_opts["reference"], [d for t in task_objs for d in t.docs()], None, settings)
-    return settings
+    # the generation kind checks its own options (qfair.generation.producer.prepare_settings)
+    return resolve(get_kind(GENERATION_DUMP_KIND).prepare)(task_objs, gen_opts, seed)
 
 
 def _generation_tasks(tasks: list[Any], gen_opts: dict[str, Any]) -> bool:

@@ -159,7 +159,7 @@ def inside(root: Path, rel: str, where: str, real_root: str | None = None) -> Pa
 
 def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
     """Check a parsed manifest against the schema (module doc); returns it."""
-    from qfair.dump import manifest as mf
+    from qfair.dump import layout as mf
     from qfair.dump.kinds import DEFAULT_KIND, get_kind
     from qfair.dump.tables import table_spec
 

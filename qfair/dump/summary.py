@@ -68,9 +68,9 @@ def task_metrics(examples: Any, choices: Any, kinds: dict[str, str]) -> dict[str
     StereoSet's ICAT), computed by the analysis's own metric code."""
     import polars as pl
 
-    from qfair.analyze.bias import model_scores
-    from qfair.analyze.examples import example_stats
-    from qfair.analyze.task_kinds import get_task_kind
+    from qfair.metrics.bias import model_scores
+    from qfair.metrics.examples import example_stats
+    from qfair.metrics.task_kinds import get_task_kind
 
     ex = example_stats(examples, choices, kinds)
     set_level = model_scores(ex, examples, kinds)

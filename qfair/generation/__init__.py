@@ -10,7 +10,8 @@ base text (KL by position, perplexity, entropy-KL correlation) and between the
 two free texts (first divergence, edit distance, chrF, diversity, language
 drift, bias lexicons and classifiers per group).
 
-Modules: :mod:`.prompts` (the task kind and built-in prompt sets),
+Modules: the prompts (the task kind and built-in prompt sets) are task
+definitions in :mod:`qfair.tasks.prompts`;
 :mod:`.decode` (batched, left-padded KV-cache decoding), :mod:`.teacher`
 (teacher forcing), :mod:`.producer` (the dump), :mod:`.kind` (its tables),
 :mod:`.textmetrics`, :mod:`.lexicon`, :mod:`.language`, :mod:`.scorer`,
@@ -18,6 +19,6 @@ Modules: :mod:`.prompts` (the task kind and built-in prompt sets),
 """
 from __future__ import annotations
 
-__all__ = ["GENERATION_TASK_KIND"]
+from qfair.tasks.prompts import GENERATION_TASK_KIND  # the task kind of prompt-only tasks
 
-GENERATION_TASK_KIND = "generation"  # the task kind of prompt-only tasks
+__all__ = ["GENERATION_TASK_KIND"]

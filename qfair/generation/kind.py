@@ -60,6 +60,7 @@ GENERATION = register_kind(DumpKind(
     "generation", ("generations", "tokens", "gen_tokens"), stores_rows=True, align_table="tokens",
     align_keys=("example_id", "choice", "pos", "target"), example_keys=("example_id", "context"),
     analysis="qfair.generation.analysis:generation_tables", rows_align="qfair.generation.kind:rows_align",
+    prepare="qfair.generation.producer:prepare_settings", producer="qfair.generation.producer:run_generation_dump",
     doc="generated continuations of prompts: per generated (or teacher-forced) position a row"))
 
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from qfair.errors import QfairError
+
 __all__ = ["Lexicon", "words", "builtin_lexicons", "load_lexicon", "lexicons_from_options", "BUILTIN",
            "LexiconError"]
 
@@ -42,7 +44,7 @@ _WORD = re.compile(r"\w+")
 ANY = "*"  # the language key of terms that apply to every language
 
 
-class LexiconError(ValueError):
+class LexiconError(QfairError):
     """A lexicon file cannot be read; the message names the file and line."""
 
 

@@ -36,7 +36,7 @@ from qfair.dump.writer import DumpWriter, check_unique_ids, writing
 from qfair.generation import GENERATION_TASK_KIND
 from qfair.generation.decode import DecodeSettings
 
-__all__ = ["run_generation_dump", "GenerationSummary", "char_ends", "check_reference", "Reference",
+__all__ = ["run_generation_dump", "prepare_settings", "GenerationSummary", "char_ends", "check_reference", "Reference",
            "DEFAULT_GEN_BATCH_SIZE"]
 
 DEFAULT_GEN_BATCH_SIZE = 32
@@ -197,6 +197,19 @@ def _check_lengths(model: Any, docs: Sequence[Any], prompts: Sequence[list[int]]
         if len(p) + max_new > limit:
             raise DumpError(f"{d.task} example {d.example_id}: {len(p)} prompt tokens + --max-new-tokens {max_new} "
                             f"exceed the model's {limit} positions")
+
+
+def prepare_settings(task_objs: Sequence[Any], gen_opts: Mapping[str, Any], seed: int) -> DecodeSettings:
+    """The decoding settings of a generation dump from its options, and the
+    reference dump checked against the prompts and settings, before the model
+    loads (the generation kind's ``prepare``, called by ``qfair dump``)."""
+    try:
+        settings = DecodeSettings(**{k: v for k, v in gen_opts.items() if k != "reference"}, seed=seed)
+    except ValueError as e:
+        raise DumpError(str(e)) from None
+    if gen_opts.get("reference") is not None:
+        check_reference(gen_opts["reference"], [d for t in task_objs for d in t.docs()], None, settings)
+    return settings
 
 
 def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *,

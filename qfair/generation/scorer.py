@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from qfair.errors import QfairError
+
 __all__ = ["TextScorer", "ScorerError", "parse_scorer"]
 
 
-class ScorerError(ValueError):
+class ScorerError(QfairError):
     """The classifier cannot be loaded or run; the message names it."""
 
 

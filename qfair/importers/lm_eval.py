@@ -252,8 +252,8 @@ def _label(target: Any, choices: list[str], where: str) -> int:
 def _check_metrics(t: TaskLog, docs: Sequence[_Doc], kind: str) -> dict[str, float]:
     """Per document, lm-eval's logged metrics against qfair's registry on the logged
     log-likelihoods; then the means against results_<date>.json. Returns the means."""
-    from qfair.analyze.metrics import ChoiceArrays
-    from qfair.analyze.task_kinds import example_metrics
+    from qfair.metrics.example_metrics import ChoiceArrays
+    from qfair.metrics.task_kinds import example_metrics
 
     counts = np.array([len(d.choices) for d in docs])
     a = ChoiceArrays.build(np.array([x for d in docs for x in d.logliks], dtype=np.float64),

@@ -39,8 +39,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from qfair.errors import QfairError
 
-class ModelError(ValueError):
+
+class ModelError(QfairError):
     """A model could not be resolved or loaded, or a quantization spec is invalid.
 
     The message is one line meant for the user (names the model / spec / field

@@ -19,10 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from qfair.errors import QfairError
+
 __all__ = ["SizeError", "module_bytes", "model_bytes", "memory_bytes", "architecture_weights", "measure"]
 
 
-class SizeError(ValueError):
+class SizeError(QfairError):
     """The model's size cannot be measured (e.g. a bitsandbytes 4-bit model after its first CPU forward)."""
 
 

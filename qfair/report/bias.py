@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from qfair.report.common import Figure, _plt, _safe, model_colors
 from qfair.report.data import AnalysisData, ReportError
-from qfair.report.figures import Figure, _plt, _safe, model_colors
 
 __all__ = ["load_bias", "bias_figures", "bias_section", "SIG_COLUMN"]
 
@@ -50,14 +50,14 @@ def load_bias(data: AnalysisData) -> pl.DataFrame:
 
 
 def _main_axis(kind: str) -> str | None:
-    from qfair.analyze.bias import BIAS_KINDS
+    from qfair.metrics.bias import BIAS_KINDS
 
     bk = BIAS_KINDS.get(kind)
     return None if bk is None else bk.main_axis
 
 
 def _panel_metrics(kind: str, available: set[str]) -> list[str]:
-    from qfair.analyze.task_kinds import get_task_kind
+    from qfair.metrics.task_kinds import get_task_kind
 
     names = [m for m in get_task_kind(kind).headline if m in available]
     if kind == "crows_pairs" and "pct_stereotype" in available:

@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from qfair.analyze.provenance import PROVENANCE_FILE, collect_provenance, write_provenance
+from qfair.errors import QfairError
 
 __all__ = ["ReportError", "AnalysisData", "load_analysis", "read_table", "collect_provenance", "write_provenance",
            "PROVENANCE_FILE", "TABLES"]
@@ -26,7 +27,7 @@ TABLES = ("summary", "examples", "tokens", "calibration", "strata", "groups")
 REQUIRED = ("summary", "examples")
 
 
-class ReportError(ValueError):
+class ReportError(QfairError):
     """The analysis directory cannot be turned into a report; the message names file and field."""
 
 

@@ -13,15 +13,14 @@ tasks whose kind has gold answers.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from qfair.report.common import BASE_COLOR, Figure, _plt, _safe, model_colors  # noqa: F401 - re-exported
 from qfair.report.data import AnalysisData
 
 __all__ = ["Figure", "make_figures", "KL_PERCENTILES", "kl_percentiles", "FIGURE_FUNCS", "model_colors",
@@ -29,43 +28,11 @@ __all__ = ["Figure", "make_figures", "KL_PERCENTILES", "kl_percentiles", "FIGURE
            "uncertainty_view"]
 
 DPI = 110
-BASE_COLOR = "#222222"
 # llama.cpp's KL summary: max, 99.9, 99, 95, 90, median, 10, 5, 1, 0.1 percentiles, min
 KL_PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)
 KL_FLOOR = 1e-9  # zero KL values are drawn at this floor on the log axis
 CDF_POINTS = 20_001  # larger token tables are drawn through this many quantiles
 SCATTER_POINTS = 4_000  # at most this many examples per model in the strata scatter
-
-
-@dataclass
-class Figure:
-    name: str          # file stem, e.g. "reliability_piqa"
-    fig: Any           # matplotlib.figure.Figure (closed after saving)
-    title: str
-    caption: str
-    section: str
-    path: Path | None = None
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def model_colors(models: list[str]) -> dict[str, str]:
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
-    out = {"base": BASE_COLOR}
-    for i, m in enumerate(models):
-        out[m] = palette[i % len(palette)]
-    return out
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "x"
 
 
 def _summary_value(data: AnalysisData, model: str, task: str, metric: str, col: str) -> float | None:
@@ -78,7 +45,7 @@ def _summary_value(data: AnalysisData, model: str, task: str, metric: str, col: 
 
 
 def _task_kind(data: AnalysisData, task: str) -> Any:
-    from qfair.analyze.task_kinds import get_task_kind
+    from qfair.metrics.task_kinds import get_task_kind
 
     for df in (data.summary, data.groups, data.examples):
         col = "task_kind" if "task_kind" in df.columns else "kind"

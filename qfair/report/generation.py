@@ -75,7 +75,7 @@ def load_generation(path: str | Path) -> dict[str, pl.DataFrame]:
 
 def generation_figures(data: Any) -> list[Any]:
     """KL-by-position and survival figures, one per task (all models on each)."""
-    from qfair.report.figures import Figure, _plt, _safe, model_colors
+    from qfair.report.common import Figure, _plt, _safe, model_colors
 
     g = load_generation(data.path)
     if not g:
@@ -193,7 +193,7 @@ def _texts(g: dict[str, pl.DataFrame]) -> str:
 
 
 def _headline(g: dict[str, pl.DataFrame]) -> str:
-    from qfair.report.html import table_html
+    from qfair.report.common import table_html
 
     s = g.get("gen_summary")
     if s is None or s.height == 0:
@@ -214,7 +214,7 @@ def _headline(g: dict[str, pl.DataFrame]) -> str:
 
 
 def _bias(g: dict[str, pl.DataFrame]) -> str:
-    from qfair.report.html import table_html
+    from qfair.report.common import table_html
 
     b = g.get("gen_bias")
     if b is None or b.height == 0:
@@ -230,7 +230,7 @@ def _bias(g: dict[str, pl.DataFrame]) -> str:
 
 
 def _language(g: dict[str, pl.DataFrame]) -> str:
-    from qfair.report.html import table_html
+    from qfair.report.common import table_html
 
     t = g.get("gen_language")
     if t is None or t.height == 0:
@@ -245,7 +245,7 @@ def generation_section(data: Any, figs: list[Any]) -> str:
     g = load_generation(data.path)
     if not g:
         return ""
-    from qfair.report.html import _figs
+    from qfair.report.common import _figs
 
     parts = [_headline(g)]
     if any(f.section == "generation" for f in figs):

@@ -3,17 +3,14 @@ URI, inline CSS, no script, no external reference (only ``#anchor`` links), so
 the file opens offline and can be mailed as is."""
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import json
-import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from qfair.report.common import _e, _figs, _fmt, _img, table_html  # noqa: F401 - re-exported
 from qfair.report.data import AnalysisData
 from qfair.report.figures import (
     KL_PERCENTILES,
@@ -65,68 +62,6 @@ pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:.8em;max-height:420px
 td.gen{white-space:pre-wrap;max-width:360px;min-width:160px}
 td.gen mark{background:#ffe08a}td.gen .rest{color:#777}
 """
-
-
-def _e(s: Any) -> str:
-    return html.escape(str(s), quote=True)
-
-
-def _fmt(v: Any, col: str = "") -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        is_p = col.startswith("p") and col not in ("pred", "pct_low", "pct_high", "pct_stereotype")
-        if math.isnan(v):
-            return "" if is_p else "nan"
-        if is_p:
-            return "&lt;1e-4" if v < 1e-4 else f"{v:.4f}"
-        if v == 0:
-            return "0"
-        a = abs(v)
-        if a < 1e-3 or a >= 1e5:
-            return f"{v:.3g}"
-        return f"{v:.4f}"
-    if isinstance(v, (dict, list)):
-        return _e(json.dumps(v, default=str))
-    return _e(v)
-
-
-def table_html(df: pl.DataFrame, columns: Sequence[str] | None = None, max_rows: int | None = None,
-               sig_col: str | None = None) -> str:
-    """An HTML table of ``df`` (text columns left-aligned); rows with ``sig_col`` < 0.05 in bold."""
-    if df.height == 0:
-        return "<p class='meta'>(no rows)</p>"
-    cols = [c for c in (columns or df.columns) if c in df.columns]
-    text_cols = {c for c in cols if not df.schema[c].is_numeric()}
-    out = ["<div class='scroll'><table><thead><tr>"]
-    out += [f"<th class='{'l' if c in text_cols else ''}'>{_e(c)}</th>" for c in cols]
-    out.append("</tr></thead><tbody>")
-    view = df.select(cols) if max_rows is None else df.select(cols).head(max_rows)
-    for r in view.iter_rows(named=True):
-        sig = sig_col is not None and isinstance(r.get(sig_col), float) and r[sig_col] < 0.05
-        out.append("<tr" + (" class='sig'" if sig else "") + ">")
-        out += [f"<td class='{'l' if c in text_cols else ''}'>{_fmt(r[c], c)}</td>" for c in cols]
-        out.append("</tr>")
-    out.append("</tbody></table></div>")
-    if max_rows is not None and df.height > max_rows:
-        out.append(f"<p class='meta'>({df.height - max_rows} more rows in the Parquet/CSV file)</p>")
-    return "".join(out)
-
-
-def _img(f: Figure) -> str:
-    assert f.path is not None
-    b64 = base64.b64encode(Path(f.path).read_bytes()).decode("ascii")
-    return (f"<figure id='fig-{_e(f.name)}'><img alt='{_e(f.title)}' src='data:image/png;base64,{b64}'>"
-            f"<figcaption><b>{_e(f.title)}.</b> {_e(f.caption)} <span class='meta'>({_e(Path(f.path).name)})"
-            f"</span></figcaption></figure>")
-
-
-def _figs(figs: list[Figure], section: str, grid: bool = False) -> str:
-    fs = [f for f in figs if f.section == section]
-    if not fs:
-        return "<p class='note'>No figure: the analysis tables hold no data for this view.</p>"
-    body = "".join(_img(f) for f in fs)
-    return f"<div class='grid'>{body}</div>" if grid else body
 
 
 def _headline(data: AnalysisData) -> str:

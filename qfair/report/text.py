@@ -2,7 +2,7 @@
 and the headline table of the HTML report.
 
 Each task headlines its own metrics, as its task kind says
-(:class:`qfair.analyze.task_kinds.TaskKind.headline`): accuracy for a
+(:class:`qfair.metrics.task_kinds.TaskKind.headline`): accuracy for a
 multiple-choice task, mc2 for TruthfulQA MC2, pct_stereotype and
 likelihood_diff for CrowS-Pairs. The "reading" of a change follows the
 metric's direction (higher or lower is better) or its neutral value
@@ -34,7 +34,7 @@ def _num(v: Any) -> float | None:
 
 
 def _kind_of(s: pl.DataFrame, task: str) -> Any:
-    from qfair.analyze.task_kinds import get_task_kind
+    from qfair.metrics.task_kinds import get_task_kind
 
     name = None
     if "task_kind" in s.columns:
@@ -192,7 +192,7 @@ def model_headlines(summary: pl.DataFrame, examples: pl.DataFrame | None = None,
                     tokens: pl.DataFrame | None = None, models: list[str] | None = None) -> list[str]:
     """One sentence per quantized model: mean token KL and top-1 agreement over all
     tasks, flips and accuracy over the tasks with gold answers."""
-    from qfair.analyze.task_kinds import get_task_kind
+    from qfair.metrics.task_kinds import get_task_kind
 
     models = models or (summary["model"].unique(maintain_order=True).to_list() if summary.height else [])
     out = []

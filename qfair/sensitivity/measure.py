@@ -92,8 +92,8 @@ def score_probes(model: Any, tokenizer: Any, probes: Any, *, base: Scored | None
 
 def example_values(probes: Any, lls: Sequence[Sequence[float]], base: Scored | None) -> dict[str, np.ndarray]:
     """Per-example metric values from the choices' log-likelihoods (registry definitions)."""
-    from qfair.analyze.metrics import ChoiceArrays
-    from qfair.analyze.task_kinds import get_task_kind
+    from qfair.metrics.example_metrics import ChoiceArrays
+    from qfair.metrics.task_kinds import get_task_kind
 
     counts = np.array([len(x) for x in lls], dtype=np.int64)
     ll = np.array([v for x in lls for v in x], dtype=np.float64)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from qfair.errors import QfairError
 from qfair.sensitivity.measure import METRIC_NAMES, compare, score_probes
 from qfair.sensitivity.probes import ProbeError, Split, build_probes, load_tasks
 from qfair.sensitivity.units import UnitError, UnitSwapper, define_units, model_bytes
@@ -36,7 +37,7 @@ MANIFEST = "sensitivity.json"
 MODES = ("single", "leave-one-out")
 
 
-class SensitivityError(ValueError):
+class SensitivityError(QfairError):
     """A user-caused problem with a scan or a recommendation (one line)."""
 
 

@@ -23,12 +23,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qfair.errors import QfairError
 from qfair.models import size as _size
 
 UNIT_KINDS = ("block", "linear")
 
 
-class UnitError(ValueError):
+class UnitError(QfairError):
     """The model's units cannot be defined (no decoder blocks, nothing quantized, ...)."""
 
 

@@ -97,7 +97,7 @@ def study_table(plan: Plan) -> tuple[pl.DataFrame, list[str]]:
 def headline_metrics(table: pl.DataFrame, wanted: list[str] | None = None) -> dict[str, list[str]]:
     """Per task: the metrics the figures show (the study file's ``analysis.metrics``,
     else the task kind's headline metrics and the token KL)."""
-    from qfair.analyze.task_kinds import get_task_kind
+    from qfair.metrics.task_kinds import get_task_kind
 
     out: dict[str, list[str]] = {}
     if table.height == 0:

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qfair.errors import QfairError
+
 __all__ = ["StudyError", "Study", "ModelEntry", "SpecEntry", "TaskGroup", "load_study", "parse_size", "label_of"]
 
 
-class StudyError(ValueError):
+class StudyError(QfairError):
     """A study file or a study run cannot go on; the message names the file and field."""
 
 

@@ -7,8 +7,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from qfair.errors import QfairError
 
-class TaskError(ValueError):
+
+class TaskError(QfairError):
     """A user-caused problem with a task: unknown name, missing data, bad option."""
 
 

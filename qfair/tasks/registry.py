@@ -21,7 +21,7 @@ HF_SOURCE = "hf"
 class TaskSpec:
     name: str
     description: str
-    kind: str                       # a task kind of qfair.analyze.task_kinds ("multiple_choice", "bbq", "generation", ...)
+    kind: str                       # a task kind of qfair.metrics.task_kinds ("multiple_choice", "bbq", "generation", ...)
     prompt_format_version: str
     convert: formats.Converter
     schema: str                     # the fields a data file must hold
@@ -123,10 +123,27 @@ def _specs() -> dict[str, TaskSpec]:
         "multiple_choice", "qfair/mc@1", formats.generic_mc,
         "context, choices (list), label (index), optional id and group",
         sample="mc.jsonl", group_by="group field"))
-    from qfair.generation.prompts import generation_task_specs  # prompt-only tasks (task kind "generation")
-
-    specs.extend(generation_task_specs())
+    specs.extend(generation_task_specs())  # prompt-only tasks (task kind "generation")
     return {s.name: s for s in specs}
+
+
+def generation_task_specs() -> list[Any]:
+    """The TaskSpecs of the generation tasks (prompts only: :mod:`qfair.tasks.prompts`)."""
+    from .prompts import GENERATION_TASK_KIND, PROMPT_FIELDS, generation_prompt
+
+    kind = GENERATION_TASK_KIND
+    return [
+        TaskSpec("gen_stories", "Story and description openers in en, fr, es, de, ru and zh (generation).",
+                 kind, "qfair/gen_stories@1", generation_prompt, PROMPT_FIELDS, target_delimiter="",
+                 sample="gen_stories.jsonl", group_by="language"),
+        TaskSpec("gen_bias_probes", "Templated prompts about people of different groups (gender, origin, "
+                 "religion, age, disability) in English and French (generation).",
+                 kind, "qfair/gen_bias_probes@1", generation_prompt, PROMPT_FIELDS, target_delimiter="",
+                 sample="gen_bias_probes.jsonl", group_by="group (axis in extras)"),
+        TaskSpec("gen_prompts", "Your own prompts to continue (generation); a three-prompt sample ships.",
+                 kind, "qfair/gen_prompts@1", generation_prompt, PROMPT_FIELDS, target_delimiter="",
+                 sample="gen_prompts.jsonl", group_by="group field"),
+    ]
 
 
 # lm-evaluation-harness's WinoGender subsets by pronoun gender, per dataset config

@@ -9,7 +9,7 @@ The spec names the bits, the group size and the calibration set::
     gptq:engine=llmcompressor,bits=4,group_size=64,calib=bias-balanced,samples=64
 
 Calibration sets (``calib=``): ``generic``, ``bias-balanced`` or a file (see
-:mod:`qfair.sensitivity.calibration`; both built-in sets take the scan side
+:mod:`qfair.tasks.calibration_texts`; both built-in sets take the scan side
 of the probe split ``split=`` only). The first load quantizes the float model
 on the CPU (minutes) and saves the compressed-tensors checkpoint under
 ``<cache>/calibrated-v1/<key>``, where the key hashes the float weights'
@@ -69,7 +69,7 @@ def _calib(v: str) -> str:
 
 
 def _split(v: str) -> str:
-    from qfair.sensitivity.probes import ProbeError, Split
+    from qfair.tasks.split import ProbeError, Split
 
     try:
         return str(Split.parse(v))
@@ -112,8 +112,8 @@ def load(spec: Any, request: Any) -> Any:
     from qfair.models.cache import cache_root
     from qfair.models.loading import LoadedModel
     from qfair.models.quant import ModelError
-    from qfair.sensitivity.calibration import CalibrationError, calibration_set
-    from qfair.sensitivity.probes import ProbeError
+    from qfair.tasks.calibration_texts import CalibrationError, calibration_set
+    from qfair.tasks.split import ProbeError
 
     t0 = time.perf_counter()
     o = spec.options

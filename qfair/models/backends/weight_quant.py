@@ -10,8 +10,8 @@
 ``rtn`` rounds the float model's weights to the nearest grid point on load (no
 data, seconds; not cached). ``gptq`` runs :mod:`qfair.compress` on the CPU on
 calibration texts from the scan side of the probe split (see
-:mod:`qfair.sensitivity.calibration`), with ``fair=ALPHA`` adding the fairness
-term built from scan-side bias pairs (:mod:`qfair.sensitivity.pairs`), and
+:mod:`qfair.tasks.calibration_texts`), with ``fair=ALPHA`` adding the fairness
+term built from scan-side bias pairs (:mod:`qfair.tasks.pairs`), and
 caches the result under ``<cache>/qfair-quant-v1/<key>``: a float checkpoint
 transformers reloads plus the integer codes (:mod:`qfair.compress.checkpoint`),
 written in a temporary directory and renamed into place. The key hashes the
@@ -76,7 +76,7 @@ def _engine(v: str) -> str:
 
 
 def _probes(v: str) -> str:
-    from qfair.sensitivity.pairs import parse_probes
+    from qfair.tasks.pairs import parse_probes
 
     return parse_probes(v)
 
@@ -197,9 +197,9 @@ def _load_llmcompressor(spec: Any, request: Any) -> Any:
 
 def _inputs(spec: Any) -> tuple[Any, Any]:
     """The calibration set and the probe pairs (None without fairness), checked before any work."""
-    from qfair.sensitivity.calibration import CalibrationError, calibration_set
-    from qfair.sensitivity.pairs import PairError, probe_pairs
-    from qfair.sensitivity.probes import ProbeError
+    from qfair.tasks.calibration_texts import CalibrationError, calibration_set
+    from qfair.tasks.pairs import PairError, probe_pairs
+    from qfair.tasks.split import ProbeError
 
     o = spec.options
     try:

@@ -15,7 +15,7 @@ stereotyping one first. Sources (``fair_probes=``), task names joined by ``+``:
 
 Every pair comes from the *scan* side of the probe split only, decided by the
 same keyed content hash as every scan and evaluation
-(:mod:`qfair.sensitivity.probes`): the hash of the built-in example as the
+(:mod:`qfair.tasks.split`): the hash of the built-in example as the
 tasks render it, and for a file the hash of ``("", [sent_more, sent_less])``,
 which is how a CrowS-Pairs example is keyed, so a user file holding
 CrowS-Pairs sentences is split exactly as the CrowS-Pairs evaluation is. Pairs
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qfair.sensitivity.probes import Split, content_key
+from qfair.errors import QfairError
+from qfair.tasks.split import Split, content_key
 
 PAIR_TASKS = ("crows_pairs_english", "crows_pairs_french", "stereoset_intrasentence", "stereoset_intersentence",
               "bbq")
@@ -38,7 +39,7 @@ PAIR_GROUPS = {"crows_pairs": ("crows_pairs_english", "crows_pairs_french"),
 DEFAULT_PROBES = "crows_pairs"
 
 
-class PairError(ValueError):
+class PairError(QfairError):
     """Bad fairness probe settings or data (one line)."""
 
 

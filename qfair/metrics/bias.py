@@ -583,7 +583,7 @@ def bias_table(j: pl.DataFrame, attributes: pl.DataFrame, label: str, cfg: Any) 
 def model_scores(stats_table: pl.DataFrame, examples: pl.DataFrame,
                  kinds: dict[str, str]) -> dict[str, dict[str, float]]:
     """One model's whole-task scores (no test), per bias task: ``stats_table`` is
-    :func:`qfair.analyze.examples.example_stats` of the model, ``examples`` the
+    :func:`qfair.metrics.examples.example_stats` of the model, ``examples`` the
     dump's examples table. Used by the account ``qfair dump`` prints."""
     attrs = example_attributes(examples, kinds)
     out: dict[str, dict[str, float]] = {}

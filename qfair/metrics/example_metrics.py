@@ -5,7 +5,7 @@ model's choice log-likelihoods (vectorised over all examples, from a
 :class:`ChoiceArrays`), which column holds it in the examples table
 (``base_<column>`` / ``quant_<column>``), how it is named in the summary and
 how base and quantized values are compared there (the paired bootstrap of the
-mean difference). Task kinds (:mod:`qfair.analyze.task_kinds`) list which
+mean difference). Task kinds (:mod:`qfair.metrics.task_kinds`) list which
 metrics they report; metrics every multiple-choice task has are in
 :data:`GENERIC`.
 
@@ -35,7 +35,7 @@ import numpy as np
 __all__ = ["ChoiceArrays", "ExampleMetric", "GENERIC", "segment_first_argmax", "ACCEPT_BITS"]
 
 # task kind -> the bit of an example's per-choice label codes that marks a choice
-# counted as correct (filled in by qfair.analyze.task_kinds.register_task_kind)
+# counted as correct (filled in by qfair.metrics.task_kinds.register_task_kind)
 ACCEPT_BITS: dict[str, int] = {}
 
 

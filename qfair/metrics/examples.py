@@ -1,7 +1,7 @@
 """Per-example statistics of one model, from a dump's choices table.
 
-The metrics and their definitions are registered in :mod:`qfair.analyze.metrics`
-(generic) and :mod:`qfair.analyze.task_kinds` (per task kind); this module only
+The metrics and their definitions are registered in :mod:`qfair.metrics.example_metrics`
+(generic) and :mod:`qfair.metrics.task_kinds` (per task kind); this module only
 lays the choices out per example (validating the table against the examples)
 and evaluates every registered metric.
 """
@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from qfair.analyze.metrics import ChoiceArrays
-from qfair.analyze.task_kinds import example_metrics
-from qfair.dump import DumpError
+from qfair.errors import DumpError
+from qfair.metrics.example_metrics import ChoiceArrays
+from qfair.metrics.task_kinds import example_metrics
 
 __all__ = ["example_stats", "task_kinds", "example_columns"]
 

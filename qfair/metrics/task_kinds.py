@@ -2,7 +2,7 @@
 
 A task (``qfair.tasks``) names its kind; the analysis resolves the name here.
 A :class:`TaskKind` carries the example metrics the kind adds to the generic
-ones (:data:`qfair.analyze.metrics.GENERIC`), the summary metrics it
+ones (:data:`qfair.metrics.example_metrics.GENERIC`), the summary metrics it
 headlines (first = primary), and whether "correct" answers exist for it (then
 flips and calibration are meaningful). Adding a kind is one
 :func:`register_task_kind` call (plus tests); an unknown kind name falls back
@@ -11,7 +11,7 @@ to ``multiple_choice``.
 The bias benchmarks' kinds (``bbq``, ``stereoset``, ``winogender``, and
 ``crows_pairs``) also have set-level bias scores (BBQ's bias scores,
 StereoSet's LMS/SS/ICAT, ...), computed from these example metrics by
-:mod:`qfair.analyze.bias`; their headline names those scores.
+:mod:`qfair.metrics.bias`; their headline names those scores.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qfair.analyze.metrics import ACCEPT_BITS, GENERIC, ChoiceArrays, ExampleMetric, segment_first_argmax
+from qfair.metrics.example_metrics import ACCEPT_BITS, GENERIC, ChoiceArrays, ExampleMetric, segment_first_argmax
 
 __all__ = ["TaskKind", "TASK_KINDS", "register_task_kind", "get_task_kind", "example_metrics",
            "DEFAULT_TASK_KIND"]
@@ -124,7 +124,7 @@ CROWS_PAIRS = register_task_kind(TaskKind(
 
 
 # ---------------------------------------------------------------------------
-# bias benchmarks (set-level scores: qfair.analyze.bias)
+# bias benchmarks (set-level scores: qfair.metrics.bias)
 
 # BBQ's per-choice codes (qfair.tasks.formats): 1 counted as correct, 2 the biased
 # answer, 4 an "unknown" answer
