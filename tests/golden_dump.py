@@ -8,8 +8,8 @@ change what is written without the test noticing. Only re-record on purpose,
 and say why in the commit.
 
 The model runs in float64 so that the stored float32 / float16 values barely
-depend on which vector kernels torch picks for the CPU: on a machine with the
-recorded kernel family (``torch.backends.cpu.get_cpu_capability()``) the test
+depend on which kernels torch runs on the CPU: on a machine whose arithmetic
+fingerprint (:func:`arithmetic_fingerprint`) equals the recorded one the test
 requires exact equality; elsewhere a float64 rounding difference may move the
 last bit of a float64 value or, rarely, one float32 / float16 rounding.
 """
@@ -59,6 +59,31 @@ def cpu_capability() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
+def arithmetic_fingerprint() -> str:
+    """sha256 of the golden model's float64 logits on a fixed input (one thread).
+
+    torch's capability name is not enough to know whether a machine computes
+    the golden dump bit for bit: two AVX-512 CPUs of different vendors run
+    different BLAS paths (seen: an Intel recording and an AMD EPYC differ in
+    the last bits of float64 log-likelihoods). Equal fingerprints mean the same
+    arithmetic for this model, so there the test requires identical bytes."""
+    import torch
+    from test_dump_support import load_tiny
+
+    from qfair.models.tiny import make_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m = load_tiny(make_tiny_model("llama", Path(tmp) / "tiny", seed=1)).model.to(torch.float64)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                logits = m(torch.arange(1, 41).reshape(2, 20)).logits
+        finally:
+            torch.set_num_threads(threads)
+    return hashlib.sha256(logits.numpy().tobytes()).hexdigest()
+
+
 def shard_hashes(dump: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((dump / "logits").glob("*.npy"))}
 
@@ -76,7 +101,7 @@ def record() -> None:
         for p in sorted((d / "logits").glob("*.npy")):
             (GOLDEN / "logits").mkdir(exist_ok=True)
             np.save(GOLDEN / "logits" / p.name, np.load(p))
-        meta = {"cpu_capability": cpu_capability(), "shards": shard_hashes(d)}
+        meta = {"cpu_capability": cpu_capability(), "arithmetic": arithmetic_fingerprint(), "shards": shard_hashes(d)}
         (GOLDEN / "shards.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"recorded {GOLDEN}")
 

@@ -128,8 +128,17 @@ def test_tables_columns_and_values(full, env):
             assert rows["pos"].to_list() == list(range(r["n_tokens"]))
             assert rows["target"].to_list() == ex.conts[c]
             np.testing.assert_allclose(rows["logprob"].to_numpy(), w.logprob, atol=1e-5, rtol=1e-5)
-            np.testing.assert_array_equal(rows["argmax"].to_numpy(), w.argmax)
-            np.testing.assert_array_equal(rows["rank"].to_numpy(), w.rank)
+            # argmax and rank are exact up to near-ties: batched and one-by-one scoring round float32
+            # differently (seen: a token 2e-7 nats from the target moved the rank 68 -> 69 on an AMD
+            # EPYC), so a token within the logprob tolerance of the target may count either way
+            ref = w.rows.numpy().astype(np.float64)
+            tgt = ref[np.arange(len(ex.conts[c])), ex.conts[c]][:, None]
+            tol = 1e-5 + 1e-5 * np.abs(tgt)
+            rank = rows["rank"].to_numpy()
+            assert np.all((1 + (ref > tgt + tol).sum(1) <= rank) & (rank <= 1 + (ref > tgt - tol).sum(1)))
+            amax = rows["argmax"].to_numpy()
+            top = ref.max(1)
+            assert np.all(ref[np.arange(len(amax)), amax] >= top - (1e-5 + 1e-5 * np.abs(top)))
             # the stored f16 row is the float32 log-softmax row, rounded
             got = stored[r["first_row"]:r["first_row"] + r["n_tokens"]]
             np.testing.assert_allclose(got, w.rows.numpy(), rtol=2 ** -10, atol=1e-6)

@@ -1,8 +1,9 @@
 """The dump path writes exactly what it wrote when the golden files were
 recorded (tests/golden_dump.py): same table contents, same shard bytes.
 
-Exact on a CPU with the recorded torch kernel family. On another one the
-model's own arithmetic differs (measured: float64 log-likelihoods agree to
+Exact on a machine with the recorded arithmetic (the golden model's logits on a
+fixed input hash the same: tests/golden_dump.py). On another one the model's
+own arithmetic differs (measured: float64 log-likelihoods agree to
 1e-12 relative between AVX-512 and AVX2 kernels, to 4e-7 with torch's scalar
 fallback), so float columns and shards are compared within a few rounding
 steps there; keys, ids, counts and shapes stay exact.
@@ -17,10 +18,10 @@ import pytest
 pytest.importorskip("torch")
 pl = pytest.importorskip("polars")
 
-from golden_dump import GOLDEN, TABLES, cpu_capability, golden_dump, shard_hashes  # noqa: E402
+from golden_dump import GOLDEN, TABLES, arithmetic_fingerprint, golden_dump, shard_hashes  # noqa: E402
 
 META = json.loads((GOLDEN / "shards.json").read_text())
-EXACT = cpu_capability() == META["cpu_capability"]
+EXACT = arithmetic_fingerprint() == META["arithmetic"]
 
 
 @pytest.fixture(scope="module")
