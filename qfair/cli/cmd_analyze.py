@@ -62,7 +62,7 @@ def _bins(ctx, param, value):  # noqa: ARG001
 @click.option("--no-uncertainty", is_flag=True,
               help="Leave out the uncertainty tests (rank correlations of base uncertainty and shift).")
 @click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
-              help="Threads (default: the CPUs this process may use).")
+              help="Threads (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use).")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
               help="Logits rows per streamed chunk (default: 256 MiB of stored rows of both dumps, e.g. 1,365 rows "
                    "of a 49,152-token float16 vocabulary); bounds memory.")
