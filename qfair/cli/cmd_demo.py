@@ -60,7 +60,9 @@ def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, threads, no_progr
             click.echo(textwrap.fill(h, width=100, subsequent_indent="  "))
     for s, why in r.skipped.items():
         click.echo(f"skipped {s}: {why}")
-    for n in r.notes:
+    from qfair.analyze.notes import collapse_notes
+
+    for n in collapse_notes(r.notes):
         click.echo(f"note: {n}", err=True)
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items() if k != "total")
     click.echo(f"took {r.seconds.get('total', 0):.0f} s ({steps})")

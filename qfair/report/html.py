@@ -144,22 +144,25 @@ def _headline(data: AnalysisData) -> str:
                  "n": r["n"] if r["first"] else None, "metric": r["metric"],
                  "base → quant": f"{f3(r['base'])} → {f3(r['quant'])}",
                  "Δ [CI]": f"{f3(r['diff'], True)} [{f3(r['ci_low'], True)}, {f3(r['ci_high'], True)}]",
-                 "p": r["p"], "p_holm": r["p_holm"], "reading": r["reading"],
+                 "p": r["p"], "p_adj": r["p_adj"], "reading": r["reading"],
                  "ECE base → quant": "" if r["ece_base"] is None else f"{f3(r['ece_base'])} → {f3(r['ece_quant'])}",
                  "KL (nats)": None if r["kl"] is None else f"{r['kl']:.4f}",
                  "flips c→i / i→c": "" if r["c2i"] is None else f"{r['c2i']} / {r['i2c']}",
                  "McNemar p": r["p_mcnemar"]} for r in rows]
-        parts.append(table_html(pl.DataFrame(view, infer_schema_length=None), sig_col="p_holm"))
+        parts.append(table_html(pl.DataFrame(view, infer_schema_length=None), sig_col="p_adj"))
         parts.append(f"<p class='meta'>Each task headlines its own metric(s): accuracy for a multiple-choice task, "
                      "mc2 for TruthfulQA MC2, the share of stereotype-consistent pairs (neutral: 50 %) and the "
                      "likelihood difference for CrowS-Pairs. Δ = quantized − base with its paired bootstrap "
                      f"interval ({_e(data.settings.get('bootstrap'))} resamples, {100 * level:g}%); p inverts "
                      "that interval, so the interval excludes 0 exactly when p &lt; "
-                     f"{1 - level:g}. p_holm: Holm-adjusted over every row of the summary table that has a p. "
+                     f"{1 - level:g}. p_adj: each task's first metric is in the primary family, Holm-adjusted "
+                     "over the primary rows of every task and model; the other rows are secondary, "
+                     "Benjamini–Hochberg-adjusted within their metric class (the summary's family column). "
                      "reading: better / worse by the metric's direction (for CrowS-Pairs: toward / away from "
-                     "50 %), n.s. when the interval includes 0, “raw” when only the unadjusted p passes. "
+                     "50 %), “secondary” for a secondary row that passes its adjustment, n.s. when the interval "
+                     "includes 0, “raw” when only the unadjusted p passes. "
                      "ECE, flips and McNemar's exact p (unadjusted) only for tasks with gold answers. "
-                     "Bold rows: p_holm &lt; 0.05.</p>")
+                     "Bold rows: p_adj &lt; 0.05.</p>")
     return "".join(parts)
 
 
