@@ -142,6 +142,24 @@ def test_report_shows_the_llamacpp_summary(imports, tmp_path):
     assert float(cells[row + 1]) == pytest.approx(float(want["Mean PPL(Q)"]), rel=1e-3)
 
 
+def test_text_report_leaves_out_the_sections_a_corpus_has_no_data_for(imports, tmp_path):
+    """A text-only analysis has no answers: no accuracy / flip, calibration, groups or bias
+    section (neither in the body nor in the navigation); its own sections stay."""
+    import re
+
+    base, quant = imports
+    an = tmp_path / "an"
+    assert CliRunner().invoke(main, ["analyze", str(base), str(quant), "--out", str(an), "--bootstrap", "50",
+                                     "--no-progress"]).exit_code == 0
+    assert CliRunner().invoke(main, ["report", str(an)]).exit_code == 0
+    page = (an / "report" / "report.html").read_text(encoding="utf-8")
+    ids = re.findall(r"<section id='([a-z]+)'>", page)
+    assert ids[:2] == ["headline", "corpus"] and {"tokens", "summary", "provenance"} <= set(ids)
+    for gone in ("accuracy", "calibration", "groups", "bias"):
+        assert gone not in ids and f"href='#{gone}'" not in page, gone
+    assert "Flip table" not in page and "No bias benchmark" not in page
+
+
 def _figures(lines: list[str]) -> dict[str, list[float]]:
     """The numbers of each summary line of llama.cpp's layout, by the line's label."""
     import re

@@ -317,13 +317,15 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
                       "metric's value), its interval (ci_method) and p, the smallest level at which that interval "
                       "excludes null; rows without p describe a quantity with no test (divergences, agreement and "
                       "flip rates). p_perm: permutation test, p_ttest: paired t-test (--ttest), p_mcnemar: "
-                      "McNemar's exact test; p_holm: Holm, p_bh: Benjamini–Hochberg, each over all rows of this "
-                      "table that have a p.</p>" +
+                      "McNemar's exact test; p_holm: Holm, p_bh: Benjamini–Hochberg, each within the row's family "
+                      "(column family: primary = each task's first headline metric per model, adjusted together; "
+                      "secondary = every other tested row, adjusted within its metric class, the kind column); a "
+                      "primary row reads by p_holm, a secondary one by p_bh.</p>" +
                       "<details><summary>Show the full summary table "
                       f"({data.summary.height} rows)</summary>" +
                       table_html(data.summary, ["model", "task", "metric", "kind", "n", "base", "quant", "diff",
                                                 "ci_low", "ci_high", "ci_method", "null", "test", "p", "p_perm",
-                                                "p_ttest", "p_mcnemar", "p_holm", "p_bh"],
+                                                "p_ttest", "p_mcnemar", "family", "p_holm", "p_bh"],
                                  sig_col="p_holm") + "</details>")
     sec["provenance"] = _provenance(data)
     sections = SECTIONS
@@ -337,6 +339,18 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
     sec["corpus"] = corpus_section(data, table_html)
     if sec["corpus"]:  # text dumps: llama.cpp's summary follows the headline
         sections = (sections[0], ("corpus", "Free text: llama.cpp's KL-divergence summary"), *sections[1:])
+    if data.settings.get("kind") == "text":
+        # a text corpus has no answers: leave out the sections that would only say "no data"
+        def no_figs(name: str) -> bool:
+            return not any(f.section == name for f in figs)
+
+        empty = {"calibration": no_figs("calibration") and not (has_kind and data.summary.filter(
+                     pl.col("kind").is_in(["calibration", "study"])).height),
+                 "strata": no_figs("strata") and uv.height == 0 and sv.height == 0,
+                 "accuracy": no_figs("accuracy") and av.height == 0 and ft.height == 0,
+                 "groups": no_figs("groups") and gv.height == 0,
+                 "bias": no_figs("bias") and "No bias benchmark in this analysis" in sec["bias"]}
+        sections = tuple(s for s in sections if not empty.get(s[0], False))
     # notes about undefined statistics can be many: they go into a fold below the others
     undefined = [n for n in data.notes if " undefined (" in n]
     notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes if n not in undefined)
