@@ -388,12 +388,21 @@ def test_bias_rows_join_summary_and_groups_with_holm(bbq_dumps):
     assert set(gb["group"]) == {d.group for d in bbq_dumps.docs}
     one = gb.filter((pl.col("task") == "bbq") & (pl.col("metric") == "accuracy_disamb")).row(0, named=True)
     assert one["gap"] == pytest.approx(one["diff"] - row(bt, "accuracy_disamb", task="bbq")["diff"])
-    # Holm / BH over every row of each table, bias rows included
-    for table in (bt, s):
-        p = table["p"].to_numpy()
-        ok = np.isfinite(p)
-        np.testing.assert_allclose(table["p_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
-        np.testing.assert_allclose(table["p_bh"].to_numpy()[ok], multipletests(p[ok], method="fdr_bh")[1])
+    # Holm / BH over every row of the bias table; in the summary within each family (the primary
+    # rows together, each metric class of the secondary rows apart), bias rows included
+    p = bt["p"].to_numpy()
+    ok = np.isfinite(p)
+    np.testing.assert_allclose(bt["p_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
+    np.testing.assert_allclose(bt["p_bh"].to_numpy()[ok], multipletests(p[ok], method="fdr_bh")[1])
+    assert set(s.filter(pl.col("kind") == "bias")["family"].drop_nulls()) <= {"primary", "secondary"}
+    fams = [s.filter(pl.col("family") == "primary")] + [
+        s.filter((pl.col("family") == "secondary") & (pl.col("kind") == k))
+        for k in s.filter(pl.col("family") == "secondary")["kind"].unique()]
+    assert sum(f.height for f in fams) == s["p"].is_not_null().sum()
+    for f in fams:
+        p = f["p"].to_numpy()
+        np.testing.assert_allclose(f["p_holm"].to_numpy(), multipletests(p, method="holm")[1])
+        np.testing.assert_allclose(f["p_bh"].to_numpy(), multipletests(p, method="fdr_bh")[1])
     p = bt["p_perm"].to_numpy()
     ok = np.isfinite(p)
     np.testing.assert_allclose(bt["p_perm_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
