@@ -2,7 +2,7 @@
 
 Synthetic paired answers for n examples (default 58,492, BBQ's size) in 11
 categories x 2 context conditions x 60 stereotyped groups; times
-``qfair.analyze.bias.bias_table`` (every score per task, category and
+``qfair.metrics.bias.bias_table`` (every score per task, category and
 stereotyped group, disparities, B bootstrap resamples and B permutations) and
 the obvious alternative: a loop over resamples that draws the same
 multiplicities and recomputes the task- and category-level BBQ scores with
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--naive-resamples", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    from qfair.analyze.bias import bias_table
+    from qfair.metrics.bias import bias_table
 
     j, attrs = synthetic(a.n)
     cfg = types.SimpleNamespace(resamples=a.resamples, seed=0, confidence=0.95)

@@ -114,8 +114,8 @@ def _mc2_formula(logliks: list[float], labels: list[int]) -> float:
     """qfair's mc2 (its metric registry) on one example's log-likelihoods."""
     import numpy as np
 
-    from qfair.analyze.metrics import ChoiceArrays
-    from qfair.analyze.task_kinds import get_task_kind
+    from qfair.metrics.example_metrics import ChoiceArrays
+    from qfair.metrics.task_kinds import get_task_kind
 
     n = len(logliks)
     a = ChoiceArrays.build(np.asarray(logliks, dtype=np.float64), np.ones(n), np.array([n]), np.array([0]),
@@ -124,7 +124,7 @@ def _mc2_formula(logliks: list[float], labels: list[int]) -> float:
 
 
 def compare(dump: Any, samples: dict[str, list[dict]], tol: float) -> dict[str, Any]:
-    from qfair.analyze.examples import example_stats, task_kinds
+    from qfair.metrics.examples import example_stats, task_kinds
 
     stats = example_stats(dump.examples, dump.choices, task_kinds(dump.manifest))
     ours = {r["example_id"]: r for r in stats.iter_rows(named=True)}

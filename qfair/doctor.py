@@ -18,6 +18,7 @@ import numpy as np
 
 from qfair import __version__
 from qfair._native import core
+from qfair.threads import resolve_threads
 
 #: SmolLM2's vocabulary size: the default row width of the divergence check.
 DEFAULT_VOCAB = 49_152
@@ -109,10 +110,11 @@ def measure_bootstrap(seconds: float = 0.3, threads: int = 0, n: int = 10_000,
 
 def doctor(seconds: float = 0.3, threads: int | None = None, measure: bool = True,
            vocab: int = DEFAULT_VOCAB, bootstrap_examples: int = 10_000) -> DoctorReport:
-    """The report `qfair doctor` prints. threads=None: the core's default."""
+    """The report `qfair doctor` prints. threads=None (or 0): :func:`qfair.threads.default_threads`."""
     t = 0 if threads is None else int(threads)
     if t < 0:
         raise ValueError(f"threads must be >= 0, got {t}")
+    n = int(core.resolve_threads(t)) if t else resolve_threads(None)  # the user's count, else the default
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -121,11 +123,11 @@ def doctor(seconds: float = 0.3, threads: int | None = None, measure: bool = Tru
         version=__version__,
         isa=str(core.active_isa()),
         isas=tuple(core.available_isas()),
-        threads=int(core.resolve_threads(t)),
+        threads=n,
         cpus=cpus,
         vocab=vocab,
         rows=128,
-        divergence=measure_divergence(seconds, t, vocab) if measure else None,
+        divergence=measure_divergence(seconds, n, vocab) if measure else None,
         bootstrap_examples=bootstrap_examples,
-        bootstrap=measure_bootstrap(seconds, t, bootstrap_examples) if measure else None,
+        bootstrap=measure_bootstrap(seconds, n, bootstrap_examples) if measure else None,
     )

@@ -44,7 +44,7 @@ import numpy as np
 
 from qfair.errors import QfairError
 
-__all__ = ["KldError", "KldHeader", "KldReader", "decode_rows", "encode_rows", "write_kld", "token_stats",
+__all__ = ["KldError", "KldHeader", "KldReader", "decode_rows", "encode_rows", "write_kld", "token_stats", "Q_ROWS",
            "KlAccumulator", "KlSummary", "PERCENTILES_KLD", "PERCENTILES_DP", "CHUNK_HEADER", "MIN_SUMMARY_TOKENS"]
 
 MAGIC = b"_logits_"
@@ -301,17 +301,74 @@ def write_kld(path: str | os.PathLike, header: KldHeader, tokens: np.ndarray,
 # per-token statistics and llama.cpp's accumulation
 # ---------------------------------------------------------------------------
 
-def token_stats(q: np.ndarray, base: np.ndarray, targets: np.ndarray, threads: int | None = None) -> dict[str, Any]:
-    """llama.cpp's per-token numbers for aligned rows: ``q`` used as logits
-    (normalised by its own log-sum-exp), ``base`` used as log-probabilities as
-    they are (float32, float16 or bfloat16-as-uint16 with matching dtype).
+#: How the quantized side's rows are read by :func:`token_stats`.
+Q_ROWS = ("stored", "logits")
+
+
+def token_stats(q: np.ndarray, base: np.ndarray, targets: np.ndarray, threads: int | None = None,
+                q_rows: str = "stored") -> dict[str, Any]:
+    """llama.cpp's per-token numbers for aligned rows. ``base`` is used as
+    log-probabilities as stored (float32, float16, or bfloat16-as-uint16 with
+    matching dtype). ``q``, with ``q_rows="stored"`` (the default), too: a
+    ``.kld`` file's rows (and a qfair dump's) already are log-probabilities,
+    and re-normalising the 16-bit rows of a file would add their clamped tail
+    (every entry below max - 16 is stored as max - 16) to each row's
+    normaliser; so two imported files give what llama.cpp reports for the live
+    quantized model, within what 16-bit storage loses. ``q_rows="logits"``
+    normalises ``q`` by its own log-sum-exp, as llama.cpp does with live
+    logits (the C++ core, operation for operation as llama.cpp): what a
+    llama-perplexity that reads its quantized side from a second file prints.
     Returns float32 ``nll``, ``nll_base``, ``p_diff``, float64 ``kld`` and
     int64 ``argmax_q`` / ``argmax_base`` (first maxima)."""
+    t = np.ascontiguousarray(targets, dtype=np.int64)
+    if q_rows == "stored":
+        return _stored_token_stats(q, base, t)
+    if q_rows != "logits":
+        raise ValueError(f"q_rows must be one of {', '.join(Q_ROWS)}, got {q_rows!r}")
     from qfair._native import core
     from qfair.core import _default_threads
 
-    t = np.ascontiguousarray(targets, dtype=np.int64)
     return dict(core.llamacpp_token_stats(q, base, t, _default_threads(threads), ""))
+
+
+def _as_f32(rows: np.ndarray, what: str) -> np.ndarray:
+    a = np.asarray(rows)
+    if a.dtype == np.uint16:  # bfloat16 bits
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    if a.dtype not in (np.float32, np.float16):
+        raise ValueError(f"{what}: rows must be float32, float16 or bfloat16 (as uint16), got {a.dtype}")
+    return a.astype(F32, copy=False)
+
+
+def _stored_token_stats(q: np.ndarray, base: np.ndarray, t: np.ndarray) -> dict[str, Any]:
+    """llama.cpp's per-token arithmetic with log q read from the stored row
+    instead of ``logit - max - log-sum-exp``: nll = -q[y]; KLD = the double sum
+    over entries with log p > -16 of float32 ``p * (log p - log q)``; Δp =
+    expf(-nll) - expf(-nll_base) in float32."""
+    if q.ndim != 2 or q.shape != base.shape:
+        raise ValueError(f"q and base must be 2-d rows of the same shape, got {q.shape} and {base.shape}")
+    n, v = q.shape
+    if t.shape != (n,):
+        raise ValueError(f"targets must hold one id per row ({n}), got shape {t.shape}")
+    if n and (t.min() < 0 or t.max() >= v):
+        i = int(np.flatnonzero((t < 0) | (t >= v))[0])
+        raise ValueError(f"target {int(t[i])} of row {i} is outside the vocabulary of {v}")
+    lq, lp = _as_f32(q, "q"), _as_f32(base, "base")
+    r = np.arange(n)
+    nll = (-lq[r, t]).astype(F32)
+    nll_base = (-lp[r, t]).astype(F32)
+    kld = np.empty(n, np.float64)
+    step = max(1, (1 << 22) // max(v, 1))  # bounded float32 temporaries
+    with np.errstate(over="ignore", invalid="ignore"):
+        for s in range(0, n, step):
+            p_log = lp[s:s + step]
+            term = np.exp(p_log) * (p_log - lq[s:s + step])
+            term[~(p_log > F32(-16))] = 0  # llama.cpp's `if (p_log_base > -16.f)`; keeps a NaN row NaN below
+            kld[s:s + step] = term.sum(axis=1, dtype=np.float64)
+        p_diff = (np.exp(-nll) - np.exp(-nll_base)).astype(F32)
+    return {"nll": nll, "nll_base": nll_base, "kld": kld, "p_diff": p_diff,
+            "argmax_q": np.argmax(lq, axis=1).astype(np.int64) if v else np.zeros(n, np.int64),
+            "argmax_base": np.argmax(lp, axis=1).astype(np.int64) if v else np.zeros(n, np.int64)}
 
 
 def _seq_sum(x: np.ndarray) -> float:

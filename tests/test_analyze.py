@@ -242,13 +242,81 @@ def test_pct_stereotype_distance_from_neutral(dumps, result):
     assert (r["ci_low"], r["ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
 
 
-def test_adjusted_pvalues_over_the_table(result):
+def test_adjusted_pvalues_within_the_families(result):
+    """The summary's multiple testing: a primary family (each task's first headline metric per
+    model; CrowS-Pairs: the distance of pct_stereotype from 50 %) with Holm over it, and the
+    secondary rows adjusted within their metric class (the kind column); oracle: statsmodels'
+    multipletests over each family, the families written here from the task kinds' headlines."""
     s = result.summary
-    p = s["p"].to_numpy().astype(float)
-    ok = ~np.isnan(p)
-    assert ok.sum() > 20
-    np.testing.assert_allclose(s["p_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
-    np.testing.assert_allclose(s["p_bh"].to_numpy()[ok], multipletests(p[ok], method="fdr_bh")[1])
+    primary = {"toy_mc": "acc", "toy_mc2": "mc2", "toy_crows": "pct_stereotype_from_neutral"}
+    tested = s["p"].is_not_null().to_numpy()
+    assert tested.sum() > 20 and s.filter(~pl.Series(tested))["family"].is_null().all()
+    want = ["primary" if m == primary[t] else "secondary" for t, m in zip(s["task"], s["metric"])]
+    assert [f for f, ok in zip(s["family"], tested) if ok] == [f for f, ok in zip(want, tested) if ok]
+    assert (s["family"] == "primary").sum() == 2 * 3  # two models x three tasks
+    fams = {("primary", None)} | {("secondary", k) for k in s.filter(pl.col("family") == "secondary")["kind"]}
+    assert len(fams) > 3
+    for fam, kind in fams:
+        sub = s.filter(pl.col("family") == fam)
+        if kind is not None:
+            sub = sub.filter(pl.col("kind") == kind)
+        p = sub["p"].to_numpy()
+        np.testing.assert_allclose(sub["p_holm"].to_numpy(), multipletests(p, method="holm")[1], err_msg=fam)
+        np.testing.assert_allclose(sub["p_bh"].to_numpy(), multipletests(p, method="fdr_bh")[1], err_msg=fam)
+    # enough resamples for the primary rows near the threshold: 100 beyond alpha / m = 0.05 / 6
+    assert result.settings["primary_resamples"] == 12_000
+    assert not any("no primary row can pass Holm" in n for n in result.notes)
+
+
+def _paired_binary(n: int, base_rate: float, c2i: int, i2c: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = np.zeros(n)
+    base[rng.choice(n, int(base_rate * n), replace=False)] = 1
+    quant = base.copy()
+    quant[rng.choice(np.flatnonzero(base == 1), c2i, replace=False)] = 0
+    quant[rng.choice(np.flatnonzero(base == 0), i2c, replace=False)] = 1
+    return base, quant
+
+
+@pytest.mark.parametrize("kind, column, metric", [("multiple_choice", "correct", "acc"),
+                                                  ("crows_pairs", "stereotype", "pct_stereotype_from_neutral")])
+def test_a_primary_row_near_the_threshold_gets_a_finer_p(kind, column, metric):
+    """At B = 200 the smallest p is 1/201 = 0.005, coarser than Holm's alpha / m for m = 6
+    (0.0083 and below); the primary row is recomputed with primary_resamples and its p
+    resolved. Oracle for the refined p: the normal approximation of the paired mean
+    difference's (or, from neutral, of the distance's) two-sided p, within a factor 3."""
+    from scipy.stats import norm
+
+    from qfair.analyze.summary import StatsConfig, metric_rows
+
+    n = 400
+    base, quant = _paired_binary(n, 0.7, 30, 10, seed=1)  # change -0.05, z about 3.2
+    conf = np.random.default_rng(2).uniform(0.3, 1.0, size=(2, n))
+    j = pl.DataFrame({"task": ["t"] * n, "kind": [kind] * n, f"base_{column}": base, f"quant_{column}": quant,
+                      "base_conf": conf[0], "quant_conf": conf[1]})
+    coarse = {r["metric"]: r for r in metric_rows(j, StatsConfig(resamples=200, seed=1, permutation=False),
+                                                  primary=metric)}
+    fine = {r["metric"]: r for r in metric_rows(j, StatsConfig(resamples=200, seed=1, permutation=False,
+                                                               primary_resamples=20_000), primary=metric)}
+    assert coarse[metric]["p"] == pytest.approx(1 / 201)  # pinned at the resolution of 200 resamples
+    d = quant - base
+    # acc: the mean change; from neutral: |mean - 0.5| goes from 0.2 to 0.15, the same change
+    # (both means stay above 0.5 in practically every resample)
+    z = d.mean() / (d.std(ddof=0) / math.sqrt(n))
+    want = 2 * norm.sf(abs(z))
+    assert want < 0.005
+    # (the bootstrap inverts a BCa or percentile interval: it follows the skew the normal approximation ignores)
+    assert want / 3 < fine[metric]["p"] < want * 3 and fine[metric]["p"] < 0.05 / 6
+    assert fine[metric]["test"] == "paired bootstrap (primary: 20000 resamples)"
+    assert fine[metric]["ci_high"] < 0 and fine[metric]["ci_low"] < fine[metric]["diff"] < fine[metric]["ci_high"]
+    # secondary rows keep the configured resamples
+    other = next(m for m in fine if m != metric and fine[m]["p"] is not None)
+    assert fine[other]["p"] == coarse[other]["p"] and "primary" not in (fine[other]["test"] or "")
+    # a primary row far from the threshold is left alone
+    far = pl.DataFrame({"task": ["t"] * n, "kind": [kind] * n, f"base_{column}": base, f"quant_{column}": base})
+    r = {x["metric"]: x for x in metric_rows(far, StatsConfig(resamples=200, seed=1, permutation=False,
+                                                             primary_resamples=20_000), primary=metric)}
+    assert "primary" not in (r[metric]["test"] or "")
 
 
 def test_token_table_vocab_wide_against_scipy(dumps, result):

@@ -1,4 +1,4 @@
-"""Set-level bias scores (qfair.analyze.bias) and their paired bootstrap.
+"""Set-level bias scores (qfair.metrics.bias) and their paired bootstrap.
 
 Oracles, all written here:
 - hand-computed cases for BBQ, StereoSet, WinoGender and the disparity;
@@ -30,11 +30,11 @@ from statsmodels.stats.multitest import multipletests
 import qfair
 import qfair.tasks as T
 from qfair import stats
-from qfair.analyze import bias
-from qfair.analyze.metrics import ChoiceArrays
-from qfair.analyze.task_kinds import get_task_kind
 from qfair.dump import DumpWriter
 from qfair.dump.multiple_choice import examples_columns
+from qfair.metrics import bias
+from qfair.metrics.example_metrics import ChoiceArrays
+from qfair.metrics.task_kinds import get_task_kind
 
 # ---------------------------------------------------------------- helpers
 
@@ -388,12 +388,21 @@ def test_bias_rows_join_summary_and_groups_with_holm(bbq_dumps):
     assert set(gb["group"]) == {d.group for d in bbq_dumps.docs}
     one = gb.filter((pl.col("task") == "bbq") & (pl.col("metric") == "accuracy_disamb")).row(0, named=True)
     assert one["gap"] == pytest.approx(one["diff"] - row(bt, "accuracy_disamb", task="bbq")["diff"])
-    # Holm / BH over every row of each table, bias rows included
-    for table in (bt, s):
-        p = table["p"].to_numpy()
-        ok = np.isfinite(p)
-        np.testing.assert_allclose(table["p_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
-        np.testing.assert_allclose(table["p_bh"].to_numpy()[ok], multipletests(p[ok], method="fdr_bh")[1])
+    # Holm / BH over every row of the bias table; in the summary within each family (the primary
+    # rows together, each metric class of the secondary rows apart), bias rows included
+    p = bt["p"].to_numpy()
+    ok = np.isfinite(p)
+    np.testing.assert_allclose(bt["p_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
+    np.testing.assert_allclose(bt["p_bh"].to_numpy()[ok], multipletests(p[ok], method="fdr_bh")[1])
+    assert set(s.filter(pl.col("kind") == "bias")["family"].drop_nulls()) <= {"primary", "secondary"}
+    fams = [s.filter(pl.col("family") == "primary")] + [
+        s.filter((pl.col("family") == "secondary") & (pl.col("kind") == k))
+        for k in s.filter(pl.col("family") == "secondary")["kind"].unique()]
+    assert sum(f.height for f in fams) == s["p"].is_not_null().sum()
+    for f in fams:
+        p = f["p"].to_numpy()
+        np.testing.assert_allclose(f["p_holm"].to_numpy(), multipletests(p, method="holm")[1])
+        np.testing.assert_allclose(f["p_bh"].to_numpy(), multipletests(p, method="fdr_bh")[1])
     p = bt["p_perm"].to_numpy()
     ok = np.isfinite(p)
     np.testing.assert_allclose(bt["p_perm_holm"].to_numpy()[ok], multipletests(p[ok], method="holm")[1])
@@ -525,8 +534,8 @@ def test_permutation_p_of_a_mean_equals_the_core_sign_flip_test(tmp_path):
 
 
 def test_dump_account_reports_the_same_whole_task_scores(bbq_dumps):
-    from qfair.analyze.examples import task_kinds
     from qfair.dump.summary import task_metrics
+    from qfair.metrics.examples import task_kinds
 
     d = qfair.open_dump(bbq_dumps.cmp.settings["base"])
     m = task_metrics(d.examples, d.choices, task_kinds(d.manifest))
@@ -538,8 +547,8 @@ def test_dump_account_reports_the_same_whole_task_scores(bbq_dumps):
 
 
 def test_dump_account_has_no_accuracy_for_stereoset(tmp_path):
-    from qfair.analyze.examples import task_kinds
     from qfair.dump.summary import task_metrics
+    from qfair.metrics.examples import task_kinds
 
     docs = list(T.get("stereoset_intrasentence").docs())
     d = qfair.open_dump(write_dump(tmp_path / "b", docs, random_lls(docs, 3)))

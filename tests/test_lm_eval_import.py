@@ -109,7 +109,7 @@ def test_cli_two_run_example(tmp_path):
         assert out.exit_code == 0, out.output
         assert "qfair_piqa (n=22" in out.output
     out = r.invoke(main, ["analyze", str(tmp_path / "fp32"), str(tmp_path / "nf4"), "--out", str(tmp_path / "an"),
-                          "--bootstrap", "200", "--no-progress"])
+                          "--bootstrap", "200", "--no-progress", "--print", "rows"])
     assert out.exit_code == 0, out.output
     assert "| nf4 | qfair_piqa | acc |" in out.output and (tmp_path / "an" / "groups.csv").is_file()
 

@@ -1,4 +1,4 @@
-"""The example-metric registry (qfair.analyze.metrics, qfair.analyze.task_kinds)
+"""The example-metric registry (qfair.metrics.example_metrics, qfair.metrics.task_kinds)
 on hand-computed cases: lm-evaluation-harness's rules for acc, acc_norm and
 mc2, CrowS-Pairs' pct_stereotype and likelihood_diff, and the registry's rules."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from qfair.analyze.metrics import GENERIC, ChoiceArrays
-from qfair.analyze.task_kinds import (
+from qfair.metrics.example_metrics import GENERIC, ChoiceArrays
+from qfair.metrics.task_kinds import (
     TASK_KINDS,
     TaskKind,
     example_metrics,

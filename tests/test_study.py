@@ -101,6 +101,9 @@ def test_grid_runs_end_to_end(grid):
         assert mine.height == pair.height
         cols = ["task", "metric", "base", "quant", "diff", "ci_low", "ci_high", "p", "p_holm"]
         assert mine.select(cols).sort("task", "metric").equals(pair.select(cols).sort("task", "metric"))
+        # the summary's multiple-testing family travels as test_family ("family" is the model's)
+        assert mine.select("task", "metric", "test_family").sort("task", "metric").rows() == \
+            pair.select("task", "metric", "family").sort("task", "metric").rows()
         # sizes and bits are those measured when each dump's model was loaded
         qm = json.loads((out / "dumps" / model / "tasks" / spec / "manifest.json").read_text())["model"]["size"]
         bm = json.loads((out / "dumps" / model / "tasks" / "none" / "manifest.json").read_text())["model"]["size"]

@@ -21,7 +21,6 @@ table (columns ``p_holm`` and ``p_bh``).
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from qfair import stats
+from qfair.analyze.multiple_testing import adjust_families, primary_metric, primary_resamples
 from qfair.analyze.summary import (
     SUMMARY_SCHEMA,
     StatsConfig,
@@ -292,7 +292,7 @@ def task_tables(parts: _Parts, j: pl.DataFrame, label: str, cfg: StatsConfig, si
         tk = get_task_kind(jt["kind"][0])
         where = {"model": label, "task": task, "task_kind": jt["kind"][0]}
         with stage("summary rows (bootstrap)"):
-            rows = metric_rows(jt, cfg, side.paired, side.unpaired)
+            rows = metric_rows(jt, cfg, side.paired, side.unpaired, primary=primary_metric(tk))
         with stage("uncertainty tests"):
             if cfg.uncertainty and "base_conf" in jt.columns:
                 urows, unotes = uncertainty_rows(jt, cfg, tk.correctness, f"{label}/{task}")
@@ -339,8 +339,8 @@ def _front(df: pl.DataFrame, lead: Sequence[str]) -> pl.DataFrame:
 def assemble(parts: _Parts, settings: dict[str, Any], notes: list[str]) -> Comparison:
     lead = ["model", "task", "task_kind"]
     schema = {"model": pl.Utf8, "task": pl.Utf8, "task_kind": pl.Utf8, **SUMMARY_SCHEMA}
-    summary = adjust(pl.DataFrame(parts.summary, schema=schema, orient="row") if parts.summary
-                     else pl.DataFrame(schema=schema))
+    summary = adjust_families(pl.DataFrame(parts.summary, schema=schema, orient="row") if parts.summary
+                              else pl.DataFrame(schema=schema))
     gschema = {**schema, "group": pl.Utf8, "gap": pl.Float64, "quant_gap": pl.Float64, "base_gap": pl.Float64}
     groups = adjust(pl.DataFrame(parts.groups, schema=gschema, orient="row") if parts.groups
                     else pl.DataFrame(schema=gschema))
@@ -433,10 +433,14 @@ def _compare_checked(b: Any, quants: list[Any], *, bootstrap: int, seed: int, bi
     from qfair.threads import resolve_threads
 
     threads = resolve_threads(threads)  # default: the CPUs this process may use
+    # the primary family's size: at most one primary row per task and quantized model
+    m_primary = len(quants) * sum(1 for k in task_kinds(b.manifest).values()
+                                  if primary_metric(get_task_kind(k)) is not None) if b.kind.has_choices else 0
     cfg = StatsConfig(resamples=int(bootstrap), seed=int(seed), confidence=float(confidence),
                       threads=threads, bins=n_bins, binning=binning, permutation=permutation, ttest=bool(ttest),
                       entropy_unit=entropy_unit, n_strata=int(n_strata), metric_bins=metric_bins,
-                      uncertainty=bool(uncertainty))
+                      uncertainty=bool(uncertainty),
+                      primary_resamples=primary_resamples(int(bootstrap), m_primary, 1.0 - float(confidence)))
     kind = b.kind
     if kind_options and not kind.analysis:
         raise ValueError(f"options {sorted(kind_options)} apply to a dump kind's own analysis; a {kind.name!r} "
@@ -501,7 +505,9 @@ def _compare_checked(b: Any, quants: list[Any], *, bootstrap: int, seed: int, bi
                 "confidence": confidence, "ttest": bool(ttest), "entropy_unit": entropy_unit,
                 "uncertainty": bool(uncertainty),
                 "interval_p": "p inverts the row's interval (percentile, or BCa where stable)",
-                "adjust": "holm and bh over all rows of the table that have a p", "base": str(b.path),
+                "adjust": "summary: holm (and bh) over the primary family, bh (and holm) within each metric class "
+                          "(kind) of the secondary rows; other tables: over all their rows that have a p",
+                "primary_resamples": cfg.primary_resamples, "base": str(b.path),
                 "quant": [str(q.path) for q in quants], "models": labels, "kind": kind.name,
                 "custom_metrics": sorted(custom),
                 "nonfinite": nonfinite,
@@ -511,11 +517,10 @@ def _compare_checked(b: Any, quants: list[Any], *, bootstrap: int, seed: int, bi
         out = assemble(parts, settings, notes)
     if "bias" in out.extra:
         out.extra["bias"] = bias_scores.adjust_permutation(adjust(out.extra["bias"]))   # over the bias rows
-    m = int(out.summary["p"].is_not_null().sum()) if out.summary.height else 0
+    m = int((out.summary["family"] == "primary").sum()) if out.summary.height else 0
     alpha = 1.0 - float(confidence)
-    if m and 1.0 / (int(bootstrap) + 1) > alpha / m:
-        notes.append(f"Holm over the {m} tested rows of the summary needs p < {alpha:g}/{m} = {alpha / m:.2g}, "
-                     f"finer than {int(bootstrap)} resamples resolve (smallest p 1/(B+1) = "
-                     f"{1 / (int(bootstrap) + 1):.2g}): no row can pass Holm; read p_bh, or use --bootstrap "
-                     f"{int(math.ceil(m / alpha))} or more")
+    if m and 1.0 / (cfg.primary_resamples + 1) > alpha / m:
+        notes.append(f"Holm over the {m} primary rows of the summary needs p < {alpha:g}/{m} = {alpha / m:.2g}, "
+                     f"finer than {cfg.primary_resamples} resamples resolve (smallest p 1/(B+1) = "
+                     f"{1 / (cfg.primary_resamples + 1):.2g}): no primary row can pass Holm")
     return out

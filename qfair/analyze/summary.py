@@ -114,6 +114,7 @@ class StatsConfig:
     n_strata: int = 5
     uncertainty: bool = True            # the uncertainty tests (qfair.analyze.uncertainty)
     metric_bins: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+    primary_resamples: int = 0          # resamples of a primary row whose p < 2 alpha (qfair.analyze.multiple_testing)
 
     def bins_for(self, metric: str) -> int:
         d = dict(self.metric_bins)
@@ -185,12 +186,25 @@ class _Pending:
     pair: tuple[np.ndarray, np.ndarray] | None = None  # (x, y) of a tested paired mean row (t-test)
 
 
+def _refine(row: dict[str, Any], primary: str | None, cfg: StatsConfig) -> int:
+    """Resamples to recompute ``row`` with: its p is the primary family's and near the
+    threshold (below 2 alpha at ``cfg.resamples``); 0 otherwise."""
+    B2 = int(cfg.primary_resamples)
+    if primary is None or row["metric"] != primary or B2 <= cfg.resamples:
+        return 0
+    p = row.get("p")
+    return B2 if p is not None and p < 2 * (1 - cfg.confidence) else 0
+
+
 def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[str, str, str]] = (),
-                token_unpaired: Sequence[str] = ()) -> list[dict[str, Any]]:
+                token_unpaired: Sequence[str] = (), primary: str | None = None) -> list[dict[str, Any]]:
     """All summary rows for one set of paired examples (a task, or a group of it).
 
     ``j`` holds base_<m> / quant_<m> example columns, flip indicators and tok_<m>
     token aggregates. Rows whose inputs are missing or all NaN are left out.
+    ``primary``: the metric of the task's primary row
+    (:func:`qfair.analyze.multiple_testing.primary_metric`); its p is recomputed with
+    ``cfg.primary_resamples`` when it is near the threshold.
     """
     tk = _task_kind(j)
     rows: list[dict[str, Any]] = []
@@ -277,7 +291,7 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
                                          confidence=cfg.confidence, threads=cfg.threads, keep_distribution=True)
             for i, r in zip(idx, out):
                 res[i] = r
-        for pe, r in zip(pending, res):
+        for pe, r, spec in zip(pending, res, specs):
             row = pe.row
             if pe.kind.startswith("model_ce:"):
                 side = pe.kind.split(":")[1]
@@ -295,6 +309,14 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
                     # metric is bounded by the rate of discordant examples, whose Wilson bound is honest
                     _, hi = stats.wilson([0], [row["n"]], cfg.confidence)
                     row["ci_low"], row["ci_high"], row["ci_method"] = -float(hi[0]), float(hi[0]), "wilson (no change)"
+                B2 = _refine(row, primary, cfg) if pe.tested else 0
+                if B2:  # a primary row near the threshold: its interval and p from B2 resamples
+                    r = stats.paired_bootstrap([spec], resamples=B2, seed=cfg.seed, confidence=cfg.confidence,
+                                               threads=cfg.threads, keep_distribution=True)[0]
+                    row["pct_low"], row["pct_high"] = _fin(r.pct_lo), _fin(r.pct_hi)
+                    method = choose_method("mean", row["n"], r.z0, r.accel)
+                    _set_interval(row, r.distribution, cfg, method=method, z0=r.z0, accel=r.accel)
+                    row["test"] = f"{BOOT_TEST} (primary: {B2} resamples)"
                 if pe.tested and row["n"] >= 2 and pe.d is not None:
                     if cfg.permutation:
                         row["p_perm"] = stats.sign_flip_test(pe.d, resamples=cfg.resamples, seed=cfg.seed,
@@ -306,14 +328,14 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
             rows.append(row)
 
     rows.extend(direct)
-    rows.extend(_neutral_rows(j, tk, cfg))
+    rows.extend(_neutral_rows(j, tk, cfg, primary))
     if tk.correctness:
         rows.extend(_study_rows(j, cfg))
         rows.extend(_flip_rows(j, cfg, rows))
     return rows
 
 
-def _neutral_rows(j: pl.DataFrame, tk: Any, cfg: StatsConfig) -> list[dict[str, Any]]:
+def _neutral_rows(j: pl.DataFrame, tk: Any, cfg: StatsConfig, primary: str | None = None) -> list[dict[str, Any]]:
     """For a metric with a neutral value v (CrowS-Pairs' pct_stereotype: 0.5): |mean - v| of
     each model and its change (positive = further from neutral), on the shared draw."""
     out = []
@@ -331,11 +353,20 @@ def _neutral_rows(j: pl.DataFrame, tk: Any, cfg: StatsConfig) -> list[dict[str, 
         row = _nan_row(f"{m.name}_from_neutral", "example", n)
         row["base"], row["quant"] = abs(xv.mean() - m.neutral), abs(yv.mean() - m.neutral)
         row["diff"] = row["quant"] - row["base"]
-        sums = weighted_sums(np.column_stack([xv, yv]), seed=cfg.seed, resamples=cfg.resamples) / n
-        dist = np.abs(sums[:, 1] - m.neutral) - np.abs(sums[:, 0] - m.neutral)
-        row["pct_low"] = _fin(float(np.quantile(dist, (1 - cfg.confidence) / 2)))
-        row["pct_high"] = _fin(float(np.quantile(dist, 1 - (1 - cfg.confidence) / 2)))
-        _set_interval(row, dist, cfg)
+        B = cfg.resamples
+        while True:
+            sums = weighted_sums(np.column_stack([xv, yv]), seed=cfg.seed, resamples=B) / n
+            dist = np.abs(sums[:, 1] - m.neutral) - np.abs(sums[:, 0] - m.neutral)
+            row["pct_low"] = _fin(float(np.quantile(dist, (1 - cfg.confidence) / 2)))
+            row["pct_high"] = _fin(float(np.quantile(dist, 1 - (1 - cfg.confidence) / 2)))
+            _set_interval(row, dist, cfg)
+            B2 = _refine(row, primary, cfg) if B == cfg.resamples else 0
+            if not B2:
+                break
+            B = B2  # a primary row near the threshold: again with B2 resamples
+            row["test"] = f"{BOOT_TEST} (primary: {B2} resamples)"
+        if B != cfg.resamples:
+            row["test"] = f"{BOOT_TEST} (primary: {B} resamples)"
         out.append(row)
     return out
 

@@ -13,7 +13,8 @@ __all__ = ["write_tables", "to_markdown", "to_latex", "format_summary", "FORMATS
 
 FORMATS = ("parquet", "csv", "md", "latex")
 # Markdown/LaTeX show these summary columns (the files in parquet/csv hold all)
-SUMMARY_VIEW = ("model", "task", "metric", "n", "base", "quant", "diff", "ci_low", "ci_high", "p", "p_holm")
+SUMMARY_VIEW = ("model", "task", "metric", "n", "base", "quant", "diff", "ci_low", "ci_high", "p", "family", "p_holm",
+                "p_bh")
 
 
 def _fmt(v: Any) -> str:

@@ -3,13 +3,16 @@ with qfair's bootstrap over chunks.
 
 For an aligned pair of text dumps (``qfair dump --text`` or ``qfair import
 llamacpp``), every scored token goes through llama.cpp's per-token arithmetic
-(:func:`qfair.llamacpp.token_stats`, in the C++ core): the base dump's rows are
-used as log-probabilities *as stored* (for an import: llama.cpp's decoded
-values, not re-normalised), the quantized dump's rows as logits (normalised by
-their own log-sum-exp). The per-token numbers are summed exactly as llama.cpp
-sums them (:class:`qfair.llamacpp.KlAccumulator`), so that two imports of
-``.kld`` files give, to every printed digit, the summary llama.cpp prints for
-the same pair of files.
+(:func:`qfair.llamacpp.token_stats`): both dumps' rows are used as
+log-probabilities *as stored* (for an import: llama.cpp's decoded values, not
+re-normalised), so that two imports of ``.kld`` files reproduce what llama.cpp
+reports for the live quantized model against the base file, within what the
+16-bit rows lose (docs/llamacpp.md). The per-token numbers are summed exactly
+as llama.cpp sums them (:class:`qfair.llamacpp.KlAccumulator`).
+``compare(..., kind_options={"q_rows": "logits"})`` re-normalises the quantized side's
+rows instead (llama.cpp's live-logits arithmetic in the C++ core): then two
+imports give, to every printed digit, what a llama-perplexity that reads its
+quantized side from a second file prints.
 
 Tables (see docs/analyze.md):
 
@@ -37,6 +40,7 @@ from qfair.llamacpp import (
     CHUNK_HEADER,
     PERCENTILES_DP,
     PERCENTILES_KLD,
+    Q_ROWS,
     KlAccumulator,
     KlSummary,
     token_stats,
@@ -97,10 +101,10 @@ def _row_blocks(base: Any, quant: Any, chunk_rows: int):
                            chunk_rows=chunk_rows)
 
 
-def token_values(base: Any, quant: Any, *, chunk_rows: int = 256, threads: int | None = None
-                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def token_values(base: Any, quant: Any, *, chunk_rows: int = 256, threads: int | None = None,
+                 q_rows: str = "stored") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """llama.cpp's per-token numbers of every scored token (in row order) and
-    the chunk index of each."""
+    the chunk index of each (``q_rows``: see :func:`qfair.llamacpp.token_stats`)."""
     tt = base.tokens
     rows = tt["row"].to_numpy()
     n = int(rows.size)
@@ -115,7 +119,7 @@ def token_values(base: Any, quant: Any, *, chunk_rows: int = 256, threads: int |
     out: dict[str, list[np.ndarray]] = {}
     seen = 0
     for s, e, pb, pq in _row_blocks(base, quant, chunk_rows):
-        vals = token_stats(pq, pb, targets[s:e], threads=threads)
+        vals = token_stats(pq, pb, targets[s:e], threads=threads, q_rows=q_rows)
         for k, v in vals.items():
             out.setdefault(k, []).append(np.asarray(v))
         seen = e
@@ -236,12 +240,17 @@ def bootstrap_chunks(vals: dict[str, np.ndarray], chunk: np.ndarray, *, resample
 # the kind's analysis function
 # ---------------------------------------------------------------------------
 
-def text_tables(base: Any, quant: Any, label: str, cfg: Any, token_table: Any = None) -> dict[str, pl.DataFrame]:
+def text_tables(base: Any, quant: Any, label: str, cfg: Any, token_table: Any = None,
+                q_rows: str = "stored") -> dict[str, pl.DataFrame]:
     """``text_summary`` and ``text_chunks`` of one (base, quantized) pair (empty
-    when either dump stores no rows)."""
+    when either dump stores no rows). ``q_rows``: how the quantized rows are
+    read (:func:`qfair.llamacpp.token_stats`; ``compare(...,
+    kind_options={"q_rows": "logits"})``)."""
+    if q_rows not in Q_ROWS:
+        raise ValueError(f"q_rows must be one of {', '.join(Q_ROWS)}, got {q_rows!r}")
     if not (base.has_logits and quant.has_logits):
         return {}
-    vals, chunk = token_values(base, quant, threads=getattr(cfg, "threads", None))
+    vals, chunk = token_values(base, quant, threads=getattr(cfg, "threads", None), q_rows=q_rows)
     summ, running = llamacpp_pair(vals, chunk)
     K = len(running)
     ci = bootstrap_chunks(vals, chunk, resamples=cfg.resamples, seed=cfg.seed, confidence=cfg.confidence)

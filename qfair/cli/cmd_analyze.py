@@ -62,7 +62,7 @@ def _bins(ctx, param, value):  # noqa: ARG001
 @click.option("--no-uncertainty", is_flag=True,
               help="Leave out the uncertainty tests (rank correlations of base uncertainty and shift).")
 @click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
-              help="Threads (default: the CPUs this process may use).")
+              help="Threads (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use).")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
               help="Logits rows per streamed chunk (default: 256 MiB of stored rows of both dumps, e.g. 1,365 rows "
                    "of a 49,152-token float16 vocabulary); bounds memory.")
@@ -76,23 +76,30 @@ def _bins(ctx, param, value):  # noqa: ARG001
 @click.option("--lexicon", "lexicons", multiple=True, metavar="NAME=FILE",
               help="Generation dumps: a word list whose rate is measured in the texts (gendered / negative replace "
                    "the built-in lists, other names add one; plain text or a CSV/TSV with a lemma column).")
+@click.option("--print", "show", type=click.Choice(["headline", "rows"]), default="headline", show_default=True,
+              help="What to print: the per-task headline table (each task's own metric, the reading, KL and "
+                   "flips) or the summary's raw rows (the first 60).")
 @click.option("--scorer", default=None, metavar="hf:PATH_OR_ID",
               help="Generation dumps: a local Hugging Face text-classification model run on every text; "
                    "each label's rate is compared.")
 def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, n_strata, formats, ttest,
-                entropy_unit, no_uncertainty, threads, chunk_rows, skip_hash, no_progress, profile, lexicons,
+                entropy_unit, no_uncertainty, threads, chunk_rows, skip_hash, no_progress, profile, lexicons, show,
                 scorer) -> None:
     """Compare BASE with one or more QUANT dumps: token divergences, example-level
     accuracy / confidence / calibration changes, flips, strata and groups, each
-    difference with its bootstrap CI and p-value (Holm and BH adjusted).
+    difference with its bootstrap CI and p-value (Holm over the primary family:
+    each task's first headline metric; BH within each metric class for the rest).
+    Prints the per-task headline table (--print rows: the summary's raw rows).
 
     \b
     Example:
       qfair analyze runs/base runs/nf4 runs/int8 --out runs/analysis
     """
     from qfair.analyze import compare
+    from qfair.analyze.notes import collapse_notes
     from qfair.analyze.outdir import lock_analysis_dir
     from qfair.analyze.tables import format_summary
+    from qfair.report.text import compact_summary, headline_rows
     from qfair.stages import profiling, stage
 
     with reported(out, ValueError), profiling() as timer:  # the library checks options as ValueError too
@@ -111,7 +118,14 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
     if profile:
         click.echo("time by stage (exclusive wall seconds; the sha256 thread runs beside the others):\n"
                    + timer.format(), err=True)
-    click.echo(format_summary(result.summary, max_rows=60), nl=False)
+    models = list(result.settings.get("models") or [])
+    if show == "rows":
+        click.echo(format_summary(result.summary, max_rows=60), nl=False)
+    elif headline_rows(result.summary, models):
+        click.echo(compact_summary(result.summary, models), nl=False)
+    else:
+        click.echo(f"(no task headline metrics in this analysis; --print rows shows the summary's "
+                   f"{result.summary.height} rows)")
     if "text_summary" in result.extra:  # text dumps: llama-perplexity --kl-divergence's own layout
         from qfair.analyze.text import format_llamacpp
 
@@ -119,10 +133,11 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
             lines = format_llamacpp(result.extra["text_summary"], result.extra["text_chunks"], label)
             if lines:
                 click.echo(f"\nllama.cpp --kl-divergence summary, {label} vs base:\n" + "\n".join(lines))
-    for n in result.notes:
+    for n in collapse_notes(result.notes):
         click.echo(f"note: {n}", err=True)
     click.echo(f"wrote {len(files)} files to {out} (tables: {', '.join(result.table_names())}; provenance.json; "
-               "p_holm / p_bh adjust over the rows of a table that have a p)")
+               "summary: Holm over the primary rows, BH within each metric class of the secondary rows, "
+               "column family)")
 
 
 def _generation_options(lexicons, scorer) -> dict | None:

@@ -24,7 +24,7 @@ from qfair.cli.errors import reported
               help="Paired bootstrap resamples per test.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the dumps and the bootstrap.")
 @click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
-              help="Compute threads of the dumps and the analysis (default: the CPUs this process may use).")
+              help="Compute threads of the dumps and the analysis (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--generation/--no-generation", default=True, show_default=True,
               help="Also run the short generation part (4 prompts, 32 new tokens, teacher-forced comparison).")
@@ -60,7 +60,9 @@ def demo_cmd(out, quant, limit, tasks, model, bootstrap, seed, threads, no_progr
             click.echo(textwrap.fill(h, width=100, subsequent_indent="  "))
     for s, why in r.skipped.items():
         click.echo(f"skipped {s}: {why}")
-    for n in r.notes:
+    from qfair.analyze.notes import collapse_notes
+
+    for n in collapse_notes(r.notes):
         click.echo(f"note: {n}", err=True)
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items() if k != "total")
     click.echo(f"took {r.seconds.get('total', 0):.0f} s ({steps})")

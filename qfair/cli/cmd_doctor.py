@@ -9,7 +9,7 @@ from qfair.cli import main
 
 @main.command("doctor")
 @click.option("--threads", type=click.IntRange(min=0), default=None,
-              help="Threads for the measurements (default: the core's, one per available CPU).")
+              help="Threads for the measurements (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use).")
 @click.option("--isa", type=click.Choice(["avx512", "avx2", "baseline"]), default=None,
               help="Cap the instruction set (as QFAIR_ISA does) to compare the kernels.")
 @click.option("--seconds", type=click.FloatRange(min=0.0), default=0.3, show_default=True,

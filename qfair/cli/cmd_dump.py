@@ -68,7 +68,7 @@ def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model repository's own code to run.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
 @click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
-              help="torch compute threads (default: the CPUs this process may use; recorded in the manifest).")
+              help="torch compute threads (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use; recorded in the manifest).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
               help="Generation tasks: tokens to generate per prompt at most (default 64; stops at EOS).")

@@ -38,7 +38,7 @@ def import_group() -> None:
 @click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Rows per logits shard.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dump in --out.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def llamacpp_cmd(kld, out, tokenizer, shard_rows, overwrite, threads, no_progress) -> None:
     """Import KLD, a file written by 'llama-perplexity --kl-divergence-base KLD'

@@ -65,11 +65,13 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
     from qfair.threads import resolve_threads
 
     ctx = context()
-    if ctx is not None and threads is None:  # the node's CPUs shared between its processes
-        from qfair.threads import available_cpus
-
-        threads = max(1, available_cpus() // ctx.local_world_size)
     try:
+        if ctx is not None and threads is None:
+            # The node's CPUs shared between its processes, unless QFAIR_THREADS says otherwise;
+            # OMP_NUM_THREADS is not read here: torchrun sets it to 1 itself when it is unset.
+            from qfair.threads import available_cpus, env_threads
+
+            threads = env_threads(("QFAIR_THREADS",)) or max(1, available_cpus() // ctx.local_world_size)
         n_threads = resolve_threads(threads, "--threads")
     except ValueError as e:
         raise DumpError(str(e)) from None

@@ -79,22 +79,25 @@ def _headline(data: AnalysisData) -> str:
                  "n": r["n"] if r["first"] else None, "metric": r["metric"],
                  "base → quant": f"{f3(r['base'])} → {f3(r['quant'])}",
                  "Δ [CI]": f"{f3(r['diff'], True)} [{f3(r['ci_low'], True)}, {f3(r['ci_high'], True)}]",
-                 "p": r["p"], "p_holm": r["p_holm"], "reading": r["reading"],
+                 "p": r["p"], "p_adj": r["p_adj"], "reading": r["reading"],
                  "ECE base → quant": "" if r["ece_base"] is None else f"{f3(r['ece_base'])} → {f3(r['ece_quant'])}",
                  "KL (nats)": None if r["kl"] is None else f"{r['kl']:.4f}",
                  "flips c→i / i→c": "" if r["c2i"] is None else f"{r['c2i']} / {r['i2c']}",
                  "McNemar p": r["p_mcnemar"]} for r in rows]
-        parts.append(table_html(pl.DataFrame(view, infer_schema_length=None), sig_col="p_holm"))
+        parts.append(table_html(pl.DataFrame(view, infer_schema_length=None), sig_col="p_adj"))
         parts.append(f"<p class='meta'>Each task headlines its own metric(s): accuracy for a multiple-choice task, "
                      "mc2 for TruthfulQA MC2, the share of stereotype-consistent pairs (neutral: 50 %) and the "
                      "likelihood difference for CrowS-Pairs. Δ = quantized − base with its paired bootstrap "
                      f"interval ({_e(data.settings.get('bootstrap'))} resamples, {100 * level:g}%); p inverts "
                      "that interval, so the interval excludes 0 exactly when p &lt; "
-                     f"{1 - level:g}. p_holm: Holm-adjusted over every row of the summary table that has a p. "
+                     f"{1 - level:g}. p_adj: each task's first metric is in the primary family, Holm-adjusted "
+                     "over the primary rows of every task and model; the other rows are secondary, "
+                     "Benjamini–Hochberg-adjusted within their metric class (the summary's family column). "
                      "reading: better / worse by the metric's direction (for CrowS-Pairs: toward / away from "
-                     "50 %), n.s. when the interval includes 0, “raw” when only the unadjusted p passes. "
+                     "50 %), “secondary” for a secondary row that passes its adjustment, n.s. when the interval "
+                     "includes 0, “raw” when only the unadjusted p passes. "
                      "ECE, flips and McNemar's exact p (unadjusted) only for tasks with gold answers. "
-                     "Bold rows: p_holm &lt; 0.05.</p>")
+                     "Bold rows: p_adj &lt; 0.05.</p>")
     return "".join(parts)
 
 
@@ -249,13 +252,15 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
                       "metric's value), its interval (ci_method) and p, the smallest level at which that interval "
                       "excludes null; rows without p describe a quantity with no test (divergences, agreement and "
                       "flip rates). p_perm: permutation test, p_ttest: paired t-test (--ttest), p_mcnemar: "
-                      "McNemar's exact test; p_holm: Holm, p_bh: Benjamini–Hochberg, each over all rows of this "
-                      "table that have a p.</p>" +
+                      "McNemar's exact test; p_holm: Holm, p_bh: Benjamini–Hochberg, each within the row's family "
+                      "(column family: primary = each task's first headline metric per model, adjusted together; "
+                      "secondary = every other tested row, adjusted within its metric class, the kind column); a "
+                      "primary row reads by p_holm, a secondary one by p_bh.</p>" +
                       "<details><summary>Show the full summary table "
                       f"({data.summary.height} rows)</summary>" +
                       table_html(data.summary, ["model", "task", "metric", "kind", "n", "base", "quant", "diff",
                                                 "ci_low", "ci_high", "ci_method", "null", "test", "p", "p_perm",
-                                                "p_ttest", "p_mcnemar", "p_holm", "p_bh"],
+                                                "p_ttest", "p_mcnemar", "family", "p_holm", "p_bh"],
                                  sig_col="p_holm") + "</details>")
     sec["provenance"] = _provenance(data)
     sections = SECTIONS
@@ -269,6 +274,18 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
     sec["corpus"] = corpus_section(data, table_html)
     if sec["corpus"]:  # text dumps: llama.cpp's summary follows the headline
         sections = (sections[0], ("corpus", "Free text: llama.cpp's KL-divergence summary"), *sections[1:])
+    if data.settings.get("kind") == "text":
+        # a text corpus has no answers: leave out the sections that would only say "no data"
+        def no_figs(name: str) -> bool:
+            return not any(f.section == name for f in figs)
+
+        empty = {"calibration": no_figs("calibration") and not (has_kind and data.summary.filter(
+                     pl.col("kind").is_in(["calibration", "study"])).height),
+                 "strata": no_figs("strata") and uv.height == 0 and sv.height == 0,
+                 "accuracy": no_figs("accuracy") and av.height == 0 and ft.height == 0,
+                 "groups": no_figs("groups") and gv.height == 0,
+                 "bias": no_figs("bias") and "No bias benchmark in this analysis" in sec["bias"]}
+        sections = tuple(s for s in sections if not empty.get(s[0], False))
     # notes about undefined statistics can be many: they go into a fold below the others
     undefined = [n for n in data.notes if " undefined (" in n]
     notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes if n not in undefined)

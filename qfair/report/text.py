@@ -50,13 +50,17 @@ def reading(row: dict[str, Any] | None, direction: int, *, neutral: float | None
     "better"/"worse" follow ``direction`` (+1: higher is better, -1: lower is better);
     a metric with a ``neutral`` value reads "toward/away from" it, decided by its
     ``*_from_neutral`` row; "up"/"down" for a metric with neither. The word needs
-    the interval to exclude 0 (p < alpha); it gets ", raw" when the Holm-adjusted p
-    does not also pass. Otherwise "n.s.".
+    the interval to exclude 0 (p < alpha). It then names the row's family
+    (:mod:`qfair.analyze.multiple_testing`): a primary row (or a row of a table without
+    families) that also passes Holm reads as the bare word, a secondary row that
+    also passes Benjamini-Hochberg within its metric class gets ", secondary",
+    and a row that passes only before adjustment gets ", raw". Otherwise "n.s.".
     """
     src = neutral_row if neutral is not None else row
     if src is None:
         return ""
-    p, ph, d = _num(src.get("p")), _num(src.get("p_holm")), _num(src.get("diff"))
+    secondary = src.get("family") == "secondary"
+    p, ph, d = _num(src.get("p")), _num(src.get("p_bh" if secondary else "p_holm")), _num(src.get("diff"))
     if p is None or d is None:
         return ""
     if not p < alpha or d == 0:
@@ -67,7 +71,9 @@ def reading(row: dict[str, Any] | None, direction: int, *, neutral: float | None
         word = "up" if d > 0 else "down"
     else:
         word = "better" if d * direction > 0 else "worse"
-    return word if ph is not None and ph < alpha else f"{word}, raw"
+    if ph is None or not ph < alpha:
+        return f"{word}, raw"
+    return f"{word}, secondary" if secondary else word
 
 
 def headline_rows(summary: pl.DataFrame, models: list[str] | None = None,
@@ -75,7 +81,7 @@ def headline_rows(summary: pl.DataFrame, models: list[str] | None = None,
     """One row per (model, task, headline metric) in model, task, metric order.
 
     Keys: model, task, task_kind, metric, n, base, quant, diff, ci_low, ci_high, p,
-    p_holm, reading, first (the task's first line), and on the first line of a task:
+    p_holm, family and p_adj (of the row the reading tests), reading, first (the task's first line), and on the first line of a task:
     d_ece, ece_base, ece_quant, kl, c2i, i2c, p_mcnemar (None where the kind has no
     gold answers or the analysis no tokens).
     """
@@ -93,10 +99,12 @@ def headline_rows(summary: pl.DataFrame, models: list[str] | None = None,
                 r = look[(m, t, name)]
                 em = tk.metric(name)
                 neutral = em.neutral if em is not None else None
+                tested = look.get((m, t, f"{name}_from_neutral")) if neutral is not None else r
                 row = {"model": m, "task": t, "task_kind": tk.name, "metric": name, "n": int(r["n"]),
                        "base": _num(r["base"]), "quant": _num(r["quant"]), "diff": _num(r["diff"]),
                        "ci_low": _num(r["ci_low"]), "ci_high": _num(r["ci_high"]), "p": _num(r["p"]),
                        "p_holm": _num(r.get("p_holm")), "neutral": neutral,
+                       "family": (tested or {}).get("family"), "p_adj": _adjusted(tested),
                        "reading": reading(r, em.direction if em is not None else 0, neutral=neutral,
                                           neutral_row=look.get((m, t, f"{name}_from_neutral")), alpha=alpha),
                        "first": i == 0}
@@ -118,6 +126,13 @@ def headline_rows(summary: pl.DataFrame, models: list[str] | None = None,
                 row.update(extra)
                 out.append(row)
     return out
+
+
+def _adjusted(row: dict[str, Any] | None) -> float | None:
+    """The adjusted p a row's reading uses: BH for a secondary row, Holm otherwise."""
+    if row is None:
+        return None
+    return _num(row.get("p_bh" if row.get("family") == "secondary" else "p_holm"))
 
 
 def compact_rows(summary: pl.DataFrame, models: list[str] | None = None) -> list[dict[str, Any]]:
@@ -150,7 +165,7 @@ def _p(v: float | None) -> str:
     return "<1e-4" if v < 1e-4 else f"{v:.3f}" if v >= 0.001 else f"{v:.0e}"
 
 
-def compact_summary(summary: pl.DataFrame, models: list[str] | None = None, task_width: int = 19,
+def compact_summary(summary: pl.DataFrame, models: list[str] | None = None, task_width: int = 16,
                     confidence: float = 0.95) -> str:
     """A terminal table (≤ 110 columns): per quantized model a block of tasks, each
     with its own headline metric(s)."""
@@ -159,7 +174,7 @@ def compact_summary(summary: pl.DataFrame, models: list[str] | None = None, task
         return "(empty summary)\n"
     pct = f"{100 * confidence:g}%"
     head = (f"{'task':<{task_width}} {'n':>3}  {'metric':<15} {'base→quant':>11}  {'Δ [' + pct + ' CI]':<20} "
-            f"{'p_holm':>6}  {'reading':<13} {'KL nats':>7} {'flips':>5}")
+            f"{'p_adj':>6}  {'reading':<16} {'KL nats':>7} {'flips':>5}")
     lines: list[str] = []
     current = None
     for r in rows:
@@ -179,11 +194,13 @@ def compact_summary(summary: pl.DataFrame, models: list[str] | None = None, task
             left, kl, flips = " " * (task_width + 4), "", ""
         vals = f"{_val(r['base'])}→{_val(r['quant'])}"
         ci = f"{_signed(r['diff'])} [{_signed(r['ci_low'], 2)},{_signed(r['ci_high'], 2)}]"
-        lines.append(f"{left}  {r['metric'][:15]:<15} {vals:>11}  {ci:<20} {_p(r['p_holm']):>6}  "
-                     f"{r['reading'][:13]:<13} {kl:>7} {flips:>5}")
-    lines += ["", f"Δ = quantized − base with its paired bootstrap {pct} interval (p inverts it);",
-              "p_holm: Holm-adjusted over the summary table. reading: by the metric's direction, for",
-              "CrowS-Pairs by the distance from 50 %; n.s. = the interval includes 0; raw = not after Holm.",
+        lines.append(f"{left}  {r['metric'][:15]:<15} {vals:>11}  {ci:<20} {_p(r['p_adj']):>6}  "
+                     f"{r['reading'][:16]:<16} {kl:>7} {flips:>5}")
+    lines += ["", f"Δ = quantized − base with its paired bootstrap {pct} interval (p inverts it).",
+              "p_adj: each task's first metric is in the primary family (Holm over the primary rows of all",
+              "tasks and models); the other metrics are secondary (Benjamini-Hochberg within their metric",
+              "class), reading \"…, secondary\". reading: by the metric's direction, for CrowS-Pairs by the",
+              "distance from 50 %; n.s. = the interval includes 0; raw = not after the family's adjustment.",
               "KL nats: mean per-token KL(base ‖ quantized); flips: correct→incorrect / incorrect→correct."]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 

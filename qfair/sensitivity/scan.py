@@ -82,6 +82,26 @@ def _say(progress: bool, msg: str) -> None:
         print(f"qfair: {msg}", file=sys.stderr, flush=True)
 
 
+#: Specs the scan cannot run, and why (``qfair dump`` runs them: it scores under no_grad).
+SCAN_REFUSED = {
+    "quanto-int4": "quanto's int4 weights fail under torch.inference_mode, which the scan's scoring loop uses",
+    "quanto-int2": "quanto's int2 weights fail under torch.inference_mode, which the scan's scoring loop uses",
+}
+
+
+def check_scan_spec(quant: Any) -> None:
+    """Refuse, in one line and before any work, a spec the scan cannot run."""
+    from qfair.models import ModelError, parse_quant_spec
+
+    try:
+        spec = parse_quant_spec(quant)
+    except ModelError as e:
+        raise SensitivityError(str(e)) from None
+    if spec.name in SCAN_REFUSED:
+        raise SensitivityError(f"--quant {spec.name}: the scan cannot run this spec ({SCAN_REFUSED[spec.name]}); "
+                               "choose another spec (e.g. quanto-int8); qfair dump runs it")
+
+
 def load_pair(model: str | None, quant: str, load_kwargs: dict[str, Any] | None = None,
               progress: bool = True) -> tuple[Any, Any]:
     """(float LoadedModel, quantized LoadedModel) of the same checkpoint."""
@@ -146,6 +166,8 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     out_p = Path(out)
     modes = _parse_modes(mode)
     sp = Split.parse(split)
+    if loaded is None:
+        check_scan_spec(quant)
     _check_out(out_p, overwrite)
     task_objs = load_tasks(tasks, data_files, limit, data_dir)  # a bad row stops the run before the model load
     t0 = time.perf_counter()
@@ -154,6 +176,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     else:
         base_lm, quant_lm = loaded
     t_load = time.perf_counter() - t0
+    records = {"base": _manifest(base_lm), "quantized": _manifest(quant_lm)}  # before the scan's work
     packed = quant_lm.extra.get("packed_bytes")
     try:
         units = define_units(base_lm.model, quant_lm.model, unit, packed)
@@ -244,7 +267,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
                   "n_scan": int(sum(s == "scan" for s in probes.split_rows["side"])),
                   "n_heldout": int(sum(s == "heldout" for s in probes.split_rows["side"]))},
         "tasks": probes.task_infos,
-        "models": {"base": _manifest(base_lm), "quantized": _manifest(quant_lm)},
+        "models": records,
         "bytes": {"float_model": float_total, "quantized_model": quant_total,
                   "units_float": sum(u.float_bytes for u in units),
                   "units_quantized": sum(u.quant_bytes for u in units)},
@@ -265,10 +288,13 @@ def _threads() -> int:
 
 
 def _manifest(lm: Any) -> dict[str, Any]:
+    """The loaded model's record for sensitivity.json; a model that cannot give one
+    stops the scan (a record holding an error would pass for a scan's provenance)."""
     try:
         return lm.manifest()
-    except Exception as e:  # pragma: no cover - a stand-in model in tests
-        return {"error": f"{type(e).__name__}: {e}"}
+    except Exception as e:
+        raise SensitivityError(f"cannot record the loaded model for sensitivity.json "
+                               f"({type(e).__name__}: {e})") from None
 
 
 def _f(x: Any) -> float | None:

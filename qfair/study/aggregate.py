@@ -84,6 +84,8 @@ def study_table(plan: Plan) -> tuple[pl.DataFrame, list[str]]:
         schema = {"model": pl.Utf8, "family": pl.Utf8, "size": pl.Float64, "group": pl.Utf8, "spec": pl.Utf8,
                   "quant_spec": pl.Utf8, "bits_per_weight": pl.Float64, "model_bytes": pl.Int64,
                   "memory_bytes": pl.Int64, "base_bits_per_weight": pl.Float64, "base_model_bytes": pl.Int64}
+        if "family" in df.columns:  # the summary's multiple-testing family; "family" here is the model's
+            df = df.rename({"family": "test_family"})
         df = df.drop("model").with_columns(pl.lit(v, dtype=schema[k]).alias(k) for k, v in lead.items())
         rel = os.path.relpath(a.path, plan.out)
         df = df.with_columns(pl.lit(rel).alias("analysis"))
