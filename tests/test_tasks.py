@@ -23,9 +23,9 @@ ALL_TASKS = [
      ("ar", "en", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")] + [
     "bbq", "bbq_3choice", "stereoset_intrasentence", "stereoset_intersentence", "winogender_all",
     "winogender_male", "winogender_female", "winogender_neutral", "winogender_gotcha",
-    "winogender_gotcha_male", "winogender_gotcha_female"]
+    "winogender_gotcha_male", "winogender_gotcha_female", "hate_speech"]
 # qfair's own formulations (lm-evaluation-harness has no such task)
-QFAIR_FORMATS = {"mc", "bbq_3choice", "stereoset_intrasentence", "stereoset_intersentence"}
+QFAIR_FORMATS = {"mc", "bbq_3choice", "stereoset_intrasentence", "stereoset_intersentence", "hate_speech"}
 GENERATION_TASKS = ["gen_bias_probes", "gen_prompts", "gen_stories"]   # prompts only (tests/test_generation*.py)
 
 
