@@ -74,7 +74,7 @@ def test_task_error_is_value_error_and_names_known_tasks():
 def test_spec_fields(name):
     sp = T.spec(name)
     assert sp.name == name
-    assert sp.kind in ("multiple_choice", "mc2", "crows_pairs", "bbq", "stereoset", "winogender")
+    assert sp.kind in ("multiple_choice", "mc2", "crows_pairs", "bbq", "stereoset", "winogender", "hate_speech")
     if name in QFAIR_FORMATS:
         assert sp.prompt_format_version == f"qfair/{name}@1"
     else:
