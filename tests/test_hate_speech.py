@@ -346,9 +346,10 @@ def test_end_to_end_rows_equal_sklearn_on_the_dumps(analysed):
 
 def test_report_draws_the_identity_aucs(tmp_path):
     pytest.importorskip("matplotlib")
+    from test_bias_scores import random_lls, write_dump
+
     import qfair
     from qfair.report import build_report
-    from test_bias_scores import random_lls, write_dump
 
     docs = list(T.get("hate_speech").docs())
     base = write_dump(tmp_path / "base", docs, random_lls(docs, 1))
