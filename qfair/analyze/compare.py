@@ -14,7 +14,9 @@ What runs depends on what the dumps hold (their kind, :mod:`qfair.dump.kinds`):
    perplexity summary;
 6. the bias benchmarks' set-level scores (:mod:`qfair.analyze.bias`): the
    ``bias`` table, whose whole-task, disparity and per-group rows also join the
-   summary and groups tables (kind ``bias``).
+   summary and groups tables (kind ``bias``); and the spread of the change
+   across the members of a task family (XStoryCloze languages, CrowS-Pairs
+   en/fr; :mod:`qfair.analyze.families`), summary rows of kind ``family``.
 
 Holm and Benjamini-Hochberg adjusted p-values are computed over all tests of a
 table (columns ``p_holm`` and ``p_bh``).
@@ -34,6 +36,7 @@ import polars as pl
 from qfair import stats
 from qfair.analyze import bias as bias_scores
 from qfair.analyze.examples import example_columns, example_stats, task_kinds
+from qfair.analyze.families import family_rows
 from qfair.analyze.summary import (
     SUMMARY_SCHEMA,
     StatsConfig,
@@ -455,6 +458,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
         task_tables(parts, j, label, cfg, side, strata, n_strata, notes)
         if attributes is not None:
             bias_step(parts, j, attributes, label, cfg)
+            parts.summary.extend(family_rows(j, label, cfg, {"model": None, "task": None, "task_kind": None,
+                                                            **SUMMARY_SCHEMA}))
         extra = kind_analysis(kind)
         if extra is not None:
             for name, df in extra(b, q, label, cfg, side.table, **dict(kind_options or {})).items():
