@@ -77,3 +77,17 @@ def test_summary_rows_equal_the_members_own_changes(tmp_path: Path):
         assert row["diff"] == pytest.approx(own["diff"].max() - own["diff"].min())
         assert row["ci_low"] <= row["ci_high"] and 0 < row["p"] <= 1 and row["n"] == own["n"].sum()
         assert row["p_holm"] is not None
+
+
+def test_mean_kl_spread_from_a_tiny_model(tmp_path, tiny_model, one_torch_thread):
+    from qfair.dump.run import dump
+
+    tasks = "xstorycloze_en,xstorycloze_sw,xstorycloze_te"
+    paths = [dump(tmp_path / f"m{seed}", model=str(tiny_model(seed=seed)), tasks=tasks, limit=4, progress=False,
+                  threads=1).path for seed in (0, 1)]
+    cmp = qfair.compare(paths[0], paths[1], bootstrap=100, seed=0)
+    row = cmp.summary.filter((pl.col("kind") == "family") & (pl.col("metric") == "mean_kl_spread")).row(0, named=True)
+    ex = cmp.examples
+    means = [ex.filter(pl.col("task") == t)["kl_all_mean"].mean() for t in tasks.split(",")]
+    assert row["task"] == "xstorycloze" and row["diff"] == pytest.approx(max(means) - min(means))
+    assert row["n"] == 12 and row["ci_low"] <= row["ci_high"] and 0 < row["p"] <= 1
