@@ -91,3 +91,20 @@ def test_mean_kl_spread_from_a_tiny_model(tmp_path, tiny_model, one_torch_thread
     means = [ex.filter(pl.col("task") == t)["kl_all_mean"].mean() for t in tasks.split(",")]
     assert row["task"] == "xstorycloze" and row["diff"] == pytest.approx(max(means) - min(means))
     assert row["n"] == 12 and row["ci_low"] <= row["ci_high"] and 0 < row["p"] <= 1
+
+
+def test_report_draws_a_per_language_figure(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    from qfair.report import build_report
+
+    names = ["xstorycloze_en", "xstorycloze_ar", "xstorycloze_hi", "xstorycloze_eu"]
+    docs = [d for n in names for d in T.get(n, limit=10).docs()]
+    base = write_dump(tmp_path / "base", docs, random_lls(docs, 1))
+    quant = write_dump(tmp_path / "q", docs, random_lls(docs, 2))
+    out = tmp_path / "analysis"
+    qfair.compare(base, quant, bootstrap=100, seed=0, tokens=False).write(out)
+    r = build_report(out)
+    page = r.html.read_text(encoding="utf-8")
+    section = page[page.index("<section id='families'>"):page.index("<section id='summary'>")]
+    assert "id='fig-family_xstorycloze'" in section and (r.out / "family_xstorycloze.png").is_file()
+    assert "acc_change_spread" in section
