@@ -361,3 +361,16 @@ def test_report_draws_the_identity_aucs(tmp_path):
     section = page[page.index("<section id='bias'>"):page.index("<section id='summary'>")]
     assert "id='fig-bias_hate_speech'" in section and (r.out / "bias_hate_speech.png").is_file()
     assert "final_metric" in section and "subgroup_auc_change_disparity" in section
+
+
+def test_dump_account_reports_the_final_metric(analysed):
+    import qfair
+    from qfair.analyze.examples import task_kinds
+    from qfair.dump.summary import task_metrics
+
+    paths, cmp = analysed
+    d = qfair.open_dump(paths[0])
+    m = task_metrics(d.examples, d.choices, task_kinds(d.manifest))["hate_speech"]
+    bt = cmp.extra["bias"]
+    assert m["final_metric"] == pytest.approx(get(bt, "final_metric")["base"])
+    assert m["overall_auc"] == pytest.approx(get(bt, "overall_auc")["base"])
