@@ -224,6 +224,7 @@ def test_undefined_group_is_null_with_a_note():
     bt = table(sb, sq, np.zeros_like(y), ids, resamples=20)
     assert get(bt, "overall_auc")["base"] is None and get(bt, "final_metric")["base"] is None
     assert get(bt, "overall_auc")["detail"].startswith("undefined")
+    assert get(bt, "final_metric")["detail"].startswith("undefined: no identity group")
 
 
 # --- data files in their own schemas

@@ -477,7 +477,8 @@ def _hate_rows(jt: pl.DataFrame, cfg: Any) -> list[dict[str, Any]]:
                                     axis=0))
     left_out = [groups[i] for i in range(len(groups)) if i not in set(defined)]
     mean_note = (f"power mean (p = {hate.POWER:g}) over {defined.size} group(s)"
-                 + (f"; left out (an AUC undefined): {', '.join(left_out)}" if left_out else ""))
+                 + (f"; left out (an AUC undefined): {', '.join(left_out)}" if left_out else "")
+                 if defined.size else "undefined: no identity group has its three AUCs defined in both models")
 
     def scores(a: tuple[hate.IdentityAucs, hate.IdentityAucs]) -> list[Score]:
         b, q = a
