@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from qfair.analyze import resampling as R
+from qfair.metrics import resampling as R
 
 
 class NumpyRanker:

@@ -1,4 +1,4 @@
-"""The numpy statistics on the C++ resample draw (qfair.analyze.resampling)
+"""The numpy statistics on the C++ resample draw (qfair.metrics.resampling)
 against scipy: spearmanr, bootstrap, permutation_test, ttest_rel, t.sf."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from qfair import stats
-from qfair.analyze import resampling as R
+from qfair.metrics import resampling as R
 
 
 def _pairs(seed: int, n: int, ties: bool):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import qfair.tasks as T
+from qfair.tasks.registry import XSTORYCLOZE_LANGS as XSC_LANGS
 
 ALL_TASKS = [
     "arc_challenge", "arc_easy", "boolq", "crows_pairs_english", "crows_pairs_french",
@@ -23,9 +24,9 @@ ALL_TASKS = [
      ("ar", "en", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")] + [
     "bbq", "bbq_3choice", "stereoset_intrasentence", "stereoset_intersentence", "winogender_all",
     "winogender_male", "winogender_female", "winogender_neutral", "winogender_gotcha",
-    "winogender_gotcha_male", "winogender_gotcha_female"]
+    "winogender_gotcha_male", "winogender_gotcha_female", "hate_speech"]
 # qfair's own formulations (lm-evaluation-harness has no such task)
-QFAIR_FORMATS = {"mc", "bbq_3choice", "stereoset_intrasentence", "stereoset_intersentence"}
+QFAIR_FORMATS = {"mc", "bbq_3choice", "stereoset_intrasentence", "stereoset_intersentence", "hate_speech"}
 GENERATION_TASKS = ["gen_bias_probes", "gen_prompts", "gen_stories"]   # prompts only (tests/test_generation*.py)
 
 
@@ -74,7 +75,7 @@ def test_task_error_is_value_error_and_names_known_tasks():
 def test_spec_fields(name):
     sp = T.spec(name)
     assert sp.name == name
-    assert sp.kind in ("multiple_choice", "mc2", "crows_pairs", "bbq", "stereoset", "winogender")
+    assert sp.kind in ("multiple_choice", "mc2", "crows_pairs", "bbq", "stereoset", "winogender", "hate_speech")
     if name in QFAIR_FORMATS:
         assert sp.prompt_format_version == f"qfair/{name}@1"
     else:
@@ -137,7 +138,7 @@ def test_builtin_sample_loads_with_at_least_20_items(name):
 
 
 def test_samples_cover_required_languages_and_bias_types():
-    for lang in ("en", "es", "ru", "zh"):
+    for lang in XSC_LANGS:                      # all 11 XStoryCloze languages
         assert T.has_builtin_sample(f"xstorycloze_{lang}")
         docs = list(T.get(f"xstorycloze_{lang}").docs())
         assert {d.group for d in docs} == {lang}
@@ -152,10 +153,21 @@ def test_samples_cover_required_languages_and_bias_types():
     # the same stories in three languages keep the right ending in the same slot
     golds = [[d.gold for d in T.get(f"xstorycloze_{lang}").docs()] for lang in ("en", "es", "ru", "zh")]
     assert golds[0] == golds[1] == golds[2] == golds[3]
+    for lang in XSC_LANGS:                      # the same 22 stories, same ids, same slots
+        docs = list(T.get(f"xstorycloze_{lang}").docs())
+        assert [d.gold for d in docs] == golds[0]
+        assert [d.extras["story_id"] for d in docs] == [d.extras["story_id"] for d in T.get("xstorycloze_en").docs()]
+        assert len({d.context for d in docs}) == len(docs) and all(d.choices[0] != d.choices[1] for d in docs)
     assert abs(sum(golds[0]) - len(golds[0]) / 2) <= 1   # right endings split between slots
 
 
-def test_missing_sample_says_how_to_provide_data():
+def test_missing_sample_says_how_to_provide_data(monkeypatch):
+    import dataclasses
+
+    from qfair.tasks import registry
+
+    # every built-in task ships a sample now: take xstorycloze_sw's away
+    monkeypatch.setitem(registry.SPECS, "xstorycloze_sw", dataclasses.replace(T.spec("xstorycloze_sw"), sample=None))
     with pytest.raises(T.TaskError) as e:
         T.get("xstorycloze_sw")
     msg = str(e.value)

@@ -117,8 +117,8 @@ def compare(name, rows, oracle, tmp_path):
 
 
 # the bias benchmarks' lm-eval parity (process_docs filters, target lists) is in test_bias_tasks.py
-ORACLE_TASKS = sorted(n for n in YAML_PATHS if T.has_builtin_sample(n)
-                      and T.spec(n).kind not in ("bbq", "winogender")) + ["xstorycloze_ar", "xstorycloze_te"]
+ORACLE_TASKS = sorted({n for n in YAML_PATHS if T.has_builtin_sample(n)
+                       and T.spec(n).kind not in ("bbq", "winogender")} | {"xstorycloze_ar", "xstorycloze_te"})
 
 
 # ---------------------------------------------------------------- lm-evaluation-harness itself

@@ -207,7 +207,7 @@ def test_token_level_rows_resample_examples():
     assert r["diff"] == pytest.approx(sps.spearmanr(ent, kl).statistic) and r["p"] < 0.01
     assert r["p_perm"] is None                                          # rows are not exchangeable
     # resample b repeats whole examples
-    from qfair.analyze.resampling import spearman_bootstrap
+    from qfair.metrics.resampling import spearman_bootstrap
 
     _, cl = np.unique(tok["example_id"].to_numpy(), return_inverse=True)
     d = spearman_bootstrap(ent, kl, seed=4, resamples=5, clusters=cl, n_clusters=40)

@@ -13,7 +13,8 @@ import sys as _sys
 # The metric definitions moved below the dump (qfair.metrics); their old module
 # names stay importable (``import qfair.analyze.task_kinds`` gives the moved module).
 _MOVED = {"metrics": "qfair.metrics.example_metrics", "task_kinds": "qfair.metrics.task_kinds",
-          "examples": "qfair.metrics.examples", "bias": "qfair.metrics.bias"}
+          "examples": "qfair.metrics.examples", "bias": "qfair.metrics.bias",
+          "resampling": "qfair.metrics.resampling", "hate": "qfair.metrics.hate"}
 for _old, _new in _MOVED.items():
     _sys.modules[f"{__name__}.{_old}"] = globals()[_old] = _importlib.import_module(_new)
 

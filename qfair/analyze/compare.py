@@ -14,7 +14,9 @@ What runs depends on what the dumps hold (their kind, :mod:`qfair.dump.kinds`):
    perplexity summary;
 6. the bias benchmarks' set-level scores (:mod:`qfair.metrics.bias`): the
    ``bias`` table, whose whole-task, disparity and per-group rows also join the
-   summary and groups tables (kind ``bias``).
+   summary and groups tables (kind ``bias``); and the spread of the change
+   across the members of a task family (XStoryCloze languages, CrowS-Pairs
+   en/fr; :mod:`qfair.analyze.families`), summary rows of kind ``family``.
 
 Holm and Benjamini-Hochberg adjusted p-values are computed over all tests of a
 table (columns ``p_holm`` and ``p_bh``).
@@ -31,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from qfair import stats
+from qfair.analyze.families import family_rows
 from qfair.analyze.multiple_testing import adjust_families, primary_metric, primary_resamples
 from qfair.analyze.summary import (
     SUMMARY_SCHEMA,
@@ -494,6 +497,9 @@ def _compare_checked(b: Any, quants: list[Any], *, bootstrap: int, seed: int, bi
         if attributes is not None:
             with stage("bias"):
                 bias_step(parts, j, attributes, label, cfg)
+            with stage("task families"):
+                parts.summary.extend(family_rows(j, label, cfg, {"model": None, "task": None, "task_kind": None,
+                                                                **SUMMARY_SCHEMA}))
         extra = kind_analysis(kind)
         if extra is not None:
             with stage(f"{kind.name} analysis"):

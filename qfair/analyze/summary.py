@@ -4,7 +4,7 @@ calibration bins and uncertainty strata.
 The bootstrap replicates come from the C++ core (:mod:`qfair.stats`) or, for
 statistics it does not hold (ratios, distances from a neutral value, the
 study's estimators), from numpy on the same resample draw
-(:mod:`qfair.analyze.resampling`). Every row's interval and p-value come from
+(:mod:`qfair.metrics.resampling`). Every row's interval and p-value come from
 one construction (:mod:`qfair.analyze.intervals`): ``p`` is the smallest
 level at which the reported interval excludes ``null``. Rows that describe a
 quantity without a meaningful null (divergences, agreement rates, flip
@@ -27,8 +27,8 @@ import polars as pl
 
 from qfair import stats
 from qfair.analyze.intervals import choose_method, interval_p
-from qfair.analyze.resampling import count_blocks, ttest_rel, weighted_sums
 from qfair.calibration import calibration
+from qfair.metrics.resampling import count_blocks, ttest_rel, weighted_sums
 
 __all__ = ["StatsConfig", "metric_rows", "strata_rows", "calibration_rows", "mean_metrics",
            "CALIBRATION_METRICS", "SUMMARY_SCHEMA", "DESCRIPTIVE_METRICS", "STRATA_SHIFTS", "auto_bins",

@@ -42,7 +42,7 @@ import numpy as np
 import polars as pl
 
 from qfair.analyze.intervals import interval_p
-from qfair.analyze.resampling import (
+from qfair.metrics.resampling import (
     mean_diff_permutation,
     spearman,
     spearman_bootstrap,

@@ -44,6 +44,8 @@ import numpy as np
 import polars as pl
 
 from qfair import stats
+from qfair.metrics import hate
+from qfair.metrics.resampling import count_blocks
 
 __all__ = ["BIAS_SCHEMA", "BIAS_KINDS", "example_attributes", "bias_table", "summary_rows", "group_rows",
            "model_scores", "adjust_permutation", "percentile_p", "permutation_p", "resample_weights", "cell_sums",
@@ -245,8 +247,10 @@ class BiasKind:
     main_axis: str                           # what the task's group column holds
     attributes: Callable[[pl.DataFrame], pl.DataFrame]     # examples -> example_id + attribute columns
     segment_keys: tuple[str, ...]            # attribute columns that make the finest segments
-    plan: Callable[[pl.DataFrame], Plan]     # (one row per segment) -> (segment sums -> scores)
+    plan: Callable[[pl.DataFrame], Plan] | None   # (one row per segment) -> (segment sums -> scores)
     doc: str = ""
+    # scores that are not functions of segment sums (AUCs): (one task's paired examples, config) -> rows
+    rows: Callable[[pl.DataFrame, Any], list[dict[str, Any]]] | None = None
 
 
 def _extras(examples: pl.DataFrame) -> list[dict[str, Any]]:
@@ -413,6 +417,150 @@ register_bias_kind(BiasKind(
     _mean_plan("stereotype", "pct_stereotype", 0.5, "bias_type"), doc="pct_stereotype per bias type"))
 
 
+# --- hate speech: identity-group AUCs (qfair.metrics.hate), recomputed per resample
+
+HATE_TEST = "paired bootstrap (percentile; AUCs recomputed per resample)"
+HETEROGENEITY_TEST = ("bootstrap test of equal change across groups (max - min of the centred resampled "
+                      "changes against the observed)")
+
+
+@dataclass
+class _PointOnly:
+    """A configuration with no resamples: point estimates only."""
+
+    resamples: int = 0
+    seed: int = 0
+    confidence: float = 0.95
+
+
+def _hate_attributes(ex: pl.DataFrame) -> pl.DataFrame:
+    ids = [[str(g) for g in (x.get("identities") or [])] for x in _extras(ex)]
+    return pl.DataFrame({"example_id": ex["example_id"], "identities": pl.Series(ids, dtype=pl.List(pl.Utf8))})
+
+
+def _undefined_note(y: np.ndarray, inside: np.ndarray, metric: str, group: str) -> str | None:
+    """Why an identity AUC is undefined on the full data (a class is absent from its slice)."""
+    pos, neg = {"subgroup_auc": (inside, inside), "bpsn_auc": (~inside, inside),
+                "bnsp_auc": (inside, ~inside)}[metric]
+    where = {True: f"mentioning {group}", False: f"not mentioning {group}"}
+    missing = [f"no {cls} example {where[bool(sel is inside)]}" for cls, sel, ok in
+               (("hateful", pos, (y & pos).any()), ("non-hateful", neg, (~y & neg).any())) if not ok]
+    return f"undefined: {' and '.join(missing)}" if missing else None
+
+
+def _hate_rows(jt: pl.DataFrame, cfg: Any) -> list[dict[str, Any]]:
+    """Overall, subgroup, BPSN and BNSP AUCs, their power means and Jigsaw's final metric,
+    for base and quantized, with the paired bootstrap (examples resampled, the AUCs
+    recomputed), the disparities over identity groups and a test that the change of each
+    identity AUC is equal across groups. No permutation p: the bootstrap p is the test."""
+    need = ["base_p_hateful", "quant_p_hateful", "label", "identities"]
+    if any(c not in jt.columns for c in need):
+        return []
+    sb = jt["base_p_hateful"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    sq = jt["quant_p_hateful"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    ok = np.isfinite(sb) & np.isfinite(sq)
+    n = int(ok.sum())
+    if n == 0:
+        return []
+    sb, sq = sb[ok], sq[ok]
+    y = jt["label"].cast(pl.Int64).to_numpy()[ok] == 1
+    ids = [list(v or []) for v, k in zip(jt["identities"].to_list(), ok) if k]
+    groups = sorted({g for v in ids for g in v})
+    members = np.array([[g in v for g in groups] for v in ids], dtype=bool).reshape(n, len(groups))
+
+    def evaluate(w: np.ndarray) -> tuple[hate.IdentityAucs, hate.IdentityAucs]:
+        return hate.identity_aucs(sb, y, members, w), hate.identity_aucs(sq, y, members, w)
+
+    pb, pq = evaluate(np.ones((1, n)))
+    # the power means and the final metric use the groups whose three AUCs are defined in both models
+    defined = np.flatnonzero(np.all([np.isfinite(getattr(a, m)[0]) for a in (pb, pq) for m in hate.BIAS_AUCS],
+                                    axis=0))
+    left_out = [groups[i] for i in range(len(groups)) if i not in set(defined)]
+    mean_note = (f"power mean (p = {hate.POWER:g}) over {defined.size} group(s)"
+                 + (f"; left out (an AUC undefined): {', '.join(left_out)}" if left_out else "")
+                 if defined.size else "undefined: no identity group has its three AUCs defined in both models")
+
+    def scores(a: tuple[hate.IdentityAucs, hate.IdentityAucs]) -> list[Score]:
+        b, q = a
+        out = [Score("task", None, "overall_auc", 1.0, b.overall, q.overall)]
+        nan = np.full(b.overall.shape, np.nan)
+        for m in hate.BIAS_AUCS:
+            out.append(Score("task", None, f"{m}_mean", 1.0,
+                             hate.power_mean(getattr(b, m)[:, defined]) if defined.size else nan,
+                             hate.power_mean(getattr(q, m)[:, defined]) if defined.size else nan))
+        out.append(Score("task", None, "final_metric", 1.0, b.final(defined) if defined.size else nan,
+                         q.final(defined) if defined.size else nan))
+        for i, g in enumerate(groups):
+            out += [Score("identity", g, m, 1.0, getattr(b, m)[:, i], getattr(q, m)[:, i]) for m in hate.BIAS_AUCS]
+        return out
+
+    point = scores((pb, pq))
+    parts = [scores(evaluate(w)) for w in count_blocks(n, int(cfg.seed), int(cfg.resamples))]
+    boot = [Score(p.axis, p.group, p.metric, p.ideal,
+                  np.concatenate([blk[i].base for blk in parts]) if parts else np.zeros(0),
+                  np.concatenate([blk[i].quant for blk in parts]) if parts else np.zeros(0))
+            for i, p in enumerate(point)]
+    level = float(cfg.confidence)
+    rows = []
+    for p, b in zip(point, boot):
+        r = _summarise(p, float(p.base[0]), float(p.quant[0]), b.base, b.quant, level)
+        detail, size = None, n
+        if p.axis == "identity":
+            inside = members[:, groups.index(p.group)]
+            size = int({"subgroup_auc": inside.sum(), "bpsn_auc": (inside != y).sum(),
+                        "bnsp_auc": (inside == y).sum()}[p.metric])
+            detail = _undefined_note(y, inside, p.metric, p.group)
+        elif p.metric != "overall_auc":
+            detail = mean_note
+        elif y.all() or not y.any():
+            detail = "undefined: the task holds only one class"
+        rows.append(r | {"detail": detail, "n": size, "p_perm": None, "test": HATE_TEST})
+    for b, p, detail in _disparities(boot, point):
+        r = _summarise(p, float(p.base[0]), float(p.quant[0]), b.base, b.quant, level)
+        rows.append(r | {"detail": detail, "n": n, "p_perm": None, "test": HATE_TEST})
+    rows += _change_heterogeneity(point, boot, n, level)
+    return rows
+
+
+def _change_heterogeneity(point: list[Score], boot: list[Score], n: int, level: float) -> list[dict[str, Any]]:
+    """Per identity AUC: the spread (max - min over groups) of the change quant - base, its
+    percentile interval, and the p of a bootstrap test that the change is equal in every
+    group: the spread of the resampled changes centred on the observed ones is the null
+    distribution (Hall & Wilson 1991), p = (1 + #{null >= observed}) / (1 + #defined)."""
+    out = []
+    lo_q, hi_q = (1.0 - level) / 2.0, 1.0 - (1.0 - level) / 2.0
+    for metric in hate.BIAS_AUCS:
+        idx = [i for i, s in enumerate(point) if s.axis == "identity" and s.metric == metric
+               and np.isfinite(s.base[0]) and np.isfinite(s.quant[0])]
+        if len(idx) < 2:
+            continue
+        d = np.array([point[i].quant[0] - point[i].base[0] for i in idx])
+        t = np.stack([boot[i].quant - boot[i].base for i in idx])          # [groups, B]
+        observed = float(d.max() - d.min())
+        fin = np.isfinite(t).all(axis=0)
+        row: dict[str, Any] = {k: None for k in BIAS_SCHEMA}
+        groups = [point[i].group for i in idx]
+        row.update(axis="identity", group=None, metric=f"{metric}_change_disparity", ideal=0.0, diff=observed,
+                   n=n, ci_method="percentile", test=HETEROGENEITY_TEST,
+                   undefined=float(1.0 - fin.mean()) if t.shape[1] else None,
+                   detail=(f"change max {groups[int(d.argmax())]} {d.max():+.4g}, min {groups[int(d.argmin())]} "
+                           f"{d.min():+.4g} ({len(idx)} groups)"))
+        if fin.any():
+            tf = t[:, fin]
+            spread = np.sort(tf.max(axis=0) - tf.min(axis=0))
+            centred = tf - d[:, None]
+            null = centred.max(axis=0) - centred.min(axis=0)
+            row.update(ci_low=_percentile(spread, lo_q), ci_high=_percentile(spread, hi_q),
+                       p=float((1 + (null >= observed * (1 - 1e-9) - 1e-12).sum()) / (1 + null.size)))
+        out.append(row)
+    return out
+
+
+register_bias_kind(BiasKind(
+    "hate_speech", ("p_hateful",), "identity", _hate_attributes, (), None, rows=_hate_rows,
+    doc="overall, subgroup, BPSN and BNSP AUCs per identity group and Jigsaw's final metric"))
+
+
 # ---------------------------------------------------------------------------
 # the table
 
@@ -572,7 +720,7 @@ def bias_table(j: pl.DataFrame, attributes: pl.DataFrame, label: str, cfg: Any) 
             bk = BIAS_KINDS.get(kind)
             if bk is None:
                 continue
-            for r in _task_rows(jt, bk, cfg):
+            for r in (bk.rows(jt, cfg) if bk.rows is not None else _task_rows(jt, bk, cfg)):
                 r.update(model=label, task=task, task_kind=kind)
                 rows.append(r)
     if not rows:
@@ -596,6 +744,10 @@ def model_scores(stats_table: pl.DataFrame, examples: pl.DataFrame,
         jt = jt.with_columns(*[pl.col(c).alias(f"{who}_{c}") for c in bk.columns for who in ("base", "quant")])
         if attrs.width > 1:
             jt = jt.join(attrs, on="example_id", how="left")
+        if bk.rows is not None:
+            out[task] = {r["metric"]: r["base"] for r in bk.rows(jt, _PointOnly()) if r["axis"] == "task"
+                         and r["base"] is not None}
+            continue
         prepared = _prepare(jt, bk)
         if prepared is None:
             continue

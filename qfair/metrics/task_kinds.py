@@ -8,8 +8,8 @@ flips and calibration are meaningful). Adding a kind is one
 :func:`register_task_kind` call (plus tests); an unknown kind name falls back
 to ``multiple_choice``.
 
-The bias benchmarks' kinds (``bbq``, ``stereoset``, ``winogender``, and
-``crows_pairs``) also have set-level bias scores (BBQ's bias scores,
+The bias benchmarks' kinds (``bbq``, ``stereoset``, ``winogender``,
+``crows_pairs`` and ``hate_speech``) also have set-level bias scores (BBQ's bias scores,
 StereoSet's LMS/SS/ICAT, ...), computed from these example metrics by
 :mod:`qfair.metrics.bias`; their headline names those scores.
 """
@@ -181,6 +181,14 @@ def _ss_related(a: ChoiceArrays) -> np.ndarray:
     return out
 
 
+def _p_hateful(a: ChoiceArrays) -> np.ndarray:
+    """p of choice 1 ("yes") of a two-choice hate_speech example."""
+    out = np.full(a.counts.size, np.nan)
+    i = np.flatnonzero((a.kind == "hate_speech") & (a.counts == 2))
+    out[i] = a.p[a.starts[i] + 1]
+    return out
+
+
 BBQ = register_task_kind(TaskKind(
     "bbq",
     metrics=(ExampleMetric("bbq_biased", "biased", _bbq_biased, summary=False,
@@ -204,6 +212,14 @@ STEREOSET = register_task_kind(TaskKind(
 WINOGENDER = register_task_kind(TaskKind(
     "winogender", headline=("acc", "gender_gap", "acc_disparity"),
     doc="WinoGender coreference; accuracy per pronoun gender and the gap between genders (Rudinger et al. 2018)"))
+HATE_SPEECH = register_task_kind(TaskKind(
+    "hate_speech",
+    metrics=(ExampleMetric("p_hateful", "p_hateful", _p_hateful,
+                           doc="P(hateful): the probability of the 'yes' choice, normalised over the two label "
+                               "words (the score the identity AUCs rank)"),),
+    headline=("final_metric", "overall_auc", "subgroup_auc", "bpsn_auc", "bnsp_auc", "acc"),
+    doc="zero-shot yes/no hate-speech detection; AUCs per identity group and Jigsaw's final metric "
+        "(Borkan et al. 2019)"))
 GENERATION = register_task_kind(TaskKind(
     "generation", headline=("kl_pq",), correctness=False,
     doc="prompts the model continues (no gold answer); compared along the base text and between the free texts"))

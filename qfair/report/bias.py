@@ -27,6 +27,9 @@ _LABELS = {
     "icat": "ICAT (0-100, ideal 100)", "ss": "stereotype score SS (0-100, ideal 50)",
     "lms": "language-model score LMS (0-100, ideal 100)", "acc": "accuracy",
     "pct_stereotype": "share of pairs where the stereotype is likelier (ideal 0.5)",
+    "subgroup_auc": "subgroup AUC (hateful vs not, texts about the group; ideal 1)",
+    "bpsn_auc": "BPSN AUC (background hateful vs the group's non-hateful; ideal 1)",
+    "bnsp_auc": "BNSP AUC (the group's hateful vs background non-hateful; ideal 1)",
 }
 
 
@@ -99,9 +102,15 @@ def bias_figures(data: AnalysisData) -> list[Figure]:
         for ax, metric in zip(axes[0], metrics):
             tm = t.filter(pl.col("metric") == metric)
 
-            def get(model: str, g: str, tm: pl.DataFrame = tm) -> dict[str, Any] | None:
-                sel = tm.filter((pl.col("model") == model) &
-                                (pl.col("group").is_null() if g == "(all)" else pl.col("group") == g))
+            # a per-group score without a whole-task value (hate speech's AUCs): (all) shows its
+            # aggregate over the groups, the <score>_mean row (the power mean)
+            mean = t.filter(pl.col("metric") == f"{metric}_mean")
+
+            def get(model: str, g: str, tm: pl.DataFrame = tm, mean: pl.DataFrame = mean) -> dict[str, Any] | None:
+                whole = g == "(all)"
+                sel = tm.filter((pl.col("model") == model) & (pl.col("group").is_null() if whole else pl.col("group") == g))
+                if whole and sel.height == 0:
+                    sel = mean.filter(pl.col("model") == model)
                 return sel.row(0, named=True) if sel.height else None
 
             series = [("base", models[0], "base")] + [(m, m, "quant") for m in models]
@@ -146,7 +155,8 @@ def bias_figures(data: AnalysisData) -> list[Figure]:
                           f"resample); * marks a group whose change has both Holm-adjusted p-values (bootstrap and permutation) "
                           "below 0.05 over the bias table; "
                           "dashed: the value of an unbiased (ideal) model; n/a: undefined (e.g. no non-unknown "
-                          "answer).", "bias"))
+                          "answer); hate speech's (all): the power mean (p = −5) of the AUC over the groups.",
+                          "bias"))
     return out
 
 
@@ -159,7 +169,7 @@ def bias_section(data: AnalysisData, figs: list[Figure], table_html: Any, img: A
     bt = load_bias(data)
     if bt.height == 0:
         return ("<p class='meta'>No bias benchmark in this analysis (tasks bbq, bbq_3choice, stereoset_*, "
-                "winogender_*, crows_pairs_*).</p>")
+                "winogender_*, crows_pairs_*, hate_speech).</p>")
     body = "".join(img(f) for f in figs if f.section == "bias")
     cols = ["model", "task", "axis", "group", "metric", "n", "base", "quant", "diff", "ci_low", "ci_high", "p",
             "p_holm", "p_perm", "p_perm_holm", "undefined", "detail"]
@@ -172,7 +182,10 @@ def bias_section(data: AnalysisData, figs: list[Figure], table_html: Any, img: A
              "handful of examples can agree on every resample, the permutation test does not. undefined = share of resamples where a score is undefined (left out of the "
              "interval). Disparity = max − min of a score over the groups of the axis (detail names them). "
              "BBQ's *_lmeval rows reproduce lm-evaluation-harness's numbers (0 when no biased answer is given); "
-             "the unsuffixed scores follow the BBQ paper (undefined when every answer is 'unknown').</p>")
+             "the unsuffixed scores follow the BBQ paper (undefined when every answer is 'unknown'). "
+             "hate_speech: AUCs of P(hateful) per identity group (subgroup, BPSN, BNSP; Borkan et al. 2019), "
+             "their power means (p = −5) and Jigsaw's final_metric; no p_perm (the bootstrap p is their test); "
+             "*_change_disparity tests that the change is equal across groups.</p>")
     body += ("<details><summary>Every row of the bias table "
              f"({bt.height} rows: per group, per stereotyped group)</summary>" +
              table_html(bt, cols, sig_col=SIG_COLUMN) + "</details>")

@@ -683,6 +683,12 @@ def fig_bias(data: AnalysisData) -> list[Figure]:
     return bias_figures(data)
 
 
+def fig_families(data: AnalysisData) -> list[Figure]:
+    from qfair.report.families import family_figures  # the across-languages section lives in its own module
+
+    return family_figures(data)
+
+
 def fig_generation(data: AnalysisData) -> list[Figure]:
     """Generation analyses: KL by position and identical-prefix survival (qfair.report.generation)."""
     from qfair.report.generation import generation_figures
@@ -692,7 +698,7 @@ def fig_generation(data: AnalysisData) -> list[Figure]:
 
 FIGURE_FUNCS: tuple[Callable[[AnalysisData], list[Figure]], ...] = (
     fig_reliability, fig_token_kl, fig_strata, fig_uncertainty_tests, fig_accuracy, fig_flips, fig_groups,
-    fig_bias, fig_generation)
+    fig_bias, fig_families, fig_generation)
 
 
 def make_figures(data: AnalysisData, out_dir: str | Path, progress: bool = False) -> list[Figure]:

@@ -34,6 +34,7 @@ SECTIONS = (
     ("accuracy", "Accuracy and flips"),
     ("groups", "Groups"),
     ("bias", "Bias benchmarks"),
+    ("families", "Across languages: task families"),
     ("summary", "Summary table"),
     ("provenance", "Provenance"),
 )
@@ -248,6 +249,11 @@ def render_html(data: AnalysisData, figs: list[Figure], title: str | None = None
     from qfair.report.bias import bias_section
 
     sec["bias"] = bias_section(data, figs, table_html, _img)
+    from qfair.report.families import family_section
+
+    sec["families"] = family_section(data, figs, table_html, _img) or (
+        "<p class='meta'>No task family with two or more members in this analysis (xstorycloze_*, "
+        "crows_pairs_*).</p>")
     sec["summary"] = ("<p class='meta'>Every row of the analysis: diff = quantized − base (or the comparison "
                       "metric's value), its interval (ci_method) and p, the smallest level at which that interval "
                       "excludes null; rows without p describe a quantity with no test (divergences, agreement and "

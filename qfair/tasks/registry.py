@@ -47,7 +47,7 @@ class TaskSpec:
 
 
 XSTORYCLOZE_LANGS = ("en", "ar", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")
-XSTORYCLOZE_SAMPLES = ("en", "es", "ru", "zh")
+XSTORYCLOZE_SAMPLES = XSTORYCLOZE_LANGS      # every language ships a sample (the same 22 stories)
 
 _LANG_NAMES = {"en": "English", "ar": "Arabic", "es": "Spanish", "eu": "Basque",
                "hi": "Hindi", "id": "Indonesian", "my": "Burmese", "ru": "Russian",
@@ -63,6 +63,10 @@ _BBQ_SCHEMA = ("context, question, ans0, ans1, ans2, label (0-2), category, ques
                "context_condition (ambig|disambig), answer_info{ans0,ans1,ans2}, "
                "additional_metadata{stereotyped_groups}")
 _WINOGENDER_SCHEMA = "sentence, pronoun, occupation, participant, gender (male|female|neutral), label (0 or 1)"
+_HATE_SCHEMA = ("text, label (0/1), identities (list); or Jigsaw/civil_comments comment_text|text, "
+                "toxicity|target + identity columns (male, female, muslim, black, ...); or HateCheck test_case, "
+                "label_gold, functionality, target_ident; or Measuring Hate Speech text, "
+                "hate_speech_score|hatespeech + target_* columns")
 _STEREOSET_SCHEMA = ("id, target, bias_type, context, sentences (hub: {sentence[], gold_label[]}; "
                      "or a list of {sentence, gold_label})")
 
@@ -191,6 +195,11 @@ def _bias_specs() -> list[TaskSpec]:
                 "winogender", f"lm-eval-harness/{name}@1", formats.winogender, _WINOGENDER_SCHEMA,
                 hf=("oskarvanderwal/winogender", config, "test"), sample=f"winogender_{config}.jsonl",
                 group_by="gender", keep=None if gender is None else _gender_is(gender)))
+    specs.append(TaskSpec(
+        "hate_speech", "Zero-shot hate/toxicity detection: is the text hateful? (yes/no by log-likelihood); "
+                       "AUCs per identity group it mentions (subgroup, BPSN, BNSP; Borkan et al. 2019).",
+        "hate_speech", "qfair/hate_speech@1", formats.hate_speech, _HATE_SCHEMA, sample="hate_speech.jsonl",
+        group_by="identities"))
     return specs
 
 
