@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # floor -> units; each floor imports only from the floors below it
 FLOOR_TABLE: tuple[tuple[str, ...], ...] = (
-    # 0 - the ground: the C++ core's extension module, the error base and file helpers; they import nothing of qfair
-    ("qfair._core", "qfair.errors", "qfair.fsutil"),
+    # 0 - the ground: the C++ core's extension module, the error base, file helpers and the plugin loader;
+    #     they import nothing of qfair
+    ("qfair._core", "qfair.errors", "qfair.fsutil", "qfair.plugins"),
     # 1 - shared meaning and plumbing used by every layer: files, threads, .npy rows, locks, provenance,
     #     the loaded extension, the stage timer, the task registry (tasks, prompts, probe split,
     #     calibration texts, fairness probe pairs) and qfair's own quantizers (torch and the error base only)

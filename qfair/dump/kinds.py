@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qfair.dump import DumpError
+from qfair.plugins import load_plugins
 
 __all__ = ["DumpKind", "KINDS", "register_kind", "get_kind", "DEFAULT_KIND", "resolve"]
 
@@ -112,6 +113,7 @@ def _load_plugins() -> None:
 
     for module in _PLUGINS:
         importlib.import_module(module)
+    load_plugins("qfair.dump_kinds", DumpError)  # other packages' kinds (entry points)
 
 
 MULTIPLE_CHOICE = register_kind(DumpKind(

@@ -44,8 +44,10 @@ import numpy as np
 import polars as pl
 
 from qfair import stats
+from qfair.errors import QfairError
 from qfair.metrics import hate
 from qfair.metrics.resampling import count_blocks
+from qfair.plugins import load_plugins
 
 __all__ = ["BIAS_SCHEMA", "BIAS_KINDS", "example_attributes", "bias_table", "summary_rows", "group_rows",
            "model_scores", "adjust_permutation", "percentile_p", "permutation_p", "resample_weights", "cell_sums",
@@ -570,6 +572,7 @@ def example_attributes(examples: pl.DataFrame, kinds: dict[str, str]) -> pl.Data
     (BBQ: context condition and stereotyped group; StereoSet: target term)."""
     parts = []
     for task in examples["task"].unique(maintain_order=True).to_list():
+        load_plugins("qfair.metrics", QfairError)  # other packages' bias kinds (entry points)
         bk = BIAS_KINDS.get(kinds.get(task, ""))
         if bk is None:
             continue

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qfair.errors import QfairError
 from qfair.metrics.example_metrics import ACCEPT_BITS, GENERIC, ChoiceArrays, ExampleMetric, segment_first_argmax
+from qfair.plugins import load_plugins
 
 __all__ = ["TaskKind", "TASK_KINDS", "register_task_kind", "get_task_kind", "example_metrics",
            "DEFAULT_TASK_KIND"]
@@ -60,11 +62,13 @@ def register_task_kind(kind: TaskKind) -> TaskKind:
 
 
 def get_task_kind(name: str | None) -> TaskKind:
+    load_plugins("qfair.metrics", QfairError)  # other packages' task kinds (entry points)
     return TASK_KINDS.get(name or DEFAULT_TASK_KIND, TASK_KINDS[DEFAULT_TASK_KIND])
 
 
 def example_metrics(kinds: Iterable[str] | None = None) -> list[ExampleMetric]:
     """The generic metrics, then every kind-specific metric of ``kinds`` (all kinds by default)."""
+    load_plugins("qfair.metrics", QfairError)
     chosen = TASK_KINDS.values() if kinds is None else [get_task_kind(k) for k in dict.fromkeys(kinds)]
     out = list(GENERIC)
     for k in chosen:

@@ -8,6 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from qfair.plugins import load_plugins
+
 from . import formats
 from .base import Doc, FieldError, Task, TaskDataError, TaskError, make_example_id
 from .datadir import DataDir
@@ -43,6 +45,8 @@ class TaskSpec:
         """The built-in sample as an importlib.resources Traversable, or None."""
         if self.sample is None:
             return None
+        if os.path.isabs(self.sample):  # a plugin's own file
+            return Path(self.sample)
         return resources.files(__package__).joinpath("data", self.sample)
 
 
@@ -218,13 +222,28 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+def register_task(task: TaskSpec) -> TaskSpec:
+    """Add a task (a plugin's, through the ``qfair.tasks`` entry points: see
+    :mod:`qfair.plugins`); its ``sample`` may be an absolute path."""
+    if task.name in SPECS or task.name in GROUPS:
+        raise TaskError(f"task {task.name!r} is registered twice")
+    SPECS[task.name] = task
+    return task
+
+
+def _plugins() -> None:
+    load_plugins("qfair.tasks", TaskError)
+
+
 def names() -> list[str]:
-    """All built-in task names, sorted."""
+    """All task names (built-in and plugins'), sorted."""
+    _plugins()
     return sorted(SPECS)
 
 
 def spec(name: str) -> TaskSpec:
     """The definition of a built-in task (no data is read)."""
+    _plugins()
     try:
         return SPECS[name]
     except KeyError:
@@ -244,6 +263,7 @@ def resolve(tasks: str | Iterable[str]) -> list[str]:
     """Task names from "piqa,boolq" or a list; group names (xstorycloze,
     crows_pairs, truthfulqa, ai2_arc, stereoset, winogender, bias) expand to their members. Order is kept,
     repeats dropped; an unknown name raises TaskError."""
+    _plugins()
     items = [tasks] if isinstance(tasks, str) else list(tasks)
     out: list[str] = []
     for item in items:

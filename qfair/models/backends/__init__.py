@@ -10,6 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from qfair.errors import QfairError
+from qfair.plugins import load_plugins
+
 # one line per backend, in the order `qfair quant-specs` lists them
 BACKEND_MODULES = (
     "qfair.models.backends.none",
@@ -45,6 +48,7 @@ def _load() -> None:
         _loaded = True
         for m in BACKEND_MODULES:
             importlib.import_module(m)
+        load_plugins("qfair.backends", QfairError)  # other packages' backends (entry points)
 
 
 def backends() -> list[Any]:
