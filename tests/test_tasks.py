@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 import qfair.tasks as T
 from qfair.tasks.registry import XSTORYCLOZE_LANGS as XSC_LANGS
 
-ALL_TASKS = [
-    "arc_challenge", "arc_easy", "boolq", "crows_pairs_english", "crows_pairs_french",
-    "hellaswag", "mc", "openbookqa", "piqa", "truthfulqa_mc1", "truthfulqa_mc2",
-] + [f"xstorycloze_{lang}" for lang in
-     ("ar", "en", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")] + [
+# the declarative tasks: one data/NAME.task.toml each, read here with tomllib, not with the registry
+DECLARED_TASKS = sorted(tomllib.loads(p.read_text(encoding="utf-8"))["name"]
+                        for p in (Path(T.__file__).parent / "data").glob("*.task.toml"))
+ALL_TASKS = DECLARED_TASKS + [
     "bbq", "bbq_3choice", "stereoset_intrasentence", "stereoset_intersentence", "winogender_all",
     "winogender_male", "winogender_female", "winogender_neutral", "winogender_gotcha",
     "winogender_gotcha_male", "winogender_gotcha_female", "hate_speech"]
@@ -50,6 +54,33 @@ def one_doc(tmp_path, task, row):
 
 def test_names_are_all_builtin_tasks_sorted():
     assert T.names() == sorted(ALL_TASKS + GENERATION_TASKS)
+
+
+def test_the_seed_benchmarks_are_declared_as_data():
+    want = {"arc_challenge", "arc_easy", "boolq", "crows_pairs_english", "crows_pairs_french", "hellaswag", "mc",
+            "openbookqa", "piqa", "truthfulqa_mc1", "truthfulqa_mc2"} | {f"xstorycloze_{lang}" for lang in XSC_LANGS}
+    assert set(DECLARED_TASKS) == want
+
+
+def test_a_declarative_task_file_is_checked_field_by_field():
+    from qfair.tasks.registry import declared_spec
+
+    good = ('name = "t"\ndescription = "d"\nkind = "multiple_choice"\nprompt_format_version = "x@1"\n'
+            'format = "xstorycloze"\nformat_args = ["es"]\nschema = "s"\ntarget_delimiter = ""\n'
+            '[hf]\npath = "a/b"\nsplit = "test"\n')
+    sp = declared_spec("t.task.toml", good)
+    assert (sp.name, sp.kind, sp.target_delimiter, sp.hf, sp.sample) == ("t", "multiple_choice", "", ("a/b", None, "test"),
+                                                                         None)
+    row = {"input_sentence_1": "a.", "input_sentence_2": "b.", "input_sentence_3": "c.", "input_sentence_4": "d.",
+           "sentence_quiz1": "e.", "sentence_quiz2": "f.", "answer_right_ending": 2}
+    assert sp.convert(row) == T.spec("xstorycloze_es").convert(row)
+    for bad, msg in (("extra = 1\n" + good, r"unknown field\(s\) \['extra'\]"),
+                     (good.replace('kind = "multiple_choice"\n', ""), r"missing text field\(s\) \['kind'\]"),
+                     (good.replace('"xstorycloze"', '"nope"'), "format 'nope' is not a converter"),
+                     (good.replace('split = "test"\n', ""), r"\[hf\] needs path and split"),
+                     ("name = ", "not valid TOML")):
+        with pytest.raises(T.TaskError, match=msg):
+            declared_spec("t.task.toml", bad)
 
 
 @pytest.mark.parametrize("name", GENERATION_TASKS)

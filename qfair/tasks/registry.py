@@ -51,18 +51,7 @@ class TaskSpec:
 
 
 XSTORYCLOZE_LANGS = ("en", "ar", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")
-XSTORYCLOZE_SAMPLES = XSTORYCLOZE_LANGS      # every language ships a sample (the same 22 stories)
 
-_LANG_NAMES = {"en": "English", "ar": "Arabic", "es": "Spanish", "eu": "Basque",
-               "hi": "Hindi", "id": "Indonesian", "my": "Burmese", "ru": "Russian",
-               "sw": "Swahili", "te": "Telugu", "zh": "Chinese"}
-
-_ARC_SCHEMA = "question, choices{text,label}, answerKey"
-_TQA_SCHEMA_1 = "question, mc1_targets{choices,labels}"
-_TQA_SCHEMA_2 = "question, mc2_targets{choices,labels}"
-_XSC_SCHEMA = ("input_sentence_1..input_sentence_4, sentence_quiz1, sentence_quiz2, "
-               "answer_right_ending (1 or 2)")
-_CROWS_SCHEMA = "sent_more, sent_less, bias_type[, stereo_antistereo]"
 _BBQ_SCHEMA = ("context, question, ans0, ans1, ans2, label (0-2), category, question_polarity (neg|nonneg), "
                "context_condition (ambig|disambig), answer_info{ans0,ans1,ans2}, "
                "additional_metadata{stereotyped_groups}")
@@ -75,62 +64,68 @@ _STEREOSET_SCHEMA = ("id, target, bias_type, context, sentences (hub: {sentence[
                      "or a list of {sentence, gold_label})")
 
 
+# A task that needs no code of its own is one declarative file next to its sample,
+# data/NAME.task.toml: name, description, kind, prompt_format_version, format (a
+# converter of qfair.tasks.formats, with format_args for a converter factory), schema,
+# and optional target_delimiter, sample, group_by and [hf] path/config/split. Tasks
+# that need code (row filters, generated families) are defined in Python below.
+_DECLARED_KEYS = {"name", "description", "kind", "prompt_format_version", "format", "format_args", "schema",
+                  "target_delimiter", "sample", "group_by", "hf"}
+_REQUIRED_KEYS = ("name", "description", "kind", "prompt_format_version", "format", "schema")
+
+
+def _toml_loads(text: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def declared_spec(where: str, text: str) -> TaskSpec:
+    """The TaskSpec of one declarative task file (``where`` names it in errors)."""
+    try:
+        d = _toml_loads(text)
+    except ValueError as e:
+        raise TaskError(f"{where}: not valid TOML ({e})") from None
+    unknown = sorted(set(d) - _DECLARED_KEYS)
+    missing = [k for k in _REQUIRED_KEYS if not isinstance(d.get(k), str) or not d.get(k)]
+    if unknown or missing:
+        raise TaskError(f"{where}: " + "; ".join(
+            ([f"unknown field(s) {unknown}"] if unknown else []) + ([f"missing text field(s) {missing}"] if missing
+                                                                   else []))
+            + f" (fields: {', '.join(sorted(_DECLARED_KEYS))})")
+    conv = getattr(formats, d["format"], None)
+    if conv is None or not callable(conv):
+        raise TaskError(f"{where}: format {d['format']!r} is not a converter of qfair.tasks.formats")
+    if "format_args" in d:
+        conv = conv(*d["format_args"])
+    hf = None
+    if "hf" in d:
+        h = d["hf"]
+        if not isinstance(h, dict) or not h.get("path") or not h.get("split") or set(h) - {"path", "config", "split"}:
+            raise TaskError(f"{where}: [hf] needs path and split (and an optional config), got {h!r}")
+        hf = (h["path"], h.get("config"), h["split"])
+    return TaskSpec(d["name"], d["description"], d["kind"], d["prompt_format_version"], conv, d["schema"],
+                    target_delimiter=d.get("target_delimiter", " "), hf=hf, sample=d.get("sample"),
+                    group_by=d.get("group_by"))
+
+
+def declared_specs() -> list[TaskSpec]:
+    """The tasks declared by ``qfair/tasks/data/*.task.toml``, in file-name order."""
+    data = resources.files(__package__).joinpath("data")
+    out = []
+    for f in sorted((f for f in data.iterdir() if f.name.endswith(".task.toml")), key=lambda f: f.name):
+        sp = declared_spec(f"qfair/tasks/data/{f.name}", f.read_text(encoding="utf-8"))
+        if f.name != f"{sp.name}.task.toml":
+            raise TaskError(f"qfair/tasks/data/{f.name}: declares task {sp.name!r}; name the file {sp.name}.task.toml")
+        out.append(sp)
+    return out
+
+
 def _specs() -> dict[str, TaskSpec]:
-    specs = [
-        TaskSpec("piqa", "Physical commonsense: pick the better of two solutions to a goal.",
-                 "multiple_choice", "lm-eval-harness/piqa@1", formats.piqa,
-                 "goal, sol1, sol2, label (0 or 1)",
-                 hf=("baber/piqa", None, "validation"), sample="piqa.jsonl"),
-        TaskSpec("boolq", "Yes/no questions about a short passage.",
-                 "multiple_choice", "lm-eval-harness/boolq@2", formats.boolq,
-                 "passage, question, label (0 = no, 1 = yes)",
-                 hf=("aps/super_glue", "boolq", "validation"), sample="boolq.jsonl"),
-        TaskSpec("openbookqa", "Elementary science questions, four choices, no passage.",
-                 "multiple_choice", "lm-eval-harness/openbookqa@1", formats.openbookqa,
-                 "question_stem, choices{text,label}, answerKey",
-                 hf=("allenai/openbookqa", "main", "test"), sample="openbookqa.jsonl"),
-        TaskSpec("arc_easy", "Grade-school science questions (ARC Easy set).",
-                 "multiple_choice", "lm-eval-harness/arc_easy@1", formats.arc, _ARC_SCHEMA,
-                 hf=("allenai/ai2_arc", "ARC-Easy", "test"), sample="arc_easy.jsonl"),
-        TaskSpec("arc_challenge", "Grade-school science questions (ARC Challenge set).",
-                 "multiple_choice", "lm-eval-harness/arc_challenge@1", formats.arc, _ARC_SCHEMA,
-                 hf=("allenai/ai2_arc", "ARC-Challenge", "test"), sample="arc_challenge.jsonl"),
-        TaskSpec("hellaswag", "Pick the most plausible continuation of an activity description.",
-                 "multiple_choice", "lm-eval-harness/hellaswag@1", formats.hellaswag,
-                 "activity_label, ctx_a, ctx_b, endings[4], label",
-                 hf=("Rowan/hellaswag", None, "validation"), sample="hellaswag.jsonl"),
-        TaskSpec("truthfulqa_mc1", "TruthfulQA, one true answer among several (MC1).",
-                 "multiple_choice", "lm-eval-harness/truthfulqa_mc1@2", formats.truthfulqa_mc1,
-                 _TQA_SCHEMA_1, hf=("truthfulqa/truthful_qa", "multiple_choice", "validation"),
-                 sample="truthfulqa.jsonl"),
-        TaskSpec("truthfulqa_mc2", "TruthfulQA, probability mass on the true answers (MC2).",
-                 "mc2", "lm-eval-harness/truthfulqa_mc2@3", formats.truthfulqa_mc2,
-                 _TQA_SCHEMA_2, hf=("truthfulqa/truthful_qa", "multiple_choice", "validation"),
-                 sample="truthfulqa.jsonl"),
-    ]
-    for lang in XSTORYCLOZE_LANGS:
-        specs.append(TaskSpec(
-            f"xstorycloze_{lang}",
-            f"Story cloze in {_LANG_NAMES[lang]}: pick the right ending of a four-sentence story.",
-            "multiple_choice", f"lm-eval-harness/xstorycloze_{lang}@1", formats.xstorycloze(lang),
-            _XSC_SCHEMA, hf=("juletxara/xstory_cloze", lang, "eval"),
-            sample=f"xstorycloze_{lang}.jsonl" if lang in XSTORYCLOZE_SAMPLES else None,
-            group_by="language"))
-    for lang, config in (("en", "english"), ("fr", "french")):
-        specs.append(TaskSpec(
-            f"crows_pairs_{config}",
-            f"CrowS-Pairs ({config.capitalize()}): is the more stereotyping sentence of a "
-            f"minimal pair the likelier one?",
-            "crows_pairs", f"lm-eval-harness/crows_pairs_{config}@1", formats.crows_pairs(lang),
-            _CROWS_SCHEMA, target_delimiter="",
-            hf=("jannalu/crows_pairs_multilingual", config, "test"),
-            sample=f"crows_pairs_{config}.jsonl", group_by="bias_type"))
+    specs = declared_specs()
     specs += _bias_specs()
-    specs.append(TaskSpec(
-        "mc", "Generic multiple choice from your own rows; context and choices used verbatim.",
-        "multiple_choice", "qfair/mc@1", formats.generic_mc,
-        "context, choices (list), label (index), optional id and group",
-        sample="mc.jsonl", group_by="group field"))
     specs.extend(generation_task_specs())  # prompt-only tasks (task kind "generation")
     return {s.name: s for s in specs}
 
