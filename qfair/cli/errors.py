@@ -18,6 +18,7 @@ __all__ = ["user_errors", "one_line", "reported"]
 # (module, class): the library's user-facing error types; a module whose optional
 # dependencies are missing (torch, transformers) simply contributes none
 _LIBRARY_ERRORS = (
+    ("qfair.fsutil", "PathError"),
     ("qfair.dump", "DumpError"),
     ("qfair.tasks", "TaskError"),
     ("qfair.models", "ModelError"),
