@@ -602,3 +602,21 @@ def test_import_onto_existing_out_does_not_suggest_resume(tmp_path):
     assert "--resume" not in msg
     res = run("import", "lm-eval", LM_EVAL / "fp32", "--out", out)
     assert "--resume" not in one_line_error(res, "--overwrite")
+
+
+def test_import_out_holding_its_input_is_refused(tmp_path):
+    """--overwrite onto a dump directory that holds the logs being imported: refused before deleting."""
+    from test_reliability import _add_all, _choices_only_writer
+
+    d = tmp_path / "d"
+    _add_all(_choices_only_writer(d))
+    shutil.copytree(LM_EVAL / "fp32", d / "logs")
+    before = tree(d)
+    one_line_error(run("import", "lm-eval", d / "logs", "--out", d, "--overwrite"), "holds this command's PATH")
+    assert tree(d) == before
+    p, _ = _kld(tmp_path, lambda c: None)
+    shutil.copy(p, d / "base.kld")
+    before = tree(d)
+    one_line_error(run("import", "llamacpp", d / "base.kld", "--out", d, "--overwrite", "--no-progress"),
+                   "holds this command's FILE")
+    assert tree(d) == before

@@ -418,8 +418,11 @@ class DumpWriter:
     (e.g. the scoring rules); ``threads``: the compute threads the producer
     used (recorded as ``run.threads``, free to differ on resume). The writer
     holds an exclusive lock on ``out`` (:mod:`qfair.lock`) until ``close()``
-    or ``abort()``: a second writer on the same directory stops at once. See
-    the module doc for the guarantees.
+    or ``abort()``: a second writer on the same directory stops at once.
+    ``inputs`` (option -> path): what the producer reads; an ``out`` that
+    resolves to one of them, or holds one, is refused before anything is
+    deleted. ``resumable=False``: the producer has no --resume (messages do
+    not offer it). See the module doc for the guarantees.
     """
 
     def __init__(self, out: str | os.PathLike, *, kind: str = "multiple_choice", examples: Any,
@@ -429,7 +432,8 @@ class DumpWriter:
                  config: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
                  seed: int = 0, counts: Mapping[str, int] | None = None, resume: bool = False,
                  overwrite: bool = False, max_queue: int = 64, threads: int | None = None,
-                 part: tuple[int, int] | None = None, resumable: bool = True):
+                 part: tuple[int, int] | None = None, resumable: bool = True,
+                 inputs: Mapping[str, Any] | None = None):
         self.out = Path(out)
         self.resumable = resumable  # False: the producer has no --resume (an import); messages do not offer it
         self.kind = get_kind(kind)
@@ -501,6 +505,13 @@ class DumpWriter:
                              "host": socket.gethostname(), "done": False}
         if resume and overwrite:
             raise DumpError("--resume and --overwrite exclude each other")
+        if inputs:  # the producer's inputs (option -> path): out must be none of them, nor hold one
+            from qfair.fsutil import PathError, check_not_input
+
+            try:
+                check_not_input(self.out, dict(inputs))
+            except PathError as e:
+                raise DumpError(str(e)) from None
         bad = mf.unstorable(fresh)
         if bad is not None:  # refused before the directory is touched
             raise DumpError(f"{self.out / mf.MANIFEST}: field {bad!r} is not a finite number; a manifest (JSON) "

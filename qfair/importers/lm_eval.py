@@ -373,7 +373,7 @@ def import_lm_eval(path: str | os.PathLike, out: str | os.PathLike, *, group_fie
                                          "group_field": group_field},
                    info={"scoring": {"rules": "lm-evaluation-harness (imported log-likelihoods)",
                                      "acc_norm_length": "unicode code points of the choice"}},
-                   overwrite=overwrite, resumable=False)
+                   overwrite=overwrite, resumable=False, inputs={"PATH": path})
     try:
         for t, _, docs in per_task:
             for d in docs:
