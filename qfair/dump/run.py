@@ -127,7 +127,7 @@ def check_out(out: str | os.PathLike, *, model: str | None = None, load_kwargs: 
     load_kwargs = load_kwargs or {}
     inputs: dict[str, Any] = {"--reference": (generation or {}).get("reference"), "--text": load_kwargs.get("text")}
     if isinstance(data_files, dict):
-        inputs.update({f"--data-file {k}": v for k, v in data_files.items()})
+        inputs.update({f"--data-file {k}": v for k, v in data_files.items() if str(v) != "hf"})
     elif data_files:
         for spec in data_files:
             task, sep, path = str(spec).partition("=")
