@@ -107,6 +107,8 @@ class PathError(ValueError):
 def resolved(path: str | os.PathLike, what: str = "path") -> Path:
     """``path`` made absolute with every symlink followed (missing tails kept);
     PathError instead of the RuntimeError / OSError of a symlink loop."""
+    if "\x00" in os.fspath(path):
+        raise PathError(f"{what} {os.fspath(path)!r}: contains a NUL character, which no path can hold")
     try:
         return Path(path).expanduser().resolve()
     except (RuntimeError, OSError) as e:

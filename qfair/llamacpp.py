@@ -260,14 +260,16 @@ def check_rows(rows: np.ndarray, path: Path, first_row: int, chunk: int | None =
                        "not a row llama-perplexity writes")
     if n_vocab is None or not rows.shape[0]:
         return
-    dec = decode_rows(rows, n_vocab).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # a blown-up scale overflows: refused just below
+        dec = decode_rows(rows, n_vocab).astype(np.float64)
     top = dec.max(axis=1)
     bad = np.flatnonzero(~np.isfinite(top) | (top > MAX_LOGPROB_SLACK))
     if bad.size:
         i = int(bad[0])
         raise KldError(f"{path}: {where(i)} decodes to a largest log-probability of {top[i]:.6g} (> 0; scale "
                        f"{float(scale[i]):.6g}, min_log_prob {float(lo[i]):.6g}); not log-probabilities")
-    log_mass = top + np.log(np.exp(dec - top[:, None]).sum(axis=1))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        log_mass = top + np.log(np.exp(dec - top[:, None]).sum(axis=1))
     hi = math.log1p(n_vocab * math.exp(-16.0)) + LOG_MASS_SLACK
     bad = np.flatnonzero(~np.isfinite(log_mass) | (log_mass < -LOG_MASS_SLACK) | (log_mass > hi))
     if bad.size:

@@ -541,7 +541,7 @@ def study_files(draw):
         lines.append('quant = ["bnb-int8"]')
     else:
         lines.append(f'quant = [{{spec = "bnb-int8", label = {_toml_str(spec_label)}}}]')
-    lines += ["[[models]]", f"id = {_toml_str(draw(st.sampled_from(['m', '..', '.', '/', 'a/..']), label='id'))}"]
+    lines += ["[[models]]", f"id = {_toml_str(draw(st.sampled_from(['m', '..', '.', '/', 'a/..']) | name, label='id'))}"]
     model_label = draw(st.none() | name, label="model label")
     if model_label is not None:
         lines.append(f"label = {_toml_str(model_label)}")

@@ -620,3 +620,19 @@ def test_import_out_holding_its_input_is_refused(tmp_path):
     one_line_error(run("import", "llamacpp", d / "base.kld", "--out", d, "--overwrite", "--no-progress"),
                    "holds this command's FILE")
     assert tree(d) == before
+
+
+def test_nul_in_study_paths_is_refused_naming_the_field(tmp_path):
+    """Found by the fuzzer: a NUL in `out` or a model path raised ValueError from the OS layer."""
+    from qfair.study import StudyError, load_study, make_plan
+
+    sf = tmp_path / "s.toml"
+    sf.write_text('out = "a\\u0000b"\n' + _study_text())
+    with pytest.raises(StudyError, match="field 'out'.*NUL"):
+        load_study(sf)
+    sf.write_text(_study_text(model_id="m\x00x"))
+    with pytest.raises(StudyError, match=r"field 'models\[0\]\.id'.*NUL"):
+        load_study(sf)
+    sf.write_text(_study_text())
+    with pytest.raises(StudyError, match="NUL"):
+        make_plan(load_study(sf), "o\x00ut")

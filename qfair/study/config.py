@@ -181,7 +181,10 @@ def parse_size(v: Any) -> float:
     raise ValueError("expected a number of parameters such as 560M, 7B or 1.3e9")
 
 
-def _resolve_path(v: str, root: Path) -> str:
+def _resolve_path(v: str, root: Path, c: _C | None = None, fld: str = "") -> str:
+    if "\x00" in v:  # no file system takes it (os calls raise ValueError)
+        msg = f"is {v!r}, which contains a NUL character; expected a path"
+        raise c.fail(fld, msg) if c is not None else StudyError(f"{fld} {msg}")
     p = Path(v).expanduser()
     if not p.is_absolute() and (root / p).exists():
         return str((root / p).resolve())
@@ -196,7 +199,7 @@ def _model(c: _C, v: Any, i: int, root: Path) -> ModelEntry:
     if ("id" in t) == ("path" in t):
         raise c.fail(fld, "needs exactly one of id (a hub id, a local path or smollm2-135m) and path")
     raw = c.str_(t.get("id", t.get("path")), f"{fld}.{'id' if 'id' in t else 'path'}")
-    mid = _resolve_path(raw, root)
+    mid = _resolve_path(raw, root, c, f"{fld}.{'id' if 'id' in t else 'path'}")
     if "label" in t:
         label = c.label(t["label"], f"{fld}.label")
     else:
@@ -232,7 +235,7 @@ def _model(c: _C, v: Any, i: int, root: Path) -> ModelEntry:
         else:
             val = c.str_(val, f"{fld}.{k}")
             if k in ("gguf_file", "offload_folder", "cache_dir"):
-                val = _resolve_path(val, root)
+                val = _resolve_path(val, root, c, f"{fld}.{k}")
         load[k] = val
     return ModelEntry(mid, label, family, size, load)
 
@@ -297,7 +300,7 @@ def _group(c: _C, v: Any, i: int, root: Path) -> TaskGroup:
     if "text" in t:
         if "tasks" in t or "data_files" in t:
             raise c.fail(fld, "scores either tasks or a text (text = FILE, ctx = N), not both")
-        txt = Path(_resolve_path(c.str_(t["text"], f"{fld}.text"), root))
+        txt = Path(_resolve_path(c.str_(t["text"], f"{fld}.text"), root, c, f"{fld}.text"))
         if not txt.is_file():
             raise c.fail(f"{fld}.text", f"is {str(t['text'])!r}: no such file")
         if "ctx" not in t:
@@ -324,7 +327,7 @@ def _group(c: _C, v: Any, i: int, root: Path) -> TaskGroup:
             if k not in resolved:
                 raise c.fail(f"{fld}.data_files.{k}", f"names a task that is not among tasks ({', '.join(resolved)})")
             pth = c.str_(p, f"{fld}.data_files.{k}")
-            files[k] = pth if pth == "hf" else _resolve_path(pth, root)
+            files[k] = pth if pth == "hf" else _resolve_path(pth, root, c, f"{fld}.data_files.{k}")
             if pth != "hf" and not Path(files[k]).is_file():
                 raise c.fail(f"{fld}.data_files.{k}", f"is {pth!r}: no such file")
     kinds = {_is_generation(n) for n in resolved}
