@@ -104,13 +104,22 @@ class PathError(ValueError):
     """A user-given path or name cannot be used as given; the message names it."""
 
 
+def expand_user(path: str | os.PathLike) -> Path:
+    """``~`` / ``~user`` expanded as a shell does: left as it is when there is no
+    such user or home directory (pathlib raises RuntimeError there)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
 def resolved(path: str | os.PathLike, what: str = "path") -> Path:
     """``path`` made absolute with every symlink followed (missing tails kept);
     PathError instead of the RuntimeError / OSError of a symlink loop."""
     if "\x00" in os.fspath(path):
         raise PathError(f"{what} {os.fspath(path)!r}: contains a NUL character, which no path can hold")
     try:
-        return Path(path).expanduser().resolve()
+        return expand_user(path).resolve()
     except (RuntimeError, OSError) as e:
         why = "a symbolic link loop" if isinstance(e, RuntimeError) or getattr(e, "errno", None) == 40 \
             else (getattr(e, "strerror", None) or str(e))

@@ -636,3 +636,15 @@ def test_nul_in_study_paths_is_refused_naming_the_field(tmp_path):
     sf.write_text(_study_text())
     with pytest.raises(StudyError, match="NUL"):
         make_plan(load_study(sf), "o\x00ut")
+
+
+def test_tilde_of_an_unknown_user_is_a_plain_name(tmp_path):
+    """Found by the fuzzer: `out = "~0"` raised pathlib's RuntimeError (no such user)."""
+    from qfair.study import load_study, make_plan
+
+    sf = tmp_path / "s.toml"
+    sf.write_text('out = "~nosuchuser0"\n' + _study_text(model_id="~nosuchuser1/m"))
+    st = load_study(sf)
+    assert st.out == (tmp_path / "~nosuchuser0").resolve()
+    assert st.models[0].id == "~nosuchuser1/m"
+    make_plan(st, tmp_path / "~nosuchuser2")

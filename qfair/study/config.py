@@ -185,7 +185,9 @@ def _resolve_path(v: str, root: Path, c: _C | None = None, fld: str = "") -> str
     if "\x00" in v:  # no file system takes it (os calls raise ValueError)
         msg = f"is {v!r}, which contains a NUL character; expected a path"
         raise c.fail(fld, msg) if c is not None else StudyError(f"{fld} {msg}")
-    p = Path(v).expanduser()
+    from qfair.fsutil import expand_user
+
+    p = expand_user(v)
     if not p.is_absolute() and (root / p).exists():
         return str((root / p).resolve())
     return str(p.resolve()) if p.exists() else v
@@ -465,10 +467,10 @@ def load_study(path: str | os.PathLike) -> Study:
     name = c.str_(raw.get("name", p.stem), "name")
     out = None
     if "out" in raw:
-        from qfair.fsutil import PathError, resolved
+        from qfair.fsutil import PathError, expand_user, resolved
 
         try:
-            out = resolved(root / Path(c.str_(raw["out"], "out")).expanduser(), "out")
+            out = resolved(root / expand_user(c.str_(raw["out"], "out")), "out")
         except PathError as e:
             raise c.fail("out", str(e)) from None
     models_raw = raw.get("models")
