@@ -648,3 +648,5 @@ def test_tilde_of_an_unknown_user_is_a_plain_name(tmp_path):
     assert st.out == (tmp_path / "~nosuchuser0").resolve()
     assert st.models[0].id == "~nosuchuser1/m"
     make_plan(st, tmp_path / "~nosuchuser2")
+    one_line_error(run("dump", "--model", "~nosuchuser3", "--tasks", "piqa", "--limit", "1", "--out",
+                       tmp_path / "d"), "model not found")
