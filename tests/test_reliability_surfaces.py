@@ -650,3 +650,20 @@ def test_tilde_of_an_unknown_user_is_a_plain_name(tmp_path):
     make_plan(st, tmp_path / "~nosuchuser2")
     one_line_error(run("dump", "--model", "~nosuchuser3", "--tasks", "piqa", "--limit", "1", "--out",
                        tmp_path / "d"), "model not found")
+
+
+def test_library_generation_dump_onto_its_reference_is_refused(gen_base):
+    """The library path (run_generation_dump), not only the CLI: the writer knows its inputs."""
+    import qfair.tasks as T
+    from qfair.generation.decode import DecodeSettings
+    from qfair.generation.producer import run_generation_dump
+    from qfair.models import load_model
+
+    base = gen_base["base"]
+    before = tree(base)
+    loaded = load_model(str(gen_base["model"]), progress=False)
+    with pytest.raises(DumpError, match="--reference"):
+        run_generation_dump(base, loaded, [T.get("gen_prompts", data_file=gen_base["prompts"])],
+                            settings=DecodeSettings(max_new_tokens=3), reference=base, overwrite=True,
+                            progress=False)
+    assert tree(base) == before

@@ -245,7 +245,7 @@ def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any
         shard_rows=shard_rows, config={**(config or {}), **settings.to_json(), "batch_size": batch_size,
                                        "reference": str(reference) if reference is not None else None},
         info={"generation": gen_info}, seed=settings.seed, counts={"continuations": len(docs) * S},
-        resume=resume, overwrite=overwrite)
+        resume=resume, overwrite=overwrite, inputs={"--reference": reference})
     if not writer.already_complete:
         lm = LanguageModel(loaded.model, tok, getattr(loaded, "device", None))
         keep = stores_rows(store)
