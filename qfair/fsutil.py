@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from qfair.errors import QfairError
+
 _sha_memo: dict[tuple[str, int, int], str] = {}
 
 
@@ -100,3 +102,88 @@ def atomic_write_bytes(final: Path, data: bytes) -> None:
 
 def atomic_write_text(final: Path, text: str) -> None:
     atomic_write_bytes(final, text.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------
+# user-given paths: names that become path components, outputs vs inputs
+# ---------------------------------------------------------------------------
+
+class PathError(QfairError):
+    """A user-given path or name cannot be used as given; the message names it."""
+
+
+def expand_user(path: str | os.PathLike) -> Path:
+    """``~`` / ``~user`` expanded as a shell does: left as it is when there is no
+    such user or home directory (pathlib raises RuntimeError there)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
+def resolved(path: str | os.PathLike, what: str = "path") -> Path:
+    """``path`` made absolute with every symlink followed (missing tails kept);
+    PathError instead of the RuntimeError / OSError of a symlink loop."""
+    if "\x00" in os.fspath(path):
+        raise PathError(f"{what} {os.fspath(path)!r}: contains a NUL character, which no path can hold")
+    try:
+        return expand_user(path).resolve()
+    except (RuntimeError, OSError) as e:
+        why = "a symbolic link loop" if isinstance(e, RuntimeError) or getattr(e, "errno", None) == 40 \
+            else (getattr(e, "strerror", None) or str(e))
+        raise PathError(f"{what} {os.fspath(path)!r}: cannot be resolved ({why})") from None
+
+
+def path_component(name: object, what: str = "name") -> str:
+    """``name`` when it can be used as one directory or file name inside an
+    output directory: a non-empty string without path separators or NUL, not
+    '.' / '..', not starting with '.' (qfair's own hidden files) and at most
+    255 bytes. PathError naming ``what`` otherwise."""
+    if not isinstance(name, str) or not name:
+        raise PathError(f"{what} is {name!r}, expected a non-empty name")
+    bad = None
+    if "\x00" in name:
+        bad = "contains a NUL character"
+    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        bad = "contains a path separator"
+    elif name.startswith("."):
+        bad = "starts with '.' ('.', '..' and hidden names are not allowed)"
+    elif len(os.fsencode(name)) > 255:
+        bad = "is longer than 255 bytes"
+    elif Path(name).is_absolute() or Path(name).name != name:
+        bad = "is not a single path component"
+    if bad is not None:
+        raise PathError(f"{what} is {name!r}, which {bad}; expected a plain name usable as a directory name")
+    return name
+
+
+def child_path(root: str | os.PathLike, *names: str, what: str = "name") -> Path:
+    """``root / names[0] / ...`` after checking each name (:func:`path_component`)
+    and that the result, symlinks followed, stays inside ``root``."""
+    p = Path(root)
+    for n in names:
+        p = p / path_component(n, what)
+    r, c = resolved(root, "output directory"), resolved(p, what)
+    if r != c and r not in c.parents:
+        raise PathError(f"{what} {'/'.join(names)!r}: resolves to {c}, outside the output directory {r}")
+    return p
+
+
+def check_not_input(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None],
+                    option: str = "--out") -> Path:
+    """Refuse an output that resolves (symlinks followed) to one of the command's
+    inputs, or to a directory holding one (writing or cleaning it would destroy
+    the input). ``inputs``: option name -> path (None: not given). Returns the
+    resolved output. Call before anything is deleted or written."""
+    o = resolved(out, option)
+    for name, p in inputs.items():
+        if p is None:
+            continue
+        i = resolved(p, name)
+        if o == i:
+            raise PathError(f"{option} {os.fspath(out)!r} resolves to {i}, which is this command's {name}; "
+                            "write the output somewhere else")
+        if o in i.parents:
+            raise PathError(f"{option} {os.fspath(out)!r} resolves to {o}, which holds this command's {name} "
+                            f"({i}); write the output somewhere else")
+    return o

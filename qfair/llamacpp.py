@@ -214,7 +214,7 @@ class KldReader:
                 raise KldError(f"{self.path}: truncated: chunk {k} of {h.n_chunk} holds {len(raw)} of "
                                f"{nbytes} bytes")
             rows = np.frombuffer(raw, "<u2").reshape(h.rows_per_chunk, h.row_words)
-            check_rows(rows, self.path, k * h.rows_per_chunk)
+            check_rows(rows, self.path, k * h.rows_per_chunk, chunk=k, n_vocab=h.n_vocab)
             self._next_chunk = k + 1
             yield k, rows
         if self.path.suffix == ".xz" and _read_exact(self._fh, 1):
@@ -239,13 +239,45 @@ def _row_header(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hdr[:, 0].astype(F32), hdr[:, 1].astype(F32)
 
 
-def check_rows(rows: np.ndarray, path: Path, first_row: int) -> None:
+#: how far a decoded row may sit above log-probability 0 (float32 rounding of scale * 65535 + min)
+MAX_LOGPROB_SLACK = 1e-3
+#: how far a decoded row's log of its total probability may be from 0, beyond what the clamp at
+#: max - 16 adds (at most n_vocab * e^-16): the quantisation moves each entry by half a step (< 1.3e-4)
+LOG_MASS_SLACK = 0.05
+
+
+def check_rows(rows: np.ndarray, path: Path, first_row: int, chunk: int | None = None,
+               n_vocab: int | None = None) -> None:
+    """Refuse raw rows that are not log-probabilities as llama-perplexity writes
+    them: a non-finite or negative scale, a non-finite min_log_prob, and (with
+    ``n_vocab``) a decoded row whose maximum is above 0 beyond rounding or whose
+    probabilities do not sum to about 1. KldError names the chunk and the row."""
     scale, lo = _row_header(rows)
+    where = (lambda i: f"chunk {chunk}, row {first_row + i}") if chunk is not None else \
+        (lambda i: f"row {first_row + i}")
     bad = np.flatnonzero(~np.isfinite(scale) | (scale < 0) | ~np.isfinite(lo))
     if bad.size:
         i = int(bad[0])
-        raise KldError(f"{path}: row {first_row + i} has scale {scale[i]!r} and min_log_prob {lo[i]!r}; "
+        raise KldError(f"{path}: {where(i)} has scale {scale[i]!r} and min_log_prob {lo[i]!r}; "
                        "not a row llama-perplexity writes")
+    if n_vocab is None or not rows.shape[0]:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):  # a blown-up scale overflows: refused just below
+        dec = decode_rows(rows, n_vocab).astype(np.float64)
+    top = dec.max(axis=1)
+    bad = np.flatnonzero(~np.isfinite(top) | (top > MAX_LOGPROB_SLACK))
+    if bad.size:
+        i = int(bad[0])
+        raise KldError(f"{path}: {where(i)} decodes to a largest log-probability of {top[i]:.6g} (> 0; scale "
+                       f"{float(scale[i]):.6g}, min_log_prob {float(lo[i]):.6g}); not log-probabilities")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        log_mass = top + np.log(np.exp(dec - top[:, None]).sum(axis=1))
+    hi = math.log1p(n_vocab * math.exp(-16.0)) + LOG_MASS_SLACK
+    bad = np.flatnonzero(~np.isfinite(log_mass) | (log_mass < -LOG_MASS_SLACK) | (log_mass > hi))
+    if bad.size:
+        i = int(bad[0])
+        raise KldError(f"{path}: {where(i)}: its probabilities sum to {math.exp(min(log_mass[i], 700.0)):.6g}, "
+                       f"not about 1 (scale {float(scale[i]):.6g}, min_log_prob {float(lo[i]):.6g}); not log-probabilities")
 
 
 def decode_rows(rows: np.ndarray, n_vocab: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -372,6 +372,34 @@ class Scorer:
 # tokenizer identity
 # ---------------------------------------------------------------------------
 
+#: fingerprint fields added after the first dumps were written: absent on one side is not a mismatch
+FINGERPRINT_LATER = ("adds_bos", "adds_eos")
+
+
+def special_tokens_added(tokenizer: Any) -> dict[str, bool]:
+    """Whether the tokenizer puts a BOS in front of / an EOS after a text by
+    default (what ``tokenizer(text)`` does): two tokenizers with the same
+    vocabulary but different settings here give prompts of different lengths."""
+    try:
+        ids = [int(t) for t in tokenizer("a")["input_ids"]]
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode: nothing to record
+        return {}
+    bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
+    return {"adds_bos": bool(ids) and bos is not None and ids[0] == bos,
+            "adds_eos": len(ids) > 1 and eos is not None and ids[-1] == eos}
+
+
+def fingerprint_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """The first fingerprint field on which two tokenizers differ (``class``
+    ignored; the :data:`FINGERPRINT_LATER` fields only when both record them)."""
+    for k in sorted(set(a) | set(b)):
+        if k == "class" or (k in FINGERPRINT_LATER and (k not in a or k not in b)):
+            continue
+        if a.get(k) != b.get(k):
+            return k
+    return None
+
+
 def tokenizer_fingerprint(tokenizer: Any, model_vocab_size: int | None = None) -> dict[str, Any]:
     """The models module's vocabulary fingerprint (one hash for the whole
     project), plus what alignment checks also need: the special ids and the
@@ -385,6 +413,7 @@ def tokenizer_fingerprint(tokenizer: Any, model_vocab_size: int | None = None) -
         "vocab_sha256": base["sha256"],
         "bos_token_id": getattr(tokenizer, "bos_token_id", None),
         "eos_token_id": getattr(tokenizer, "eos_token_id", None),
+        **special_tokens_added(tokenizer),
     }
     if model_vocab_size is not None:
         fp["model_vocab_size"] = int(model_vocab_size)

@@ -1,6 +1,7 @@
 """Property-based fuzzing of everything a user can hand qfair: damaged dumps for
-``qfair analyze`` / ``qfair report``, and arrays for ``qfair.divergence`` /
-``qfair.stream_divergence``.
+``qfair analyze`` / ``qfair report``, arrays for ``qfair.divergence`` /
+``qfair.stream_divergence``, study files (path-like labels and names, numbers
+such as inf, nan, 1e400 and negatives), lm-eval sample lines and ``.kld`` rows.
 
 The property: every input either succeeds with correct, finite-aware results
 or is refused with exit status 1 (a ValueError in the library) and one line,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.special import logsumexp
 
-CASES = {"dump": 0, "divergence": 0, "report": 0, "outcomes": {}}
+CASES = {"dump": 0, "divergence": 0, "report": 0, "study": 0, "lm_eval": 0, "kld": 0, "outcomes": {}}
 _TEMPLATE: dict[str, Path] = {}
 
 
@@ -505,3 +507,229 @@ def check_divergence_case(case) -> None:
 @given(divergence_inputs())
 def fuzz_divergence(case):
     check_divergence_case(case)
+
+
+# ---------------------------------------------------------------------------
+# study files: names that become paths, numbers that must be finite and in range
+
+#: path-like strings: every one must be refused or stay inside --out
+PATHLIKE = ["..", ".", "../x", "../../etc", "/abs/olute", "/", "a/b", "a\\b", "a\x00b", ".hidden", "x/../../y",
+            "~", "~/x", "C:\\x", "a/", " .. ", "..\\..", "\x00", "ok-name", "nf4+dq", "model.v2"]
+#: numbers as TOML spells them (1e400 reads as infinity)
+NUMBERS = ["inf", "-inf", "nan", "1e400", "-1e400", "-1", "0", "1", "0.5", "2.0", "-0.0", "1e-300", "3",
+           "4097", "100000", "2147483648", "9223372036854775807", "1099511627776"]
+
+
+def _toml_str(s: str) -> str:
+    # JSON escapes are TOML escapes, except that TOML wants DEL escaped too
+    return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+@st.composite
+def study_files(draw):
+    """(TOML text, what was drawn): a study file whose labels, names and numbers are hostile."""
+    name = st.one_of(st.sampled_from(PATHLIKE), st.text(max_size=12))
+    num = st.sampled_from(NUMBERS)
+    drawn: dict = {}
+    gen = draw(st.booleans(), label="generation group")
+    lines = []
+    if draw(st.booleans(), label="out in file"):
+        drawn["out"] = draw(name, label="out")
+        lines.append(f"out = {_toml_str(drawn['out'])}")
+    spec_label = draw(st.none() | name, label="spec label")
+    if spec_label is None:
+        lines.append('quant = ["bnb-int8"]')
+    else:
+        lines.append(f'quant = [{{spec = "bnb-int8", label = {_toml_str(spec_label)}}}]')
+    lines += ["[[models]]", f"id = {_toml_str(draw(st.sampled_from(['m', '..', '.', '/', 'a/..']) | name, label='id'))}"]
+    model_label = draw(st.none() | name, label="model label")
+    if model_label is not None:
+        lines.append(f"label = {_toml_str(model_label)}")
+    if draw(st.booleans(), label="with size"):
+        lines.append(f"size = {draw(num, label='size')}")
+    lines += ["[[tasks]]", f"name = {_toml_str(draw(name, label='group'))}",
+              f'tasks = ["{"gen_prompts" if gen else "piqa"}"]']
+    keys = ["limit", "threads", "seed", "shard_rows", "batch_size"]
+    keys += ["max_new_tokens", "temperature", "top_p", "samples"] if gen else []
+    for k in draw(st.lists(st.sampled_from(keys), unique=True, max_size=4), label="group keys"):
+        lines.append(f"{k} = {draw(num, label=k)}")
+    lines.append("[analysis]")
+    for k in draw(st.lists(st.sampled_from(["bootstrap", "confidence", "threads", "bins", "n_strata", "seed"]),
+                           unique=True, max_size=3), label="analysis keys"):
+        v = draw(st.one_of(num, st.sampled_from(['"abc"', '"15,ece=0"', '{nope = 3}', '{ece = 1e400}'])),
+                 label=f"analysis.{k}")
+        lines.append(f"{k} = {v}")
+    return "\n".join(lines) + "\n"
+
+
+def check_study_case(text: str) -> None:
+    """The study file's checks (shared by --dry-run and the run) either refuse it with
+    one StudyError line, or every planned path lies inside --out and every option
+    the dumps will get is one they accept."""
+    from qfair.generation.decode import DecodeSettings
+    from qfair.study import StudyError, load_study, make_plan
+    from qfair.threads import MAX_THREADS
+
+    with tempfile.TemporaryDirectory(prefix="qfair-fuzz-study-") as tmp:
+        tmp = Path(tmp)
+        sf = tmp / "sub" / "s.toml"
+        sf.parent.mkdir()
+        sf.write_text(text, encoding="utf-8")
+        out = tmp / "sub" / "out"
+        try:
+            study = load_study(sf)
+            plan = make_plan(study, out)
+        except StudyError as e:
+            assert str(e).strip() and str(e).startswith(str(sf)) or "--out" in str(e) or "out" in str(e), str(e)
+            _count("study", "refused")
+            return
+        root = out.resolve()
+        for p in [x for d in plan.dumps for x in (d.path, d.record)] + \
+                [x for a in plan.analyses for x in (a.path, a.record)]:
+            assert root in Path(os.path.realpath(p)).parents, (p, text)
+        for g in study.groups:
+            if g.kind == "generation":
+                DecodeSettings(**g.generation)
+            opts = study.dump_options(g)
+            for k, v in opts.items():
+                if k != "store" and k != "store_dtype":
+                    assert type(v) is int and 0 <= v < 2**63, (k, v)
+            if "threads" in opts:
+                assert 1 <= opts["threads"] <= MAX_THREADS
+        for k, v in study.analysis.items():
+            if isinstance(v, float):
+                assert math.isfinite(v), (k, v)
+        _count("study", "ok")
+
+
+@given(study_files())
+def fuzz_study_files(text):
+    check_study_case(text)
+
+
+# ---------------------------------------------------------------------------
+# lm-eval sample lines
+
+LM_EVAL_RUN = Path(__file__).parent / "data" / "lm_eval" / "fp32"
+LOGLIK_VALUES = [float("nan"), float("inf"), float("-inf"), "nan", "inf", "-inf", "1e400", "NaN", 1e30, 0.5,
+                 -1e-300, -0.0, -3.5, -1e6, "x", None, True, [], "-2.25"]
+
+
+def check_lm_eval_case(data) -> None:
+    """Damage one sample line (a log-likelihood, the gold target, is_greedy, the
+    doc id); the import is refused with one line and writes nothing, or its
+    accuracy equals lm-eval's results file and every log-likelihood is finite."""
+    from qfair.cli import main
+    from qfair.dump.reader import open_dump
+
+    with tempfile.TemporaryDirectory(prefix="qfair-fuzz-lmeval-") as tmp:
+        d = Path(tmp) / "run"
+        shutil.copytree(LM_EVAL_RUN, d)
+        f = next(d.glob("samples_qfair_piqa_*.jsonl"))
+        lines = f.read_text().splitlines()
+        i = data.draw(st.integers(0, len(lines) - 1), label="line")
+        s = json.loads(lines[i])
+        what = data.draw(st.sampled_from(["loglik", "loglik", "loglik", "greedy", "target", "doc_id"]), label="what")
+        if what == "loglik":
+            j = data.draw(st.integers(0, len(s["filtered_resps"]) - 1), label="choice")
+            s["filtered_resps"][j][0] = data.draw(st.sampled_from(LOGLIK_VALUES) | st.floats(), label="value")
+        elif what == "greedy":
+            j = data.draw(st.integers(0, len(s["filtered_resps"]) - 1), label="choice")
+            s["filtered_resps"][j][1] = data.draw(st.sampled_from(["True", "False", "yes", 1, None]), label="value")
+        elif what == "target":
+            s["target"] = data.draw(st.sampled_from([-1, 0, 1, 2, 99, "[0, 1]", "", None, "x"]), label="value")
+        else:
+            s["doc_id"] = data.draw(st.sampled_from([-1, "x", None, 10**30, s["doc_id"]]), label="value")
+        try:
+            lines[i] = json.dumps(s, allow_nan=True)
+        except (TypeError, ValueError):
+            return
+        f.write_text("\n".join(lines) + "\n")
+        out = Path(tmp) / "o"
+        res = CliRunner().invoke(main, ["import", "lm-eval", str(d), "--out", str(out)])
+        _one_line(res)
+        _count("lm_eval", "ok" if res.exit_code == 0 else "refused")
+        if res.exit_code != 0:
+            assert not out.exists() or not any(p.name != ".qfair.lock" for p in out.iterdir()), res.output
+            return
+        results = json.loads(next(d.glob("results_*.json")).read_text())["results"]
+        dump = open_dump(out)
+        ch = dump.choices
+        assert np.isfinite(ch["loglik"].to_numpy()).all(), what
+        from qfair.dump.summary import task_metrics
+
+        kinds = {t["name"]: t["kind"] for t in dump.manifest["tasks"]}
+        for task, m in task_metrics(dump.examples, ch, kinds).items():
+            want = results.get(task, {}).get("acc,none")
+            if want is not None and "acc" in m:
+                assert abs(m["acc"] - want) <= 1e-12, (task, m["acc"], want, what)
+
+
+@given(st.data())
+def fuzz_lm_eval_lines(data):
+    check_lm_eval_case(data)
+
+
+# ---------------------------------------------------------------------------
+# .kld rows
+
+KLD_FLOATS = [float("nan"), float("inf"), float("-inf"), 1e30, -1e30, 0.0, -0.0, 1.0, -1.0, -16.0, -40.0, 0.5,
+              1e-30, 3.4e38, -3.4e38]
+
+
+def check_kld_case(data) -> None:
+    """Damage one row of a small .kld file (its scale, its min_log_prob or its codes):
+    the reader refuses exactly that row, naming its chunk and row, or every row it
+    yields decodes (float64 oracle) to log-probabilities: max <= 0 up to rounding,
+    probabilities summing to about 1."""
+    from qfair.llamacpp import LOG_MASS_SLACK, MAX_LOGPROB_SLACK, KldError, KldHeader, KldReader, encode_rows, write_kld
+
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    rng = np.random.default_rng(seed)
+    vocab = data.draw(st.sampled_from([2, 3, 17, 64]), label="vocab")
+    n_ctx, n_chunk = 8, 2
+    h = KldHeader(n_ctx, vocab, n_chunk)
+    spread = data.draw(st.sampled_from([0.1, 3.0, 30.0]), label="spread")
+    chunks = [encode_rows((rng.normal(0, spread, (h.rows_per_chunk, vocab))).astype(np.float32))
+              for _ in range(n_chunk)]
+    k = data.draw(st.integers(0, n_chunk - 1), label="chunk")
+    r = data.draw(st.integers(0, h.rows_per_chunk - 1), label="row")
+    what = data.draw(st.sampled_from(["none", "scale", "min", "codes"]), label="what")
+    row = chunks[k][r]
+    if what in ("scale", "min"):
+        hdr = row[:4].view("<f4").copy()
+        hdr[0 if what == "scale" else 1] = np.float32(data.draw(st.sampled_from(KLD_FLOATS) | st.floats(width=32),
+                                                                label="value"))
+        row[:4] = hdr.view("<u2")
+    elif what == "codes":
+        j = data.draw(st.integers(0, vocab - 1), label="entry")
+        row[4 + j] = data.draw(st.integers(0, 65535), label="code")
+    with tempfile.TemporaryDirectory(prefix="qfair-fuzz-kld-") as tmp:
+        p = Path(tmp) / "b.kld"
+        write_kld(p, h, rng.integers(0, vocab, n_ctx * n_chunk), iter(chunks))
+        got = []
+        try:
+            with KldReader(p) as rd:
+                for kk, raw in rd.chunks():
+                    got.append((kk, np.array(raw)))
+        except KldError as e:
+            assert "\n" not in str(e)
+            assert f"chunk {k}, row {k * h.rows_per_chunk + r}" in str(e), (what, str(e))
+            assert what != "none", str(e)
+            _count("kld", f"{what}:refused")
+            return
+        _count("kld", f"{what}:ok")
+        for _, raw in got:
+            hdr = raw[:, :4].copy().view("<f4")
+            scale, lo = hdr[:, 0].astype(np.float64), hdr[:, 1].astype(np.float64)
+            dec = raw[:, 4:4 + vocab].astype(np.float64) * scale[:, None] + lo[:, None]
+            assert np.isfinite(dec).all()
+            assert (dec.max(axis=1) <= MAX_LOGPROB_SLACK + 1e-5).all(), (what, dec.max(axis=1))
+            lm = logsumexp(dec, axis=1)
+            hi = math.log1p(vocab * math.exp(-16.0)) + LOG_MASS_SLACK
+            assert ((lm >= -LOG_MASS_SLACK - 1e-5) & (lm <= hi + 1e-5)).all(), (what, lm)
+
+
+@given(st.data())
+def fuzz_kld_rows(data):
+    check_kld_case(data)

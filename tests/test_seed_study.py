@@ -61,6 +61,12 @@ def test_dry_run_estimates_an_unreadable_known_model_and_says_so(tmp_path, tiny_
         raise ModelError(f"could not load the tokenizer of {model}: offline")
 
     monkeypatch.setattr(L, "load_tokenizer", offline)
+    # every task ships a sample now: take xstorycloze_ar's away to see a task the dry run cannot count
+    import dataclasses
+
+    import qfair.tasks as T
+
+    monkeypatch.setitem(T.SPECS, "xstorycloze_ar", dataclasses.replace(T.SPECS["xstorycloze_ar"], sample=None))
     fetched = tmp_path / "fetched"   # no data directory yet: rows on the built-in samples
     body = (f'data_dir = "{fetched}"\nquant = ["bnb-nf4"]\ntasks = ["piqa", "xstorycloze_ar"]\n'
             '[dump]\nstore = "full"\nstore_dtype = "f16"\n'

@@ -83,16 +83,28 @@ def _replace_dir(tmp: Path, out: Path, tag: str) -> None:
 
 
 def _norm(out: str | os.PathLike) -> Path:
+    from qfair.fsutil import PathError, resolved
+
     out = Path(out)
-    return out.resolve() if out.name in ("", ".", "..") else out
+    try:
+        return resolved(out, "--out") if out.name in ("", ".", "..") else out
+    except PathError as e:
+        raise DumpError(str(e)) from None
 
 
-def lock_analysis_dir(out: str | os.PathLike) -> Any:
+def lock_analysis_dir(out: str | os.PathLike, inputs: dict[str, Any] | None = None) -> Any:
     """Lock ``out`` for one analysis (a second process stops at once) after
-    checking that it may be replaced: absent, empty, or an analysis directory.
-    Returns the held :class:`qfair.lock.DirLock` (re-entrant; release it)."""
+    checking that it may be replaced: absent, empty, or an analysis directory,
+    and (``inputs``: option -> path) neither one of the analysis' inputs nor a
+    directory holding one. Returns the held :class:`qfair.lock.DirLock`
+    (re-entrant; release it)."""
+    from qfair.fsutil import PathError, check_not_input
     from qfair.lock import DirLock
 
+    try:
+        check_not_input(out, dict(inputs or {}))
+    except PathError as e:
+        raise DumpError(str(e)) from None
     out = _norm(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

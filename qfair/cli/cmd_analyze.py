@@ -104,7 +104,8 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
 
     with reported(out, ValueError), profiling() as timer:  # the library checks options as ValueError too
         kind_options = _generation_options(lexicons, scorer)
-        lock = lock_analysis_dir(out)  # a second analysis into --out stops here, before any work
+        inputs = {"BASE": base, **{f"QUANT {q}": q for q in quant}}
+        lock = lock_analysis_dir(out, inputs)  # a second analysis into --out stops here, before any work
         try:
             result = compare(base, list(quant), bootstrap=bootstrap, seed=seed, bins=bins, binning=binning,
                              topk=topk, strata=strata, n_strata=n_strata, threads=threads, ttest=ttest,

@@ -19,7 +19,10 @@ from qfair.cli.errors import reported
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (dumps to write, resume or skip; expected rows and disk; analyses) and stop. "
                    "Reads tokenizers, never model weights.")
-def study_cmd(study_file, out, executor, dry_run) -> None:
+@click.option("--verify", is_flag=True,
+              help="Skip a complete dump only when every file it lists has its recorded sha256 (reads every "
+                   "byte); without it, a complete dump's files must be present with their recorded sizes.")
+def study_cmd(study_file, out, executor, dry_run, verify) -> None:
     """Run a study: every model x quantization spec x task group of STUDY.toml
     is dumped (complete dumps skipped, interrupted ones resumed), every (base,
     quantized) pair of a model is analysed with its own report, and the results
@@ -38,7 +41,7 @@ def study_cmd(study_file, out, executor, dry_run) -> None:
     from qfair.study import StudyError, run_study
 
     with reported(out or study_file, StudyError):
-        res = run_study(study_file, out, executor=executor, dry_run=dry_run, log=click.echo)
+        res = run_study(study_file, out, executor=executor, dry_run=dry_run, verify=verify, log=click.echo)
     if res.failed:
         for k, why in res.failed.items():
             click.echo(f"FAILED {k}: {why}", err=True)

@@ -36,6 +36,10 @@ CHOICES = "choices.parquet"
 TOKENS = "tokens.parquet"
 LOGITS_DIR = "logits"
 PARTS_DIR = "parts"
+#: written first into every dump directory qfair begins (before any table or
+#: manifest), so that --overwrite can recognise and clean a dump that failed
+#: before its first manifest was written; removed once the dump is complete
+MARKER = ".qfair-dump"
 
 
 def parse_store(store: str) -> tuple[str, int | None]:
@@ -107,3 +111,43 @@ def read_manifest(dump_dir: Path) -> dict[str, Any]:
     except OSError as e:
         raise DumpError(f"{path}: cannot be read ({e.strerror or e})") from None
     return validate_manifest(m, path)
+
+
+def write_marker(dump_dir: Path) -> None:
+    """Mark ``dump_dir`` as a directory qfair began (:data:`MARKER`)."""
+    atomic_write_bytes(Path(dump_dir) / MARKER, (json.dumps({"format": FORMAT}) + "\n").encode("utf-8"))
+
+
+def is_dump_dir(d: Path) -> bool:
+    """Whether ``d`` is a dump directory qfair began: it holds the marker, or a
+    manifest.json of the dump format (dumps written before the marker)."""
+    d = Path(d)
+    for name in (MARKER, MANIFEST):
+        try:
+            m = json.loads((d / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and m.get("format") == FORMAT:
+            return True
+    return False
+
+
+def unstorable(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first value JSON cannot hold (a non-finite float;
+    JSON has no NaN or infinity), or None. Checked on a run's options before
+    any work, so that a manifest never fails to be written half way."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "(value)"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            bad = unstorable(v, f"{path}.{k}" if path else str(k))
+            if bad is not None:
+                return bad
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = unstorable(v, f"{path}[{i}]")
+            if bad is not None:
+                return bad
+    return None

@@ -309,13 +309,13 @@ class Dump:
 
             module, _, name = self.kind.align_check.partition(":")
             getattr(importlib.import_module(module), name)(self, other, pair)
+        from qfair.scoring import fingerprint_difference
+
         a, b = self.tokenizer_fingerprint, other.tokenizer_fingerprint
-        for k in sorted(set(a) | set(b)):
-            if k == "class":
-                continue
-            if a.get(k) != b.get(k):
-                raise DumpError(f"{pair}: tokenizer fingerprint field {k!r} differs "
-                                f"({a.get(k)!r} vs {b.get(k)!r}); the dumps are not aligned")
+        k = fingerprint_difference(a, b)
+        if k is not None:
+            raise DumpError(f"{pair}: tokenizer fingerprint field {k!r} differs "
+                            f"({a.get(k)!r} vs {b.get(k)!r}); the dumps are not aligned")
         if self.vocab_size != other.vocab_size:
             raise DumpError(f"{pair}: vocab_size {self.vocab_size} vs {other.vocab_size}; not aligned")
         if self.kind.align_table is None or not _rows_meant_to_align(self, other):

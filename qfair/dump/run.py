@@ -76,6 +76,7 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
     except ValueError as e:
         raise DumpError(str(e)) from None
     load_kwargs = {k: v for k, v in (load_kwargs or {}).items() if v is not None}
+    check_out(out, model=model, load_kwargs=load_kwargs, data_files=data_files, generation=generation)
     common = dict(store=store, store_dtype=store_dtype, shard_rows=shard_rows, batch_size=batch_size,
                   resume=resume, overwrite=overwrite, seed=seed, progress=progress)
     if ctx is not None:
@@ -127,6 +128,35 @@ def _parallel(ctx: Any, out: str | os.PathLike, model: str | None, quant: str, t
     return s
 
 
+def check_out(out: str | os.PathLike, *, model: str | None = None, load_kwargs: dict[str, Any] | None = None,
+              data_files: Any = None, generation: dict[str, Any] | None = None) -> None:
+    """Before anything is loaded, locked or deleted: --out must not resolve to one
+    of the run's inputs (the reference dump, the text, a data file, a local
+    model) nor to a directory holding one, and must not be a file."""
+    from qfair.fsutil import PathError, check_not_input
+
+    load_kwargs = load_kwargs or {}
+    inputs: dict[str, Any] = {"--reference": (generation or {}).get("reference"), "--text": load_kwargs.get("text")}
+    if isinstance(data_files, dict):
+        inputs.update({f"--data-file {k}": v for k, v in data_files.items() if str(v) != "hf"})
+    elif data_files:
+        for spec in data_files:
+            task, sep, path = str(spec).partition("=")
+            if sep and path and path != "hf":
+                inputs[f"--data-file {task}"] = path
+    for key, opt in (("gguf_file", "--gguf-file"), ("offload_folder", "--offload-folder"),
+                     ("cache_dir", "--cache-dir")):
+        inputs[opt] = load_kwargs.get(key)
+    if model is not None and Path(model).exists():
+        inputs["--model"] = model
+    try:
+        o = check_not_input(out, inputs)
+    except PathError as e:
+        raise DumpError(str(e)) from None
+    if o.exists() and not o.is_dir():
+        raise DumpError(f"--out {os.fspath(out)!r}: exists and is not a directory")
+
+
 def _config(model: str | None, quant: str, load_kwargs: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The run options recorded in the manifest (and compared on --resume)."""
     return {"model": model, "quant": quant, **extra,
@@ -143,7 +173,8 @@ def _locked_out(out: str | os.PathLike, resume: bool, overwrite: bool) -> Any:
     if resume and overwrite:
         raise DumpError("--resume and --overwrite exclude each other")
     if resume and not (out_p / mf.MANIFEST).is_file():
-        raise DumpError(f"{out_p / mf.MANIFEST}: missing, nothing to resume (run without --resume)")
+        hint = "--overwrite to start it over" if mf.is_dump_dir(out_p) else "run without --resume"
+        raise DumpError(f"{out_p / mf.MANIFEST}: missing, nothing to resume ({hint})")
     lock = lock_dir(out_p, "dump")
     if not resume and not overwrite and any(p.name != LOCK_NAME for p in out_p.iterdir()):
         lock.release()
@@ -179,6 +210,7 @@ def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any
     config = _config(model, quant, load_kwargs, tasks=names,
                      data_files={k: str(v) for k, v in sorted(files.items())}, limit=limit,
                      **({"data_dir": str(data_dir)} if data_dir is not None else {}))
+    _storable(config, gen_opts)
     lock = _locked_out(out, kw["resume"], kw["overwrite"])
     try:
         with torch_threads(threads):
@@ -192,6 +224,14 @@ def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any
                            config=config, **kw)
     finally:
         lock.release()
+
+
+def _storable(config: dict[str, Any], gen_opts: dict[str, Any]) -> None:
+    """Every option the manifest records must be one JSON can hold (checked before the model load)."""
+    bad = mf.unstorable({**config, **gen_opts})
+    if bad is not None:
+        raise DumpError(f"--{bad.split('.')[0].split('[')[0].replace('_', '-')}: {bad} is not a finite number; "
+                        "the dump's manifest (JSON) cannot record it")
 
 
 def _generation_settings(task_objs: list[Any], gen_opts: dict[str, Any], seed: int) -> Any:
@@ -228,6 +268,7 @@ def _text_dump(out: str | os.PathLike, model: str | None, quant: str, load_kwarg
     if ctx < 4 or (chunks is not None and chunks < 1):
         plan_chunks(0, ctx, chunks, str(text))
     config = _config(model, quant, load_kwargs)
+    _storable(config, {})
     lock = _locked_out(out, kw["resume"], kw["overwrite"])
     try:
         with torch_threads(threads):

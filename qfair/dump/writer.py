@@ -418,8 +418,11 @@ class DumpWriter:
     (e.g. the scoring rules); ``threads``: the compute threads the producer
     used (recorded as ``run.threads``, free to differ on resume). The writer
     holds an exclusive lock on ``out`` (:mod:`qfair.lock`) until ``close()``
-    or ``abort()``: a second writer on the same directory stops at once. See
-    the module doc for the guarantees.
+    or ``abort()``: a second writer on the same directory stops at once.
+    ``inputs`` (option -> path): what the producer reads; an ``out`` that
+    resolves to one of them, or holds one, is refused before anything is
+    deleted. ``resumable=False``: the producer has no --resume (messages do
+    not offer it). See the module doc for the guarantees.
     """
 
     def __init__(self, out: str | os.PathLike, *, kind: str = "multiple_choice", examples: Any,
@@ -429,8 +432,10 @@ class DumpWriter:
                  config: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
                  seed: int = 0, counts: Mapping[str, int] | None = None, resume: bool = False,
                  overwrite: bool = False, max_queue: int = 64, threads: int | None = None,
-                 part: tuple[int, int] | None = None):
+                 part: tuple[int, int] | None = None, resumable: bool = True,
+                 inputs: Mapping[str, Any] | None = None):
         self.out = Path(out)
+        self.resumable = resumable  # False: the producer has no --resume (an import); messages do not offer it
         self.kind = get_kind(kind)
         store = str(store)
         mode, topk = mf.parse_store(store)
@@ -500,6 +505,17 @@ class DumpWriter:
                              "host": socket.gethostname(), "done": False}
         if resume and overwrite:
             raise DumpError("--resume and --overwrite exclude each other")
+        if inputs:  # the producer's inputs (option -> path): out must be none of them, nor hold one
+            from qfair.fsutil import PathError, check_not_input
+
+            try:
+                check_not_input(self.out, dict(inputs))
+            except PathError as e:
+                raise DumpError(str(e)) from None
+        bad = mf.unstorable(fresh)
+        if bad is not None:  # refused before the directory is touched
+            raise DumpError(f"{self.out / mf.MANIFEST}: field {bad!r} is not a finite number; a manifest (JSON) "
+                            "cannot hold it")
         # one writer per directory: a second process stops here (qfair.lock)
         self._lock: Any = lock_dir(self.out, "dump")
         other = getattr(self._lock, "writer", None)
@@ -541,6 +557,7 @@ class DumpWriter:
             self.resumed_from_shard = len(old["shards"])
         else:
             self.out.mkdir(parents=True, exist_ok=True)
+            mf.write_marker(self.out)  # first: a run that fails from here on leaves a dump --overwrite can clean
             nbytes, sha = mf.atomic_write_parquet(self.out / mf.EXAMPLES, self.examples)
             fresh["tables"]["examples"] = {"file": mf.EXAMPLES, "rows": self.n_examples, "bytes": nbytes,
                                            "sha256": sha}
@@ -599,18 +616,14 @@ class DumpWriter:
             return mf.read_manifest(out)
         if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
             if not overwrite:
-                raise DumpError(f"{out}: directory exists and is not empty (use --resume to finish it or "
-                                "--overwrite to replace it)")
-            try:
-                m = json.loads((out / mf.MANIFEST).read_text(encoding="utf-8"))
-                is_dump = isinstance(m, dict) and m.get("format") == mf.FORMAT
-            except (OSError, ValueError):
-                is_dump = False
-            if not is_dump:
-                raise DumpError(f"{out}: not a qfair dump (no manifest.json with format {mf.FORMAT!r}); "
-                                "refusing to delete it")
-            for p in out.iterdir():  # everything but the lock this writer holds
-                if p.name == LOCK_NAME:
+                how = "--resume to finish it or --overwrite to replace it" if self.resumable else \
+                    "--overwrite to replace it"
+                raise DumpError(f"{out}: directory exists and is not empty (use {how})")
+            if not mf.is_dump_dir(out):
+                raise DumpError(f"{out}: not a qfair dump (no manifest.json with format {mf.FORMAT!r}, no "
+                                f"{mf.MARKER}); refusing to delete it")
+            for p in out.iterdir():  # everything but the lock this writer holds and the marker
+                if p.name in (LOCK_NAME, mf.MARKER):
                     continue
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p)
@@ -849,6 +862,7 @@ def finish_dump(out: Path, m: dict[str, Any], kind: Any, store_mode: str) -> Non
     m["run"]["end_time"] = mf.now_iso()
     mf.write_manifest(out, m)
     shutil.rmtree(out / mf.PARTS_DIR, ignore_errors=True)
+    (out / mf.MARKER).unlink(missing_ok=True)  # the complete manifest says what the directory is
 
 
 def split_plans(plans: Sequence[ShardPlan], world: int) -> list[tuple[int, int]]:

@@ -130,11 +130,13 @@ def check_reference(path: str | os.PathLike, docs: Sequence[Any], tokenizer_fp: 
         if theirs.get(k) != ours.get(k):
             raise DumpError(f"{where}: decoding setting {k!r} is {theirs.get(k)!r} there and {ours.get(k)!r} "
                             "here; use the reference's settings")
+    from qfair.scoring import fingerprint_difference
+
     a, b = dict(ref.tokenizer_fingerprint), dict(tokenizer_fp or {})
-    for k in sorted(set(a) | set(b)) if tokenizer_fp is not None else ():
-        if k != "class" and a.get(k) != b.get(k):
-            raise DumpError(f"{where}: tokenizer fingerprint field {k!r} is {a.get(k)!r} there and "
-                            f"{b.get(k)!r} here; teacher forcing needs the same tokenizer")
+    k = fingerprint_difference(a, b) if tokenizer_fp is not None else None
+    if k is not None:
+        raise DumpError(f"{where}: tokenizer fingerprint field {k!r} is {a.get(k)!r} there and "
+                        f"{b.get(k)!r} here; teacher forcing needs the same tokenizer")
     ex = ref.examples
     if ex.height != len(docs):
         raise DumpError(f"{where}: {ex.height} prompts there, {len(docs)} here (same --tasks, --limit and "
@@ -256,7 +258,7 @@ def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any
         shard_rows=shard_rows, config={**(config or {}), **settings.to_json(), "batch_size": batch_size,
                                        "reference": str(reference) if reference is not None else None},
         info={"generation": gen_info}, seed=settings.seed, counts={"continuations": len(docs) * S},
-        resume=resume, overwrite=overwrite)
+        resume=resume, overwrite=overwrite, inputs={"--reference": reference})
     if not writer.already_complete:
         lm = LanguageModel(loaded.model, tok, getattr(loaded, "device", None))
         keep = stores_rows(store)

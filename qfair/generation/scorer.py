@@ -50,12 +50,18 @@ class TextScorer:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
             self._tok = AutoTokenizer.from_pretrained(self.path)
-            self._model = AutoModelForSequenceClassification.from_pretrained(self.path).eval()
+            model, info = AutoModelForSequenceClassification.from_pretrained(self.path, output_loading_info=True)
         except ImportError:  # pragma: no cover
             raise ScorerError("--scorer needs torch and transformers: pip install 'qfair[models]'") from None
         except Exception as e:  # transformers raises many types (OSError, ValueError, ...)
             raise ScorerError(f"--scorer hf:{self.path}: cannot load a text-classification model "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # transformers initialised them at random: its "label rates" would be noise
+            raise ScorerError(f"--scorer hf:{self.path}: not a trained text classifier: {len(missing)} weight(s) "
+                              f"are not in the checkpoint and would be random ({', '.join(missing[:3])}"
+                              f"{', ...' if len(missing) > 3 else ''})")
+        self._model = model.eval()
         if self._tok.pad_token_id is None:
             self._tok.pad_token = self._tok.eos_token or self._tok.unk_token
             self._model.config.pad_token_id = self._tok.pad_token_id

@@ -116,7 +116,8 @@ def import_llamacpp(path: str | os.PathLike, out: str | os.PathLike, *, tokenize
             info={"scoring": {"rules": "llama-perplexity chunks (from the .kld file)", "n_ctx": h.n_ctx,
                               "first_scored_position": h.first, "scored_per_chunk": h.rows_per_chunk,
                               "rows": "llama.cpp's decoded log-probs: float32(float32(scale*code) + min_log_prob)"}},
-            overwrite=overwrite, max_queue=2)  # at most a few chunks in flight: memory bounded by a chunk
+            overwrite=overwrite, max_queue=2, resumable=False,
+            inputs={"FILE": p, "--tokenizer": tokenizer if tokenizer and Path(tokenizer).exists() else None})  # at most a few chunks in flight: memory bounded by a chunk
         bar = tqdm(total=h.n_chunk, unit="chunk", dynamic_ncols=True, desc="qfair import llamacpp",
                    disable=not progress)
         try:

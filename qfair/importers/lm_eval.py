@@ -153,9 +153,15 @@ def _output_type(t: TaskLog) -> str:
 
 def _float(s: Any, where: str) -> float:
     try:
-        return float(s)
-    except (TypeError, ValueError):
+        x = float(s)
+    except (TypeError, ValueError, OverflowError):
         raise DumpError(f"{where}: log-likelihood {s!r} is not a number") from None
+    if not math.isfinite(x) or x > 0:
+        # NaN / +inf / a positive log-likelihood is no probability; -inf (probability 0) would make
+        # accuracy and the choice distributions disagree silently: refuse it, naming the document
+        raise DumpError(f"{where}: log-likelihood {s!r} is not a finite log-probability (<= 0); "
+                        "the log is damaged or the model produced non-finite scores")
+    return x
 
 
 def _bool(s: Any, where: str) -> bool:
@@ -208,7 +214,7 @@ def _parse_doc(t: TaskLog, s: dict[str, Any], kind: str, delim: str, group_field
     for r in resps:
         if not (isinstance(r, list) and len(r) == 2):
             raise DumpError(f"{where}: response {r!r} is not a [log-likelihood, is_greedy] pair")
-        lls.append(_float(r[0], where))
+        lls.append(_float(r[0], f"{where}, choice {len(lls)}"))
         greedy.append(_bool(r[1], where))
     target = s.get("target")
     label = _label(target, choices, where)
@@ -286,6 +292,11 @@ def _check_metrics(t: TaskLog, docs: Sequence[_Doc], kind: str) -> dict[str, flo
         if isinstance(agg, (int, float)) and not math.isclose(agg, means[m], rel_tol=1e-12, abs_tol=1e-12):
             raise DumpError(f"{t.path}: the documents' mean {m} is {means[m]!r}, results_*.json says {agg!r}; "
                             "the samples are not those of the run's results (filtered, or from another run?)")
+        # and what qfair itself will report from the imported log-likelihoods (NaN counts as disagreement)
+        mine_mean = float(np.mean(mine)) if len(mine) else math.nan
+        if isinstance(agg, (int, float)) and not (abs(mine_mean - agg) <= max(tol, 1e-12) * max(1.0, abs(agg))):
+            raise DumpError(f"{t.path}: the imported log-likelihoods give {m} = {mine_mean!r}, results_*.json says "
+                            f"{agg!r}; refusing an import whose accuracy disagrees with lm-eval's")
     return means
 
 
@@ -362,7 +373,7 @@ def import_lm_eval(path: str | os.PathLike, out: str | os.PathLike, *, group_fie
                                          "group_field": group_field},
                    info={"scoring": {"rules": "lm-evaluation-harness (imported log-likelihoods)",
                                      "acc_norm_length": "unicode code points of the choice"}},
-                   overwrite=overwrite)
+                   overwrite=overwrite, resumable=False, inputs={"PATH": path})
     try:
         for t, _, docs in per_task:
             for d in docs:

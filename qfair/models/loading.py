@@ -126,15 +126,17 @@ def resolve_model(model: str | os.PathLike | None = None, *, revision: str | Non
     missing local path or a missing embedded package."""
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise ModelError(f"model must be a hub id or a directory path, got {type(model).__name__}")
+    from qfair.fsutil import expand_user  # '~nosuchuser' stays a plain name, as in a shell
+
     name = None if model is None else os.fspath(model)
     if name is not None and not name.strip():
         name = None
     if name is None and gguf_file is not None:
-        g = Path(gguf_file).expanduser()
+        g = expand_user(gguf_file)
         if not g.is_file():
             raise ModelError(f"GGUF file not found: {g}")
         return ModelSource("gguf", str(g), str(g.resolve().parent), revision, str(g.resolve()))
-    if name is not None and not Path(name).expanduser().exists():
+    if name is not None and not expand_user(name).exists():
         name = MODEL_ALIASES.get(name.strip().lower(), name)
     if name is None or name.strip().lower() in EMBEDDED_MODELS:
         key = DEFAULT_MODEL if name is None else name.strip().lower()
@@ -142,7 +144,7 @@ def resolve_model(model: str | os.PathLike | None = None, *, revision: str | Non
             raise ModelError(f"--gguf-file cannot be combined with the embedded model {key!r}")
         g = embedded_gguf_path(key)
         return ModelSource("embedded", key, str(g.parent), None, str(g))
-    p = Path(name).expanduser()
+    p = expand_user(name)
     if p.is_file():
         if p.suffix.lower() != ".gguf":
             raise ModelError(f"model path {p} is a file but not a .gguf file; pass a checkpoint directory")
@@ -151,7 +153,7 @@ def resolve_model(model: str | os.PathLike | None = None, *, revision: str | Non
         return ModelSource("gguf", name, str(p.resolve().parent), revision, str(p.resolve()))
     if p.is_dir():
         if gguf_file is not None:
-            g = Path(gguf_file).expanduser()
+            g = expand_user(gguf_file)
             g = g if g.is_absolute() else p / g
             if not g.is_file():
                 raise ModelError(f"GGUF file not found: {g} (looked in model directory {p})")

@@ -72,6 +72,8 @@ def parse_budget(text: str, *, unit_params: int, outside_bytes: int) -> tuple[in
         raise SensitivityError(f"bad --budget {text!r}; expected bytes (e.g. 60MB, 57MiB, 60000000) "
                                "or bits per parameter (e.g. 4.5bits)")
     value, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(value) or value * _SIZE_UNITS.get(unit, 1) > 2.0**62:
+        raise SensitivityError(f"bad --budget {text!r}; the number is too large for a model size")
     if unit in ("bit", "bits"):
         b = outside_bytes + int(math.floor(value * unit_params / 8))
         return b, f"{value:g} bits per scanned parameter = {b} bytes"
@@ -200,6 +202,7 @@ def recommend(scan_dir: str | os.PathLike, *, budget: str, objective: str = "bia
         raise SensitivityError(f"unknown --probe-split {probe_split!r}; expected one of {', '.join(PROBE_SPLITS)}")
     if seeds < 1:
         raise SensitivityError("--seeds must be at least 1")
+    out_p = check_recommend_out(scan_dir, out)  # before any work
     scan = read_scan(scan_dir)
     man = scan["manifest"]
     units = scan["units"]
@@ -226,7 +229,6 @@ def recommend(scan_dir: str | os.PathLike, *, budget: str, objective: str = "bia
     default_skips = list((man["models"]["quantized"].get("quantization") or {}).get("modules_not_converted") or [])
     spec = keep_spec(quant, kept, default_skips) if keep_spec_ is None else mixed_spec(quant, keep_spec_, kept)
     predicted = uniform_bytes + sum(cost[k] for k in kept)
-    out_p = Path(out) if out is not None else Path(scan_dir) / "recommend"
     rec = Recommendation(out_p, spec, kept, objective, budget_bytes, budget_text, predicted, None, uniform_bytes,
                          int(nbytes["float_model"]), exact)
     if probe_split != "none":
@@ -257,6 +259,24 @@ def recommend(scan_dir: str | os.PathLike, *, budget: str, objective: str = "bia
     (out_p / "recommendation.json").write_text(json.dumps(json_safe(record), indent=1) + "\n")
     (out_p / "spec.txt").write_text(spec + "\n")
     return rec
+
+
+def check_recommend_out(scan_dir: str | os.PathLike, out: str | os.PathLike | None) -> Path:
+    """The recommendation's directory (default SCAN_DIR/recommend), checked before
+    any work: not a file, not the scan directory itself nor a directory holding it."""
+    from qfair.fsutil import PathError, check_not_input
+
+    out_p = Path(out) if out is not None else Path(scan_dir) / "recommend"
+    try:
+        o = check_not_input(out_p, {"SCAN_DIR": scan_dir})
+    except PathError as e:
+        raise SensitivityError(str(e)) from None
+    if o.exists() and not o.is_dir():
+        raise SensitivityError(f"--out {out_p}: exists and is not a directory")
+    for p in (o / "recommendation.json", o / "spec.txt", o / "validation.parquet"):
+        if p.is_dir():
+            raise SensitivityError(f"{p}: is a directory; the recommendation writes a file there")
+    return out_p
 
 
 def random_sets(names: list[str], costs: dict[str, int], target: int, seeds: int, exclude: set[str] | None = None

@@ -70,7 +70,16 @@ def _parse_modes(mode: str) -> tuple[str, ...]:
     return (m,)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, model: str | None = None, data_files: dict[str, Any] | None = None) -> None:
+    from qfair.fsutil import PathError, check_not_input
+
+    inputs: dict[str, Any] = {f"--data-file {k}": v for k, v in (data_files or {}).items() if str(v) != "hf"}
+    if model is not None and Path(model).exists():
+        inputs["--model"] = model
+    try:  # a symlink loop, or an --out that is (or holds) an input
+        check_not_input(out, inputs)
+    except PathError as e:
+        raise SensitivityError(str(e)) from None
     if out.exists() and not out.is_dir():
         raise SensitivityError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -168,7 +177,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     sp = Split.parse(split)
     if loaded is None:
         check_scan_spec(quant)
-    _check_out(out_p, overwrite)
+    _check_out(out_p, overwrite, model=model, data_files=data_files)
     task_objs = load_tasks(tasks, data_files, limit, data_dir)  # a bad row stops the run before the model load
     t0 = time.perf_counter()
     if loaded is None:

@@ -36,11 +36,23 @@ class StudyResult:
 
 
 def _out(study: Study, out: str | os.PathLike | None) -> Path:
-    if out is not None:
-        return Path(out).resolve()
-    if study.out is not None:
-        return study.out
-    raise StudyError(f"{study.path}: no output directory: give --out DIR or out = \"DIR\" in the study file")
+    from qfair.fsutil import PathError, resolved
+
+    if out is None and study.out is None:
+        raise StudyError(f"{study.path}: no output directory: give --out DIR or out = \"DIR\" in the study file")
+    try:
+        o = resolved(out if out is not None else study.out, "--out" if out is not None else "out")
+    except PathError as e:
+        raise StudyError(str(e)) from None
+    if o.exists() and not o.is_dir():
+        raise StudyError(f"{o}: the study's output exists and is not a directory")
+    from qfair.analyze.outdir import is_analysis_dir
+    from qfair.dump.manifest import is_dump_dir
+
+    if is_dump_dir(o) or is_analysis_dir(o):
+        raise StudyError(f"{o}: is a qfair {'dump' if is_dump_dir(o) else 'analysis'} directory; a study writes "
+                         "its own directory tree (give a new or a study's --out)")
+    return o
 
 
 def _bytes(n: float) -> str:
@@ -86,18 +98,23 @@ def format_plan(plan: Plan) -> str:
 
 
 def run_study(path: str | os.PathLike, out: str | os.PathLike | None = None, *, executor: str = "local",
-              dry_run: bool = False, log: Callable[[str], None] = print) -> StudyResult:
-    """Run a study file (module doc); ``dry_run`` only plans and counts rows."""
+              dry_run: bool = False, verify: bool = False, log: Callable[[str], None] = print) -> StudyResult:
+    """Run a study file (module doc); ``dry_run`` only plans and counts rows.
+    ``verify``: a complete dump is skipped only when every file it lists has its
+    recorded sha256 (otherwise: its recorded size).
+
+    The dry run and the run share every check (:func:`load_study`, the output
+    directory, the executor, :func:`make_plan`): what the dry run accepts, the
+    run does not refuse later for a reason it could have known."""
     import time
 
     from qfair.study.aggregate import aggregate
-    from qfair.study.execute import EXECUTORS, execute
+    from qfair.study.execute import check_executor, execute
 
-    if executor not in EXECUTORS:
-        raise StudyError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    check_executor(executor)
     t0 = time.perf_counter()
     study = load_study(path)
-    plan = make_plan(study, _out(study, out))
+    plan = make_plan(study, _out(study, out), verify=verify)
     if dry_run:
         expected_rows(plan)
         log(format_plan(plan))

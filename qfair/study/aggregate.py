@@ -18,6 +18,7 @@ import html
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,7 @@ def _figures(table: pl.DataFrame, out_dir: Path, wanted: list[str] | None, confi
                 if rows.height == 0:
                     continue
                 desc = metric in DESCRIPTIVE_METRICS
-                stem = f"{group}_{task}_{metric}".replace("/", "_").replace(" ", "_")
+                stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{group}_{task}_{metric}")  # one plain file name
                 # against model size, one line per (spec, family)
                 if rows["size"].drop_nulls().len():
                     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -271,7 +272,12 @@ def _page(plan: Plan, table: pl.DataFrame, figs: list[dict[str, Any]], exec_info
             pl.col("base_bits_per_weight").first(), pl.col("base_model_bytes").first())
         parts.append(table_html(models.with_columns(pl.col("size").map_elements(_human, return_dtype=pl.Utf8))))
         head = headline_metrics(table, wanted)
-        keep = pl.any_horizontal([(pl.col("task") == t) & pl.col("metric").is_in(ms) for t, ms in head.items()]) \
+        if wanted and not head:  # none of analysis.metrics was measured: say so, show the default headline
+            notes.append(f"analysis.metrics: none of {', '.join(wanted)} is among the measured metrics; "
+                         "showing each task's headline metrics instead")
+            wanted = None
+            head = headline_metrics(table, None)
+        keep = pl.lit(False) if not head else pl.any_horizontal([(pl.col("task") == t) & pl.col("metric").is_in(ms) for t, ms in head.items()]) \
             if head else pl.lit(False)
         parts.append("<h2>Headline metrics</h2><p class='meta'>Every summary metric of every pair is in "
                      "results.parquet / results.csv; here the headline metrics.</p>")
@@ -331,7 +337,12 @@ def aggregate(plan: Plan, exec_info: dict[str, Any] | None = None) -> AggregateR
         csv.write_csv(out / "results.csv")
         files.append(out / "results.csv")
         head = headline_metrics(table, wanted)
-        keep = pl.any_horizontal([(pl.col("task") == t) & pl.col("metric").is_in(ms) for t, ms in head.items()])
+        if wanted and not head:  # none of analysis.metrics was measured: say so, show the default headline
+            notes.append(f"analysis.metrics: none of {', '.join(wanted)} is among the measured metrics; "
+                         "showing each task's headline metrics instead")
+            wanted = None
+            head = headline_metrics(table, None)
+        keep = pl.lit(False) if not head else pl.any_horizontal([(pl.col("task") == t) & pl.col("metric").is_in(ms) for t, ms in head.items()])
         md = table.filter(keep).select(*[c for c in ("model", "family", "size", "group", "spec", "bits_per_weight",
                                                       "task", "metric", "base", "quant", "diff", "ci_low", "ci_high",
                                                       "p_holm") if c in table.columns])

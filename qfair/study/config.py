@@ -110,9 +110,9 @@ class _C:
             raise self.fail(fld, f"is {v!r}, expected a non-empty string")
         return v.strip()
 
-    def int_(self, v: Any, fld: str, lo: int = 0) -> int:
-        if type(v) is not int or v < lo:
-            raise self.fail(fld, f"is {v!r}, expected an integer >= {lo}")
+    def int_(self, v: Any, fld: str, lo: int = 0, hi: int = 2**31 - 1) -> int:
+        if type(v) is not int or not lo <= v <= hi:
+            raise self.fail(fld, f"is {v!r}, expected an integer in {lo}..{hi}")
         return v
 
     def num(self, v: Any, fld: str) -> float:
@@ -130,6 +130,15 @@ class _C:
             raise self.fail(fld, f"is {v!r}, expected true or false")
         return v
 
+    def label(self, v: Any, fld: str) -> str:
+        """A name that becomes a directory (model and spec labels, group names)."""
+        raw = self.str_(v, fld)
+        try:
+            return label_of(raw)
+        except ValueError:
+            raise self.fail(fld, f"is {raw!r}, which cannot name a directory inside the study's output "
+                            "('.', '..' and names starting with '.' are not allowed)") from None
+
     def strs(self, v: Any, fld: str) -> list[str]:
         if isinstance(v, str):
             v = [x for x in (s.strip() for s in v.split(",")) if x]
@@ -139,8 +148,13 @@ class _C:
 
 
 def label_of(s: str) -> str:
-    """A directory name (and an analysis label) for a model or spec."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_") or "x"
+    """A directory name (and an analysis label) for a model or spec: runs of
+    characters other than letters, digits and ``_.+-`` (separators, NUL, spaces)
+    become ``_``. ValueError when the result is still no plain directory name
+    ('.', '..', a hidden name): :func:`qfair.fsutil.path_component`."""
+    from qfair.fsutil import path_component
+
+    return path_component(re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_") or "x", "the name")
 
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMbBtT]?)\s*$")
@@ -170,8 +184,13 @@ def parse_size(v: Any) -> float:
     raise ValueError("expected a number of parameters such as 560M, 7B or 1.3e9")
 
 
-def _resolve_path(v: str, root: Path) -> str:
-    p = Path(v).expanduser()
+def _resolve_path(v: str, root: Path, c: _C | None = None, fld: str = "") -> str:
+    if "\x00" in v:  # no file system takes it (os calls raise ValueError)
+        msg = f"is {v!r}, which contains a NUL character; expected a path"
+        raise c.fail(fld, msg) if c is not None else StudyError(f"{fld} {msg}")
+    from qfair.fsutil import expand_user
+
+    p = expand_user(v)
     if not p.is_absolute() and (root / p).exists():
         return str((root / p).resolve())
     return str(p.resolve()) if p.exists() else v
@@ -185,8 +204,15 @@ def _model(c: _C, v: Any, i: int, root: Path) -> ModelEntry:
     if ("id" in t) == ("path" in t):
         raise c.fail(fld, "needs exactly one of id (a hub id, a local path or smollm2-135m) and path")
     raw = c.str_(t.get("id", t.get("path")), f"{fld}.{'id' if 'id' in t else 'path'}")
-    mid = _resolve_path(raw, root)
-    label = label_of(c.str_(t["label"], f"{fld}.label")) if "label" in t else label_of(Path(raw).name or raw)
+    mid = _resolve_path(raw, root, c, f"{fld}.{'id' if 'id' in t else 'path'}")
+    if "label" in t:
+        label = c.label(t["label"], f"{fld}.label")
+    else:
+        try:
+            label = label_of(Path(raw).name or raw)
+        except ValueError:
+            raise c.fail(f"{fld}.label", f"is missing and {raw!r} gives no usable directory name; set label = ...") \
+                from None
     family = c.str_(t["family"], f"{fld}.family") if "family" in t else None
     size = None
     if "size" in t:
@@ -214,7 +240,7 @@ def _model(c: _C, v: Any, i: int, root: Path) -> ModelEntry:
         else:
             val = c.str_(val, f"{fld}.{k}")
             if k in ("gguf_file", "offload_folder", "cache_dir"):
-                val = _resolve_path(val, root)
+                val = _resolve_path(val, root, c, f"{fld}.{k}")
         load[k] = val
     return ModelEntry(mid, label, family, size, load)
 
@@ -225,10 +251,10 @@ def _spec(c: _C, v: Any, fld: str) -> SpecEntry:
     if isinstance(v, dict):
         t = c.table(v, fld, ("spec", "label"))
         s = c.str_(t.get("spec"), f"{fld}.spec")
-        label = label_of(c.str_(t["label"], f"{fld}.label")) if "label" in t else label_of(s)
+        label = c.label(t["label"], f"{fld}.label") if "label" in t else c.label(s, f"{fld}.spec")
     else:
         s = c.str_(v, fld)
-        label = label_of(s)
+        label = c.label(s, fld)
     try:
         parse_quant_spec(s)
     except ModelError as e:
@@ -254,11 +280,19 @@ def _dump_options(c: _C, t: dict[str, Any], fld: str) -> dict[str, Any]:
             if v not in STORE_DTYPES:
                 raise c.fail(f"{fld}.{k}", f"is {v!r}, expected one of {', '.join(STORE_DTYPES)}")
         elif k == "seed":
-            v = c.int_(v, f"{fld}.{k}", 0)
+            v = c.int_(v, f"{fld}.{k}", 0, 2**63 - 1)
+        elif k == "threads":
+            v = _threads(c, v, f"{fld}.{k}")
         else:
             v = c.int_(v, f"{fld}.{k}", 0 if k == "limit" else 1)
         out[k] = v
     return out
+
+
+def _threads(c: _C, v: Any, fld: str) -> int:
+    from qfair.threads import MAX_THREADS
+
+    return c.int_(v, fld, 1, MAX_THREADS)
 
 
 def _group(c: _C, v: Any, i: int, root: Path) -> TaskGroup:
@@ -266,12 +300,12 @@ def _group(c: _C, v: Any, i: int, root: Path) -> TaskGroup:
 
     fld = f"tasks[{i}]"
     t = c.table(v, fld, ("name", "tasks", "data_files", *DUMP_KEYS, *GEN_KEYS, *TEXT_KEYS))
-    name = label_of(c.str_(t.get("name"), f"{fld}.name"))
+    name = c.label(t.get("name"), f"{fld}.name")
     opts = _dump_options(c, t, fld)
     if "text" in t:
         if "tasks" in t or "data_files" in t:
             raise c.fail(fld, "scores either tasks or a text (text = FILE, ctx = N), not both")
-        txt = Path(_resolve_path(c.str_(t["text"], f"{fld}.text"), root))
+        txt = Path(_resolve_path(c.str_(t["text"], f"{fld}.text"), root, c, f"{fld}.text"))
         if not txt.is_file():
             raise c.fail(f"{fld}.text", f"is {str(t['text'])!r}: no such file")
         if "ctx" not in t:
@@ -298,7 +332,7 @@ def _group(c: _C, v: Any, i: int, root: Path) -> TaskGroup:
             if k not in resolved:
                 raise c.fail(f"{fld}.data_files.{k}", f"names a task that is not among tasks ({', '.join(resolved)})")
             pth = c.str_(p, f"{fld}.data_files.{k}")
-            files[k] = pth if pth == "hf" else _resolve_path(pth, root)
+            files[k] = pth if pth == "hf" else _resolve_path(pth, root, c, f"{fld}.data_files.{k}")
             if pth != "hf" and not Path(files[k]).is_file():
                 raise c.fail(f"{fld}.data_files.{k}", f"is {pth!r}: no such file")
     kinds = {_is_generation(n) for n in resolved}
@@ -312,6 +346,14 @@ def _group(c: _C, v: Any, i: int, root: Path) -> TaskGroup:
                 raise c.fail(f"{fld}.{k}", "is a generation option, but the group's tasks are not generation tasks")
             generation[k] = c.num(t[k], f"{fld}.{k}") if k in ("temperature", "top_p") else \
                 c.int_(t[k], f"{fld}.{k}", 1)
+    if gen:  # the checks qfair dump applies to the decoding settings, now rather than at run time
+        from qfair.generation.decode import DecodeSettings
+
+        try:
+            DecodeSettings(**generation)
+        except ValueError as e:
+            opt = str(e).split()[0].lstrip("-").replace("-", "_")
+            raise c.fail(f"{fld}.{opt}" if opt in GEN_KEYS else fld, str(e)) from None
     return TaskGroup(name, "generation" if gen else "tasks", tuple(resolved), files, opts, generation, {})
 
 
@@ -344,7 +386,9 @@ def _analysis(c: _C, v: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, val in t.items():
         fld = f"analysis.{k}"
-        if k in ("bootstrap", "n_strata", "threads", "chunk_rows"):
+        if k == "threads":
+            out[k] = _threads(c, val, fld)
+        elif k in ("bootstrap", "n_strata", "chunk_rows"):
             out[k] = c.int_(val, fld, 1)
         elif k == "seed":
             out[k] = c.int_(val, fld, 0)
@@ -354,12 +398,18 @@ def _analysis(c: _C, v: Any) -> dict[str, Any]:
                 raise c.fail(fld, f"is {val!r}, expected a number in (0, 1)")
             out[k] = x
         elif k == "topk":
-            if not isinstance(val, list) or not val or not all(type(x) is int and x >= 1 for x in val):
+            if not isinstance(val, list) or not val or not all(type(x) is int and 1 <= x < 2**31 for x in val):
                 raise c.fail(fld, f"is {val!r}, expected a list of positive integers")
             out[k] = list(val)
         elif k == "bins":
             if not (type(val) is int and val >= 1) and not isinstance(val, (str, dict)):
                 raise c.fail(fld, f"is {val!r}, expected an integer, 'K,METRIC=K' or a table")
+            from qfair.analyze.summary import parse_bins
+
+            try:  # the parser qfair analyze applies, now rather than after the dumps
+                parse_bins(val)
+            except (ValueError, TypeError, OverflowError) as e:
+                raise c.fail(fld, f"is {val!r}: {e}") from None
             out[k] = val
         elif k == "binning":
             out[k] = c.choice(val, fld, ("width", "mass"))
@@ -418,15 +468,20 @@ def load_study(path: str | os.PathLike) -> Study:
     root = p.resolve().parent
     c.table(raw, "", ("name", "out", "data_dir", "models", "quant", "base", "tasks", "dump", "analysis", "slurm"))
     name = c.str_(raw.get("name", p.stem), "name")
-    out = Path(_resolve_path(c.str_(raw["out"], "out"), root)) if "out" in raw else None
+    out = None
+    if "out" in raw:
+        from qfair.fsutil import PathError, expand_user, resolved
+
+        try:
+            out = resolved(root / expand_user(c.str_(raw["out"], "out")), "out")
+        except PathError as e:
+            raise c.fail("out", str(e)) from None
     data_dir = None
     if "data_dir" in raw:  # relative to the study file; fetched later is fine (a dump says so if it is missing)
         dd = Path(c.str_(raw["data_dir"], "data_dir")).expanduser()
         data_dir = str(dd if dd.is_absolute() else (root / dd).resolve())
         if Path(data_dir).exists() and not Path(data_dir).is_dir():
             raise c.fail("data_dir", f"is {raw['data_dir']!r}: not a directory")
-    if out is not None and not out.is_absolute():
-        out = (root / out).resolve()
     models_raw = raw.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         raise c.fail("models", "missing or empty: list the models ([[models]] id = ...)")

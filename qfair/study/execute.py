@@ -21,7 +21,7 @@ from qfair.study.config import StudyError
 from qfair.study.jobs import run_analysis_job, run_dump_job
 from qfair.study.plan import Plan
 
-__all__ = ["EXECUTORS", "ExecResult", "execute"]
+__all__ = ["EXECUTORS", "ExecResult", "execute", "check_executor"]
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 
@@ -41,12 +41,29 @@ def _one_line(e: BaseException) -> str:
     return (lines[-1] if lines else type(e).__name__)[:400]
 
 
-def _submitit(plan: Plan, cluster: str) -> Any:
+def check_executor(executor: str) -> None:
+    """Whether ``executor`` can run here, checked before any file is written:
+    submitit importable, and for ``slurm`` a Slurm installation (``sbatch``)."""
+    import shutil
+
+    if executor not in EXECUTORS:
+        raise StudyError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    if executor == "local":
+        return
     try:
-        import submitit
+        import submitit  # noqa: F401
     except ImportError:
         raise StudyError("--executor slurm / submitit-local need submitit: pip install 'qfair[cluster]' "
                          "(or pip install submitit)") from None
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise StudyError("--executor slurm: no Slurm on this machine (sbatch is not on PATH); run the study on a "
+                         "Slurm login node, or use --executor local / submitit-local here")
+
+
+def _submitit(plan: Plan, cluster: str) -> Any:
+    check_executor(cluster)
+    import submitit
+
     folder = plan.out / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     return submitit.AutoExecutor(folder=folder, cluster="slurm" if cluster == "slurm" else "local")
@@ -118,8 +135,7 @@ def _run_phase(plan: Plan, executor: str, kind: str, jobs: list[dict[str, Any]],
 
 def execute(plan: Plan, executor: str = "local", log: Callable[[str], None] = print) -> ExecResult:
     """Run what the plan says is left to do (module doc)."""
-    if executor not in EXECUTORS:
-        raise StudyError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    check_executor(executor)
     t0 = time.perf_counter()
     res = ExecResult()
     todo = [d for d in plan.dumps if d.action != "skip"]

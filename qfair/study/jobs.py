@@ -27,11 +27,16 @@ def run_dump_job(job: dict[str, Any]) -> dict[str, Any]:
     from qfair.study.plan import DumpJob, dump_action
 
     d = DumpJob(job["key"], job["model"], job["group"], job["spec"], job["quant"], Path(job["path"]),
-                Path(job["record"]), dict(job["kwargs"]), job.get("depends"))
+                Path(job["record"]), dict(job["kwargs"]), job.get("depends"), verify=bool(job.get("verify")))
     action, why = dump_action(d)
     if action == "skip":
         return {"key": d.key, "action": "skip", "why": why, "seconds": 0.0}
     t0 = time.perf_counter()
+    if action == "redo" and d.path.is_dir():
+        from qfair.dump.manifest import is_dump_dir, write_marker
+
+        if not is_dump_dir(d.path):  # planned as this study's own dump (its record): mark it for --overwrite
+            write_marker(d.path)
     _write_record(d.record, d.fingerprint())
     kw = dict(d.kwargs)
     out = kw.pop("out")

@@ -52,10 +52,12 @@ class DumpJob:
     rows_exact: bool = True
     rows_estimated: bool = False  # counted with a stand-in tokenizer (the model's own was not readable)
     row_bytes: int | None = None
+    verify: bool = False        # the "complete" check hashes every file (else: sizes and presence)
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "model": self.model, "group": self.group, "spec": self.spec, "quant": self.quant,
-                "path": str(self.path), "record": str(self.record), "kwargs": self.kwargs, "depends": self.depends}
+                "path": str(self.path), "record": str(self.record), "kwargs": self.kwargs, "depends": self.depends,
+                "verify": self.verify}
 
     def fingerprint(self) -> dict[str, Any]:
         return {k: v for k, v in self.kwargs.items() if k not in _RUNTIME}
@@ -131,10 +133,21 @@ def _dump_kwargs(study: Study, model: ModelEntry, group: TaskGroup, spec: SpecEn
     return kw
 
 
-def make_plan(study: Study, out: str | os.PathLike) -> Plan:
-    """Every dump and analysis of the study, with what is left to do for each."""
-    out = Path(out).resolve()
+def make_plan(study: Study, out: str | os.PathLike, *, verify: bool = False) -> Plan:
+    """Every dump and analysis of the study, with what is left to do for each
+    (``verify``: a complete dump is skipped only when every file it lists has
+    its recorded sha256; otherwise its recorded size)."""
+    from qfair.fsutil import PathError, resolved
+
+    try:
+        out = resolved(out, "--out")
+    except PathError as e:
+        raise StudyError(str(e)) from None
     plan = Plan(study, out)
+
+    def under(*names: str) -> Path:  # every label becomes a path component inside out, checked
+        return _under(study, out, *names)
+
     a = study.analysis
     formats = list(a.get("formats", ["parquet", "csv", "md"]))
     compare_opts = {k: a[k] for k in ("bootstrap", "seed", "bins", "binning", "topk", "confidence", "strata",
@@ -144,21 +157,21 @@ def make_plan(study: Study, out: str | os.PathLike) -> Plan:
     for m in study.models:
         for g in study.groups:
             base_key = f"{m.label}/{g.name}/{study.base.label}"
-            base_path = out / "dumps" / m.label / g.name / study.base.label
+            base_path = under("dumps", m.label, g.name, study.base.label)
             for spec in (study.base, *study.specs):
-                path = out / "dumps" / m.label / g.name / spec.label
+                path = under("dumps", m.label, g.name, spec.label)
                 is_base = spec is study.base
                 ref = base_path if (g.kind == "generation" and not is_base) else None
                 job = DumpJob(f"{m.label}/{g.name}/{spec.label}", m.label, g.name, spec.label, spec.spec, path,
-                              out / "jobs" / m.label / g.name / f"{spec.label}.dump.json",
+                              under("jobs", m.label, g.name, f"{spec.label}.dump.json"),
                               _dump_kwargs(study, m, g, spec, path, ref),
-                              depends=base_key if ref is not None else None)
+                              depends=base_key if ref is not None else None, verify=verify)
                 job.action, job.why = dump_action(job)
                 plan.dumps.append(job)
                 if not is_base:
                     aj = AnalysisJob(f"{m.label}/{g.name}/{spec.label}", m.label, g.name, spec.label, base_path,
-                                     path, out / "analyses" / m.label / g.name / spec.label,
-                                     out / "jobs" / m.label / g.name / f"{spec.label}.analysis.json",
+                                     path, under("analyses", m.label, g.name, spec.label),
+                                     under("jobs", m.label, g.name, f"{spec.label}.analysis.json"),
                                      dict(compare_opts), formats, bool(a.get("report", True)),
                                      (base_key, job.key))
                     plan.analyses.append(aj)
@@ -174,6 +187,17 @@ def make_plan(study: Study, out: str | os.PathLike) -> Plan:
     return plan
 
 
+def _under(study: Study, out: Path, *names: str) -> Path:
+    """``out / names...``, each name a plain directory name and the result inside
+    ``out`` (symlinks followed); StudyError otherwise."""
+    from qfair.fsutil import PathError, child_path
+
+    try:
+        return child_path(out, *names, what="a study label")
+    except PathError as e:
+        raise StudyError(f"{study.path}: {e}") from None
+
+
 # ---------------------------------------------------------------------------
 # what is left to do, from the disk
 # ---------------------------------------------------------------------------
@@ -187,12 +211,19 @@ def _read_json(p: Path) -> Any:
 
 def dump_action(job: DumpJob) -> tuple[str, str]:
     """(run | resume | redo | skip, why) for a dump job, from its directory and its record."""
+    from qfair.dump import DumpError
+    from qfair.dump.manifest import is_dump_dir
+
     man = _read_json(job.path / "manifest.json")
-    if man is None:
+    if not isinstance(man, dict) or man.get("format") != "qfair-dump":
         if job.path.is_dir() and any(p.name != ".qfair.lock" for p in job.path.iterdir()):
-            if (job.path / "manifest.json").exists():
-                return "redo", "its manifest.json is unreadable"
+            # a dump qfair began (the test --overwrite applies), or one this study began (its job record
+            # is written before the dump starts): the job marks it so that its --overwrite cleans it
+            if is_dump_dir(job.path) or job.record.is_file():
+                return "redo", "its manifest.json is missing or unreadable"
             raise StudyError(f"{job.path}: exists, is not empty and holds no qfair dump; move it away")
+        if job.path.exists() and not job.path.is_dir():
+            raise StudyError(f"{job.path}: exists and is not a directory; move it away")
         return "run", "not written yet"
     rec = _read_json(job.record)
     same = rec is not None and _canon(rec.get("job")) == _canon(job.fingerprint())
@@ -206,7 +237,13 @@ def dump_action(job: DumpJob) -> tuple[str, str]:
         if want != have:
             return "redo", "its reference (the base dump) was rewritten"
     if man.get("status") == "complete":
-        return "skip", "complete, same settings"
+        from qfair.dump.reader import open_dump
+
+        try:  # every listed file present with its size (and sha256 with --verify)
+            open_dump(job.path).verify(hash=job.verify)
+        except DumpError as e:
+            return "redo", f"complete, but {str(e).splitlines()[0]}"
+        return "skip", "complete, same settings" + (" (files verified)" if job.verify else "")
     return "resume", "interrupted"
 
 

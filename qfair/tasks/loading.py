@@ -90,7 +90,9 @@ def _json_rows(data: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _csv_rows(data: bytes, delimiter: str) -> Iterator[tuple[str, dict[str, Any]]]:
     text = _decode(data)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: an unterminated quote is an error (at the end of the data), not a cell that swallows the
+    # following lines; a quote followed by more text in the same cell too
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
