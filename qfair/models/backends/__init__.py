@@ -18,6 +18,7 @@ BACKEND_MODULES = (
     "qfair.models.backends.torchao",
     "qfair.models.backends.llmcompressor",
     "qfair.models.backends.mixed",
+    "qfair.models.backends.pruning",
 )
 
 _BACKENDS: dict[str, Any] = {}
