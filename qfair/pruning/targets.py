@@ -33,9 +33,7 @@ def prunable_linears(model: Any, ignore: Sequence[str] = ("lm_head",)) -> dict[s
             if m.weight.data_ptr() == emb.weight.data_ptr():
                 raise PruningError(f"module {n!r} shares its weight with the input embeddings (tied); "
                                    f"embeddings are never pruned: add {n.rpartition('.')[2]} to ignore=")
-    if not out:
-        raise PruningError(f"no linear layer left to prune (ignore={'+'.join(ignore)})")
-    return out
+    return out  # may be empty: every layer ignored (a recommendation may keep every unit) prunes nothing
 
 
 def check_widths(linears: dict[str, Any], m: int) -> None:

@@ -171,7 +171,7 @@ class Pruning(QuantBackend):
             if float_lm.quant.name != "none":
                 raise ModelError(f"quantization spec {str(spec)!r}: the model is already quantized "
                                  f"({float_lm.quant.options.get('method')}); pruning needs a float checkpoint")
-            _build(float_lm, spec, calib, entry, key_doc, _stored_dtype(src), request.progress)
+            _build(float_lm, spec, calib, entry, key_doc, _stored_dtype(src))
             del float_lm
         marker = json.loads((entry / _MARKER).read_text())
         lm = request.load(then, model=str(entry), gguf_file=None, revision=None)
@@ -260,13 +260,11 @@ def prune_model(model: Any, tokenizer: Any, spec: Any, calib: Any = None) -> dic
             "ignore": list(o["ignore"]), "calibration_tokens": tokens, "pruned_weights": pruned}
 
 
-def _build(float_lm: Any, spec: Any, calib: Any, entry: Path, key_doc: dict[str, Any], dtype: str,
-           progress: bool) -> None:
+def _build(float_lm: Any, spec: Any, calib: Any, entry: Path, key_doc: dict[str, Any], dtype: str) -> None:
     """Prune ``float_lm`` in place and save it atomically at ``entry``."""
     import torch
 
-    from qfair.models.loading import _progress
-    from qfair.models.quant import ModelError
+    from qfair.models.quant import ModelError, quiet_imports
     from qfair.pruning import PruningError
 
     model, tok = float_lm.model, float_lm.tokenizer
@@ -280,7 +278,7 @@ def _build(float_lm: Any, spec: Any, calib: Any, entry: Path, key_doc: dict[str,
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=entry.parent))
     try:
-        with _progress(progress):
+        with quiet_imports():  # saving imports torchao when present, which prints at import
             model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         if calib is not None:
