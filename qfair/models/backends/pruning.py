@@ -36,7 +36,7 @@ from qfair.models.backends.llmcompressor import _calib, _float_identity, _path, 
 
 CACHE_SUBDIR = "pruned-v1"
 _MARKER = "qfair-pruned.json"
-PRUNE_SPECS = ("prune-magnitude", "prune-wanda", "prune-layers")
+PRUNE_SPECS = ("prune-magnitude", "prune-wanda", "prune-sparsegpt", "prune-layers")
 
 
 def _sparsity(v: str) -> float:
@@ -117,6 +117,12 @@ class Pruning(QuantBackend):
                 dict(_WEIGHTS)),
         SpecDef("prune-wanda", "Wanda: weights with the smallest |W|·‖X‖ of each output row set to zero "
                                "(or N:M), calibrated", {**_WEIGHTS, **_CALIB}),
+        SpecDef("prune-sparsegpt", "SparseGPT: mask by w²/[H⁻¹]ₖₖ per column block and the kept weights "
+                                   "updated to preserve each layer's output, calibrated",
+                {**_WEIGHTS, **_CALIB,
+                 "blocksize": Option(base.parse_choice(32, 64, 128), 128, "columns per mask block and lazy update"),
+                 "dampening": Option(base.parse_positive_float, 0.01,
+                                     "fraction of the Hessian's mean diagonal added to it")}),
         SpecDef("prune-layers", "whole decoder blocks removed (the residual stream kept)",
                 {"drop": Option(_indices, None, "blocks removed, counted from 0, joined by '+' (e.g. 3+5)"),
                  "fraction": Option(_sparsity, None, "fraction of the blocks removed: the deepest ones "
@@ -199,7 +205,7 @@ def _canonical(spec: Any) -> str:
 
 
 def _calibration(spec: Any) -> Any:
-    if spec.name != "prune-wanda":
+    if spec.name not in ("prune-wanda", "prune-sparsegpt"):
         return None
     from qfair.models.quant import ModelError
     from qfair.sensitivity.calibration import CalibrationError, calibration_set
@@ -230,6 +236,7 @@ def prune_model(model: Any, tokenizer: Any, spec: Any, calib: Any = None) -> dic
     Every shape check runs before any weight changes (PruningError)."""
     import torch
 
+    from qfair.pruning import PruningError
     from qfair.pruning.layers import check_drop, decoder_blocks, drop_blocks, fraction_to_drop
     from qfair.pruning.masks import parse_pattern
     from qfair.pruning.targets import check_widths, prunable_linears
@@ -249,14 +256,30 @@ def prune_model(model: Any, tokenizer: Any, spec: Any, calib: Any = None) -> dic
     sparsity = o.get("sparsity") if not pat.structured else pat.sparsity
     norms, tokens = None, None
     method = spec.name.removeprefix("prune-")
+    batches = [] if calib is None else [
+        torch.tensor([ids]) for ids in (tokenizer(t, truncation=True, max_length=int(o["seqlen"]))["input_ids"]
+                                        for t in calib.texts) if ids]
     if method == "wanda":
-        batches = [torch.tensor([ids]) for ids in (tokenizer(t, truncation=True, max_length=int(o["seqlen"]))
-                                                   ["input_ids"] for t in calib.texts) if ids]
         norms, tokens = input_norms(model, linears, batches)
-    pruned = prune_linears(linears, method, sparsity, pat, norms)
+    if method == "sparsegpt":
+        from qfair.pruning.sparsegpt import hessians, sparsegpt_weight
+
+        if pat.structured and int(o["blocksize"]) % pat.m:
+            raise PruningError(f"pattern {pat} needs a blocksize that is a multiple of {pat.m}")
+        xxt, tokens = hessians(model, linears, batches)
+        pruned = {}
+        for name, lin in linears.items():
+            new = sparsegpt_weight(lin.weight, xxt.pop(name), tokens, sparsity, pat, int(o["blocksize"]),
+                                   float(o["dampening"]))
+            with torch.no_grad():
+                lin.weight.copy_(new)
+            pruned[name] = int((new == 0).sum())
+    else:
+        pruned = prune_linears(linears, method, sparsity, pat, norms)
     return {"method": method, "sparsity": sparsity, "pattern": str(pat),
             "comparison": "N:M groups along the input" if pat.structured
-            else ("each output row" if method == "wanda" else "whole layer"),
+            else {"wanda": "each output row", "magnitude": "whole layer",
+                  "sparsegpt": "each block of columns (all rows)"}[method],
             "ignore": list(o["ignore"]), "calibration_tokens": tokens, "pruned_weights": pruned}
 
 
