@@ -518,3 +518,24 @@ def test_sparsegpt_spec_on_a_model(tiny_model, tmp_path):
         np.testing.assert_allclose(got[n].weight.detach().numpy(), exp, rtol=1e-5, atol=1e-6)
         assert np.array_equal(got[n].weight.detach().numpy() == 0, exp == 0), n
     assert lm.manifest()["sparsity"]["overall"] == 0.5
+
+
+def test_sensitivity_scan_refuses_removed_blocks(tiny_model):
+    from qfair.sensitivity.scan import SensitivityError, load_pair
+
+    with pytest.raises(SensitivityError, match="removed blocks cannot be swapped"):
+        load_pair(str(tiny_model("llama")), "prune-layers:drop=1", {}, progress=False)
+
+
+def test_study_accepts_pruning_specs(tmp_path):
+    from qfair.study.config import StudyError, load_study
+
+    cfg = tmp_path / "study.toml"
+    body = '\n[[models]]\nid = "org/model"\n'
+    cfg.write_text('quant = ["prune-wanda:sparsity=0.5,then=bnb-nf4", "prune-layers:drop=1"]\n'
+                   'tasks = ["crows_pairs_english"]' + body)
+    st = load_study(cfg)
+    assert [s.spec for s in st.specs] == ["prune-wanda:sparsity=0.5,then=bnb-nf4", "prune-layers:drop=1"]
+    cfg.write_text('quant = ["prune-magnitude:sparsity=2"]\ntasks = ["crows_pairs_english"]' + body)
+    with pytest.raises(StudyError, match="strictly between 0 and 1"):
+        load_study(cfg)

@@ -8,6 +8,10 @@ are a backend in :mod:`qfair.models.backends.pruning`). One concept per module:
   per output row, or N:M groups along the input);
 - :mod:`~qfair.pruning.wanda`: the Wanda score |W_ij|·‖X_j‖₂ and the capture of
   the input norms ‖X_j‖₂ from calibration text;
+- :mod:`~qfair.pruning.sparsegpt`: SparseGPT's mask and weight update from the
+  calibration Hessian;
+- :mod:`~qfair.pruning.targets`: which linear layers are pruned (``ignore=``);
+- :mod:`~qfair.pruning.weights`: pruning the selected layers with a method;
 - :mod:`~qfair.pruning.layers`: removing whole decoder blocks;
 - :mod:`~qfair.pruning.sparsity`: counting the zeros of the weights a model uses.
 """

@@ -1,9 +1,11 @@
 """Pruned models made here from the float model: ``prune-magnitude``,
-``prune-wanda`` and ``prune-layers`` (the algorithms: :mod:`qfair.pruning`)::
+``prune-wanda``, ``prune-sparsegpt`` and ``prune-layers`` (the algorithms:
+:mod:`qfair.pruning`)::
 
     prune-magnitude:sparsity=0.5                       # per layer, lowest |W|
     prune-magnitude:pattern=2:4                        # 2 of every 4 inputs kept
     prune-wanda:sparsity=0.5,calib=generic,samples=64  # per row, lowest |W|·‖X‖
+    prune-sparsegpt:sparsity=0.5                       # OBS mask and update of the kept weights
     prune-layers:drop=3+5                              # blocks 3 and 5 removed
     prune-layers:fraction=0.25                         # the deepest quarter but the last block
     prune-wanda:sparsity=0.5,then=bnb-nf4              # pruned, then quantized
