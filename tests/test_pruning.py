@@ -539,3 +539,26 @@ def test_study_accepts_pruning_specs(tmp_path):
     cfg.write_text('quant = ["prune-magnitude:sparsity=2"]\ntasks = ["crows_pairs_english"]' + body)
     with pytest.raises(StudyError, match="strictly between 0 and 1"):
         load_study(cfg)
+
+
+@pytest.mark.parametrize("then", ["quanto-int4", "quanto-int8", "torchao-int8wo", "bnb-int8"])
+def test_measured_sparsity_after_other_quantizers(tiny_model, tmp_path, then):
+    """The manifest counts the zeros of the de-quantized weights, whatever the grid does to them."""
+    from qfair.models.quant import spec_availability
+
+    if not spec_availability(then)[0]:
+        pytest.skip(f"{then} is not available here")
+    path = tiny_model("llama")
+    lm = _load(path, f"prune-magnitude:sparsity=0.5,then={then}", tmp_path)
+    sp = lm.manifest()["sparsity"]
+    for n, mod in lm.model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and n != "lm_head":
+            w = mod.weight.data
+            deq = w.dequantize() if type(w) is not torch.Tensor else w
+            if then == "bnb-int8":
+                deq = w.float() * mod.weight.SCB[:, None] / 127  # LLM.int8 row-wise absmax codes
+            assert sp["layers"][n]["zeros"] == int(np.count_nonzero(deq.float().numpy() == 0)), n
+    if then == "quanto-int4":  # an affine grid with a float zero point: the zeros do not survive
+        assert sp["overall"] < 0.5
+    else:
+        assert sp["overall"] == 0.5
