@@ -271,6 +271,8 @@ def prune_model(model: Any, tokenizer: Any, spec: Any, calib: Any = None) -> dic
         xxt, tokens = hessians(model, linears, batches)
         pruned = {}
         for name, lin in linears.items():
+            if name not in xxt:
+                raise PruningError(f"layer {name} saw no calibration input; add it to ignore=")
             new = sparsegpt_weight(lin.weight, xxt.pop(name), tokens, sparsity, pat, int(o["blocksize"]),
                                    float(o["dampening"]))
             with torch.no_grad():
