@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-# Optional: the `gptq` quantization spec (llmcompressor). Installed without
+# Optional: llmcompressor for `gptq:engine=llmcompressor` (qfair's own GPTQ needs nothing). Installed without
 # dependency resolution so that the pinned torch and transformers stay as they are.
 install-gptq: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps "llmcompressor==0.14.0.1" "compressed-tensors==0.19.0" loguru

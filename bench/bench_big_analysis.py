@@ -6,9 +6,14 @@
    (Zipf-like, as language models give), the quantized side a perturbed copy,
    so writing is fast while every row on disk is a real distribution and the two
    files differ; the scalars of ``tokens.parquet`` are those of the rows.
-2. Runs ``qfair analyze`` on the pair under ``/usr/bin/time -v`` (wall time and
-   peak resident memory), with the default 10,000 bootstrap resamples, once
-   verifying every file's sha256 first (the default) and once with ``--skip-hash``.
+2. Times the C++ stream alone over the stored shards (the kernel's rows/s on
+   these rows), then ``qfair analyze --profile`` on the pair under
+   ``/usr/bin/time -v`` (wall time, peak resident memory, time by stage), with
+   the default 10,000 bootstrap resamples, once verifying every file's sha256
+   (on a second thread, the default) and once with ``--skip-hash``; prints each
+   as a ratio of the kernel's rows/s. Then the disk's sequential read rate
+   (``dd iflag=direct``) and, where the page cache can be dropped, a cold run as
+   a ratio of it.
 3. Deletes the dumps (``--keep`` keeps them).
 
     nice -n 10 .venv/bin/python bench/bench_big_analysis.py --out /tmp/qfair-big
@@ -106,7 +111,44 @@ def timed(cmd: list[str]) -> dict:
     parts = [float(x) for x in wall.split(":")]
     secs = sum(x * 60 ** i for i, x in enumerate(reversed(parts)))
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)) / 1024
-    return {"wall": secs, "rss_mb": rss}
+    prof = p.stderr.split("time by stage", 1)
+    profile = ("time by stage" + prof[1].split("\tCommand being timed")[0]).rstrip() if len(prof) == 2 else ""
+    return {"wall": secs, "rss_mb": rss, "stderr_profile": profile}
+
+
+def kernel_rate(out: Path, threads: int) -> float:
+    """Rows/s of the C++ stream alone over the two dumps' stored shards (read + kernel, no Python work)."""
+    import qfair
+    from qfair.dump import open_dump
+
+    b, q = open_dump(out / "base"), open_dump(out / "quant")
+    t0 = time.perf_counter()
+    n = 0
+    for chunk in qfair.stream_divergence([str(p) for p in b.logit_paths], [str(p) for p in q.logit_paths],
+                                         threads=threads):
+        n += int(chunk.stop) - int(chunk.start)
+    return n / (time.perf_counter() - t0)
+
+
+def disk_rate(out: Path) -> float | None:
+    """Bytes/s of a sequential O_DIRECT read of one dump's shards (the page cache bypassed)."""
+    files = sorted((out / "base").rglob("*.npy"))
+    total, t0 = 0, time.perf_counter()
+    for f in files:
+        p = subprocess.run(["dd", f"if={f}", "of=/dev/null", "bs=16M", "iflag=direct"], capture_output=True)
+        if p.returncode != 0:
+            return None
+        total += f.stat().st_size
+    return total / (time.perf_counter() - t0)
+
+
+def drop_caches() -> bool:
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", type=int, default=256)
     ap.add_argument("--shard-rows", type=int, default=4096)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,13 +174,32 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {name}: {args.rows} rows, {gb:.2f} GB in {s:.0f} s ({gb / s:.2f} GB/s)", flush=True)
         del base_pool, quant_pool
         qfair = str(Path(sys.executable).with_name("qfair"))
+        pair_gb = args.rows * args.vocab * 2 * 2 / 1e9
+        k = kernel_rate(out, args.threads)
+        print(f"kernel alone over the stored shards (stream_divergence, {args.threads} threads): {k:,.0f} rows/s "
+              f"({k * args.vocab * 2 * 2 / 1e9:.2f} GB/s of row pairs)", flush=True)
         for extra in ([], ["--skip-hash"]):
             t = timed([qfair, "analyze", str(out / "base"), str(out / "quant"), "--out", str(out / "analysis"),
-                       "--no-progress", *extra])
+                       "--no-progress", "--threads", str(args.threads), "--profile", *extra])
             label = "with sha256 of every file" if not extra else "--skip-hash"
-            print(f"qfair analyze ({label}): {t['wall']:.0f} s, {args.rows / t['wall']:,.0f} rows/s "
-                  f"({args.rows * args.vocab * 2 * 2 / t['wall'] / 1e9:.2f} GB/s of rows), "
+            rate = args.rows / t["wall"]
+            print(f"qfair analyze ({label}): {t['wall']:.1f} s, {rate:,.0f} rows/s "
+                  f"({pair_gb / t['wall']:.2f} GB/s of rows), {rate / k:.2f} of the kernel's rows/s, "
                   f"peak RSS {t['rss_mb']:.0f} MB", flush=True)
+            print("  " + t["stderr_profile"].replace("\n", "\n  "), flush=True)
+        disk = disk_rate(out)
+        if disk is None:
+            print("disk: dd iflag=direct could not read the shards here (O_DIRECT unsupported?)")
+        else:
+            print(f"disk sequential read (dd iflag=direct, bs=16M): {disk / 1e9:.2f} GB/s", flush=True)
+            if drop_caches():
+                t = timed([qfair, "analyze", str(out / "base"), str(out / "quant"), "--out", str(out / "analysis"),
+                           "--no-progress", "--threads", str(args.threads)])
+                print(f"qfair analyze from a cold cache (with sha256): {t['wall']:.1f} s = "
+                      f"{pair_gb / t['wall']:.2f} GB/s of rows, {pair_gb / t['wall'] / (disk / 1e9):.2f} of the "
+                      "disk's sequential rate", flush=True)
+            else:
+                print("cold-cache run skipped: cannot drop the page cache here (not permitted)")
     finally:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)

@@ -6,6 +6,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 _sha_memo: dict[tuple[str, int, int], str] = {}
 
@@ -25,9 +26,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def sha256_file(path: str | os.PathLike, *, memo: bool = False, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike, *, memo: bool = False, chunk: int = 1 << 22,
+                stop: Any = None) -> str | None:
     """sha256 of a file (hex). ``memo=True`` remembers the answer per (path,
-    size, mtime) within the process (for large inputs hashed repeatedly)."""
+    size, mtime) within the process (for large inputs hashed repeatedly).
+    ``stop``: an event (``is_set()``) that abandons the hashing between
+    blocks; the answer is then None."""
     p = Path(path)
     key = None
     if memo:
@@ -40,6 +44,8 @@ def sha256_file(path: str | os.PathLike, *, memo: bool = False, chunk: int = 1 <
     h = hashlib.sha256()
     with open(p, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
+            if stop is not None and stop.is_set():
+                return None
             h.update(block)
     digest = h.hexdigest()
     if key is not None:

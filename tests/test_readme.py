@@ -1,8 +1,11 @@
-"""Every README snippet runs as written: each Python block in a fresh
-interpreter namespace, in a directory holding the `runs/base` and `runs/nf4`
-dumps the README's study steps make (here of a tiny random Llama, so that the
-fast suite can run them); the shell block of the study runs as written on the
-embedded default model in the slow suite."""
+"""Every README snippet runs as written: each Python block (of the README and
+of docs/python.md, where the API examples moved) in a fresh interpreter
+namespace, in a directory holding the `runs/base` and `runs/nf4` dumps the
+README's study steps make (here of a tiny random Llama, so that the fast suite
+can run them); the shell block of the study runs as written on the embedded
+default model in the slow suite. Every qfair command line of the README and
+the docs pages names real options, and every relative link of the README and
+the docs pages points at a file and heading that exist."""
 from __future__ import annotations
 
 import os
@@ -14,11 +17,17 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# the pages whose snippets this test runs (the README's Python API examples live in docs/python.md)
+PYTHON_PAGES = (README, ROOT / "docs" / "python.md")
+# the pages whose command lines and links are checked (cli.md is generated from the commands themselves)
+PAGES = (README, *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "cli.md"))
 
 
-def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def blocks(lang: str, pages: tuple[Path, ...] = (README,)) -> list[str]:
+    return [b for page in pages
+            for b in re.findall(rf"```{lang}\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +45,7 @@ def workdir(tmp_path_factory):
 
 
 def test_the_readme_has_the_snippets_this_test_runs():
-    assert len(blocks("python")) == 3
+    assert len(blocks("python", PYTHON_PAGES)) == 3
     bash = blocks("bash")
     assert any(b.startswith("make demo") for b in bash)  # the two setup commands
     assert any("qfair dump" in b and "qfair report" in b for b in bash)  # the study, run by the slow test
@@ -44,11 +53,11 @@ def test_the_readme_has_the_snippets_this_test_runs():
 
 @pytest.mark.parametrize("i", range(3))
 def test_python_snippet_runs_as_written(workdir, i, monkeypatch):
-    code = blocks("python")[i]
+    code = blocks("python", PYTHON_PAGES)[i]
     monkeypatch.chdir(workdir)
     shutil.rmtree(workdir / "runs" / "analysis", ignore_errors=True)
     ns: dict = {"__name__": "__readme__"}
-    exec(compile(code, f"README.md python block {i + 1}", "exec"), ns)  # noqa: S102 - the README's own code
+    exec(compile(code, f"python block {i + 1} of README.md / docs/python.md", "exec"), ns)  # noqa: S102 - the README's own code
     if "cmp" in ns:
         assert ns["cmp"].summary.height > 0
     if i == 0:
@@ -97,7 +106,7 @@ def test_shell_snippets_use_real_options():
 
     from qfair.cli import main
 
-    for block in blocks("bash"):
+    for block in blocks("bash", PAGES):
         for cmd in _commands(block):
             if not cmd.startswith("qfair "):
                 continue
@@ -108,7 +117,7 @@ def test_shell_snippets_use_real_options():
             known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"--help", "-h"}
             for w in words:
                 if w.startswith("--"):
-                    assert w.split("=", 1)[0] in known, f"README: `{cmd}`: {w} is not an option of {command.name}"
+                    assert w.split("=", 1)[0] in known, f"`{cmd}`: {w} is not an option of {command.name}"
 
 
 @pytest.mark.slow
@@ -139,3 +148,28 @@ def test_the_study_file_is_valid(tmp_path):
     assert [q.spec for q in st.specs] == ["bnb-int8", "bnb-nf4"] and st.base.spec == "none"
     assert [(g.name, g.tasks) for g in st.groups] == [("mc", ("piqa", "arc_easy", "crows_pairs_english"))]
     assert st.dump["limit"] == 20
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation other than - and _ dropped, spaces to -."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    out = set()
+    for h in re.findall(r"^#{1,6} +(.+?) *$", text, flags=re.M):
+        out.add(re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-"))
+    return out
+
+
+def test_links_point_at_files_and_headings_that_exist():
+    bad = []
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # web links are not fetched here
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                bad.append(f"{page.name}: {target}: no such file")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                bad.append(f"{page.name}: {target}: no heading #{anchor} in {dest.name}")
+    assert not bad, "\n".join(bad)

@@ -50,6 +50,8 @@ from qfair.analyze.tokens import (
     example_token_aggregates,
     token_table,
 )
+from qfair.dump.reader import sha256_in_background
+from qfair.stages import stage
 
 __all__ = ["compare", "Comparison", "TABLES"]
 
@@ -213,8 +215,9 @@ class _TokenSide:
 def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence[int], chunk_rows: int | None,
                threads: int | None, custom: Mapping[str, Callable[..., Any]], progress: bool,
                notes: list[str], metric_memory: int = DEFAULT_METRIC_MEMORY) -> _TokenSide:
-    tt, info = token_table(b, q, topk=topk, chunk_rows=chunk_rows, threads=threads, metrics=custom,
-                           progress=progress, metric_memory=metric_memory)
+    with stage("token table"):
+        tt, info = token_table(b, q, topk=topk, chunk_rows=chunk_rows, threads=threads, metrics=custom,
+                               progress=progress, metric_memory=metric_memory)
     if info["nonfinite_rows"]:
         notes.append(f"{label}: {info['nonfinite_rows']} token(s) whose logits row is not a distribution "
                      f"(NaN, +inf or no finite entry: {info['nonfinite_base_rows']} in base, "
@@ -236,7 +239,9 @@ def token_side(b: Any, q: Any, label: str, meta: pl.DataFrame, *, topk: Sequence
     names = [m for m in UNPAIRED_TOKEN_METRICS if m in tt.columns] + \
             [c for c in tt.columns if c.startswith("overlap_at_")] + list(custom)
     pairs = [p for p in PAIRED_TOKEN_METRICS if p[1] in tt.columns and p[2] in tt.columns]
-    agg = example_token_aggregates(tt, meta.select("example_id", "label"), names + [c for p in pairs for c in p[1:]])
+    with stage("token aggregates"):
+        agg = example_token_aggregates(tt, meta.select("example_id", "label"),
+                                       names + [c for p in pairs for c in p[1:]])
     unpaired = names + (["kl_gold_mean"] if "kl_gold_mean" in agg.columns else [])
     return _TokenSide(tt.with_columns(pl.lit(label).alias("model")).select("model", *tt.columns),
                       [(p[0], p[1], p[2]) for p in pairs], unpaired, agg, info)
@@ -286,27 +291,32 @@ def task_tables(parts: _Parts, j: pl.DataFrame, label: str, cfg: StatsConfig, si
         jt = j.filter(pl.col("task") == task)
         tk = get_task_kind(jt["kind"][0])
         where = {"model": label, "task": task, "task_kind": jt["kind"][0]}
-        rows = metric_rows(jt, cfg, side.paired, side.unpaired)
-        if cfg.uncertainty and "base_conf" in jt.columns:
-            urows, unotes = uncertainty_rows(jt, cfg, tk.correctness, f"{label}/{task}")
-            rows += urows
-            notes += unotes
-        if cfg.uncertainty and side.table is not None and side.table.height:
-            urows, unotes = token_uncertainty_rows(side.table.filter(pl.col("task") == task), cfg,
-                                                   f"{label}/{task}")
-            rows += urows
-            notes += unotes
+        with stage("summary rows (bootstrap)"):
+            rows = metric_rows(jt, cfg, side.paired, side.unpaired)
+        with stage("uncertainty tests"):
+            if cfg.uncertainty and "base_conf" in jt.columns:
+                urows, unotes = uncertainty_rows(jt, cfg, tk.correctness, f"{label}/{task}")
+                rows += urows
+                notes += unotes
+            if cfg.uncertainty and side.table is not None and side.table.height:
+                urows, unotes = token_uncertainty_rows(side.table.filter(pl.col("task") == task), cfg,
+                                                       f"{label}/{task}")
+                rows += urows
+                notes += unotes
         for r in rows:
             r.update(where)
         parts.summary.extend(rows)
         if "quant_conf" in jt.columns:
             if tk.correctness:
-                parts.add_calibration(jt["quant_conf"].to_numpy(), jt["quant_correct"].to_numpy(), cfg, label,
-                                      "quant", task)
-            st = strata_rows(jt, cfg, strata, n_strata)
+                with stage("calibration cells"):
+                    parts.add_calibration(jt["quant_conf"].to_numpy(), jt["quant_correct"].to_numpy(), cfg, label,
+                                          "quant", task)
+            with stage("strata"):
+                st = strata_rows(jt, cfg, strata, n_strata)
             if st.height:
                 parts.strata.append(st.with_columns(pl.lit(label).alias("model"), pl.lit(task).alias("task")))
-        parts.groups.extend(_group_rows(jt, rows, cfg, side, where))
+        with stage("groups"):
+            parts.groups.extend(_group_rows(jt, rows, cfg, side, where))
 
 
 def bias_step(parts: _Parts, j: pl.DataFrame, attributes: pl.DataFrame, label: str, cfg: StatsConfig) -> None:
@@ -383,21 +393,41 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
     ``entropy_unit``: ``"bits"`` reports the choice entropy in bits.
     ``uncertainty=False`` leaves out the uncertainty tests (summary kinds
     ``uncertainty`` and ``uncertainty_token``).
-    ``verify_hash``: check every listed file's sha256 before any work (sizes
-    and shard headers are always checked); False skips the hashing for very
-    large dumps (recorded in the settings).
+    ``verify_hash``: check every listed file's sha256 (sizes and shard headers
+    are always checked first); the hashing runs on a second thread during the
+    analysis and a mismatch raises before anything is returned. False skips
+    it for very large dumps (recorded in the settings).
     ``kind_options``: keyword arguments of the dump kind's own analysis (e.g.
     a generation dump's ``lexicons`` and ``scorer``).
     """
     _check_options(binning, strata, bootstrap, entropy_unit)
-    n_bins, metric_bins = parse_bins(bins)
+    parse_bins(bins)
     b = _open(base)
     quants = [_open(q) for q in (quant if isinstance(quant, (list, tuple)) else [quant])]
     if not quants:
         raise ValueError("compare: need at least one quantized dump")
+    with stage("check sizes and headers"):
+        for d in (b, *quants):
+            d.verify(hash=False)
+    # every file's sha256 is computed on a second thread while the analysis reads the rows (one
+    # pass over the disk, not two); a mismatch fails the comparison before anything is returned
+    with sha256_in_background([b, *quants] if verify_hash else []):
+        return _compare_checked(b, quants, bootstrap=bootstrap, seed=seed, bins=bins, binning=binning, topk=topk,
+                                strata=strata, n_strata=n_strata, confidence=confidence, threads=threads,
+                                metrics=metrics, chunk_rows=chunk_rows, tokens=tokens, permutation=permutation,
+                                ttest=ttest, entropy_unit=entropy_unit, uncertainty=uncertainty, progress=progress,
+                                metric_memory=metric_memory, verify_hash=verify_hash, kind_options=kind_options)
+
+
+def _compare_checked(b: Any, quants: list[Any], *, bootstrap: int, seed: int, bins: int | str | Mapping[str, int],
+                     binning: str, topk: Sequence[int], strata: str, n_strata: int, confidence: float,
+                     threads: int | None, metrics: Mapping[str, Callable[..., Any]] | None, chunk_rows: int | None,
+                     tokens: bool, permutation: bool, ttest: bool, entropy_unit: str, uncertainty: bool,
+                     progress: bool, metric_memory: int, verify_hash: bool,
+                     kind_options: Mapping[str, Any] | None) -> Comparison:
+    """:func:`compare` on opened dumps whose sizes and headers were checked."""
+    n_bins, metric_bins = parse_bins(bins)
     labels = model_labels(quants)
-    for d in (b, *quants):
-        d.verify(hash=verify_hash)
     rows_aligned = [b.aligned_with(q) for q in quants]  # False: same examples, rows not meant to align
 
     from qfair.threads import resolve_threads
@@ -417,23 +447,27 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
     notes: list[str] = []
     parts = _Parts()
     meta = example_meta(b)
-    base_ex = example_stats(b.examples, b.choices, task_kinds(b.manifest), where=str(b.path)) \
-        if kind.has_choices else None
-    attributes = bias_scores.example_attributes(b.examples, task_kinds(b.manifest)) if kind.has_choices else None
+    with stage("example statistics"):
+        base_ex = example_stats(b.examples, b.choices, task_kinds(b.manifest), where=str(b.path)) \
+            if kind.has_choices else None
+        attributes = bias_scores.example_attributes(b.examples, task_kinds(b.manifest)) if kind.has_choices else None
     if base_ex is not None:
         for task in meta["task"].unique(maintain_order=True).to_list():
             sub = base_ex.filter(pl.col("task") == task)
             if get_task_kind(sub["kind"][0] if sub.height else None).correctness:
-                parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg, "base", "base", task)
+                with stage("calibration cells"):
+                    parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg, "base", "base",
+                                          task)
 
     nonfinite: dict[str, dict[str, int]] = {}
     for q, label, aligned in zip(quants, labels, rows_aligned):
         j = meta
         counts = nonfinite.setdefault(label, {})
         if base_ex is not None:
-            q_ex = example_stats(q.examples, q.choices, task_kinds(q.manifest) or task_kinds(b.manifest),
-                                 where=str(q.path))
-            j = pair_examples(base_ex, q_ex, meta)
+            with stage("example statistics"):
+                q_ex = example_stats(q.examples, q.choices, task_kinds(q.manifest) or task_kinds(b.manifest),
+                                     where=str(q.path))
+                j = pair_examples(base_ex, q_ex, meta)
             for who, ex_t in (("base", base_ex), (label, q_ex)):
                 bad = int(ex_t["nonfinite"].sum())
                 counts["nonfinite_examples_" + ("base" if who == "base" else "quant")] = bad
@@ -454,11 +488,13 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
         parts.examples.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))
         task_tables(parts, j, label, cfg, side, strata, n_strata, notes)
         if attributes is not None:
-            bias_step(parts, j, attributes, label, cfg)
+            with stage("bias"):
+                bias_step(parts, j, attributes, label, cfg)
         extra = kind_analysis(kind)
         if extra is not None:
-            for name, df in extra(b, q, label, cfg, side.table, **dict(kind_options or {})).items():
-                parts.extra.setdefault(name, []).append(df)
+            with stage(f"{kind.name} analysis"):
+                for name, df in extra(b, q, label, cfg, side.table, **dict(kind_options or {})).items():
+                    parts.extra.setdefault(name, []).append(df)
 
     settings = {"bootstrap": int(bootstrap), "seed": int(seed), "bins": n_bins, "metric_bins": dict(metric_bins),
                 "binning": binning, "topk": list(topk), "strata": strata, "n_strata": int(n_strata),
@@ -471,7 +507,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
                 "nonfinite": nonfinite,
                 "integrity": "size, header and sha256 of every file" if verify_hash
                 else "size and header of every file (sha256 skipped)"}
-    out = assemble(parts, settings, notes)
+    with stage("assemble tables (polars)"):
+        out = assemble(parts, settings, notes)
     if "bias" in out.extra:
         out.extra["bias"] = bias_scores.adjust_permutation(adjust(out.extra["bias"]))   # over the bias rows
     m = int(out.summary["p"].is_not_null().sum()) if out.summary.height else 0

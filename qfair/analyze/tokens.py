@@ -19,6 +19,7 @@ import polars as pl
 
 from qfair.dump import DumpError
 from qfair.dump import manifest as mf
+from qfair.stages import stage
 
 __all__ = ["TokenChunk", "token_table", "example_token_aggregates", "VOCAB_METRICS",
            "PAIRED_TOKEN_METRICS", "UNPAIRED_TOKEN_METRICS"]
@@ -121,6 +122,25 @@ def _scalar_columns(tb: pl.DataFrame, tq: pl.DataFrame) -> pl.DataFrame:
     return out
 
 
+def _custom_metrics(chunk: Any, s: int, e: int, base: Any, quant: Any, metrics: Mapping[str, CustomMetric],
+                    custom: dict[str, np.ndarray], targets: np.ndarray, key_by_row: Any, metric_memory: int) -> None:
+    """Fill ``custom[name][s:e]`` from one streamed chunk, in sub-chunks of :func:`custom_chunk_rows` rows."""
+    step = custom_chunk_rows(base.vocab_size, metric_memory)
+    for a in range(s, e, step):
+        b = min(e, a + step)
+        lp = _to_logprobs(chunk.p[a - s:b - s], base.logits_dtype)
+        lq = _to_logprobs(chunk.q[a - s:b - s], quant.logits_dtype)
+        keys = key_by_row.filter((pl.col("row") >= a) & (pl.col("row") < b))
+        tc = TokenChunk(start=a, stop=b, p=lp, q=lq, targets=targets[a:b], keys=keys)
+        for name, fn in metrics.items():
+            v = np.asarray(fn(tc), dtype=np.float64).reshape(-1)
+            if v.shape[0] != b - a:
+                raise ValueError(f"custom metric {name!r} returned {v.shape[0]} values for a chunk "
+                                 f"of {b - a} rows (expected one per row)")
+            custom[name][a:b] = v
+        del lp, lq, tc
+
+
 def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chunk_rows: int | None = None,
                 threads: int | None = None, metrics: Mapping[str, CustomMetric] | None = None,
                 progress: bool = False, metric_memory: int = DEFAULT_METRIC_MEMORY,
@@ -193,8 +213,13 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
     kwargs: dict[str, Any] = {"topk": ks, "chunk_rows": int(chunk_rows), "threads": threads}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    for chunk in qfair.stream_divergence([str(p) for p in base.logit_paths],
-                                          [str(p) for p in quant.logit_paths], **kwargs):
+    stream = qfair.stream_divergence([str(p) for p in base.logit_paths],
+                                     [str(p) for p in quant.logit_paths], **kwargs)
+    while True:
+        with stage("read rows + divergence kernel"):
+            chunk = next(stream, None)
+        if chunk is None:
+            break
         s, e = int(chunk.start), int(chunk.stop)
         res = chunk.result
         for name in names:
@@ -204,20 +229,8 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
         info["nonfinite_base_rows"] += int(res.invalid_p)
         info["nonfinite_quant_rows"] += int(res.invalid_q)
         if metrics:
-            step = custom_chunk_rows(base.vocab_size, metric_memory)
-            for a in range(s, e, step):
-                b = min(e, a + step)
-                lp = _to_logprobs(chunk.p[a - s:b - s], base.logits_dtype)
-                lq = _to_logprobs(chunk.q[a - s:b - s], quant.logits_dtype)
-                keys = key_by_row.filter((pl.col("row") >= a) & (pl.col("row") < b))
-                tc = TokenChunk(start=a, stop=b, p=lp, q=lq, targets=targets[a:b], keys=keys)
-                for name, fn in metrics.items():
-                    v = np.asarray(fn(tc), dtype=np.float64).reshape(-1)
-                    if v.shape[0] != b - a:
-                        raise ValueError(f"custom metric {name!r} returned {v.shape[0]} values for a chunk "
-                                         f"of {b - a} rows (expected one per row)")
-                    custom[name][a:b] = v
-                del lp, lq, tc
+            with stage("custom metrics"):
+                _custom_metrics(chunk, s, e, base, quant, metrics, custom, targets, key_by_row, metric_memory)
         bar.update(e - s)
     bar.close()
     info["vocab_wide"] = True

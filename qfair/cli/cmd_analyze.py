@@ -70,6 +70,9 @@ def _bins(ctx, param, value):  # noqa: ARG001
               help="Check the dumps' file sizes and shard headers but not their sha256 (for very large "
                    "dumps; recorded in settings.json).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--profile", is_flag=True,
+              help="Print where the time went, stage by stage (reading + kernel, sha256 on its second thread, "
+                   "bootstrap, uncertainty tests, calibration, Polars, writing), to standard error.")
 @click.option("--lexicon", "lexicons", multiple=True, metavar="NAME=FILE",
               help="Generation dumps: a word list whose rate is measured in the texts (gendered / negative replace "
                    "the built-in lists, other names add one; plain text or a CSV/TSV with a lemma column).")
@@ -77,7 +80,8 @@ def _bins(ctx, param, value):  # noqa: ARG001
               help="Generation dumps: a local Hugging Face text-classification model run on every text; "
                    "each label's rate is compared.")
 def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, n_strata, formats, ttest,
-                entropy_unit, no_uncertainty, threads, chunk_rows, skip_hash, no_progress, lexicons, scorer) -> None:
+                entropy_unit, no_uncertainty, threads, chunk_rows, skip_hash, no_progress, profile, lexicons,
+                scorer) -> None:
     """Compare BASE with one or more QUANT dumps: token divergences, example-level
     accuracy / confidence / calibration changes, flips, strata and groups, each
     difference with its bootstrap CI and p-value (Holm and BH adjusted).
@@ -89,8 +93,9 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
     from qfair.analyze import compare
     from qfair.analyze.outdir import lock_analysis_dir
     from qfair.analyze.tables import format_summary
+    from qfair.stages import profiling, stage
 
-    with reported(out, ValueError):  # the library checks options as ValueError too
+    with reported(out, ValueError), profiling() as timer:  # the library checks options as ValueError too
         kind_options = _generation_options(lexicons, scorer)
         lock = lock_analysis_dir(out)  # a second analysis into --out stops here, before any work
         try:
@@ -99,9 +104,13 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
                              entropy_unit=entropy_unit, uncertainty=not no_uncertainty,
                              chunk_rows=chunk_rows, progress=not no_progress, verify_hash=not skip_hash,
                              kind_options=kind_options)
-            files = result.write(out, formats=formats)
+            with stage("write tables"):
+                files = result.write(out, formats=formats)
         finally:
             lock.release()
+    if profile:
+        click.echo("time by stage (exclusive wall seconds; the sha256 thread runs beside the others):\n"
+                   + timer.format(), err=True)
     click.echo(format_summary(result.summary, max_rows=60), nl=False)
     if "text_summary" in result.extra:  # text dumps: llama-perplexity --kl-divergence's own layout
         from qfair.analyze.text import format_llamacpp

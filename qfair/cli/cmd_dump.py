@@ -31,6 +31,9 @@ def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N documents per task.")
 @click.option("--data-file", "data_files", multiple=True, metavar="TASK=PATH",
               help="Read TASK's documents from a local JSONL/Parquet/CSV file (repeatable).")
+@click.option("--data-dir", "data_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Read every task DIR holds from there, offline, sha256-checked (written by qfair data fetch); "
+                   "--data-file wins for its task.")
 @click.option("--store", default="full", show_default=True, metavar="full|none|topk:K", callback=_check_store,
               help="full: store every scored token's vocabulary-wide log-probs; none: scalars only; topk:K: per "
                    "row the K largest log-probs, their token ids and the log of the remaining mass.")
@@ -78,7 +81,7 @@ def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--reference", type=click.Path(file_okay=False), default=None,
               help="Generation tasks: the base model's generation dump; this model is teacher-forced on its "
                    "texts (rows aligned with it) and also writes its own.")
-def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, shard_rows, batch_size,
+def dump_cmd(model, quant, tasks, out, limit, data_files, data_dir, store, store_dtype, shard_rows, batch_size,
              text, ctx, chunks, resume, overwrite, seed, revision, dtype, device, device_map, max_memory,
              offload_folder, gguf_file,
              trust_remote_code, cache_dir, threads, no_progress, max_new_tokens, temperature, top_p, samples,
@@ -107,13 +110,14 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, store, store_dtype, sh
     if text is not None:
         if ctx is None:
             raise click.UsageError("--text needs --ctx (tokens per chunk)")
-        if tasks or data_files or limit is not None:
-            raise click.UsageError("--text scores a text file; drop --tasks / --data-file / --limit")
+        if tasks or data_files or data_dir or limit is not None:
+            raise click.UsageError("--text scores a text file; drop --tasks / --data-file / --data-dir / --limit")
         load_kwargs.update(text=text, ctx=ctx, chunks=chunks)
     elif ctx is not None or chunks is not None:
         raise click.UsageError("--ctx and --chunks go with --text")
     with reported(out, interrupted=f"interrupted; finished shards are kept in {out} (finish with --resume)"):
-        summary = dump(out, model=model, quant=quant, tasks=tasks, data_files=list(data_files), limit=limit,
+        summary = dump(out, model=model, quant=quant, tasks=tasks, data_files=list(data_files), data_dir=data_dir,
+                       limit=limit,
                        store=store, store_dtype=store_dtype, shard_rows=shard_rows, batch_size=batch_size,
                        resume=resume, overwrite=overwrite, seed=seed, progress=not no_progress,
                        load_kwargs=load_kwargs, threads=threads,

@@ -32,6 +32,9 @@ def sensitivity_errors() -> tuple[type[BaseException], ...]:
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N documents per task.")
 @click.option("--data-file", "data_files", multiple=True, metavar="TASK=PATH",
               help="Read TASK's documents from a local JSONL/Parquet/CSV file (repeatable).")
+@click.option("--data-dir", "data_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Read every probe task DIR holds from there, offline, sha256-checked (written by qfair data "
+                   "fetch); --data-file wins for its task.")
 @click.option("--resamples", type=click.IntRange(min=100), default=10_000, show_default=True,
               help="Bootstrap resamples per interval.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
@@ -43,7 +46,7 @@ def sensitivity_errors() -> tuple[type[BaseException], ...]:
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def sensitivity_cmd(model, quant, tasks, unit, mode, out, split, limit, data_files, resamples, seed, batch_size,
+def sensitivity_cmd(model, quant, tasks, unit, mode, out, split, limit, data_files, data_dir, resamples, seed, batch_size,
                     threads, dtype, device, cache_dir, overwrite, no_progress) -> None:
     """Quantize one unit at a time (a transformer block, or every quantized
     linear layer) and measure what it does against the unquantized model on the
@@ -71,7 +74,8 @@ def sensitivity_cmd(model, quant, tasks, unit, mode, out, split, limit, data_fil
         torch.set_num_threads(threads)
     with reported(out, *sensitivity_errors()):
         files = parse_data_files(list(data_files))
-        r = run_scan(out, model=model, quant=quant, tasks=tasks, data_files=files, limit=limit, unit=unit,
+        r = run_scan(out, model=model, quant=quant, tasks=tasks, data_files=files, limit=limit, data_dir=data_dir,
+                     unit=unit,
                      mode=mode, split=split, resamples=resamples, seed=seed, batch_size=batch_size,
                      load_kwargs={"dtype": dtype, "device": device, "cache_dir": cache_dir},
                      overwrite=overwrite, progress=not no_progress)

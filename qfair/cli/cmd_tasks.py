@@ -22,20 +22,26 @@ def _groups_cell(groups: list[str], width: int = 38) -> str:
               help="Read TASK from a local JSONL/Parquet/CSV file in the dataset's own field "
                    "names (repeatable); the file is checked row by row. PATH 'hf' reads the "
                    "task's Hugging Face dataset (needs the 'datasets' package).")
+@click.option("--data-dir", "data_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Read every task DIR holds from there (written by qfair data fetch; sha256-checked); "
+                   "--data-file wins for its task.")
 @click.option("--tasks", "tasks", metavar="A,B,C",
               help="Only these tasks (group names such as xstorycloze expand).")
-def tasks_command(show: str | None, num: int, data_files: tuple[str, ...], tasks: str | None) -> None:
+def tasks_command(show: str | None, num: int, data_files: tuple[str, ...], data_dir: str | None,
+                  tasks: str | None) -> None:
     """List the tasks with their prompt format, data source and groups, or
     render one task's documents (--show)."""
     import qfair.tasks as T
+    from qfair.tasks.datadir import DataDir
 
     try:
         files = T.parse_data_files(data_files)
+        held = set(DataDir.read(data_dir).tasks) if data_dir is not None else set()
         if show is not None:
-            _show(T, show, files.get(show), num)
+            _show(T, show, files.get(show), num, data_dir)
             return
         selected = T.resolve(tasks) if tasks else T.names()
-        rows = [_row(T, name, files.get(name)) for name in selected]
+        rows = [_row(T, name, files.get(name), data_dir if name in held else None) for name in selected]
     except T.TaskError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -46,10 +52,10 @@ def tasks_command(show: str | None, num: int, data_files: tuple[str, ...], tasks
         click.echo("  ".join(cells + [str(r[-1])]).rstrip())
 
 
-def _row(T, name: str, data_file) -> tuple:
+def _row(T, name: str, data_file, data_dir) -> tuple:
     sp = T.spec(name)
-    if data_file is not None:
-        task = T.get(name, data_file=data_file)   # validates every row
+    if data_file is not None or data_dir is not None:
+        task = T.get(name, data_file=data_file, data_dir=data_dir)   # validates every row
         return (name, sp.kind, sp.prompt_format_version, len(task), task.source,
                 _groups_cell(task.groups()))
     if sp.sample is None:
@@ -60,11 +66,11 @@ def _row(T, name: str, data_file) -> tuple:
             _groups_cell(task.groups()))
 
 
-def _show(T, name: str, data_file, num: int) -> None:
+def _show(T, name: str, data_file, num: int, data_dir) -> None:
     if name in T.GROUPS:
         raise T.TaskError(f"--show needs a single task, not the group '{name}' "
                           f"(members: {', '.join(T.GROUPS[name])})")
-    task = T.get(name, data_file=data_file, limit=num)
+    task = T.get(name, data_file=data_file, limit=num, data_dir=data_dir)
     click.echo(f"task:            {task.name}  ({task.kind})")
     click.echo(f"prompt format:   {task.prompt_format_version}")
     click.echo(f"source:          {task.source}  sha256 {task.source_hash[:16]}")

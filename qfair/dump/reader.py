@@ -8,6 +8,10 @@ choices/tokens come from the table parts of the shards finished so far.
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +24,12 @@ from qfair.dump.kinds import DumpKind, get_kind
 from qfair.dump.schema import inside
 from qfair.fsutil import sha256_file
 from qfair.npyio import NpyFormatError, NpyHeader, read_npy_header
+from qfair.stages import active_timer
 
 if TYPE_CHECKING:  # polars is imported lazily, when a table is first read
     import polars as pl
 
-__all__ = ["Dump", "open_dump", "DumpError"]
+__all__ = ["Dump", "open_dump", "DumpError", "sha256_in_background"]
 
 
 class Dump:
@@ -128,7 +133,7 @@ class Dump:
         present, of the listed size, and (``hash=True``) of the listed sha256;
         each logits shard's header against the manifest. DumpError names the
         file and the manifest field on the first mismatch."""
-        for rel, nbytes, sha, field in self.listed_files():
+        for rel, nbytes, _sha, field in self.listed_files():
             p = self.file(rel, f"{field}.file")
             if not p.is_file():
                 raise DumpError(f"{p}: missing (listed in {mf.MANIFEST} {field})")
@@ -136,10 +141,22 @@ class Dump:
             if size != nbytes:
                 raise DumpError(f"{p}: {size} bytes, {mf.MANIFEST} {field}.bytes says {nbytes} "
                                 "(truncated, corrupt or replaced file)")
-            if hash and sha is not None and sha256_file(p) != sha:
-                raise DumpError(f"{p}: sha256 differs from {mf.MANIFEST} {field}.sha256 (corrupt or replaced file)")
         for i in range(len(self.manifest["shards"]) if self.has_rows else 0):
             self._shard_header(i)
+        if hash:
+            self.verify_sha256()
+
+    def verify_sha256(self, stop: threading.Event | None = None) -> None:
+        """Check every listed file's sha256 (the sizes are :meth:`verify`'s);
+        DumpError names the file and the manifest field on the first mismatch.
+        ``stop``: an event that ends the hashing early (no error)."""
+        for rel, _nbytes, sha, field in self.listed_files():
+            p = self.file(rel, f"{field}.file")
+            if stop is not None and stop.is_set():
+                return
+            got = sha256_file(p, stop=stop)
+            if sha is not None and got is not None and got != sha:
+                raise DumpError(f"{p}: sha256 differs from {mf.MANIFEST} {field}.sha256 (corrupt or replaced file)")
 
     def _shard_header(self, i: int) -> tuple[Path, NpyHeader]:
         """Shard ``i``'s path and header, checked against the manifest (dtype, C order, shape, size)."""
@@ -352,3 +369,51 @@ def check_same_keys(a: pl.DataFrame, b: pl.DataFrame, keys: tuple[str, ...], pai
             i = int(neq[0])
             raise DumpError(f"{pair}: {table} row {i} key {key!r} differs "
                             f"({ca[i]!r} vs {cb[i]!r}); the dumps are not aligned")
+
+
+@contextmanager
+def sha256_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
+    """Check the dumps' sha256 on a second thread while the block runs.
+
+    The block's work and the hashing read the same files at the same time (one
+    pass over a cold disk instead of two; hashlib releases the GIL). A mismatch
+    raises :class:`DumpError` when the block ends, before its result is used;
+    if the block fails, a mismatch already found is raised in its place (a
+    corrupt file is the likelier cause) and the hashing stops. The thread's
+    seconds go to the active stage timer as "sha256 (second thread)", the wait
+    for it at the end as "sha256 wait".
+    """
+    if not dumps:
+        yield
+        return
+    timer = active_timer()
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        try:
+            for d in dumps:
+                d.verify_sha256(stop=stop)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            failure.append(e)
+        finally:
+            if timer is not None:
+                timer.add("sha256 (second thread)", time.perf_counter() - t0)
+
+    worker = threading.Thread(target=run, name="qfair-sha256", daemon=True)
+    worker.start()
+    try:
+        yield
+    except BaseException:
+        stop.set()
+        worker.join()
+        if failure and isinstance(failure[0], DumpError):
+            raise failure[0] from None
+        raise
+    t0 = time.perf_counter()
+    worker.join()
+    if timer is not None:
+        timer.add("sha256 wait", time.perf_counter() - t0)
+    if failure:
+        raise failure[0]

@@ -35,7 +35,8 @@ def default_tasks() -> list[str]:
 
 def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none",
          tasks: str | Iterable[str] | None = None, data_files: Iterable[str] | dict | None = None,
-         limit: int | None = None, store: str = "full", store_dtype: str = "f16",
+         data_dir: str | os.PathLike | None = None, limit: int | None = None, store: str = "full",
+         store_dtype: str = "f16",
          shard_rows: int = DEFAULT_SHARD_ROWS, batch_size: int = DEFAULT_BATCH_SIZE,
          resume: bool = False, overwrite: bool = False, seed: int = 0, progress: bool = True,
          load_kwargs: dict[str, Any] | None = None, threads: int | None = None,
@@ -48,7 +49,9 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
     ``threads``: torch's compute threads for this dump (default: the CPUs this
     process may use), restored afterwards. Everything a user can get wrong
     (tasks, data files, the output directory: locked, so known to be writable)
-    is checked before the (slow) model load.
+    is checked before the (slow) model load. ``data_dir``: a directory written
+    by ``qfair data fetch``; every task it holds is read from there (checked
+    against its sha256), ``data_files`` winning for their tasks.
 
     Started by ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1), each
     process writes its range of the planned shards and rank 0 merges them
@@ -72,17 +75,18 @@ def dump(out: str | os.PathLike, *, model: str | None = None, quant: str = "none
     if ctx is not None:
         try:
             return _parallel(ctx, out, model, quant, tasks, data_files, limit, load_kwargs, n_threads, generation,
-                             common)
+                             common, data_dir)
         finally:
             ctx.close()
     if "text" in load_kwargs:  # a plain text scored like llama-perplexity (qfair.dump.text)
         return _text_dump(out, model, quant, load_kwargs, n_threads, **common)
-    return _task_dump(out, model, quant, tasks, data_files, limit, load_kwargs, n_threads, generation, **common)
+    return _task_dump(out, model, quant, tasks, data_files, limit, load_kwargs, n_threads, generation,
+                      data_dir=data_dir, **common)
 
 
 def _parallel(ctx: Any, out: str | os.PathLike, model: str | None, quant: str, tasks: Any, data_files: Any,
               limit: int | None, load_kwargs: dict[str, Any], threads: int, generation: dict[str, Any] | None,
-              common: dict[str, Any]) -> DumpSummary:
+              common: dict[str, Any], data_dir: str | os.PathLike | None = None) -> DumpSummary:
     """One rank of a data-parallel dump (:mod:`qfair.dump.distributed`)."""
     import time
 
@@ -103,7 +107,8 @@ def _parallel(ctx: Any, out: str | os.PathLike, model: str | None, quant: str, t
         if "text" in lk:
             _text_dump(pd, model, quant, dict(lk), threads, part=part, **kw)
         else:
-            _task_dump(pd, model, quant, tasks, data_files, limit, dict(lk), threads, generation, part=part, **kw)
+            _task_dump(pd, model, quant, tasks, data_files, limit, dict(lk), threads, generation, part=part,
+                       data_dir=data_dir, **kw)
 
     what = parallel_dump(ctx, out, resume=common["resume"], overwrite=common["overwrite"], write_part=write_part)
     m = mf.read_manifest(Path(out))
@@ -143,7 +148,8 @@ def _locked_out(out: str | os.PathLike, resume: bool, overwrite: bool) -> Any:
 
 def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any, data_files: Any,
                limit: int | None, load_kwargs: dict[str, Any], threads: int, generation: dict[str, Any] | None,
-               part: tuple[int, int] | None = None, **kw: Any) -> DumpSummary:
+               part: tuple[int, int] | None = None, data_dir: str | os.PathLike | None = None,
+               **kw: Any) -> DumpSummary:
     import qfair.tasks as T
     from qfair.models import load_model
     from qfair.threads import torch_threads
@@ -157,7 +163,7 @@ def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any
     if unknown:
         raise DumpError(f"--data-file given for {', '.join(unknown)}, which is not among --tasks ({', '.join(names)})")
     # tasks first: a malformed row stops the run before the (slow) model load
-    task_objs = [T.get(n, data_file=files.get(n), limit=limit) for n in names]
+    task_objs = [T.get(n, data_file=files.get(n), limit=limit, data_dir=data_dir) for n in names]
     gen_opts = {k: v for k, v in (generation or {}).items() if v is not None}
     settings = _generation_settings(task_objs, gen_opts, kw["seed"])  # None: multiple-choice tasks
     if settings is not None and part is not None:
@@ -165,7 +171,8 @@ def _task_dump(out: str | os.PathLike, model: str | None, quant: str, tasks: Any
                         "processes up front; run them in one process (data-parallel dumps: multiple-choice "
                         "tasks and --text)")
     config = _config(model, quant, load_kwargs, tasks=names,
-                     data_files={k: str(v) for k, v in sorted(files.items())}, limit=limit)
+                     data_files={k: str(v) for k, v in sorted(files.items())}, limit=limit,
+                     **({"data_dir": str(data_dir)} if data_dir is not None else {}))
     lock = _locked_out(out, kw["resume"], kw["overwrite"])
     try:
         with torch_threads(threads):

@@ -98,9 +98,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_tmp(cache_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Remove temporary directories left by processes that no longer run."""
-    base = cache_root(cache_dir) / _SUBDIR
+def clean_stale_tmp(cache_dir: str | os.PathLike | None = None, subdir: str = _SUBDIR) -> list[Path]:
+    """Remove temporary directories left by processes that no longer run (in
+    ``subdir`` of the cache root: the GGUF float cache by default)."""
+    base = cache_root(cache_dir) / subdir
     removed: list[Path] = []
     if not base.is_dir():
         return removed

@@ -14,7 +14,7 @@ from typing import Any
 def compare_specs(specs: Sequence[str], *, model: str | None = None, tasks: Any = None,
                   data_files: dict[str, Any] | None = None, limit: int | None = None, split: str = "0.5:0",
                   side: str = "heldout", resamples: int = 10_000, seed: int = 0, progress: bool = True,
-                  load_kwargs: dict[str, Any] | None = None) -> Any:
+                  load_kwargs: dict[str, Any] | None = None, data_dir: Any = None) -> Any:
     """A polars table: rows ``(spec, comparison, set, group, metric, n, base,
     value, delta, ci_low, ci_high, p)`` with comparison ``vs_base`` (every
     metric and bias type, as in a scan) or ``vs_<first spec>`` (paired
@@ -27,7 +27,7 @@ def compare_specs(specs: Sequence[str], *, model: str | None = None, tasks: Any 
     from qfair.sensitivity.scan import _quiet_torch
 
     kw = {k: v for k, v in (load_kwargs or {}).items() if v is not None}
-    task_objs = load_tasks(tasks, data_files, limit)
+    task_objs = load_tasks(tasks, data_files, limit, data_dir)
     base_lm = load_model(model, quant="none", progress=progress, **kw)
     probes = build_probes(task_objs, base_lm.tokenizer, Split.parse(split), side)
     rows: list[dict[str, Any]] = []

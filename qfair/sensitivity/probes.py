@@ -96,9 +96,9 @@ class Probes:
 
 
 def load_tasks(tasks: str | Iterable[str] | None, data_files: dict[str, Any] | None = None,
-               limit: int | None = None) -> list[Any]:
+               limit: int | None = None, data_dir: Any = None) -> list[Any]:
     """Task objects for the probes (``qfair.tasks`` names or groups; default
-    :data:`DEFAULT_TASKS`)."""
+    :data:`DEFAULT_TASKS`); ``data_dir``: a ``qfair data fetch`` directory."""
     import qfair.tasks as T
 
     names = T.resolve(tasks if tasks else DEFAULT_TASKS)
@@ -107,7 +107,7 @@ def load_tasks(tasks: str | Iterable[str] | None, data_files: dict[str, Any] | N
     if unknown:
         raise ProbeError(f"--data-file given for {', '.join(unknown)}, which is not among the probe tasks "
                          f"({', '.join(names)})")
-    objs = [T.get(n, data_file=files.get(n), limit=limit) for n in names]
+    objs = [T.get(n, data_file=files.get(n), limit=limit, data_dir=data_dir) for n in names]
     if not any(t.kind == BIAS_KIND for t in objs):
         raise ProbeError(f"the probe tasks ({', '.join(names)}) hold no bias probe; add crows_pairs_english "
                          "or crows_pairs_french")

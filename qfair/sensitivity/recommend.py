@@ -332,7 +332,8 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
     man = scan["manifest"]
     st = man["settings"]
     load_kw = {k: v for k, v in (st.get("load") or {}).items() if v not in (None, "None")}
-    tasks = load_tasks(st["tasks"], {k: Path(v) for k, v in (st.get("data_files") or {}).items()}, st.get("limit"))
+    tasks = load_tasks(st["tasks"], {k: Path(v) for k, v in (st.get("data_files") or {}).items()}, st.get("limit"),
+                       st.get("data_dir"))
     t0 = time.perf_counter()
     base_lm, quant_lm = loaded if loaded is not None else load_pair(st["model"], st["quant"], load_kw, progress)
     packed = quant_lm.extra.get("packed_bytes")

@@ -130,7 +130,7 @@ def _device(model: Any) -> Any:
 
 def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "bnb-nf4",
              tasks: Any = None, data_files: dict[str, Any] | None = None, limit: int | None = None,
-             unit: str = "block", mode: str = "single", split: str | Split = "0.5:0",
+             data_dir: Any = None, unit: str = "block", mode: str = "single", split: str | Split = "0.5:0",
              resamples: int = 10_000, seed: int = 0, batch_size: int = 32,
              load_kwargs: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
              loaded: tuple[Any, Any] | None = None, only: Any = None) -> ScanResult:
@@ -139,6 +139,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     ``loaded`` = (float LoadedModel, quantized LoadedModel) skips loading (the
     library path; the scan swaps their modules and restores them at the end).
     ``only``: scan these unit names only (the uniform rows still quantize every unit).
+    ``data_dir``: a ``qfair data fetch`` directory the probe tasks are read from.
     """
     import polars as pl
     from tqdm.auto import tqdm
@@ -148,7 +149,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     modes = _parse_modes(mode)
     sp = Split.parse(split)
     _check_out(out_p, overwrite)
-    task_objs = load_tasks(tasks, data_files, limit)  # a bad row stops the run before the model load
+    task_objs = load_tasks(tasks, data_files, limit, data_dir)  # a bad row stops the run before the model load
     t0 = time.perf_counter()
     if loaded is None:
         base_lm, quant_lm = load_pair(model, quant, load_kwargs, progress)
@@ -237,6 +238,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "settings": {"model": model, "quant": str(quant_lm.quant), "tasks": [t.name for t in task_objs],
                      "data_files": {k: str(v) for k, v in sorted((data_files or {}).items())}, "limit": limit,
+                     **({"data_dir": str(data_dir)} if data_dir is not None else {}),
                      "unit": unit, "modes": list(modes), "split": str(sp), "resamples": resamples, "seed": seed,
                      "batch_size": batch_size,
                      "load": {k: str(v) for k, v in sorted((load_kwargs or {}).items()) if v is not None}},

@@ -61,23 +61,27 @@ def format_plan(plan: Plan) -> str:
     w = max([len(d.key) for d in plan.dumps] + [4])
     lines.append(f"  {'dump':<{w}}  {'action':<7} {'rows':>12} {'disk (rows)':>12}  why")
     rows_todo = bytes_todo = 0
-    approx = False
+    approx = guessed = False
     for d in plan.dumps:
         rows = "?" if d.rows is None else (f"{d.rows:,}" if d.rows_exact else f"<= {d.rows:,}")
+        rows = f"~{rows}" if d.rows_estimated and d.rows is not None else rows
         disk = "?" if d.rows is None or d.row_bytes is None else _bytes(d.rows * d.row_bytes)
         lines.append(f"  {d.key:<{w}}  {d.action:<7} {rows:>12} {disk:>12}  {d.why}")
         if d.action != "skip" and d.rows is not None:
             rows_todo += d.rows
             bytes_todo += d.rows * (d.row_bytes or 0)
             approx |= not d.rows_exact
+            guessed |= d.rows_estimated
     lines += ["", "analyses (base vs spec):"]
     for a in plan.analyses:
         lines.append(f"  {a.key:<{w}}  {a.action:<7} {a.why}")
     n_run = sum(d.action != "skip" for d in plan.dumps)
     n_an = sum(a.action != "skip" for a in plan.analyses)
-    lines += ["", f"to do: {n_run} of {len(plan.dumps)} dumps ({'at most ' if approx else ''}{rows_todo:,} rows, "
+    lines += ["", f"to do: {n_run} of {len(plan.dumps)} dumps ({'at most ' if approx else ''}"
+                  f"{'~' if guessed else ''}{rows_todo:,} rows, "
                   f"{_bytes(bytes_todo)} of stored rows, plus tables), {n_an} of {len(plan.analyses)} analyses, "
                   "then the aggregate (results.parquet, figures/, report.html)"]
+    lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 
 

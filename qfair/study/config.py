@@ -77,6 +77,7 @@ class Study:
     slurm: dict[str, Any]
     out: Path | None
     raw: dict[str, Any]
+    data_dir: str | None = None  # a `qfair data fetch` directory every task dump reads (need not exist yet)
 
     def dump_options(self, group: TaskGroup) -> dict[str, Any]:
         return {**self.dump, **group.options}
@@ -413,9 +414,15 @@ def load_study(path: str | os.PathLike) -> Study:
         raise StudyError(f"{p}: not valid TOML ({e})") from None
     c = _C(p)
     root = p.resolve().parent
-    c.table(raw, "", ("name", "out", "models", "quant", "base", "tasks", "dump", "analysis", "slurm"))
+    c.table(raw, "", ("name", "out", "data_dir", "models", "quant", "base", "tasks", "dump", "analysis", "slurm"))
     name = c.str_(raw.get("name", p.stem), "name")
     out = Path(_resolve_path(c.str_(raw["out"], "out"), root)) if "out" in raw else None
+    data_dir = None
+    if "data_dir" in raw:  # relative to the study file; fetched later is fine (a dump says so if it is missing)
+        dd = Path(c.str_(raw["data_dir"], "data_dir")).expanduser()
+        data_dir = str(dd if dd.is_absolute() else (root / dd).resolve())
+        if Path(data_dir).exists() and not Path(data_dir).is_dir():
+            raise c.fail("data_dir", f"is {raw['data_dir']!r}: not a directory")
     if out is not None and not out.is_absolute():
         out = (root / out).resolve()
     models_raw = raw.get("models")
@@ -455,4 +462,4 @@ def load_study(path: str | os.PathLike) -> Study:
     dump = _dump_options(c, c.table(raw.get("dump", {}), "dump", DUMP_KEYS), "dump")
     analysis = _analysis(c, raw.get("analysis", {}))
     slurm = _slurm(c, raw.get("slurm", {}))
-    return Study(p.resolve(), name, models, base, specs, groups, dump, analysis, slurm, out, raw)
+    return Study(p.resolve(), name, models, base, specs, groups, dump, analysis, slurm, out, raw, data_dir)

@@ -50,6 +50,7 @@ class DumpJob:
     why: str = ""
     rows: int | None = None     # expected rows (dry run)
     rows_exact: bool = True
+    rows_estimated: bool = False  # counted with a stand-in tokenizer (the model's own was not readable)
     row_bytes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -90,6 +91,7 @@ class Plan:
     out: Path
     dumps: list[DumpJob] = field(default_factory=list)
     analyses: list[AnalysisJob] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # what the dry run had to estimate, and how
 
     def dump(self, key: str) -> DumpJob:
         return next(d for d in self.dumps if d.key == key)
@@ -117,6 +119,8 @@ def _dump_kwargs(study: Study, model: ModelEntry, group: TaskGroup, spec: SpecEn
     else:
         kw["tasks"] = list(group.tasks)
         kw["data_files"] = dict(group.data_files)
+        if study.data_dir is not None:
+            kw["data_dir"] = study.data_dir
         kw["limit"] = opts.get("limit") or None
     if group.kind == "generation":
         gen = dict(group.generation)
@@ -246,23 +250,57 @@ def _row_bytes(store: str, dtype: str, vocab: int) -> int:
     return vocab * int(mf.NPY_DTYPES[dtype][-1])
 
 
+def _tokenizer(model: ModelEntry, stand_in: dict[str, Any]) -> tuple[Any, int, bool]:
+    """(tokenizer, logits row width, estimated): the model's own; else, for a
+    model in qfair.models.known's table, its vocabulary from the table and the
+    embedded model's tokenizer as a stand-in for counting rows."""
+    from qfair.models import ModelError
+    from qfair.models.known import known_model
+    from qfair.models.loading import DEFAULT_MODEL, load_tokenizer
+
+    try:
+        tok, vocab = load_tokenizer(model.id, **model.load)
+        return tok, vocab, False
+    except ModelError:
+        known = known_model(model.id)
+        if known is None:
+            raise
+    if "tok" not in stand_in:
+        stand_in["tok"] = load_tokenizer(DEFAULT_MODEL)[0]
+    return stand_in["tok"], known.vocab_size, True
+
+
+def _data_dir_for_counting(study: Study, notes: list[str]) -> str | None:
+    if study.data_dir is None or os.path.isdir(study.data_dir):
+        return study.data_dir
+    notes.append(f"data_dir {study.data_dir} is not there yet (qfair data fetch ... --out {study.data_dir}): rows (~) "
+                 "counted on the built-in samples; the full splits hold many more")
+    return None
+
+
 def expected_rows(plan: Plan, progress: bool = False) -> None:
     """Fill each dump job's expected rows and row bytes: tokenizers and configs
     only (no weights); generation dumps give an upper bound (every continuation
-    at --max-new-tokens)."""
+    at --max-new-tokens). A model whose tokenizer and configuration cannot be
+    read here (offline) but is in :mod:`qfair.models.known`'s table is
+    estimated: the table's vocabulary, rows counted with the embedded model's
+    tokenizer; ``plan.notes`` says so."""
     import qfair.tasks as T
     from qfair.dump.multiple_choice import prepare_documents
-    from qfair.models.loading import load_tokenizer
 
     cache: dict[tuple[str, str], tuple[int | None, bool]] = {}
-    toks: dict[str, tuple[Any, int]] = {}
+    toks: dict[str, tuple[Any, int, bool]] = {}
+    stand_in: dict[str, Any] = {}
     study = plan.study
+    data_dir = _data_dir_for_counting(study, plan.notes)
+    uncounted: list[str] = []
     for d in plan.dumps:
         model = next(m for m in study.models if m.label == d.model)
         group = next(g for g in study.groups if g.name == d.group)
         if d.model not in toks:
-            toks[d.model] = load_tokenizer(model.id, **model.load)
-        tok, vocab = toks[d.model]
+            toks[d.model] = _tokenizer(model, stand_in)
+        tok, vocab, estimated = toks[d.model]
+        d.rows_estimated = estimated
         opts = study.dump_options(group)
         d.row_bytes = _row_bytes(opts.get("store", "full"), opts.get("store_dtype", "f16"), vocab)
         key = (d.model, d.group)
@@ -276,7 +314,13 @@ def expected_rows(plan: Plan, progress: bool = False) -> None:
                 cache[key] = (n * (ctx - 1 - ctx // 2), True)
             else:
                 limit = opts.get("limit") or None
-                tasks = [T.get(n, data_file=group.data_files.get(n), limit=limit) for n in group.tasks]
+                tasks = []
+                for n in group.tasks:
+                    if data_dir is None and study.data_dir is not None and not group.data_files.get(n) \
+                            and not T.has_builtin_sample(n):
+                        uncounted.append(n)  # only the missing data directory holds it
+                        continue
+                    tasks.append(T.get(n, data_file=group.data_files.get(n), limit=limit, data_dir=data_dir))
                 if group.kind == "generation":
                     docs = sum(sum(1 for _ in t.docs()) for t in tasks)
                     g = group.generation
@@ -284,3 +328,14 @@ def expected_rows(plan: Plan, progress: bool = False) -> None:
                 else:
                     cache[key] = (sum(prepare_documents(tasks, tok).rows_per_example), True)
         d.rows, d.rows_exact = cache[key]
+        # counted on built-in samples in place of the data directory's full splits
+        d.rows_estimated |= data_dir != study.data_dir and any(
+            T.spec(n).hf is not None and not group.data_files.get(n) for n in group.tasks)
+    if uncounted:
+        plan.notes.append(f"no rows counted for {', '.join(dict.fromkeys(uncounted))}: no built-in sample, and "
+                          "data_dir is not there yet")
+    guessed = sorted(label for label, (_, _, est) in toks.items() if est)
+    if guessed:
+        plan.notes.append(f"{len(guessed)} model(s) without a readable tokenizer or config here ({', '.join(guessed)}): "
+                          "vocabulary from qfair's table of known models (qfair/models/known.py), rows (~) counted "
+                          "with the embedded smollm2-135m tokenizer as a stand-in")

@@ -138,7 +138,7 @@ def hub_rows(path: str, config: str | None, split: str) -> tuple[list[dict[str, 
         import datasets
     except ImportError:
         raise TaskError("reading from the Hugging Face hub needs the 'datasets' package "
-                        "(pip install datasets); or pass a local file with "
+                        "(pip install 'qfair[data]'); or pass a local file with "
                         "--data-file TASK=PATH") from None
     try:
         ds = datasets.load_dataset(path, config, split=split)

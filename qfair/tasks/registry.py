@@ -10,6 +10,7 @@ from typing import Any
 
 from . import formats
 from .base import Doc, FieldError, Task, TaskDataError, TaskError, make_example_id
+from .datadir import DataDir
 from .loading import RowError, file_format, hash_bytes, hub_rows, read_rows
 
 BUILTIN_SOURCE = "builtin-sample"
@@ -266,14 +267,16 @@ def _is_hub_request(data_file: str | os.PathLike | None) -> bool:
 
 
 def get(name: str, *, data_file: str | os.PathLike | None = None, limit: int | None = None,
-        source: str | None = None) -> Task:
+        source: str | None = None, data_dir: str | os.PathLike | None = None) -> Task:
     """A task bound to its data, every row already checked.
 
     Data comes from ``data_file`` (JSONL / JSON / CSV / TSV / Parquet in the
     dataset's own field names), from the Hugging Face hub when
     ``source="hf"`` (or ``data_file="hf"``; needs the ``datasets`` package and
-    network; never tried otherwise), and by default from the sample shipped
-    with qfair (``source="builtin-sample"``).
+    network; never tried otherwise), from ``data_dir`` (written by ``qfair data
+    fetch``) when it holds the task (its file checked against the directory's
+    sha256), and by default from the sample shipped with qfair
+    (``source="builtin-sample"``).
     A malformed row raises TaskDataError naming file, line and field.
     """
     sp = spec(name)
@@ -299,11 +302,12 @@ def get(name: str, *, data_file: str | os.PathLike | None = None, limit: int | N
         if not path.is_file():
             raise TaskError(f"{name}: data file '{path}' does not exist" if not path.exists()
                             else f"{name}: data file '{path}' is not a file")
-        fmt = file_format(path)
-        data = path.read_bytes()
-        where = str(path)
-        docs = _convert(sp, where, _located(sp, where, data, fmt, path.suffix.lower() == ".tsv"))
-        return Task(spec=sp, source=where, source_hash=hash_bytes(data), docs=docs, limit=limit)
+        return _from_file(sp, path, path.read_bytes(), limit)
+
+    if data_dir is not None and source is None:
+        found = DataDir.read(data_dir).read_task(name)
+        if found is not None:
+            return _from_file(sp, *found, limit)
 
     sample = sp.sample_path()
     if sample is None:
@@ -316,6 +320,12 @@ def get(name: str, *, data_file: str | os.PathLike | None = None, limit: int | N
     docs = _convert(sp, where, _located(sp, where, data, "json", False))
     return Task(spec=sp, source=BUILTIN_SOURCE, source_hash=hash_bytes(data), docs=docs,
                 limit=limit)
+
+
+def _from_file(sp: TaskSpec, path: Path, data: bytes, limit: int | None) -> Task:
+    where = str(path)
+    docs = _convert(sp, where, _located(sp, where, data, file_format(path), path.suffix.lower() == ".tsv"))
+    return Task(spec=sp, source=where, source_hash=hash_bytes(data), docs=docs, limit=limit)
 
 
 def _located(sp: TaskSpec, where: str, data: bytes, fmt: str, tsv: bool):

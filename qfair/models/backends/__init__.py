@@ -16,7 +16,7 @@ BACKEND_MODULES = (
     "qfair.models.backends.bitsandbytes",
     "qfair.models.backends.quanto",
     "qfair.models.backends.torchao",
-    "qfair.models.backends.llmcompressor",
+    "qfair.models.backends.weight_quant",
     "qfair.models.backends.mixed",
     "qfair.models.backends.pruning",
 )

@@ -1,11 +1,12 @@
-"""Calibrated quantizers made here from the float model with llmcompressor:
-GPTQ integer weights, cached. (llmcompressor 0.14's AWQ and AutoRound do not
+"""The llmcompressor engine of the ``gptq`` spec (``gptq:engine=llmcompressor``;
+the spec itself and qfair's own engine live in :mod:`.weight_quant`): GPTQ
+integer weights made by llmcompressor, cached. (llmcompressor 0.14's AWQ and AutoRound do not
 run on a CPU-only torch: AWQ pins memory for an accelerator, AutoRound needs
 the auto-round package and a device; they are not offered.)
 
 The spec names the bits, the group size and the calibration set::
 
-    gptq:bits=4,group_size=64,calib=bias-balanced,samples=64
+    gptq:engine=llmcompressor,bits=4,group_size=64,calib=bias-balanced,samples=64
 
 Calibration sets (``calib=``): ``generic``, ``bias-balanced`` or a file (see
 :mod:`qfair.sensitivity.calibration`; both built-in sets take the scan side
@@ -18,7 +19,8 @@ scoring (the fake-quantized weights: what the quantized model computes). The
 checkpoint's packed sizes are what the sensitivity scan counts.
 
 Group size: every quantized layer's input width must be a multiple of it;
-SmolLM2-135M's 576-wide layers take 32 or 64, not 128 (576 = 9 x 64).
+SmolLM2-135M's 576-wide layers take 32 or 64, not 128 (576 = 9 x 64); -1
+quantizes per output channel.
 """
 from __future__ import annotations
 
@@ -33,14 +35,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from qfair.models.backends import base, register_backend
-from qfair.models.backends.base import Option, QuantBackend, SpecDef, parse_bool, parse_choice, parse_modules
+from qfair.models.backends import base
+from qfair.models.backends.base import Option
 
 CACHE_SUBDIR = "calibrated-v1"
 _MARKER = "qfair-calibrated.json"
 
 
-def _positive_int(v: str) -> int:
+def positive_int(v: str) -> int:
     try:
         x = int(v)
     except ValueError:
@@ -82,87 +84,72 @@ def _path(v: str) -> str:
     return str(p.resolve())
 
 
-_COMMON = {
-    "bits": Option(parse_choice(4, 8), 4, "weight bits: 4|8"),
-    "group_size": Option(parse_choice(32, 64, 128), 64,
-                         "weights per scale along the input: 32|64|128 (must divide every layer's input width)"),
-    "sym": Option(parse_bool, True, "symmetric integer grid (true) or with a zero point (false)"),
+# the calibration options of the gptq spec (shared with qfair's own engine)
+OPTIONS = {
     "calib": Option(_calib, "generic", "calibration texts: generic | bias-balanced | FILE (.txt lines or .jsonl "
                                        "with a 'text' field)"),
-    "samples": Option(_positive_int, 64, "calibration texts used"),
-    "seqlen": Option(_positive_int, 128, "tokens per calibration text at most"),
+    "samples": Option(positive_int, 64, "calibration texts used"),
+    "seqlen": Option(positive_int, 128, "tokens per calibration text at most"),
     "split": Option(_split, "0.5:0", "probe split FRACTION:SEED whose scan side the built-in calibration "
-                                     "sets draw from (the held-out side is never used)"),
+                                     "sets and the fairness pairs draw from (the held-out side is never used)"),
     "calib_data": Option(_path, None, "a CrowS-Pairs file for calib=bias-balanced (default: the built-in samples)"),
-    "ignore": Option(parse_modules, ("lm_head",), "modules kept in full precision, joined by '+'"),
 }
+LOGGERS = ("llmcompressor", "compressed_tensors")
+INSTALL_HINT = ("make install-gptq, or pip install --no-deps llmcompressor==0.14.0.1 compressed-tensors==0.19.0 "
+                "loguru (its declared transformers pin is older than the one installed)")
 
 
-@register_backend
-class LLMCompressor(QuantBackend):
-    name = "llmcompressor"
-    distribution = "llmcompressor"
-    loggers = ("llmcompressor", "compressed_tensors")
-    install_hint = ("make install-gptq, or pip install --no-deps llmcompressor==0.14.0.1 compressed-tensors==0.19.0 "
-                    "loguru (its declared transformers pin is older than the one installed)")
-    builds_model = True
-    specs = (
-        SpecDef("gptq", "GPTQ integer weights made here from the float model by llmcompressor, calibrated "
-                        "(cached after the first load)",
-                {**_COMMON, "dampening": Option(base.parse_positive_float, 0.01,
-                                                "fraction of the Hessian's mean diagonal added to it")}),
-    )
-
-    def to_config(self, spec: Any) -> Any:
-        o = spec.options
-        return {"quant_method": f"{spec.name} (llmcompressor, compressed-tensors)", "num_bits": o["bits"],
-                "group_size": o["group_size"], "symmetric": o["sym"], "ignore": list(o["ignore"]),
-                "calibration": o["calib"], "samples": o["samples"], "seqlen": o["seqlen"], "split": o["split"],
-                "calib_data": o.get("calib_data"), **({"dampening_frac": o["dampening"]} if "dampening" in o else {})}
-
-    # -- building ---------------------------------------------------------
-    def load(self, spec: Any, request: Any) -> Any:
-        from qfair.models.cache import cache_root
-        from qfair.models.loading import LoadedModel
-        from qfair.models.quant import ModelError
-        from qfair.sensitivity.calibration import CalibrationError, calibration_set
-        from qfair.sensitivity.probes import ProbeError
-
-        t0 = time.perf_counter()
-        o = spec.options
-        try:
-            calib = calibration_set(o["calib"], o["samples"], o["split"], o.get("calib_data"))
-        except (CalibrationError, ProbeError) as e:
-            raise ModelError(f"quantization spec {str(spec)!r}: {e}") from None
-        src = request.source()
-        key_doc = {"float": _float_identity(src), "spec": _canonical(spec), "calibration": calib.sha256,
-                   "versions": {d: base.dist_version(d) for d in ("llmcompressor", "compressed-tensors",
-                                                                    "transformers", "torch")}}
-        key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:32]
-        root = cache_root(request.cache_dir) / CACHE_SUBDIR
-        entry = root / key
-        hit = (entry / _MARKER).is_file()
-        build_seconds = None
-        if not hit:
-            _say(request.progress, f"{spec.name}: quantizing the float model with {len(calib.texts)} calibration "
-                                   f"texts ({calib.kind}); cached in {entry}")
-            float_lm = request.load("none", device="cpu", dtype="float32")
-            t1 = time.perf_counter()
-            _build(float_lm, spec, calib, entry, key_doc)
-            build_seconds = time.perf_counter() - t1
-            del float_lm
-        model, tok = _load_checkpoint(entry, request)
-        dev = model.get_input_embeddings().weight.device
-        marker = json.loads((entry / _MARKER).read_text())
-        extra = {"trust_remote_code": False, "packed_bytes": packed_bytes(entry),
-                 "modules_not_converted": list(o["ignore"]),
-                 "quant_details": {"cache_entry": str(entry), "cache_hit": hit, "calibration": calib.info(),
-                                   "build_seconds": marker.get("build_seconds"),
-                                   "this_build_seconds": build_seconds, "key": key_doc}}
-        return LoadedModel(model, tok, dev, spec, src, "float32", str(entry), hit, time.perf_counter() - t0, extra)
+def config(spec: Any) -> dict[str, Any]:
+    o = spec.options
+    return {"quant_method": f"{spec.name} (llmcompressor, compressed-tensors)", "num_bits": o["bits"],
+            "group_size": o["group_size"], "symmetric": o["sym"], "ignore": list(o["ignore"]),
+            "calibration": o["calib"], "samples": o["samples"], "seqlen": o["seqlen"], "split": o["split"],
+            "calib_data": o.get("calib_data"), **({"dampening_frac": o["dampening"]} if "dampening" in o else {})}
 
 
-def _say(progress: bool, msg: str) -> None:
+def load(spec: Any, request: Any) -> Any:
+    """The LoadedModel of ``spec`` made by llmcompressor (cached)."""
+    from qfair.models.cache import cache_root
+    from qfair.models.loading import LoadedModel
+    from qfair.models.quant import ModelError
+    from qfair.sensitivity.calibration import CalibrationError, calibration_set
+    from qfair.sensitivity.probes import ProbeError
+
+    t0 = time.perf_counter()
+    o = spec.options
+    try:
+        calib = calibration_set(o["calib"], o["samples"], o["split"], o.get("calib_data"))
+    except (CalibrationError, ProbeError) as e:
+        raise ModelError(f"quantization spec {str(spec)!r}: {e}") from None
+    src = request.source()
+    key_doc = {"float": float_identity(src), "spec": _canonical(spec), "calibration": calib.sha256,
+               "versions": {d: base.dist_version(d) for d in ("llmcompressor", "compressed-tensors",
+                                                                "transformers", "torch")}}
+    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:32]
+    root = cache_root(request.cache_dir) / CACHE_SUBDIR
+    entry = root / key
+    hit = (entry / _MARKER).is_file()
+    build_seconds = None
+    if not hit:
+        say(request.progress, f"{spec.name}: quantizing the float model with {len(calib.texts)} calibration "
+                               f"texts ({calib.kind}); cached in {entry}")
+        float_lm = request.load("none", device="cpu", dtype="float32")
+        t1 = time.perf_counter()
+        _build(float_lm, spec, calib, entry, key_doc)
+        build_seconds = time.perf_counter() - t1
+        del float_lm
+    model, tok = load_checkpoint(entry, request)
+    dev = model.get_input_embeddings().weight.device
+    marker = json.loads((entry / _MARKER).read_text())
+    extra = {"trust_remote_code": False, "packed_bytes": packed_bytes(entry),
+             "modules_not_converted": list(o["ignore"]),
+             "quant_details": {"cache_entry": str(entry), "cache_hit": hit, "calibration": calib.info(),
+                               "build_seconds": marker.get("build_seconds"),
+                               "this_build_seconds": build_seconds, "key": key_doc}}
+    return LoadedModel(model, tok, dev, spec, src, "float32", str(entry), hit, time.perf_counter() - t0, extra)
+
+
+def say(progress: bool, msg: str) -> None:
     if progress:
         print(f"qfair: {msg}", file=sys.stderr, flush=True)
 
@@ -170,11 +157,13 @@ def _say(progress: bool, msg: str) -> None:
 def _canonical(spec: Any) -> str:
     from qfair.models.quant import _format_value
 
+    # the options of qfair's own engine are left out: keys stay those of the entries made before it existed
+    own = ("calib", "calib_data", "act_order", "fair", "fair_probes", "fair_pairs", "engine")
     return spec.name + ":" + ",".join(f"{k}={_format_value(v)}" for k, v in sorted(spec.options.items())
-                                      if k not in ("calib", "calib_data"))
+                                      if k not in own)
 
 
-def _float_identity(src: Any) -> dict[str, Any]:
+def float_identity(src: Any) -> dict[str, Any]:
     """What identifies the float weights without loading them: the GGUF file's
     sha256, or the sha256 of a local checkpoint's weight and config files."""
     from qfair.fsutil import sha256_file
@@ -192,9 +181,10 @@ def _recipe(spec: Any) -> Any:
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
     o = spec.options
+    per_channel = int(o["group_size"]) == -1
     scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=int(o["bits"]), type="int", strategy="group", group_size=int(o["group_size"]),
-        symmetric=bool(o["sym"]), dynamic=False))
+        num_bits=int(o["bits"]), type="int", strategy="channel" if per_channel else "group",
+        group_size=None if per_channel else int(o["group_size"]), symmetric=bool(o["sym"]), dynamic=False))
     from llmcompressor.modifiers.gptq import GPTQModifier
 
     return GPTQModifier(config_groups={"group_0": scheme}, ignore=list(o["ignore"]),
@@ -213,7 +203,7 @@ def _build(float_lm: Any, spec: Any, calib: Any, entry: Path, key_doc: dict[str,
     model, tok = float_lm.model, float_lm.tokenizer
     bad = [n for n, m in model.named_modules() if type(m).__name__ == "Linear"
            and not any(n == i or n.endswith("." + i) for i in spec.options["ignore"])
-           and m.in_features % int(spec.options["group_size"])]
+           and int(spec.options["group_size"]) != -1 and m.in_features % int(spec.options["group_size"])]
     if bad:
         raise ModelError(f"quantization spec {spec.name!r}: group_size={spec.options['group_size']} does not divide "
                          f"the input width of {bad[0]} ({model.get_submodule(bad[0]).in_features}); use 32 or 64")
@@ -242,17 +232,24 @@ def _build(float_lm: Any, spec: Any, calib: Any, entry: Path, key_doc: dict[str,
         (tmp / _MARKER).write_text(json.dumps({"format": "qfair-calibrated", "version": 1, "spec": str(
             spec), "key": key_doc, "calibration": calib.info(), "build_seconds": seconds,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1) + "\n")
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            if not (entry / _MARKER).is_file():  # a broken entry: replace it
-                shutil.rmtree(entry, ignore_errors=True)
-                os.rename(tmp, entry)
-            else:  # another process finished first
-                shutil.rmtree(tmp, ignore_errors=True)
+        move_into_place(tmp, entry, _MARKER)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def move_into_place(tmp: Path, entry: Path, marker: str) -> None:
+    """Rename a finished temporary directory to its cache entry; an entry left
+    without its marker file (broken) is replaced, a complete one (another
+    process finished first) is kept."""
+    try:
+        os.rename(tmp, entry)
+    except OSError:
+        if not (entry / marker).is_file():
+            shutil.rmtree(entry, ignore_errors=True)
+            os.rename(tmp, entry)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _silence_llmcompressor() -> None:
@@ -267,8 +264,10 @@ def _silence_llmcompressor() -> None:
         pass
 
 
-def _load_checkpoint(entry: Path, request: Any) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, CompressedTensorsConfig
+def load_checkpoint(entry: Path, request: Any, compressed: bool = True) -> tuple[Any, Any]:
+    """The model and tokenizer saved at ``entry`` (de-quantized to float when
+    ``compressed``: a compressed-tensors checkpoint), on the CPU, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qfair.models.loading import _progress
     from qfair.models.quant import ModelError, quiet_backend_loggers
@@ -276,9 +275,12 @@ def _load_checkpoint(entry: Path, request: Any) -> tuple[Any, Any]:
     try:
         with warnings.catch_warnings(), quiet_backend_loggers(), _progress(request.progress):
             warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_pretrained(
-                str(entry), quantization_config=CompressedTensorsConfig(dequantize=True), dtype="auto",
-                device_map="cpu")
+            kw: dict[str, Any] = {}
+            if compressed:
+                from transformers import CompressedTensorsConfig
+
+                kw["quantization_config"] = CompressedTensorsConfig(dequantize=True)
+            model = AutoModelForCausalLM.from_pretrained(str(entry), dtype="auto", device_map="cpu", **kw)
         tok = AutoTokenizer.from_pretrained(str(entry))
     except Exception as e:
         raise ModelError(f"could not load the cached calibrated checkpoint {entry} ({type(e).__name__}: "

@@ -34,7 +34,8 @@ from typing import Any
 
 from qfair.models.backends import base, register_backend, spec_backend
 from qfair.models.backends.base import Option, QuantBackend, SpecDef, parse_modules
-from qfair.models.backends.llmcompressor import _calib, _float_identity, _path, _positive_int, _split
+from qfair.models.backends.llmcompressor import OPTIONS as CALIB_OPTIONS
+from qfair.models.backends.llmcompressor import float_identity, move_into_place
 
 CACHE_SUBDIR = "pruned-v1"
 _MARKER = "qfair-pruned.json"
@@ -99,15 +100,7 @@ _WEIGHTS = {
     "ignore": Option(parse_modules, ("lm_head",), "modules left unpruned, joined by '+' (embeddings never are)"),
     "then": _THEN,
 }
-_CALIB = {
-    "calib": Option(_calib, "generic", "calibration texts: generic | bias-balanced | FILE (.txt lines or .jsonl "
-                                       "with a 'text' field)"),
-    "samples": Option(_positive_int, 64, "calibration texts used"),
-    "seqlen": Option(_positive_int, 128, "tokens per calibration text at most"),
-    "split": Option(_split, "0.5:0", "probe split FRACTION:SEED whose scan side the built-in calibration "
-                                     "sets draw from (the held-out side is never used)"),
-    "calib_data": Option(_path, None, "a CrowS-Pairs file for calib=bias-balanced (default: the built-in samples)"),
-}
+_CALIB = CALIB_OPTIONS  # the calibration options of the gptq spec, same texts and split
 
 
 @register_backend
@@ -167,7 +160,7 @@ class Pruning(QuantBackend):
                 raise ModelError(f"quantization spec {str(spec)!r}: then={then} is not available here: {why}")
         calib = _calibration(spec)
         src = request.source()
-        key_doc = {"float": _float_identity(src), "spec": _canonical(spec),
+        key_doc = {"float": float_identity(src), "spec": _canonical(spec),
                    "calibration": None if calib is None else calib.sha256,
                    "versions": {d: base.dist_version(d) for d in ("transformers", "torch")}, "format": 1}
         key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:32]
@@ -315,14 +308,7 @@ def _build(float_lm: Any, spec: Any, calib: Any, entry: Path, key_doc: dict[str,
             "format": "qfair-pruned", "version": 1, "spec": _canonical(spec), "key": key_doc, "pruning": record,
             "calibration": None if calib is None else calib.info(), "dtype": dtype, "build_seconds": seconds,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1) + "\n")
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            if not (entry / _MARKER).is_file():  # a broken entry: replace it
-                shutil.rmtree(entry, ignore_errors=True)
-                os.rename(tmp, entry)
-            else:  # another process finished first
-                shutil.rmtree(tmp, ignore_errors=True)
+        move_into_place(tmp, entry, _MARKER)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,181 @@
+"""Quantize every linear layer of a causal LM (except the ignored ones) with RTN
+or GPTQ, in place, and keep the integer codes.
+
+GPTQ runs block by block (:mod:`qfair.compress.capture`): the Hessian of each
+layer in a block is collected on the calibration sequences as the already
+quantized earlier blocks transform them, the block's layers are quantized,
+and the calibration sequences advance through the quantized block. Layers
+sharing one input (q/k/v, gate/up) share one Hessian. With a fairness term,
+the probe pairs advance the same way and each layer's Hessian becomes
+``H + alpha F`` (:mod:`qfair.compress.fair`). Linear layers outside the blocks
+(an output head that is not ignored) are calibrated last, on a full forward
+pass of the model whose blocks are quantized.
+
+Per layer, the result records the reconstruction error ``mean_tokens
+||(W - What) x||^2`` of the method and of RTN on the same grid (both measured
+with the undamped calibration Hessian), and with pairs the same for the pair
+differences and ``tr F / tr H``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from qfair.compress.capture import BlockStream, SharedInputs, decoder_blocks, model_inputs
+from qfair.compress.errors import CompressError
+from qfair.compress.fair import PairAccumulator, fair_hessian, pair_sequences
+from qfair.compress.gptq import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING, gptq_quantize
+from qfair.compress.grid import Grid, GridError, common_group_sizes
+from qfair.compress.hessian import HessianAccumulator, weighted_error
+from qfair.compress.quantized import QuantizedWeight
+from qfair.compress.rtn import rtn_quantize
+
+METHODS = ("rtn", "gptq")
+
+
+@dataclass
+class ModelQuantization:
+    method: str
+    grid: Grid
+    weights: dict[str, QuantizedWeight] = field(default_factory=dict)
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def is_ignored(name: str, ignore: Sequence[str]) -> bool:
+    return any(name == i or name.endswith("." + i) or fnmatch.fnmatchcase(name, i) for i in ignore)
+
+
+def target_linears(model: nn.Module, ignore: Sequence[str] = ()) -> dict[str, nn.Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not is_ignored(n, ignore)}
+
+
+def check_grid(model: nn.Module, grid: Grid, ignore: Sequence[str] = ()) -> dict[str, nn.Linear]:
+    """The layers to quantize; refuses a group size that does not divide one of them."""
+    layers = target_linears(model, ignore)
+    if not layers:
+        raise CompressError("no linear layer left to quantize (check ignore=)")
+    for name, m in layers.items():
+        if grid.group_size != -1 and m.in_features % grid.group_size:
+            sizes = ", ".join(map(str, common_group_sizes([x.in_features for x in layers.values()])))
+            raise GridError(f"group_size={grid.group_size} does not divide the input width of {name} "
+                            f"({m.in_features}); group sizes that divide every quantized layer: -1, {sizes}")
+    return layers
+
+
+def _set_weight(mod: nn.Linear, qw: QuantizedWeight) -> None:
+    w = qw.dequantize().to(mod.weight.dtype)
+    # a fresh Parameter: also unties an output head that shared the embedding's weight
+    mod.weight = nn.Parameter(w, requires_grad=False)
+
+
+def _say(progress: Callable[[str], None] | None, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def quantize_model(model: nn.Module, method: str, grid: Grid, *, calibration: Sequence[torch.Tensor] = (),
+                   pairs: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), alpha: float = 0.0,
+                   ignore: Sequence[str] = ("lm_head",), dampening: float = DEFAULT_DAMPENING,
+                   act_order: bool = False, block_size: int = DEFAULT_BLOCK_SIZE,
+                   progress: Callable[[str], None] | None = None) -> ModelQuantization:
+    """Quantize ``model`` in place (its linear layers get the de-quantized weights)
+    and return the codes and per-layer statistics. ``calibration``: token id
+    sequences (GPTQ); ``pairs``: (first, second) token id sequences for the
+    fairness term, used when ``alpha > 0``."""
+    if method not in METHODS:
+        raise CompressError(f"method={method!r}: expected one of {', '.join(METHODS)}")
+    fair_hessian(torch.zeros(1, 1), None, alpha)  # refuses alpha < 0
+    t0 = time.perf_counter()
+    layers = check_grid(model, grid, ignore)
+    out = ModelQuantization(method, grid)
+    if method == "rtn":
+        for name, m in layers.items():
+            qw = rtn_quantize(m.weight.detach().float(), grid, name)
+            out.weights[name] = qw
+            out.layers[name] = {"weight_error": float(((m.weight.detach().double() - qw.dequantize().double()) ** 2).sum())}
+            _set_weight(m, qw)
+        out.seconds = time.perf_counter() - t0
+        return out
+    if not calibration:
+        raise CompressError("gptq needs calibration sequences")
+    use_pairs = alpha > 0 and len(pairs) > 0
+    if alpha > 0 and not pairs:
+        raise CompressError("fair > 0 needs probe pairs")
+    was_training = model.training
+    model.eval()
+    prefix, blocks = decoder_blocks(model)
+    calib = BlockStream(model, blocks[0], calibration)
+    pair_stream = None
+    starts: list[int] = []
+    if use_pairs:
+        seqs, starts = pair_sequences(pairs)
+        pair_stream = BlockStream(model, blocks[0], seqs)
+    done: set[str] = set()
+    for i, block in enumerate(blocks):
+        inside = {n: m for n, m in layers.items() if n.startswith(f"{prefix}.{i}.")}
+        if inside:
+            _say(progress, f"block {i + 1}/{len(blocks)}: {len(inside)} layers")
+            accs = {n: HessianAccumulator(m.in_features) for n, m in inside.items()}
+            shared = SharedInputs(lambda n, s, x, a=accs: a[n].add(x))
+            calib.run(block, inside, shared)
+            pacc = PairAccumulator(starts) if use_pairs else None
+            if pair_stream is not None:
+                pair_stream.run(block, inside, pacc)
+            _quantize_layers(inside, {n: accs[shared.alias[n]] for n in inside}, pacc, out, grid, alpha,
+                             dampening, act_order, block_size)
+            done |= set(inside)
+        calib.run(block, advance=True)
+        if pair_stream is not None:
+            pair_stream.run(block, advance=True)
+    del calib, pair_stream
+    rest = {n: m for n, m in layers.items() if n not in done}
+    if rest:
+        _say(progress, f"{len(rest)} layers outside the blocks: {', '.join(rest)}")
+        accs = {n: HessianAccumulator(m.in_features) for n, m in rest.items()}
+        model_inputs(model, rest, calibration, lambda n, s, x: accs[n].add(x))
+        pacc = None
+        if use_pairs:
+            seqs, starts = pair_sequences(pairs)
+            pacc = PairAccumulator(starts)
+            model_inputs(model, rest, seqs, pacc)
+        _quantize_layers(rest, accs, pacc, out, grid, alpha, dampening, act_order, block_size)
+    model.train(was_training)
+    out.weights = {n: out.weights[n] for n in layers}
+    out.layers = {n: out.layers[n] for n in layers}
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _quantize_layers(mods: dict[str, nn.Linear], accs: dict[str, HessianAccumulator], pacc: PairAccumulator | None,
+                     out: ModelQuantization, grid: Grid, alpha: float, dampening: float, act_order: bool,
+                     block_size: int) -> None:
+    hs: dict[int, torch.Tensor] = {}
+    fs: dict[int, torch.Tensor] = {}
+    for name, m in mods.items():
+        acc = accs[name]
+        h = hs.setdefault(id(acc), acc.hessian())
+        f = fs.setdefault(id(acc), pacc.hessian(name)) if pacc is not None else None
+        w = m.weight.detach().float()
+        qw = gptq_quantize(w, fair_hessian(h, f, alpha), grid, dampening=dampening, act_order=act_order,
+                           block_size=block_size, layer=name)
+        rq = rtn_quantize(w, grid, name)
+        dq, dr = w - qw.dequantize(), w - rq.dequantize()
+        stats = {"error": weighted_error(dq, h), "rtn_error": weighted_error(dr, h), "tokens": acc.count}
+        if f is not None:
+            stats.update({"fair_error": weighted_error(dq, f), "fair_rtn_error": weighted_error(dr, f),
+                          "fair_trace_ratio": float(torch.trace(f) / torch.trace(h))})
+        out.weights[name] = qw
+        out.layers[name] = stats
+        _set_weight(m, qw)
+
+
+def stderr_progress(msg: str) -> None:
+    print(f"qfair: {msg}", file=sys.stderr, flush=True)

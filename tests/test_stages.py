@@ -1,0 +1,108 @@
+"""The per-stage timer of `qfair analyze --profile`, and sha256 verification on a
+second thread: exclusive stage times, one pass over the rows, corrupt files
+still refused (with the analysis' result discarded)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_analyze import make_corpus, make_rows, write_dump
+
+from qfair.analyze import compare
+from qfair.cli import main
+from qfair.dump import DumpError
+from qfair.stages import StageTimer, profiling, stage
+
+
+def test_stage_times_are_exclusive_and_add_up():
+    with profiling() as t:
+        with stage("outer"):
+            time.sleep(0.05)
+            with stage("inner"):
+                time.sleep(0.10)
+            with stage("inner"):
+                time.sleep(0.02)
+    assert t.calls == {"inner": 2, "outer": 1}
+    assert t.seconds["inner"] == pytest.approx(0.12, abs=0.05)
+    assert t.seconds["outer"] == pytest.approx(0.05, abs=0.04)   # the inner stages are not counted twice
+    assert sum(t.seconds.values()) <= t.wall() + 1e-6
+    assert "inner" in t.format() and "wall" in t.format()
+
+
+def test_stage_is_a_no_op_without_an_active_timer():
+    with stage("anything"):
+        pass
+    t = StageTimer()
+    with profiling(t):
+        pass
+    with stage("after"):               # the timer is no longer active
+        pass
+    assert t.seconds == {}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    corpus = make_corpus(3, n_per_task=8)
+    b = make_rows(corpus, 4)
+    q = make_rows(corpus, 5, base_rows=b, noise=0.5)
+    return root, write_dump(root / "base", corpus, b), write_dump(root / "q", corpus, q)
+
+
+def test_profile_prints_each_stage_once_per_pass(pair):
+    root, base, q = pair
+    r = CliRunner().invoke(main, ["analyze", str(base), str(q), "--out", str(root / "out"),
+                                                  "--bootstrap", "100", "--no-progress", "--profile"])
+    assert r.exit_code == 0, r.output + r.stderr
+    lines = {ln.split("  ")[0].strip(): ln for ln in r.stderr.splitlines()}
+    for name in ("check sizes and headers", "read rows + divergence kernel", "sha256 (second thread)",
+                 "sha256 wait", "summary rows (bootstrap)", "assemble tables (polars)", "write tables", "wall"):
+        assert name in lines, (name, r.stderr)
+
+
+def test_skip_hash_has_no_hash_stage(pair):
+    root, base, q = pair
+    r = CliRunner().invoke(main, ["analyze", str(base), str(q), "--out", str(root / "out2"),
+                                                  "--bootstrap", "50", "--no-progress", "--profile", "--skip-hash"])
+    assert r.exit_code == 0 and "sha256 (second thread)" not in r.stderr and "sha256 wait" not in r.stderr
+
+
+def test_a_corrupt_shard_found_by_the_hash_thread_fails_the_comparison(pair, tmp_path):
+    import shutil
+
+    root, base, q = pair
+    bad = tmp_path / "q"
+    shutil.copytree(q, bad)
+    shard = sorted((bad / "logits").glob("*.npy"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[-3] ^= 0x40                                    # same size and header: only the sha256 can tell
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DumpError, match="sha256 differs"):
+        compare(base, bad, bootstrap=20)
+    out = compare(base, bad, bootstrap=20, verify_hash=False)   # the check is the hash, nothing else
+    assert out.summary.height > 0
+    r = CliRunner().invoke(main, ["analyze", str(base), str(bad), "--out", str(tmp_path / "o"), "--bootstrap", "20",
+                                  "--no-progress"])
+    assert r.exit_code == 1 and "sha256 differs" in r.output and not (tmp_path / "o" / "summary.parquet").exists()
+
+
+def test_background_hash_reads_every_listed_file(pair, monkeypatch):
+    """sha256 runs on exactly the files the manifest lists, each once per dump."""
+    import qfair.dump.reader as reader
+
+    root, base, q = pair
+    seen: list[str] = []
+    real = reader.sha256_file
+
+    def spy(p, **kw):
+        seen.append(str(p))
+        return real(p, **kw)
+
+    monkeypatch.setattr(reader, "sha256_file", spy)
+    compare(base, q, bootstrap=20)
+    want = [str(d.file(rel, "x")) for d in (reader.open_dump(base), reader.open_dump(q))
+            for rel, *_ in d.listed_files()]
+    assert sorted(seen) == sorted(want) and len(seen) == len(set(seen))
+    assert np.all([s.startswith(str(root)) for s in seen])
