@@ -16,10 +16,11 @@ For one linear layer with inputs X (features × tokens):
   remaining columns of the block through U's row, and after the block over
   every later column (the lazy batch update).
 
-This is qfair's own small solver, in float64; it should later share the
-Hessian / Cholesky / blocked-update machinery with qfair's GPTQ. The
-Hessians come from one forward pass of the unpruned float model (the paper
-prunes block by block on the already-pruned block outputs).
+The Hessian preparation, the Cholesky factor and the blocked column sweep are
+those of qfair's GPTQ (:mod:`qfair.compress`); this module adds the pruning
+rule and the capture. The Hessians come from one forward pass of the unpruned
+float model (the paper prunes block by block on the already-pruned block
+outputs; qfair's GPTQ capture does that and could be used here later).
 """
 from __future__ import annotations
 
@@ -70,14 +71,52 @@ def hessians(model: Any, linears: dict[str, Any], batches: Iterable[Any]) -> tup
     return {n: sums[owner.get(n, n)] for n in linears if owner.get(n, n) in sums}, tokens
 
 
+class _SparseRule:
+    """The column rule of :class:`qfair.compress.solver.ColumnSweep` that prunes:
+    the mask of a block is chosen when the block starts (unstructured) or when
+    the sweep reaches each group of M columns (N:M), from w²/U_jj²."""
+
+    def __init__(self, sparsity: float | None, pattern: Pattern):
+        self.sparsity, self.pattern = sparsity, pattern
+
+    def begin_block(self, sweep: Any) -> None:
+        import torch
+
+        self.d2 = torch.diagonal(sweep.u[sweep.i1:sweep.i2, sweep.i1:sweep.i2]) ** 2
+        self.prune = torch.zeros(sweep.block.shape, dtype=torch.bool)
+        if not self.pattern.structured:
+            score = (sweep.block ** 2 / self.d2[None, :]).reshape(-1)
+            k = n_pruned(self.sparsity, score.numel())
+            self.prune.view(-1)[torch.sort(score, stable=True).indices[:k]] = True
+
+    def column(self, sweep: Any, j: int, w: Any) -> Any:
+        import torch
+
+        k, m = j - sweep.i1, self.pattern.m
+        if self.pattern.structured and k % m == 0:
+            score = sweep.block[:, k:k + m] ** 2 / self.d2[None, k:k + m]
+            low = torch.sort(score, dim=1, stable=True).indices[:, :m - self.pattern.n]
+            self.prune[:, k:k + m].scatter_(1, low, True)
+        q = w.clone()
+        q[self.prune[:, k]] = 0.0
+        return q
+
+
 def sparsegpt_weight(weight: Any, xxt: Any, n_tokens: int, sparsity: float | None, pattern: Pattern,
                      blocksize: int = 128, dampening: float = 0.01) -> Any:
     """The pruned and updated weight (same dtype as ``weight``) from ``xxt`` = Σ x·xᵀ
-    over ``n_tokens`` calibration tokens (see the module doc)."""
+    over ``n_tokens`` calibration tokens (see the module doc). The Hessian
+    preparation, the inverse Cholesky factor and the column sweep are qfair's
+    GPTQ solver's (:mod:`qfair.compress`); only the rule that replaces each
+    column is SparseGPT's."""
     import torch
 
+    from qfair.compress.errors import CompressError
+    from qfair.compress.hessian import inverse_cholesky, prepare
+    from qfair.compress.solver import ColumnSweep
+
     w = weight.detach().to("cpu", torch.float64).clone()
-    rows, cols = w.shape
+    cols = w.shape[1]
     if pattern.structured and cols % pattern.m:
         raise PruningError(f"pattern {pattern} needs an input width that is a multiple of {pattern.m}, got {cols}")
     if pattern.structured and blocksize % pattern.m:
@@ -86,39 +125,9 @@ def sparsegpt_weight(weight: Any, xxt: Any, n_tokens: int, sparsity: float | Non
         raise PruningError("unstructured pruning needs a sparsity")
     if n_tokens < 1:
         raise PruningError("SparseGPT needs calibration tokens")
-    h = 2.0 * xxt.to(torch.float64) / n_tokens
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += dampening * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=torch.float64)
+    h, _ = prepare(2.0 * xxt.to(torch.float64) / n_tokens, w, dampening)
     try:
-        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    except RuntimeError:
-        raise PruningError("the calibration Hessian is not positive definite; raise dampening=") from None
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        w1 = w[:, i1:i2].clone()
-        q1 = torch.zeros_like(w1)
-        err1 = torch.zeros_like(w1)
-        u1 = u[i1:i2, i1:i2]
-        d = torch.diag(u1)
-        prune = torch.zeros_like(w1, dtype=torch.bool)
-        if not pattern.structured:
-            score = (w1 ** 2 / d[None, :] ** 2).reshape(-1)
-            k = n_pruned(sparsity, score.numel())
-            prune.view(-1)[torch.sort(score, stable=True).indices[:k]] = True
-        for i in range(i2 - i1):
-            if pattern.structured and i % pattern.m == 0:
-                score = w1[:, i:i + pattern.m] ** 2 / d[None, i:i + pattern.m] ** 2
-                low = torch.sort(score, dim=1, stable=True).indices[:, :pattern.m - pattern.n]
-                prune[:, i:i + pattern.m].scatter_(1, low, True)
-            col = w1[:, i]
-            q = col.clone()
-            q[prune[:, i]] = 0.0
-            q1[:, i] = q
-            e = (col - q) / u1[i, i]
-            w1[:, i:] -= e[:, None] @ u1[i, i:][None, :]
-            err1[:, i] = e
-        w[:, i1:i2] = q1
-        w[:, i2:] -= err1 @ u[i1:i2, i2:]
-    return w.to(weight.dtype)
+        u = inverse_cholesky(h)
+    except CompressError as e:
+        raise PruningError(str(e)) from None
+    return ColumnSweep(w, u, blocksize).run(_SparseRule(sparsity, pattern)).to(weight.dtype)
