@@ -30,13 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOOR_TABLE: tuple[tuple[str, ...], ...] = (
     # 0 - the ground: the C++ core's extension module and the error base; they import nothing of qfair
     ("qfair._core", "qfair.errors"),
-    # 1 - file helpers (atomic writes, sha256, path checks) and the plugin loader: the error base only
-    ("qfair.fsutil", "qfair.plugins"),
+    # 1 - file helpers (atomic writes, sha256, path checks), the plugin loader and qfair's own quantizers
+    #     (torch and the error base only)
+    ("qfair.fsutil", "qfair.plugins", "qfair.compress"),
     # 2 - shared meaning and plumbing used by every layer: threads, .npy rows, locks, provenance,
     #     the loaded extension, the stage timer, the task registry (tasks, prompts, probe split,
-    #     calibration texts, fairness probe pairs) and qfair's own quantizers (torch and the error base only)
+    #     calibration texts, fairness probe pairs) and the pruners (on the quantizers' solver)
     ("qfair", "qfair._native", "qfair.threads", "qfair.npyio", "qfair.lock",
-     "qfair.provenance", "qfair.stages", "qfair.tasks", "qfair.compress"),
+     "qfair.provenance", "qfair.stages", "qfair.tasks", "qfair.pruning"),
     # 3 - the numeric core (divergences, statistics, calibration bins), the environment report, and the
     #     models (loading and quantization backends)
     ("qfair.core", "qfair.stats", "qfair.calibration", "qfair.doctor", "qfair.models"),

@@ -258,7 +258,8 @@ class LoadedModel:
         float_cache, architecture, model_type, n_parameters, vocab_size},
         ``dtype``, ``requested_dtype``, ``device``, ``device_map`` (accelerate's
         placement, when it made one), ``device_map_requested``,
-        ``trust_remote_code``, ``quantization`` (:meth:`QuantSpec.to_manifest`),
+        ``trust_remote_code``, ``size`` and ``sparsity`` (measured at load),
+        ``quantization`` (:meth:`QuantSpec.to_manifest`),
         ``tokenizer`` (:func:`vocab_hash` plus class, bos/eos ids and
         whether a BOS is added), ``library_versions``.
         """
@@ -301,6 +302,7 @@ class LoadedModel:
             "device_map_requested": self.extra.get("device_map_requested"),
             "max_memory": self.extra.get("max_memory"),
             "size": self.extra.get("size"),
+            "sparsity": self.extra.get("sparsity"),
             "trust_remote_code": bool(self.extra.get("trust_remote_code", False)),
             "quantization": dict(self.quant.to_manifest(),
                                  modules_not_converted=self.extra.get("modules_not_converted"),
@@ -601,7 +603,8 @@ def _offload_dir() -> str:
 
 
 def _with_size(lm: LoadedModel) -> LoadedModel:
-    """Record the loaded model's measured size (:func:`qfair.models.size.measure`) in its manifest."""
+    """Record the loaded model's measured size (:func:`qfair.models.size.measure`) and sparsity
+    (:func:`qfair.pruning.sparsity.measure_sparsity`) in its manifest."""
     if "size" not in lm.extra:
         from qfair.models.size import measure
 
@@ -609,6 +612,13 @@ def _with_size(lm: LoadedModel) -> LoadedModel:
             lm.extra["size"] = measure(lm.model, lm.extra.get("packed_bytes"))
         except Exception as e:  # noqa: BLE001 - the dump goes on; the manifest says why there is no size
             lm.extra["size"] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
+    if "sparsity" not in lm.extra:
+        from qfair.pruning.sparsity import measure_sparsity
+
+        try:
+            lm.extra["sparsity"] = measure_sparsity(lm.model)
+        except Exception as e:  # noqa: BLE001 - as for the size: the manifest says why there is none
+            lm.extra["sparsity"] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
     return lm
 
 

@@ -206,7 +206,14 @@ def parse_quant_spec(spec: str | QuantSpec | None) -> QuantSpec:
             except ValueError as e:
                 raise ModelError(f"bad value {value.strip()!r} for option {key!r} of quantization spec "
                                  f"{name!r}: {e}") from None
-    return QuantSpec(name, options)
+    out = QuantSpec(name, options)
+    from qfair.models.backends import spec_backend
+
+    try:
+        spec_backend(name).check(out)
+    except ValueError as e:
+        raise ModelError(f"quantization spec {spec!r}: {e}") from None
+    return out
 
 
 def prequantized_spec(quantization_config: Any) -> QuantSpec:

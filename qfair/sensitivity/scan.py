@@ -120,6 +120,9 @@ def load_pair(model: str | None, quant: str, load_kwargs: dict[str, Any] | None 
     if not spec.is_quantized or spec.name == "prequantized":
         raise SensitivityError(f"--quant {quant!r}: a scan needs a quantization spec that quantizes the "
                                "float model (e.g. bnb-nf4)")
+    if spec.name == "prune-layers":
+        raise SensitivityError(f"--quant {quant!r}: a scan swaps blocks between the float and the compressed "
+                               "model, which needs the same blocks in both; removed blocks cannot be swapped")
     kw = {k: v for k, v in (load_kwargs or {}).items() if v is not None}
     base = load_model(model, quant="none", progress=progress, **kw)
     q = load_model(model, quant=spec, progress=progress, **kw)

@@ -21,6 +21,7 @@ BACKEND_MODULES = (
     "qfair.models.backends.torchao",
     "qfair.models.backends.weight_quant",
     "qfair.models.backends.mixed",
+    "qfair.models.backends.pruning",
 )
 
 _BACKENDS: dict[str, Any] = {}

@@ -166,6 +166,10 @@ class QuantBackend:
         """The transformers quantization config object for ``spec`` (None: no quantization)."""
         return None
 
+    def check(self, spec: Any) -> None:
+        """Refuse (ValueError, one line) options that are valid one by one but not together;
+        called by ``parse_quant_spec``, so a bad combination stops before any work."""
+
     def post_load(self, model: Any, spec: Any, extra: dict[str, Any]) -> None:
         """Called after the model is loaded; may add notes to ``extra`` (recorded in the manifest)."""
 
