@@ -58,10 +58,31 @@ NOT_PER_SPEC = {
 }
 
 
-def quantizing_specs() -> list[str]:
+#: Options a spec cannot run without, used by the registry-driven tests (the spec's own
+#: tests vary them): pruning needs a sparsity or the blocks to drop; small calibration sets
+#: keep the specs made here from the float model quick on a tiny model.
+REQUIRED_OPTIONS = {
+    "prune-magnitude": "sparsity=0.5",
+    "prune-wanda": "sparsity=0.5,samples=4,seqlen=32",
+    "prune-sparsegpt": "sparsity=0.5,samples=4,seqlen=32",
+    "prune-layers": "drop=1",
+    "gptq": "samples=4,seqlen=32",
+}
+
+
+def quantizing_specs(*, built_here: bool = True) -> list[str]:
     """Every quantization spec of the registry (qfair.models.backends) that quantizes a
-    float model on its own, in listing order: a test parametrised by it covers each
-    spec a backend adds, and skips the ones not available here (spec_availability)."""
+    float model on its own, in listing order, with the options it cannot run without
+    (``REQUIRED_OPTIONS``): a test parametrised by it covers each spec a backend adds, and
+    skips the ones not available here (spec_availability of the name before ``:``).
+    ``built_here=False`` leaves out the specs qfair makes from the float model itself
+    (``builds_model``: rtn, gptq, prune-*), which have per-architecture tests of their own."""
+    from qfair.models.backends import spec_backend
     from qfair.models.quant import quant_spec_names
 
-    return [n for n in quant_spec_names() if n not in NOT_PER_SPEC]
+    out = []
+    for n in quant_spec_names():
+        if n in NOT_PER_SPEC or (not built_here and spec_backend(n).builds_model):
+            continue
+        out.append(f"{n}:{REQUIRED_OPTIONS[n]}" if n in REQUIRED_OPTIONS else n)
+    return out

@@ -19,7 +19,9 @@ from qfair.models.tiny import ARCHITECTURES, make_tiny_model  # noqa: E402
 TEXT = "The committee met on Tuesday and the river kept rising; ¿qué pasó? 🙂"
 
 # every spec of the registry; the ones not available here skip with the reason
-SPECS = quantizing_specs()
+# load-time quantizers (bnb, quanto, torchao, ...); the specs qfair makes from the float model
+# (rtn, gptq, prune-*) run on every tiny architecture in tests/test_compress.py and tests/test_pruning.py
+SPECS = quantizing_specs(built_here=False)
 
 # the module class (or weight tensor class) that replaces nn.Linear for each backend
 EXPECTED_LINEAR = {

@@ -23,7 +23,9 @@ from qfair.sensitivity.probes import build_probes, content_key, load_tasks  # no
 from qfair.sensitivity.units import UnitError, UnitSwapper, define_units, model_bytes, quantized_modules  # noqa: E402
 
 # every spec of the registry; the ones not available here skip with the reason
-SPECS = quantizing_specs()
+# every spec whose blocks can be swapped one by one (prune-layers removes blocks: the scan refuses it,
+# tests/test_pruning.py)
+SPECS = [s for s in quantizing_specs() if not s.startswith("prune-layers")]
 TEXT = "The committee met on Tuesday and the river kept rising; the baker weighs the flour twice."
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,7 +48,7 @@ def _logits(model, ids):
 def test_all_units_swapped_is_the_backends_model(spec, unit, tiny3):
     """Tolerance: bitwise equality (0.0). The float model with every unit's
     modules replaced computes exactly what the backend's loaded model computes."""
-    ok, why = spec_availability(spec)
+    ok, why = spec_availability(spec.partition(":")[0])
     if not ok:
         pytest.skip(why)
     f = load_model(str(tiny3), progress=False, device="cpu")
@@ -343,3 +345,12 @@ def test_a_model_record_that_fails_stops_the_scan(tmp_path, tiny3, monkeypatch):
     with pytest.raises(SensitivityError, match=r"cannot record the loaded model .*OSError: config.json vanished"):
         run_scan(out, loaded=(f, q), tasks="crows_pairs_english", limit=8, resamples=50, progress=False)
     assert not (out / "sensitivity.json").exists()
+
+
+def test_a_scan_refuses_removed_blocks_in_one_line(tiny3):
+    """prune-layers removes blocks, so there is nothing to swap block by block: refused before loading."""
+    from qfair.sensitivity.scan import SensitivityError, load_pair
+
+    with pytest.raises(SensitivityError, match="prune-layers") as e:
+        load_pair(str(tiny3), "prune-layers:drop=1", progress=False)
+    assert "\n" not in str(e.value)
