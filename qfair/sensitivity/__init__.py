@@ -6,7 +6,12 @@
   the accuracy change against the base, with bootstrap intervals;
 - :func:`recommend` (``qfair recommend``): from a scan, the units to keep in
   higher precision under a memory budget, as a spec ``qfair dump --quant``
-  accepts, validated on the held-out side of the probes.
+  accepts, validated on the held-out side of the probes; from a scan with
+  candidate widths, one bit width per linear layer instead
+  (:mod:`qfair.sensitivity.allocate`);
+- :func:`qfair.sensitivity.debias_eval.debias_eval` (``qfair debias-eval``):
+  candidate quantizers dumped and compared with uniform GPTQ on held-out bias
+  benchmarks (``qfair analyze`` on the dumps), a table and a Pareto figure.
 
 Importing this package imports neither torch nor transformers.
 """
