@@ -116,3 +116,26 @@ def test_gptq_layer_bits_saved_reloaded_and_keyed(tiny_model, tmp_path):
     again = load_model(path, quant=base + ",layer_bits=*.mlp.*:3+*.q_proj:8", cache_dir=cache, progress=False)
     assert again.extra["quant_details"]["cache_hit"] is True
     assert again.extra["packed_bytes"] == mixed.extra["packed_bytes"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_qfair_dump_loads_a_mixed_width_spec(tiny_model, tmp_path):
+    """One spec string on the command line: the dump records it and the measured
+    size counts each layer's codes at its own width."""
+    import os
+    import subprocess
+    import sys
+
+    from qfair.models import load_model
+    from qfair.sensitivity.units import model_bytes
+
+    path = str(tiny_model("llama"))
+    spec = "rtn:bits=4,group_size=32,layer_bits=*.down_proj:8+model.layers.0.*:3"
+    r = subprocess.run([sys.executable, "-m", "qfair", "dump", "--model", path, "--quant", spec, "--tasks",
+                        "arc_easy", "--limit", "2", "--out", str(tmp_path / "d"), "--no-progress"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    man = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    lm = load_model(path, quant=spec, progress=False)
+    assert man["model"]["size"]["stored_bytes"] == model_bytes(lm.model, lm.extra["packed_bytes"])
+    assert "layer_bits=*.down_proj:8+model.layers.0.*:3" in json.dumps(man["model"])
