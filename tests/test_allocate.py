@@ -164,6 +164,9 @@ def test_allocation_spec_loads_at_the_predicted_size(width_scan, tmp_path):
     lm = load_model(str(model), quant=a.spec, progress=False)
     measured = model_bytes(lm.model, lm.extra["packed_bytes"])
     assert a.measured_bytes == measured and abs(measured - a.predicted_bytes) <= 0.005 * a.predicted_bytes
+    from qfair.models.size import measure
+
+    assert measure(lm.model, lm.extra["packed_bytes"])["stored_bytes"] == measured  # a dump's model.size
     assert measured <= a.budget_bytes and a.bpw <= 5.5
     f = load_model(str(model), dtype="float32", device="cpu", progress=False)
     for n, b in a.bits.items():  # every layer at its allocated width
