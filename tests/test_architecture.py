@@ -50,8 +50,8 @@ FLOOR_TABLE: tuple[tuple[str, ...], ...] = (
     ("qfair.analyze", "qfair.importers", "qfair.sensitivity"),
     # 7 - the generation dump kind (its producer and its analysis, built on the analysis) and the report
     ("qfair.generation", "qfair.report"),
-    # 8 - orchestration of whole runs: studies and the demo
-    ("qfair.study", "qfair.demo"),
+    # 8 - orchestration of whole runs: studies, the demo and the debiasing evaluation
+    ("qfair.study", "qfair.demo", "qfair.debias_eval"),
     # 9 - the command line: parses and prints
     ("qfair.cli",),
     # 10 - python -m qfair

@@ -389,7 +389,7 @@ def test_specs_parse_and_refuse_bad_values(tmp_path):
                       "samples=128,seqlen=512")
     assert parse_quant_spec(str(s)) == s
     assert parse_quant_spec("rtn:bits=2,sym=false").options == {"bits": 2, "group_size": 64, "sym": False,
-                                                                 "ignore": ("lm_head",)}
+                                                                 "ignore": ("lm_head",), "layer_bits": ()}
     f = tmp_path / "pairs.jsonl"
     f.write_text('{"sent_more": "a", "sent_less": "b"}\n')
     assert parse_quant_spec(f"gptq:fair=1,fair_probes={f}").options["fair_probes"] == str(f.resolve())
@@ -416,7 +416,7 @@ def test_quant_specs_lists_rtn_and_gptq():
     assert r.exit_code == 0, r.output
     rows = {row["spec"]: row for row in json.loads(r.output)}
     assert rows["rtn"]["available"] and rows["gptq"]["available"]
-    assert {"bits", "group_size", "sym", "ignore"} == {o["name"] for o in rows["rtn"]["options"]}
+    assert {"bits", "group_size", "sym", "ignore", "layer_bits"} == {o["name"] for o in rows["rtn"]["options"]}
     assert {"bits", "group_size", "sym", "calib", "samples", "seqlen", "ignore", "dampening", "act_order", "fair",
             "fair_probes", "engine"} <= {o["name"] for o in rows["gptq"]["options"]}
 

@@ -12,7 +12,12 @@ from qfair.cli.errors import reported
 @click.argument("scan_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--budget", required=True, metavar="BYTES|BITS",
               help="Size limit of the whole model: bytes (60MB, 57MiB, 60000000) or bits per scanned "
-                   "parameter (4.5bits).")
+                   "parameter (4.5bits, or 4.25bpw).")
+@click.option("--bias-weight", type=float, default=1.0, show_default=True,
+              help="Bit allocation (a scan with --bits): weight of the bias gap shift against the token KL in "
+                   "the objective weight*gap_shift + KL.")
+@click.option("--bits", "widths", default=None, metavar="B,B,...",
+              help="Bit allocation: the candidate widths to choose from (default: every width the scan has).")
 @click.option("--objective", type=click.Choice(["bias", "pct_stereotype", "likelihood_diff", "stereo_gap", "kl",
                                                 "acc"]), default="bias", show_default=True,
               help="What to minimise: bias = mean shift of the CrowS-Pairs stereotype gap; kl = token KL; "
@@ -34,7 +39,7 @@ from qfair.cli.errors import reported
               help="Directory for recommendation.json, spec.txt and validation.parquet (default: SCAN_DIR/recommend).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
 @click.option("--no-progress", is_flag=True, help="No progress messages.")
-def recommend_cmd(scan_dir, budget, objective, keep, source, probe_split, seeds, resamples, out, threads,
+def recommend_cmd(scan_dir, budget, bias_weight, widths, objective, keep, source, probe_split, seeds, resamples, out, threads,
                   no_progress) -> None:
     """From a sensitivity scan in SCAN_DIR, choose the units to keep in full
     precision that minimise the objective within the budget, and print a
@@ -44,10 +49,23 @@ def recommend_cmd(scan_dir, budget, objective, keep, source, probe_split, seeds,
     kept in random units, with paired bootstrap intervals.
 
     \b
+    A scan with candidate widths (qfair sensitivity --unit linear --bits 3,4,8)
+    gets a bit allocation instead: one width per linear layer minimising
+    bias-weight x gap shift + KL under the budget (an exact multiple-choice
+    knapsack), printed as one rtn/gptq spec with layer_bits and its size
+    measured on the loaded spec (files: allocation.json, allocation.parquet,
+    spec.txt). --objective, --keep, --from, --probe-split and --seeds apply to
+    keep-in-full-precision recommendations only.
+
+    \b
     Example:
       qfair recommend runs/sens --budget 4.6bits --objective bias
       qfair dump --quant "$(cat runs/sens/recommend/spec.txt)" --out runs/mixed
+      qfair recommend runs/widths --budget 4.25bpw --bias-weight 2
     """
+    from pathlib import Path
+
+    from qfair.sensitivity.allocate import allocate
     from qfair.sensitivity.recommend import recommend
 
     if threads:
@@ -55,6 +73,16 @@ def recommend_cmd(scan_dir, budget, objective, keep, source, probe_split, seeds,
 
         torch.set_num_threads(threads)
     with reported(scan_dir, *sensitivity_errors()):
+        if (Path(scan_dir) / "widths.parquet").is_file():
+            a = allocate(scan_dir, budget=budget, bias_weight=bias_weight, bits=widths, out=out,
+                         progress=not no_progress)
+            click.echo(a.text())
+            return
+        if widths is not None:
+            from qfair.sensitivity import SensitivityError
+
+            raise SensitivityError(f"--bits: the scan in {scan_dir} has no candidate widths; rerun qfair "
+                                   "sensitivity with --unit linear --bits 3,4,8 (for example)")
         r = recommend(scan_dir, budget=budget, objective=objective, keep=keep, source=source, probe_split=probe_split,
                       seeds=seeds, out=out, resamples=resamples, progress=not no_progress)
     click.echo(r.text())

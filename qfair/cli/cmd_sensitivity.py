@@ -23,6 +23,10 @@ def sensitivity_errors() -> tuple[type[BaseException], ...]:
                    "Default: crows_pairs,arc_easy,piqa.")
 @click.option("--unit", type=click.Choice(["block", "linear"]), default="block", show_default=True,
               help="block: one transformer block per unit; linear: every quantized layer.")
+@click.option("--bits", "widths", default=None, metavar="B,B,...",
+              help="Candidate bit widths (2..8, e.g. 3,4,8) scanned per linear layer for qfair recommend's "
+                   "bit allocation: each layer at each width, the rest at the spec's width. Needs --unit linear "
+                   "and an rtn or gptq spec.")
 @click.option("--mode", type=click.Choice(["single", "leave-one-out", "both"]), default="single",
               show_default=True,
               help="single: quantize only that unit; leave-one-out: quantize all but that unit.")
@@ -46,7 +50,8 @@ def sensitivity_errors() -> tuple[type[BaseException], ...]:
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def sensitivity_cmd(model, quant, tasks, unit, mode, out, split, limit, data_files, data_dir, resamples, seed, batch_size,
+def sensitivity_cmd(model, quant, tasks, unit, widths, mode, out, split, limit, data_files, data_dir, resamples, seed,
+                    batch_size,
                     threads, dtype, device, cache_dir, overwrite, no_progress) -> None:
     """Quantize one unit at a time (a transformer block, or every quantized
     linear layer) and measure what it does against the unquantized model on the
@@ -64,6 +69,8 @@ def sensitivity_cmd(model, quant, tasks, unit, mode, out, split, limit, data_fil
       qfair sensitivity --quant bnb-nf4 --out runs/sens
       qfair report runs/sens
       qfair recommend runs/sens --budget 4.6bits --objective bias
+      qfair sensitivity --quant rtn:bits=4 --unit linear --bits 3,4,8 --out runs/widths
+      qfair recommend runs/widths --budget 4.25bpw --bias-weight 1
     """
     from qfair.sensitivity import run_scan
     from qfair.tasks import parse_data_files
@@ -75,8 +82,8 @@ def sensitivity_cmd(model, quant, tasks, unit, mode, out, split, limit, data_fil
     with reported(out, *sensitivity_errors()):
         files = parse_data_files(list(data_files))
         r = run_scan(out, model=model, quant=quant, tasks=tasks, data_files=files, limit=limit, data_dir=data_dir,
-                     unit=unit,
-                     mode=mode, split=split, resamples=resamples, seed=seed, batch_size=batch_size,
+                     unit=unit, mode=mode, widths=widths, split=split, resamples=resamples, seed=seed,
+                     batch_size=batch_size,
                      load_kwargs={"dtype": dtype, "device": device, "cache_dir": cache_dir},
                      overwrite=overwrite, progress=not no_progress)
     click.echo(r.text())

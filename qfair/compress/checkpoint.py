@@ -6,12 +6,15 @@ model computes, plus config and tokenizer), with the integer form beside it:
 ``qfair-codes.safetensors`` holds, per quantized layer ``NAME``,
 ``NAME.codes_packed`` (uint8 bit stream, :func:`qfair.compress.grid.pack`),
 ``NAME.scale``, ``NAME.shape`` and, for an asymmetric grid, ``NAME.zero``
-(uint8); its metadata holds the method, bits, group size and sym.
+(uint8); its metadata holds the method, bits, group size and sym, and
+``layer_bits`` (JSON, layer -> bits) for the layers whose bits differ.
 :func:`verify` checks that the codes de-quantize bit for bit to the weights
 transformers loaded.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +40,12 @@ def save_quantized(model: Any, tokenizer: Any, result: ModelQuantization, direct
         for k, t in qw.to_tensors().items():
             tensors[f"{name}.{k}"] = t.contiguous()
     g = result.grid
-    save_file(tensors, str(d / CODES_FILE), metadata={"format": "qfair-codes", "version": "1", "method": result.method,
-                                                        "bits": str(g.bits), "group_size": str(g.group_size),
-                                                        "sym": str(g.sym).lower()})
+    meta = {"format": "qfair-codes", "version": "1", "method": result.method, "bits": str(g.bits),
+            "group_size": str(g.group_size), "sym": str(g.sym).lower()}
+    own = {n: qw.grid.bits for n, qw in result.weights.items() if qw.grid.bits != g.bits}
+    if own:
+        meta["layer_bits"] = json.dumps(own, sort_keys=True)
+    save_file(tensors, str(d / CODES_FILE), metadata=meta)
 
 
 def read_codes(directory: str | Path) -> tuple[Grid, dict[str, QuantizedWeight]]:
@@ -51,11 +57,13 @@ def read_codes(directory: str | Path) -> tuple[Grid, dict[str, QuantizedWeight]]
     with safe_open(str(f), "pt") as fh:
         meta = fh.metadata() or {}
         grid = Grid(int(meta["bits"]), int(meta["group_size"]), meta["sym"] == "true")
+        own = {n: int(b) for n, b in json.loads(meta.get("layer_bits") or "{}").items()}
         parts: dict[str, dict[str, torch.Tensor]] = {}
         for k in fh.keys():
             name, _, leaf = k.rpartition(".")
             parts.setdefault(name, {})[leaf] = fh.get_tensor(k)
-    return grid, {n: QuantizedWeight.from_tensors(t, grid) for n, t in parts.items()}
+    return grid, {n: QuantizedWeight.from_tensors(t, replace(grid, bits=own[n]) if n in own else grid)
+                  for n, t in parts.items()}
 
 
 def verify(model: Any, weights: dict[str, QuantizedWeight]) -> None:

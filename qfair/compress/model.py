@@ -21,8 +21,8 @@ from __future__ import annotations
 import fnmatch
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,10 +43,34 @@ METHODS = ("rtn", "gptq")
 @dataclass
 class ModelQuantization:
     method: str
-    grid: Grid
+    grid: Grid                  # the model's grid; a layer's own bits may differ (layer_grids)
     weights: dict[str, QuantizedWeight] = field(default_factory=dict)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    layer_grids: dict[str, Grid] = field(default_factory=dict)
+
+
+def resolve_layer_bits(names: Sequence[str], rules: Sequence[tuple[str, int]]) -> dict[str, int]:
+    """Each layer's bits from ``(pattern, bits)`` rules, the first matching rule
+    winning (a pattern matches as ``ignore=`` does: a name, a dotted suffix or a
+    glob); layers no rule matches are left out. Refuses a rule that matches no layer."""
+    out: dict[str, int] = {}
+    for pattern, bits in rules:
+        hit = [n for n in names if is_ignored(n, (pattern,))]
+        if not hit:
+            raise CompressError(f"layer_bits: pattern {pattern!r} matches no quantized layer")
+        for n in hit:
+            out.setdefault(n, int(bits))
+    return out
+
+
+def layer_grids(names: Sequence[str], grid: Grid, layer_bits: Mapping[str, int] | None = None) -> dict[str, Grid]:
+    """Every layer's grid: ``grid`` with the layer's own bits where ``layer_bits`` names it."""
+    lb = dict(layer_bits or {})
+    unknown = sorted(set(lb) - set(names))
+    if unknown:
+        raise CompressError(f"layer_bits names layers that are not quantized: {', '.join(unknown[:5])}")
+    return {n: replace(grid, bits=int(lb[n])) if n in lb else grid for n in names}
 
 
 def is_ignored(name: str, ignore: Sequence[str]) -> bool:
@@ -85,20 +109,23 @@ def quantize_model(model: nn.Module, method: str, grid: Grid, *, calibration: Se
                    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), alpha: float = 0.0,
                    ignore: Sequence[str] = ("lm_head",), dampening: float = DEFAULT_DAMPENING,
                    act_order: bool = False, block_size: int = DEFAULT_BLOCK_SIZE,
-                   progress: Callable[[str], None] | None = None) -> ModelQuantization:
+                   progress: Callable[[str], None] | None = None,
+                   layer_bits: Mapping[str, int] | None = None) -> ModelQuantization:
     """Quantize ``model`` in place (its linear layers get the de-quantized weights)
     and return the codes and per-layer statistics. ``calibration``: token id
     sequences (GPTQ); ``pairs``: (first, second) token id sequences for the
-    fairness term, used when ``alpha > 0``."""
+    fairness term, used when ``alpha > 0``. ``layer_bits``: bits of single layers
+    (by full name) that differ from ``grid.bits``."""
     if method not in METHODS:
         raise CompressError(f"method={method!r}: expected one of {', '.join(METHODS)}")
     fair_hessian(torch.zeros(1, 1), None, alpha)  # refuses alpha < 0
     t0 = time.perf_counter()
     layers = check_grid(model, grid, ignore)
-    out = ModelQuantization(method, grid)
+    grids = layer_grids(list(layers), grid, layer_bits)
+    out = ModelQuantization(method, grid, layer_grids=grids)
     if method == "rtn":
         for name, m in layers.items():
-            qw = rtn_quantize(m.weight.detach().float(), grid, name)
+            qw = rtn_quantize(m.weight.detach().float(), grids[name], name)
             out.weights[name] = qw
             out.layers[name] = {"weight_error": float(((m.weight.detach().double() - qw.dequantize().double()) ** 2).sum())}
             _set_weight(m, qw)
@@ -129,7 +156,7 @@ def quantize_model(model: nn.Module, method: str, grid: Grid, *, calibration: Se
             pacc = PairAccumulator(starts) if use_pairs else None
             if pair_stream is not None:
                 pair_stream.run(block, inside, pacc)
-            _quantize_layers(inside, {n: accs[shared.alias[n]] for n in inside}, pacc, out, grid, alpha,
+            _quantize_layers(inside, {n: accs[shared.alias[n]] for n in inside}, pacc, out, grids, alpha,
                              dampening, act_order, block_size)
             done |= set(inside)
         calib.run(block, advance=True)
@@ -146,7 +173,7 @@ def quantize_model(model: nn.Module, method: str, grid: Grid, *, calibration: Se
             seqs, starts = pair_sequences(pairs)
             pacc = PairAccumulator(starts)
             model_inputs(model, rest, seqs, pacc)
-        _quantize_layers(rest, accs, pacc, out, grid, alpha, dampening, act_order, block_size)
+        _quantize_layers(rest, accs, pacc, out, grids, alpha, dampening, act_order, block_size)
     model.train(was_training)
     out.weights = {n: out.weights[n] for n in layers}
     out.layers = {n: out.layers[n] for n in layers}
@@ -155,8 +182,8 @@ def quantize_model(model: nn.Module, method: str, grid: Grid, *, calibration: Se
 
 
 def _quantize_layers(mods: dict[str, nn.Linear], accs: dict[str, HessianAccumulator], pacc: PairAccumulator | None,
-                     out: ModelQuantization, grid: Grid, alpha: float, dampening: float, act_order: bool,
-                     block_size: int) -> None:
+                     out: ModelQuantization, grids: dict[str, Grid], alpha: float, dampening: float,
+                     act_order: bool, block_size: int) -> None:
     hs: dict[int, torch.Tensor] = {}
     fs: dict[int, torch.Tensor] = {}
     for name, m in mods.items():
@@ -164,6 +191,7 @@ def _quantize_layers(mods: dict[str, nn.Linear], accs: dict[str, HessianAccumula
         h = hs.setdefault(id(acc), acc.hessian())
         f = fs.setdefault(id(acc), pacc.hessian(name)) if pacc is not None else None
         w = m.weight.detach().float()
+        grid = grids[name]
         qw = gptq_quantize(w, fair_hessian(h, f, alpha), grid, dampening=dampening, act_order=act_order,
                            block_size=block_size, layer=name)
         rq = rtn_quantize(w, grid, name)

@@ -6,7 +6,12 @@
   the accuracy change against the base, with bootstrap intervals;
 - :func:`recommend` (``qfair recommend``): from a scan, the units to keep in
   higher precision under a memory budget, as a spec ``qfair dump --quant``
-  accepts, validated on the held-out side of the probes.
+  accepts, validated on the held-out side of the probes; from a scan with
+  candidate widths, one bit width per linear layer instead
+  (:mod:`qfair.sensitivity.allocate`).
+
+``qfair debias-eval``, which dumps candidate quantizers and judges them with
+``qfair analyze``, sits above this package and the analysis: :mod:`qfair.debias_eval`.
 
 Importing this package imports neither torch nor transformers.
 """

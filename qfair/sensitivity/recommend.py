@@ -12,7 +12,7 @@ gains assumes the units' effects add up; the held-out validation measures the
 actual mixed model, so a failure of that assumption shows there.
 
 Budget: a size in bytes (``50MB``, ``48MiB``, ``52000000``) of the whole
-model's saved state, or ``Nbits``: N bits per parameter of the scanned units
+model's saved state, or ``Nbits`` (or ``Nbpw``): N bits per parameter of the scanned units
 on average, plus everything the spec leaves unquantized. The recommended spec
 is loaded and its size measured; it never exceeds the budget.
 
@@ -70,15 +70,18 @@ def parse_budget(text: str, *, unit_params: int, outside_bytes: int) -> tuple[in
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
     if not m:
         raise SensitivityError(f"bad --budget {text!r}; expected bytes (e.g. 60MB, 57MiB, 60000000) "
-                               "or bits per parameter (e.g. 4.5bits)")
+                               "or bits per parameter (e.g. 4.5bits, 4.25bpw)")
     value, unit = float(m.group(1)), m.group(2).lower()
-    if not math.isfinite(value) or value * _SIZE_UNITS.get(unit, 1) > 2.0**62:
-        raise SensitivityError(f"bad --budget {text!r}; the number is too large for a model size")
-    if unit in ("bit", "bits"):
+    scaled = value * (unit_params / 8 if unit in ("bit", "bits", "bpw") else _SIZE_UNITS.get(unit, 1))
+    if not math.isfinite(scaled) or not math.isfinite(value) or scaled > 2.0**62:
+        raise SensitivityError(f"bad --budget {text!r}; expected a finite size: bytes (e.g. 60MB) or bits per "
+                               "parameter (e.g. 4.5bits, 4.25bpw); this one is too large for a model size")
+    if unit in ("bit", "bits", "bpw"):
         b = outside_bytes + int(math.floor(value * unit_params / 8))
         return b, f"{value:g} bits per scanned parameter = {b} bytes"
     if unit not in _SIZE_UNITS:
-        raise SensitivityError(f"bad --budget unit {m.group(2)!r}; expected B, kB, MB, GB, KiB, MiB, GiB or bits")
+        raise SensitivityError(f"bad --budget unit {m.group(2)!r}; expected B, kB, MB, GB, KiB, MiB, GiB, bits "
+                               "or bpw")
     b = int(math.floor(value * _SIZE_UNITS[unit]))
     return b, f"{b} bytes"
 

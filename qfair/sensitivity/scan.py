@@ -11,6 +11,11 @@ Work plan (one process, two loaded copies of the model):
 3. score the base once (its float16 log-prob rows are kept for the KL);
 4. for every unit: put it in, score, compare with the base, take it back
    out. Only the forward passes are repeated, nothing is reloaded.
+5. with candidate widths (``widths``, linear units of an ``rtn``/``gptq``
+   spec): the spec is loaded once more per other width, and for every unit and
+   width the model quantized at the spec's width everywhere but that unit,
+   which comes from the other width's model, is scored against the base
+   (``widths.parquet``; the units' bytes per width in ``width_units.parquet``).
 
 Outputs (Parquet through polars, plus one JSON): see docs/sensitivity.md.
 """
@@ -20,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +135,53 @@ def load_pair(model: str | None, quant: str, load_kwargs: dict[str, Any] | None 
     return base, q
 
 
+WIDTH_SPECS = ("rtn", "gptq")
+
+
+def parse_widths(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``"3,4,8"`` -> (3, 4, 8): candidate bit widths, each 2..8."""
+    if text is None:
+        return None
+    items = [x.strip() for x in text.split(",")] if isinstance(text, str) else [str(x) for x in text]
+    out = set()
+    for x in items:
+        try:
+            b = int(x)
+        except ValueError:
+            b = 0
+        if not 2 <= b <= 8:
+            raise SensitivityError(f"--bits {text if isinstance(text, str) else ','.join(items)!s}: expected bit "
+                                   f"widths from 2 to 8 joined by ',' (e.g. 3,4,8); got {x!r}")
+        out.add(b)
+    return tuple(sorted(out))
+
+
+def width_spec(spec: Any, bits: int) -> Any:
+    """``spec`` (rtn/gptq) at another uniform width."""
+    from qfair.models import QuantSpec
+
+    return QuantSpec(spec.name, {**spec.options, "bits": int(bits)})
+
+
+def _width_donors(model: str | None, quant_lm: Any, widths: tuple[int, ...], load_kwargs: dict[str, Any] | None,
+                  progress: bool, loaded: dict[int, Any] | None) -> tuple[int, dict[int, Any]]:
+    """(reference width, {other width: LoadedModel}) for a width scan."""
+    from qfair.models import load_model
+
+    spec = quant_lm.quant
+    if spec.name not in WIDTH_SPECS or spec.options.get("engine", "qfair") != "qfair" or spec.options["layer_bits"]:
+        raise SensitivityError(f"--bits: candidate widths need an rtn or gptq spec without layer_bits (got "
+                               f"{str(spec)!r})")
+    ref = int(spec.options["bits"])
+    kw = {k: v for k, v in (load_kwargs or {}).items() if v is not None}
+    donors = {}
+    for b in widths:
+        if b == ref:
+            continue
+        donors[b] = (loaded or {}).get(b) or load_model(model, quant=width_spec(spec, b), progress=progress, **kw)
+    return ref, donors
+
+
 def swap_check(swapper: UnitSwapper, quant_model: Any, probes: Any) -> dict[str, Any]:
     """Logits of the float model with every unit in place against the
     quantized model's own, on the first probe examples (context + first choice)."""
@@ -163,13 +216,16 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
              data_dir: Any = None, unit: str = "block", mode: str = "single", split: str | Split = "0.5:0",
              resamples: int = 10_000, seed: int = 0, batch_size: int = 32,
              load_kwargs: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
-             loaded: tuple[Any, Any] | None = None, only: Any = None) -> ScanResult:
+             loaded: tuple[Any, Any] | None = None, only: Any = None, widths: Any = None,
+             width_models: dict[int, Any] | None = None) -> ScanResult:
     """Run a sensitivity scan and write its directory (see the module doc).
 
     ``loaded`` = (float LoadedModel, quantized LoadedModel) skips loading (the
     library path; the scan swaps their modules and restores them at the end).
     ``only``: scan these unit names only (the uniform rows still quantize every unit).
     ``data_dir``: a ``qfair data fetch`` directory the probe tasks are read from.
+    ``widths``: candidate bit widths (e.g. ``"3,4,8"``; needs ``unit="linear"``
+    and an rtn/gptq spec); ``width_models``: {bits: LoadedModel} already loaded.
     """
     import polars as pl
     from tqdm.auto import tqdm
@@ -181,12 +237,17 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     if loaded is None:
         check_scan_spec(quant)
     _check_out(out_p, overwrite, model=model, data_files=data_files)
+    wlist = parse_widths(widths)
+    if wlist is not None and unit != "linear":
+        raise SensitivityError("--bits: candidate widths are scanned per linear layer; add --unit linear")
     task_objs = load_tasks(tasks, data_files, limit, data_dir)  # a bad row stops the run before the model load
     t0 = time.perf_counter()
     if loaded is None:
         base_lm, quant_lm = load_pair(model, quant, load_kwargs, progress)
     else:
         base_lm, quant_lm = loaded
+    ref_bits, donors = (_width_donors(model, quant_lm, wlist, load_kwargs, progress, width_models)
+                        if wlist is not None else (None, {}))
     t_load = time.perf_counter() - t0
     records = {"base": _manifest(base_lm), "quantized": _manifest(quant_lm)}  # before the scan's work
     packed = quant_lm.extra.get("packed_bytes")
@@ -199,7 +260,18 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
         if missing:
             raise SensitivityError(f"unknown unit(s) {', '.join(missing)}")
     probes = build_probes(task_objs, base_lm.tokenizer, sp, "scan")
-    swapper = UnitSwapper(base_lm.model, quant_lm.model, units)
+    swapper = UnitSwapper(base_lm.model, quant_lm.model, units,
+                          extra={f"bits{b}": lm.model for b, lm in donors.items()} or None)
+    width_bytes = []
+    if wlist is not None:
+        from qfair.sensitivity.units import members_bytes
+
+        for u in units:
+            for b in wlist:
+                nb = u.quant_bytes if b == ref_bits else members_bytes(donors[b].model, u.members,
+                                                                        donors[b].extra.get("packed_bytes"))
+                width_bytes.append({"unit": u.name, "bits": b, "n_params": u.n_params, "bytes": int(nb)})
+    width_rows: list[dict[str, Any]] = []
     host, tok = base_lm.model, base_lm.tokenizer
     dev = getattr(base_lm, "device", None)
     # sizes as loaded (bitsandbytes repacks 4-bit constants for its CPU kernels on the first forward)
@@ -240,6 +312,23 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
                 record(m, u.name, u.index, s)
                 timing.append({"mode": m, "unit": u.name, "seconds": s.seconds})
             bar.close()
+            if wlist is not None:
+                # the reference width of every unit is the uniform model itself
+                uni_rows = compare(probes, base, uni, resamples=resamples, seed=seed)
+                wjobs = [(u, b) for u in units for b in wlist if only is None or u.name in only]
+                bar = tqdm(wjobs, desc="qfair sensitivity widths", unit="unit", disable=not progress,
+                           dynamic_ncols=True)
+                for u, b in bar:
+                    if b == ref_bits:
+                        width_rows.extend({"unit": u.name, "bits": b, **r} for r in uni_rows)
+                        continue
+                    bar.set_postfix_str(f"{u.name} at {b} bits")
+                    swapper.assign({x.name: (f"bits{b}" if x.name == u.name else "quant") for x in units})
+                    s = score_probes(host, tok, probes, base=base, batch_size=batch_size, device=dev)
+                    width_rows.extend({"unit": u.name, "bits": b, **r}
+                                      for r in compare(probes, base, s, resamples=resamples, seed=seed))
+                    timing.append({"mode": f"bits{b}", "unit": u.name, "seconds": s.seconds})
+                bar.close()
     finally:
         swapper.restore()
 
@@ -260,8 +349,13 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     split_df = pl.DataFrame(probes.split_rows, schema={"example_id": pl.Utf8, "task": pl.Utf8, "group": pl.Utf8,
                                                        "role": pl.Utf8, "side": pl.Utf8, "key": pl.Utf8})
     timing_df = pl.DataFrame(timing, schema={"mode": pl.Utf8, "unit": pl.Utf8, "seconds": pl.Float64})
-    for name, df in (("units", units_df), ("sensitivity", table), ("examples", examples), ("split", split_df),
-                     ("timing", timing_df)):
+    tables = [("units", units_df), ("sensitivity", table), ("examples", examples), ("split", split_df),
+              ("timing", timing_df)]
+    if wlist is not None:
+        tables += [("widths", pl.DataFrame(width_rows, schema=widths_schema())),
+                   ("width_units", pl.DataFrame(width_bytes, schema={"unit": pl.Utf8, "bits": pl.Int64,
+                                                                     "n_params": pl.Int64, "bytes": pl.Int64}))]
+    for name, df in tables:
         df.write_parquet(out_p / f"{name}.parquet")
     seconds["total"] = time.perf_counter() - t_start
     from qfair.models.quant import json_safe
@@ -272,7 +366,8 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
         "settings": {"model": model, "quant": str(quant_lm.quant), "tasks": [t.name for t in task_objs],
                      "data_files": {k: str(v) for k, v in sorted((data_files or {}).items())}, "limit": limit,
                      **({"data_dir": str(data_dir)} if data_dir is not None else {}),
-                     "unit": unit, "modes": list(modes), "split": str(sp), "resamples": resamples, "seed": seed,
+                     "unit": unit, "modes": list(modes), "widths": list(wlist) if wlist else None,
+                     "reference_bits": ref_bits, "split": str(sp), "resamples": resamples, "seed": seed,
                      "batch_size": batch_size,
                      "load": {k: str(v) for k, v in sorted((load_kwargs or {}).items()) if v is not None}},
         "split": {"fraction": sp.fraction, "seed": sp.seed, "rule": "sha256 of the rendered example text",
@@ -342,6 +437,14 @@ def sensitivity_schema() -> dict[str, Any]:
             "ci_low": pl.Float64, "ci_high": pl.Float64, "p": pl.Float64}
 
 
+def widths_schema() -> dict[str, Any]:
+    import polars as pl
+
+    s = sensitivity_schema()
+    return {"unit": pl.Utf8, "bits": pl.Int64, **{k: v for k, v in s.items() if k not in ("mode", "unit",
+                                                                                           "unit_index")}}
+
+
 def examples_schema() -> dict[str, Any]:
     import polars as pl
 
@@ -383,7 +486,8 @@ def harm_expr(metric: str) -> Any:
 
 
 def read_scan(path: str | os.PathLike) -> dict[str, Any]:
-    """The scan directory's manifest and tables (``units``, ``sensitivity``, ``examples``, ``split``, ``timing``)."""
+    """The scan directory's manifest and tables (``units``, ``sensitivity``, ``examples``, ``split``, ``timing``,
+    and ``widths``, ``width_units`` for a scan with candidate widths)."""
     import polars as pl
 
     p = Path(path)
@@ -402,6 +506,10 @@ def read_scan(path: str | os.PathLike) -> dict[str, Any]:
         if not f.is_file():
             raise SensitivityError(f"{f}: missing (an incomplete sensitivity directory)")
         out[name] = pl.read_parquet(f)
+    for name in ("widths", "width_units"):  # only a scan with candidate widths has them
+        f = p / f"{name}.parquet"
+        if f.is_file():
+            out[name] = pl.read_parquet(f)
     return out
 
 

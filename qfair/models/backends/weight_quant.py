@@ -75,6 +75,41 @@ def _engine(v: str) -> str:
     return s
 
 
+def _layer_bits(v: str) -> tuple[str, ...]:
+    """``PATTERN:BITS+PATTERN:BITS...`` or a JSON file ``{"layer": bits}`` ->
+    the rules as canonical ``PATTERN:BITS`` strings (in order: the first match wins)."""
+    text = v.strip()
+    if text.lower().endswith(".json"):
+        p = Path(text).expanduser()
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {p} as a JSON object of layer -> bits ({type(e).__name__})") from None
+        if not isinstance(doc, dict) or not doc:
+            raise ValueError(f"{p}: expected a non-empty JSON object of layer -> bits")
+        items = [(str(k), str(b)) for k, b in doc.items()]
+    else:
+        items = [tuple(x.strip().rpartition(":")[::2]) for x in text.split("+")]  # type: ignore[misc]
+    out = []
+    for pattern, bits in items:
+        if not pattern or not all(c.isalnum() or c in "._-*?[]" for c in pattern):
+            raise ValueError("expected PATTERN:BITS joined by '+' (e.g. *.down_proj:8+model.layers.0.*:3; "
+                             "patterns are module names, dotted suffixes or globs) or a .json file of layer -> bits")
+        try:
+            b = int(bits)
+        except ValueError:
+            b = 0
+        if not 2 <= b <= 8:
+            raise ValueError(f"bits of {pattern!r}: expected an integer from 2 to 8")
+        out.append(f"{pattern}:{b}")
+    return tuple(out)
+
+
+def layer_bits_rules(value: tuple[str, ...]) -> list[tuple[str, int]]:
+    """The parsed ``layer_bits`` option as (pattern, bits) pairs."""
+    return [(p, int(b)) for p, _, b in (x.rpartition(":") for x in value)]
+
+
 def _probes(v: str) -> str:
     from qfair.tasks.pairs import parse_probes
 
@@ -86,6 +121,9 @@ _GRID = {
     "group_size": Option(_group_size, 64, "weights per scale along the input, -1 = per output channel (must "
                                           "divide every quantized layer's input width)"),
     "sym": Option(parse_bool, True, "symmetric integer grid (true) or with a zero point (false)"),
+    "layer_bits": Option(_layer_bits, (), "bits of single layers: PATTERN:BITS joined by '+' (first match wins; "
+                                          "a name, dotted suffix or glob) or a .json file of layer -> bits; "
+                                          "the others take bits="),
 }
 _IGNORE = {"ignore": Option(parse_modules, ("lm_head",), "modules kept in full precision, joined by '+'")}
 _GPTQ = {
@@ -126,7 +164,7 @@ class WeightQuant(QuantBackend):
         if spec.name == "gptq" and o["engine"] == "llmcompressor":
             return llmcompressor.config(spec)
         cfg = {"quant_method": f"{spec.name} (qfair)", "num_bits": o["bits"], "group_size": o["group_size"],
-               "symmetric": o["sym"], "ignore": list(o["ignore"])}
+               "symmetric": o["sym"], "ignore": list(o["ignore"]), "layer_bits": list(o["layer_bits"])}
         if spec.name == "gptq":
             cfg.update({"calibration": o["calib"], "samples": o["samples"], "seqlen": o["seqlen"],
                         "split": o["split"], "calib_data": o.get("calib_data"), "dampening_frac": o["dampening"],
@@ -161,9 +199,20 @@ def _quantize(spec: Any, float_lm: Any, **kw: Any) -> Any:
     from qfair.compress.model import quantize_model
 
     try:
-        return quantize_model(float_lm.model, spec.name, _grid(spec), ignore=tuple(spec.options["ignore"]), **kw)
+        return quantize_model(float_lm.model, spec.name, _grid(spec), ignore=tuple(spec.options["ignore"]),
+                              layer_bits=_resolved_layer_bits(spec, float_lm.model), **kw)
     except CompressError as e:
         raise _spec_error(spec, str(e)) from None
+
+
+def _resolved_layer_bits(spec: Any, model: Any) -> dict[str, int]:
+    """layer -> bits for the layers ``layer_bits`` names (CompressError for a pattern matching nothing)."""
+    from qfair.compress.model import resolve_layer_bits, target_linears
+
+    rules = layer_bits_rules(spec.options.get("layer_bits") or ())
+    if not rules:
+        return {}
+    return resolve_layer_bits(list(target_linears(model, tuple(spec.options["ignore"]))), rules)
 
 
 def _load_rtn(spec: Any, request: Any) -> Any:
@@ -183,13 +232,13 @@ def _load_rtn(spec: Any, request: Any) -> Any:
 
 def _grid_info(spec: Any) -> dict[str, Any]:
     o = spec.options
-    return {"bits": o["bits"], "group_size": o["group_size"], "sym": o["sym"]}
+    return {"bits": o["bits"], "group_size": o["group_size"], "sym": o["sym"], "layer_bits": list(o["layer_bits"])}
 
 
 def _load_llmcompressor(spec: Any, request: Any) -> Any:
     o = spec.options
-    if o["act_order"] or o["fair"] > 0:
-        raise _spec_error(spec, "engine=llmcompressor takes neither act_order nor fair; use engine=qfair")
+    if o["act_order"] or o["fair"] > 0 or o["layer_bits"]:
+        raise _spec_error(spec, "engine=llmcompressor takes neither act_order nor fair nor layer_bits; use engine=qfair")
     if base.dist_version("llmcompressor") is None:
         raise _spec_error(spec, f"engine=llmcompressor needs llmcompressor: {llmcompressor.INSTALL_HINT}")
     return llmcompressor.load(spec, request)
@@ -214,7 +263,9 @@ def _key_doc(spec: Any, src: Any, calib: Any, pairs: Any) -> dict[str, Any]:
     from qfair.models.quant import _format_value
 
     skip = {"calib", "calib_data", "fair_probes", "fair_pairs", "engine"}
-    settings = ",".join(f"{k}={_format_value(v)}" for k, v in sorted(spec.options.items()) if k not in skip)
+    # layer_bits enters the key only when set: entries built before the option existed keep their keys
+    settings = ",".join(f"{k}={_format_value(v)}" for k, v in sorted(spec.options.items())
+                        if k not in skip and not (k == "layer_bits" and not v))
     return {"float": llmcompressor.float_identity(src), "spec": f"{spec.name}:{settings}",
             "calibration": calib.sha256, "pairs": None if pairs is None else pairs.sha256,
             "algorithm": ALGORITHM_VERSION,
@@ -252,8 +303,8 @@ def _load_gptq(spec: Any, request: Any) -> Any:
     except (CompressError, KeyError, OSError) as e:
         raise _spec_error(spec, f"the cache entry {entry} is damaged ({e}); delete it to rebuild") from None
     marker = json.loads((entry / _MARKER).read_text())
-    details = {k: marker[k] for k in ("method", "bits", "group_size", "sym", "act_order", "dampening", "alpha",
-                                      "calibration", "pairs", "layers", "build_seconds")}
+    details = {k: marker.get(k) for k in ("method", "bits", "group_size", "sym", "layer_bits", "act_order",
+                                          "dampening", "alpha", "calibration", "pairs", "layers", "build_seconds")}
     details.update({"cache_entry": str(entry), "cache_hit": hit, "this_build_seconds": this_build, "key": key_doc})
     extra = {"trust_remote_code": False, "packed_bytes": stored_bytes(model, weights),
              "modules_not_converted": list(spec.options["ignore"]), "quant_details": details}
