@@ -10,6 +10,7 @@ are a backend in :mod:`qfair.models.backends.pruning`). One concept per module:
   the input norms ‖X_j‖₂ from calibration text;
 - :mod:`~qfair.pruning.sparsegpt`: SparseGPT's mask and weight update from the
   calibration Hessian;
+- :mod:`~qfair.pruning.forward`: the hooked calibration pass both gather their inputs with;
 - :mod:`~qfair.pruning.targets`: which linear layers are pruned (``ignore=``);
 - :mod:`~qfair.pruning.weights`: pruning the selected layers with a method;
 - :mod:`~qfair.pruning.layers`: removing whole decoder blocks;

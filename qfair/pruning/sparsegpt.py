@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from qfair.pruning import PruningError
+from qfair.pruning.forward import hooked_pass
 from qfair.pruning.masks import Pattern, n_pruned
 
 
@@ -37,7 +38,6 @@ def hessians(model: Any, linears: dict[str, Any], batches: Iterable[Any]) -> tup
     import torch
 
     sums: dict[str, Any] = {}
-    hooks = []
     shared: dict[int, tuple[str, Any]] = {}  # id of an input of this forward -> (layer holding its sum, it)
     owner: dict[str, str] = {}
 
@@ -55,19 +55,7 @@ def hessians(model: Any, linears: dict[str, Any], batches: Iterable[Any]) -> tup
             sums[name] += x2.T @ x2
         return f
 
-    for n, m in linears.items():
-        hooks.append(m.register_forward_pre_hook(hook(n)))
-    tokens = 0
-    dev = model.get_input_embeddings().weight.device
-    try:
-        with torch.inference_mode():
-            for ids in batches:
-                shared.clear()
-                model(input_ids=ids.to(dev), use_cache=False)
-                tokens += int(ids.numel())
-    finally:
-        for h in hooks:
-            h.remove()
+    tokens = hooked_pass(model, linears, batches, hook, before_batch=shared.clear)
     return {n: sums[owner.get(n, n)] for n in linears if owner.get(n, n) in sums}, tokens
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from qfair.pruning.forward import hooked_pass
+
 
 def input_norms(model: Any, linears: dict[str, Any], batches: Iterable[Any]) -> tuple[dict[str, Any], int]:
     """``({name: ‖X_j‖₂ per input feature (float64, CPU)}, tokens seen)`` for the
@@ -22,7 +24,6 @@ def input_norms(model: Any, linears: dict[str, Any], batches: Iterable[Any]) -> 
     import torch
 
     sums = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in linears.items()}
-    hooks = []
 
     def hook(name: str):
         def f(_mod: Any, args: tuple[Any, ...]) -> None:
@@ -30,18 +31,7 @@ def input_norms(model: Any, linears: dict[str, Any], batches: Iterable[Any]) -> 
             sums[name] += (x * x).sum(0).cpu()
         return f
 
-    for n, m in linears.items():
-        hooks.append(m.register_forward_pre_hook(hook(n)))
-    tokens = 0
-    dev = model.get_input_embeddings().weight.device
-    try:
-        with torch.inference_mode():
-            for ids in batches:
-                model(input_ids=ids.to(dev), use_cache=False)
-                tokens += int(ids.numel())
-    finally:
-        for h in hooks:
-            h.remove()
+    tokens = hooked_pass(model, linears, batches, hook)
     return {n: s.sqrt() for n, s in sums.items()}, tokens
 
 
