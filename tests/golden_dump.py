@@ -63,10 +63,10 @@ def arithmetic_fingerprint() -> str:
     """sha256 of the golden model's float64 logits on a fixed input (one thread).
 
     torch's capability name is not enough to know whether a machine computes
-    the golden dump bit for bit: two AVX-512 CPUs of different vendors run
-    different BLAS paths (seen: an Intel recording and an AMD EPYC differ in
-    the last bits of float64 log-likelihoods). Equal fingerprints mean the same
-    arithmetic for this model, so there the test requires identical bytes."""
+    the golden dump bit for bit: two CPUs that both report "AVX512" can run
+    different kernel paths (seen: the earlier recording machine and an AMD EPYC
+    differ in the last bits of float64 log-likelihoods). Equal fingerprints mean
+    the same arithmetic for this model, so there the test requires identical bytes."""
     import torch
     from test_dump_support import load_tiny
 
