@@ -555,3 +555,18 @@ def test_dump_account_has_no_accuracy_for_stereoset(tmp_path):
     m = task_metrics(d.examples, d.choices, task_kinds(d.manifest))["stereoset_intrasentence"]
     assert set(m) == {"n", "icat", "ss", "lms"}
     assert m["icat"] == pytest.approx(m["lms"] * min(m["ss"], 100 - m["ss"]) / 50)
+
+
+def report_section(tmp_path, docs, section: str):
+    """Dump ``docs`` twice with random log-likelihoods, analyse the pair, build the
+    report, and return (report, the HTML of ``<section id=section>`` up to the summary)."""
+    from qfair.report import build_report
+
+    base = write_dump(tmp_path / "base", docs, random_lls(docs, 1))
+    quant = write_dump(tmp_path / "q", docs, random_lls(docs, 2))
+    out = tmp_path / "analysis"
+    qfair.compare(base, quant, bootstrap=100, seed=0, tokens=False).write(out)
+    r = build_report(out)
+    page = r.html.read_text(encoding="utf-8")
+    return r, page[page.index(f"<section id='{section}'>"):page.index("<section id='summary'>")]
+

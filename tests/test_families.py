@@ -95,16 +95,10 @@ def test_mean_kl_spread_from_a_tiny_model(tmp_path, tiny_model, one_torch_thread
 
 def test_report_draws_a_per_language_figure(tmp_path: Path):
     pytest.importorskip("matplotlib")
-    from qfair.report import build_report
+    from test_bias_scores import report_section
 
     names = ["xstorycloze_en", "xstorycloze_ar", "xstorycloze_hi", "xstorycloze_eu"]
     docs = [d for n in names for d in T.get(n, limit=10).docs()]
-    base = write_dump(tmp_path / "base", docs, random_lls(docs, 1))
-    quant = write_dump(tmp_path / "q", docs, random_lls(docs, 2))
-    out = tmp_path / "analysis"
-    qfair.compare(base, quant, bootstrap=100, seed=0, tokens=False).write(out)
-    r = build_report(out)
-    page = r.html.read_text(encoding="utf-8")
-    section = page[page.index("<section id='families'>"):page.index("<section id='summary'>")]
+    r, section = report_section(tmp_path, docs, "families")
     assert "id='fig-family_xstorycloze'" in section and (r.out / "family_xstorycloze.png").is_file()
     assert "acc_change_spread" in section

@@ -347,19 +347,10 @@ def test_end_to_end_rows_equal_sklearn_on_the_dumps(analysed):
 
 def test_report_draws_the_identity_aucs(tmp_path):
     pytest.importorskip("matplotlib")
-    from test_bias_scores import random_lls, write_dump
-
-    import qfair
-    from qfair.report import build_report
+    from test_bias_scores import report_section
 
     docs = list(T.get("hate_speech").docs())
-    base = write_dump(tmp_path / "base", docs, random_lls(docs, 1))
-    quant = write_dump(tmp_path / "q", docs, random_lls(docs, 2))
-    out = tmp_path / "analysis"
-    qfair.compare(base, quant, bootstrap=100, seed=0, tokens=False).write(out)
-    r = build_report(out)
-    page = r.html.read_text(encoding="utf-8")
-    section = page[page.index("<section id='bias'>"):page.index("<section id='summary'>")]
+    r, section = report_section(tmp_path, docs, "bias")
     assert "id='fig-bias_hate_speech'" in section and (r.out / "bias_hate_speech.png").is_file()
     assert "final_metric" in section and "subgroup_auc_change_disparity" in section
 
