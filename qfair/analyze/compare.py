@@ -24,7 +24,8 @@ table (columns ``p_holm`` and ``p_bh``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from qfair.analyze.tokens import (
 from qfair.dump.reader import sha256_in_background
 from qfair.metrics import bias as bias_scores
 from qfair.metrics.examples import example_columns, example_stats, task_kinds
+from qfair.metrics.resampling import clear_draw_cache
 from qfair.metrics.task_kinds import get_task_kind
 from qfair.stages import stage
 
@@ -360,6 +362,14 @@ def assemble(parts: _Parts, settings: dict[str, Any], notes: list[str]) -> Compa
         extra={k: pl.concat(v, how="diagonal_relaxed") for k, v in parts.extra.items() if v})
 
 
+@contextmanager
+def _draws_released() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        clear_draw_cache()
+
+
 def _check_options(binning: str, strata: str, bootstrap: int, entropy_unit: str = "nats") -> None:
     if entropy_unit not in ("nats", "bits"):
         raise ValueError(f"entropy_unit: expected 'nats' or 'bits', got {entropy_unit!r}")
@@ -414,7 +424,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
             d.verify(hash=False)
     # every file's sha256 is computed on a second thread while the analysis reads the rows (one
     # pass over the disk, not two); a mismatch fails the comparison before anything is returned
-    with sha256_in_background([b, *quants] if verify_hash else []):
+    # the resample draws kept for the statistics of this comparison go back at its end
+    with sha256_in_background([b, *quants] if verify_hash else []), _draws_released():
         return _compare_checked(b, quants, bootstrap=bootstrap, seed=seed, bins=bins, binning=binning, topk=topk,
                                 strata=strata, n_strata=n_strata, confidence=confidence, threads=threads,
                                 metrics=metrics, chunk_rows=chunk_rows, tokens=tokens, permutation=permutation,
