@@ -531,6 +531,19 @@ def test_same_seed_same_tables_any_threads(dumps):
     assert a.groups.equals(b.groups)
 
 
+def test_kept_draws_go_back_and_do_not_change_a_second_comparison(dumps):
+    """The resample draws and remembered statistics live for one comparison: none is left
+    afterwards, and a comparison that starts with them kept gives the same tables."""
+    from qfair.metrics import resampling
+
+    a = compare(dumps["base"], dumps["nf4"], bootstrap=300, seed=9, bins=5, threads=2)
+    assert not resampling._cache and not resampling._memo
+    resampling.weighted_sums(np.ones((7, 1)), seed=9, resamples=300)      # a draw kept from elsewhere
+    b = compare(dumps["base"], dumps["nf4"], bootstrap=300, seed=9, bins=5, threads=2)
+    for t in ("summary", "groups", "strata"):
+        assert a.table(t).equals(b.table(t)), t
+
+
 def test_write_all_formats(result, tmp_path):
     files = result.write(tmp_path / "out", formats=("parquet", "csv", "md", "latex"))
     names = {f.name for f in files}
