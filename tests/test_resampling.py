@@ -172,6 +172,19 @@ def test_remembered_results_equal_a_fresh_computation():
     assert R.weighted_sums(np.column_stack([x, y]), seed=2, resamples=81).shape == (81, 2)
 
 
+def test_remembered_results_stay_within_their_byte_budget(monkeypatch):
+    R.clear_draw_cache()
+    monkeypatch.setattr(R, "MEMO_BYTES", 3 * 80 * 8)        # three results of 80 resamples
+    x, y = _pairs(13, 50, False)
+    first = R.spearman_bootstrap(x, y, seed=1, resamples=80)
+    for s in range(2, 6):
+        R.spearman_bootstrap(x, y, seed=s, resamples=80)
+    assert len(R._memo) == 3 and sum(v.nbytes for v in R._memo.values()) <= 3 * 80 * 8
+    # the oldest went first; asked again, it is computed again, equal
+    np.testing.assert_array_equal(R.spearman_bootstrap(x, y, seed=1, resamples=80), first)
+    R.clear_draw_cache()
+
+
 # ---------------------------------------------------------------------------
 # the core's weighted Spearman on adversarial multiplicities
 # ---------------------------------------------------------------------------

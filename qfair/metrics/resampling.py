@@ -86,8 +86,8 @@ def _counts(n: int, seed: int, resamples: int) -> np.ndarray | None:
 # same inputs (e.g. the uncertainty tests of a two-choice task, where the choice entropy and
 # 1 - confidence rank the examples identically, so every rank-based test of the two is the same
 # computation) is computed once. Keys are digests of the inputs' bytes, so a hit is the result
-# of the identical call.
-MEMO_ENTRIES = 256
+# of the identical call. The oldest results go first beyond MEMO_BYTES.
+MEMO_BYTES = 64 << 20
 _memo: dict[tuple[Any, ...], Any] = {}
 
 
@@ -106,9 +106,11 @@ def _remembered(key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
     if key in _memo:
         return _memo[key]
     value = compute()
-    if len(_memo) >= MEMO_ENTRIES:
-        _memo.pop(next(iter(_memo)))
-    _memo[key] = value
+    size = int(getattr(value, "nbytes", 0))
+    if size <= MEMO_BYTES:
+        while _memo and sum(int(getattr(v, "nbytes", 0)) for v in _memo.values()) + size > MEMO_BYTES:
+            _memo.pop(next(iter(_memo)))
+        _memo[key] = value
     return value
 
 
