@@ -174,7 +174,9 @@ def _pair_rows(u: np.ndarray, shifts: list[tuple[str, np.ndarray]], uname: str, 
                      "no row")
     sums_all = None
     if top > 0:
-        # the four stratum sums of every shift in one pass over the shared draw
+        # the four stratum sums of every shift in one pass over the shared draw (one matrix product
+        # instead of one per shift: for some shapes BLAS then rounds a sum's last bit differently,
+        # as it already does with another number of BLAS threads)
         cols = np.concatenate([np.column_stack([mt, s * mt, mb, s * mb]) for _, s in shifts],
                               axis=1).astype(np.float64)
         if clusters is not None:
