@@ -8,7 +8,7 @@
    files differ; the scalars of ``tokens.parquet`` are those of the rows.
 2. Times the C++ stream alone over the stored shards (the kernel's rows/s on
    these rows), then ``qfair analyze --profile`` on the pair under
-   ``/usr/bin/time -v`` (wall time, peak resident memory, time by stage), with
+   ``/usr/bin/time -v`` (wall time, CPU time, peak resident memory, time by stage), with
    the default 10,000 bootstrap resamples, once verifying every file's sha256
    (on a second thread, the default) and once with ``--skip-hash``; prints each
    as a ratio of the kernel's rows/s. Then the disk's sequential read rate
@@ -111,9 +111,10 @@ def timed(cmd: list[str]) -> dict:
     parts = [float(x) for x in wall.split(":")]
     secs = sum(x * 60 ** i for i, x in enumerate(reversed(parts)))
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1)) / 1024
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([0-9.]+)", p.stderr).group(1)) for k in ("User", "System"))
     prof = p.stderr.split("time by stage", 1)
     profile = ("time by stage" + prof[1].split("\tCommand being timed")[0]).rstrip() if len(prof) == 2 else ""
-    return {"wall": secs, "rss_mb": rss, "stderr_profile": profile}
+    return {"wall": secs, "cpu": cpu, "rss_mb": rss, "stderr_profile": profile}
 
 
 def kernel_rate(out: Path, threads: int) -> float:
@@ -128,6 +129,15 @@ def kernel_rate(out: Path, threads: int) -> float:
                                          threads=threads):
         n += int(chunk.stop) - int(chunk.start)
     return n / (time.perf_counter() - t0)
+
+
+def warm(out: Path) -> None:
+    """Read every stored shard once, so the kernel and the analyses that follow all read the rows
+    from the page cache (a pair kept with --keep may have left it, e.g. after a cold run)."""
+    for f in sorted(out.rglob("*.npy")):
+        with open(f, "rb", buffering=0) as fh:
+            while fh.read(1 << 24):
+                pass
 
 
 def disk_rate(out: Path) -> float | None:
@@ -175,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         del base_pool, quant_pool
         qfair = str(Path(sys.executable).with_name("qfair"))
         pair_gb = args.rows * args.vocab * 2 * 2 / 1e9
+        warm(out)
         k = kernel_rate(out, args.threads)
         print(f"kernel alone over the stored shards (stream_divergence, {args.threads} threads): {k:,.0f} rows/s "
               f"({k * args.vocab * 2 * 2 / 1e9:.2f} GB/s of row pairs)", flush=True)
@@ -185,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             rate = args.rows / t["wall"]
             print(f"qfair analyze ({label}): {t['wall']:.1f} s, {rate:,.0f} rows/s "
                   f"({pair_gb / t['wall']:.2f} GB/s of rows), {rate / k:.2f} of the kernel's rows/s, "
-                  f"peak RSS {t['rss_mb']:.0f} MB", flush=True)
+                  f"peak RSS {t['rss_mb']:.0f} MB, {t['cpu']:.1f} CPU s (user + sys; steadier than wall on a "
+                  "shared machine)", flush=True)
             print("  " + t["stderr_profile"].replace("\n", "\n  "), flush=True)
         disk = disk_rate(out)
         if disk is None:

@@ -319,6 +319,36 @@ def test_a_primary_row_near_the_threshold_gets_a_finer_p(kind, column, metric):
     assert "primary" not in (r[metric]["test"] or "")
 
 
+@pytest.mark.parametrize("n, binning", [(300, "mass"), (40, "mass"), (300, "width")])
+def test_calibration_rows_equal_the_core_bootstrap_of_each_difference(n, binning):
+    """Equal-mass differences are taken from the two models' bootstraps on the same draw: every
+    calibration row (difference, interval, percentiles, each model's value and interval) is
+    exactly what the core gives for the difference statistic itself."""
+    from qfair.analyze.intervals import interval_p
+    from qfair.analyze.summary import CALIBRATION_METRICS, StatsConfig, metric_rows
+
+    rng = np.random.default_rng(n)
+    conf = rng.uniform(0.2, 1.0, size=(2, n))
+    conf[1] = np.clip(conf[0] + rng.normal(0, 0.08, n), 0, 1)
+    correct = (rng.uniform(size=(2, n)) < conf).astype(float)
+    j = pl.DataFrame({"task": ["t"] * n, "kind": ["multiple_choice"] * n, "base_correct": correct[0],
+                      "quant_correct": correct[1], "base_conf": conf[0], "quant_conf": conf[1]})
+    cfg = StatsConfig(resamples=500, seed=3, permutation=False, binning=binning, confidence=0.9)
+    rows = {r["metric"]: r for r in metric_rows(j, cfg)}
+    for metric, measure, fixed in CALIBRATION_METRICS:
+        kw = {"bins": 15, "binning": fixed or binning, "measure": measure}
+        d, b, q = stats.paired_bootstrap([stats.CalibrationDiff(conf[1], correct[1], conf[0], correct[0], **kw),
+                                          stats.CalibrationDiff(conf[0], correct[0], **kw),
+                                          stats.CalibrationDiff(conf[1], correct[1], **kw)],
+                                         resamples=500, seed=3, confidence=0.9, keep_distribution=True)
+        iv = interval_p(d.distribution, confidence=0.9)
+        r = rows[metric]
+        assert (r["diff"], r["pct_low"], r["pct_high"], r["ci_low"], r["ci_high"], r["p"]) == \
+            (d.estimate, d.pct_lo, d.pct_hi, iv.low, iv.high, iv.p), metric
+        assert (r["base"], r["quant"]) == (b.estimate, q.estimate)
+        assert r["base_low"] == interval_p(b.distribution, confidence=0.9, tested=False).low
+
+
 def test_token_table_vocab_wide_against_scipy(dumps, result):
     t = result.tokens.filter(pl.col("model") == "nf4").sort("row")
     # the stored rows (f16 base, f32 quant), re-normalised, are what the core compares
@@ -499,6 +529,19 @@ def test_same_seed_same_tables_any_threads(dumps):
     b = compare(dumps["base"], dumps["nf4"], bootstrap=300, seed=9, bins=5, threads=3, tokens=False)
     assert a.summary.equals(b.summary)
     assert a.groups.equals(b.groups)
+
+
+def test_kept_draws_go_back_and_do_not_change_a_second_comparison(dumps):
+    """The resample draws and remembered statistics live for one comparison: none is left
+    afterwards, and a comparison that starts with them kept gives the same tables."""
+    from qfair.metrics import resampling
+
+    a = compare(dumps["base"], dumps["nf4"], bootstrap=300, seed=9, bins=5, threads=2)
+    assert not resampling._cache and not resampling._memo
+    resampling.weighted_sums(np.ones((7, 1)), seed=9, resamples=300)      # a draw kept from elsewhere
+    b = compare(dumps["base"], dumps["nf4"], bootstrap=300, seed=9, bins=5, threads=2)
+    for t in ("summary", "groups", "strata"):
+        assert a.table(t).equals(b.table(t)), t
 
 
 def test_write_all_formats(result, tmp_path):

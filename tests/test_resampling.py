@@ -132,6 +132,59 @@ def test_weighted_sums_are_the_count_matrix_product():
     np.testing.assert_allclose(big[:, 0], s[:, 0], rtol=1e-12)
 
 
+def test_kept_draw_is_the_core_draw_extended_and_streamed_beyond_the_budget(monkeypatch):
+    R.clear_draw_cache()
+    n, seed = 31, 9
+    first = np.concatenate(list(R.count_blocks(n, seed, 40)))
+    longer = np.concatenate(list(R.count_blocks(n, seed, 130, width=n * 7)))   # extends the kept 40 rows
+    ref = np.stack([stats.bootstrap_counts(n, seed, b) for b in range(130)]).astype(np.float64)
+    np.testing.assert_array_equal(longer, ref)
+    np.testing.assert_array_equal(first, ref[:40])
+    assert R._cache[(n, seed)].dtype == np.uint16 and R._cache[(n, seed)].shape == (130, n)
+    # a draw over the byte budget is not kept but streamed: the same counts
+    monkeypatch.setattr(R, "CACHE_BYTES", n * 2 * 10)
+    R.clear_draw_cache()
+    streamed = np.concatenate(list(R.count_blocks(n, seed, 130)))
+    np.testing.assert_array_equal(streamed, ref)
+    assert (n, seed) not in R._cache
+    R.clear_draw_cache()
+
+
+def test_remembered_results_equal_a_fresh_computation():
+    x, y = _pairs(11, 300, True)
+    R.clear_draw_cache()
+    p1 = R.spearman_permutation(x, y, seed=2, resamples=500)
+    d1 = R.spearman_bootstrap(x, np.stack([y, y ** 3]), seed=2, resamples=80)
+    s1 = R.weighted_sums(np.column_stack([x, y]), seed=2, resamples=80)
+    s1[:] = 0.0                                   # the caller's copy: the remembered sums stay intact
+    m1 = R.mean_diff_permutation(x[:100], y[:200], seed=2, resamples=500)
+    # a monotone transform of x ranks the pairs identically: the same test, answered from memory
+    assert R.spearman_permutation(np.exp(x), y, seed=2, resamples=500) == p1
+    np.testing.assert_array_equal(R.spearman_bootstrap(2 * x + 1, np.stack([y, y ** 3]), seed=2, resamples=80), d1)
+    again = R.weighted_sums(np.column_stack([x, y]), seed=2, resamples=80)
+    R.clear_draw_cache()
+    np.testing.assert_array_equal(again, R.weighted_sums(np.column_stack([x, y]), seed=2, resamples=80))
+    assert R.spearman_permutation(x, y, seed=2, resamples=500) == p1
+    assert R.mean_diff_permutation(x[:100], y[:200], seed=2, resamples=500) == m1
+    np.testing.assert_array_equal(R.spearman_bootstrap(x, np.stack([y, y ** 3]), seed=2, resamples=80), d1)
+    # other inputs, another seed, other resamples: not confused with the remembered ones
+    assert not np.array_equal(R.spearman_bootstrap(x, np.stack([y, y ** 3]), seed=3, resamples=80), d1)
+    assert R.weighted_sums(np.column_stack([x, y]), seed=2, resamples=81).shape == (81, 2)
+
+
+def test_remembered_results_stay_within_their_byte_budget(monkeypatch):
+    R.clear_draw_cache()
+    monkeypatch.setattr(R, "MEMO_BYTES", 3 * 80 * 8)        # three results of 80 resamples
+    x, y = _pairs(13, 50, False)
+    first = R.spearman_bootstrap(x, y, seed=1, resamples=80)
+    for s in range(2, 6):
+        R.spearman_bootstrap(x, y, seed=s, resamples=80)
+    assert len(R._memo) == 3 and sum(v.nbytes for v in R._memo.values()) <= 3 * 80 * 8
+    # the oldest went first; asked again, it is computed again, equal
+    np.testing.assert_array_equal(R.spearman_bootstrap(x, y, seed=1, resamples=80), first)
+    R.clear_draw_cache()
+
+
 # ---------------------------------------------------------------------------
 # the core's weighted Spearman on adversarial multiplicities
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from scipy import stats as sps
 from scipy.spatial.distance import jensenshannon
 
 from qfair import stats
-from qfair.analyze.study import study_ace, study_mce
+from qfair.analyze.study import study_ace, study_calibration, study_mce
 
 
 # ---------------------------------------------------------------- loop oracles
@@ -91,6 +91,19 @@ def test_study_estimators_on_resamples_equal_the_expanded_data(k):
         idx = np.repeat(np.arange(45), w[b].astype(int))
         assert a[b] == pytest.approx(ace_loops(p[idx], y[idx]), abs=1e-12)
         assert m[b] == pytest.approx(mce_loops(p[idx], y[idx]), abs=1e-12)
+
+
+@pytest.mark.parametrize("k,bins", [(2, (100, 100)), (2, (10, 30)), (3, (15, 100))])
+def test_study_calibration_equals_each_estimator_alone(k, bins):
+    # one call shares the binary cell sums between the two estimators when their bins agree
+    p, y = _random_probs(12, 70, k)
+    w = np.stack([stats.bootstrap_counts(70, 4, b) for b in range(25)]).astype(float)
+    both = study_calibration(p, y, w, ranges=7, binary_bins=bins[0], bins=bins[1])
+    np.testing.assert_array_equal(both["ace_study"], study_ace(p, y, w, ranges=7, binary_bins=bins[0]))
+    np.testing.assert_array_equal(both["mce_study"], study_mce(p, y, w, bins=bins[1]))
+    for b in (0, 24):
+        idx = np.repeat(np.arange(70), w[b].astype(int))
+        assert both["mce_study"][b] == pytest.approx(mce_loops(p[idx], y[idx], bins[1]), abs=1e-12)
 
 
 def test_hand_computed_quirks():

@@ -24,7 +24,8 @@ table (columns ``p_holm`` and ``p_bh``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from qfair.analyze.tokens import (
 from qfair.dump.reader import sha256_in_background
 from qfair.metrics import bias as bias_scores
 from qfair.metrics.examples import example_columns, example_stats, task_kinds
+from qfair.metrics.resampling import clear_draw_cache
 from qfair.metrics.task_kinds import get_task_kind
 from qfair.stages import stage
 
@@ -360,6 +362,14 @@ def assemble(parts: _Parts, settings: dict[str, Any], notes: list[str]) -> Compa
         extra={k: pl.concat(v, how="diagonal_relaxed") for k, v in parts.extra.items() if v})
 
 
+@contextmanager
+def _draws_released() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        clear_draw_cache()
+
+
 def _check_options(binning: str, strata: str, bootstrap: int, entropy_unit: str = "nats") -> None:
     if entropy_unit not in ("nats", "bits"):
         raise ValueError(f"entropy_unit: expected 'nats' or 'bits', got {entropy_unit!r}")
@@ -414,7 +424,8 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
             d.verify(hash=False)
     # every file's sha256 is computed on a second thread while the analysis reads the rows (one
     # pass over the disk, not two); a mismatch fails the comparison before anything is returned
-    with sha256_in_background([b, *quants] if verify_hash else []):
+    # the resample draws kept for the statistics of this comparison go back at its end
+    with sha256_in_background([b, *quants] if verify_hash else []), _draws_released():
         return _compare_checked(b, quants, bootstrap=bootstrap, seed=seed, bins=bins, binning=binning, topk=topk,
                                 strata=strata, n_strata=n_strata, confidence=confidence, threads=threads,
                                 metrics=metrics, chunk_rows=chunk_rows, tokens=tokens, permutation=permutation,
@@ -459,52 +470,14 @@ def _compare_checked(b: Any, quants: list[Any], *, bootstrap: int, seed: int, bi
             if kind.has_choices else None
         attributes = bias_scores.example_attributes(b.examples, task_kinds(b.manifest)) if kind.has_choices else None
     if base_ex is not None:
-        for task in meta["task"].unique(maintain_order=True).to_list():
-            sub = base_ex.filter(pl.col("task") == task)
-            if get_task_kind(sub["kind"][0] if sub.height else None).correctness:
-                with stage("calibration cells"):
-                    parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg, "base", "base",
-                                          task)
+        _base_calibration(parts, base_ex, meta, cfg)
 
     nonfinite: dict[str, dict[str, int]] = {}
     for q, label, aligned in zip(quants, labels, rows_aligned):
-        j = meta
-        counts = nonfinite.setdefault(label, {})
-        if base_ex is not None:
-            with stage("example statistics"):
-                q_ex = example_stats(q.examples, q.choices, task_kinds(q.manifest) or task_kinds(b.manifest),
-                                     where=str(q.path))
-                j = pair_examples(base_ex, q_ex, meta)
-            for who, ex_t in (("base", base_ex), (label, q_ex)):
-                bad = int(ex_t["nonfinite"].sum())
-                counts["nonfinite_examples_" + ("base" if who == "base" else "quant")] = bad
-                if bad:
-                    notes.append(f"{who}: {bad} example(s) with a non-finite choice log-likelihood; their "
-                                 "statistics are NaN and every test leaves them out (see the rows' n)")
-        side = _TokenSide()
-        if kind.has_tokens and not aligned:
-            notes.append(f"{label}: its rows do not follow the base dump's text (a generation dump made without "
-                         "--reference, or with another reference); only text-level comparisons are possible")
-        if tokens and kind.has_tokens and aligned:
-            side = token_side(b, q, label, meta, topk=topk, chunk_rows=chunk_rows, threads=threads,
-                              custom=custom, progress=progress, notes=notes, metric_memory=metric_memory)
-            j = j.join(side.aggregates, on="example_id", how="left")
-            counts.update({k: int(v) for k, v in side.info.items()
-                           if k.startswith(("nonfinite_", "infinite_"))})
-            parts.tokens.append(side.table)
-        parts.examples.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))
-        task_tables(parts, j, label, cfg, side, strata, n_strata, notes)
-        if attributes is not None:
-            with stage("bias"):
-                bias_step(parts, j, attributes, label, cfg)
-            with stage("task families"):
-                parts.summary.extend(family_rows(j, label, cfg, {"model": None, "task": None, "task_kind": None,
-                                                                **SUMMARY_SCHEMA}))
-        extra = kind_analysis(kind)
-        if extra is not None:
-            with stage(f"{kind.name} analysis"):
-                for name, df in extra(b, q, label, cfg, side.table, **dict(kind_options or {})).items():
-                    parts.extra.setdefault(name, []).append(df)
+        nonfinite[label] = _compare_one(
+            parts, b, q, label, aligned, meta, base_ex, attributes, cfg, notes, tokens=tokens, topk=topk,
+            chunk_rows=chunk_rows, threads=threads, custom=custom, progress=progress, metric_memory=metric_memory,
+            strata=strata, n_strata=n_strata, kind_options=kind_options)
 
     settings = {"bootstrap": int(bootstrap), "seed": int(seed), "bins": n_bins, "metric_bins": dict(metric_bins),
                 "binning": binning, "topk": list(topk), "strata": strata, "n_strata": int(n_strata),
@@ -521,12 +494,75 @@ def _compare_checked(b: Any, quants: list[Any], *, bootstrap: int, seed: int, bi
                 else "size and header of every file (sha256 skipped)"}
     with stage("assemble tables (polars)"):
         out = assemble(parts, settings, notes)
+    _finish(out, cfg, notes)
+    return out
+
+
+def _base_calibration(parts: _Parts, base_ex: pl.DataFrame, meta: pl.DataFrame, cfg: StatsConfig) -> None:
+    """The base model's calibration cells, task by task (tasks with gold answers)."""
+    for task in meta["task"].unique(maintain_order=True).to_list():
+        sub = base_ex.filter(pl.col("task") == task)
+        if get_task_kind(sub["kind"][0] if sub.height else None).correctness:
+            with stage("calibration cells"):
+                parts.add_calibration(sub["conf"].to_numpy(), sub["correct"].to_numpy(), cfg, "base", "base", task)
+
+
+def _compare_one(parts: _Parts, b: Any, q: Any, label: str, aligned: bool, meta: pl.DataFrame,
+                 base_ex: pl.DataFrame | None, attributes: pl.DataFrame | None, cfg: StatsConfig, notes: list[str],
+                 *, tokens: bool, topk: Sequence[int], chunk_rows: int | None, threads: int,
+                 custom: Mapping[str, Callable[..., Any]], progress: bool, metric_memory: int, strata: str,
+                 n_strata: int, kind_options: Mapping[str, Any] | None) -> dict[str, int]:
+    """Every table's rows of one quantized model against the base; returns its counts of
+    non-finite examples and rows (the settings' ``nonfinite``)."""
+    kind = b.kind
+    j = meta
+    counts: dict[str, int] = {}
+    if base_ex is not None:
+        with stage("example statistics"):
+            q_ex = example_stats(q.examples, q.choices, task_kinds(q.manifest) or task_kinds(b.manifest),
+                                 where=str(q.path))
+            j = pair_examples(base_ex, q_ex, meta)
+        for who, ex_t in (("base", base_ex), (label, q_ex)):
+            bad = int(ex_t["nonfinite"].sum())
+            counts["nonfinite_examples_" + ("base" if who == "base" else "quant")] = bad
+            if bad:
+                notes.append(f"{who}: {bad} example(s) with a non-finite choice log-likelihood; their "
+                             "statistics are NaN and every test leaves them out (see the rows' n)")
+    side = _TokenSide()
+    if kind.has_tokens and not aligned:
+        notes.append(f"{label}: its rows do not follow the base dump's text (a generation dump made without "
+                     "--reference, or with another reference); only text-level comparisons are possible")
+    if tokens and kind.has_tokens and aligned:
+        side = token_side(b, q, label, meta, topk=topk, chunk_rows=chunk_rows, threads=threads,
+                          custom=custom, progress=progress, notes=notes, metric_memory=metric_memory)
+        j = j.join(side.aggregates, on="example_id", how="left")
+        counts.update({k: int(v) for k, v in side.info.items()
+                       if k.startswith(("nonfinite_", "infinite_"))})
+        parts.tokens.append(side.table)
+    parts.examples.append(j.with_columns(pl.lit(label).alias("model")).select("model", *j.columns))
+    task_tables(parts, j, label, cfg, side, strata, n_strata, notes)
+    if attributes is not None:
+        with stage("bias"):
+            bias_step(parts, j, attributes, label, cfg)
+        with stage("task families"):
+            parts.summary.extend(family_rows(j, label, cfg, {"model": None, "task": None, "task_kind": None,
+                                                            **SUMMARY_SCHEMA}))
+    extra = kind_analysis(kind)
+    if extra is not None:
+        with stage(f"{kind.name} analysis"):
+            for name, df in extra(b, q, label, cfg, side.table, **dict(kind_options or {})).items():
+                parts.extra.setdefault(name, []).append(df)
+    return counts
+
+
+def _finish(out: Comparison, cfg: StatsConfig, notes: list[str]) -> None:
+    """The bias table's own adjustment, and a note when Holm over the primary rows cannot pass
+    at the resamples used."""
     if "bias" in out.extra:
         out.extra["bias"] = bias_scores.adjust_permutation(adjust(out.extra["bias"]))   # over the bias rows
     m = int((out.summary["family"] == "primary").sum()) if out.summary.height else 0
-    alpha = 1.0 - float(confidence)
+    alpha = 1.0 - float(cfg.confidence)
     if m and 1.0 / (cfg.primary_resamples + 1) > alpha / m:
         notes.append(f"Holm over the {m} primary rows of the summary needs p < {alpha:g}/{m} = {alpha / m:.2g}, "
                      f"finer than {cfg.primary_resamples} resamples resolve (smallest p 1/(B+1) = "
                      f"{1 / (cfg.primary_resamples + 1):.2g}): no primary row can pass Holm")
-    return out

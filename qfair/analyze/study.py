@@ -65,16 +65,28 @@ def _digitize(c: np.ndarray, bins: int) -> np.ndarray:
     return np.digitize(c, np.arange(0.0, 1.0, 1.0 / bins))
 
 
+def _binary_cells(prep: tuple, bins: int, cells: dict[int, list[np.ndarray]]) -> list[np.ndarray]:
+    """Per resample row and bin of ``_digitize(c, bins)``: sum of w, of w * c and of w * y; kept in
+    ``cells`` for the other binary estimator of the same call (both use 100 bins by default)."""
+    if bins not in cells:
+        _, y, w, c, _ = prep
+        cells[bins] = _cell_sums(w, _digitize(c, bins), bins + 1, c, y.astype(np.float64))
+    return cells[bins]
+
+
 def study_ace(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None, *,
               ranges: int = STUDY_RANGES, binary_bins: int = STUDY_BINS) -> np.ndarray:
     """The study's ``ace`` (K > 2) or binary ``ece`` (K = 2), one value per row of ``w``."""
-    probs, y, w, c, pred = _prep(probs, labels, w)
+    return _ace(_prep(probs, labels, w), ranges, binary_bins, {})
+
+
+def _ace(prep: tuple, ranges: int, binary_bins: int, cells: dict[int, list[np.ndarray]]) -> np.ndarray:
+    probs, y, w, c, pred = prep
     n, k = probs.shape
     if n == 0:
         return np.full(w.shape[0], np.nan)
     if k <= 2:
-        d = _digitize(c, binary_bins)
-        cnt, sc, sy = _cell_sums(w, d, binary_bins + 1, c, y.astype(np.float64))
+        cnt, sc, sy = _binary_cells(prep, binary_bins, cells)
         tot = w.sum(axis=1)
         return np.abs(sc - sy).sum(axis=1) / tot
     step = n // ranges
@@ -104,16 +116,20 @@ def study_ace(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None
 def study_mce(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None, *,
               bins: int = STUDY_BINS) -> np.ndarray:
     """The study's ``mce`` (K > 2, class-wise, bins 0..bins-1 visited) or ``mce_binary`` (K = 2, signed)."""
-    probs, y, w, c, pred = _prep(probs, labels, w)
+    return _mce(_prep(probs, labels, w), bins, {})
+
+
+def _mce(prep: tuple, bins: int, cells: dict[int, list[np.ndarray]]) -> np.ndarray:
+    probs, y, w, c, pred = prep
     n, k = probs.shape
     if n == 0:
         return np.full(w.shape[0], np.nan)
-    d = _digitize(c, bins)
     if k <= 2:
-        cnt, sc, sy = _cell_sums(w, d, bins + 1, c, y.astype(np.float64))
+        cnt, sc, sy = _binary_cells(prep, bins, cells)
         with np.errstate(invalid="ignore", divide="ignore"):
             gap = np.where(cnt > 0, (sc - sy) / np.where(cnt > 0, cnt, 1.0), -np.inf)
         return gap.max(axis=1)
+    d = _digitize(c, bins)
     correct = (pred == y).astype(np.float64)
     visited = d < bins
     idx = np.where(visited, d * k + y, bins * k + y)   # cells of bin `bins` are never visited
@@ -128,5 +144,6 @@ def study_calibration(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | Non
                       ranges: int = STUDY_RANGES, binary_bins: int = STUDY_BINS,
                       bins: int = STUDY_BINS) -> dict[str, np.ndarray]:
     """``{"ace_study": ..., "mce_study": ...}``, one value per row of ``w``."""
-    return {"ace_study": study_ace(probs, labels, w, ranges=ranges, binary_bins=binary_bins),
-            "mce_study": study_mce(probs, labels, w, bins=bins)}
+    prep = _prep(probs, labels, w)
+    cells: dict[int, list[np.ndarray]] = {}
+    return {"ace_study": _ace(prep, ranges, binary_bins, cells), "mce_study": _mce(prep, bins, cells)}

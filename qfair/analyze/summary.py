@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from qfair import stats
-from qfair.analyze.intervals import choose_method, interval_p
+from qfair.analyze.intervals import choose_method, interval_p, quantile_sorted
 from qfair.calibration import calibration
 from qfair.metrics.resampling import count_blocks, ttest_rel, weighted_sums
 
@@ -184,6 +184,7 @@ class _Pending:
     tested: bool = True
     binary: bool = False
     pair: tuple[np.ndarray, np.ndarray] | None = None  # (x, y) of a tested paired mean row (t-test)
+    sides: tuple[int, int] | None = None  # a calibration difference taken from its two model_ce specs
 
 
 def _refine(row: dict[str, Any], primary: str | None, cfg: StatsConfig) -> int:
@@ -275,7 +276,10 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
                 k = cfg.bins_for(metric)
                 row = _nan_row(metric, "calibration", n)
                 specs.append(stats.CalibrationDiff(cyo, ayo, cxo, axo, bins=k, binning=bn, measure=measure))
-                pending.append(_Pending(row, "calibration"))
+                # equal-mass bins: the core evaluates a difference as CE(quant) - CE(base) of the same
+                # draw, so it is the difference of the two model specs below (not bootstrapped twice)
+                at = len(specs)
+                pending.append(_Pending(row, "calibration", sides=(at, at + 1) if bn == "mass" else None))
                 for side, (c_, a_) in (("base", (cxo, axo)), ("quant", (cyo, ayo))):
                     specs.append(stats.CalibrationDiff(c_, a_, bins=k, binning=bn, measure=measure))
                     pending.append(_Pending(row, f"model_ce:{side}"))
@@ -285,12 +289,16 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
         res: list[Any] = [None] * len(specs)
         by_n: dict[int, list[int]] = {}
         for i, sp in enumerate(specs):
-            by_n.setdefault(_spec_n(sp), []).append(i)
+            if pending[i].sides is None:
+                by_n.setdefault(_spec_n(sp), []).append(i)
         for idx in by_n.values():
             out = stats.paired_bootstrap([specs[i] for i in idx], resamples=cfg.resamples, seed=cfg.seed,
                                          confidence=cfg.confidence, threads=cfg.threads, keep_distribution=True)
             for i, r in zip(idx, out):
                 res[i] = r
+        for i, pe in enumerate(pending):
+            if pe.sides is not None:
+                res[i] = _difference(res[pe.sides[1]], res[pe.sides[0]], specs[i], cfg)
         for pe, r, spec in zip(pending, res, specs):
             row = pe.row
             if pe.kind.startswith("model_ce:"):
@@ -333,6 +341,24 @@ def metric_rows(j: pl.DataFrame, cfg: StatsConfig, token_paired: Sequence[tuple[
         rows.extend(_study_rows(j, cfg))
         rows.extend(_flip_rows(j, cfg, rows))
     return rows
+
+
+def _difference(quant: stats.BootstrapResult, base: stats.BootstrapResult, spec: Any,
+                cfg: StatsConfig) -> stats.BootstrapResult:
+    """The bootstrap of quant - base from the two models' own bootstraps on the same draw: per
+    resample the core's difference statistic is the same subtraction, and its percentiles the
+    same interpolation (:func:`qfair.analyze.intervals.quantile_sorted`). A NaN replicate (whose
+    place in the core's sort is not numpy's) sends the difference to the core itself."""
+    d = quant.distribution - base.distribution
+    if np.isnan(d).any():
+        return stats.paired_bootstrap([spec], resamples=cfg.resamples, seed=cfg.seed, confidence=cfg.confidence,
+                                      threads=cfg.threads, keep_distribution=True)[0]
+    s = np.sort(d)
+    alpha = 1.0 - cfg.confidence
+    return stats.BootstrapResult(estimate=quant.estimate - base.estimate, se=math.nan, bias=math.nan,
+                                 pct_lo=quantile_sorted(s, alpha / 2.0), pct_hi=quantile_sorted(s, 1.0 - alpha / 2.0),
+                                 bca_lo=math.nan, bca_hi=math.nan, z0=math.nan, accel=math.nan, p=math.nan,
+                                 distribution=d)
 
 
 def _neutral_rows(j: pl.DataFrame, tk: Any, cfg: StatsConfig, primary: str | None = None) -> list[dict[str, Any]]:
@@ -441,7 +467,8 @@ def _study_rows(j: pl.DataFrame, cfg: StatsConfig) -> list[dict[str, Any]]:
     est_b, est_q = study_calibration(mb, lab, **kw), study_calibration(mq, lab, **kw)
     dists: dict[str, list[np.ndarray]] = {"b_ace_study": [], "q_ace_study": [], "b_mce_study": [],
                                            "q_mce_study": []}
-    for c in count_blocks(n, cfg.seed, cfg.resamples, width=n * 24):
+    # K > 2 estimators hold [block, n, ranges] comparisons; binary ones a few [block, n] arrays
+    for c in count_blocks(n, cfg.seed, cfg.resamples, width=n * (24 if mb.shape[1] > 2 else 4)):
         for pfx, m in (("b", mb), ("q", mq)):
             for name, v in study_calibration(m, lab, c, **kw).items():
                 dists[f"{pfx}_{name}"].append(v)

@@ -171,8 +171,30 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
     if not both:
         return table, info
 
-    import qfair
+    n_rows, dtype = _check_logits_pair(base, quant)
+    rows = table["row"].to_numpy()
+    valid = rows >= 0
+    if np.any(rows >= n_rows):
+        raise DumpError(f"{base.path}: tokens.parquet field 'row' reaches {int(rows.max())}, "
+                        f"but the logits hold {n_rows} rows")
+    if chunk_rows is None:
+        itemsize = max(np.dtype(mf.NPY_DTYPES[d.logits_dtype]).itemsize for d in (base, quant))
+        chunk_rows = stream_chunk_rows(base.vocab_size, itemsize)
+    ks = tuple(int(k) for k in topk)
+    cols, custom = _stream_vocab_columns(base, quant, table, n_rows, dtype, info, topk=ks,
+                                         chunk_rows=int(chunk_rows), threads=threads, metrics=metrics,
+                                         progress=progress, metric_memory=metric_memory)
+    info["vocab_wide"] = True
+    info["rows_streamed"] = n_rows
+    table = _attach_vocab_columns(table, rows, valid, cols, custom, info)
+    info["custom_metrics"] = list(custom)
+    return table, info
 
+
+def _check_logits_pair(base: Any, quant: Any) -> tuple[int, str | None]:
+    """The two dumps' logits rows agree in number and in a comparable storage dtype:
+    (rows, "bf16" when both store bf16, else None). Every shard is checked against its
+    manifest on the way (``logit_blocks``)."""
     # logit_blocks() checks every shard against the manifest; the stream then
     # reads the files by path so that consumed pages go back to the OS.
     pb, pq = base.logit_blocks(), quant.logit_blocks()
@@ -184,22 +206,25 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
     if "bf16" in dtypes and len(dtypes) > 1:
         raise DumpError(f"{base.path} vs {quant.path}: logits stored as {base.logits_dtype} vs "
                         f"{quant.logits_dtype}; bf16 dumps can only be compared with bf16 dumps")
-    dtype = "bf16" if dtypes == {"bf16"} else None
+    return n_rows, ("bf16" if dtypes == {"bf16"} else None)
+
+
+def _stream_vocab_columns(base: Any, quant: Any, table: pl.DataFrame, n_rows: int, dtype: str | None,
+                          info: dict[str, Any], *, topk: tuple[int, ...], chunk_rows: int, threads: int | None,
+                          metrics: Mapping[str, CustomMetric], progress: bool, metric_memory: int,
+                          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One pass of both dumps' rows through the C++ core, chunk by chunk: the vocabulary-wide
+    columns and the custom metrics by global row (NaN where no row was streamed), with the
+    non-finite row counts added to ``info``."""
+    import qfair
 
     rows = table["row"].to_numpy()
     valid = rows >= 0
-    if np.any(rows >= n_rows):
-        raise DumpError(f"{base.path}: tokens.parquet field 'row' reaches {int(rows.max())}, "
-                        f"but the logits hold {n_rows} rows")
     targets = np.full(n_rows, -1, dtype=np.int64)
     targets[rows[valid]] = table["target"].to_numpy()[valid]
     # keys by global row, for custom metrics
-    key_by_row = None
-    if metrics:
-        key_by_row = table.select(*KEY_COLUMNS).filter(pl.col("row") >= 0).sort("row")
-
-    ks = tuple(int(k) for k in topk)
-    names = list(VOCAB_METRICS) + [f"overlap_at_{k}" for k in ks]
+    key_by_row = table.select(*KEY_COLUMNS).filter(pl.col("row") >= 0).sort("row") if metrics else None
+    names = list(VOCAB_METRICS) + [f"overlap_at_{k}" for k in topk]
     cols = {name: np.full(n_rows, np.nan) for name in names}
     custom = {name: np.full(n_rows, np.nan) for name in metrics}
 
@@ -207,10 +232,7 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
 
     bar = tqdm(total=n_rows, unit="row", unit_scale=True, desc="divergence", disable=not progress,
                dynamic_ncols=True)
-    if chunk_rows is None:
-        itemsize = max(np.dtype(mf.NPY_DTYPES[d.logits_dtype]).itemsize for d in (base, quant))
-        chunk_rows = stream_chunk_rows(base.vocab_size, itemsize)
-    kwargs: dict[str, Any] = {"topk": ks, "chunk_rows": int(chunk_rows), "threads": threads}
+    kwargs: dict[str, Any] = {"topk": topk, "chunk_rows": chunk_rows, "threads": threads}
     if dtype is not None:
         kwargs["dtype"] = dtype
     stream = qfair.stream_divergence([str(p) for p in base.logit_paths],
@@ -233,8 +255,13 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
                 _custom_metrics(chunk, s, e, base, quant, metrics, custom, targets, key_by_row, metric_memory)
         bar.update(e - s)
     bar.close()
-    info["vocab_wide"] = True
-    info["rows_streamed"] = n_rows
+    return cols, custom
+
+
+def _attach_vocab_columns(table: pl.DataFrame, rows: np.ndarray, valid: np.ndarray, cols: dict[str, np.ndarray],
+                          custom: dict[str, np.ndarray], info: dict[str, Any]) -> pl.DataFrame:
+    """The streamed columns joined to the token rows by row number; a token whose logits row
+    is not a distribution on either side loses every statistic (NaN)."""
     safe = np.where(valid, rows, 0)
     # a row that is not a distribution on either side (NaN, +inf, no finite entry) is left out of
     # every token statistic: all its metrics are NaN, the dump's own scalars too
@@ -252,8 +279,7 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
                       "top1_agree")
         ).with_columns(pl.col(c).fill_null(np.nan) for c in ("logprob_p", "logprob_q", "delta_p", "entropy_p",
                                                               "entropy_q", "maxprob_p", "maxprob_q", "top1_agree"))
-    info["custom_metrics"] = list(custom)
-    return table, info
+    return table
 
 
 def _topk_token_table(base: Any, quant: Any, table: pl.DataFrame, info: dict[str, Any], *, topk: Sequence[int],

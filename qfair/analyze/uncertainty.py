@@ -172,6 +172,18 @@ def _pair_rows(u: np.ndarray, shifts: list[tuple[str, np.ndarray]], uname: str, 
     if top == 0:
         notes.append(f"{where}: strata_diff({uname},·) undefined (one stratum of {uname} over {u.size} {unit}); "
                      "no row")
+    sums_all = None
+    if top > 0:
+        # the four stratum sums of every shift in one pass over the shared draw (one matrix product
+        # instead of one per shift: for some shapes BLAS then rounds a sum's last bit differently,
+        # as it already does with another number of BLAS threads)
+        cols = np.concatenate([np.column_stack([mt, s * mt, mb, s * mb]) for _, s in shifts],
+                              axis=1).astype(np.float64)
+        if clusters is not None:
+            agg = np.zeros((n, cols.shape[1]))
+            np.add.at(agg, clusters, cols)
+            cols = agg
+        sums_all = weighted_sums(cols, seed=cfg.seed, resamples=B)
     out = []
     for i, (sname, s) in enumerate(shifts):
         label = f"{uname},{sname}"
@@ -189,12 +201,7 @@ def _pair_rows(u: np.ndarray, shifts: list[tuple[str, np.ndarray]], uname: str, 
             continue
         row = _row(f"strata_diff({label})", kind, n)
         row["diff"] = float(s[mt].mean() - s[mb].mean())
-        cols = np.column_stack([mt, s * mt, mb, s * mb]).astype(np.float64)
-        if clusters is not None:
-            agg = np.zeros((n, 4))
-            np.add.at(agg, clusters, cols)
-            cols = agg
-        sums = weighted_sums(cols, seed=cfg.seed, resamples=B)
+        sums = sums_all[:, 4 * i:4 * i + 4]
         with np.errstate(invalid="ignore", divide="ignore"):
             dist = sums[:, 1] / sums[:, 0] - sums[:, 3] / sums[:, 2]
         _fill(row, dist, cfg, "bootstrap (percentile), top minus bottom stratum")

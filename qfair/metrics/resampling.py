@@ -22,39 +22,102 @@ matrix), vectorised over the block.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from qfair import stats
 
-__all__ = ["count_blocks", "weighted_sums", "spearman", "spearman_bootstrap", "spearman_permutation",
+__all__ = ["count_blocks", "clear_draw_cache", "weighted_sums", "spearman", "spearman_bootstrap", "spearman_permutation",
            "mean_diff_permutation", "ttest_rel", "student_t_sf", "rank_average"]
 
 # a block of resamples holds at most this many counts
 MAX_BLOCK_CELLS = 2_000_000
 
 
-# count matrices up to this many entries are kept for the next statistic on the same draw
-CACHE_CELLS = 20_000_000
-_cache: dict[tuple[int, int, int], np.ndarray] = {}
+# Every statistic of an analysis resamples the same examples under the same seed, so the draw
+# ``bootstrap_counts(n, seed, b)`` (which does not depend on the number of resamples) is made once
+# and kept for the next statistic: the summary's ratio rows, the study's estimators, the uncertainty
+# tests' Spearman and stratum bootstraps all read it. Counts are kept as uint16 (exact: a
+# multiplicity never exceeds n, checked for n >= 2**16), within a byte budget equal to the stream's
+# chunk budget, so keeping the draw costs no more memory than one streamed chunk of rows.
+CACHE_BYTES = 256 << 20
+_cache: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _draw_rows(n: int, seed: int, b0: int, b1: int, dtype: type) -> np.ndarray:
+    m = np.empty((b1 - b0, n), dtype=dtype)
+    for i, b in enumerate(range(b0, b1)):
+        c = stats.bootstrap_counts(n, seed, b)
+        if dtype is np.uint16 and n >= 1 << 16 and c.size and int(c.max()) > 0xFFFF:
+            raise OverflowError  # not representable: the caller keeps uint32
+        m[i] = c
+    return m
 
 
 def _counts(n: int, seed: int, resamples: int) -> np.ndarray | None:
-    key = (int(n), int(seed), int(resamples))
-    if key in _cache:
-        return _cache[key]
-    if n * resamples > CACHE_CELLS:
+    """The counts of resamples 0..resamples-1 (a view of the kept draw), or None when they do not
+    fit the budget. A longer draw of the same (n, seed) extends the kept one."""
+    key = (int(n), int(seed))
+    have = _cache.get(key)
+    if have is not None and have.shape[0] >= resamples:
+        _cache[key] = _cache.pop(key)   # most recently used last
+        return have[:resamples]
+    if n * resamples * 2 > CACHE_BYTES:
         return None
-    m = np.empty((resamples, n), dtype=np.uint32)
-    for b in range(resamples):
-        m[b] = stats.bootstrap_counts(n, seed, b)
-    if len(_cache) >= 8:
+    b0 = 0 if have is None else have.shape[0]
+    try:
+        more = _draw_rows(n, seed, b0, resamples, np.uint16)
+    except OverflowError:
+        return None
+    m = more if have is None else np.concatenate([have, more])
+    _cache.pop(key, None)
+    while _cache and sum(v.nbytes for v in _cache.values()) + m.nbytes > CACHE_BYTES:
         _cache.pop(next(iter(_cache)))
     _cache[key] = m
     return m
+
+
+# Results of the resampling statistics by their exact inputs: a statistic asked twice with the
+# same inputs (e.g. the uncertainty tests of a two-choice task, where the choice entropy and
+# 1 - confidence rank the examples identically, so every rank-based test of the two is the same
+# computation) is computed once. Keys are digests of the inputs' bytes, so a hit is the result
+# of the identical call. The oldest results go first beyond MEMO_BYTES.
+MEMO_BYTES = 64 << 20
+_memo: dict[tuple[Any, ...], Any] = {}
+
+
+def _key(name: str, *parts: Any) -> tuple[Any, ...]:
+    out: list[Any] = [name]
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            a = np.ascontiguousarray(p)
+            out.append((a.dtype.str, a.shape, hashlib.blake2b(a.view(np.uint8).ravel(), digest_size=16).digest()))
+        else:
+            out.append(p)
+    return tuple(out)
+
+
+def _remembered(key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+    if key in _memo:
+        return _memo[key]
+    value = compute()
+    size = int(getattr(value, "nbytes", 0))
+    if size <= MEMO_BYTES:
+        while _memo and sum(int(getattr(v, "nbytes", 0)) for v in _memo.values()) + size > MEMO_BYTES:
+            _memo.pop(next(iter(_memo)))
+        _memo[key] = value
+    return value
+
+
+def clear_draw_cache() -> None:
+    """Forget the kept draws and remembered results (their memory goes back)."""
+    _cache.clear()
+    _memo.clear()
 
 
 def count_blocks(n: int, seed: int, resamples: int, *, width: int | None = None) -> Iterator[np.ndarray]:
@@ -67,7 +130,7 @@ def count_blocks(n: int, seed: int, resamples: int, *, width: int | None = None)
         if cached is not None:
             yield cached[b0:b1].astype(np.float64)
         else:
-            yield np.stack([stats.bootstrap_counts(n, seed, b) for b in range(b0, b1)]).astype(np.float64)
+            yield _draw_rows(n, seed, b0, b1, np.uint32).astype(np.float64)
 
 
 def weighted_sums(v: np.ndarray, *, seed: int, resamples: int) -> np.ndarray:
@@ -75,8 +138,12 @@ def weighted_sums(v: np.ndarray, *, seed: int, resamples: int) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     if v.ndim == 1:
         v = v[:, None]
-    out = [c @ v for c in count_blocks(v.shape[0], seed, resamples)]
-    return np.concatenate(out, axis=0) if out else np.zeros((0, v.shape[1]))
+
+    def compute() -> np.ndarray:
+        out = [c @ v for c in count_blocks(v.shape[0], seed, resamples)]
+        return np.concatenate(out, axis=0) if out else np.zeros((0, v.shape[1]))
+
+    return _remembered(_key("weighted_sums", v, int(seed), int(resamples)), compute).copy()
 
 
 def rank_average(x: np.ndarray) -> np.ndarray:
@@ -151,9 +218,16 @@ def spearman_bootstrap(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: in
     ye = np.ascontiguousarray(np.stack([e for _, e in ranked]) if ranked else np.zeros((0, x.size), np.int64))
     n_draw = x.size if clusters is None else int(n_clusters if n_clusters is not None else clusters.max() + 1)
     cl = None if clusters is None else np.ascontiguousarray(clusters, dtype=np.int64)
-    parts = [core.weighted_spearman(np.ascontiguousarray(c), cl, xo, xe, yo, ye, int(threads or 0))
-             for c in count_blocks(n_draw, seed, resamples)]
-    res = np.concatenate(parts, axis=1) if parts else np.zeros((ys.shape[0], 0))
+
+    def compute() -> np.ndarray:
+        parts = [core.weighted_spearman(np.ascontiguousarray(c), cl, xo, xe, yo, ye, int(threads or 0))
+                 for c in count_blocks(n_draw, seed, resamples)]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((ys.shape[0], 0))
+
+    # the result depends on the values only through their orders and tie groups
+    key = _key("weighted_spearman", xo, xe, yo, ye, np.zeros(0) if cl is None else cl, n_draw, int(seed),
+               int(resamples))
+    res = _remembered(key, compute).copy()
     return res if np.ndim(y) == 2 else res[0]
 
 
@@ -168,10 +242,15 @@ def _perm_p(null: np.ndarray, observed: float, exact: bool) -> float:
 
 def spearman_permutation(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: int) -> float:
     """Permutation p of Spearman's rho (pairings permuted; exact when n! <= resamples)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n = x.size
-    rx, ry = rank_average(x), rank_average(y)
+    rx = rank_average(np.asarray(x, dtype=np.float64))
+    ry = rank_average(np.asarray(y, dtype=np.float64))
+    # the p depends on the values only through their ranks
+    return _remembered(_key("spearman_permutation", rx, ry, int(seed), int(resamples)),
+                       lambda: _spearman_permutation(rx, ry, seed, resamples))
+
+
+def _spearman_permutation(rx: np.ndarray, ry: np.ndarray, seed: int, resamples: int) -> float:
+    n = rx.size
     dx, dy = rx - rx.mean(), ry - ry.mean()
     den = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
     if n < 2 or den == 0:
@@ -193,6 +272,11 @@ def mean_diff_permutation(a: np.ndarray, b: np.ndarray, *, seed: int, resamples:
     """Two-sample permutation p of mean(a) - mean(b) (labels permuted; exact when C(n, n_a) <= resamples)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    return _remembered(_key("mean_diff_permutation", a, b, int(seed), int(resamples)),
+                       lambda: _mean_diff_permutation(a, b, seed, resamples))
+
+
+def _mean_diff_permutation(a: np.ndarray, b: np.ndarray, seed: int, resamples: int) -> float:
     na, nb = a.size, b.size
     if na == 0 or nb == 0:
         return math.nan
