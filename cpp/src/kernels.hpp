@@ -67,6 +67,9 @@ struct JointArgs {
     // pass, so that the next row's first pass finds it in cache.
     const void* next_p = nullptr;
     const void* next_q = nullptr;
+    // JS wanted: its series and, where |d| >= 0.5, its log and exp cost the
+    // most of the pass; without it JointSums::js is NaN.
+    bool want_js = true;
 };
 
 // Weighted sums for the bootstrap (stats_bootstrap.cpp). Multiplicities are
@@ -90,8 +93,9 @@ struct Kernels {
     // target_value is NaN), top-k (topk must not be null; k >= 1).
     ScanResult (*scan)(const void* row, DType dtype, int64_t n, float target_value, TopK* topk);
     // The normaliser pass, shift = the row max; when `store` is not null the
-    // terms e^y are also written there (it needs n + 16 floats).
-    SumExp (*sum_exp)(const void* row, DType dtype, int64_t n, float shift, float* store);
+    // terms e^y are also written there (it needs n + 16 floats). `weighted`:
+    // also sum e^y * y (the entropy's part; SumExp::weighted is NaN without it).
+    SumExp (*sum_exp)(const void* row, DType dtype, int64_t n, float shift, float* store, bool weighted);
     JointSums (*joint)(const JointArgs& args);
 };
 

@@ -210,7 +210,9 @@ def token_table(base: Any, quant: Any, *, topk: Sequence[int] = (1, 5, 10), chun
     if chunk_rows is None:
         itemsize = max(np.dtype(mf.NPY_DTYPES[d.logits_dtype]).itemsize for d in (base, quant))
         chunk_rows = stream_chunk_rows(base.vocab_size, itemsize)
-    kwargs: dict[str, Any] = {"topk": ks, "chunk_rows": int(chunk_rows), "threads": threads}
+    # only the columns read below: the core then skips the rest (the entropies' sums)
+    kwargs: dict[str, Any] = {"topk": ks, "chunk_rows": int(chunk_rows), "threads": threads,
+                              "metrics": VOCAB_METRICS}
     if dtype is not None:
         kwargs["dtype"] = dtype
     stream = qfair.stream_divergence([str(p) for p in base.logit_paths],
