@@ -74,9 +74,10 @@ struct JointArgs {
 
 // Weighted sums for the bootstrap (stats_bootstrap.cpp). Multiplicities are
 // uint16 (count_bytes = 2) or uint32 (4, values < 2^31), read as
-// counts[gather[j]], or counts[j] when gather is null. Every sum runs in four chains (element offset from the range's
-// start mod 4) combined as (s0 + s1) + (s2 + s3), without FMA, so that
-// every instruction set gives the same bits.
+// counts[gather[j]], or counts[j] when gather is null. Every sum runs in a
+// fixed number of chains (element offset from the range's start mod 16 for
+// dot_counts, mod 4 for segment_sums) combined by a fixed pairwise tree,
+// without FMA, so that every instruction set gives the same bits.
 struct Segment {
     int64_t begin, end;
 };
@@ -89,6 +90,12 @@ struct Kernels {
     // sum c_j cols[t][j] over j in the segment; k is 2 or 4.
     void (*segment_sums)(const void* counts, int count_bytes, const uint32_t* gather, const double* const* cols,
                          int k, const Segment* segs, int64_t nseg, double* out);
+    // The bootstrap's range reduction (Lemire) of m random 64-bit words: idx[2j] =
+    // ((z[j] >> 32) * n) >> 32, idx[2j + 1] = ((z[j] mod 2^32) * n) >> 32.
+    // Returns whether some product's low word is below n (a possible
+    // rejection: the caller then redoes those words in order). Integer
+    // arithmetic: the same indices on every instruction set.
+    bool (*draw_indices)(const uint64_t* z, int64_t m, uint32_t n, uint32_t* idx);
     // First pass over one row: max, validity, target rank count (skipped when
     // target_value is NaN), top-k (topk must not be null; k >= 1).
     ScanResult (*scan)(const void* row, DType dtype, int64_t n, float target_value, TopK* topk);
