@@ -16,8 +16,12 @@ def divergence(
     topk: Sequence[int] = (1, 5, 10),
     threads: int = 0,
     dtype: str = "",
+    metrics: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """{'metrics': {name: ndarray}, 'invalid_p': int, 'invalid_q': int, 'invalid_rows': int}"""
+
+def read_rows(p: npt.NDArray[Any], threads: int = 0, dtype: str = "") -> int:
+    """XOR of the rows' 64-bit words: a pure read, the memory-bound ceiling."""
 
 def distribution_stats(
     p: npt.NDArray[Any],
