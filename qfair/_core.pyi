@@ -46,6 +46,9 @@ def active_isa() -> str: ...
 def available_isas() -> list[str]:
     """Instruction sets this build has and this CPU runs, widest first."""
 def select_isa(cap: str) -> str: ...
+def kernel_exp(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """e^x (x <= 0) as the active vector kernel computes it, flat float32."""
+
 def resolve_threads(threads: int = 0) -> int:
     """Threads a call given `threads` starts (0: one per available CPU; capped;
     negative raises ValueError)."""

@@ -104,6 +104,9 @@ struct Kernels {
     // also sum e^y * y (the entropy's part; SumExp::weighted is NaN without it).
     SumExp (*sum_exp)(const void* row, DType dtype, int64_t n, float shift, float* store, bool weighted);
     JointSums (*joint)(const JointArgs& args);
+    // e^x of the passes (x <= 0, -inf and NaN included), element by element:
+    // for the accuracy tests.
+    void (*exp_f32)(const float* x, float* out, int64_t n);
 };
 
 const Kernels* kernels_avx512();  // null when not compiled in

@@ -80,6 +80,10 @@ int64_t distribution_stats(const Matrix& p, const int64_t* targets, int threads,
 // rate no one-pass row kernel can beat on the same rows, to measure against.
 uint64_t read_rows(const Matrix& m, int threads);
 
+// e^x for x <= 0 (-inf: 0; NaN stays NaN) exactly as the active vector
+// kernel computes it inside the passes: for the accuracy tests.
+void kernel_exp(const float* x, float* out, int64_t n);
+
 // Which vector kernel the dispatcher picked ("avx512", "avx2", "baseline").
 // QFAIR_ISA=avx512|avx2|baseline in the environment caps the choice (for tests
 // and benchmarks); a level the CPU lacks is never chosen.
