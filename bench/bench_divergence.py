@@ -2,13 +2,25 @@
 torch (CPU, same thread count) and numpy, on the same aligned float16 rows.
 
     python bench/bench_divergence.py [--rows 2048] [--vocab 49152 128256] [--threads 2] [--repeats 3]
-                                     [--isa avx512 avx2 baseline] [--skip-numpy] [--json out.json]
+                                     [--isa avx512 avx2 baseline] [--metrics kl_pq ...] [--skip-numpy]
+                                     [--skip-torch] [--json out.json]
 
 For every instruction set this CPU runs (AVX-512, AVX2, the portable
 baseline; --isa to choose) prints the core's median wall time over all rows,
 (row-element pairs)/s and the ratios torch / qfair and numpy / qfair; the
-variants are interleaved within each repeat. Timing is noisy on shared
-machines: quote medians and ratios, and the load average printed with them.
+variants are interleaved within each repeat. --metrics times the core on that
+subset of the columns (qfair.divergence(metrics=...); `--metrics analyze` is
+the set `qfair analyze` asks for) next to the full suite.
+
+The memory-bound ceiling is measured in the same run: core.read_rows reads
+every byte of both arrays once on the same threads (a pure read; no one-pass
+kernel over these rows can be faster), and every qfair figure is also given as
+a fraction of it. The rows (2 x rows x vocab x 2 bytes) are far larger than
+the cache at the default sizes, so both figures are streamed from memory.
+
+Timing is noisy on shared machines: quote medians and ratios, and the load
+average printed with them. The CPU time of each variant is printed too: pairs
+per CPU-second does not drop when other processes take turns on the cores.
 """
 from __future__ import annotations
 
@@ -104,15 +116,21 @@ def numpy_suite(p16, q16, targets, chunk=128):
     return out
 
 
-def median_times(variants: dict, repeats: int) -> dict[str, float]:
+def median_times(variants: dict, repeats: int, cpu: dict[str, float] | None = None) -> dict[str, float]:
     """Median wall time of each variant, the variants interleaved within every
-    repeat so that a change in the machine's load hits them alike."""
+    repeat so that a change in the machine's load hits them alike (the median
+    CPU time of each into `cpu`, when given)."""
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpus: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            c0 = time.process_time()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+            cpus[name].append(time.process_time() - c0)
+    if cpu is not None:
+        cpu.update({name: statistics.median(v) for name, v in cpus.items()})
     return {name: statistics.median(v) for name, v in times.items()}
 
 
@@ -124,12 +142,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--isa", nargs="+", default=None,
                     help="instruction sets to time (default: every one this CPU runs: avx512, avx2, baseline)")
+    ap.add_argument("--metrics", nargs="+", default=None,
+                    help="also time the core on this subset of columns ('analyze': the set qfair analyze reads)")
     ap.add_argument("--skip-numpy", action="store_true")
+    ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
 
     import torch
 
+    from qfair.analyze.tokens import VOCAB_METRICS
+
+    subset = None
+    if args.metrics:
+        subset = tuple(VOCAB_METRICS) if args.metrics == ["analyze"] else tuple(args.metrics)
     torch.set_num_threads(args.threads)
     initial = core.active_isa()
     isas = [i for i in (args.isa or core.available_isas()) if core.select_isa(i) == i]
@@ -142,23 +168,35 @@ def main() -> None:
         pairs = args.rows * vocab
         # warm up (torch initialises its kernels on the first call)
         qfair.divergence(p[:64], q[:64], targets=t[:64], threads=args.threads)
-        torch_suite(p[:64], q[:64], t[:64])
+        if not args.skip_torch:
+            torch_suite(p[:64], q[:64], t[:64])
 
-        def run_isa(isa):
+        def run_isa(isa, metrics=None):
             def fn():
                 core.select_isa(isa)
-                qfair.divergence(p, q, targets=t, topk=TOPK, threads=args.threads)
+                qfair.divergence(p, q, targets=t, topk=TOPK, threads=args.threads, metrics=metrics)
             return fn
 
-        variants = {f"qfair-{isa}": run_isa(isa) for isa in isas}
-        variants["torch"] = lambda: torch_suite(p, q, t)
+        def read_both():
+            core.read_rows(p, args.threads)
+            core.read_rows(q, args.threads)
+
+        variants = {"read": read_both}
+        for isa in isas:
+            variants[f"qfair-{isa}"] = run_isa(isa)
+            if subset is not None:
+                variants[f"qfair-{isa}-subset"] = run_isa(isa, subset)
+        if not args.skip_torch:
+            variants["torch"] = lambda: torch_suite(p, q, t)
         if not args.skip_numpy:
             variants["numpy"] = lambda: numpy_suite(p, q, t)
         load0 = os.getloadavg()[0]
-        med = median_times(variants, args.repeats)
+        cpu: dict[str, float] = {}
+        med = median_times(variants, args.repeats, cpu)
         core.select_isa(initial)
-        t_torch = med["torch"]
+        t_torch = med.get("torch", float("nan"))
         t_numpy = med.get("numpy", float("nan"))
+        t_read = med["read"]
         row = {
             "vocab": vocab,
             "rows": args.rows,
@@ -167,23 +205,36 @@ def main() -> None:
             "torch_s": t_torch,
             "numpy_s": t_numpy,
             "torch_Gpairs_per_s": pairs / t_torch / 1e9,
-            "isa": {
-                isa: {
-                    "qfair_s": med[f"qfair-{isa}"],
-                    "Gpairs_per_s": pairs / med[f"qfair-{isa}"] / 1e9,
-                    "torch_over_qfair": t_torch / med[f"qfair-{isa}"],
-                    "numpy_over_qfair": t_numpy / med[f"qfair-{isa}"],
-                }
-                for isa in isas
-            },
+            "read_s": t_read,
+            "read_Gpairs_per_s": pairs / t_read / 1e9,
+            "metrics_subset": list(subset) if subset else None,
+            "isa": {},
         }
+        for isa in isas:
+            for key, label in ((f"qfair-{isa}", isa), (f"qfair-{isa}-subset", f"{isa}-subset")):
+                if key not in med:
+                    continue
+                row["isa"][label] = {
+                    "qfair_s": med[key],
+                    "cpu_s": cpu[key],
+                    "Gpairs_per_s": pairs / med[key] / 1e9,
+                    "Gpairs_per_cpu_s": pairs / cpu[key] / 1e9,
+                    "of_read_ceiling": t_read / med[key],
+                    "torch_over_qfair": t_torch / med[key],
+                    "numpy_over_qfair": t_numpy / med[key],
+                }
         results.append(row)
-        print(f"vocab={vocab:>6}: torch {t_torch:7.3f} s ({row['torch_Gpairs_per_s']:.3f} G pairs/s)"
-              + ("" if args.skip_numpy else f", numpy {t_numpy:7.3f} s")
+        print(f"vocab={vocab:>6}: "
+              + ("" if args.skip_torch else f"torch {t_torch:7.3f} s ({row['torch_Gpairs_per_s']:.3f} G pairs/s), ")
+              + ("" if args.skip_numpy else f"numpy {t_numpy:7.3f} s, ")
+              + f"memory-bound ceiling (pure read of both arrays) {row['read_Gpairs_per_s']:.2f} G pairs/s"
               + f"; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+        if subset:
+            print(f"   (-subset: metrics={','.join(subset)})")
         for isa, r in row["isa"].items():
-            print(f"   qfair {isa:<8} {r['qfair_s']:7.3f} s  {r['Gpairs_per_s']:6.2f} G pairs/s  "
-                  f"torch/qfair {r['torch_over_qfair']:5.1f}x"
+            print(f"   qfair {isa:<15} {r['qfair_s']:7.3f} s  {r['Gpairs_per_s']:6.2f} G pairs/s "
+                  f"({r['Gpairs_per_cpu_s']:5.2f} per CPU-s, {r['of_read_ceiling']:4.0%} of the ceiling)"
+                  + ("" if args.skip_torch else f"  torch/qfair {r['torch_over_qfair']:5.1f}x")
                   + ("" if args.skip_numpy else f"  numpy/qfair {r['numpy_over_qfair']:5.1f}x"))
         del p, q
     if args.json:

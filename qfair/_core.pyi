@@ -16,8 +16,12 @@ def divergence(
     topk: Sequence[int] = (1, 5, 10),
     threads: int = 0,
     dtype: str = "",
+    metrics: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """{'metrics': {name: ndarray}, 'invalid_p': int, 'invalid_q': int, 'invalid_rows': int}"""
+
+def read_rows(p: npt.NDArray[Any], threads: int = 0, dtype: str = "") -> int:
+    """XOR of the rows' 64-bit words: a pure read, the memory-bound ceiling."""
 
 def distribution_stats(
     p: npt.NDArray[Any],
@@ -42,6 +46,9 @@ def active_isa() -> str: ...
 def available_isas() -> list[str]:
     """Instruction sets this build has and this CPU runs, widest first."""
 def select_isa(cap: str) -> str: ...
+def kernel_exp(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """e^x (x <= 0) as the active vector kernel computes it, flat float32."""
+
 def resolve_threads(threads: int = 0) -> int:
     """Threads a call given `threads` starts (0: one per available CPU; capped;
     negative raises ValueError)."""

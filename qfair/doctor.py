@@ -1,7 +1,9 @@
 """What the C++ core runs with on this machine, and how fast: the vector
 instruction set the dispatcher chose (and the others this CPU runs), the
-threads a call starts, and two quick measurements on synthetic data -- the
-divergence suite on float16 rows and the paired bootstrap.
+threads a call starts, and quick measurements on synthetic data -- the
+divergence suite on float16 rows that stay in the cache, the same suite on
+rows streamed from memory (several times the last-level cache: what a large
+dump sees) with the pure-read ceiling of those rows, and the paired bootstrap.
 
 The measurements are short (``seconds`` each, 0.3 by default) and meant as a
 sanity check ("is this machine getting the AVX-512 kernels, and roughly what
@@ -22,6 +24,11 @@ from qfair.threads import resolve_threads
 
 #: SmolLM2's vocabulary size: the default row width of the divergence check.
 DEFAULT_VOCAB = 49_152
+#: Rows of the cached measurement (2 x 128 x 49,152 float16: 24 MiB).
+CACHED_ROWS = 128
+#: Least size of the streamed measurement's rows (both arrays together); at
+#: least 4x the last-level cache too (:func:`streamed_bytes`).
+MIN_STREAM_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -42,14 +49,29 @@ class DoctorReport:
     cpus: int
     vocab: int
     rows: int
-    divergence: Measurement | None  # row-element pairs per second
+    divergence: Measurement | None  # row-element pairs per second, rows in cache
     bootstrap_examples: int
     bootstrap: Measurement | None   # paired resamples per second (accuracy + ECE difference)
+    cache_bytes: int = 0            # the last-level cache (0: unknown)
+    stream_bytes: int = 0           # both arrays of the streamed measurement
+    streamed: Measurement | None = None       # row-element pairs per second, rows streamed from memory
+    read_ceiling: Measurement | None = None   # pairs per second of a pure read of the same rows
+
+    @property
+    def cached_bytes(self) -> int:
+        """Both float16 arrays of the cached measurement."""
+        return 2 * self.rows * self.vocab * 2
+
+    @property
+    def large_dump_sees(self) -> str:
+        """Which measurement a dump larger than the cache runs at: 'streamed'
+        when it was measured, else 'cached' (the only figure there is)."""
+        return "streamed" if self.streamed is not None else "cached"
 
 
-def _measure(call: Callable[[], float], seconds: float) -> Measurement:
+def _measure(call: Callable[[], float], seconds: float, min_runs: int = 3) -> Measurement:
     """Repeats call() (which returns the units of work it did) for about
-    `seconds`; the rate is the median over the calls."""
+    `seconds`, at least `min_runs` times; the rate is the median over the calls."""
     rates: list[float] = []
     start = time.perf_counter()
     while True:
@@ -57,7 +79,7 @@ def _measure(call: Callable[[], float], seconds: float) -> Measurement:
         work = call()
         dt = time.perf_counter() - t0
         rates.append(work / dt if dt > 0 else float("inf"))
-        if time.perf_counter() - start >= seconds and len(rates) >= 3:
+        if time.perf_counter() - start >= seconds and len(rates) >= min_runs:
             break
     return Measurement(rate=float(np.median(rates)), runs=len(rates), seconds=time.perf_counter() - start)
 
@@ -87,6 +109,63 @@ def measure_divergence(seconds: float = 0.3, threads: int = 0, vocab: int = DEFA
     return _measure(call, seconds)
 
 
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache Linux reports (0 when it cannot be read)."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+        digits = text[:-1] if unit != 1 else text
+        if digits.isdigit():
+            best = max(best, int(digits) * unit)
+    return best
+
+
+def streamed_bytes(cache_bytes: int) -> int:
+    """Size of the streamed measurement's rows: 1 GiB, or 4x the cache if larger."""
+    return max(MIN_STREAM_BYTES, 4 * cache_bytes)
+
+
+def measure_streamed(stream_bytes: int, seconds: float = 0.3, threads: int = 0,
+                     vocab: int = DEFAULT_VOCAB) -> tuple[Measurement, Measurement]:
+    """The divergence suite of :func:`measure_divergence` on float16 row pairs
+    filling `stream_bytes` (both arrays), far more than the cache holds, so
+    every call streams them from memory; and a pure read of the same bytes
+    (core.read_rows), the ceiling no one-pass kernel passes. Both in row-element
+    pairs per second, at least one timed call each."""
+    block = 64
+    rows = max(block, stream_bytes // (2 * 2 * vocab) // block * block)
+    p_small, q_small = synthetic_rows(block, vocab)
+    t_small = np.random.default_rng(1).integers(0, vocab, block)
+    # distinct addresses, repeated contents: building it costs a copy, not a random draw
+    p = np.empty((rows // block, block, vocab), np.float16)
+    q = np.empty_like(p)
+    p[:] = p_small
+    q[:] = q_small
+    p, q = p.reshape(rows, vocab), q.reshape(rows, vocab)
+    targets = np.tile(t_small, rows // block)
+
+    def call() -> float:
+        core.divergence(p, q, targets, topk=[1, 5, 10], threads=threads)
+        return float(rows * vocab)
+
+    def read() -> float:
+        core.read_rows(p, threads)
+        core.read_rows(q, threads)
+        return float(rows * vocab)
+
+    return _measure(call, seconds, min_runs=1), _measure(read, seconds, min_runs=1)
+
+
 def measure_bootstrap(seconds: float = 0.3, threads: int = 0, n: int = 10_000,
                       resamples: int = 1_000) -> Measurement:
     """Paired resamples per second of the bootstrap of an accuracy difference
@@ -109,16 +188,23 @@ def measure_bootstrap(seconds: float = 0.3, threads: int = 0, n: int = 10_000,
 
 
 def doctor(seconds: float = 0.3, threads: int | None = None, measure: bool = True,
-           vocab: int = DEFAULT_VOCAB, bootstrap_examples: int = 10_000) -> DoctorReport:
-    """The report `qfair doctor` prints. threads=None (or 0): :func:`qfair.threads.default_threads`."""
+           vocab: int = DEFAULT_VOCAB, bootstrap_examples: int = 10_000,
+           stream_bytes: int | None = None) -> DoctorReport:
+    """The report `qfair doctor` prints. threads=None (or 0): :func:`qfair.threads.default_threads`.
+    stream_bytes: size of the streamed measurement's rows (None: :func:`streamed_bytes`; 0: skip it)."""
     t = 0 if threads is None else int(threads)
     if t < 0:
         raise ValueError(f"threads must be >= 0, got {t}")
+    cache = last_level_cache_bytes()
+    sb = streamed_bytes(cache) if stream_bytes is None else int(stream_bytes)
+    if sb < 0:
+        raise ValueError(f"stream_bytes must be >= 0, got {sb}")
     n = int(core.resolve_threads(t)) if t else resolve_threads(None)  # the user's count, else the default
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
+    streamed = measure_streamed(sb, seconds, n, vocab) if measure and sb else None
     return DoctorReport(
         version=__version__,
         isa=str(core.active_isa()),
@@ -126,8 +212,12 @@ def doctor(seconds: float = 0.3, threads: int | None = None, measure: bool = Tru
         threads=n,
         cpus=cpus,
         vocab=vocab,
-        rows=128,
-        divergence=measure_divergence(seconds, n, vocab) if measure else None,
+        rows=CACHED_ROWS,
+        divergence=measure_divergence(seconds, n, vocab, rows=CACHED_ROWS) if measure else None,
         bootstrap_examples=bootstrap_examples,
         bootstrap=measure_bootstrap(seconds, n, bootstrap_examples) if measure else None,
+        cache_bytes=cache,
+        stream_bytes=sb if measure and sb else 0,
+        streamed=streamed[0] if streamed else None,
+        read_ceiling=streamed[1] if streamed else None,
     )

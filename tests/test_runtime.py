@@ -99,6 +99,42 @@ def test_doctor_prints_the_isa_threads_and_measurements():
     assert any(line.startswith("bootstrap: ") and "resamples/s" in line for line in lines)
 
 
+def test_doctor_reports_cached_and_streamed_rates_and_names_the_one_a_large_dump_sees():
+    from qfair.cli import main
+
+    r = CliRunner().invoke(main, ["doctor", "--seconds", "0", "--threads", "1", "--stream-mib", "16"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    cached = next(line for line in lines if line.startswith("divergence: "))
+    assert " G pairs/s on rows that stay in cache (24 MiB of float16 rows" in cached
+    streamed = next(line for line in lines if line.startswith("divergence streamed: "))
+    assert " G pairs/s on 16 MiB of rows streamed from memory (larger than the " in streamed
+    assert "; a pure read of them: " in streamed and "the kernel reaches " in streamed
+    assert "a large dump sees: the streamed figure (its rows do not fit in the cache)" in lines
+    # without the streamed measurement the report says the cached figure is all there is
+    r = CliRunner().invoke(main, ["doctor", "--seconds", "0", "--threads", "1", "--stream-mib", "0"])
+    assert r.exit_code == 0, r.output
+    assert "divergence streamed:" not in r.output
+    assert "a large dump sees: the cached figure (not measured streamed" in r.output
+
+
+def test_doctor_streamed_measurement_in_the_library_report():
+    from qfair.doctor import MIN_STREAM_BYTES, doctor, last_level_cache_bytes, streamed_bytes
+
+    rep = doctor(seconds=0, threads=1, stream_bytes=8 << 20)
+    assert rep.stream_bytes == 8 << 20 and rep.large_dump_sees == "streamed"
+    assert rep.streamed.rate > 0 and rep.streamed.runs >= 1
+    assert rep.read_ceiling.rate > 0
+    assert rep.cached_bytes == 2 * rep.rows * rep.vocab * 2
+    assert last_level_cache_bytes() >= 0
+    assert streamed_bytes(0) == MIN_STREAM_BYTES == 1 << 30
+    assert streamed_bytes(1 << 30) == 4 << 30  # at least 4x the cache
+    rep = doctor(seconds=0, threads=1, stream_bytes=0)
+    assert rep.streamed is None and rep.read_ceiling is None and rep.large_dump_sees == "cached"
+    with pytest.raises(ValueError, match="stream_bytes"):
+        doctor(stream_bytes=-1, measure=False)
+
+
 def test_doctor_isa_cap_and_no_measure():
     from qfair.cli import main
 

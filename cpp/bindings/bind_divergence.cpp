@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -97,23 +98,47 @@ class Columns {
     ::py::dict dict_;
 };
 
-// Wires one output column per metric (plus overlap_at_K per K, and the target
-// columns when there are targets) into the core's output struct.
-DivergenceOutputs divergence_outputs(Columns& c, const std::vector<int>& topk, bool with_targets) {
+// The metrics a caller may leave out (the core then skips their work); the
+// overlap and target columns follow topk and targets instead.
+const std::vector<std::string>& selectable_metrics() {
+    static const std::vector<std::string> names{"kl_pq",     "kl_qp",     "js",       "tv",       "entropy_p",
+                                                "entropy_q", "maxprob_p", "maxprob_q", "margin_p", "margin_q",
+                                                "argmax_p",  "argmax_q",  "top1_agree"};
+    return names;
+}
+
+// Wires one output column per wanted metric (all when `metrics` is None; plus
+// overlap_at_K per K, and the target columns when there are targets) into the
+// core's output struct.
+DivergenceOutputs divergence_outputs(Columns& c, const std::vector<int>& topk, bool with_targets,
+                                     const ::py::object& metrics) {
+    std::vector<std::string> wanted;
+    if (!metrics.is_none()) {
+        wanted = metrics.cast<std::vector<std::string>>();
+        for (const std::string& name : wanted)
+            if (std::find(selectable_metrics().begin(), selectable_metrics().end(), name) ==
+                selectable_metrics().end())
+                throw ::py::value_error("metrics: unknown metric '" + name +
+                                        "' (the selectable ones: kl_pq, kl_qp, js, tv, entropy_p, entropy_q, "
+                                        "maxprob_p, maxprob_q, margin_p, margin_q, argmax_p, argmax_q, top1_agree)");
+    }
+    auto want = [&](const char* name) {
+        return metrics.is_none() || std::find(wanted.begin(), wanted.end(), name) != wanted.end();
+    };
     DivergenceOutputs out;
-    out.kl_pq = c.f64("kl_pq");
-    out.kl_qp = c.f64("kl_qp");
-    out.js = c.f64("js");
-    out.tv = c.f64("tv");
-    out.p.entropy = c.f64("entropy_p");
-    out.q.entropy = c.f64("entropy_q");
-    out.p.maxprob = c.f64("maxprob_p");
-    out.q.maxprob = c.f64("maxprob_q");
-    out.p.margin = c.f64("margin_p");
-    out.q.margin = c.f64("margin_q");
-    out.p.argmax = c.i64("argmax_p");
-    out.q.argmax = c.i64("argmax_q");
-    out.top1_agree = c.f32("top1_agree");
+    if (want("kl_pq")) out.kl_pq = c.f64("kl_pq");
+    if (want("kl_qp")) out.kl_qp = c.f64("kl_qp");
+    if (want("js")) out.js = c.f64("js");
+    if (want("tv")) out.tv = c.f64("tv");
+    if (want("entropy_p")) out.p.entropy = c.f64("entropy_p");
+    if (want("entropy_q")) out.q.entropy = c.f64("entropy_q");
+    if (want("maxprob_p")) out.p.maxprob = c.f64("maxprob_p");
+    if (want("maxprob_q")) out.q.maxprob = c.f64("maxprob_q");
+    if (want("margin_p")) out.p.margin = c.f64("margin_p");
+    if (want("margin_q")) out.q.margin = c.f64("margin_q");
+    if (want("argmax_p")) out.p.argmax = c.i64("argmax_p");
+    if (want("argmax_q")) out.q.argmax = c.i64("argmax_q");
+    if (want("top1_agree")) out.top1_agree = c.f32("top1_agree");
     for (int k : topk) out.overlap.push_back(c.f32("overlap_at_" + std::to_string(k)));
     if (with_targets) {
         out.p.logprob = c.f64("logprob_p");
@@ -147,13 +172,14 @@ void same_shape(const Matrix& a, const Matrix& b, const char* names) {
 }
 
 ::py::dict divergence_py(const ::py::array& p, const ::py::array& q, const ::py::object& targets,
-                         std::vector<int> topk, int threads, const std::string& dtype) {
+                         std::vector<int> topk, int threads, const std::string& dtype,
+                         const ::py::object& metrics) {
     Matrix mp = as_matrix(p, "p", dtype);
     Matrix mq = as_matrix(q, "q", dtype);
     same_shape(mp, mq, "p and q");
     std::vector<int64_t> t = as_targets(targets, mp.rows);
     Columns c(mp.rows);
-    DivergenceOutputs out = divergence_outputs(c, topk, !targets.is_none());
+    DivergenceOutputs out = divergence_outputs(c, topk, !targets.is_none(), metrics);
     DivergenceOptions opt;
     opt.topk = std::move(topk);
     opt.threads = threads;
@@ -209,12 +235,23 @@ void same_shape(const Matrix& a, const Matrix& b, const char* names) {
     return c.dict();
 }
 
+uint64_t read_rows_py(const ::py::array& p, int threads, const std::string& dtype) {
+    Matrix mp = as_matrix(p, "p", dtype);
+    ::py::gil_scoped_release release;
+    return read_rows(mp, threads);
+}
+
 }  // namespace
 
 void bind_divergence(::py::module_& m) {
+    m.def("read_rows", &read_rows_py, ::py::arg("p"), ::py::arg("threads") = 0, ::py::arg("dtype") = "",
+          "Reads every byte of the [rows, vocab] array once (XOR of its 64-bit words): the memory-bound "
+          "ceiling of a one-pass row kernel on the same rows, for benchmarks.");
     m.def("divergence", &divergence_py, ::py::arg("p"), ::py::arg("q"), ::py::arg("targets") = ::py::none(),
           ::py::arg("topk") = std::vector<int>{1, 5, 10}, ::py::arg("threads") = 0, ::py::arg("dtype") = "",
+          ::py::arg("metrics") = ::py::none(),
           "Row-wise divergences between two [rows, vocab] arrays of logits or log-probs. "
+          "metrics: the names wanted (None: all); the work of the others is skipped. "
           "Returns {'metrics': {name: array}, 'invalid_p', 'invalid_q', 'invalid_rows'}.");
     m.def("distribution_stats", &distribution_stats_py, ::py::arg("p"), ::py::arg("targets") = ::py::none(),
           ::py::arg("threads") = 0, ::py::arg("dtype") = "",

@@ -72,6 +72,8 @@ std::vector<std::string> available_isas() {
     return out;
 }
 
+void kernel_exp(const float* x, float* out, int64_t n) { detail::active_kernels().exp_f32(x, out, n); }
+
 const char* select_isa(const char* cap) {
     const detail::Kernels* k = detail::choose(detail::parse_cap(cap));
     detail::g_chosen.store(k, std::memory_order_release);

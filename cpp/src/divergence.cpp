@@ -171,8 +171,9 @@ struct SideRow {
     float target_value;
 };
 
+// want_entropy: also the sum the entropy needs (s.entropy is NaN without it).
 SideRow process_side(const Kernels& k, const Matrix& m, int64_t r, int64_t target, TopK* heap,
-                     float* exp_store) {
+                     float* exp_store, bool want_entropy) {
     SideRow s;
     s.target_value = target >= 0 ? element(m, r, target) : kNaNf;
     const void* row = row_ptr(m, r);
@@ -183,7 +184,7 @@ SideRow process_side(const Kernels& k, const Matrix& m, int64_t r, int64_t targe
     s.total = kNaN;
     s.entropy = kNaN;
     if (s.valid) {
-        detail::SumExp se = k.sum_exp(row, m.dtype, m.cols, s.scan.max, exp_store);
+        detail::SumExp se = k.sum_exp(row, m.dtype, m.cols, s.scan.max, exp_store, want_entropy);
         s.valid = std::isfinite(se.total);  // NaN: the row holds a NaN
         if (s.valid) {
             s.total = se.total;
@@ -258,6 +259,11 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
     const int64_t n = p.cols;
     const int threads = resolve_threads(options.threads, p.rows, kRowsPerThread);
     std::vector<InvalidCounts> counts(static_cast<size_t>(std::max(threads, 1)));
+    // Only what some output asks for is computed: the joint pass (and the
+    // stored e^y it reads) for KL / JS / TV, the entropy's weighted sums.
+    // Validity (and so the invalid counts) never depends on it.
+    const bool want_joint = out.kl_pq || out.kl_qp || out.js || out.tv;
+    const bool want_js = out.js != nullptr;
 
     parallel_for(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
         Scratch s(kmax, n);
@@ -265,15 +271,18 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
         InvalidCounts& c = counts[static_cast<size_t>(worker)];
         for (int64_t r = begin; r < end; ++r) {
             const int64_t t = target_of(targets, r, p.cols);
-            SideRow sp = process_side(k, p, r, t, &hp, s.exp_p.data());
-            SideRow sq = process_side(k, q, r, t, &hq, s.exp_q.data());
+            SideRow sp = process_side(k, p, r, t, &hp, want_joint ? s.exp_p.data() : nullptr,
+                                      out.p.entropy != nullptr);
+            SideRow sq = process_side(k, q, r, t, &hq, want_joint ? s.exp_q.data() : nullptr,
+                                      out.q.entropy != nullptr);
             c.p += !sp.valid;
             c.q += !sq.valid;
             const bool both = sp.valid && sq.valid;
             c.rows += !both;
             detail::JointSums js{kNaN, kNaN, kNaN, kNaN};
-            if (both) {
+            if (both && want_joint) {
                 detail::JointArgs a;
+                a.want_js = want_js;
                 a.p = row_ptr(p, r);
                 a.dp = p.dtype;
                 a.q = row_ptr(q, r);
@@ -336,7 +345,7 @@ int64_t distribution_stats(const Matrix& p, const int64_t* targets, int threads_
         TopK hp = s.heap_p();
         for (int64_t r = begin; r < end; ++r) {
             const int64_t t = target_of(targets, r, p.cols);
-            SideRow sp = process_side(k, p, r, t, &hp, nullptr);
+            SideRow sp = process_side(k, p, r, t, &hp, nullptr, out.entropy != nullptr);
             invalid[static_cast<size_t>(worker)] += !sp.valid;
             write_side(sp, hp, r, t, out);
         }

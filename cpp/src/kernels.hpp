@@ -67,13 +67,17 @@ struct JointArgs {
     // pass, so that the next row's first pass finds it in cache.
     const void* next_p = nullptr;
     const void* next_q = nullptr;
+    // JS wanted: its series and, where |d| >= 0.5, its log and exp cost the
+    // most of the pass; without it JointSums::js is NaN.
+    bool want_js = true;
 };
 
 // Weighted sums for the bootstrap (stats_bootstrap.cpp). Multiplicities are
 // uint16 (count_bytes = 2) or uint32 (4, values < 2^31), read as
-// counts[gather[j]], or counts[j] when gather is null. Every sum runs in four chains (element offset from the range's
-// start mod 4) combined as (s0 + s1) + (s2 + s3), without FMA, so that
-// every instruction set gives the same bits.
+// counts[gather[j]], or counts[j] when gather is null. Every sum runs in a
+// fixed number of chains (element offset from the range's start mod 16 for
+// dot_counts, mod 4 for segment_sums) combined by a fixed pairwise tree,
+// without FMA, so that every instruction set gives the same bits.
 struct Segment {
     int64_t begin, end;
 };
@@ -86,13 +90,23 @@ struct Kernels {
     // sum c_j cols[t][j] over j in the segment; k is 2 or 4.
     void (*segment_sums)(const void* counts, int count_bytes, const uint32_t* gather, const double* const* cols,
                          int k, const Segment* segs, int64_t nseg, double* out);
+    // The bootstrap's range reduction (Lemire) of m random 64-bit words: idx[2j] =
+    // ((z[j] >> 32) * n) >> 32, idx[2j + 1] = ((z[j] mod 2^32) * n) >> 32.
+    // Returns whether some product's low word is below n (a possible
+    // rejection: the caller then redoes those words in order). Integer
+    // arithmetic: the same indices on every instruction set.
+    bool (*draw_indices)(const uint64_t* z, int64_t m, uint32_t n, uint32_t* idx);
     // First pass over one row: max, validity, target rank count (skipped when
     // target_value is NaN), top-k (topk must not be null; k >= 1).
     ScanResult (*scan)(const void* row, DType dtype, int64_t n, float target_value, TopK* topk);
     // The normaliser pass, shift = the row max; when `store` is not null the
-    // terms e^y are also written there (it needs n + 16 floats).
-    SumExp (*sum_exp)(const void* row, DType dtype, int64_t n, float shift, float* store);
+    // terms e^y are also written there (it needs n + 16 floats). `weighted`:
+    // also sum e^y * y (the entropy's part; SumExp::weighted is NaN without it).
+    SumExp (*sum_exp)(const void* row, DType dtype, int64_t n, float shift, float* store, bool weighted);
     JointSums (*joint)(const JointArgs& args);
+    // e^x of the passes (x <= 0, -inf and NaN included), element by element:
+    // for the accuracy tests.
+    void (*exp_f32)(const float* x, float* out, int64_t n);
 };
 
 const Kernels* kernels_avx512();  // null when not compiled in

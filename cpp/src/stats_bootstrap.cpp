@@ -577,6 +577,9 @@ inline uint32_t lemire_fix(uint64_t m, uint32_t n, uint64_t key, uint64_t* rej) 
 }
 }  // namespace
 
+// Draws per block of the vectorised range reduction (an even number).
+constexpr int kDrawBlock = 512;
+
 template <class Sink>
 inline void for_each_draw(int64_t n, uint64_t seed, int64_t b, Sink&& sink) {
     const uint64_t key = resample_key(seed, uint64_t(b));
@@ -585,6 +588,31 @@ inline void for_each_draw(int64_t n, uint64_t seed, int64_t b, Sink&& sink) {
     uint64_t rej = 0;
     int64_t k = 0;
     uint64_t ctr = key;
+    // Whole blocks: the random words first (one scalar 64x64 multiply each),
+    // then their range reduction in vector registers (the kernels'
+    // draw_indices). A block where some product might be rejected (about
+    // n / 2^23 of the blocks) is redone in draw order with the scalar fix, so
+    // the indices and the rejection sequence are exactly those of the plain
+    // loop below.
+    if (n >= kDrawBlock) {
+        const auto draw_indices = qfair::detail::active_kernels().draw_indices;
+        uint64_t z[kDrawBlock / 2];
+        uint32_t idx[kDrawBlock];
+        for (; k + kDrawBlock <= n; k += kDrawBlock) {
+            for (int j = 0; j < kDrawBlock / 2; ++j) {
+                ctr += kWyInc;
+                z[j] = wy(ctr);
+            }
+            if (__builtin_expect(draw_indices(z, kDrawBlock / 2, n32, idx), 0)) {
+                for (int j = 0; j < kDrawBlock / 2; ++j) {
+                    const uint64_t m0 = (z[j] >> 32) * nn, m1 = (z[j] & 0xffffffffULL) * nn;
+                    if (uint32_t(m0) < n32) idx[2 * j] = lemire_fix(m0, n32, key, &rej);
+                    if (uint32_t(m1) < n32) idx[2 * j + 1] = lemire_fix(m1, n32, key, &rej);
+                }
+            }
+            for (int j = 0; j < kDrawBlock; ++j) sink(k + j, idx[j]);
+        }
+    }
     for (; k + 1 < n; k += 2) {
         ctr += kWyInc;
         const uint64_t z = wy(ctr);

@@ -232,7 +232,9 @@ def _stream_vocab_columns(base: Any, quant: Any, table: pl.DataFrame, n_rows: in
 
     bar = tqdm(total=n_rows, unit="row", unit_scale=True, desc="divergence", disable=not progress,
                dynamic_ncols=True)
-    kwargs: dict[str, Any] = {"topk": topk, "chunk_rows": chunk_rows, "threads": threads}
+    # only the columns read below: the core then skips the rest (the entropies' sums)
+    kwargs: dict[str, Any] = {"topk": topk, "chunk_rows": chunk_rows, "threads": threads,
+                              "metrics": VOCAB_METRICS}
     if dtype is not None:
         kwargs["dtype"] = dtype
     stream = qfair.stream_divergence([str(p) for p in base.logit_paths],

@@ -24,7 +24,8 @@ struct Matrix {
     int64_t row_stride = 0;
 };
 
-// Per-distribution outputs. Any pointer may be null (not wanted). A row whose
+// Per-distribution outputs. Any pointer may be null (not wanted; work that
+// only a null output needs is skipped, e.g. the entropy's sums). A row whose
 // distribution is invalid (NaN, +inf, or no finite entry) gets NaN in the
 // floating outputs and -1 in argmax / rank.
 struct SideOutputs {
@@ -36,6 +37,8 @@ struct SideOutputs {
     int64_t* rank = nullptr;     // 1 + #{v : x[v] > x[target]} (needs targets)
 };
 
+// Null outputs are skipped: without KL, JS and TV the joint pass over the row
+// pair does not run at all, and JS alone costs about a third of that pass.
 struct DivergenceOutputs {
     SideOutputs p, q;
     double* kl_pq = nullptr;     // KL(P || Q)
@@ -71,6 +74,15 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
 // The single-matrix subset: entropy, maxprob, margin, argmax, target stats.
 int64_t distribution_stats(const Matrix& p, const int64_t* targets, int threads,
                            SideOutputs& out);
+
+// Reads every byte of the rows once (returns the XOR of their 64-bit words, so
+// that nothing is optimised away), on `threads` threads (0: one per CPU): the
+// rate no one-pass row kernel can beat on the same rows, to measure against.
+uint64_t read_rows(const Matrix& m, int threads);
+
+// e^x for x <= 0 (-inf: 0; NaN stays NaN) exactly as the active vector
+// kernel computes it inside the passes: for the accuracy tests.
+void kernel_exp(const float* x, float* out, int64_t n);
 
 // Which vector kernel the dispatcher picked ("avx512", "avx2", "baseline").
 // QFAIR_ISA=avx512|avx2|baseline in the environment caps the choice (for tests
