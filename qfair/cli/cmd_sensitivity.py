@@ -19,7 +19,7 @@ def sensitivity_errors() -> tuple[type[BaseException], ...]:
 @click.option("--quant", required=True, metavar="SPEC",
               help="Quantization spec whose units are scanned, e.g. bnb-nf4 (see qfair quant-specs).")
 @click.option("--tasks", default=None, metavar="PROBES",
-              help="Probe tasks: CrowS-Pairs tasks are the bias probes, the others give accuracy. "
+              help="Probe tasks: CrowS-Pairs and StereoSet tasks are the bias probes, the others give accuracy. "
                    "Default: crows_pairs,arc_easy,piqa.")
 @click.option("--unit", type=click.Choice(["block", "linear"]), default="block", show_default=True,
               help="block: one transformer block per unit; linear: every quantized layer.")
@@ -27,9 +27,9 @@ def sensitivity_errors() -> tuple[type[BaseException], ...]:
               help="Candidate bit widths (2..8, e.g. 3,4,8) scanned per linear layer for qfair recommend's "
                    "bit allocation: each layer at each width, the rest at the spec's width. Needs --unit linear "
                    "and an rtn or gptq spec.")
-@click.option("--mode", type=click.Choice(["single", "leave-one-out", "both"]), default="single",
-              show_default=True,
-              help="single: quantize only that unit; leave-one-out: quantize all but that unit.")
+@click.option("--mode", type=click.Choice(["single", "leave-one-out", "both", "none"]), default=None,
+              help="single: quantize only that unit; leave-one-out: quantize all but that unit; none: only the "
+                   "width rows of --bits. Default: single, or none with --bits.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--split", default="0.5:0", show_default=True, metavar="FRACTION[:SEED]",
               help="Share of the probe examples the scan uses; the rest is held out for qfair recommend.")

@@ -67,12 +67,20 @@ class ScanResult:
         return "\n".join(lines)
 
 
-def _parse_modes(mode: str) -> tuple[str, ...]:
-    m = mode.strip().lower()
+def _parse_modes(mode: str | None, widths: bool = False) -> tuple[str, ...]:
+    """The unit modes to run; ``none`` (only with candidate widths) runs none of
+    them, and is the default of a width scan, whose allocation reads only the
+    width rows (the single-unit rows would double its cost)."""
+    m = ("none" if widths else "single") if mode is None else mode.strip().lower()
     if m == "both":
         return MODES
+    if m == "none":
+        if not widths:
+            raise SensitivityError("--mode none: only a width scan (--bits) may skip the unit modes; "
+                                   "expected single, leave-one-out or both")
+        return ()
     if m not in MODES:
-        raise SensitivityError(f"unknown --mode {mode!r}; expected single, leave-one-out or both")
+        raise SensitivityError(f"unknown --mode {mode!r}; expected single, leave-one-out, both or none")
     return (m,)
 
 
@@ -213,7 +221,7 @@ def _device(model: Any) -> Any:
 
 def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "bnb-nf4",
              tasks: Any = None, data_files: dict[str, Any] | None = None, limit: int | None = None,
-             data_dir: Any = None, unit: str = "block", mode: str = "single", split: str | Split = "0.5:0",
+             data_dir: Any = None, unit: str = "block", mode: str | None = "single", split: str | Split = "0.5:0",
              resamples: int = 10_000, seed: int = 0, batch_size: int = 32,
              load_kwargs: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
              loaded: tuple[Any, Any] | None = None, only: Any = None, widths: Any = None,
@@ -226,13 +234,14 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     ``data_dir``: a ``qfair data fetch`` directory the probe tasks are read from.
     ``widths``: candidate bit widths (e.g. ``"3,4,8"``; needs ``unit="linear"``
     and an rtn/gptq spec); ``width_models``: {bits: LoadedModel} already loaded.
+    ``mode=None``: ``single``, or ``none`` for a width scan (only its width rows).
     """
     import polars as pl
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     out_p = Path(out)
-    modes = _parse_modes(mode)
+    modes = _parse_modes(mode, widths is not None)
     sp = Split.parse(split)
     if loaded is None:
         check_scan_spec(quant)
@@ -332,9 +341,9 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     finally:
         swapper.restore()
 
+    per_unit = [t["seconds"] for t in timing if t["mode"] != "uniform"]  # unit modes and widths
     seconds = {"load": t_load, "base": base.seconds,
-               "per_unit_median": float(np.median([t["seconds"] for t in timing if t["mode"] in MODES]))
-               if len(timing) > 1 else 0.0}
+               "per_unit_median": float(np.median(per_unit)) if per_unit else 0.0}
     out_p.mkdir(parents=True, exist_ok=True)
     units_df = pl.DataFrame({
         "unit": [u.name for u in units], "unit_index": [u.index for u in units], "kind": [u.kind for u in units],
