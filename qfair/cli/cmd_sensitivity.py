@@ -24,9 +24,9 @@ def sensitivity_errors() -> tuple[type[BaseException], ...]:
 @click.option("--unit", type=click.Choice(["block", "linear"]), default="block", show_default=True,
               help="block: one transformer block per unit; linear: every quantized layer.")
 @click.option("--bits", "widths", default=None, metavar="B,B,...",
-              help="Candidate bit widths (2..8, e.g. 3,4,8) scanned per linear layer for qfair recommend's "
-                   "bit allocation: each layer at each width, the rest at the spec's width. Needs --unit linear "
-                   "and an rtn or gptq spec.")
+              help="Candidate bit widths (2..8, e.g. 3,4,8) scanned per unit for qfair recommend's "
+                   "bit allocation: each unit (a linear layer with --unit linear, or all layers of a block) at "
+                   "each width, the rest at the spec's width. Needs an rtn or gptq spec.")
 @click.option("--mode", type=click.Choice(["single", "leave-one-out", "both", "none"]), default=None,
               help="single: quantize only that unit; leave-one-out: quantize all but that unit; none: only the "
                    "width rows of --bits. Default: single, or none with --bits.")

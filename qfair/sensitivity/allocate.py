@@ -1,6 +1,8 @@
-"""Bias-aware bit allocation: one bit width per linear layer under a size
-budget, from a scan with candidate widths (``qfair sensitivity --unit linear
---bits 3,4,8``), written as one ``rtn``/``gptq`` spec with ``layer_bits``.
+"""Bias-aware bit allocation: one bit width per unit (a linear layer, or every
+layer of a block) under a size budget, from a scan with candidate widths
+(``qfair sensitivity --unit linear --bits 3,4,8``, or ``--unit block``),
+written as one ``rtn``/``gptq`` spec whose ``layer_bits`` names every layer
+of a unit off the common width.
 
 Cost of a choice. The scan measured, for every layer ``l`` and candidate
 width ``b``, the model quantized at the reference width ``r`` (the spec's
@@ -96,7 +98,7 @@ class Allocation:
     def text(self) -> str:
         hist = Counter(self.bits.values())
         lines = [f"qfair recommend (bit allocation): budget {self.budget_text}",
-                 "  widths: " + ", ".join(f"{n} layers at {b} bits" for b, n in sorted(hist.items())),
+                 "  widths: " + ", ".join(f"{n} units at {b} bits" for b, n in sorted(hist.items())),
                  f"  spec: {self.spec}",
                  f"  size: predicted {self.predicted_bytes} bytes ({self.bpw:.4g} bits per layer weight)"
                  + (f", measured {self.measured_bytes} on the loaded spec" if self.measured_bytes is not None
@@ -188,7 +190,8 @@ def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1
     predicted = outside + sum(nbytes[(n, alloc[n])] for n in names)
     cost = uni + sum(values[i][k] for i, k in enumerate(choice))
     quant = man["settings"]["quant"]
-    spec = spec_with_widths(quant, alloc)
+    members = dict(zip(names, scan["units"]["members"].to_list()))
+    spec = spec_with_widths(quant, {m: alloc[n] for n in names for m in members[n]})  # a block: all its layers
     unit_bytes = sum(nbytes[(n, alloc[n])] for n in names)
     measured = _measure(man, spec, progress) if measure else None
     if measured is not None and abs(measured - predicted) > 0.005 * predicted:

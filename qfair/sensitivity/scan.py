@@ -11,11 +11,14 @@ Work plan (one process, two loaded copies of the model):
 3. score the base once (its float16 log-prob rows are kept for the KL);
 4. for every unit: put it in, score, compare with the base, take it back
    out. Only the forward passes are repeated, nothing is reloaded.
-5. with candidate widths (``widths``, linear units of an ``rtn``/``gptq``
-   spec): the spec is loaded once more per other width, and for every unit and
-   width the model quantized at the spec's width everywhere but that unit,
-   which comes from the other width's model, is scored against the base
-   (``widths.parquet``; the units' bytes per width in ``width_units.parquet``).
+5. with candidate widths (``widths``, linear or block units of an
+   ``rtn``/``gptq`` spec): the spec is loaded once more per other width, and
+   for every unit and width the model quantized at the spec's width everywhere
+   but that unit, which comes from the other width's model, is scored against
+   the base (``widths.parquet``; the units' bytes per width in
+   ``width_units.parquet``). Block units put every layer of a block at one
+   width: 7x fewer forward passes than linear units on a Llama, for a coarser
+   choice.
 
 Outputs (Parquet through polars, plus one JSON): see docs/sensitivity.md.
 """
@@ -232,8 +235,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     library path; the scan swaps their modules and restores them at the end).
     ``only``: scan these unit names only (the uniform rows still quantize every unit).
     ``data_dir``: a ``qfair data fetch`` directory the probe tasks are read from.
-    ``widths``: candidate bit widths (e.g. ``"3,4,8"``; needs ``unit="linear"``
-    and an rtn/gptq spec); ``width_models``: {bits: LoadedModel} already loaded.
+    ``widths``: candidate bit widths (e.g. ``"3,4,8"``; needs an rtn/gptq spec); ``width_models``: {bits: LoadedModel} already loaded.
     ``mode=None``: ``single``, or ``none`` for a width scan (only its width rows).
     """
     import polars as pl
@@ -247,8 +249,6 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
         check_scan_spec(quant)
     _check_out(out_p, overwrite, model=model, data_files=data_files)
     wlist = parse_widths(widths)
-    if wlist is not None and unit != "linear":
-        raise SensitivityError("--bits: candidate widths are scanned per linear layer; add --unit linear")
     task_objs = load_tasks(tasks, data_files, limit, data_dir)  # a bad row stops the run before the model load
     t0 = time.perf_counter()
     if loaded is None:
@@ -312,7 +312,8 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
             record("uniform", "<all units>", None, uni)
             timing.append({"mode": "uniform", "unit": "<all units>", "seconds": uni.seconds})
             jobs = [(m, u) for m in modes for u in units if only is None or u.name in only]
-            bar = tqdm(jobs, desc="qfair sensitivity", unit="unit", disable=not progress, dynamic_ncols=True)
+            bar = tqdm(jobs, desc="qfair sensitivity", unit="unit", disable=not progress or not jobs,
+                       dynamic_ncols=True)
             for m, u in bar:
                 bar.set_postfix_str(f"{m} {u.name}")
                 others = [x.name for x in units if x.name != u.name]
