@@ -39,6 +39,9 @@ from qfair.sensitivity.scan import SensitivityError, parse_widths, read_scan
 FORMAT = "qfair-allocation"
 BIAS = ("bias", "gap_shift")
 KL = ("all", "kl")
+#: --bias-source -> the (bias, KL) rows of the objective: the pair probes' gap shift and token KL, or the
+#: generation probes' lexicon gap shift and KL along the float model's texts (qfair.generation.probe_objective)
+BIAS_SOURCES = {"pairs": (BIAS, KL), "generation": (("gen", "lexicon_gap_shift"), ("gen", "gen_kl"))}
 
 
 def multiple_choice_knapsack(weights: list[list[int]], values: list[list[float]], capacity: int,
@@ -109,19 +112,21 @@ class Allocation:
         return "\n".join(lines)
 
 
-def _objective(rows: Any, bias_weight: float) -> dict[tuple[str, int], float]:
+def _objective(rows: Any, bias_weight: float, bias_source: str = "pairs") -> dict[tuple[str, int], float]:
     """J per (unit, bits) from the scan's widths table."""
     import polars as pl
 
     out: dict[tuple[str, int], float] = {}
     t = rows.filter(pl.col("group").is_null())
-    for (set_name, metric), w in ((BIAS, bias_weight), (KL, 1.0)):
+    bias, kl = BIAS_SOURCES[bias_source]
+    for (set_name, metric), w in ((bias, bias_weight), (kl, 1.0)):
         part = t.filter((pl.col("set") == set_name) & (pl.col("metric") == metric))
         if part.height == 0:
-            if set_name == "bias" and bias_weight == 0:
+            if (set_name, metric) == bias and bias_weight == 0:
                 continue
-            raise SensitivityError(f"the scan has no {set_name}/{metric} rows (no "
-                                   f"{'CrowS-Pairs' if set_name == 'bias' else ''} probes?)")
+            what = {"bias": "CrowS-Pairs or StereoSet probes", "gen": "generation probes: --gen-probes"}.get(
+                set_name, "probes")
+            raise SensitivityError(f"the scan has no {set_name}/{metric} rows (scanned without {what}?)")
         for r in part.iter_rows(named=True):
             k = (r["unit"], int(r["bits"]))
             out[k] = out.get(k, 0.0) + w * harm(metric, float(r["delta"]))
@@ -146,7 +151,7 @@ def spec_with_widths(quant: str, bits: dict[str, int]) -> str:
 
 def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1.0, bits: Any = None,
              out: str | os.PathLike | None = None, measure: bool = True, progress: bool = True,
-             max_cells: int = 20_000) -> Allocation:
+             max_cells: int = 20_000, bias_source: str = "pairs") -> Allocation:
     """Choose a width per layer, write ``allocation.json``, ``allocation.parquet``
     and ``spec.txt`` (to ``out``, default SCAN_DIR/recommend), and with
     ``measure`` load the spec and measure its size (before anything is written)."""
@@ -154,6 +159,8 @@ def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1
 
     if not (isinstance(bias_weight, (int, float)) and math.isfinite(bias_weight) and bias_weight >= 0):
         raise SensitivityError(f"--bias-weight {bias_weight!r}: expected a finite number >= 0")
+    if bias_source not in BIAS_SOURCES:
+        raise SensitivityError(f"--bias-source {bias_source!r}: expected one of {', '.join(BIAS_SOURCES)}")
     scan = read_scan(scan_dir)
     if "widths" not in scan:
         raise SensitivityError(f"the scan in {scan_dir} has no candidate widths; rerun qfair sensitivity with "
@@ -169,7 +176,7 @@ def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1
     names = scan["units"]["unit"].to_list()
     nbytes = {(r["unit"], int(r["bits"])): int(r["bytes"]) for r in wu.iter_rows(named=True)}
     params = int(scan["units"]["n_params"].sum())
-    J = _objective(scan["widths"], float(bias_weight))
+    J = _objective(scan["widths"], float(bias_weight), bias_source)
     ref = int(man["settings"]["reference_bits"])
     uni = J[(names[0], ref)]  # every unit's reference row is the uniform model
     outside = int(man["bytes"]["quantized_model"]) - int(man["bytes"]["units_quantized"])
@@ -209,7 +216,9 @@ def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1
 
     record = {"format": FORMAT, "format_version": 1, "scan": str(Path(scan_dir)), "spec": spec,
               "bias_weight": bias_weight, "candidate_bits": list(cand), "reference_bits": ref,
-              "objective": "bias_weight * harm(bias/gap_shift) + all/kl, against the float model",
+              "bias_source": bias_source,
+              "objective": "bias_weight * harm({}/{}) + {}/{}, against the float model".format(
+                  *BIAS_SOURCES[bias_source][0], *BIAS_SOURCES[bias_source][1]),
               "budget": {"given": budget, "bytes": budget_bytes, "read_as": budget_text, "cell_bytes": cell},
               "bits": alloc, "bytes": {"predicted": predicted, "measured": measured, "floor": floor_bytes,
                                        "outside_layers": outside},

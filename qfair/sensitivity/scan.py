@@ -228,7 +228,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
              resamples: int = 10_000, seed: int = 0, batch_size: int = 32,
              load_kwargs: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
              loaded: tuple[Any, Any] | None = None, only: Any = None, widths: Any = None,
-             width_models: dict[int, Any] | None = None) -> ScanResult:
+             width_models: dict[int, Any] | None = None, objectives: Sequence[Any] = ()) -> ScanResult:
     """Run a sensitivity scan and write its directory (see the module doc).
 
     ``loaded`` = (float LoadedModel, quantized LoadedModel) skips loading (the
@@ -237,6 +237,11 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     ``data_dir``: a ``qfair data fetch`` directory the probe tasks are read from.
     ``widths``: candidate bit widths (e.g. ``"3,4,8"``; needs an rtn/gptq spec); ``width_models``: {bits: LoadedModel} already loaded.
     ``mode=None``: ``single``, or ``none`` for a width scan (only its width rows).
+    ``objectives``: more probe sets scored in every model state, each with
+    ``bind(model, tokenizer, device)`` (the float model, once), ``score(model)``,
+    ``rows(state, resamples=, seed=)`` (rows like :func:`compare`'s) and
+    ``info()``, e.g. :class:`qfair.generation.probe_objective.GenProbeObjective`;
+    with one, the probe tasks need no bias probe.
     """
     import polars as pl
     from tqdm.auto import tqdm
@@ -249,7 +254,8 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
         check_scan_spec(quant)
     _check_out(out_p, overwrite, model=model, data_files=data_files)
     wlist = parse_widths(widths)
-    task_objs = load_tasks(tasks, data_files, limit, data_dir)  # a bad row stops the run before the model load
+    # a bad row stops the run before the model load
+    task_objs = load_tasks(tasks, data_files, limit, data_dir, require_bias=not objectives)
     t0 = time.perf_counter()
     if loaded is None:
         base_lm, quant_lm = load_pair(model, quant, load_kwargs, progress)
@@ -268,7 +274,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
         missing = sorted(set(only) - {u.name for u in units})
         if missing:
             raise SensitivityError(f"unknown unit(s) {', '.join(missing)}")
-    probes = build_probes(task_objs, base_lm.tokenizer, sp, "scan")
+    probes = build_probes(task_objs, base_lm.tokenizer, sp, "scan", require_bias=not objectives)
     swapper = UnitSwapper(base_lm.model, quant_lm.model, units,
                           extra={f"bits{b}": lm.model for b, lm in donors.items()} or None)
     width_bytes = []
@@ -294,9 +300,20 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     ex_rows: list[dict[str, Any]] = []
     timing: list[dict[str, Any]] = []
 
+    def more_rows() -> list[dict[str, Any]]:
+        """The objectives' rows of the host's present state."""
+        out = []
+        for o in objectives:
+            t = time.perf_counter()
+            out.extend(o.rows(o.score(host), resamples=resamples, seed=seed))
+            obj_seconds[0] += time.perf_counter() - t
+        return out
+
+    obj_seconds = [0.0]
+
     def record(mode_name: str, unit_name: str | None, unit_index: int | None, scored: Any) -> None:
         if mode_name != "base":
-            for r in compare(probes, base, scored, resamples=resamples, seed=seed):
+            for r in [*compare(probes, base, scored, resamples=resamples, seed=seed), *more_rows()]:
                 rows.append({"mode": mode_name, "unit": unit_name, "unit_index": unit_index, **r})
         for i, d in enumerate(probes.docs):
             ex_rows.append({"mode": mode_name, "unit": unit_name, "example_id": d.example_id, "task": d.task,
@@ -306,6 +323,8 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     try:
         with _quiet_torch():
             base = score_probes(host, tok, probes, keep_rows=True, batch_size=batch_size, device=dev)
+            for o in objectives:  # the float model's texts and rows
+                o.bind(host, tok, dev)
             record("base", None, None, base)
             swapper.set_quantized(swapper.all())
             uni = score_probes(host, tok, probes, base=base, batch_size=batch_size, device=dev)
@@ -324,7 +343,8 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
             bar.close()
             if wlist is not None:
                 # the reference width of every unit is the uniform model itself
-                uni_rows = compare(probes, base, uni, resamples=resamples, seed=seed)
+                uni_rows = [r for r in rows if r["mode"] == "uniform"]
+                uni_rows = [{k: v for k, v in r.items() if k not in ("mode", "unit", "unit_index")} for r in uni_rows]
                 wjobs = [(u, b) for u in units for b in wlist if only is None or u.name in only]
                 bar = tqdm(wjobs, desc="qfair sensitivity widths", unit="unit", disable=not progress,
                            dynamic_ncols=True)
@@ -336,14 +356,15 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
                     swapper.assign({x.name: (f"bits{b}" if x.name == u.name else "quant") for x in units})
                     s = score_probes(host, tok, probes, base=base, batch_size=batch_size, device=dev)
                     width_rows.extend({"unit": u.name, "bits": b, **r}
-                                      for r in compare(probes, base, s, resamples=resamples, seed=seed))
+                                      for r in [*compare(probes, base, s, resamples=resamples, seed=seed),
+                                                *more_rows()])
                     timing.append({"mode": f"bits{b}", "unit": u.name, "seconds": s.seconds})
                 bar.close()
     finally:
         swapper.restore()
 
     per_unit = [t["seconds"] for t in timing if t["mode"] != "uniform"]  # unit modes and widths
-    seconds = {"load": t_load, "base": base.seconds,
+    seconds = {"load": t_load, "base": base.seconds, "objectives": obj_seconds[0],
                "per_unit_median": float(np.median(per_unit)) if per_unit else 0.0}
     out_p.mkdir(parents=True, exist_ok=True)
     units_df = pl.DataFrame({
@@ -378,6 +399,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
                      **({"data_dir": str(data_dir)} if data_dir is not None else {}),
                      "unit": unit, "modes": list(modes), "widths": list(wlist) if wlist else None,
                      "reference_bits": ref_bits, "split": str(sp), "resamples": resamples, "seed": seed,
+                     "objectives": [o.info() for o in objectives],
                      "batch_size": batch_size,
                      "load": {k: str(v) for k, v in sorted((load_kwargs or {}).items()) if v is not None}},
         "split": {"fraction": sp.fraction, "seed": sp.seed, "rule": "sha256 of the rendered example text",
