@@ -68,6 +68,29 @@ def test_multiple_choice_knapsack_coarse_cells_never_exceed_the_budget():
         assert sum(values[i][c] for i, c in enumerate(ch)) == pytest.approx(want[0], abs=1e-9)
 
 
+def test_multiple_choice_knapsack_is_exact_on_whole_steps_of_large_weights():
+    """Byte differences that are multiples of a large step (a block at 3/4/5 bits):
+    the cells are the step itself, so the answer equals brute force and the
+    budget of the uniform middle choice is spent in full, where cells of
+    capacity / max_cells bytes, rounded up, could not even hold that choice."""
+    rng = np.random.default_rng(5)
+    step = 442_368
+    for trial in range(40):
+        g = int(rng.integers(2, 8))
+        weights = [[0, step, 2 * step] for _ in range(g)]
+        values = [[float(x) for x in rng.normal(0, 1, 3)] for _ in range(g)]
+        cap = g * step  # everything at the middle width
+        ch, cell = multiple_choice_knapsack(weights, values, cap, max_cells=8)
+        assert cell == step
+        want = _brute(weights, values, cap)
+        assert sum(values[i][c] for i, c in enumerate(ch)) == pytest.approx(want[0], abs=1e-9)
+        assert sum(weights[i][c] for i, c in enumerate(ch)) <= cap
+        if trial == 0:  # all at the middle is the only choice of weight cap when it is the best
+            mid = [[5.0, 0.0, 5.0] for _ in range(g)]
+            ch, _ = multiple_choice_knapsack(weights, mid, cap, max_cells=8)
+            assert ch == [1] * g
+
+
 # ---------------------------------------------------------------------------
 # a width scan of a tiny model
 

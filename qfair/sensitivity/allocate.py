@@ -17,7 +17,10 @@ debias-eval``) measures the actual model.
 Choice. Minimise ``sum_l m(l, b_l)`` subject to ``sum_l bytes(l, b_l) <=
 budget - bytes outside the layers``: a multiple-choice knapsack, solved
 exactly by dynamic programming over the budget cut into at most
-``max_cells`` equal cells; each choice's bytes above the layer's smallest
+``max_cells`` equal cells; cells of the byte differences' greatest common
+divisor when that is few enough (layers whose widths differ by whole steps are
+then counted exactly, and a budget of exactly the uniform model's bytes is
+reachable); otherwise each choice's bytes above the layer's smallest
 width are rounded *up* to whole cells, so the answer never exceeds the budget
 (at worst it leaves up to one cell per layer unused).
 """
@@ -48,12 +51,21 @@ def multiple_choice_knapsack(weights: list[list[int]], values: list[list[float]]
                              max_cells: int = 20_000) -> tuple[list[int], int]:
     """One choice per group minimising the summed value with summed weight <=
     ``capacity`` (weights >= 0 integers). Returns (choice index per group, cell
-    size). Exact when the cell size is 1 (capacity <= ``max_cells``); otherwise
-    exact for the weights rounded up to whole cells. Ties: the lighter total,
-    then the earlier choice. Raises ValueError when nothing fits."""
+    size): exact with cells of 1 when capacity <= ``max_cells``, or of the
+    weights' greatest common divisor ``g`` when capacity <= ``g * max_cells``
+    (bytes of layers at several widths share large divisors, so a budget of
+    exactly the uniform model's bytes stays reachable); otherwise exact for the
+    weights rounded up to cells of ``ceil(capacity / max_cells)``. Ties: the lighter total, then the earlier
+    choice. Raises ValueError when nothing fits."""
     if capacity < 0:
         raise ValueError("nothing fits")
-    cell = max(1, math.ceil(capacity / max_cells))
+    g = math.gcd(*[int(x) for w in weights for x in w]) or 1
+    if capacity <= max_cells:
+        cell = 1
+    elif capacity // g <= max_cells:
+        cell = g  # exact: every weight is a whole number of cells
+    else:
+        cell = math.ceil(capacity / max_cells)
     n_cells = capacity // cell
     inf = math.inf
     best = np.zeros(n_cells + 1)  # best[c]: least value with total cells <= c (groups so far)
