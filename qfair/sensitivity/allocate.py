@@ -109,6 +109,7 @@ class Allocation:
     uniform_cost: float
     bpw: float
     cell: int
+    bias_source: str = "pairs"
 
     def text(self) -> str:
         hist = Counter(self.bits.values())
@@ -118,7 +119,8 @@ class Allocation:
                  f"  size: predicted {self.predicted_bytes} bytes ({self.bpw:.4g} bits per layer weight)"
                  + (f", measured {self.measured_bytes} on the loaded spec" if self.measured_bytes is not None
                     else ""),
-                 f"  objective (bias weight x gap shift + KL, predicted): {self.predicted_cost:+.4g} "
+                 f"  objective (bias weight x {BIAS_SOURCES[self.bias_source][0][1]} + "
+                 f"{BIAS_SOURCES[self.bias_source][1][1]}, predicted): {self.predicted_cost:+.4g} "
                  f"(uniform at the reference width: {self.uniform_cost:+.4g})",
                  f"  written to {self.out}"]
         return "\n".join(lines)
@@ -218,7 +220,7 @@ def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1
                                f"predicted {predicted}: the layers' sizes do not add up for this spec")
     out_p = Path(out) if out is not None else Path(scan_dir) / "recommend"
     res = Allocation(out_p, spec, alloc, budget_bytes, budget_text, predicted, measured, cost, uni,
-                     8 * unit_bytes / params, cell)
+                     8 * unit_bytes / params, cell, bias_source)
     out_p.mkdir(parents=True, exist_ok=True)
     pl.DataFrame({"unit": names, "bits": [alloc[n] for n in names],
                   "bytes": [nbytes[(n, alloc[n])] for n in names],
