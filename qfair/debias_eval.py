@@ -57,9 +57,24 @@ def default_candidates(bits: int = 4, group_size: int = 64, alphas: tuple[float,
     return out
 
 
-def random_allocations(spec: str, layer_shapes: dict[str, tuple[int, ...]], seeds: int) -> dict[str, str]:
-    """Specs with the widths of ``spec``'s layers shuffled among layers of the
-    same shape (so every seed stores exactly the same bytes), one per seed."""
+RANDOM_UNITS = ("layer", "block")
+
+
+def _block_of(name: str) -> tuple[str, str, str] | None:
+    """``model.layers.7.mlp.up_proj`` -> (``model.layers``, ``7``, ``mlp.up_proj``); None outside numbered blocks."""
+    import re
+
+    m = re.fullmatch(r"(.*?)\.(\d+)\.(.+)", name)
+    return (m.group(1), m.group(2), m.group(3)) if m else None
+
+
+def random_allocations(spec: str, layer_shapes: dict[str, tuple[int, ...]], seeds: int,
+                       unit: str = "layer") -> dict[str, str]:
+    """Specs with the widths of ``spec``'s layers shuffled (so every seed stores
+    exactly the same bytes), one per seed. ``unit="layer"``: among layers of the
+    same shape; ``unit="block"``: whole blocks permuted (layer ``i.X`` takes the
+    width of layer ``pi(i).X``), the null for an allocation chosen per block;
+    layers outside numbered blocks keep their widths."""
     from qfair.compress.model import resolve_layer_bits
     from qfair.models import QuantSpec, parse_quant_spec
     from qfair.models.backends.weight_quant import layer_bits_rules
@@ -73,17 +88,34 @@ def random_allocations(spec: str, layer_shapes: dict[str, tuple[int, ...]], seed
     except ValueError as e:
         raise SensitivityError(f"--allocation: {e}") from None
     bits = {n: own.get(n, int(s.options["bits"])) for n in names}
+    if unit not in RANDOM_UNITS:
+        raise SensitivityError(f"--random-unit {unit!r}: expected one of {', '.join(RANDOM_UNITS)}")
     groups: dict[tuple[int, ...], list[str]] = {}
     for n in names:
         groups.setdefault(tuple(layer_shapes[n]), []).append(n)
+    blocks: dict[str, dict[str, str]] = {}  # block index -> {layer role: name}
+    for n in names:
+        parts = _block_of(n)
+        if parts is not None:
+            blocks.setdefault(parts[1], {})[f"{parts[0]}|{parts[2]}"] = n
+    ids = sorted(blocks, key=int)
+    if unit == "block" and (not ids or any(blocks[i].keys() != blocks[ids[0]].keys() or any(
+            layer_shapes[blocks[i][r]] != layer_shapes[blocks[ids[0]][r]] for r in blocks[i]) for i in ids)):
+        raise SensitivityError("--random-unit block: the model's blocks do not all hold the same layers and "
+                               "shapes; use --random-unit layer")
     out = {}
     for seed in range(seeds):
         rng = np.random.default_rng(2000 + seed)
-        new = {}
-        for members in groups.values():
-            ws = [bits[n] for n in members]
-            for n, k in zip(members, rng.permutation(len(members))):
-                new[n] = ws[int(k)]
+        new = dict(bits)
+        if unit == "block":
+            for i, k in zip(ids, rng.permutation(len(ids))):
+                for role, n in blocks[i].items():
+                    new[n] = bits[blocks[ids[int(k)]][role]]
+        else:
+            for members in groups.values():
+                ws = [bits[n] for n in members]
+                for n, k in zip(members, rng.permutation(len(members))):
+                    new[n] = ws[int(k)]
         common = int(s.options["bits"])
         rules = tuple(f"{n}:{b}" for n, b in new.items() if b != common)
         out[f"random{seed}"] = str(QuantSpec(s.name, {**s.options, "layer_bits": rules}))
@@ -150,6 +182,7 @@ def _per_example_kl(examples: Any, label: str) -> Any:
 
 def debias_eval(out: str | os.PathLike, *, model: str | None = None, candidates: dict[str, str] | None = None,
                 reference: str = "gptq", allocation: str | None = None, random_seeds: int = 3,
+                random_unit: str = "layer",
                 tasks: str = DEFAULT_TASKS, limit: int | None = None, bootstrap: int = 2000, seed: int = 0,
                 load_kwargs: dict[str, Any] | None = None, batch_size: int = 32, progress: bool = True
                 ) -> DebiasEval:
@@ -181,7 +214,7 @@ def debias_eval(out: str | os.PathLike, *, model: str | None = None, candidates:
     out_p = Path(out)
     dumps = out_p / "dumps"
     if allocation is not None and random_seeds > 0:
-        cands.update(random_allocations(allocation, _layer_shapes(model, kw), random_seeds))
+        cands.update(random_allocations(allocation, _layer_shapes(model, kw), random_seeds, random_unit))
     _say(progress, f"debias-eval: {len(cands)} candidates on {tasks}")
     _dump_one(dumps / FLOAT, model, "none", tasks, limit, kw, progress, batch_size)
     for name, spec in cands.items():

@@ -68,6 +68,29 @@ def test_multiple_choice_knapsack_coarse_cells_never_exceed_the_budget():
         assert sum(values[i][c] for i, c in enumerate(ch)) == pytest.approx(want[0], abs=1e-9)
 
 
+def test_multiple_choice_knapsack_is_exact_on_whole_steps_of_large_weights():
+    """Byte differences that are multiples of a large step (a block at 3/4/5 bits):
+    the cells are the step itself, so the answer equals brute force and the
+    budget of the uniform middle choice is spent in full, where cells of
+    capacity / max_cells bytes, rounded up, could not even hold that choice."""
+    rng = np.random.default_rng(5)
+    step = 442_368
+    for trial in range(40):
+        g = int(rng.integers(2, 8))
+        weights = [[0, step, 2 * step] for _ in range(g)]
+        values = [[float(x) for x in rng.normal(0, 1, 3)] for _ in range(g)]
+        cap = g * step  # everything at the middle width
+        ch, cell = multiple_choice_knapsack(weights, values, cap, max_cells=8)
+        assert cell == step
+        want = _brute(weights, values, cap)
+        assert sum(values[i][c] for i, c in enumerate(ch)) == pytest.approx(want[0], abs=1e-9)
+        assert sum(weights[i][c] for i, c in enumerate(ch)) <= cap
+        if trial == 0:  # all at the middle is the only choice of weight cap when it is the best
+            mid = [[5.0, 0.0, 5.0] for _ in range(g)]
+            ch, _ = multiple_choice_knapsack(weights, mid, cap, max_cells=8)
+            assert ch == [1] * g
+
+
 # ---------------------------------------------------------------------------
 # a width scan of a tiny model
 
@@ -205,8 +228,8 @@ def test_cli_allocation_refusals_write_nothing(width_scan, tmp_path, args, fragm
 def test_cli_sensitivity_bits_refusals_write_nothing(width_scan, tmp_path):
     model, _ = width_scan
     for extra, frag in [(["--unit", "linear", "--bits", "3,9"], "--bits 3,9: expected bit widths from 2 to 8"),
-                        (["--bits", "3,4"], "--bits: candidate widths are scanned per linear layer"),
-                        (["--unit", "linear", "--bits", "3,4"], "need an rtn or gptq spec")]:
+                        (["--unit", "linear", "--bits", "3,4"], "need an rtn or gptq spec"),
+                        (["--bits", "3,4"], "need an rtn or gptq spec")]:
         quant = "bnb-nf4" if frag == "need an rtn or gptq spec" else SPEC
         r = _cli("sensitivity", "--model", str(model), "--quant", quant, "--out", str(tmp_path / "s"),
                  "--limit", "2", "--no-progress", *extra)
@@ -230,3 +253,76 @@ def test_cli_recommend_prints_an_allocation_spec_that_loads(width_scan, tmp_path
     rec = json.loads((tmp_path / "r" / "allocation.json").read_text())
     assert set(rec["bits"].values()) <= {3, 4}
     assert model_bytes(lm.model, lm.extra["packed_bytes"]) == rec["bytes"]["predicted"] == rec["bytes"]["measured"]
+
+
+def test_block_width_scan_allocates_whole_blocks(tmp_path):
+    """Widths per block: each block's row is the spec's model with all that block's
+    layers from the other width's model (rescored here, same KL); the allocation
+    puts every layer of a block at the block's width, is optimal for the scan's
+    costs (brute force over all blocks) and loads at the predicted size."""
+    from qfair.models import load_model
+    from qfair.models.tiny import make_tiny_model
+    from qfair.sensitivity import run_scan
+    from qfair.sensitivity.allocate import allocate
+    from qfair.sensitivity.measure import compare, score_probes
+    from qfair.sensitivity.probes import Split, build_probes, load_tasks
+    from qfair.sensitivity.scan import read_scan
+    from qfair.sensitivity.units import model_bytes
+
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = make_tiny_model("llama", tmp_path / "m", seed=3, layers=3)
+        out = tmp_path / "scan"
+        run_scan(out, model=str(model), quant=SPEC, tasks="stereoset_intrasentence,arc_easy", limit=12,
+                 unit="block", widths="3,4,8", resamples=200, progress=False)
+        scan = read_scan(out)
+        units = scan["units"]
+        assert units["kind"].to_list() == ["block"] * 3 and all(n == 7 for n in units["n_members"].to_list())
+        members = dict(zip(units["unit"].to_list(), units["members"].to_list()))
+        target = units["unit"][1]
+        f = load_model(str(model), dtype="float32", device="cpu", progress=False)
+        q4 = load_model(str(model), quant=SPEC, progress=False)
+        q8 = load_model(str(model), quant="rtn:bits=8,group_size=32", progress=False)
+        for m in members[target]:
+            q4.model.get_submodule(m).weight.data = q8.model.get_submodule(m).weight.data.clone()
+        probes = build_probes(load_tasks("stereoset_intrasentence,arc_easy", None, 12), f.tokenizer,
+                              Split.parse("0.5:0"), "scan")
+        with torch.inference_mode():
+            base = score_probes(f.model, f.tokenizer, probes, keep_rows=True)
+            s = score_probes(q4.model, q4.tokenizer, probes, base=base)
+        for metric, st in (("kl", "all"), ("gap_shift", "bias")):
+            mine = [r for r in compare(probes, base, s, resamples=200)
+                    if r["metric"] == metric and r["set"] == st and r["group"] is None][0]
+            got = scan["widths"].filter((pl.col("unit") == target) & (pl.col("bits") == 8) & (pl.col("set") == st)
+                                        & (pl.col("metric") == metric) & pl.col("group").is_null())["delta"][0]
+            assert got == pytest.approx(mine["delta"], rel=1e-6), metric
+        nb = {(r["unit"], r["bits"]): r["bytes"] for r in scan["width_units"].iter_rows(named=True)}
+        n_params = dict(zip(units["unit"].to_list(), units["n_params"].to_list()))
+        for (u, b), v in nb.items():  # codes + one float32 scale per group of 32, layer by layer
+            shapes = [tuple(f.model.get_submodule(m).weight.shape) for m in members[u]]
+            assert v == sum((r * c * b + 7) // 8 + r * c // 32 * 4 for r, c in shapes)
+            assert sum(r * c for r, c in shapes) == n_params[u]
+        a = allocate(out, budget="5bpw", bias_weight=1.0, out=tmp_path / "a", progress=False)
+        j: dict = {}
+        t = scan["widths"].filter(pl.col("group").is_null())
+        for (st, metric), w in ((("bias", "gap_shift"), 1.0), (("all", "kl"), 1.0)):
+            for r in t.filter((pl.col("set") == st) & (pl.col("metric") == metric)).iter_rows(named=True):
+                j[(r["unit"], r["bits"])] = j.get((r["unit"], r["bits"]), 0.0) + w * r["delta"]
+        outside = a.predicted_bytes - sum(nb[(n, a.bits[n])] for n in a.bits)
+        best = min((sum(j[(n, b)] for n, b in zip(a.bits, ch)), ch)
+                   for ch in itertools.product((3, 4, 8), repeat=3)
+                   if outside + sum(nb[(n, b)] for n, b in zip(a.bits, ch)) <= a.budget_bytes)
+        assert sum(j[(n, a.bits[n])] for n in a.bits) == pytest.approx(best[0], abs=1e-9)
+        assert len(set(a.bits.values())) > 1
+        lm = load_model(str(model), quant=a.spec, progress=False)
+        assert model_bytes(lm.model, lm.extra["packed_bytes"]) == a.predicted_bytes == a.measured_bytes
+        from qfair.compress.grid import Grid
+        from qfair.compress.rtn import rtn_quantize
+
+        for u, b in a.bits.items():  # every layer of a block at the block's width
+            for m in members[u]:
+                w = f.model.get_submodule(m).weight.detach()
+                assert torch.equal(lm.model.get_submodule(m).weight, rtn_quantize(w, Grid(b, 32)).dequantize())
+    finally:
+        torch.set_num_threads(n_threads)

@@ -56,6 +56,38 @@ def test_random_allocations_store_exactly_the_same_bytes():
                 ref[n] for n in shapes if shapes[n] == shape)
 
 
+def test_random_block_allocations_permute_whole_blocks():
+    """--random-unit block: each seed's widths are the allocation's blocks in a
+    permuted order (same bytes), layer roles kept; unequal blocks are refused."""
+    from qfair.compress.model import resolve_layer_bits
+    from qfair.models import parse_quant_spec
+    from qfair.models.backends.weight_quant import layer_bits_rules
+    from qfair.sensitivity import SensitivityError
+
+    roles = (("self_attn.q_proj", (64, 64)), ("mlp.up_proj", (128, 64)))
+    shapes = {f"model.layers.{i}.{k}": s for i in range(5) for k, s in roles}
+    shapes["lm_head"] = (10, 64)
+    spec = "rtn:bits=4,layer_bits=model.layers.0.*:3+model.layers.3.*:5+model.layers.4.mlp.up_proj:6"
+
+    def bits_of(s):
+        p = parse_quant_spec(s)
+        own = resolve_layer_bits(list(shapes), layer_bits_rules(p.options["layer_bits"]))
+        return {n: own.get(n, p.options["bits"]) for n in shapes}
+
+    ref = bits_of(spec)
+    out = random_allocations(spec, shapes, 5, unit="block")
+    assert len(set(out.values())) > 1
+    for s in out.values():
+        b = bits_of(s)
+        assert b["lm_head"] == ref["lm_head"]
+        rows = {i: tuple(b[f"model.layers.{i}.{k}"] for k, _ in roles) for i in range(5)}
+        want = sorted(tuple(ref[f"model.layers.{i}.{k}"] for k, _ in roles) for i in range(5))
+        assert sorted(rows.values()) == want  # whole blocks moved
+    shapes["model.layers.2.mlp.up_proj"] = (64, 64)
+    with pytest.raises(SensitivityError, match="--random-unit block"):
+        random_allocations(spec, shapes, 2, unit="block")
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     from qfair.debias_eval import debias_eval

@@ -262,6 +262,74 @@ def test_scan_numbers_against_a_direct_computation(tmp_path, tiny3):
     assert man["bytes"]["quantized_model"] < man["bytes"]["float_model"]
 
 
+def test_stereoset_probes_are_bias_pairs_against_a_direct_computation(tmp_path, tiny3):
+    """StereoSet as the scan's bias probes: the pair is (stereotype, anti-stereotype),
+    the unrelated option unused. Intrasentence gaps equal the sentences'
+    log-likelihoods computed directly (one plain forward each) on the float and
+    the freshly loaded RTN model; pct_stereotype and likelihood_diff are 1[gap > 0]
+    and |gap| on both StereoSet settings."""
+    out = tmp_path / "scan"
+    spec = "rtn:bits=3,group_size=16"
+    run_scan(out, model=str(tiny3), quant=spec, tasks="stereoset_intrasentence,stereoset_intersentence",
+             split="0.5:0", resamples=200, progress=False)
+    s = read_scan(out)
+    ex = s["examples"]
+    bias = ex.filter(pl.col("role") == "bias")
+    assert set(bias["task"].to_list()) == {"stereoset_intrasentence", "stereoset_intersentence"}
+    assert ex.filter(pl.col("role") != "bias").height == 0
+    gap = bias["stereo_gap"].to_numpy()
+    assert np.isfinite(gap).all()
+    assert np.array_equal(bias["pct_stereotype"].to_numpy(), (gap > 0).astype(float))
+    assert np.array_equal(bias["likelihood_diff"].to_numpy(), np.abs(gap))
+    f = load_model(str(tiny3), progress=False, device="cpu")
+    q = load_model(str(tiny3), quant=spec, progress=False, device="cpu")
+    tok = f.tokenizer
+    docs = {d.example_id: d for d in load_tasks("stereoset_intrasentence")[0].docs()}
+
+    def ll(model, text):  # sum of log p(token | prefix) after BOS, plain forward, float64 sum
+        ids = [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)
+        with torch.no_grad():
+            lp = model(torch.tensor([ids])).logits.double().log_softmax(-1)[0]
+        return float(sum(lp[i, ids[i + 1]] for i in range(len(ids) - 1)))
+
+    n = 0
+    for mode, model in (("base", f.model), ("uniform", q.model)):
+        rows = bias.filter((pl.col("mode") == mode) & (pl.col("task") == "stereoset_intrasentence"))
+        for eid, g in zip(rows["example_id"].to_list(), rows["stereo_gap"].to_list()):
+            d = docs[eid]
+            assert g == pytest.approx(ll(model, d.choices[0]) - ll(model, d.choices[1]), abs=2e-3), (mode, eid)
+            n += 1
+    assert n >= 4
+    # the gap shift of the uniform model is the mean |gap(uniform) - gap(base)| over the pairs
+    b = bias.filter(pl.col("mode") == "base").sort("example_id")
+    u = bias.filter(pl.col("mode") == "uniform").sort("example_id")
+    row = s["sensitivity"].filter((pl.col("mode") == "uniform") & (pl.col("set") == "bias")
+                                  & pl.col("group").is_null() & (pl.col("metric") == "gap_shift")).row(0, named=True)
+    assert row["value"] == pytest.approx(float(np.mean(np.abs(u["stereo_gap"].to_numpy()
+                                                              - b["stereo_gap"].to_numpy()))))
+
+
+def test_a_width_scan_runs_only_its_width_rows_by_default(tmp_path, tiny3):
+    """A width scan's allocation reads only the width rows: by default it runs no
+    single-unit mode (which would double its cost); --mode single adds them; a
+    scan without widths refuses --mode none."""
+    from qfair.sensitivity import SensitivityError
+
+    kw = dict(model=str(tiny3), quant="rtn:bits=4,group_size=16", tasks="stereoset_intrasentence", unit="linear",
+              widths="3,4", resamples=200, progress=False)
+    run_scan(tmp_path / "w", mode=None, **kw)
+    s = read_scan(tmp_path / "w")
+    assert set(s["sensitivity"]["mode"].to_list()) == {"uniform"}
+    assert s["manifest"]["settings"]["modes"] == []
+    assert s["widths"].height > 0 and s["manifest"]["seconds"]["per_unit_median"] > 0
+    run_scan(tmp_path / "w1", mode="single", only=[s["units"]["unit"][0]], **kw)
+    assert "single" in set(read_scan(tmp_path / "w1")["sensitivity"]["mode"].to_list())
+    with pytest.raises(SensitivityError, match="--mode none"):
+        run_scan(tmp_path / "n", model=str(tiny3), quant="rtn:bits=4,group_size=16", tasks="stereoset_intrasentence",
+                 mode="none", progress=False)
+    assert not (tmp_path / "n").exists()
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--quant", "none"], "needs a quantization spec that quantizes"),
     (["--quant", "bnb-nf5"], "unknown quantization spec"),

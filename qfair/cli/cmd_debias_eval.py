@@ -35,6 +35,9 @@ def _floats(text: str) -> tuple[float, ...]:
                    "--random-seeds random allocations of the same widths among same-shape layers.")
 @click.option("--random-seeds", type=click.IntRange(min=0), default=3, show_default=True,
               help="Random allocations at exactly the allocation's bytes.")
+@click.option("--random-unit", type=click.Choice(["layer", "block"]), default="layer", show_default=True,
+              help="How the random allocations shuffle the allocation's widths: among layers of one shape, or "
+                   "whole blocks permuted (the null for an allocation chosen per block).")
 @click.option("--bits", type=click.IntRange(2, 8), default=4, show_default=True, help="Default candidates: bits.")
 @click.option("--group-size", type=int, default=64, show_default=True, help="Default candidates: group size.")
 @click.option("--alphas", default="1,10", show_default=True, metavar="A,A",
@@ -53,7 +56,7 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where quantized models are cached.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
 @click.option("--no-progress", is_flag=True, help="No progress messages.")
-def debias_eval_cmd(model, out, candidates, reference, allocation, random_seeds, bits, group_size, alphas,
+def debias_eval_cmd(model, out, candidates, reference, allocation, random_seeds, random_unit, bits, group_size, alphas,
                     fair_probes, tasks, limit, bootstrap, seed, batch_size, cache_dir, threads, no_progress) -> None:
     """Dump the float model and every candidate quantizer on evaluation tasks
     of a different kind from those the quantizers were built from, and report
@@ -91,6 +94,6 @@ def debias_eval_cmd(model, out, candidates, reference, allocation, random_seeds,
         if alloc is not None and Path(alloc).is_file():
             alloc = Path(alloc).read_text().strip()
         r = debias_eval(out, model=model, candidates=cands, reference=reference, allocation=alloc,
-                        random_seeds=random_seeds, tasks=tasks, limit=limit, bootstrap=bootstrap, seed=seed,
+                        random_seeds=random_seeds, random_unit=random_unit, tasks=tasks, limit=limit, bootstrap=bootstrap, seed=seed,
                         load_kwargs={"cache_dir": cache_dir}, batch_size=batch_size, progress=not no_progress)
     click.echo(r.text())

@@ -19,9 +19,14 @@ from qfair.cli.errors import reported
 @click.option("--bits", "widths", default=None, metavar="B,B,...",
               help="Bit allocation: the candidate widths to choose from (default: every width the scan has).")
 @click.option("--objective", type=click.Choice(["bias", "pct_stereotype", "likelihood_diff", "stereo_gap", "kl",
-                                                "acc"]), default="bias", show_default=True,
-              help="What to minimise: bias = mean shift of the CrowS-Pairs stereotype gap; kl = token KL; "
-                   "acc = accuracy loss; or one CrowS-Pairs metric's change.")
+                                                "acc", "gen_bias", "gen_kl"]), default="bias", show_default=True,
+              help="What to minimise: bias = mean shift of the pair probes' stereotype gap; kl = token KL; "
+                   "acc = accuracy loss; or one pair metric's change; gen_bias / gen_kl = the generation "
+                   "probes' lexicon gap shift / KL along the float text (a scan with --gen-probes).")
+@click.option("--bias-source", type=click.Choice(["pairs", "generation"]), default="pairs", show_default=True,
+              help="Bit allocation: the objective's bias and KL terms from the pair probes (stereotype gap "
+                   "shift, token KL) or from the generation probes (lexicon gap shift, KL along the float "
+                   "model's texts; a scan with --gen-probes).")
 @click.option("--keep", default="none", show_default=True, metavar="SPEC",
               help="Precision of the kept units: none (full precision, via the backend's skip list) or a "
                    "higher-bit spec such as bnb-int8 (written as a mixed spec).")
@@ -39,7 +44,7 @@ from qfair.cli.errors import reported
               help="Directory for recommendation.json, spec.txt and validation.parquet (default: SCAN_DIR/recommend).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
 @click.option("--no-progress", is_flag=True, help="No progress messages.")
-def recommend_cmd(scan_dir, budget, bias_weight, widths, objective, keep, source, probe_split, seeds, resamples, out, threads,
+def recommend_cmd(scan_dir, budget, bias_weight, widths, objective, bias_source, keep, source, probe_split, seeds, resamples, out, threads,
                   no_progress) -> None:
     """From a sensitivity scan in SCAN_DIR, choose the units to keep in full
     precision that minimise the objective within the budget, and print a
@@ -75,7 +80,7 @@ def recommend_cmd(scan_dir, budget, bias_weight, widths, objective, keep, source
     with reported(scan_dir, *sensitivity_errors()):
         if (Path(scan_dir) / "widths.parquet").is_file():
             a = allocate(scan_dir, budget=budget, bias_weight=bias_weight, bits=widths, out=out,
-                         progress=not no_progress)
+                         progress=not no_progress, bias_source=bias_source)
             click.echo(a.text())
             return
         if widths is not None:

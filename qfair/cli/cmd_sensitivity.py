@@ -19,17 +19,23 @@ def sensitivity_errors() -> tuple[type[BaseException], ...]:
 @click.option("--quant", required=True, metavar="SPEC",
               help="Quantization spec whose units are scanned, e.g. bnb-nf4 (see qfair quant-specs).")
 @click.option("--tasks", default=None, metavar="PROBES",
-              help="Probe tasks: CrowS-Pairs tasks are the bias probes, the others give accuracy. "
+              help="Probe tasks: CrowS-Pairs and StereoSet tasks are the bias probes, the others give accuracy. "
                    "Default: crows_pairs,arc_easy,piqa.")
 @click.option("--unit", type=click.Choice(["block", "linear"]), default="block", show_default=True,
               help="block: one transformer block per unit; linear: every quantized layer.")
 @click.option("--bits", "widths", default=None, metavar="B,B,...",
-              help="Candidate bit widths (2..8, e.g. 3,4,8) scanned per linear layer for qfair recommend's "
-                   "bit allocation: each layer at each width, the rest at the spec's width. Needs --unit linear "
-                   "and an rtn or gptq spec.")
-@click.option("--mode", type=click.Choice(["single", "leave-one-out", "both"]), default="single",
-              show_default=True,
-              help="single: quantize only that unit; leave-one-out: quantize all but that unit.")
+              help="Candidate bit widths (2..8, e.g. 3,4,8) scanned per unit for qfair recommend's "
+                   "bit allocation: each unit (a linear layer with --unit linear, or all layers of a block) at "
+                   "each width, the rest at the spec's width. Needs an rtn or gptq spec.")
+@click.option("--gen-probes", default=None, metavar="TASKS",
+              help="Generation tasks (e.g. gen_bias_probes) scored in every model state as another bias "
+                   "objective: the float model's greedy texts, each state's lexicon gap shift between groups "
+                   "and its KL along the float texts (rows of set 'gen'). With them --tasks needs no bias probe.")
+@click.option("--gen-tokens", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Tokens generated per prompt of --gen-probes.")
+@click.option("--mode", type=click.Choice(["single", "leave-one-out", "both", "none"]), default=None,
+              help="single: quantize only that unit; leave-one-out: quantize all but that unit; none: only the "
+                   "width rows of --bits. Default: single, or none with --bits.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--split", default="0.5:0", show_default=True, metavar="FRACTION[:SEED]",
               help="Share of the probe examples the scan uses; the rest is held out for qfair recommend.")
@@ -50,7 +56,7 @@ def sensitivity_errors() -> tuple[type[BaseException], ...]:
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory in --out.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def sensitivity_cmd(model, quant, tasks, unit, widths, mode, out, split, limit, data_files, data_dir, resamples, seed,
+def sensitivity_cmd(model, quant, tasks, unit, widths, gen_probes, gen_tokens, mode, out, split, limit, data_files, data_dir, resamples, seed,
                     batch_size,
                     threads, dtype, device, cache_dir, overwrite, no_progress) -> None:
     """Quantize one unit at a time (a transformer block, or every quantized
@@ -81,9 +87,18 @@ def sensitivity_cmd(model, quant, tasks, unit, widths, mode, out, split, limit, 
         torch.set_num_threads(threads)
     with reported(out, *sensitivity_errors()):
         files = parse_data_files(list(data_files))
+        objectives = []
+        if gen_probes:
+            import qfair.tasks as T
+            from qfair.generation.probe_objective import GenProbeObjective
+            from qfair.sensitivity import Split
+
+            gen_tasks = [T.get(n, limit=limit, data_dir=data_dir) for n in T.resolve(gen_probes)]
+            objectives.append(GenProbeObjective(gen_tasks, Split.parse(split), max_new_tokens=gen_tokens,
+                                                batch_size=batch_size))
         r = run_scan(out, model=model, quant=quant, tasks=tasks, data_files=files, limit=limit, data_dir=data_dir,
                      unit=unit, mode=mode, widths=widths, split=split, resamples=resamples, seed=seed,
                      batch_size=batch_size,
                      load_kwargs={"dtype": dtype, "device": device, "cache_dir": cache_dir},
-                     overwrite=overwrite, progress=not no_progress)
+                     overwrite=overwrite, progress=not no_progress, objectives=objectives)
     click.echo(r.text())

@@ -1,6 +1,8 @@
-"""Bias-aware bit allocation: one bit width per linear layer under a size
-budget, from a scan with candidate widths (``qfair sensitivity --unit linear
---bits 3,4,8``), written as one ``rtn``/``gptq`` spec with ``layer_bits``.
+"""Bias-aware bit allocation: one bit width per unit (a linear layer, or every
+layer of a block) under a size budget, from a scan with candidate widths
+(``qfair sensitivity --unit linear --bits 3,4,8``, or ``--unit block``),
+written as one ``rtn``/``gptq`` spec whose ``layer_bits`` names every layer
+of a unit off the common width.
 
 Cost of a choice. The scan measured, for every layer ``l`` and candidate
 width ``b``, the model quantized at the reference width ``r`` (the spec's
@@ -15,7 +17,10 @@ debias-eval``) measures the actual model.
 Choice. Minimise ``sum_l m(l, b_l)`` subject to ``sum_l bytes(l, b_l) <=
 budget - bytes outside the layers``: a multiple-choice knapsack, solved
 exactly by dynamic programming over the budget cut into at most
-``max_cells`` equal cells; each choice's bytes above the layer's smallest
+``max_cells`` equal cells; cells of the byte differences' greatest common
+divisor when that is few enough (layers whose widths differ by whole steps are
+then counted exactly, and a budget of exactly the uniform model's bytes is
+reachable); otherwise each choice's bytes above the layer's smallest
 width are rounded *up* to whole cells, so the answer never exceeds the budget
 (at worst it leaves up to one cell per layer unused).
 """
@@ -37,18 +42,30 @@ from qfair.sensitivity.scan import SensitivityError, parse_widths, read_scan
 FORMAT = "qfair-allocation"
 BIAS = ("bias", "gap_shift")
 KL = ("all", "kl")
+#: --bias-source -> the (bias, KL) rows of the objective: the pair probes' gap shift and token KL, or the
+#: generation probes' lexicon gap shift and KL along the float model's texts (qfair.generation.probe_objective)
+BIAS_SOURCES = {"pairs": (BIAS, KL), "generation": (("gen", "lexicon_gap_shift"), ("gen", "gen_kl"))}
 
 
 def multiple_choice_knapsack(weights: list[list[int]], values: list[list[float]], capacity: int,
                              max_cells: int = 20_000) -> tuple[list[int], int]:
     """One choice per group minimising the summed value with summed weight <=
     ``capacity`` (weights >= 0 integers). Returns (choice index per group, cell
-    size). Exact when the cell size is 1 (capacity <= ``max_cells``); otherwise
-    exact for the weights rounded up to whole cells. Ties: the lighter total,
-    then the earlier choice. Raises ValueError when nothing fits."""
+    size): exact with cells of 1 when capacity <= ``max_cells``, or of the
+    weights' greatest common divisor ``g`` when capacity <= ``g * max_cells``
+    (bytes of layers at several widths share large divisors, so a budget of
+    exactly the uniform model's bytes stays reachable); otherwise exact for the
+    weights rounded up to cells of ``ceil(capacity / max_cells)``. Ties: the lighter total, then the earlier
+    choice. Raises ValueError when nothing fits."""
     if capacity < 0:
         raise ValueError("nothing fits")
-    cell = max(1, math.ceil(capacity / max_cells))
+    g = math.gcd(*[int(x) for w in weights for x in w]) or 1
+    if capacity <= max_cells:
+        cell = 1
+    elif capacity // g <= max_cells:
+        cell = g  # exact: every weight is a whole number of cells
+    else:
+        cell = math.ceil(capacity / max_cells)
     n_cells = capacity // cell
     inf = math.inf
     best = np.zeros(n_cells + 1)  # best[c]: least value with total cells <= c (groups so far)
@@ -92,34 +109,38 @@ class Allocation:
     uniform_cost: float
     bpw: float
     cell: int
+    bias_source: str = "pairs"
 
     def text(self) -> str:
         hist = Counter(self.bits.values())
         lines = [f"qfair recommend (bit allocation): budget {self.budget_text}",
-                 "  widths: " + ", ".join(f"{n} layers at {b} bits" for b, n in sorted(hist.items())),
+                 "  widths: " + ", ".join(f"{n} units at {b} bits" for b, n in sorted(hist.items())),
                  f"  spec: {self.spec}",
                  f"  size: predicted {self.predicted_bytes} bytes ({self.bpw:.4g} bits per layer weight)"
                  + (f", measured {self.measured_bytes} on the loaded spec" if self.measured_bytes is not None
                     else ""),
-                 f"  objective (bias weight x gap shift + KL, predicted): {self.predicted_cost:+.4g} "
+                 f"  objective (bias weight x {BIAS_SOURCES[self.bias_source][0][1]} + "
+                 f"{BIAS_SOURCES[self.bias_source][1][1]}, predicted): {self.predicted_cost:+.4g} "
                  f"(uniform at the reference width: {self.uniform_cost:+.4g})",
                  f"  written to {self.out}"]
         return "\n".join(lines)
 
 
-def _objective(rows: Any, bias_weight: float) -> dict[tuple[str, int], float]:
+def _objective(rows: Any, bias_weight: float, bias_source: str = "pairs") -> dict[tuple[str, int], float]:
     """J per (unit, bits) from the scan's widths table."""
     import polars as pl
 
     out: dict[tuple[str, int], float] = {}
     t = rows.filter(pl.col("group").is_null())
-    for (set_name, metric), w in ((BIAS, bias_weight), (KL, 1.0)):
+    bias, kl = BIAS_SOURCES[bias_source]
+    for (set_name, metric), w in ((bias, bias_weight), (kl, 1.0)):
         part = t.filter((pl.col("set") == set_name) & (pl.col("metric") == metric))
         if part.height == 0:
-            if set_name == "bias" and bias_weight == 0:
+            if (set_name, metric) == bias and bias_weight == 0:
                 continue
-            raise SensitivityError(f"the scan has no {set_name}/{metric} rows (no "
-                                   f"{'CrowS-Pairs' if set_name == 'bias' else ''} probes?)")
+            what = {"bias": "CrowS-Pairs or StereoSet probes", "gen": "generation probes: --gen-probes"}.get(
+                set_name, "probes")
+            raise SensitivityError(f"the scan has no {set_name}/{metric} rows (scanned without {what}?)")
         for r in part.iter_rows(named=True):
             k = (r["unit"], int(r["bits"]))
             out[k] = out.get(k, 0.0) + w * harm(metric, float(r["delta"]))
@@ -144,7 +165,7 @@ def spec_with_widths(quant: str, bits: dict[str, int]) -> str:
 
 def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1.0, bits: Any = None,
              out: str | os.PathLike | None = None, measure: bool = True, progress: bool = True,
-             max_cells: int = 20_000) -> Allocation:
+             max_cells: int = 20_000, bias_source: str = "pairs") -> Allocation:
     """Choose a width per layer, write ``allocation.json``, ``allocation.parquet``
     and ``spec.txt`` (to ``out``, default SCAN_DIR/recommend), and with
     ``measure`` load the spec and measure its size (before anything is written)."""
@@ -152,6 +173,8 @@ def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1
 
     if not (isinstance(bias_weight, (int, float)) and math.isfinite(bias_weight) and bias_weight >= 0):
         raise SensitivityError(f"--bias-weight {bias_weight!r}: expected a finite number >= 0")
+    if bias_source not in BIAS_SOURCES:
+        raise SensitivityError(f"--bias-source {bias_source!r}: expected one of {', '.join(BIAS_SOURCES)}")
     scan = read_scan(scan_dir)
     if "widths" not in scan:
         raise SensitivityError(f"the scan in {scan_dir} has no candidate widths; rerun qfair sensitivity with "
@@ -167,7 +190,7 @@ def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1
     names = scan["units"]["unit"].to_list()
     nbytes = {(r["unit"], int(r["bits"])): int(r["bytes"]) for r in wu.iter_rows(named=True)}
     params = int(scan["units"]["n_params"].sum())
-    J = _objective(scan["widths"], float(bias_weight))
+    J = _objective(scan["widths"], float(bias_weight), bias_source)
     ref = int(man["settings"]["reference_bits"])
     uni = J[(names[0], ref)]  # every unit's reference row is the uniform model
     outside = int(man["bytes"]["quantized_model"]) - int(man["bytes"]["units_quantized"])
@@ -188,7 +211,8 @@ def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1
     predicted = outside + sum(nbytes[(n, alloc[n])] for n in names)
     cost = uni + sum(values[i][k] for i, k in enumerate(choice))
     quant = man["settings"]["quant"]
-    spec = spec_with_widths(quant, alloc)
+    members = dict(zip(names, scan["units"]["members"].to_list()))
+    spec = spec_with_widths(quant, {m: alloc[n] for n in names for m in members[n]})  # a block: all its layers
     unit_bytes = sum(nbytes[(n, alloc[n])] for n in names)
     measured = _measure(man, spec, progress) if measure else None
     if measured is not None and abs(measured - predicted) > 0.005 * predicted:
@@ -196,7 +220,7 @@ def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1
                                f"predicted {predicted}: the layers' sizes do not add up for this spec")
     out_p = Path(out) if out is not None else Path(scan_dir) / "recommend"
     res = Allocation(out_p, spec, alloc, budget_bytes, budget_text, predicted, measured, cost, uni,
-                     8 * unit_bytes / params, cell)
+                     8 * unit_bytes / params, cell, bias_source)
     out_p.mkdir(parents=True, exist_ok=True)
     pl.DataFrame({"unit": names, "bits": [alloc[n] for n in names],
                   "bytes": [nbytes[(n, alloc[n])] for n in names],
@@ -206,7 +230,9 @@ def allocate(scan_dir: str | os.PathLike, *, budget: str, bias_weight: float = 1
 
     record = {"format": FORMAT, "format_version": 1, "scan": str(Path(scan_dir)), "spec": spec,
               "bias_weight": bias_weight, "candidate_bits": list(cand), "reference_bits": ref,
-              "objective": "bias_weight * harm(bias/gap_shift) + all/kl, against the float model",
+              "bias_source": bias_source,
+              "objective": "bias_weight * harm({}/{}) + {}/{}, against the float model".format(
+                  *BIAS_SOURCES[bias_source][0], *BIAS_SOURCES[bias_source][1]),
               "budget": {"given": budget, "bytes": budget_bytes, "read_as": budget_text, "cell_bytes": cell},
               "bits": alloc, "bytes": {"predicted": predicted, "measured": measured, "floor": floor_bytes,
                                        "outside_layers": outside},

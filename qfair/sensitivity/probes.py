@@ -2,8 +2,11 @@
 a *held-out* side.
 
 Probe tasks are ordinary qfair tasks. CrowS-Pairs tasks (task kind
-``crows_pairs``) are the bias probes; every other task is a general task
-(accuracy). Generation probes are not part of the scan yet.
+``crows_pairs``: more / less stereotyping sentence) and StereoSet tasks (task
+kind ``stereoset``: the stereotype / anti-stereotype pair, the unrelated option
+left out of the pair) are the bias probes; every other task is a general task
+(accuracy). Building on StereoSet keeps CrowS-Pairs, BBQ and WinoGender wholly
+unseen for an evaluation such as ``qfair debias-eval``.
 
 The split is decided per example from its content alone: a keyed hash of the
 rendered context and choices (``content_key``), mapped to [0, 1) and compared
@@ -23,6 +26,8 @@ from typing import Any
 from qfair.tasks.split import SIDES, ProbeError, Split, content_key, doc_side  # noqa: F401 - re-exported
 
 BIAS_KIND = "crows_pairs"
+#: task kinds whose first two choices are a (stereotyping, less stereotyping) pair
+BIAS_KINDS = ("crows_pairs", "stereoset")
 DEFAULT_TASKS = "crows_pairs,arc_easy,piqa"
 
 
@@ -46,9 +51,11 @@ class Probes:
 
 
 def load_tasks(tasks: str | Iterable[str] | None, data_files: dict[str, Any] | None = None,
-               limit: int | None = None, data_dir: Any = None) -> list[Any]:
+               limit: int | None = None, data_dir: Any = None, require_bias: bool = True) -> list[Any]:
     """Task objects for the probes (``qfair.tasks`` names or groups; default
-    :data:`DEFAULT_TASKS`); ``data_dir``: a ``qfair data fetch`` directory."""
+    :data:`DEFAULT_TASKS`); ``data_dir``: a ``qfair data fetch`` directory;
+    ``require_bias``: refuse tasks without a bias probe (a scan whose bias
+    objective is elsewhere, e.g. generation probes, passes False)."""
     import qfair.tasks as T
 
     names = T.resolve(tasks if tasks else DEFAULT_TASKS)
@@ -58,13 +65,14 @@ def load_tasks(tasks: str | Iterable[str] | None, data_files: dict[str, Any] | N
         raise ProbeError(f"--data-file given for {', '.join(unknown)}, which is not among the probe tasks "
                          f"({', '.join(names)})")
     objs = [T.get(n, data_file=files.get(n), limit=limit, data_dir=data_dir) for n in names]
-    if not any(t.kind == BIAS_KIND for t in objs):
-        raise ProbeError(f"the probe tasks ({', '.join(names)}) hold no bias probe; add crows_pairs_english "
-                         "or crows_pairs_french")
+    if require_bias and not any(t.kind in BIAS_KINDS for t in objs):
+        raise ProbeError(f"the probe tasks ({', '.join(names)}) hold no bias probe; add crows_pairs_english, "
+                         "crows_pairs_french or a stereoset task")
     return objs
 
 
-def build_probes(task_objs: Sequence[Any], tokenizer: Any, split: Split, side: str) -> Probes:
+def build_probes(task_objs: Sequence[Any], tokenizer: Any, split: Split, side: str,
+                 require_bias: bool = True) -> Probes:
     """The documents of ``side`` ("scan" or "heldout"), tokenised; the split of
     every document is kept in ``split_rows``."""
     from qfair.dump.multiple_choice import check_doc, task_info
@@ -76,7 +84,7 @@ def build_probes(task_objs: Sequence[Any], tokenizer: Any, split: Split, side: s
     rows: dict[str, list] = {k: [] for k in ("example_id", "task", "group", "role", "side", "key")}
     seen: set[str] = set()
     for t in task_objs:
-        role = "bias" if t.kind == BIAS_KIND else "general"
+        role = "bias" if t.kind in BIAS_KINDS else "general"
         n = 0
         for d in t.docs():
             check_doc(t, d)
@@ -99,6 +107,6 @@ def build_probes(task_objs: Sequence[Any], tokenizer: Any, split: Split, side: s
         infos.append(info)
     if not docs:
         raise ProbeError(f"the {side} side of the split {split} holds no example; use more data or another split")
-    if "bias" not in roles:
+    if require_bias and "bias" not in roles:
         raise ProbeError(f"the {side} side of the split {split} holds no bias probe; use more data or another split")
     return Probes(docs, enc, roles, side, infos, rows)

@@ -48,6 +48,9 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
     "stereo_gap": ("bias", "stereo_gap"),
     "kl": ("all", "kl"),
     "acc": ("general", "acc"),
+    # generation probes (qfair sensitivity --gen-probes)
+    "gen_bias": ("gen", "lexicon_gap_shift"),
+    "gen_kl": ("gen", "gen_kl"),
 }
 PROBE_SPLITS = ("heldout", "scan", "none")
 _SIZE_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9,
@@ -356,7 +359,7 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
     st = man["settings"]
     load_kw = {k: v for k, v in (st.get("load") or {}).items() if v not in (None, "None")}
     tasks = load_tasks(st["tasks"], {k: Path(v) for k, v in (st.get("data_files") or {}).items()}, st.get("limit"),
-                       st.get("data_dir"))
+                       st.get("data_dir"), require_bias=False)  # a scan built on generation probes may have none
     t0 = time.perf_counter()
     base_lm, quant_lm = loaded if loaded is not None else load_pair(st["model"], st["quant"], load_kw, progress)
     packed = quant_lm.extra.get("packed_bytes")
@@ -366,7 +369,7 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
         raise SensitivityError("the model's units differ from the scan's (another model or spec?)")
     rec_lm = load_model(st["model"], quant=rec.spec, progress=progress, **load_kw)
     measured = model_bytes(rec_lm.model, rec_lm.extra.get("packed_bytes"))
-    probes = build_probes(tasks, base_lm.tokenizer, Split.parse(st["split"]), side)
+    probes = build_probes(tasks, base_lm.tokenizer, Split.parse(st["split"]), side, require_bias=False)
     sw = UnitSwapper(base_lm.model, quant_lm.model, units, extra={"high": high.model} if high is not None else None)
     keep_source = "float" if high is None else "high"
     host, tok, dev = base_lm.model, base_lm.tokenizer, getattr(base_lm, "device", None)

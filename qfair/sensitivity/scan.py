@@ -11,11 +11,14 @@ Work plan (one process, two loaded copies of the model):
 3. score the base once (its float16 log-prob rows are kept for the KL);
 4. for every unit: put it in, score, compare with the base, take it back
    out. Only the forward passes are repeated, nothing is reloaded.
-5. with candidate widths (``widths``, linear units of an ``rtn``/``gptq``
-   spec): the spec is loaded once more per other width, and for every unit and
-   width the model quantized at the spec's width everywhere but that unit,
-   which comes from the other width's model, is scored against the base
-   (``widths.parquet``; the units' bytes per width in ``width_units.parquet``).
+5. with candidate widths (``widths``, linear or block units of an
+   ``rtn``/``gptq`` spec): the spec is loaded once more per other width, and
+   for every unit and width the model quantized at the spec's width everywhere
+   but that unit, which comes from the other width's model, is scored against
+   the base (``widths.parquet``; the units' bytes per width in
+   ``width_units.parquet``). Block units put every layer of a block at one
+   width: 7x fewer forward passes than linear units on a Llama, for a coarser
+   choice.
 
 Outputs (Parquet through polars, plus one JSON): see docs/sensitivity.md.
 """
@@ -67,12 +70,20 @@ class ScanResult:
         return "\n".join(lines)
 
 
-def _parse_modes(mode: str) -> tuple[str, ...]:
-    m = mode.strip().lower()
+def _parse_modes(mode: str | None, widths: bool = False) -> tuple[str, ...]:
+    """The unit modes to run; ``none`` (only with candidate widths) runs none of
+    them, and is the default of a width scan, whose allocation reads only the
+    width rows (the single-unit rows would double its cost)."""
+    m = ("none" if widths else "single") if mode is None else mode.strip().lower()
     if m == "both":
         return MODES
+    if m == "none":
+        if not widths:
+            raise SensitivityError("--mode none: only a width scan (--bits) may skip the unit modes; "
+                                   "expected single, leave-one-out or both")
+        return ()
     if m not in MODES:
-        raise SensitivityError(f"unknown --mode {mode!r}; expected single, leave-one-out or both")
+        raise SensitivityError(f"unknown --mode {mode!r}; expected single, leave-one-out, both or none")
     return (m,)
 
 
@@ -213,34 +224,38 @@ def _device(model: Any) -> Any:
 
 def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "bnb-nf4",
              tasks: Any = None, data_files: dict[str, Any] | None = None, limit: int | None = None,
-             data_dir: Any = None, unit: str = "block", mode: str = "single", split: str | Split = "0.5:0",
+             data_dir: Any = None, unit: str = "block", mode: str | None = "single", split: str | Split = "0.5:0",
              resamples: int = 10_000, seed: int = 0, batch_size: int = 32,
              load_kwargs: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
              loaded: tuple[Any, Any] | None = None, only: Any = None, widths: Any = None,
-             width_models: dict[int, Any] | None = None) -> ScanResult:
+             width_models: dict[int, Any] | None = None, objectives: Sequence[Any] = ()) -> ScanResult:
     """Run a sensitivity scan and write its directory (see the module doc).
 
     ``loaded`` = (float LoadedModel, quantized LoadedModel) skips loading (the
     library path; the scan swaps their modules and restores them at the end).
     ``only``: scan these unit names only (the uniform rows still quantize every unit).
     ``data_dir``: a ``qfair data fetch`` directory the probe tasks are read from.
-    ``widths``: candidate bit widths (e.g. ``"3,4,8"``; needs ``unit="linear"``
-    and an rtn/gptq spec); ``width_models``: {bits: LoadedModel} already loaded.
+    ``widths``: candidate bit widths (e.g. ``"3,4,8"``; needs an rtn/gptq spec); ``width_models``: {bits: LoadedModel} already loaded.
+    ``mode=None``: ``single``, or ``none`` for a width scan (only its width rows).
+    ``objectives``: more probe sets scored in every model state, each with
+    ``bind(model, tokenizer, device)`` (the float model, once), ``score(model)``,
+    ``rows(state, resamples=, seed=)`` (rows like :func:`compare`'s) and
+    ``info()``, e.g. :class:`qfair.generation.probe_objective.GenProbeObjective`;
+    with one, the probe tasks need no bias probe.
     """
     import polars as pl
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     out_p = Path(out)
-    modes = _parse_modes(mode)
+    modes = _parse_modes(mode, widths is not None)
     sp = Split.parse(split)
     if loaded is None:
         check_scan_spec(quant)
     _check_out(out_p, overwrite, model=model, data_files=data_files)
     wlist = parse_widths(widths)
-    if wlist is not None and unit != "linear":
-        raise SensitivityError("--bits: candidate widths are scanned per linear layer; add --unit linear")
-    task_objs = load_tasks(tasks, data_files, limit, data_dir)  # a bad row stops the run before the model load
+    # a bad row stops the run before the model load
+    task_objs = load_tasks(tasks, data_files, limit, data_dir, require_bias=not objectives)
     t0 = time.perf_counter()
     if loaded is None:
         base_lm, quant_lm = load_pair(model, quant, load_kwargs, progress)
@@ -259,7 +274,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
         missing = sorted(set(only) - {u.name for u in units})
         if missing:
             raise SensitivityError(f"unknown unit(s) {', '.join(missing)}")
-    probes = build_probes(task_objs, base_lm.tokenizer, sp, "scan")
+    probes = build_probes(task_objs, base_lm.tokenizer, sp, "scan", require_bias=not objectives)
     swapper = UnitSwapper(base_lm.model, quant_lm.model, units,
                           extra={f"bits{b}": lm.model for b, lm in donors.items()} or None)
     width_bytes = []
@@ -285,9 +300,20 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     ex_rows: list[dict[str, Any]] = []
     timing: list[dict[str, Any]] = []
 
+    def more_rows() -> list[dict[str, Any]]:
+        """The objectives' rows of the host's present state."""
+        out = []
+        for o in objectives:
+            t = time.perf_counter()
+            out.extend(o.rows(o.score(host), resamples=resamples, seed=seed))
+            obj_seconds[0] += time.perf_counter() - t
+        return out
+
+    obj_seconds = [0.0]
+
     def record(mode_name: str, unit_name: str | None, unit_index: int | None, scored: Any) -> None:
         if mode_name != "base":
-            for r in compare(probes, base, scored, resamples=resamples, seed=seed):
+            for r in [*compare(probes, base, scored, resamples=resamples, seed=seed), *more_rows()]:
                 rows.append({"mode": mode_name, "unit": unit_name, "unit_index": unit_index, **r})
         for i, d in enumerate(probes.docs):
             ex_rows.append({"mode": mode_name, "unit": unit_name, "example_id": d.example_id, "task": d.task,
@@ -297,13 +323,16 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     try:
         with _quiet_torch():
             base = score_probes(host, tok, probes, keep_rows=True, batch_size=batch_size, device=dev)
+            for o in objectives:  # the float model's texts and rows
+                o.bind(host, tok, dev)
             record("base", None, None, base)
             swapper.set_quantized(swapper.all())
             uni = score_probes(host, tok, probes, base=base, batch_size=batch_size, device=dev)
             record("uniform", "<all units>", None, uni)
             timing.append({"mode": "uniform", "unit": "<all units>", "seconds": uni.seconds})
             jobs = [(m, u) for m in modes for u in units if only is None or u.name in only]
-            bar = tqdm(jobs, desc="qfair sensitivity", unit="unit", disable=not progress, dynamic_ncols=True)
+            bar = tqdm(jobs, desc="qfair sensitivity", unit="unit", disable=not progress or not jobs,
+                       dynamic_ncols=True)
             for m, u in bar:
                 bar.set_postfix_str(f"{m} {u.name}")
                 others = [x.name for x in units if x.name != u.name]
@@ -314,7 +343,8 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
             bar.close()
             if wlist is not None:
                 # the reference width of every unit is the uniform model itself
-                uni_rows = compare(probes, base, uni, resamples=resamples, seed=seed)
+                uni_rows = [r for r in rows if r["mode"] == "uniform"]
+                uni_rows = [{k: v for k, v in r.items() if k not in ("mode", "unit", "unit_index")} for r in uni_rows]
                 wjobs = [(u, b) for u in units for b in wlist if only is None or u.name in only]
                 bar = tqdm(wjobs, desc="qfair sensitivity widths", unit="unit", disable=not progress,
                            dynamic_ncols=True)
@@ -326,15 +356,16 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
                     swapper.assign({x.name: (f"bits{b}" if x.name == u.name else "quant") for x in units})
                     s = score_probes(host, tok, probes, base=base, batch_size=batch_size, device=dev)
                     width_rows.extend({"unit": u.name, "bits": b, **r}
-                                      for r in compare(probes, base, s, resamples=resamples, seed=seed))
+                                      for r in [*compare(probes, base, s, resamples=resamples, seed=seed),
+                                                *more_rows()])
                     timing.append({"mode": f"bits{b}", "unit": u.name, "seconds": s.seconds})
                 bar.close()
     finally:
         swapper.restore()
 
-    seconds = {"load": t_load, "base": base.seconds,
-               "per_unit_median": float(np.median([t["seconds"] for t in timing if t["mode"] in MODES]))
-               if len(timing) > 1 else 0.0}
+    per_unit = [t["seconds"] for t in timing if t["mode"] != "uniform"]  # unit modes and widths
+    seconds = {"load": t_load, "base": base.seconds, "objectives": obj_seconds[0],
+               "per_unit_median": float(np.median(per_unit)) if per_unit else 0.0}
     out_p.mkdir(parents=True, exist_ok=True)
     units_df = pl.DataFrame({
         "unit": [u.name for u in units], "unit_index": [u.index for u in units], "kind": [u.kind for u in units],
@@ -368,6 +399,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
                      **({"data_dir": str(data_dir)} if data_dir is not None else {}),
                      "unit": unit, "modes": list(modes), "widths": list(wlist) if wlist else None,
                      "reference_bits": ref_bits, "split": str(sp), "resamples": resamples, "seed": seed,
+                     "objectives": [o.info() for o in objectives],
                      "batch_size": batch_size,
                      "load": {k: str(v) for k, v in sorted((load_kwargs or {}).items()) if v is not None}},
         "split": {"fraction": sp.fraction, "seed": sp.seed, "rule": "sha256 of the rendered example text",
