@@ -350,10 +350,12 @@ def expected_rows(plan: Plan, progress: bool = False) -> None:
         tok, vocab, estimated = toks[d.model]
         d.rows_estimated = estimated
         opts = study.dump_options(group)
-        d.row_bytes = _row_bytes(opts.get("store", "full"), opts.get("store_dtype", "f16"), vocab)
+        kind = get_kind(group.dump_kind)
+        # a kind that stores no logits rows (choices only) writes none, whatever --store says
+        d.row_bytes = _row_bytes(opts.get("store", "full"), opts.get("store_dtype", "f16"), vocab) \
+            if kind.stores_rows else 0
         key = (d.model, d.group)
         if key not in cache:
-            kind = get_kind(group.dump_kind)
             tasks = []
             if kind.takes_tasks:
                 limit = opts.get("limit") or None
