@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from qfair.errors import QfairError
 
@@ -179,14 +180,38 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
     task (None: every built-in example). ``log`` receives one line per step
     (default: stderr). ``generation``: also run the short generation part."""
     from qfair.dump import DumpError
-    from qfair.dump.run import dump
     from qfair.models import ModelError
     from qfair.tasks import TaskError
 
     say = log or _stderr
     t_all = time.perf_counter()
-    _check_installed(gguf=model is None)
     out = Path(out)
+    limit, names, ok, skipped = _check_options(out, model, quant, tasks, limit, bootstrap, threads, say)
+    run = _DemoRun(out, model, names, limit, seed, progress, threads, say, n_ok=len(ok), generation=generation)
+    base, quants = run.dump_all(ok, skipped)
+    cmp = run.analyze(base, quants, bootstrap)
+    rep = run.report(quants)
+    gen_report, gen_lines = None, []
+    if generation:
+        say(f"[{run.n_steps}/{run.n_steps}] generation: {len(GEN_PROMPTS)} prompts, up to {GEN_MAX_NEW_TOKENS} new "
+            f"tokens, base and {', '.join(quants)} -> {out / 'generation'}")
+        t0 = time.perf_counter()
+        try:
+            gen_report, gen_lines = _generation_part(out / "generation", model, [s for s in ok if _label(s) in quants],
+                                                     bootstrap, seed, progress, threads)
+        except (DumpError, ModelError, TaskError) as e:
+            raise DemoError(str(e)) from None
+        run.seconds["generation"] = time.perf_counter() - t0
+    run.seconds["total"] = time.perf_counter() - t_all
+    return _result(run, base, quants, skipped, cmp, rep, gen_report, gen_lines)
+
+
+def _check_options(out: Path, model: str | os.PathLike | None, quant: str | Iterable[str], tasks: Sequence[str],
+                   limit: int | None, bootstrap: int, threads: int | None,
+                   say: Callable[[str], None]) -> tuple[int | None, list[str], list[str], dict[str, str]]:
+    """Everything the demo can refuse before any work: (limit, task names, the
+    quantizations that run here, those skipped with why)."""
+    _check_installed(gguf=model is None)
     if limit is not None and limit < 0:
         raise DemoError(f"--limit must be >= 0 (0: every built-in example), got {limit}")
     limit = limit or None
@@ -209,84 +234,108 @@ def run_demo(out: str | os.PathLike = "qfair-demo", *, model: str | os.PathLike 
                         f"({'; '.join(f'{s}: {w}' for s, w in skipped.items())}); see `qfair quant-specs`")
     if out.exists() and not out.is_dir():
         raise DemoError(f"{out}: exists and is not a directory")
-    dumps_dir, analysis_dir, report_dir = out / "dumps", out / "analysis", out / "report"
-    seconds: dict[str, float] = {}
-    model_name = str(model) if model is not None else "SmolLM2-135M-Instruct"
-    n_steps = len(ok) + 3 + (1 if generation else 0)
-    per_task = f"{limit} example(s) per task" if limit else "every built-in example"
+    return limit, names, ok, skipped
 
-    def _dump(step: int, spec: str, label: str) -> Path:
+
+class _DemoRun:
+    """The demo's steps after its checks: the dumps, the analysis and the report,
+    each announced as step i of n and timed."""
+
+    def __init__(self, out: Path, model: str | os.PathLike | None, names: list[str], limit: int | None, seed: int,
+                 progress: bool, threads: int | None, say: Callable[[str], None], n_ok: int, generation: bool) -> None:
+        self.out, self.model, self.names, self.limit, self.seed = out, model, names, limit, seed
+        self.progress, self.threads, self.say, self.n_ok, self.generation = progress, threads, say, n_ok, generation
+        # the steps announced: the base dump, one per quantization, the analysis, the report (, generation)
+        self.n_steps = n_ok + 3 + (1 if generation else 0)
+        self.dumps_dir, self.analysis_dir, self.report_dir = out / "dumps", out / "analysis", out / "report"
+        self.seconds: dict[str, float] = {}
+        self.model_name = str(model) if model is not None else "SmolLM2-135M-Instruct"
+
+    def dump(self, step: int, spec: str, label: str) -> Path:
+        """One dump: reused when complete with the same settings, else resumed or redone."""
+        from qfair.dump.run import dump
+
         what = "full precision" if spec == "none" else spec
-        path = dumps_dir / label
-        state = existing_dump(path, model=model, quant=spec, tasks=names, limit=limit, seed=seed)
+        path = self.dumps_dir / label
+        state = existing_dump(path, model=self.model, quant=spec, tasks=self.names, limit=self.limit, seed=self.seed)
         if state == "complete":
-            say(f"[{step}/{n_steps}] reuse {path} ({model_name}, {what}: complete, same settings)")
-            seconds[f"dump {label}"] = 0.0
+            self.say(f"[{step}/{self.n_steps}] reuse {path} ({self.model_name}, {what}: complete, same settings)")
+            self.seconds[f"dump {label}"] = 0.0
             return path
         verb = {"partial": "resume", "other": "redo (other settings)"}.get(state or "", "dump")
-        say(f"[{step}/{n_steps}] {verb} {model_name}, {what}, on {len(names)} tasks ({per_task}) -> {path}")
+        per_task = f"{self.limit} example(s) per task" if self.limit else "every built-in example"
+        self.say(f"[{step}/{self.n_steps}] {verb} {self.model_name}, {what}, on {len(self.names)} tasks ({per_task}) "
+                 f"-> {path}")
         t0 = time.perf_counter()
-        s = dump(path, model=None if model is None else str(model), quant=spec, tasks=names,
-                 limit=limit, resume=state == "partial", overwrite=state != "partial", seed=seed,
-                 progress=progress, threads=threads)
-        seconds[f"dump {label}"] = time.perf_counter() - t0
-        say(f"      {s.n_examples} examples, {s.n_rows} scored tokens in {seconds[f'dump {label}']:.0f} s")
+        s = dump(path, model=None if self.model is None else str(self.model), quant=spec, tasks=self.names,
+                 limit=self.limit, resume=state == "partial", overwrite=state != "partial", seed=self.seed,
+                 progress=self.progress, threads=self.threads)
+        self.seconds[f"dump {label}"] = time.perf_counter() - t0
+        self.say(f"      {s.n_examples} examples, {s.n_rows} scored tokens in {self.seconds[f'dump {label}']:.0f} s")
         return s.path
 
-    try:
-        base = _dump(1, "none", "base")
-    except (DumpError, ModelError, TaskError) as e:
-        raise DemoError(str(e)) from None
-    quants: dict[str, Path] = {}
-    for i, spec in enumerate(ok):
-        label = _label(spec)
+    def dump_all(self, ok: list[str], skipped: dict[str, str]) -> tuple[Path, dict[str, Path]]:
+        """The base dump, then one per quantization (one that cannot load here is skipped)."""
+        from qfair.dump import DumpError
+        from qfair.models import ModelError
+        from qfair.tasks import TaskError
+
         try:
-            quants[label] = _dump(i + 2, spec, label)
-        except ModelError as e:  # a backend that is installed but cannot run here
-            skipped[spec] = str(e)
-            say(f"qfair demo: skipping {spec}: {e}")
-        except (DumpError, TaskError) as e:
-            raise DemoError(str(e)) from None
-    if not quants:
-        raise DemoError(f"every quantized variant failed to load ({'; '.join(f'{s}: {w}' for s, w in skipped.items())})")
-
-    from qfair.analyze import compare
-    from qfair.report import build_report
-    from qfair.report.text import compact_summary, model_headlines
-
-    say(f"[{len(ok) + 2}/{n_steps}] analyze base vs {', '.join(quants)} ({bootstrap} bootstrap resamples) "
-        f"-> {analysis_dir}")
-    t0 = time.perf_counter()
-    try:
-        cmp = compare(base, list(quants.values()), bootstrap=bootstrap, seed=seed, progress=progress,
-                      threads=threads)
-        cmp.write(analysis_dir, formats=("parquet", "csv", "md", "latex"))
-    except DumpError as e:
-        raise DemoError(str(e)) from None
-    seconds["analyze"] = time.perf_counter() - t0
-
-    say(f"[{n_steps - (1 if generation else 0)}/{n_steps}] report -> {report_dir}")
-    t0 = time.perf_counter()
-    rep = build_report(analysis_dir, report_dir, progress=progress,
-                       title=f"qfair demo: {model_name}, base vs {', '.join(quants)}")
-    seconds["report"] = time.perf_counter() - t0
-    gen_report, gen_lines = None, []
-    if generation:
-        say(f"[{n_steps}/{n_steps}] generation: {len(GEN_PROMPTS)} prompts, up to {GEN_MAX_NEW_TOKENS} new tokens, "
-            f"base and {', '.join(quants)} -> {out / 'generation'}")
-        t0 = time.perf_counter()
-        try:
-            gen_report, gen_lines = _generation_part(out / "generation", model, [s for s in ok if _label(s) in quants],
-                                                     bootstrap, seed, progress, threads)
+            base = self.dump(1, "none", "base")
         except (DumpError, ModelError, TaskError) as e:
             raise DemoError(str(e)) from None
-        seconds["generation"] = time.perf_counter() - t0
-    seconds["total"] = time.perf_counter() - t_all
+        quants: dict[str, Path] = {}
+        for i, spec in enumerate(ok):
+            label = _label(spec)
+            try:
+                quants[label] = self.dump(i + 2, spec, label)
+            except ModelError as e:  # a backend that is installed but cannot run here
+                skipped[spec] = str(e)
+                self.say(f"qfair demo: skipping {spec}: {e}")
+            except (DumpError, TaskError) as e:
+                raise DemoError(str(e)) from None
+        if not quants:
+            raise DemoError("every quantized variant failed to load "
+                            f"({'; '.join(f'{s}: {w}' for s, w in skipped.items())})")
+        return base, quants
+
+    def analyze(self, base: Path, quants: dict[str, Path], bootstrap: int) -> Any:
+        from qfair.analyze import compare
+        from qfair.dump import DumpError
+
+        self.say(f"[{self.n_ok + 2}/{self.n_steps}] analyze base vs {', '.join(quants)} ({bootstrap} bootstrap "
+                 f"resamples) -> {self.analysis_dir}")
+        t0 = time.perf_counter()
+        try:
+            cmp = compare(base, list(quants.values()), bootstrap=bootstrap, seed=self.seed, progress=self.progress,
+                          threads=self.threads)
+            cmp.write(self.analysis_dir, formats=("parquet", "csv", "md", "latex"))
+        except DumpError as e:
+            raise DemoError(str(e)) from None
+        self.seconds["analyze"] = time.perf_counter() - t0
+        return cmp
+
+    def report(self, quants: dict[str, Path]) -> Any:
+        from qfair.report import build_report
+
+        self.say(f"[{self.n_steps - (1 if self.generation else 0)}/{self.n_steps}] report -> {self.report_dir}")
+        t0 = time.perf_counter()
+        rep = build_report(self.analysis_dir, self.report_dir, progress=self.progress,
+                           title=f"qfair demo: {self.model_name}, base vs {', '.join(quants)}")
+        self.seconds["report"] = time.perf_counter() - t0
+        return rep
+
+
+def _result(run: _DemoRun, base: Path, quants: dict[str, Path], skipped: dict[str, str], cmp: Any, rep: Any,
+            gen_report: Path | None, gen_lines: list[str]) -> DemoResult:
+    """What the demo returns: its paths, the terminal summary and the timings."""
+    from qfair.report.text import compact_summary, model_headlines
+
     models = list(cmp.settings.get("models") or quants)
-    return DemoResult(out=out, base=base, quants=quants, skipped=skipped, analysis=analysis_dir, report=rep.html,
-                      figures=rep.figures, summary_text=compact_summary(cmp.summary, models),
+    return DemoResult(out=run.out, base=base, quants=quants, skipped=skipped, analysis=run.analysis_dir,
+                      report=rep.html, figures=rep.figures, summary_text=compact_summary(cmp.summary, models),
                       headlines=model_headlines(cmp.summary, cmp.examples, cmp.tokens, models),
-                      seconds=seconds, notes=list(cmp.notes) + rep.notes, gen_report=gen_report,
+                      seconds=run.seconds, notes=list(cmp.notes) + rep.notes, gen_report=gen_report,
                       gen_lines=gen_lines)
 
 
@@ -307,10 +356,10 @@ def _generation_part(out: Path, model: str | os.PathLike | None, specs: Sequence
     opts = {"max_new_tokens": GEN_MAX_NEW_TOKENS}
     m = None if model is None else str(model)
     base = dump(out / "dumps" / "base", model=m, tasks="gen_prompts", data_files={"gen_prompts": prompts},
-                overwrite=True, seed=seed, progress=progress, generation=opts, threads=threads).path
+                overwrite=True, seed=seed, progress=progress, options=opts, threads=threads).path
     quants = [dump(out / "dumps" / _label(s), model=m, quant=s, tasks="gen_prompts",
                    data_files={"gen_prompts": prompts}, overwrite=True, seed=seed, progress=progress,
-                   generation={**opts, "reference": str(base)}, threads=threads).path for s in specs]
+                   options={**opts, "reference": str(base)}, threads=threads).path for s in specs]
     cmp = compare(base, quants, bootstrap=bootstrap, seed=seed, progress=progress, threads=threads)
     cmp.write(out / "analysis", formats=("parquet", "csv", "md"))
     rep = build_report(out / "analysis", out / "report", progress=progress,

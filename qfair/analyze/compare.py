@@ -36,6 +36,7 @@ import polars as pl
 from qfair import stats
 from qfair.analyze.families import family_rows
 from qfair.analyze.multiple_testing import adjust_families, primary_metric, primary_resamples
+from qfair.analyze.result import TABLES, AnalysisTables
 from qfair.analyze.summary import (
     SUMMARY_SCHEMA,
     StatsConfig,
@@ -61,7 +62,6 @@ from qfair.stages import stage
 __all__ = ["compare", "Comparison", "TABLES"]
 
 # the tables every comparison has (possibly empty), in writing order
-TABLES = ("summary", "examples", "tokens", "calibration", "strata", "groups")
 
 
 def kind_analysis(kind: Any) -> Callable[..., dict[str, pl.DataFrame]] | None:
@@ -74,49 +74,8 @@ def kind_analysis(kind: Any) -> Callable[..., dict[str, pl.DataFrame]] | None:
     return getattr(importlib.import_module(module), name)
 
 
-@dataclass
-class Comparison:
-    """The result of :func:`compare`: polars tables and the settings used.
-
-    ``summary``, ``examples``, ``tokens``, ``calibration``, ``strata``,
-    ``groups`` always exist (empty where the dumps hold nothing for them);
-    ``extra`` holds the tables of a dump kind's own analysis.
-    """
-
-    summary: pl.DataFrame
-    examples: pl.DataFrame
-    tokens: pl.DataFrame
-    calibration: pl.DataFrame
-    strata: pl.DataFrame
-    groups: pl.DataFrame
-    settings: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    extra: dict[str, pl.DataFrame] = field(default_factory=dict)
-
-    def table_names(self) -> list[str]:
-        return [*TABLES, *self.extra]
-
-    def table(self, name: str) -> pl.DataFrame:
-        if name in TABLES:
-            return getattr(self, name)
-        if name in self.extra:
-            return self.extra[name]
-        raise KeyError(f"unknown table {name!r}; tables: {', '.join(self.table_names())}")
-
-    def tables(self) -> dict[str, pl.DataFrame]:
-        return {name: self.table(name) for name in self.table_names()}
-
-    def write(self, out_dir: str | os.PathLike, formats: Sequence[str] = ("parquet", "csv", "md")) -> list[Path]:
-        """Write every table in each format (parquet, csv, md; latex for the summary) as one
-        analysis directory: an earlier analysis there is replaced as a whole, atomically
-        (:mod:`qfair.analyze.outdir`)."""
-        from qfair.analyze.outdir import write_analysis
-
-        return write_analysis(self, Path(out_dir), formats)
-
-    def __repr__(self) -> str:
-        shapes = ", ".join(f"{t}={self.table(t).shape}" for t in self.table_names())
-        return f"Comparison({shapes})"
+# the result of compare(): the one tables type that the report reads back too (qfair.analyze.result)
+Comparison = AnalysisTables
 
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,40 @@ def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-@main.command("dump")
+class _KindOptionsCommand(click.Command):
+    """``qfair dump``: its own flags, then every dump kind's options
+    (:class:`qfair.dump.kinds.KindOption`), added the first time click asks for
+    the parameters, so that a dump kind of a plugin has its flags too."""
+
+    _kinds_added = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._kinds_added:
+            from qfair.dump.kinds import all_kinds
+            from qfair.errors import QfairError
+
+            try:
+                self.params += [_click_option(o) for k in all_kinds() for o in k.options]
+            except QfairError as e:  # a plugin that fails to load: one line
+                raise click.ClickException(str(e)) from None
+            self._kinds_added = True
+        return super().get_params(ctx)
+
+
+def _click_option(o) -> click.Option:
+    """A dump kind's option as a click flag."""
+    if o.type == "int":
+        typ = click.IntRange(min=None if o.min is None else int(o.min), max=None if o.max is None else int(o.max))
+    elif o.type == "float":
+        typ = click.FloatRange(min=o.min, max=o.max, min_open=o.min_open)
+    elif o.type == "file":
+        typ = click.Path(dir_okay=False, exists=True)
+    else:
+        typ = click.Path(file_okay=False)
+    return click.Option([o.flag, o.name], type=typ, default=None, metavar=o.metavar, help=o.help)
+
+
+@main.command("dump", cls=_KindOptionsCommand)
 @click.option("--model", "model", default=None, metavar="M",
               help="Model: a local directory, an HF id already in the local cache, or "
                    "'smollm2-135m' (the embedded default, used when omitted).")
@@ -44,13 +77,6 @@ def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Choice sequences per forward pass (the shared context is computed once); generation tasks: "
                    "continuations decoded together.")
-@click.option("--text", "text", default=None, type=click.Path(dir_okay=False, exists=True), metavar="FILE",
-              help="Score a plain text file instead of tasks, the way llama-perplexity does (needs --ctx): "
-                   "chunks of --ctx tokens, the second half of each scored (a 'text' dump).")
-@click.option("--ctx", type=click.IntRange(min=4), default=None, metavar="N",
-              help="With --text: tokens per chunk (llama-perplexity -c).")
-@click.option("--chunks", type=click.IntRange(min=1), default=None, metavar="K",
-              help="With --text: at most K chunks (default: all whole chunks of the text).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted dump in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dump in --out.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed recorded in the manifest (torch.manual_seed).")
@@ -70,22 +96,9 @@ def _check_store(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
               help="torch compute threads (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use; recorded in the manifest).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
-              help="Generation tasks: tokens to generate per prompt at most (default 64; stops at EOS).")
-@click.option("--temperature", type=click.FloatRange(min=0), default=None,
-              help="Generation tasks: 0 = greedy (default); > 0 samples, seeded per (prompt, sample) by --seed.")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
-              help="Generation tasks: nucleus sampling mass (default 1).")
-@click.option("--samples", type=click.IntRange(min=1), default=None,
-              help="Generation tasks: continuations per prompt (default 1; > 1 needs --temperature > 0).")
-@click.option("--reference", type=click.Path(file_okay=False), default=None,
-              help="Generation tasks: the base model's generation dump; this model is teacher-forced on its "
-                   "texts (rows aligned with it) and also writes its own.")
 def dump_cmd(model, quant, tasks, out, limit, data_files, data_dir, store, store_dtype, shard_rows, batch_size,
-             text, ctx, chunks, resume, overwrite, seed, revision, dtype, device, device_map, max_memory,
-             offload_folder, gguf_file,
-             trust_remote_code, cache_dir, threads, no_progress, max_new_tokens, temperature, top_p, samples,
-             reference) -> None:
+             resume, overwrite, seed, revision, dtype, device, device_map, max_memory, offload_folder, gguf_file,
+             trust_remote_code, cache_dir, threads, no_progress, **kind_options) -> None:
     """Score multiple-choice tasks with one (possibly quantized) model and write a
     dump directory: manifest.json, examples/choices/tokens Parquet tables and
     logits/NNNNN.npy shards of float16 log-probs.
@@ -101,28 +114,24 @@ def dump_cmd(model, quant, tasks, out, limit, data_files, data_dir, store, store
       qfair dump --tasks gen_stories --out runs/base-gen
       qfair dump --quant bnb-int8 --tasks gen_stories --reference runs/base-gen --out runs/int8-gen
     """
+    from qfair.dump.kinds import KindUsageError, select_kind
     from qfair.dump.run import dump
 
     load_kwargs = {"revision": revision, "dtype": dtype, "device": device, "device_map": device_map,
                    "max_memory": max_memory, "offload_folder": offload_folder,
                    "gguf_file": gguf_file, "trust_remote_code": trust_remote_code or None,
                    "cache_dir": cache_dir}
-    if text is not None:
-        if ctx is None:
-            raise click.UsageError("--text needs --ctx (tokens per chunk)")
-        if tasks or data_files or data_dir or limit is not None:
-            raise click.UsageError("--text scores a text file; drop --tasks / --data-file / --data-dir / --limit")
-        load_kwargs.update(text=text, ctx=ctx, chunks=chunks)
-    elif ctx is not None or chunks is not None:
-        raise click.UsageError("--ctx and --chunks go with --text")
+    options = {k: v for k, v in kind_options.items() if v is not None}
+    try:  # what the flags alone show: an option without the one it needs, or of a kind the others exclude
+        select_kind(options, tasks_given=bool(tasks or data_files or data_dir or limit is not None))
+    except KindUsageError as e:
+        raise click.UsageError(str(e)) from None
     with reported(out, interrupted=f"interrupted; finished shards are kept in {out} (finish with --resume)"):
         summary = dump(out, model=model, quant=quant, tasks=tasks, data_files=list(data_files), data_dir=data_dir,
                        limit=limit,
                        store=store, store_dtype=store_dtype, shard_rows=shard_rows, batch_size=batch_size,
                        resume=resume, overwrite=overwrite, seed=seed, progress=not no_progress,
-                       load_kwargs=load_kwargs, threads=threads,
-                       generation={"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                                   "samples": samples, "reference": reference})
+                       load_kwargs=load_kwargs, threads=threads, options=options)
     import os
 
     if os.environ.get("RANK", "0") in ("0", ""):  # a data-parallel run reports once, from rank 0

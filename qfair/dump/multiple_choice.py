@@ -242,3 +242,12 @@ def run_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, store
     return summarize(Path(out), writer.manifest, time.perf_counter() - t0,
                      resumed_from_shard=writer.resumed_from_shard or None,
                      already_complete=writer.already_complete, context_length=scorer.max_length)
+
+
+# ---------------------------------------------------------------------------
+# what the multiple-choice dump kind declares (qfair.dump.kinds.MULTIPLE_CHOICE)
+# ---------------------------------------------------------------------------
+
+def estimate_rows(tasks: Sequence[Any], options: dict[str, Any], tokenizer: Any) -> tuple[int, bool]:
+    """The rows a dump of ``tasks`` writes (exact: one per scored continuation token)."""
+    return sum(prepare_documents(tasks, tokenizer).rows_per_example), True

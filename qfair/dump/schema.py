@@ -159,11 +159,24 @@ def inside(root: Path, rel: str, where: str, real_root: str | None = None) -> Pa
 
 def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
     """Check a parsed manifest against the schema (module doc); returns it."""
+    c = _Check(path)
+    kind, complete, vocab, v2 = _check_header(c, m, path)
+    _check_tasks(c, m)
+    full, row_bytes = _check_storage(c, m, kind, vocab)
+    plan = _check_plan(c, m)
+    n_examples = _check_tables(c, m, kind, complete, v2)
+    first_shard = _check_part(c, m, plan, complete)
+    _check_shards(c, m, kind, plan, first_shard, n_examples, complete, full, row_bytes)
+    _check_run(c, m)
+    return m
+
+
+def _check_header(c: _Check, m: Any, path: Path) -> tuple[Any, bool, int, bool]:
+    """format, version, required keys, kind, status, model, tokenizer, vocabulary:
+    (the kind, complete, the vocabulary size, format version >= 2)."""
     from qfair.dump import layout as mf
     from qfair.dump.kinds import DEFAULT_KIND, get_kind
-    from qfair.dump.tables import table_spec
 
-    c = _Check(path)
     if not isinstance(m, dict):
         raise DumpError(f"{path}: top level is {type(m).__name__}, expected an object")
     if m.get("format") != mf.FORMAT:
@@ -184,7 +197,11 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
     c.obj(m.get("model", {}), "model", null=True)
     c.obj(m["tokenizer"], "tokenizer", null=True)
     vocab = c.int_(m["vocab_size"], "vocab_size", 1, MAX_VOCAB)
+    return kind, complete, vocab, v2
 
+
+def _check_tasks(c: _Check, m: dict[str, Any]) -> None:
+    """Every task listed once, by name."""
     tasks = c.list_(m.get("tasks", []), "tasks")
     names = set()
     for i, t in enumerate(tasks):
@@ -195,6 +212,11 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
         names.add(name)
         if "kind" in t:
             c.str_(t["kind"], f"tasks[{i}].kind", nonempty=True)
+
+
+def _check_storage(c: _Check, m: dict[str, Any], kind: Any, vocab: int) -> tuple[bool, int]:
+    """The storage record: (whether rows are stored, the bytes of one row)."""
+    from qfair.dump import layout as mf
 
     st = c.obj(m["storage"], "storage")
     mode = c.str_(c.need(st, "mode", "storage.mode"), "storage.mode", choices=mf.STORE_MODES)
@@ -215,7 +237,11 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
     for key in ("n_rows", "n_tokens", "n_shards"):
         if key in st:
             c.int_(st[key], f"storage.{key}", null=True)
+    return full, row_bytes
 
+
+def _check_plan(c: _Check, m: dict[str, Any]) -> list[Any] | None:
+    """The shard plan (None: shards cut on the fly), and no more shards than it has."""
     plan = c.list_(m.get("plan"), "plan", null=True)
     if plan is not None:
         for i, p in enumerate(plan):
@@ -227,6 +253,13 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
 
     if plan is not None and len(shards_of(m)) > len(plan):
         c.fail("shards", f"{len(m['shards'])} shards", f"at most the {len(plan)} shards of the plan")
+    return plan
+
+
+def _check_tables(c: _Check, m: dict[str, Any], kind: Any, complete: bool, v2: bool) -> int | None:
+    """The tables: known, each a file entry, all of the kind's there when complete;
+    returns the examples' row count."""
+    from qfair.dump.tables import table_spec
 
     tables = c.obj(m.get("tables", {}), "tables")
     for name, e in tables.items():
@@ -240,15 +273,19 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
         for name in want_tables:
             c.need(tables, name, f"tables.{name}")
     n_examples = tables["examples"]["rows"] if "examples" in tables else None
+    return n_examples
 
-    # one part of a data-parallel dump (qfair.dump.distributed): the shards [a, b) of the plan
+
+def _check_part(c: _Check, m: dict[str, Any], plan: list[Any] | None, complete: bool) -> int:
+    """One part of a data-parallel dump (qfair.dump.distributed): the shards [a, b)
+    of the plan; returns the first shard it writes (0 for a whole dump)."""
     part = c.obj(m.get("part"), "part", null=True)
     first_shard = 0
     if part is not None:
         if plan is None:
             c.fail("plan", None, "the shard plan (a part of a data-parallel dump splits planned shards)")
         if complete:
-            c.fail("status", status, "'partial' (a part of a data-parallel dump is merged, never complete itself)")
+            c.fail("status", m["status"], "'partial' (a part of a data-parallel dump is merged, never complete itself)")
         world = c.int_(c.need(part, "world_size", "part.world_size"), "part.world_size", 1)
         c.int_(c.need(part, "rank", "part.rank"), "part.rank", 0, world - 1)
         first_shard, end_shard = _range(c, c.need(part, "shards", "part.shards"), "part.shards")
@@ -258,6 +295,14 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
             c.fail("part.done", part.get("done"), "a boolean")
         if len(shards_of(m)) > end_shard - first_shard:
             c.fail("shards", f"{len(m['shards'])} shards", f"at most the {end_shard - first_shard} shards of part.shards")
+    return first_shard
+
+
+def _check_shards(c: _Check, m: dict[str, Any], kind: Any, plan: list[Any] | None, first_shard: int,
+                  n_examples: int | None, complete: bool, full: bool, row_bytes: int) -> None:
+    """Each shard in order: its examples and rows follow the previous one's and the
+    plan, its file and parts are there; a complete dump's shards cover every example."""
+    st = m["storage"]
     shards = c.list_(m["shards"], "shards")
     next_ex = next_row = 0
     if first_shard:
@@ -311,6 +356,9 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
     if complete and full and st.get("n_rows") is not None and st["n_rows"] != next_row:
         c.fail("storage.n_rows", st["n_rows"], f"{next_row} (the sum of shards[].rows)")
 
+
+def _check_run(c: _Check, m: dict[str, Any]) -> None:
+    """counts, run (config, threads, times) and libraries."""
     counts = c.obj(m.get("counts", {}), "counts")
     for k, v in counts.items():
         c.int_(v, f"counts.{k}")
@@ -323,7 +371,6 @@ def validate_manifest(m: Any, path: Path) -> dict[str, Any]:
         if key in run:
             c.str_(run[key], f"run.{key}", null=True)
     c.obj(m.get("libraries", {}), "libraries", null=True)
-    return m
 
 
 def shards_of(m: dict[str, Any]) -> list[Any]:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from qfair.dump import DumpError
-from qfair.dump.kinds import DumpKind, register_kind
+from qfair.dump.kinds import DumpKind, KindOption, register_kind
 
 __all__ = ["TEXT", "TASK", "TEXT_VERSION", "chunk_id", "chunk_examples", "chunk_token_records",
            "check_same_text", "read_text", "tokenize_text", "run_text_dump", "text_metrics"]
@@ -50,7 +50,18 @@ TEXT = register_kind(DumpKind(
     "text", ("tokens",), stores_rows=True, align_table="tokens",
     align_keys=("example_id", "choice", "pos", "target"), example_keys=("example_id", "doc_index"),
     analysis="qfair.analyze.text:text_tables", align_check="qfair.dump.text:check_same_text",
-    doc="a plain text cut into chunks and scored like llama-perplexity: one row per scored token"))
+    doc="a plain text cut into chunks and scored like llama-perplexity: one row per scored token",
+    options=(
+        KindOption("text", "file", "Score a plain text file instead of tasks, the way llama-perplexity does (needs "
+                   "--ctx): chunks of --ctx tokens, the second half of each scored (a 'text' dump).",
+                   metavar="FILE", requires=("ctx",), is_input=True),
+        KindOption("ctx", "int", "With --text: tokens per chunk (llama-perplexity -c).", metavar="N", min=4),
+        KindOption("chunks", "int", "With --text: at most K chunks (default: all whole chunks of the text).",
+                   metavar="K", min=1),
+    ),
+    selected_by="text", prepare="qfair.dump.text:prepare", producer="qfair.dump.text:produce",
+    estimate="qfair.dump.text:estimate_rows", metrics="qfair.dump.text:dump_metrics",
+    report="qfair.report.corpus:SECTIONS", report_hides_empty=True))
 
 
 def chunk_id(k: int) -> str:
@@ -274,3 +285,38 @@ def run_text_dump(out: str | os.PathLike, loaded: Any, text_file: str | os.PathL
 
     s.metrics = {TASK: text_metrics(open_dump(out).tokens)}
     return s
+
+
+# ---------------------------------------------------------------------------
+# what the text dump kind declares (TEXT above)
+# ---------------------------------------------------------------------------
+
+def prepare(tasks: Sequence[Any], options: dict[str, Any], seed: int) -> dict[str, Any]:
+    """--text, --ctx, --chunks checked before the model loads: the file readable as
+    UTF-8, the chunk sizes possible."""
+    ctx, chunks = int(options["ctx"]), options.get("chunks")
+    read_text(options["text"])  # an unreadable file stops the run before the (slow) model load
+    if ctx < 4 or (chunks is not None and chunks < 1):
+        plan_chunks(0, ctx, chunks, str(options["text"]))
+    return {"text": options["text"], "ctx": ctx, "chunks": chunks}
+
+
+def produce(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, settings: dict[str, Any],
+            options: dict[str, Any] | None = None, threads: int | None = None, **common: Any) -> Any:
+    """The kind's producer as ``qfair dump`` calls every kind's."""
+    return run_text_dump(out, loaded, settings["text"], ctx=settings["ctx"], chunks=settings["chunks"], **common)
+
+
+def estimate_rows(tasks: Sequence[Any], options: dict[str, Any], tokenizer: Any) -> tuple[int, bool]:
+    """The scored tokens of a text dump (exact): the second half of each chunk but its last position."""
+    text, _ = read_text(options["text"])
+    ctx = int(options["ctx"])
+    n = plan_chunks(len(tokenize_text(tokenizer, text)), ctx, options.get("chunks"), options["text"])
+    return n * (ctx - 1 - ctx // 2), True
+
+
+def dump_metrics(path: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """A finished text dump's perplexity, for its summary."""
+    from qfair.dump.reader import open_dump
+
+    return {TASK: text_metrics(open_dump(path).tokens)}

@@ -437,7 +437,21 @@ class DumpWriter:
         self.out = Path(out)
         self.resumable = resumable  # False: the producer has no --resume (an import); messages do not offer it
         self.kind = get_kind(kind)
-        store = str(store)
+        self._check_storage(str(store), store_dtype, shard_rows, vocab_size)
+        self._check_examples(examples)
+        self._plan_shards(rows_per_example, part)
+        fresh = self._fresh_manifest(model=model, tokenizer=tokenizer, tasks=tasks, info=info, counts=counts,
+                                     config=config, seed=seed, threads=threads)
+        self._refuse_before_touching(resume, overwrite, inputs, fresh)
+        self._take_lock()
+        try:
+            self._open(resume, overwrite, fresh, max_queue)
+        except BaseException:
+            self._release()
+            raise
+
+    def _check_storage(self, store: str, store_dtype: str, shard_rows: int, vocab_size: Any) -> None:
+        """--store, --store-dtype, --shard-rows and the vocabulary, checked and kept."""
         mode, topk = mf.parse_store(store)
         if store_dtype not in mf.STORE_DTYPES:
             raise DumpError(f"--store-dtype is {store_dtype!r}, expected one of {', '.join(mf.STORE_DTYPES)}")
@@ -452,6 +466,9 @@ class DumpWriter:
         self.store, self.store_dtype, self.vocab = store, store_dtype, int(vocab_size)
         self.store_mode, self.topk = mode, topk
         self.shard_rows = int(shard_rows)
+
+    def _check_examples(self, examples: Any) -> None:
+        """The examples table: its schema, and every example_id present once."""
         self.examples = examples if hasattr(examples, "schema") else tb.frame("examples", examples)
         tb.check_frame("examples", self.examples, f"{self.out / mf.EXAMPLES}")
         self.n_examples = self.examples.height
@@ -460,6 +477,10 @@ class DumpWriter:
             dup = ids.filter(ids.is_duplicated()).head(1).to_list()
             raise DumpError(f"{self.out / mf.EXAMPLES}: field 'example_id' {dup[0] if dup else None!r} "
                             "occurs twice (or is missing)")
+
+    def _plan_shards(self, rows_per_example: Sequence[int] | None, part: tuple[int, int] | None) -> None:
+        """The shard plan (when the rows per example are known up front) and, for one
+        part of a data-parallel dump, its range of shards."""
         self.plans: list[ShardPlan] | None = None
         self._rows_per_example = None if rows_per_example is None else [int(r) for r in rows_per_example]
         if self._rows_per_example is not None:
@@ -478,6 +499,13 @@ class DumpWriter:
             if not 0 <= r < world:
                 raise DumpError(f"part {r} of {world}: expected 0 <= rank < world size")
             self.shard_range = split_plans(self.plans, world)[r]
+
+    def _fresh_manifest(self, *, model: Mapping[str, Any] | None, tokenizer: Mapping[str, Any] | None,
+                        tasks: Sequence[Mapping[str, Any]], info: Mapping[str, Any] | None,
+                        counts: Mapping[str, int] | None, config: Mapping[str, Any] | None, seed: int,
+                        threads: int | None) -> dict[str, Any]:
+        """The manifest of this dump before its first shard (status partial)."""
+        store, store_dtype, mode, topk = self.store, self.store_dtype, self.store_mode, self.topk
         total = None if self._rows_per_example is None else sum(self._rows_per_example)
         run_config = {k: v for k, v in dict(config or {}).items() if k not in RESUME_FREE}
         run_config.update({"store": store, "store_dtype": store_dtype, "shard_rows": self.shard_rows, "seed": seed})
@@ -503,6 +531,12 @@ class DumpWriter:
 
             fresh["part"] = {"rank": self.part[0], "world_size": self.part[1], "shards": list(self.shard_range),
                              "host": socket.gethostname(), "done": False}
+        return fresh
+
+    def _refuse_before_touching(self, resume: bool, overwrite: bool, inputs: Mapping[str, Any] | None,
+                                fresh: dict[str, Any]) -> None:
+        """What is refused before the directory is touched: --resume with --overwrite,
+        an out that is (or holds) an input, a manifest JSON cannot hold."""
         if resume and overwrite:
             raise DumpError("--resume and --overwrite exclude each other")
         if inputs:  # the producer's inputs (option -> path): out must be none of them, nor hold one
@@ -513,10 +547,13 @@ class DumpWriter:
             except PathError as e:
                 raise DumpError(str(e)) from None
         bad = mf.unstorable(fresh)
-        if bad is not None:  # refused before the directory is touched
+        if bad is not None:
             raise DumpError(f"{self.out / mf.MANIFEST}: field {bad!r} is not a finite number; a manifest (JSON) "
                             "cannot hold it")
-        # one writer per directory: a second process stops here (qfair.lock)
+
+    def _take_lock(self) -> None:
+        """One writer per directory: a second process stops here (qfair.lock), and so
+        does a second writer of this process."""
         self._lock: Any = lock_dir(self.out, "dump")
         other = getattr(self._lock, "writer", None)
         if other is not None and other() is not None:  # the lock is re-entrant within a process; writers are not
@@ -524,11 +561,6 @@ class DumpWriter:
             raise DumpError(f"{self.out}: another DumpWriter of this process is writing this dump; close() or "
                             "abort() it first")
         self._lock.writer = weakref.ref(self)
-        try:
-            self._open(resume, overwrite, fresh, max_queue)
-        except BaseException:
-            self._release()
-            raise
 
     def _open(self, resume: bool, overwrite: bool, fresh: dict[str, Any], max_queue: int) -> None:
         store, store_dtype = self.store, self.store_dtype

@@ -219,8 +219,32 @@ def _front(df: pl.DataFrame, lead: Sequence[str]) -> pl.DataFrame:
 
 def _text_table(b: Any, q: Any, meta: pl.DataFrame, lexicons: Mapping[str, Any], scorer: Any,
                 detect_language: bool) -> pl.DataFrame:
-    from qfair.generation.language import detect_many
+    """One row per (prompt, sample): the two free continuations side by side, how
+    they differ, their languages and content rates, each model's confidence."""
+    j = _paired_continuations(b, q, meta)
+    cols = _text_differences(j)
+    extra = _language_and_content(j, lexicons, scorer, detect_language)
+    out = j.select(
+        "task", "example_id", "sample", "group", "axis", "lang", "template_id", "prompt",
+        pl.col("text").alias("base_text"), pl.col("text_q").alias("quant_text"),
+        pl.col("n_tokens").alias("base_n"), pl.col("n_tokens_q").alias("quant_n"),
+    ).with_columns(
+        pl.Series("identical", cols["identical"], dtype=pl.Boolean),
+        pl.Series("first_diff", cols["first_diff"], dtype=pl.Int64),
+        *[pl.Series(k, cols[k], dtype=pl.Int64) for k in ("identical_prefix", "prefix_chars", "base_diff_end",
+                                                          "quant_diff_end")],
+        *[pl.Series(k, cols[k], dtype=pl.Float64) for k in cols if k not in (
+            "identical", "first_diff", "identical_prefix", "prefix_chars", "base_diff_end", "quant_diff_end")],
+        *[pl.Series(k, v, dtype=pl.Utf8 if k.endswith("_lang") else pl.Float64) for k, v in extra.items()],
+    )
+    for g in _own_confidence(b, q):
+        out = out.join(g, on=["example_id", "sample"], how="left")
+    return out
 
+
+def _paired_continuations(b: Any, q: Any, meta: pl.DataFrame) -> pl.DataFrame:
+    """The free continuations of both dumps joined per (prompt, sample), prompts in
+    the base dump's order; DumpError when one dump lacks a continuation."""
     gb, gq = _free(b), _free(q)
     j = gb.join(gq, on=["example_id", "sample"], how="full", suffix="_q", coalesce=True)
     missing = j.filter(pl.col("text").is_null() | pl.col("text_q").is_null())
@@ -230,16 +254,20 @@ def _text_table(b: Any, q: Any, meta: pl.DataFrame, lexicons: Mapping[str, Any],
         raise DumpError(f"{who}: generations.parquet has no free continuation for {r['example_id']!r} sample "
                         f"{r['sample']}; the dumps hold different prompts or samples")
     # prompts in the base dump's order, samples in order
-    j = meta.with_row_index("_i").join(j, on="example_id", how="inner").sort(["_i", "sample"]).drop("_i")
+    return meta.with_row_index("_i").join(j, on="example_id", how="inner").sort(["_i", "sample"]).drop("_i")
+
+
+def _text_differences(j: pl.DataFrame) -> dict[str, list]:
+    """Per pair: identical or where they first differ, the identical prefix (tokens
+    and characters), edit distance, chrF, and each text's distinct-n and repetition."""
     ids_b, ids_q = j["token_ids"].to_list(), j["token_ids_q"].to_list()
     tb_, tq_ = j["text"].to_list(), j["text_q"].to_list()
     ce_b, ce_q = j["char_ends"].to_list(), j["char_ends_q"].to_list()
-    n = j.height
     cols: dict[str, list] = {k: [] for k in (
         "identical", "first_diff", "identical_prefix", "prefix_chars", "base_diff_end", "quant_diff_end",
         "edit_distance", "chrf", "base_distinct_1", "quant_distinct_1", "base_distinct_2", "quant_distinct_2",
         "base_rep_4", "quant_rep_4")}
-    for i in range(n):
+    for i in range(j.height):
         a, c = ids_b[i], ids_q[i]
         fd = tm.first_divergence(a, c)
         k = tm.identical_prefix(a, c)
@@ -256,6 +284,17 @@ def _text_table(b: Any, q: Any, meta: pl.DataFrame, lexicons: Mapping[str, Any],
             cols[f"{role}_distinct_1"].append(tm.distinct_n(ids, 1))
             cols[f"{role}_distinct_2"].append(tm.distinct_n(ids, 2))
             cols[f"{role}_rep_4"].append(tm.repetition_rate(ids, 4))
+    return cols
+
+
+def _language_and_content(j: pl.DataFrame, lexicons: Mapping[str, Any], scorer: Any,
+                          detect_language: bool) -> dict[str, Any]:
+    """Per pair: the prompt's and each text's language (drift, undetected), EOS, the
+    lexicons' rates and the classifier's indicators."""
+    from qfair.generation.language import detect_many
+
+    tb_, tq_ = j["text"].to_list(), j["text_q"].to_list()
+    n = j.height
     prompt_lang = j["lang"].to_list()
     if detect_language:
         need = [i for i, lang in enumerate(prompt_lang) if not lang]
@@ -282,29 +321,18 @@ def _text_table(b: Any, q: Any, meta: pl.DataFrame, lexicons: Mapping[str, Any],
         for k, lab in enumerate(scorer.labels):
             extra[f"base_clf_{_safe(lab)}"] = ib[:, k].tolist()
             extra[f"quant_clf_{_safe(lab)}"] = iq[:, k].tolist()
-    out = j.select(
-        "task", "example_id", "sample", "group", "axis", "lang", "template_id", "prompt",
-        pl.col("text").alias("base_text"), pl.col("text_q").alias("quant_text"),
-        pl.col("n_tokens").alias("base_n"), pl.col("n_tokens_q").alias("quant_n"),
-    ).with_columns(
-        pl.Series("identical", cols["identical"], dtype=pl.Boolean),
-        pl.Series("first_diff", cols["first_diff"], dtype=pl.Int64),
-        *[pl.Series(k, cols[k], dtype=pl.Int64) for k in ("identical_prefix", "prefix_chars", "base_diff_end",
-                                                          "quant_diff_end")],
-        *[pl.Series(k, cols[k], dtype=pl.Float64) for k in cols if k not in (
-            "identical", "first_diff", "identical_prefix", "prefix_chars", "base_diff_end", "quant_diff_end")],
-        *[pl.Series(k, v, dtype=pl.Utf8 if k.endswith("_lang") else pl.Float64) for k, v in extra.items()],
-    )
-    # the pair's own-text confidence (gen_tokens: each model along the text it wrote)
+    return extra
+
+
+def _own_confidence(b: Any, q: Any) -> list[pl.DataFrame]:
+    """Each model's confidence along the text it wrote itself (gen_tokens), per (prompt, sample)."""
     conf = []
     for role, d in (("base", b), ("quant", q)):
         g = d.table("gen_tokens").group_by(["example_id", "sample"]).agg(
             pl.col("max_logprob").cast(pl.Float64).exp().mean().alias(f"{role}_own_maxprob"),
             pl.col("entropy").cast(pl.Float64).mean().alias(f"{role}_own_entropy"))
         conf.append(g)
-    for g in conf:
-        out = out.join(g, on=["example_id", "sample"], how="left")
-    return out
+    return conf
 
 
 def _safe(label: str) -> str:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from qfair.dump.kinds import DumpKind, register_kind
+from qfair.dump.kinds import DumpKind, KindOption, register_kind
 from qfair.dump.tables import TableSpec, register_table
 
-__all__ = ["GENERATION", "rows_align", "row_source"]
+__all__ = ["GENERATION", "rows_align", "row_source", "follows_base", "estimate_rows"]
 
 
 def _generations() -> dict[str, Any]:
@@ -60,8 +60,26 @@ GENERATION = register_kind(DumpKind(
     "generation", ("generations", "tokens", "gen_tokens"), stores_rows=True, align_table="tokens",
     align_keys=("example_id", "choice", "pos", "target"), example_keys=("example_id", "context"),
     analysis="qfair.generation.analysis:generation_tables", rows_align="qfair.generation.kind:rows_align",
-    prepare="qfair.generation.producer:prepare_settings", producer="qfair.generation.producer:run_generation_dump",
-    doc="generated continuations of prompts: per generated (or teacher-forced) position a row"))
+    prepare="qfair.generation.producer:prepare_settings", producer="qfair.generation.producer:produce",
+    doc="generated continuations of prompts: per generated (or teacher-forced) position a row",
+    options=(
+        KindOption("max_new_tokens", "int", "Generation tasks: tokens to generate per prompt at most (default 64; "
+                   "stops at EOS).", min=1),
+        KindOption("temperature", "float", "Generation tasks: 0 = greedy (default); > 0 samples, seeded per "
+                   "(prompt, sample) by --seed.", min=0),
+        KindOption("top_p", "float", "Generation tasks: nucleus sampling mass (default 1).", min=0, max=1,
+                   min_open=True),
+        KindOption("samples", "int", "Generation tasks: continuations per prompt (default 1; > 1 needs "
+                   "--temperature > 0).", min=1),
+        KindOption("reference", "dir", "Generation tasks: the base model's generation dump; this model is "
+                   "teacher-forced on its texts (rows aligned with it) and also writes its own.",
+                   is_input=True, study=False),
+    ),
+    task_kinds=("generation",), base_option="reference",
+    unsplittable="generation dumps cut their shards while generating, so they cannot be split across processes "
+                 "up front",
+    follows_base="qfair.generation.kind:follows_base", estimate="qfair.generation.kind:estimate_rows",
+    report="qfair.report.generation:SECTIONS"))
 
 
 def row_source(d: Any) -> str | None:
@@ -78,3 +96,17 @@ def rows_align(a: Any, b: Any) -> bool:
     """Whether two generation dumps were scored on the same continuations."""
     sa, sb = row_source(a), row_source(b)
     return sa is not None and sa == sb
+
+
+def follows_base(manifest: dict[str, Any], base_manifest: dict[str, Any]) -> bool:
+    """Whether a dump teacher-forced on a base dump still follows its texts: the
+    base's tokens.parquet is the one it recorded (a study redoes it otherwise)."""
+    want = ((manifest.get("generation") or {}).get("reference") or {}).get("tokens_sha256")
+    have = ((base_manifest.get("tables") or {}).get("tokens") or {}).get("sha256")
+    return want == have
+
+
+def estimate_rows(tasks: Any, options: dict[str, Any], tokenizer: Any) -> tuple[int, bool]:
+    """An upper bound (not exact): every continuation at --max-new-tokens."""
+    docs = sum(sum(1 for _ in t.docs()) for t in tasks)
+    return docs * int(options.get("samples", 1)) * int(options.get("max_new_tokens", 64)), False

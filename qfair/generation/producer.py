@@ -214,6 +214,15 @@ def prepare_settings(task_objs: Sequence[Any], gen_opts: Mapping[str, Any], seed
     return settings
 
 
+def produce(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *, settings: DecodeSettings,
+            options: Mapping[str, Any] | None = None, threads: int | None = None, part: Any = None,
+            seed: int = 0, **common: Any) -> GenerationSummary:
+    """The generation kind's producer as ``qfair dump`` calls every kind's (the
+    seed is part of ``settings``; generation dumps are never split up front)."""
+    return run_generation_dump(out, loaded, tasks, settings=settings, reference=(options or {}).get("reference"),
+                               **common)
+
+
 def run_generation_dump(out: str | os.PathLike, loaded: Any, tasks: Sequence[Any], *,
                         settings: DecodeSettings | None = None, reference: str | os.PathLike | None = None,
                         store: str = "full", store_dtype: str = "f16", shard_rows: int = 4096,

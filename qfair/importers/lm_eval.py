@@ -318,25 +318,47 @@ def import_lm_eval(path: str | os.PathLike, out: str | os.PathLike, *, group_fie
 
     t0 = time.perf_counter()
     run = find_run(path)
-    per_task: list[tuple[TaskLog, str, list[_Doc]]] = []
-    for t in run.tasks:
-        ot = _output_type(t)
-        if ot != "multiple_choice":
-            raise DumpError(f"{t.path}: task {t.task} is a {ot} task; qfair imports multiple_choice tasks "
-                            "(per-choice log-likelihoods) only")
-        kind = _task_kind(t)
-        if "acc_mutual_info" in (t.samples[0].get("metrics") or []):
-            raise DumpError(f"{t.path}: task {t.task} scores with acc_mutual_info (unconditional requests beside "
-                            "the choices); qfair imports plain multiple-choice log-likelihoods")
-        delim = t.config.get("target_delimiter", " ")
-        docs = sorted((_parse_doc(t, s, kind, delim, group_field) for s in t.samples), key=lambda d: d.doc_id)
-        ids = [d.doc_id for d in docs]
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise DumpError(f"{t.path}: doc {dup} occurs twice (repeats > 1, or two runs in one file)")
-        _check_metrics(t, docs, kind)
-        per_task.append((t, kind, docs))
+    per_task = [_read_task(t, group_field) for t in run.tasks]
+    w = DumpWriter(out, kind="choices_only", examples=_examples(per_task), vocab_size=1, tokenizer=None,
+                   tasks=_task_records(run, per_task), model=_model_record(run, per_task),
+                   store="none", config={"import": "lm-eval", "path": str(Path(path).resolve()),
+                                         "group_field": group_field},
+                   info={"scoring": {"rules": "lm-evaluation-harness (imported log-likelihoods)",
+                                     "acc_norm_length": "unicode code points of the choice"}},
+                   overwrite=overwrite, resumable=False, inputs={"PATH": path})
+    try:
+        _write_choices(w, per_task)
+        w.close()
+    except BaseException:
+        w.abort()
+        raise
+    return summarize(Path(out), w.manifest, time.perf_counter() - t0)
 
+
+def _read_task(t: TaskLog, group_field: str | None) -> tuple[TaskLog, str, list[_Doc]]:
+    """One task's log: (the log, its task kind, its documents by doc id), checked
+    (multiple choice, no mutual-information scoring, each doc once, lm-eval's
+    metrics reproduced)."""
+    ot = _output_type(t)
+    if ot != "multiple_choice":
+        raise DumpError(f"{t.path}: task {t.task} is a {ot} task; qfair imports multiple_choice tasks "
+                        "(per-choice log-likelihoods) only")
+    kind = _task_kind(t)
+    if "acc_mutual_info" in (t.samples[0].get("metrics") or []):
+        raise DumpError(f"{t.path}: task {t.task} scores with acc_mutual_info (unconditional requests beside "
+                        "the choices); qfair imports plain multiple-choice log-likelihoods")
+    delim = t.config.get("target_delimiter", " ")
+    docs = sorted((_parse_doc(t, s, kind, delim, group_field) for s in t.samples), key=lambda d: d.doc_id)
+    ids = [d.doc_id for d in docs]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DumpError(f"{t.path}: doc {dup} occurs twice (repeats > 1, or two runs in one file)")
+    _check_metrics(t, docs, kind)
+    return t, kind, docs
+
+
+def _examples(per_task: list[tuple[TaskLog, str, list[_Doc]]]) -> dict[str, list]:
+    """The dump's examples table: one row per document of every task."""
     ex: dict[str, list] = {k: [] for k in ("example_id", "task", "doc_index", "group", "label", "n_choices",
                                           "context", "choices", "labels", "extras")}
     for t, _, docs in per_task:
@@ -351,40 +373,42 @@ def import_lm_eval(path: str | os.PathLike, out: str | os.PathLike, *, group_fie
             ex["choices"].append(d.choices)
             ex["labels"].append(d.labels)
             ex["extras"].append(json.dumps({"lm_eval": d.metrics, **d.hashes}, sort_keys=True))
+    return ex
+
+
+def _task_records(run: Any, per_task: list[tuple[TaskLog, str, list[_Doc]]]) -> list[dict[str, Any]]:
+    """The manifest's tasks: each with its lm-eval version, shots, hashes and aggregate results."""
     res = run.results
     lm_version = res.get("lm_eval_version")
-    tasks = [{"name": t.task, "kind": kind,
-              "prompt_format_version": f"lm-eval {t.task} v{t.version} ({t.n_shot}-shot)",
-              "source": "lm-evaluation-harness --log_samples", "lm_eval_version": lm_version,
-              "version": t.version, "n_shot": t.n_shot, "target_delimiter": t.config.get("target_delimiter", " "),
-              "task_hash": (res.get("task_hashes") or {}).get(t.task), "source_hash": _file_sha(t.path),
-              "n_examples": len(docs), "lm_eval_results": {k: v for k, v in t.aggregate.items()
-                                                            if isinstance(v, (int, float))}}
-             for t, kind, docs in per_task]
+    return [{"name": t.task, "kind": kind,
+             "prompt_format_version": f"lm-eval {t.task} v{t.version} ({t.n_shot}-shot)",
+             "source": "lm-evaluation-harness --log_samples", "lm_eval_version": lm_version,
+             "version": t.version, "n_shot": t.n_shot, "target_delimiter": t.config.get("target_delimiter", " "),
+             "task_hash": (res.get("task_hashes") or {}).get(t.task), "source_hash": _file_sha(t.path),
+             "n_examples": len(docs), "lm_eval_results": {k: v for k, v in t.aggregate.items()
+                                                           if isinstance(v, (int, float))}}
+            for t, kind, docs in per_task]
+
+
+def _model_record(run: Any, per_task: list[tuple[TaskLog, str, list[_Doc]]]) -> dict[str, Any]:
+    """The manifest's model: what lm-eval's results file says of the run, and the files read."""
+    res = run.results
     cfg = res.get("config") or {}
-    model = {"id": res.get("model_name") or cfg.get("model_args") or "unknown", "source": "lm-evaluation-harness log",
-             "model": cfg.get("model"), "model_args": cfg.get("model_args"), "lm_eval_version": lm_version,
-             "transformers_version": res.get("transformers_version"), "date": res.get("date"),
-             "results_file": str(run.results_path) if run.results_path else None,
-             "results_sha256": _file_sha(run.results_path) if run.results_path else None,
-             "samples_files": [str(t.path) for t, _, _ in per_task]}
-    w = DumpWriter(out, kind="choices_only", examples=ex, vocab_size=1, tokenizer=None, tasks=tasks, model=model,
-                   store="none", config={"import": "lm-eval", "path": str(Path(path).resolve()),
-                                         "group_field": group_field},
-                   info={"scoring": {"rules": "lm-evaluation-harness (imported log-likelihoods)",
-                                     "acc_norm_length": "unicode code points of the choice"}},
-                   overwrite=overwrite, resumable=False, inputs={"PATH": path})
-    try:
-        for t, _, docs in per_task:
-            for d in docs:
-                n = len(d.choices)
-                w.add({"choices": {"task": [t.task] * n, "example_id": [f"{t.task}/{d.doc_id}"] * n,
-                                   "doc_index": [d.doc_id] * n, "choice": list(range(n)), "loglik": d.logliks,
-                                   "n_tokens": [0] * n, "n_chars": [len(c) for c in d.choices],
-                                   "n_bytes": [len(c.encode("utf-8")) for c in d.choices], "is_greedy": d.greedy,
-                                   "first_row": [-1] * n, "n_rows": [0] * n}})
-        w.close()
-    except BaseException:
-        w.abort()
-        raise
-    return summarize(Path(out), w.manifest, time.perf_counter() - t0)
+    return {"id": res.get("model_name") or cfg.get("model_args") or "unknown", "source": "lm-evaluation-harness log",
+            "model": cfg.get("model"), "model_args": cfg.get("model_args"), "lm_eval_version": res.get("lm_eval_version"),
+            "transformers_version": res.get("transformers_version"), "date": res.get("date"),
+            "results_file": str(run.results_path) if run.results_path else None,
+            "results_sha256": _file_sha(run.results_path) if run.results_path else None,
+            "samples_files": [str(t.path) for t, _, _ in per_task]}
+
+
+def _write_choices(w: Any, per_task: list[tuple[TaskLog, str, list[_Doc]]]) -> None:
+    """Every document's per-choice log-likelihoods, in the examples' order."""
+    for t, _, docs in per_task:
+        for d in docs:
+            n = len(d.choices)
+            w.add({"choices": {"task": [t.task] * n, "example_id": [f"{t.task}/{d.doc_id}"] * n,
+                               "doc_index": [d.doc_id] * n, "choice": list(range(n)), "loglik": d.logliks,
+                               "n_tokens": [0] * n, "n_chars": [len(c) for c in d.choices],
+                               "n_bytes": [len(c.encode("utf-8")) for c in d.choices], "is_greedy": d.greedy,
+                               "first_row": [-1] * n, "n_rows": [0] * n}})

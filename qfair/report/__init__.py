@@ -51,9 +51,10 @@ def build_report(analysis_dir: str | os.PathLike, out: str | os.PathLike | None 
     from qfair.report.html import render_html
 
     data = load_analysis(analysis_dir)
-    from qfair.report.generation import has_generation
+    from qfair.report.sections import report_sections
 
-    if data.summary.height == 0 and not has_generation(analysis_dir):
+    # a dump kind's own section (generation) may have something to show without summary rows
+    if data.summary.height == 0 and not any(s.present is not None and s.present(data) for s in report_sections(data)):
         raise ReportError(f"{Path(analysis_dir) / 'summary.parquet'}: no rows; nothing to report")
     out_dir = Path(out) if out is not None else Path(analysis_dir) / "report"
     try:

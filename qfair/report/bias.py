@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from qfair.report.common import Figure, _plt, _safe, model_colors
+from qfair.report.common import Figure, Section, _img, _plt, _safe, model_colors, table_html
 from qfair.report.data import AnalysisData, ReportError
 
 __all__ = ["load_bias", "bias_figures", "bias_section", "SIG_COLUMN"]
@@ -190,3 +190,15 @@ def bias_section(data: AnalysisData, figs: list[Figure], table_html: Any, img: A
              f"({bt.height} rows: per group, per stereotyped group)</summary>" +
              table_html(bt, cols, sig_col=SIG_COLUMN) + "</details>")
     return body
+
+
+def _section(data: AnalysisData, figs: list[Figure]) -> str:
+    return bias_section(data, figs, table_html, _img)
+
+
+def _empty(data: AnalysisData, figs: list[Figure], html: str) -> bool:
+    return not any(f.section == "bias" for f in figs) and "No bias benchmark in this analysis" in html
+
+
+SECTION = Section("bias", "Bias benchmarks", "the bias task kinds (qfair.metrics.bias)", ("summary", "groups"),
+                  _section, (bias_figures,), _empty)

@@ -1,5 +1,5 @@
 """What every section of the report draws with: the :class:`Figure` record,
-matplotlib's Agg setup, the models' colours and safe file names, and the HTML
+the :class:`Section` a section declares itself with, matplotlib's Agg setup, the models' colours and safe file names, and the HTML
 pieces (escaping, number format, tables, embedded images, a section's figures).
 
 It imports no other module of the report, so the sections (:mod:`.figures`,
@@ -13,14 +13,14 @@ import html
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-__all__ = ["Figure", "BASE_COLOR", "model_colors", "table_html"]
+__all__ = ["Figure", "Section", "BASE_COLOR", "model_colors", "table_html"]
 
 BASE_COLOR = "#222222"
 
@@ -33,6 +33,26 @@ class Figure:
     caption: str
     section: str
     path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the report, declared by the module that draws it and listed
+    in :mod:`qfair.report.sections` (or named by the dump kind whose tables it shows,
+    ``DumpKind.report``)."""
+
+    id: str                 # the HTML anchor, e.g. "calibration"
+    title: str
+    owner: str              # what it shows: the dump kind or task kinds it belongs to, or "every analysis"
+    needs: tuple[str, ...]  # the analysis tables it reads
+    render: Callable[[Any, list[Figure]], str]                 # (tables, drawn figures) -> its HTML
+    figures: tuple[Callable[[Any], list[Figure]], ...] = ()    # draw its figures (tables -> figures)
+    # whether it has nothing to show (tables, figures, its HTML): a dump kind without answers
+    # (DumpKind.report_hides_empty) leaves such a section out; None: always shown
+    empty: Callable[[Any, list[Figure], str], bool] | None = None
+    # a dump kind's own section: whether the analysis holds its tables (the report has something to show
+    # even with an empty summary); it is left out when it renders nothing
+    present: Callable[[Any], bool] | None = None
 
 
 def _plt():

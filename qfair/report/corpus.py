@@ -11,9 +11,10 @@ from typing import Any
 
 import polars as pl
 
+from qfair.report.common import Section, table_html
 from qfair.report.data import read_table
 
-__all__ = ["corpus_section", "CORPUS_ROWS"]
+__all__ = ["corpus_section", "CORPUS_ROWS", "SECTIONS"]
 
 # (statistic, label): the rows a reader looks at first, in llama.cpp's order
 CORPUS_ROWS = (
@@ -64,3 +65,13 @@ def corpus_section(data: Any, table_html: Callable[..., str]) -> str:
             "value: the figure llama.cpp prints; ±: llama.cpp's own uncertainty; ci_low / ci_high: qfair's "
             "percentile bootstrap over chunks. Same top token is a fraction (llama.cpp prints it in %).</p>" +
             table_html(view) + per_chunk)
+
+
+def _present(data: Any) -> bool:
+    return _read(data, "text_summary").height > 0
+
+
+# the text dump kind's own section (qfair.dump.text.TEXT names it), right after the headline
+SECTIONS = (Section("corpus", "Free text: llama.cpp's KL-divergence summary", "the text dump kind",
+                    ("text_summary", "text_chunks"), lambda data, figs: corpus_section(data, table_html),
+                    present=_present),)

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from qfair.analyze.provenance import PROVENANCE_FILE, collect_provenance, write_provenance
+from qfair.analyze.result import TABLES, AnalysisTables
 from qfair.errors import QfairError
 
-__all__ = ["ReportError", "AnalysisData", "load_analysis", "read_table", "collect_provenance", "write_provenance",
+__all__ = ["ReportError", "AnalysisData", "AnalysisTables", "load_analysis", "read_table", "collect_provenance", "write_provenance",
            "PROVENANCE_FILE", "TABLES"]
 
-TABLES = ("summary", "examples", "tokens", "calibration", "strata", "groups")
 REQUIRED = ("summary", "examples")
 
 
@@ -31,31 +30,8 @@ class ReportError(QfairError):
     """The analysis directory cannot be turned into a report; the message names file and field."""
 
 
-@dataclass
-class AnalysisData:
-    path: Path
-    summary: pl.DataFrame
-    examples: pl.DataFrame
-    tokens: pl.DataFrame
-    calibration: pl.DataFrame
-    strata: pl.DataFrame
-    groups: pl.DataFrame
-    settings: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def models(self) -> list[str]:
-        """Quantized model labels, in the order analyze compared them."""
-        labels = list(self.settings.get("models") or [])
-        seen = self.summary["model"].unique(maintain_order=True).to_list() if "model" in self.summary.columns else []
-        return [m for m in labels if m in seen] + [m for m in seen if m not in labels]
-
-    @property
-    def tasks(self) -> list[str]:
-        if "task" not in self.examples.columns:
-            return []
-        return self.examples["task"].unique(maintain_order=True).to_list()
+# the tables of an analysis directory: the type qfair.compare returns (one type for both, qfair.analyze.result)
+AnalysisData = AnalysisTables
 
 
 # the token table can hold millions of rows: the report reads only these columns of it

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from qfair.report.common import Figure, _plt, _safe, model_colors
+from qfair.report.common import Figure, Section, _img, _plt, _safe, model_colors, table_html
 from qfair.report.data import AnalysisData
 
 __all__ = ["family_figures", "family_section"]
@@ -105,3 +105,13 @@ def family_section(data: AnalysisData, figs: list[Figure], table_html: Any, img:
              "draw); p: permutation test of heterogeneity (member labels permuted over the pooled examples), "
              "p_holm over the summary table.</p>")
     return body
+
+
+def _section(data: AnalysisData, figs: list[Figure]) -> str:
+    return family_section(data, figs, table_html, _img) or (
+        "<p class='meta'>No task family with two or more members in this analysis (xstorycloze_*, "
+        "crows_pairs_*).</p>")
+
+
+SECTION = Section("families", "Across languages: task families", "task families (xstorycloze_*, crows_pairs_*)",
+                  ("summary",), _section, (family_figures,))

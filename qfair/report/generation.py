@@ -21,8 +21,10 @@ from typing import Any
 
 import polars as pl
 
+from qfair.report.common import Section
+
 __all__ = ["load_generation", "generation_figures", "generation_section", "has_generation", "side_by_side",
-           "GEN_TABLES"]
+           "GEN_TABLES", "SECTIONS"]
 
 GEN_TABLES = ("gen_summary", "gen_positions", "gen_survival", "gen_language", "gen_bias", "gen_texts")
 # gen_summary rows shown in the section's headline table, in this order
@@ -256,3 +258,12 @@ def generation_section(data: Any, figs: list[Any]) -> str:
     parts += [_bias(g), _language(g), _texts(g)]
     return "".join(parts)
 
+
+
+def _present(data: Any) -> bool:
+    return has_generation(data.path)
+
+
+# the generation dump kind's own section (qfair.generation.kind.GENERATION names it), right after the headline
+SECTIONS = (Section("generation", "Generation: what the models wrote", "the generation dump kind", GEN_TABLES,
+                    generation_section, (generation_figures,), present=_present),)

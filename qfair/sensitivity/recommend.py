@@ -347,10 +347,9 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
              ) -> tuple[int, dict[str, Any], Any]:
     """Load the recommended spec (its measured size), then score base, uniform,
     recommended and random configurations on one side of the split."""
-    import polars as pl
 
     from qfair.models import load_model
-    from qfair.sensitivity.measure import PAIRED_METRICS, compare, paired_rows, score_probes
+    from qfair.sensitivity.measure import score_probes
     from qfair.sensitivity.probes import Split, build_probes, load_tasks
     from qfair.sensitivity.scan import _quiet_torch, load_pair
     from qfair.sensitivity.units import UnitSwapper, define_units, model_bytes
@@ -379,7 +378,6 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
     for s, r in enumerate(rand):
         configs[f"random{s}"] = r
     scored: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
     say = (lambda m: print(f"qfair: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     try:
         with _quiet_torch():
@@ -397,6 +395,27 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
     diffs = [abs(a - b) for x, y in zip(loaded_rec.ll, scored["recommended"].ll) for a, b in zip(x, y)]
     spec_check = {"max_abs_loglik_diff": float(max(diffs)) if diffs else 0.0,
                   "bitwise_equal": bool(all(d == 0.0 for d in diffs))}
+    table = _validation_rows(probes, base, scored, loaded_rec, configs, resamples)
+    set_name, metric = OBJECTIVES[rec.objective]
+    headline = _headline(table, set_name, metric, side)
+    if metric != "kl":
+        headline += _headline(table, "all", "kl", side)
+    info = {"side": side, "n_examples": len(probes), "seeds": seeds, "random_sets": rand,
+            "configs": {k: v for k, v in configs.items()}, "spec_check": spec_check,
+            "seconds": time.perf_counter() - t0, "headline": headline,
+            "note": "in-sample: the scan side was used" if side == "scan" else "held-out side of the scan's split"}
+    return measured, info, table
+
+
+def _validation_rows(probes: Any, base: Any, scored: dict[str, Any], loaded_rec: Any,
+                     configs: dict[str, list[str]], resamples: int) -> Any:
+    """The validation table: every configuration against the base, and the
+    recommended one paired against uniform and the random configurations' mean."""
+    import polars as pl
+
+    from qfair.sensitivity.measure import PAIRED_METRICS, compare, paired_rows
+
+    rows: list[dict[str, Any]] = []
     # "recommended_spec": the spec loaded from disk (for calibrated backends a new calibration run, whose
     # other layers may differ from the scan's); "recommended": the same units kept, built by swapping
     for cname, s in [*scored.items(), ("recommended_spec", loaded_rec)]:
@@ -417,15 +436,7 @@ def validate(scan: dict[str, Any], rec: Recommendation, *, side: str, seeds: int
                                        "metric": pl.Utf8, "n": pl.Int64, "base": pl.Float64, "value": pl.Float64,
                                        "delta": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
                                        "p": pl.Float64})
-    set_name, metric = OBJECTIVES[rec.objective]
-    headline = _headline(table, set_name, metric, side)
-    if metric != "kl":
-        headline += _headline(table, "all", "kl", side)
-    info = {"side": side, "n_examples": len(probes), "seeds": seeds, "random_sets": rand,
-            "configs": {k: v for k, v in configs.items()}, "spec_check": spec_check,
-            "seconds": time.perf_counter() - t0, "headline": headline,
-            "note": "in-sample: the scan side was used" if side == "scan" else "held-out side of the scan's split"}
-    return measured, info, table
+    return table
 
 
 def _headline(table: Any, set_name: str, metric: str, side: str) -> list[str]:

@@ -243,7 +243,6 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     ``info()``, e.g. :class:`qfair.generation.probe_objective.GenProbeObjective`;
     with one, the probe tasks need no bias probe.
     """
-    import polars as pl
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
@@ -277,15 +276,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     probes = build_probes(task_objs, base_lm.tokenizer, sp, "scan", require_bias=not objectives)
     swapper = UnitSwapper(base_lm.model, quant_lm.model, units,
                           extra={f"bits{b}": lm.model for b, lm in donors.items()} or None)
-    width_bytes = []
-    if wlist is not None:
-        from qfair.sensitivity.units import members_bytes
-
-        for u in units:
-            for b in wlist:
-                nb = u.quant_bytes if b == ref_bits else members_bytes(donors[b].model, u.members,
-                                                                        donors[b].extra.get("packed_bytes"))
-                width_bytes.append({"unit": u.name, "bits": b, "n_params": u.n_params, "bytes": int(nb)})
+    width_bytes = _width_bytes(units, wlist, ref_bits, donors)
     width_rows: list[dict[str, Any]] = []
     host, tok = base_lm.model, base_lm.tokenizer
     dev = getattr(base_lm, "device", None)
@@ -366,6 +357,40 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
     per_unit = [t["seconds"] for t in timing if t["mode"] != "uniform"]  # unit modes and widths
     seconds = {"load": t_load, "base": base.seconds, "objectives": obj_seconds[0],
                "per_unit_median": float(np.median(per_unit)) if per_unit else 0.0}
+    table = _write_outputs(out_p, t_start, seconds, units, rows, ex_rows, probes, timing, wlist, width_rows,
+                           width_bytes, model=model, quant_lm=quant_lm, task_objs=task_objs, data_files=data_files,
+                           limit=limit, data_dir=data_dir, unit=unit, modes=modes, ref_bits=ref_bits, sp=sp,
+                           resamples=resamples, seed=seed, batch_size=batch_size, load_kwargs=load_kwargs,
+                           records=records, float_total=float_total, quant_total=quant_total, check=check, objectives=objectives)
+    return ScanResult(out_p, len(units), len(probes), check["max_abs_logit_diff"], seconds,
+                      top_units(table, n=3))
+
+
+def _width_bytes(units: list[Any], wlist: Any, ref_bits: Any, donors: dict[int, Any]) -> list[dict[str, Any]]:
+    """Each unit's stored bytes at each candidate width (--bits)."""
+    width_bytes = []
+    if wlist is not None:
+        from qfair.sensitivity.units import members_bytes
+
+        for u in units:
+            for b in wlist:
+                nb = u.quant_bytes if b == ref_bits else members_bytes(donors[b].model, u.members,
+                                                                        donors[b].extra.get("packed_bytes"))
+                width_bytes.append({"unit": u.name, "bits": b, "n_params": u.n_params, "bytes": int(nb)})
+    return width_bytes
+
+
+def _write_outputs(out_p: Path, t_start: float, seconds: dict[str, float], units: list[Any],
+                   rows: list[dict[str, Any]], ex_rows: list[dict[str, Any]], probes: Any,
+                   timing: list[dict[str, Any]], wlist: Any, width_rows: list[dict[str, Any]],
+                   width_bytes: list[dict[str, Any]], *, model: str | None, quant_lm: Any, task_objs: list[Any],
+                   data_files: dict[str, Any] | None, limit: int | None, data_dir: Any, unit: str, modes: Any,
+                   ref_bits: Any, sp: Split, resamples: int, seed: int, batch_size: int,
+                   load_kwargs: dict[str, Any] | None, records: dict[str, Any], float_total: int, quant_total: int,
+                   check: dict[str, Any], objectives: Sequence[Any] = ()) -> Any:
+    """The scan directory: its tables (Parquet) and its manifest; returns the sensitivity table."""
+    import polars as pl
+
     out_p.mkdir(parents=True, exist_ok=True)
     units_df = pl.DataFrame({
         "unit": [u.name for u in units], "unit_index": [u.index for u in units], "kind": [u.kind for u in units],
@@ -416,8 +441,7 @@ def run_scan(out: str | os.PathLike, *, model: str | None = None, quant: str = "
         "library_versions": library_versions(imported_only=True),
     }
     (out_p / MANIFEST).write_text(json.dumps(json_safe(manifest), indent=1, ensure_ascii=False) + "\n")
-    return ScanResult(out_p, len(units), len(probes), check["max_abs_logit_diff"], seconds,
-                      top_units(table, n=3))
+    return table
 
 
 def _threads() -> int:

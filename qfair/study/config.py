@@ -31,8 +31,6 @@ LOAD_KEYS = ("dtype", "device", "device_map", "max_memory", "offload_folder", "r
              "trust_remote_code", "cache_dir")
 #: options of every dump ([dump]) that a task group may override
 DUMP_KEYS = ("limit", "store", "store_dtype", "shard_rows", "batch_size", "seed", "threads")
-GEN_KEYS = ("max_new_tokens", "temperature", "top_p", "samples")
-TEXT_KEYS = ("text", "ctx", "chunks")
 ANALYSIS_KEYS = ("bootstrap", "seed", "bins", "binning", "topk", "confidence", "strata", "n_strata", "threads",
                  "chunk_rows", "skip_hash", "formats", "metrics", "report")
 SLURM_KEYS = ("partition", "gpus_per_job", "cpus_per_job", "mem_gb", "time_min", "array_parallelism",
@@ -58,12 +56,29 @@ class SpecEntry:
 @dataclass(frozen=True)
 class TaskGroup:
     name: str
-    kind: str                    # "tasks" (multiple choice and other scored tasks) | "generation" | "text"
+    # "tasks": tasks of the default dump kind (multiple choice and other scored tasks); else the name of the
+    # dump kind its tasks (or its selecting option) make: "generation", "text", a plugin's kind
+    kind: str
     tasks: tuple[str, ...] = ()
     data_files: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)   # dump options overriding [dump]
-    generation: dict[str, Any] = field(default_factory=dict)
-    text: dict[str, Any] = field(default_factory=dict)
+    kind_options: dict[str, Any] = field(default_factory=dict)  # the dump kind's own options (qfair dump's flags)
+
+    @property
+    def dump_kind(self) -> str:
+        from qfair.dump.kinds import DEFAULT_KIND
+
+        return DEFAULT_KIND if self.kind == "tasks" else self.kind
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        """Deprecated: ``kind_options`` of a generation group."""
+        return dict(self.kind_options) if self.kind == "generation" else {}
+
+    @property
+    def text(self) -> dict[str, Any]:
+        """Deprecated: ``kind_options`` of a text group."""
+        return dict(self.kind_options) if self.kind == "text" else {}
 
 
 @dataclass
@@ -296,35 +311,25 @@ def _threads(c: _C, v: Any, fld: str) -> int:
 
 
 def _group(c: _C, v: Any, i: int, root: Path) -> TaskGroup:
-    import qfair.tasks as T
+    """One ``[[tasks]]`` entry: tasks (their dump kind decides which kind options it may set), or the
+    option that selects a kind of its own (``text = FILE``)."""
+    from qfair.dump.kinds import all_kinds
 
     fld = f"tasks[{i}]"
-    t = c.table(v, fld, ("name", "tasks", "data_files", *DUMP_KEYS, *GEN_KEYS, *TEXT_KEYS))
+    kopts = {o.name: (k, o) for k in all_kinds() for o in k.options if o.study}
+    t = c.table(v, fld, ("name", "tasks", "data_files", *DUMP_KEYS, *kopts))
     name = c.label(t.get("name"), f"{fld}.name")
     opts = _dump_options(c, t, fld)
-    if "text" in t:
-        if "tasks" in t or "data_files" in t:
-            raise c.fail(fld, "scores either tasks or a text (text = FILE, ctx = N), not both")
-        txt = Path(_resolve_path(c.str_(t["text"], f"{fld}.text"), root, c, f"{fld}.text"))
-        if not txt.is_file():
-            raise c.fail(f"{fld}.text", f"is {str(t['text'])!r}: no such file")
-        if "ctx" not in t:
-            raise c.fail(fld, "a text group needs ctx (tokens per chunk)")
-        text = {"text": str(txt), "ctx": c.int_(t["ctx"], f"{fld}.ctx", 4)}
-        if "chunks" in t:
-            text["chunks"] = c.int_(t["chunks"], f"{fld}.chunks", 1)
-        for k in GEN_KEYS:
-            if k in t:
-                raise c.fail(f"{fld}.{k}", "is a generation option; this group scores a text")
-        return TaskGroup(name, "text", (), {}, opts, {}, text)
-    for k in ("ctx", "chunks"):
-        if k in t:
-            raise c.fail(f"{fld}.{k}", "goes with text = FILE")
+    given = {k: _kind_value(c, o, t[k], f"{fld}.{k}", root) for k, (_, o) in kopts.items() if k in t}
+    selecting = next((kopts[k][0] for k in given if kopts[k][0].selected_by == k), None)
+    if selecting is not None:
+        return _selected_group(c, t, fld, name, opts, given, selecting)
+    for k in given:
+        owner = kopts[k][0]
+        if owner.selected_by is not None:
+            raise c.fail(f"{fld}.{k}", f"goes with {owner.selected_by} = ... (a {owner.name} group)")
     names = c.strs(t.get("tasks"), f"{fld}.tasks")
-    try:
-        resolved = T.resolve(names)
-    except Exception as e:  # noqa: BLE001 - TaskError: an unknown task or group
-        raise c.fail(f"{fld}.tasks", str(e)) from None
+    resolved = _resolve_tasks(c, names, f"{fld}.tasks")
     files: dict[str, str] = {}
     if "data_files" in t:
         df = c.table(t["data_files"], f"{fld}.data_files")
@@ -335,50 +340,100 @@ def _group(c: _C, v: Any, i: int, root: Path) -> TaskGroup:
             files[k] = pth if pth == "hf" else _resolve_path(pth, root, c, f"{fld}.data_files.{k}")
             if pth != "hf" and not Path(files[k]).is_file():
                 raise c.fail(f"{fld}.data_files.{k}", f"is {pth!r}: no such file")
-    kinds = {_is_generation(n) for n in resolved}
-    if len(kinds) > 1:
-        raise c.fail(f"{fld}.tasks", "mixes generation tasks with scored tasks; put them in separate groups")
-    gen = kinds == {True}
-    generation: dict[str, Any] = {}
-    for k in GEN_KEYS:
-        if k in t:
-            if not gen:
-                raise c.fail(f"{fld}.{k}", "is a generation option, but the group's tasks are not generation tasks")
-            generation[k] = c.num(t[k], f"{fld}.{k}") if k in ("temperature", "top_p") else \
-                c.int_(t[k], f"{fld}.{k}", 1)
-    if gen:  # the checks qfair dump applies to the decoding settings, now rather than at run time
-        from qfair.generation.decode import DecodeSettings
-
-        try:
-            DecodeSettings(**generation)
-        except ValueError as e:
-            opt = str(e).split()[0].lstrip("-").replace("-", "_")
-            raise c.fail(f"{fld}.{opt}" if opt in GEN_KEYS else fld, str(e)) from None
-    return TaskGroup(name, "generation" if gen else "tasks", tuple(resolved), files, opts, generation, {})
+    by_kind = _by_dump_kind(resolved)
+    if len(by_kind) > 1:
+        raise c.fail(f"{fld}.tasks", f"mixes {' with '.join(_what(k) for k, _ in by_kind.values())}; put them in separate groups")
+    kind = next(iter(by_kind.values()))[0]
+    for k in given:
+        owner = kopts[k][0]
+        if owner is not kind:
+            raise c.fail(f"{fld}.{k}", f"is a {owner.name} option, but the group's tasks are not {owner.name} tasks")
+    if kind.options and kind.prepare is not None:
+        _check_kind_options(c, fld, kind, given)
+    return TaskGroup(name, _group_kind(kind), tuple(resolved), files, opts, given)
 
 
-def _is_generation(name: str) -> bool:
-    import qfair.tasks as T
+def _selected_group(c: _C, t: dict[str, Any], fld: str, name: str, opts: dict[str, Any], given: dict[str, Any],
+                    kind: Any) -> TaskGroup:
+    """A group whose kind one of its options selects (``text = FILE``): no tasks."""
+    sel = kind.selected_by
+    if "tasks" in t or "data_files" in t:
+        raise c.fail(fld, f"scores either tasks or a {kind.name} ({sel} = ...), not both")
+    for k in given:
+        if not any(o.name == k for o in kind.options):
+            raise c.fail(f"{fld}.{k}", f"is an option of another dump kind; this group is a {kind.name} group")
+    for o in kind.options:
+        for need in o.requires:
+            if o.name in given and need not in given:
+                raise c.fail(fld, f"a {kind.name} group needs {need} ({kind.option(need).help_short})")
+    return TaskGroup(name, _group_kind(kind), (), {}, opts, given)
 
-    return T.spec(name).kind == "generation"
+
+def _kind_value(c: _C, o: Any, v: Any, fld: str, root: Path) -> Any:
+    """A dump kind option's value from the study file, checked as its declaration says."""
+    if o.type == "int":
+        lo = 0 if o.min is None else int(o.min)
+        return c.int_(v, fld, lo) if o.max is None else c.int_(v, fld, lo, int(o.max))
+    if o.type == "float":
+        return c.num(v, fld)
+    p = Path(_resolve_path(c.str_(v, fld), root, c, fld))
+    if o.type == "file" and not p.is_file():
+        raise c.fail(fld, f"is {str(v)!r}: no such file")
+    return str(p)
 
 
-def _auto_groups(c: _C, names: list[str]) -> list[TaskGroup]:
-    """``tasks = ["piqa", "gen_stories"]``: one group of scored tasks, one of generation tasks."""
+def _check_kind_options(c: _C, fld: str, kind: Any, given: dict[str, Any]) -> None:
+    """The checks qfair dump applies to the kind's options (its ``prepare``), now rather than at run time."""
+    from qfair.dump import DumpError
+    from qfair.dump.kinds import resolve
+
+    try:
+        resolve(kind.prepare)([], given, 0)
+    except DumpError as e:
+        opt = str(e).split()[0].lstrip("-").replace("-", "_")
+        raise c.fail(f"{fld}.{opt}" if any(o.name == opt for o in kind.options) else fld, str(e)) from None
+
+
+def _group_kind(kind: Any) -> str:
+    from qfair.dump.kinds import DEFAULT_KIND
+
+    return "tasks" if kind.name == DEFAULT_KIND else kind.name
+
+
+def _what(kind: Any) -> str:
+    from qfair.dump.kinds import DEFAULT_KIND
+
+    return "scored tasks" if kind.name == DEFAULT_KIND else f"{kind.name} tasks"
+
+
+def _resolve_tasks(c: _C, names: list[str], fld: str) -> list[str]:
     import qfair.tasks as T
 
     try:
-        resolved = T.resolve(names)
-    except Exception as e:  # noqa: BLE001
-        raise c.fail("tasks", str(e)) from None
-    scored = [n for n in resolved if not _is_generation(n)]
-    gen = [n for n in resolved if _is_generation(n)]
-    out = []
-    if scored:
-        out.append(TaskGroup("tasks", "tasks", tuple(scored)))
-    if gen:
-        out.append(TaskGroup("generation", "generation", tuple(gen)))
-    return out
+        return T.resolve(names)
+    except Exception as e:  # noqa: BLE001 - TaskError: an unknown task or group
+        raise c.fail(fld, str(e)) from None
+
+
+def _by_dump_kind(names: list[str]) -> dict[str, tuple[Any, list[str]]]:
+    """The tasks by the dump kind that writes them, the default kind's last (their groups' order)."""
+    import qfair.tasks as T
+    from qfair.dump.kinds import DEFAULT_KIND, kind_of_tasks
+
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for n in names:
+        k = kind_of_tasks({n: T.spec(n).kind})
+        out.setdefault(k.name, (k, []))[1].append(n)
+    return dict(sorted(out.items(), key=lambda kv: kv[0] == DEFAULT_KIND))
+
+
+def _auto_groups(c: _C, names: list[str]) -> list[TaskGroup]:
+    """``tasks = ["piqa", "gen_stories"]``: one group of scored tasks, one per other dump kind (generation)."""
+    from qfair.dump.kinds import DEFAULT_KIND
+
+    by_kind = _by_dump_kind(_resolve_tasks(c, names, "tasks"))
+    scored = [TaskGroup("tasks", "tasks", tuple(ts)) for name, (_, ts) in by_kind.items() if name == DEFAULT_KIND]
+    return scored + [TaskGroup(name, name, tuple(ts)) for name, (_, ts) in by_kind.items() if name != DEFAULT_KIND]
 
 
 def _analysis(c: _C, v: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qfair.dump.kinds import KINDS, get_kind, resolve
 from qfair.study.config import ModelEntry, SpecEntry, Study, StudyError, TaskGroup
 
 __all__ = ["DumpJob", "AnalysisJob", "Plan", "make_plan", "dump_action", "analysis_action", "expected_rows"]
@@ -110,27 +111,38 @@ class Plan:
 
 def _dump_kwargs(study: Study, model: ModelEntry, group: TaskGroup, spec: SpecEntry, out: Path,
                  reference: Path | None) -> dict[str, Any]:
+    kind = get_kind(group.dump_kind)
     opts = study.dump_options(group)
-    load = dict(model.load)
     kw: dict[str, Any] = {"out": str(out), "model": model.id, "quant": spec.spec, "progress": False}
     for k in ("store", "store_dtype", "shard_rows", "batch_size", "seed", "threads"):
         if k in opts:
             kw[k] = opts[k]
-    if group.kind == "text":
-        load.update(group.text)
-    else:
+    if kind.takes_tasks:
         kw["tasks"] = list(group.tasks)
         kw["data_files"] = dict(group.data_files)
         if study.data_dir is not None:
             kw["data_dir"] = study.data_dir
         kw["limit"] = opts.get("limit") or None
-    if group.kind == "generation":
-        gen = dict(group.generation)
-        if reference is not None:
-            gen["reference"] = str(reference)
-        kw["generation"] = gen
-    kw["load_kwargs"] = load
+    options = dict(group.kind_options)
+    if reference is not None:
+        options[kind.base_option] = str(reference)
+    kw["options"] = options
+    kw["load_kwargs"] = dict(model.load)
     return kw
+
+
+def job_kwargs_now(job: Any) -> Any:
+    """A job record written before the dump kinds' options travelled as ``options``
+    (``generation`` and ``load_kwargs["text"/"ctx"/"chunks"]``) in today's form, so
+    that an earlier study's dumps are still recognised as made with the same settings."""
+    if not isinstance(job, dict) or "options" in job:
+        return job
+    job = dict(job)
+    load = dict(job.get("load_kwargs") or {})
+    moved = {k: load.pop(k) for k in ("text", "ctx", "chunks") if k in load}
+    job["options"] = {**moved, **(job.pop("generation", None) or {})}
+    job["load_kwargs"] = load
+    return job
 
 
 def make_plan(study: Study, out: str | os.PathLike, *, verify: bool = False) -> Plan:
@@ -161,7 +173,7 @@ def make_plan(study: Study, out: str | os.PathLike, *, verify: bool = False) -> 
             for spec in (study.base, *study.specs):
                 path = under("dumps", m.label, g.name, spec.label)
                 is_base = spec is study.base
-                ref = base_path if (g.kind == "generation" and not is_base) else None
+                ref = base_path if (get_kind(g.dump_kind).base_option and not is_base) else None
                 job = DumpJob(f"{m.label}/{g.name}/{spec.label}", m.label, g.name, spec.label, spec.spec, path,
                               under("jobs", m.label, g.name, f"{spec.label}.dump.json"),
                               _dump_kwargs(study, m, g, spec, path, ref),
@@ -226,15 +238,15 @@ def dump_action(job: DumpJob) -> tuple[str, str]:
             raise StudyError(f"{job.path}: exists and is not a directory; move it away")
         return "run", "not written yet"
     rec = _read_json(job.record)
-    same = rec is not None and _canon(rec.get("job")) == _canon(job.fingerprint())
+    same = rec is not None and _canon(job_kwargs_now(rec.get("job"))) == _canon(job.fingerprint())
     if not same:
         return "redo", "made with other settings" if rec is not None else "not made by this study"
-    if job.depends is not None and man.get("status") == "complete":
-        # teacher-forced on the base dump's texts: the base must still hold the texts it followed
-        want = ((man.get("generation") or {}).get("reference") or {}).get("tokens_sha256")
-        base = _read_json(Path(job.kwargs["generation"]["reference"]) / "manifest.json") or {}
-        have = ((base.get("tables") or {}).get("tokens") or {}).get("sha256")
-        if want != have:
+    kind = get_kind(man.get("kind")) if man.get("kind") in KINDS else None
+    if job.depends is not None and man.get("status") == "complete" and kind is not None \
+            and kind.follows_base is not None:
+        # made on the base dump (a generation dump teacher-forced on its texts): the base must still hold it
+        base = _read_json(Path(job.kwargs["options"][kind.base_option]) / "manifest.json") or {}
+        if not resolve(kind.follows_base)(man, base):
             return "redo", "its reference (the base dump) was rewritten"
     if man.get("status") == "complete":
         from qfair.dump.reader import open_dump
@@ -323,7 +335,6 @@ def expected_rows(plan: Plan, progress: bool = False) -> None:
     estimated: the table's vocabulary, rows counted with the embedded model's
     tokenizer; ``plan.notes`` says so."""
     import qfair.tasks as T
-    from qfair.dump.multiple_choice import prepare_documents
 
     cache: dict[tuple[str, str], tuple[int | None, bool]] = {}
     toks: dict[str, tuple[Any, int, bool]] = {}
@@ -339,31 +350,23 @@ def expected_rows(plan: Plan, progress: bool = False) -> None:
         tok, vocab, estimated = toks[d.model]
         d.rows_estimated = estimated
         opts = study.dump_options(group)
-        d.row_bytes = _row_bytes(opts.get("store", "full"), opts.get("store_dtype", "f16"), vocab)
+        kind = get_kind(group.dump_kind)
+        # a kind that stores no logits rows (choices only) writes none, whatever --store says
+        d.row_bytes = _row_bytes(opts.get("store", "full"), opts.get("store_dtype", "f16"), vocab) \
+            if kind.stores_rows else 0
         key = (d.model, d.group)
         if key not in cache:
-            if group.kind == "text":
-                from qfair.dump.text import plan_chunks, read_text, tokenize_text
-
-                text, _ = read_text(group.text["text"])
-                ctx = int(group.text["ctx"])
-                n = plan_chunks(len(tokenize_text(tok, text)), ctx, group.text.get("chunks"), group.text["text"])
-                cache[key] = (n * (ctx - 1 - ctx // 2), True)
-            else:
+            tasks = []
+            if kind.takes_tasks:
                 limit = opts.get("limit") or None
-                tasks = []
                 for n in group.tasks:
                     if data_dir is None and study.data_dir is not None and not group.data_files.get(n) \
                             and not T.has_builtin_sample(n):
                         uncounted.append(n)  # only the missing data directory holds it
                         continue
                     tasks.append(T.get(n, data_file=group.data_files.get(n), limit=limit, data_dir=data_dir))
-                if group.kind == "generation":
-                    docs = sum(sum(1 for _ in t.docs()) for t in tasks)
-                    g = group.generation
-                    cache[key] = (docs * int(g.get("samples", 1)) * int(g.get("max_new_tokens", 64)), False)
-                else:
-                    cache[key] = (sum(prepare_documents(tasks, tok).rows_per_example), True)
+            # the kind's own count: exact, or an upper bound (generation: every continuation at max_new_tokens)
+            cache[key] = resolve(kind.estimate)(tasks, dict(group.kind_options), tok) if kind.estimate else (None, False)
         d.rows, d.rows_exact = cache[key]
         # counted on built-in samples in place of the data directory's full splits
         d.rows_estimated |= data_dir != study.data_dir and any(
