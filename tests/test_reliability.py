@@ -701,3 +701,42 @@ def test_omp_num_threads_sets_a_dumps_threads(tiny_dump_env, tmp_path, monkeypat
     monkeypatch.setenv("QFAIR_THREADS", "lots")
     assert_one_line_error(run_cli(*args, tmp_path / "c"), "QFAIR_THREADS must be an integer")
     assert not (tmp_path / "c").exists()
+
+
+def test_model_commands_take_their_threads_from_the_variables(monkeypatch, tmp_path):
+    """qfair sensitivity (like qfair dump) runs torch at QFAIR_THREADS, else OMP_NUM_THREADS,
+    --threads winning; a bad variable is one line and the scan never starts."""
+    import torch
+
+    import qfair.sensitivity
+
+    seen = []
+
+    class Done:
+        def text(self):
+            return "done"
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return Done()
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(qfair.sensitivity, "run_scan", spy)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.delenv("QFAIR_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = ["sensitivity", "--model", "m", "--quant", "rtn", "--no-progress", "--out", str(tmp_path / "s")]
+    try:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+        monkeypatch.setenv("QFAIR_THREADS", "2")
+        assert CliRunner().invoke(main, args).exit_code == 0
+        assert CliRunner().invoke(main, [*args, "--threads", "3"]).exit_code == 0
+        assert seen == [1, 2, 3]
+        monkeypatch.setenv("QFAIR_THREADS", "two")
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1 and r.output.strip().splitlines() == [
+            "Error: QFAIR_THREADS must be an integer in 1..4096, got 'two'"]
+        assert seen == [1, 2, 3]
+    finally:
+        torch.set_num_threads(before)

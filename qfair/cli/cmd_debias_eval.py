@@ -6,6 +6,7 @@ import click
 from qfair.cli import main
 from qfair.cli.cmd_sensitivity import sensitivity_errors
 from qfair.cli.errors import reported
+from qfair.cli.threads import set_torch_threads
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -54,7 +55,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Choice sequences per forward pass.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where quantized models are cached.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
+@click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
+              help="torch compute threads (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use).")
 @click.option("--no-progress", is_flag=True, help="No progress messages.")
 def debias_eval_cmd(model, out, candidates, reference, allocation, random_seeds, random_unit, bits, group_size, alphas,
                     fair_probes, tasks, limit, bootstrap, seed, batch_size, cache_dir, threads, no_progress) -> None:
@@ -76,10 +78,7 @@ def debias_eval_cmd(model, out, candidates, reference, allocation, random_seeds,
     from qfair.debias_eval import debias_eval, default_candidates
     from qfair.sensitivity import SensitivityError
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
     with reported(out, *sensitivity_errors()):
         if candidates:
             cands = {}

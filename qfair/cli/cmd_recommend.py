@@ -6,6 +6,7 @@ import click
 from qfair.cli import main
 from qfair.cli.cmd_sensitivity import sensitivity_errors
 from qfair.cli.errors import reported
+from qfair.cli.threads import set_torch_threads
 
 
 @main.command("recommend")
@@ -42,7 +43,8 @@ from qfair.cli.errors import reported
               help="Bootstrap resamples per interval.")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False),
               help="Directory for recommendation.json, spec.txt and validation.parquet (default: SCAN_DIR/recommend).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
+@click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
+              help="torch compute threads (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use).")
 @click.option("--no-progress", is_flag=True, help="No progress messages.")
 def recommend_cmd(scan_dir, budget, bias_weight, widths, objective, bias_source, keep, source, probe_split, seeds, resamples, out, threads,
                   no_progress) -> None:
@@ -73,10 +75,7 @@ def recommend_cmd(scan_dir, budget, bias_weight, widths, objective, bias_source,
     from qfair.sensitivity.allocate import allocate
     from qfair.sensitivity.recommend import recommend
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
     with reported(scan_dir, *sensitivity_errors()):
         if (Path(scan_dir) / "widths.parquet").is_file():
             a = allocate(scan_dir, budget=budget, bias_weight=bias_weight, bits=widths, out=out,

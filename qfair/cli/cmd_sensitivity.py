@@ -5,6 +5,7 @@ import click
 
 from qfair.cli import main
 from qfair.cli.errors import reported
+from qfair.cli.threads import set_torch_threads
 
 
 def sensitivity_errors() -> tuple[type[BaseException], ...]:
@@ -50,7 +51,8 @@ def sensitivity_errors() -> tuple[type[BaseException], ...]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Choice sequences per forward pass.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: torch's).")
+@click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
+              help="torch compute threads (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use).")
 @click.option("--dtype", default=None, help="Model dtype (float32, bfloat16, float16, auto).")
 @click.option("--device", default=None, help="Device (cpu, cuda, cuda:1, ...).")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Where converted models are cached.")
@@ -81,10 +83,7 @@ def sensitivity_cmd(model, quant, tasks, unit, widths, gen_probes, gen_tokens, m
     from qfair.sensitivity import run_scan
     from qfair.tasks import parse_data_files
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)
     with reported(out, *sensitivity_errors()):
         files = parse_data_files(list(data_files))
         objectives = []
