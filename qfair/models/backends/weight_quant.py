@@ -304,7 +304,8 @@ def _load_gptq(spec: Any, request: Any) -> Any:
         raise _spec_error(spec, f"the cache entry {entry} is damaged ({e}); delete it to rebuild") from None
     marker = json.loads((entry / _MARKER).read_text())
     details = {k: marker.get(k) for k in ("method", "bits", "group_size", "sym", "layer_bits", "act_order",
-                                          "dampening", "alpha", "calibration", "pairs", "layers", "build_seconds")}
+                                          "dampening", "alpha", "calibration", "pairs", "layers", "build_seconds",
+                                          "build_profile")}
     details.update({"cache_entry": str(entry), "cache_hit": hit, "this_build_seconds": this_build, "key": key_doc})
     extra = {"trust_remote_code": False, "packed_bytes": stored_bytes(model, weights),
              "modules_not_converted": list(spec.options["ignore"]), "quant_details": details}
@@ -356,6 +357,7 @@ def _build(spec: Any, float_lm: Any, calib: Any, pairs: Any, entry: Path, key_do
                   **_grid_info(spec), "act_order": o["act_order"], "dampening": o["dampening"], "alpha": o["fair"],
                   "calibration": calib.info(), "pairs": None if pairs is None else pairs.info(),
                   "layers": res.layers, "build_seconds": res.seconds,
+                  "build_profile": {k: round(v, 3) for k, v in res.profile.items()},
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / _MARKER).write_text(json.dumps(marker, indent=1) + "\n")  # written last: marks a whole entry
         llmcompressor.move_into_place(tmp, entry, _MARKER)
