@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,8 +163,16 @@ def test_dump_of_the_reloaded_export_equals_the_in_memory_dump(tiny_model, tmp_p
     cache = tmp_path / "cache"
     lm = load_model(path, quant=spec, cache_dir=cache, progress=False)
     export = lm.extra["quant_details"]["compressed_tensors"]
-    assert export and json.loads((tmp_path / "cache" / "qfair-quant-v1" / lm.extra["quant_details"]["cache_entry"]
-                                  / "compressed-tensors" / "config.json").read_text())["quantization_config"]
+    entry = Path(lm.extra["quant_details"]["cache_entry"])
+    assert export == str(entry / "compressed-tensors")
+    assert json.loads((entry / "compressed-tensors" / "config.json").read_text())["quantization_config"]
+    # an entry without the export (built before it existed) gets it on its next load, the same bytes
+    files = {p.name: p.read_bytes() for p in Path(export).iterdir() if p.suffix == ".safetensors"}
+    shutil.rmtree(export)
+    again = load_model(path, quant=spec, cache_dir=cache, progress=False)
+    assert again.extra["quant_details"]["cache_hit"] and again.extra["quant_details"]["compressed_tensors"] == export
+    assert {p.name: p.read_bytes() for p in Path(export).iterdir() if p.suffix == ".safetensors"} == files
+    assert [p.name for p in entry.iterdir() if p.name.startswith(".tmp")] == []
     common = dict(tasks="arc_easy", limit=3, progress=False, threads=1)
     dump(tmp_path / "mem", model=path, quant=spec, load_kwargs={"cache_dir": str(cache)}, **common)
     dump(tmp_path / "ct", model=export, **common)
