@@ -68,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             d = q.extra["quant_details"]
             print(f"{spec}: load {wall:.1f} s (quantization {d.get('build_seconds') or 0:.1f} s); "
                   f"load average before {load0[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+            prof = d.get("build_profile") or {}
             layers = d.get("layers") or {}
+            if prof:
+                tokens = max((s.get("tokens", 0) for s in layers.values()), default=0)
+                print(f"  {d['calibration']['n_texts']} calibration texts, {tokens} tokens; seconds by phase "
+                      "(hessian is part of capture): " + ", ".join(f"{k} {v:.1f}" for k, v in prof.items()))
             if layers:
                 e = sum(s["error"] for s in layers.values())
                 r = sum(s["rtn_error"] for s in layers.values())

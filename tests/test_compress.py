@@ -339,6 +339,38 @@ def test_model_gptq_beats_rtn_on_every_layer_with_independent_inputs(tiny_model,
 
 
 @pytest.mark.usefixtures("one_torch_thread")
+def test_capture_stops_after_the_last_input_and_feeds_every_input(tiny_model):
+    """The capture pass stops each sequence after the block's last listed layer
+    has its input (down_proj itself does not run after the first sequence),
+    and still hands the sink exactly the inputs a plain full forward gives."""
+    from types import SimpleNamespace
+
+    from qfair.compress.capture import BlockStream, decoder_blocks
+
+    fm, tok = _load_float(tiny_model("llama"))
+    cal = _texts_ids(tok, CAL_TEXTS[:4])
+    _, blocks = decoder_blocks(fm)
+    layers = {n: m for n, m in fm.named_modules() if n.startswith("model.layers.0.") and isinstance(m, torch.nn.Linear)}
+    ran = []
+    h = layers["model.layers.0.mlp.down_proj"].register_forward_hook(lambda *a: ran.append(1))
+    got: dict[str, list] = {}
+    stream = BlockStream(fm, blocks[0], cal)
+    stream.run(blocks[0], layers, lambda n, i, x: got.setdefault(n, []).append(x.detach().clone()))
+    h.remove()
+    assert len(ran) == 1                     # the first sequence ran whole, the others stopped before it
+    for name in layers:
+        want = _independent_inputs(fm, SimpleNamespace(weights={}), name, cal, "model.layers")  # nothing quantized
+        assert len(got[name]) == len(cal)
+        for a, b in zip(got[name], want):
+            assert torch.equal(a.reshape(b.shape), b), name
+    # advancing still runs the whole block: its outputs are the next block's inputs
+    stream.run(blocks[0], advance=True)
+    with torch.no_grad():
+        full = fm(input_ids=cal[1][None], output_hidden_states=True, use_cache=False).hidden_states[1]
+    assert torch.equal(stream.inputs[1][0][0] if stream.inputs[1][0] else stream.inputs[1][1]["hidden_states"], full)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_model_fair_alpha_zero_bitwise_and_alpha_reduces_pair_error(tiny_model):
     import copy
 

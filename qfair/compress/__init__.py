@@ -12,6 +12,8 @@
 - :mod:`~qfair.compress.fair`: the fairness term from paired sentences;
 - :mod:`~qfair.compress.model`: quantizing every linear layer of a model;
 - :mod:`~qfair.compress.checkpoint`: the saved form (float checkpoint + codes);
+- :mod:`~qfair.compress.export`: the compressed-tensors ``pack-quantized``
+  checkpoint transformers reloads as a quantized model;
 - :mod:`~qfair.compress.errors`: the package's error class.
 
 This package knows torch and transformers models only: the calibration texts

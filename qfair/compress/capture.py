@@ -94,13 +94,36 @@ class BlockStream:
     def run(self, block: nn.Module, layers: dict[str, nn.Module] | None = None, sink: Sink | None = None,
             advance: bool = False) -> None:
         """Run every sequence through ``block``; with ``sink``, feed it the inputs
-        of ``layers``; with ``advance``, the outputs become the next block's inputs."""
+        of ``layers``; with ``advance``, the outputs become the next block's inputs.
+
+        Without ``advance`` the block's output is not needed: when the first
+        sequence called each listed layer exactly once, every later sequence
+        stops as soon as each layer has had its input (e.g. before a llama
+        block's ``down_proj`` and residual run)."""
         seq = [0]
-        hooks = input_hooks(layers or {}, sink, seq) if sink is not None else contextlib.nullcontext()
+        layers = layers or {}
+        calls: dict[str, int] = {}
+        stop_early = [False]
+
+        def count(name: str, i: int, x: torch.Tensor) -> None:
+            assert sink is not None
+            sink(name, i, x)
+            calls[name] = calls.get(name, 0) + 1
+            if stop_early[0] and len(calls) == len(layers):
+                raise _Stop
+
+        hooks = input_hooks(layers, count, seq) if sink is not None else contextlib.nullcontext()
         with torch.no_grad(), hooks:
             for i, (args, kwargs) in enumerate(self.inputs):
                 seq[0] = i
-                out = block(*args, **kwargs)
+                calls.clear()
+                try:
+                    out = block(*args, **kwargs)
+                except _Stop:
+                    continue
+                if i == 0 and not advance and layers and len(calls) == len(layers) \
+                        and all(c == 1 for c in calls.values()):
+                    stop_early[0] = True
                 if advance:
                     hidden = out[0] if isinstance(out, (tuple, list)) else out
                     if args:

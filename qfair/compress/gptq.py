@@ -37,29 +37,36 @@ class _GridRule:
 
     def __init__(self, grid: Grid, perm: torch.Tensor, rows: int, cols: int, dtype: torch.dtype, layer: str):
         self.grid = grid
-        self.perm = perm
+        self.perm = perm.tolist()              # Python ints: no tensor indexing per column
         self.inv = torch.argsort(perm)
         self.gw = grid.group_width(cols)
         ng = grid.n_groups(cols, layer)
-        self.scale = torch.zeros(rows, ng, dtype=dtype)
-        self.zero = torch.zeros(rows, ng, dtype=dtype)
+        # transposed (groups or columns, rows): each visited column reads and writes contiguous memory
+        self.scale_t = torch.zeros(ng, rows, dtype=dtype)
+        self.zero_t = torch.zeros(ng, rows, dtype=dtype)
         self.fitted = [False] * ng
-        self.codes = torch.zeros(rows, cols, dtype=torch.uint8)
+        self.codes_t = torch.zeros(cols, rows, dtype=dtype)  # the codes as floats; uint8 at the end
 
     def begin_block(self, sweep: ColumnSweep) -> None:
         pass
 
     def column(self, sweep: ColumnSweep, j: int, w: torch.Tensor) -> torch.Tensor:
-        c = int(self.perm[j])
+        c = self.perm[j]
         g = c // self.gw
         if not self.fitted[g]:
             members = self.inv[g * self.gw:(g + 1) * self.gw]
-            self.scale[:, g], self.zero[:, g] = self.grid.fit(sweep.current(members))
+            self.scale_t[g], self.zero_t[g] = self.grid.fit(sweep.current(members))
             self.fitted[g] = True
-        s, z = self.scale[:, g], self.zero[:, g]
-        q = self.grid.codes(w, s, z)
-        self.codes[:, c] = q
-        return self.grid.values(q, s, z)
+        s, z = self.scale_t[g], self.zero_t[g]
+        # Grid.codes and Grid.values, the same operations done in place
+        q = torch.div(w, s)
+        q.round_().add_(z).clamp_(0, self.grid.maxq)
+        self.codes_t[c] = q
+        return q.sub_(z).mul_(s)
+
+    def result(self) -> QuantizedWeight:
+        return QuantizedWeight(self.codes_t.T.to(torch.uint8).contiguous(), self.scale_t.T.contiguous(),
+                               self.zero_t.T.contiguous(), self.grid)
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, *, dampening: float = DEFAULT_DAMPENING,
@@ -79,4 +86,4 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, *, dampening: fl
     u = inverse_cholesky(hd[perm][:, perm], layer)
     rule = _GridRule(grid, perm, rows, cols, w.dtype, layer)
     ColumnSweep(work, u, block_size).run(rule)
-    return QuantizedWeight(rule.codes, rule.scale, rule.zero, grid)
+    return rule.result()

@@ -75,3 +75,10 @@ def weighted_error(delta: torch.Tensor, h: torch.Tensor) -> float:
     tokens of ``||delta x||^2`` (float64)."""
     d = delta.to(torch.float64)
     return float(torch.sum((d @ h) * d) / 2.0)
+
+
+def row_errors(delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """:func:`weighted_error` of each row of ``delta`` (float64): summing a
+    layer's rows gives its error, so stacked layers share one product."""
+    d = delta.to(torch.float64)
+    return torch.sum((d @ h.to(torch.float64)) * d, dim=1) / 2.0

@@ -18,10 +18,11 @@ differences and ``tr F / tr H``.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,7 +34,7 @@ from qfair.compress.errors import CompressError
 from qfair.compress.fair import PairAccumulator, fair_hessian, pair_sequences
 from qfair.compress.gptq import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING, gptq_quantize
 from qfair.compress.grid import Grid, GridError, common_group_sizes
-from qfair.compress.hessian import HessianAccumulator, weighted_error
+from qfair.compress.hessian import HessianAccumulator, row_errors
 from qfair.compress.quantized import QuantizedWeight
 from qfair.compress.rtn import rtn_quantize
 
@@ -48,6 +49,28 @@ class ModelQuantization:
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
     layer_grids: dict[str, Grid] = field(default_factory=dict)
+    profile: dict[str, float] = field(default_factory=dict)  # seconds per phase of the build (PHASES)
+
+
+# where a GPTQ build spends its time (ModelQuantization.profile); "hessian" is part of "capture"
+PHASES = ("inputs", "capture", "hessian", "pairs", "solve", "errors", "advance")
+
+
+class _Clock:
+    """Seconds summed per phase: ``with clock("solve"): ...``."""
+
+    def __init__(self, totals: dict[str, float]):
+        self.totals = totals
+        for p in PHASES:
+            totals.setdefault(p, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[phase] += time.perf_counter() - t
 
 
 def resolve_layer_bits(names: Sequence[str], rules: Sequence[tuple[str, int]]) -> dict[str, int]:
@@ -138,42 +161,60 @@ def quantize_model(model: nn.Module, method: str, grid: Grid, *, calibration: Se
         raise CompressError("fair > 0 needs probe pairs")
     was_training = model.training
     model.eval()
+    clock = _Clock(out.profile)
     prefix, blocks = decoder_blocks(model)
-    calib = BlockStream(model, blocks[0], calibration)
+    with clock("inputs"):
+        calib = BlockStream(model, blocks[0], calibration)
     pair_stream = None
     starts: list[int] = []
     if use_pairs:
         seqs, starts = pair_sequences(pairs)
-        pair_stream = BlockStream(model, blocks[0], seqs)
+        with clock("pairs"):
+            pair_stream = BlockStream(model, blocks[0], seqs)
     done: set[str] = set()
+
+    def accumulate(accs: dict[str, HessianAccumulator]) -> SharedInputs:
+        def add(n: str, _s: int, x: torch.Tensor) -> None:
+            with clock("hessian"):
+                accs[n].add(x)
+        return SharedInputs(add)
+
     for i, block in enumerate(blocks):
         inside = {n: m for n, m in layers.items() if n.startswith(f"{prefix}.{i}.")}
         if inside:
             _say(progress, f"block {i + 1}/{len(blocks)}: {len(inside)} layers")
             accs = {n: HessianAccumulator(m.in_features) for n, m in inside.items()}
-            shared = SharedInputs(lambda n, s, x, a=accs: a[n].add(x))
-            calib.run(block, inside, shared)
+            shared = accumulate(accs)
+            with clock("capture"):
+                calib.run(block, inside, shared)
             pacc = PairAccumulator(starts) if use_pairs else None
             if pair_stream is not None:
-                pair_stream.run(block, inside, pacc)
+                with clock("pairs"):
+                    pair_stream.run(block, inside, pacc)
             _quantize_layers(inside, {n: accs[shared.alias[n]] for n in inside}, pacc, out, grids, alpha,
-                             dampening, act_order, block_size)
+                             dampening, act_order, block_size, clock)
             done |= set(inside)
-        calib.run(block, advance=True)
-        if pair_stream is not None:
-            pair_stream.run(block, advance=True)
+        last = i == len(blocks) - 1 and len(done) == len(layers)
+        if not last:  # the last block's outputs feed no quantized layer
+            with clock("advance"):
+                calib.run(block, advance=True)
+            if pair_stream is not None:
+                with clock("pairs"):
+                    pair_stream.run(block, advance=True)
     del calib, pair_stream
     rest = {n: m for n, m in layers.items() if n not in done}
     if rest:
         _say(progress, f"{len(rest)} layers outside the blocks: {', '.join(rest)}")
         accs = {n: HessianAccumulator(m.in_features) for n, m in rest.items()}
-        model_inputs(model, rest, calibration, lambda n, s, x: accs[n].add(x))
+        with clock("capture"):
+            model_inputs(model, rest, calibration, lambda n, s, x: accs[n].add(x))
         pacc = None
         if use_pairs:
             seqs, starts = pair_sequences(pairs)
             pacc = PairAccumulator(starts)
-            model_inputs(model, rest, seqs, pacc)
-        _quantize_layers(rest, accs, pacc, out, grids, alpha, dampening, act_order, block_size)
+            with clock("pairs"):
+                model_inputs(model, rest, seqs, pacc)
+        _quantize_layers(rest, accs, pacc, out, grids, alpha, dampening, act_order, block_size, clock)
     model.train(was_training)
     out.weights = {n: out.weights[n] for n in layers}
     out.layers = {n: out.layers[n] for n in layers}
@@ -183,26 +224,49 @@ def quantize_model(model: nn.Module, method: str, grid: Grid, *, calibration: Se
 
 def _quantize_layers(mods: dict[str, nn.Linear], accs: dict[str, HessianAccumulator], pacc: PairAccumulator | None,
                      out: ModelQuantization, grids: dict[str, Grid], alpha: float, dampening: float,
-                     act_order: bool, block_size: int) -> None:
-    hs: dict[int, torch.Tensor] = {}
-    fs: dict[int, torch.Tensor] = {}
-    for name, m in mods.items():
-        acc = accs[name]
-        h = hs.setdefault(id(acc), acc.hessian())
-        f = fs.setdefault(id(acc), pacc.hessian(name)) if pacc is not None else None
-        w = m.weight.detach().float()
-        grid = grids[name]
-        qw = gptq_quantize(w, fair_hessian(h, f, alpha), grid, dampening=dampening, act_order=act_order,
-                           block_size=block_size, layer=name)
-        rq = rtn_quantize(w, grid, name)
-        dq, dr = w - qw.dequantize(), w - rq.dequantize()
-        stats = {"error": weighted_error(dq, h), "rtn_error": weighted_error(dr, h), "tokens": acc.count}
-        if f is not None:
-            stats.update({"fair_error": weighted_error(dq, f), "fair_rtn_error": weighted_error(dr, f),
-                          "fair_trace_ratio": float(torch.trace(f) / torch.trace(h))})
-        out.weights[name] = qw
-        out.layers[name] = stats
-        _set_weight(m, qw)
+                     act_order: bool, block_size: int, clock: _Clock) -> None:
+    """GPTQ on ``mods``. Layers that read the same input (one Hessian) and share a
+    grid are solved as one matrix, their rows stacked: every step of the solver
+    works row by row, so this is each layer's own solve, with one inverse Cholesky
+    factor and one column loop instead of one per layer."""
+    groups: dict[tuple[int, Grid], list[str]] = {}
+    for name in mods:
+        groups.setdefault((id(accs[name]), grids[name]), []).append(name)
+    for (_, grid), names in groups.items():
+        acc = accs[names[0]]
+        h = acc.hessian()
+        f = pacc.hessian(names[0]) if pacc is not None else None
+        ws = [mods[n].weight.detach().float() for n in names]
+        w = ws[0] if len(ws) == 1 else torch.cat(ws)
+        with clock("solve"):
+            qw = gptq_quantize(w, fair_hessian(h, f, alpha), grid, dampening=dampening, act_order=act_order,
+                               block_size=block_size, layer=" + ".join(names))
+        with clock("errors"):
+            rq = rtn_quantize(w, grid, names[0])
+            # the four errors of every layer from one float64 product per Hessian
+            delta = torch.cat([w - qw.dequantize(), w - rq.dequantize()]).to(torch.float64)
+            per_row = {"h": row_errors(delta, h)}
+            if f is not None:
+                per_row["f"] = row_errors(delta, f)
+        r0, rows = 0, w.shape[0]
+        for name, wl in zip(names, ws):
+            r1 = r0 + wl.shape[0]
+            part = QuantizedWeight(qw.codes[r0:r1].contiguous(), qw.scale[r0:r1].contiguous(),
+                                   qw.zero[r0:r1].contiguous(), grid) if len(names) > 1 else qw
+            stats = {"error": _sum(per_row["h"][r0:r1]), "rtn_error": _sum(per_row["h"][rows + r0:rows + r1]),
+                     "tokens": acc.count}
+            if f is not None:
+                stats.update({"fair_error": _sum(per_row["f"][r0:r1]),
+                              "fair_rtn_error": _sum(per_row["f"][rows + r0:rows + r1]),
+                              "fair_trace_ratio": float(torch.trace(f) / torch.trace(h))})
+            out.weights[name] = part
+            out.layers[name] = stats
+            _set_weight(mods[name], part)
+            r0 = r1
+
+
+def _sum(x: torch.Tensor) -> float:
+    return float(x.sum())
 
 
 def stderr_progress(msg: str) -> None:

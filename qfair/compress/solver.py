@@ -30,12 +30,17 @@ class ColumnRule(Protocol):
         SparseGPT chooses its mask here."""
 
     def column(self, sweep: ColumnSweep, j: int, w: torch.Tensor) -> torch.Tensor:
-        """The replacement of column ``j`` whose current value is ``w``."""
+        """The replacement of column ``j`` whose current value is ``w`` (a view
+        into the sweep's block: read it, do not modify it)."""
 
 
 class ColumnSweep:
     """One pass of the solver over ``w`` (modified in place: at the end it holds
-    the replaced columns) with the inverse-Hessian factor ``u``."""
+    the replaced columns) with the inverse-Hessian factor ``u``.
+
+    The work is done on a transposed copy, so that each column the loop visits
+    is contiguous in memory; ``block`` and ``err`` (rows, block columns) are
+    views of it that rules may read."""
 
     def __init__(self, w: torch.Tensor, u: torch.Tensor, block_size: int = 128):
         if block_size < 1:
@@ -44,30 +49,37 @@ class ColumnSweep:
         self.u = u.to(w.dtype)
         self.block_size = block_size
         self.i1 = self.i2 = self.pos = 0
+        self.wt = w[:0].T
         self.block = w[:, :0]
         self.err = w[:, :0]
 
     def run(self, rule: ColumnRule) -> torch.Tensor:
         w, u = self.w, self.u
         n = w.shape[1]
+        self.wt = wt = w.T.contiguous()        # (columns, rows)
         for i1 in range(0, n, self.block_size):
             i2 = min(i1 + self.block_size, n)
             self.i1, self.i2, self.pos = i1, i2, i1
-            self.block = w[:, i1:i2].clone()
-            self.err = torch.zeros_like(self.block)
+            block_t = wt[i1:i2].clone()
+            err_t = torch.zeros_like(block_t)
+            self.block, self.err = block_t.T, err_t.T
             u1 = u[i1:i2, i1:i2]
+            diag = torch.diagonal(u1).tolist()   # Python floats: no 0-d tensor per column
             rule.begin_block(self)
             for k in range(i2 - i1):
                 self.pos = i1 + k
-                col = self.block[:, k].clone()
+                col = block_t[k]
                 q = rule.column(self, i1 + k, col)
-                e = (col - q) / u1[k, k]
-                self.block[:, k + 1:] -= e[:, None] * u1[k, k + 1:][None, :]
-                self.block[:, k] = q
-                self.err[:, k] = e
-            w[:, i1:i2] = self.block
+                torch.div(col - q, diag[k], out=err_t[k])
+                # block[:, k+1:] -= e u1[k, k+1:] (product, then difference: addr_ fuses
+                # them into one rounding and would change the last bits)
+                block_t[k + 1:] -= u1[k, k + 1:, None] * err_t[k]
+                block_t[k] = q
+            wt[i1:i2] = block_t
             if i2 < n:
-                w[:, i2:] -= self.err @ u[i1:i2, i2:]
+                # the product as the untransposed solver computes it (row-major operands)
+                wt[i2:] -= (self.err.contiguous() @ u[i1:i2, i2:]).T
+        w.copy_(wt.T)
         return w
 
     def current(self, positions: torch.Tensor) -> torch.Tensor:
@@ -79,5 +91,5 @@ class ColumnSweep:
             out[:, inside] = self.block[:, positions[inside] - self.i1]
         if bool((~inside).any()):
             p = positions[~inside]
-            out[:, ~inside] = self.w[:, p] - self.err @ self.u[self.i1:self.i2, p]
+            out[:, ~inside] = self.wt[p].T - self.err.contiguous() @ self.u[self.i1:self.i2, p]
         return out

@@ -466,7 +466,9 @@ def _settle_quantization(spec: QuantSpec, config: Any, src: ModelSource, ckpt: _
         if spec.name not in ("none", "prequantized"):
             raise ModelError(f"model {src.id or ckpt.path} is already quantized ({pre.options['method']}); "
                              f"it cannot be quantized again with {str(spec)!r}: use --quant none")
-        return pre, None
+        from qfair.models.backends.none import load_config
+
+        return pre, load_config(qc)
     if spec.name == "prequantized":
         raise ModelError(f"model {src.id or ckpt.path} has no quantization_config in its config.json; "
                          "'prequantized' is only for already-quantized checkpoints (use --quant none)")

@@ -14,7 +14,9 @@ calibration texts from the scan side of the probe split (see
 term built from scan-side bias pairs (:mod:`qfair.tasks.pairs`), and
 caches the result under ``<cache>/qfair-quant-v1/<key>``: a float checkpoint
 transformers reloads plus the integer codes (:mod:`qfair.compress.checkpoint`),
-written in a temporary directory and renamed into place. The key hashes the
+and the same model as a compressed-tensors ``pack-quantized`` checkpoint in
+``compressed-tensors/`` (:mod:`qfair.compress.export`), all written in a
+temporary directory and renamed into place. The key hashes the
 float weights' identity, every setting, the calibration texts' and pairs'
 sha256 and the library versions; ``fair=0`` is plain GPTQ (same entry).
 """
@@ -302,14 +304,44 @@ def _load_gptq(spec: Any, request: Any) -> Any:
         verify(model, weights)
     except (CompressError, KeyError, OSError) as e:
         raise _spec_error(spec, f"the cache entry {entry} is damaged ({e}); delete it to rebuild") from None
+    export = _ensure_export(entry, model, tok, weights)
     marker = json.loads((entry / _MARKER).read_text())
     details = {k: marker.get(k) for k in ("method", "bits", "group_size", "sym", "layer_bits", "act_order",
-                                          "dampening", "alpha", "calibration", "pairs", "layers", "build_seconds")}
-    details.update({"cache_entry": str(entry), "cache_hit": hit, "this_build_seconds": this_build, "key": key_doc})
+                                          "dampening", "alpha", "calibration", "pairs", "layers", "build_seconds",
+                                          "build_profile")}
+    details.update({"cache_entry": str(entry), "cache_hit": hit, "this_build_seconds": this_build, "key": key_doc,
+                    "compressed_tensors": None if export is None else str(export)})
     extra = {"trust_remote_code": False, "packed_bytes": stored_bytes(model, weights),
              "modules_not_converted": list(spec.options["ignore"]), "quant_details": details}
     dev = model.get_input_embeddings().weight.device
     return LoadedModel(model, tok, dev, spec, src, "float32", str(entry), hit, time.perf_counter() - t0, extra)
+
+
+def _ensure_export(entry: Path, model: Any, tok: Any, weights: dict[str, Any]) -> Path | None:
+    """The entry's compressed-tensors checkpoint; an entry built before it existed
+    gets it now (from the verified weights and codes), written aside and renamed
+    (None when the cache is read-only or transformers could not reload these layers)."""
+    from qfair.compress.export import EXPORT_DIR, reload_refusal, save_compressed_tensors
+
+    target = entry / EXPORT_DIR
+    if target.is_dir():
+        return target
+    if reload_refusal(weights) is not None:
+        return None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=entry))
+    except OSError:
+        return None
+    try:
+        save_compressed_tensors(model, tok, weights, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another process renamed its copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _build(spec: Any, float_lm: Any, calib: Any, pairs: Any, entry: Path, key_doc: dict[str, Any],
@@ -319,6 +351,7 @@ def _build(spec: Any, float_lm: Any, calib: Any, pairs: Any, entry: Path, key_do
 
     from qfair.compress.checkpoint import save_quantized
     from qfair.compress.errors import CompressError
+    from qfair.compress.export import EXPORT_DIR, reload_refusal, save_compressed_tensors
     from qfair.compress.model import check_grid, stderr_progress
 
     o = spec.options
@@ -347,6 +380,8 @@ def _build(spec: Any, float_lm: Any, calib: Any, pairs: Any, entry: Path, key_do
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=entry.parent))
     try:
         save_quantized(model, tok, res, tmp)
+        if reload_refusal(res.weights) is None:
+            save_compressed_tensors(model, tok, res.weights, tmp / EXPORT_DIR)
         (tmp / "calibration.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
                                                        for t in calib.texts), encoding="utf-8")
         if pairs is not None:
@@ -356,6 +391,7 @@ def _build(spec: Any, float_lm: Any, calib: Any, pairs: Any, entry: Path, key_do
                   **_grid_info(spec), "act_order": o["act_order"], "dampening": o["dampening"], "alpha": o["fair"],
                   "calibration": calib.info(), "pairs": None if pairs is None else pairs.info(),
                   "layers": res.layers, "build_seconds": res.seconds,
+                  "build_profile": {k: round(v, 3) for k, v in res.profile.items()},
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / _MARKER).write_text(json.dumps(marker, indent=1) + "\n")  # written last: marks a whole entry
         llmcompressor.move_into_place(tmp, entry, _MARKER)
