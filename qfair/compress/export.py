@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from qfair.compress.errors import CompressError
-from qfair.compress.grid import Grid
+from qfair.compress.grid import Grid, bit_stream, stream_bytes
 from qfair.compress.quantized import QuantizedWeight
 
 EXPORT_DIR = "compressed-tensors"   # the export's directory inside a qfair cache entry
@@ -54,11 +54,8 @@ def pack_int32_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
     with zero bits to whole 32-bit words."""
     rows, n = codes.shape
     words = (n * bits + 31) // 32
-    shifts = torch.arange(bits, dtype=torch.int32)
-    stream = ((codes.to(torch.int32)[:, :, None] >> shifts) & 1).reshape(rows, n * bits)
-    stream = torch.nn.functional.pad(stream, (0, words * 32 - n * bits))
-    byte_bits = torch.arange(8, dtype=torch.int32)
-    packed = (stream.reshape(rows, words * 4, 8) << byte_bits).sum(dim=2).to(torch.uint8)
+    stream = torch.nn.functional.pad(bit_stream(codes, bits), (0, words * 32 - n * bits))
+    packed = stream_bytes(stream)
     if sys.byteorder == "big":  # int32 words are read in the host's byte order
         packed = packed.reshape(rows, words, 4).flip(-1).reshape(rows, words * 4)
     return packed.contiguous().view(torch.int32)

@@ -125,18 +125,25 @@ class Grid:
         return self.values(codes, self.expand(scale, n), self.expand(zero, n))
 
 
+def bit_stream(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes (..., n; values < 2**bits) -> their bits (..., n * bits) as uint8 0/1,
+    ``bits`` bits per code, least significant bit first."""
+    shifts = torch.arange(bits, dtype=torch.int32)
+    return ((codes.to(torch.int32)[..., None] >> shifts) & 1).to(torch.uint8).flatten(-2)
+
+
+def stream_bytes(stream: torch.Tensor) -> torch.Tensor:
+    """Bits (..., 8m) as from :func:`bit_stream` -> bytes (..., m) uint8, the first bit lowest."""
+    lead = stream.shape[:-1]
+    octets = stream.reshape(*lead, -1, 8).to(torch.int32) << torch.arange(8, dtype=torch.int32)
+    return octets.sum(dim=-1).to(torch.uint8)
+
+
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Codes (any shape, values < 2**bits) -> a flat uint8 bit stream, ``bits`` bits
     per code, least significant bit first, padded with zero bits to whole bytes."""
-    flat = codes.reshape(-1).to(torch.uint8)
-    shifts = torch.arange(bits, dtype=torch.uint8)
-    bitmat = (flat[:, None] >> shifts) & 1
-    stream = bitmat.reshape(-1)
-    pad = (-stream.numel()) % 8
-    if pad:
-        stream = torch.cat([stream, torch.zeros(pad, dtype=torch.uint8)])
-    weights = (torch.ones(8, dtype=torch.uint8) << torch.arange(8, dtype=torch.uint8))
-    return (stream.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+    stream = bit_stream(codes.reshape(-1), bits)
+    return stream_bytes(torch.nn.functional.pad(stream, (0, (-stream.numel()) % 8)))
 
 
 def unpack(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
