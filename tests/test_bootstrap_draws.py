@@ -41,15 +41,19 @@ def mul_hi_lo(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
-def draws(n: int, seed: int, b: int) -> np.ndarray:
-    key = resample_key(seed, b)
+def first_halves(n: int, key: int) -> np.ndarray:
+    """The n 32-bit halves of the counter sequence, in draw order (before rejection)."""
     pairs = (n + 1) // 2
     with np.errstate(over="ignore"):
         ctr = np.uint64(key) + np.arange(1, pairs + 1, dtype=np.uint64) * np.uint64(WY_INC)
         hi, lo = mul_hi_lo(ctr, ctr ^ np.uint64(WY_XOR))
         z = hi ^ lo
-    halves = np.stack([z >> np.uint64(32), z & np.uint64(0xFFFFFFFF)], 1).reshape(-1)[:n]
-    m = halves * np.uint64(n)  # < 2^64: both factors < 2^32
+    return np.stack([z >> np.uint64(32), z & np.uint64(0xFFFFFFFF)], 1).reshape(-1)[:n]
+
+
+def draws(n: int, seed: int, b: int) -> np.ndarray:
+    key = resample_key(seed, b)
+    m = first_halves(n, key) * np.uint64(n)  # < 2^64: both factors < 2^32
     out = (m >> np.uint64(32)).astype(np.int64)
     low = (m & np.uint64(0xFFFFFFFF)).astype(np.int64)
     t = (1 << 32) % n  # Lemire's threshold, (2^32 - n) mod n
@@ -84,11 +88,5 @@ def test_large_n_exercises_rejections():
     ref = draws(n, 12345, 7)
     with np.errstate(over="ignore"):
         assert len(ref) == n
-    pairs = (n + 1) // 2
-    with np.errstate(over="ignore"):
-        ctr = np.uint64(key) + np.arange(1, pairs + 1, dtype=np.uint64) * np.uint64(WY_INC)
-        hi, lo = mul_hi_lo(ctr, ctr ^ np.uint64(WY_XOR))
-    z = hi ^ lo
-    halves = np.stack([z >> np.uint64(32), z & np.uint64(0xFFFFFFFF)], 1).reshape(-1)[:n]
-    low = ((halves * np.uint64(n)) & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    low = ((first_halves(n, key) * np.uint64(n)) & np.uint64(0xFFFFFFFF)).astype(np.int64)
     assert (low < (1 << 32) % n).sum() > 10
