@@ -82,6 +82,29 @@ struct Segment {
     int64_t begin, end;
 };
 
+// Weighted Spearman (stats_spearman.cpp): kSpearmanLanes bootstrap resamples
+// at once, one per vector lane, each lane running exactly the operations of
+// the scalar walk in the same order (no FMA), so every instruction set and
+// any grouping of resamples give the same bits. Items are named by the drawn
+// unit (cluster) whose multiplicity they carry; counts[u * kSpearmanLanes + l]
+// is unit u's multiplicity in lane l's resample.
+constexpr int kSpearmanLanes = 8;
+
+struct SpearmanBlock {
+    const double* counts;     // [n_draw][kSpearmanLanes]
+    const int32_t* item_unit; // [n] unit of item i (item order: the total's summation order)
+    const int32_t* x_unit;    // [n] unit of the item at each position of x's sorted order
+    const int64_t* x_end;     // [n] last position of that position's tie group
+    const int32_t* y_unit;    // [k][n] likewise for each y
+    const int32_t* y_xpos;    // [k][n] position in x's sorted order of the item at each y position
+    const int64_t* y_end;     // [k][n]
+    int64_t n, k;
+    double* dx;               // scratch [n][kSpearmanLanes]: x's centred mid-ranks in x's sorted order
+    // out, [kSpearmanLanes] each (sxy, syy: [k][kSpearmanLanes]): total weight,
+    // centred weighted sums of squares and cross products of the mid-ranks
+    double *tot, *sxx, *sxy, *syy;
+};
+
 struct Kernels {
     const char* name;
     // sum_j c_j d[j] over [0, n).
@@ -107,6 +130,7 @@ struct Kernels {
     // e^x of the passes (x <= 0, -inf and NaN included), element by element:
     // for the accuracy tests.
     void (*exp_f32)(const float* x, float* out, int64_t n);
+    void (*spearman_sums)(const SpearmanBlock& block);
 };
 
 const Kernels* kernels_avx512();  // null when not compiled in

@@ -203,6 +203,9 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
 //               (its centred sum of squares <= 1e-9 N ((N+1)/2)^2, N = sum w)
 // Rows are independent (parallel over r); sums are centred on (N+1)/2, so no
 // large terms cancel. Matches scipy.stats.spearmanr on the expanded sample.
+// Each row's result is that of the scalar walk (weights summed in item order,
+// tie groups and sums in sorted order, no fused multiply-add), bit for bit on
+// every instruction set and thread count. n and n_draw must be below 2^31.
 void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
                        const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
                        const int64_t* y_end, int64_t k, int threads, double* out);
