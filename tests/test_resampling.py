@@ -306,6 +306,7 @@ def test_weighted_spearman_is_the_scalar_walk_bit_for_bit(clustered):
     counts = np.concatenate([rng.integers(0, 4, (6, n_units)) * 1.0,
                              rng.random((5, n_units)) * 3.0,         # fractional weights: rounding shows
                              rng.integers(0, 2, (2, n_units)) * 1e6,
+                             np.where(rng.random((1, n_units)) < 0.5, -0.0, 1.0),  # signed zeros
                              np.zeros((1, n_units))])
     xo, xe = R._order_and_ends(x)
     ranked = [R._order_and_ends(v) for v in ys]
