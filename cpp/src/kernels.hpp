@@ -82,16 +82,18 @@ struct Segment {
     int64_t begin, end;
 };
 
-// Weighted Spearman (stats_spearman.cpp): kSpearmanLanes bootstrap resamples
-// at once, one per vector lane, each lane running exactly the operations of
-// the scalar walk in the same order (no FMA), so every instruction set and
-// any grouping of resamples give the same bits. Items are named by the drawn
-// unit (cluster) whose multiplicity they carry; counts[u * kSpearmanLanes + l]
+// Resampling statistics a block of kResampleLanes resamples at once, one per
+// vector lane, each lane running exactly the operations of the scalar loop in
+// the same order (no FMA), so every instruction set and any grouping of
+// resamples give the same bits.
+//
+// Weighted Spearman (stats_spearman.cpp). Items are named by the drawn
+// unit (cluster) whose multiplicity they carry; counts[u * kResampleLanes + l]
 // is unit u's multiplicity in lane l's resample.
-constexpr int kSpearmanLanes = 8;
+constexpr int kResampleLanes = 8;
 
 struct SpearmanBlock {
-    const double* counts;     // [n_draw][kSpearmanLanes]
+    const double* counts;     // [n_draw][kResampleLanes]
     const int32_t* item_unit; // [n] unit of item i (item order: the total's summation order)
     const int32_t* x_unit;    // [n] unit of the item at each position of x's sorted order
     const int64_t* x_end;     // [n] last position of that position's tie group
@@ -99,8 +101,8 @@ struct SpearmanBlock {
     const int32_t* y_xpos;    // [k][n] position in x's sorted order of the item at each y position
     const int64_t* y_end;     // [k][n]
     int64_t n, k;
-    double* dx;               // scratch [n][kSpearmanLanes]: x's centred mid-ranks in x's sorted order
-    // out, [kSpearmanLanes] each (sxy, syy: [k][kSpearmanLanes]): total weight,
+    double* dx;               // scratch [n][kResampleLanes]: x's centred mid-ranks in x's sorted order
+    // out, [kResampleLanes] each (sxy, syy: [k][kResampleLanes]): total weight,
     // centred weighted sums of squares and cross products of the mid-ranks
     double *tot, *sxx, *sxy, *syy;
 };
@@ -131,6 +133,11 @@ struct Kernels {
     // for the accuracy tests.
     void (*exp_f32)(const float* x, float* out, int64_t n);
     void (*spearman_sums)(const SpearmanBlock& block);
+    // The sign-flip test's sums of kResampleLanes resamples at once: lane l's
+    // sum of +-d[j], the sign of term j flipped where bit (j mod 64) of
+    // words[(j / 64) * kResampleLanes + l] is set; four chains (j mod 4), each
+    // in order, combined as (s0 + s1) + (s2 + s3): the scalar loop's order.
+    void (*sign_flip_sums)(const double* d, int64_t n, const uint64_t* words, double* out);
 };
 
 const Kernels* kernels_avx512();  // null when not compiled in

@@ -809,40 +809,47 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
     r.exact = n < 62 && (int64_t(1) << n) <= resamples;
     const int64_t M = r.exact ? (int64_t(1) << n) : resamples;
     r.resamples = M;
-    const int T = resolve_threads(threads, M);
     // Each block counts into its own slot; deterministic because each
     // resample's signs depend only on (seed, r) (or on the mask, when exact).
+    // Random resamples go kResampleLanes at a time through the vector kernel,
+    // which forms each one's sum exactly as the scalar loop would (four chains
+    // j mod 4, branch-free sign flips), so the grouping changes no bit.
+    constexpr int L = qfair::detail::kResampleLanes;
+    const int64_t items = r.exact ? M : (M + L - 1) / L;
+    const int T = resolve_threads(threads, items);
     std::vector<int64_t> le(size_t(T), 0), ge(size_t(T), 0);
-    parallel_for(M, T, [&](int64_t m0, int64_t m1, int k) {
+    const auto sign_flip_sums = qfair::detail::active_kernels().sign_flip_sums;
+    parallel_for(items, T, [&](int64_t i0, int64_t i1, int k) {
         int64_t cle = 0, cge = 0;
-        for (int64_t m = m0; m < m1; ++m) {
-            double s = 0.0;
-            if (r.exact) {
-                for (int64_t i = 0; i < n; ++i) s += ((m >> i) & 1) ? -d[i] : d[i];
-            } else {
-                // Branch-free: each random bit flips the sign bit of its term;
-                // four partial sums break the add chain.
-                Rng rng(seed ^ kPermutationDomain, uint64_t(m));
-                double acc[4] = {0.0, 0.0, 0.0, 0.0};
-                int64_t i = 0;
-                for (; i < n; i += 64) {
-                    uint64_t bits = rng.next();
-                    const int64_t e = std::min<int64_t>(n, i + 64);
-                    for (int64_t j = i; j < e; ++j) {
-                        uint64_t u;
-                        std::memcpy(&u, &d[j], sizeof u);
-                        u ^= (bits & 1ULL) << 63;
-                        double v;
-                        std::memcpy(&v, &u, sizeof v);
-                        acc[j & 3] += v;
-                        bits >>= 1;
-                    }
-                }
-                s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-            }
+        auto count = [&](double s) {
             const double v = s / double(n);
             cle += v <= obs + gamma;
             cge += v >= obs - gamma;
+        };
+        if (r.exact) {
+            for (int64_t m = i0; m < i1; ++m) {
+                double s = 0.0;
+                for (int64_t i = 0; i < n; ++i) s += ((m >> i) & 1) ? -d[i] : d[i];
+                count(s);
+            }
+        } else {
+            const int64_t words = (n + 63) / 64;
+            std::vector<uint64_t> bits(size_t(words * L));
+            double sums[L];
+            for (int64_t b = i0; b < i1; ++b) {
+                const int64_t m0 = b * L;
+                const int used = int(std::min<int64_t>(L, M - m0));
+                for (int l = 0; l < L; ++l) {
+                    if (l >= used) {  // a last, partial block: empty lanes, not counted
+                        for (int64_t w = 0; w < words; ++w) bits[size_t(w * L + l)] = 0;
+                        continue;
+                    }
+                    Rng rng(seed ^ kPermutationDomain, uint64_t(m0 + l));
+                    for (int64_t w = 0; w < words; ++w) bits[size_t(w * L + l)] = rng.next();
+                }
+                sign_flip_sums(d, n, bits.data(), sums);
+                for (int l = 0; l < used; ++l) count(sums[l]);
+            }
         }
         le[size_t(k)] = cle;
         ge[size_t(k)] = cge;

@@ -46,7 +46,7 @@ void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const in
     if (n >= (int64_t(1) << 31) || n_draw >= (int64_t(1) << 31))
         throw std::invalid_argument("weighted_spearman: items and drawn units must be below 2^31");
     const double nan = std::numeric_limits<double>::quiet_NaN();
-    constexpr int L = detail::kSpearmanLanes;
+    constexpr int L = detail::kResampleLanes;
     const auto spearman_sums = detail::active_kernels().spearman_sums;
 
     // The layout the kernel reads, made once per call: every pass reads its
