@@ -17,7 +17,6 @@ inline uint64_t splitmix64(uint64_t& x) {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
-inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 }  // namespace
 
 Rng::Rng(uint64_t seed, uint64_t stream) {
@@ -30,43 +29,6 @@ Rng::Rng(uint64_t seed, uint64_t stream) {
     uint64_t y = h;
     for (auto& s : s_) s = splitmix64(y);
     if ((s_[0] | s_[1] | s_[2] | s_[3]) == 0) s_[0] = 1;
-}
-
-uint64_t Rng::next() {
-    const uint64_t result = rotl(s_[1] * 5, 7) * 9;
-    const uint64_t t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = rotl(s_[3], 45);
-    return result;
-}
-
-uint32_t Rng::next32() {
-    if (has_spare_) {
-        has_spare_ = false;
-        return uint32_t(spare_);
-    }
-    const uint64_t r = next();
-    spare_ = r;
-    has_spare_ = true;
-    return uint32_t(r >> 32);
-}
-
-uint32_t Rng::below(uint32_t n) {
-    // Lemire, "Fast random integer generation in an interval" (2019).
-    uint64_t m = uint64_t(next32()) * uint64_t(n);
-    uint32_t l = uint32_t(m);
-    if (l < n) {
-        const uint32_t t = uint32_t(-n) % n;
-        while (l < t) {
-            m = uint64_t(next32()) * uint64_t(n);
-            l = uint32_t(m);
-        }
-    }
-    return uint32_t(m >> 32);
 }
 
 // ------------------------------------------------------------------- normal

@@ -22,14 +22,18 @@ void check_sizes(int64_t n, int64_t resamples, const char* what) {
     if (n >= (int64_t(1) << 32)) throw std::invalid_argument(std::string(what) + ": n must be below 2^32");
 }
 
-// The first `steps` positions of a Fisher-Yates shuffle of idx (already a
-// permutation of [0, n)), in place.
-void shuffle_prefix(std::vector<uint32_t>& idx, int64_t steps, Rng& rng) {
-    const auto n = static_cast<uint32_t>(idx.size());
-    for (uint32_t i = 0; i < static_cast<uint32_t>(steps) && i + 1 < n; ++i) {
-        const uint32_t j = i + rng.below(n - i);
-        std::swap(idx[i], idx[j]);
+// The first `steps` positions of a Fisher-Yates shuffle of p (already a
+// permutation of [0, n)), in place, and the sum of term(i, p[i]) over them in
+// order, taken as the shuffle goes: position i is final once step i has
+// swapped it, and the adds overlap the next draws.
+template <class Term>
+double shuffle_prefix_sum(uint32_t* p, uint32_t n, uint32_t steps, Rng& rng, Term&& term) {
+    double acc = 0.0;
+    for (uint32_t i = 0; i < steps; ++i) {
+        if (i + 1 < n) std::swap(p[i], p[i + rng.below(n - i)]);
+        acc += term(i, p[i]);
     }
+    return acc;
 }
 }  // namespace
 
@@ -41,9 +45,9 @@ void pairings_dot(const double* a, const double* b, int64_t n, int64_t resamples
         for (int64_t r = r0; r < r1; ++r) {
             std::iota(idx.begin(), idx.end(), 0u);  // each draw from the identity: thread-count invariant
             Rng rng(seed ^ kPairingsDomain, uint64_t(r));
-            shuffle_prefix(idx, n, rng);
-            double acc = 0.0;
-            for (int64_t i = 0; i < n; ++i) acc += a[i] * b[idx[i]];
+            const auto n32 = static_cast<uint32_t>(n);
+            const double acc =
+                shuffle_prefix_sum(idx.data(), n32, n32, rng, [&](uint32_t i, uint32_t j) { return a[i] * b[j]; });
             out[r] = acc;
         }
     });
@@ -58,9 +62,8 @@ void subset_sums(const double* z, int64_t n, int64_t k, int64_t resamples, uint6
         for (int64_t r = r0; r < r1; ++r) {
             std::iota(idx.begin(), idx.end(), 0u);
             Rng rng(seed ^ kSubsetDomain, uint64_t(r));
-            shuffle_prefix(idx, k, rng);
-            double acc = 0.0;
-            for (int64_t i = 0; i < k; ++i) acc += z[idx[i]];
+            const double acc = shuffle_prefix_sum(idx.data(), static_cast<uint32_t>(n), static_cast<uint32_t>(k), rng,
+                                                  [&](uint32_t, uint32_t j) { return z[j]; });
             out[r] = acc;
         }
     });

@@ -14,20 +14,60 @@ namespace qfair::stats {
 // ---------------------------------------------------------------- random numbers
 // Counter-based streams: stream(seed, k) depends only on (seed, k), so work split
 // over any number of threads draws exactly the same numbers.
+// The steps are defined here, inline, because the permutation nulls call them
+// once per shuffled item.
 class Rng {
 public:
     Rng(uint64_t seed, uint64_t stream);
     uint64_t next();
     // Uniform integer in [0, n), unbiased (Lemire's multiply-and-reject), n < 2^32.
-    // Uses both 32-bit halves of each 64-bit output.
+    // Uses both 32-bit halves of each 64-bit output (the high half first).
     uint32_t below(uint32_t n);
 
 private:
     uint32_t next32();
+    static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
     uint64_t s_[4];
     uint64_t spare_ = 0;
     bool has_spare_ = false;
 };
+
+inline uint64_t Rng::next() {  // xoshiro256**
+    const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+}
+
+inline uint32_t Rng::next32() {
+    if (has_spare_) {
+        has_spare_ = false;
+        return uint32_t(spare_);
+    }
+    const uint64_t r = next();
+    spare_ = r;
+    has_spare_ = true;
+    return uint32_t(r >> 32);
+}
+
+inline uint32_t Rng::below(uint32_t n) {
+    // Lemire, "Fast random integer generation in an interval" (2019).
+    uint64_t m = uint64_t(next32()) * uint64_t(n);
+    uint32_t l = uint32_t(m);
+    if (l < n) {
+        const uint32_t t = uint32_t(-n) % n;
+        while (l < t) {
+            m = uint64_t(next32()) * uint64_t(n);
+            l = uint32_t(m);
+        }
+    }
+    return uint32_t(m >> 32);
+}
 
 // ------------------------------------------------------------ normal distribution
 double norm_cdf(double x);
