@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import rng_streams
 from scipy import stats as sps
 
 from qfair import stats
@@ -353,6 +354,31 @@ def test_pairings_are_uniform_permutations_at_any_thread_count():
     assert counts.size == 24                                   # every permutation of 4 occurs
     assert sps.chisquare(counts).pvalue > 1e-4                 # and equally often
     assert not np.array_equal(core.pairings_dot(a, b, 100, 12, 0), draws[0][:100])  # another seed, other draws
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 37, 130])
+def test_pairings_and_subsets_are_the_defined_shuffles(n):
+    """Each resample's draw and sum, value for value, from the Python reimplementation of the
+    stream: the Fisher-Yates shuffle of Rng(seed ^ domain, r), the sum taken in position order."""
+    from qfair._native import core
+
+    rng = np.random.default_rng(n)
+    a, b = rng.normal(size=n), rng.normal(size=n) * 1e3
+    seed, B = 0xFEED, 9
+    want_dot, want_sub = [], []
+    k = n // 3
+    for r in range(B):
+        acc = 0.0
+        for i, j in enumerate(rng_streams.shuffled(n, n, seed ^ 0x70616972696E6773, r)):  # "pairings"
+            acc += a[i] * b[j]
+        want_dot.append(acc)
+        acc = 0.0
+        for j in rng_streams.shuffled(n, k, seed ^ 0x7375627365747321, r):              # "subsets!"
+            acc += a[j]
+        want_sub.append(acc)
+    for t in (1, 2, 4):
+        np.testing.assert_array_equal(core.pairings_dot(a, b, B, seed, t), want_dot)
+        np.testing.assert_array_equal(core.subset_sums(a, k, B, seed, t), want_sub)
 
 
 def test_subsets_are_uniform_and_sums_exact():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 scipy_stats = pytest.importorskip("scipy.stats")
+import rng_streams  # noqa: E402
 from scipy.special import ndtri  # noqa: E402
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar  # noqa: E402
 from statsmodels.stats.multitest import multipletests  # noqa: E402
@@ -310,43 +311,6 @@ def test_sign_flip_exact_against_scipy(kind):
     assert ours.p == pytest.approx(ref.pvalue, rel=1e-12)
 
 
-_M64 = (1 << 64) - 1
-
-
-def _splitmix(x: int) -> tuple[int, int]:
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    z = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-    return x, z ^ (z >> 31)
-
-
-def _stream_words(seed: int, stream: int, count: int) -> list[int]:
-    """The core's Rng(seed, stream) (two splitmix64 rounds of the key, then xoshiro256**),
-    from its definition in cpp/src/stats_basic.cpp."""
-    def rotl(v, k):
-        return ((v << k) | (v >> (64 - k))) & _M64
-
-    _, a = _splitmix(seed)
-    _, h = _splitmix(a ^ ((stream * 0xD1342543DE82EF95 + 0x2545F4914F6CDD1D) & _M64))
-    st, y = [], h
-    for _ in range(4):
-        y, z = _splitmix(y)
-        st.append(z)
-    if not any(st):
-        st[0] = 1
-    out = []
-    for _ in range(count):
-        out.append((rotl((st[1] * 5) & _M64, 7) * 9) & _M64)
-        t = (st[1] << 17) & _M64
-        st[2] ^= st[0]
-        st[3] ^= st[1]
-        st[1] ^= st[2]
-        st[0] ^= st[3]
-        st[2] ^= t
-        st[3] = rotl(st[3], 45)
-    return out
-
-
 def _sign_flip_reference_p(d, resamples: int, seed: int) -> float:
     """The random sign-flip p by its definition, in Python floats: resample m flips term j where
     bit j mod 64 of word j // 64 of stream (seed ^ "permutat", m) is set, sums four chains
@@ -362,7 +326,8 @@ def _sign_flip_reference_p(d, resamples: int, seed: int) -> float:
     gamma = max(100.0 * eps * abs(obs), 16.0 * eps * sabs)
     le = ge = 0
     for m in range(resamples):
-        words = _stream_words(seed ^ 0x7065726D75746174, m, (n + 63) // 64)
+        g = rng_streams.Stream(seed ^ 0x7065726D75746174, m)  # "permutat"
+        words = [g.next() for _ in range((n + 63) // 64)]
         acc = [0.0, 0.0, 0.0, 0.0]
         for j, v in enumerate(d):
             acc[j & 3] += -v if (words[j // 64] >> (j % 64)) & 1 else v
