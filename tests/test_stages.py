@@ -106,3 +106,32 @@ def test_background_hash_reads_every_listed_file(pair, monkeypatch):
             for rel, *_ in d.listed_files()]
     assert sorted(seen) == sorted(want) and len(seen) == len(set(seen))
     assert np.all([s.startswith(str(root)) for s in seen])
+
+
+def test_statistics_run_with_one_blas_thread_and_the_pool_is_restored(pair, monkeypatch):
+    """The analysis's matrix products run on one BLAS thread (qfair.threads.single_threaded_blas):
+    the same rounding on every machine, no spinning pool beside qfair's threads."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import sys
+
+    compare_module = sys.modules[compare.__module__]   # qfair.analyze.compare (the package exports the function)
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    if not blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    root, base, q = pair
+    seen: list[list[int]] = []
+    real = compare_module.metric_rows
+
+    def spy(*a, **kw):
+        seen.append(blas_threads())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(compare_module, "metric_rows", spy)
+    before = blas_threads()
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        compare(base, q, bootstrap=20, verify_hash=False)
+        after = blas_threads()
+    assert seen and all(s == [1] * len(s) for s in seen), seen
+    assert after == [2] * len(after) and blas_threads() == before
