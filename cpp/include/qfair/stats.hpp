@@ -97,6 +97,13 @@ public:
     // The same with 16-bit multiplicities (the driver's choice for n < 2^16);
     // the default widens them and calls eval.
     virtual double eval16(const uint16_t* counts) const;
+    // Called once by the driver before the resamples, with the evaluators made
+    // before this one (evaluated before it in every resample, on the same
+    // thread): an evaluator whose costly part equals an earlier one's (the
+    // same inputs, another calibration measure) may read that one's result of
+    // the current resample instead of computing it again. `next_slot` numbers
+    // the per-thread buffers of the evaluators that are read. Default: no-op.
+    virtual void share(const std::vector<OrderedEval*>& /*earlier*/, int* /*next_slot*/) {}
     int64_t n() const { return n_; }
 
 private:
