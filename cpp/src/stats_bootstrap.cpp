@@ -424,6 +424,36 @@ private:
     int slot_ = -1;
 };
 
+// One model's equal-mass measure on multiplicities in the driver's order: one
+// gather into confidence order (instead of widening, scattering back to
+// example order and gathering again).
+class SortedEval final : public OrderedEval {
+public:
+    SortedEval(const CalSide& side, CalMeasure m, const std::vector<uint32_t>* order)
+        : OrderedEval(int64_t(side.conf.size())), side_(side), m_(m) {
+        gather_.resize(side.order.size());
+        const std::vector<uint32_t> pos = order != nullptr ? inverse(*order) : std::vector<uint32_t>();
+        for (size_t j = 0; j < gather_.size(); ++j) {
+            const auto i = size_t(side.order[j]);
+            gather_[j] = order != nullptr ? pos[i] : uint32_t(i);
+        }
+    }
+    double eval(const uint32_t* counts) const override { return run(counts); }
+    double eval16(const uint16_t* counts) const override { return run(counts); }
+
+private:
+    template <class C>
+    double run(const C* counts) const {
+        thread_local std::vector<uint32_t> cs;
+        cs.resize(gather_.size());
+        for (size_t j = 0; j < gather_.size(); ++j) cs[j] = counts[gather_[j]];
+        return side_.eval_sorted(cs.data(), m_);
+    }
+    const CalSide& side_;
+    CalMeasure m_;
+    std::vector<uint32_t> gather_;
+};
+
 class CalibrationDiff final : public Statistic {
 public:
     CalibrationDiff(const double* cx, const double* ax, const double* cy, const double* ay,
@@ -485,6 +515,7 @@ public:
     std::unique_ptr<OrderedEval> ordered(const std::vector<uint32_t>* order) const override {
         if (pseg_.empty() && !has_x_ && y_.binning == Binning::Width)
             return std::make_unique<SideEval>(y_, m_, order);
+        if (!has_x_ && y_.binning == Binning::Mass) return std::make_unique<SortedEval>(y_, m_, order);
         if (pseg_.empty()) return Statistic::ordered(order);
         // gather[j]: where the multiplicity of the example at pair-segment
         // position j sits in `order` (none when the orders are the same).
