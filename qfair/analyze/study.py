@@ -25,11 +25,15 @@ argmax (first index), ``y`` the gold index:
   signed, over the non-empty bins.
 
 Every estimator takes multiplicities ``w`` (``[B, N]``, one row per bootstrap
-resample; a row of ones is the plain estimate) and is vectorised over rows.
+resample; a row of ones is the plain estimate) and is vectorised over rows; uint16 / uint32
+counts (the kept bootstrap draw) are read as they are, without a float64 copy, by the core's
+per-cell sums (``qfair.stats.cell_sums``).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from qfair import stats
 
 __all__ = ["study_ace", "study_mce", "study_calibration", "STUDY_RANGES", "STUDY_BINS"]
 
@@ -45,20 +49,22 @@ def _prep(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None):
     if y.shape[0] != probs.shape[0]:
         raise ValueError(f"labels: {y.shape[0]} values for {probs.shape[0]} rows of probs")
     n = probs.shape[0]
-    w = np.ones((1, n)) if w is None else np.atleast_2d(np.asarray(w, dtype=np.float64))
+    if w is None:
+        w = np.ones((1, n))
+    else:
+        w = np.atleast_2d(np.asarray(w))
+        if w.dtype not in (np.uint16, np.uint32):  # the kept draw's counts are read as they are
+            w = w.astype(np.float64)
     c = probs.max(axis=1)
     pred = probs.argmax(axis=1)
     return probs, y, w, c, pred
 
 
 def _cell_sums(w: np.ndarray, idx: np.ndarray, n_cells: int, *values: np.ndarray) -> list[np.ndarray]:
-    """Per resample row and cell: sum of w (and of w * value for each value)."""
-    b = w.shape[0]
-    flat = (np.arange(b)[:, None] * n_cells + idx[None, :]).ravel()
-    out = [np.bincount(flat, weights=w.ravel(), minlength=b * n_cells).reshape(b, n_cells)]
-    for v in values:
-        out.append(np.bincount(flat, weights=(w * v[None, :]).ravel(), minlength=b * n_cells).reshape(b, n_cells))
-    return out
+    """Per resample row and cell: sum of w (and of w * value for each value). ``idx`` is the cell
+    of each item ([N]) or of each item in each row ([B, N]); sums in item order (np.bincount's)."""
+    v = np.column_stack(values) if values else None
+    return list(stats.cell_sums(w, idx, n_cells, v))
 
 
 def _digitize(c: np.ndarray, bins: int) -> np.ndarray:
@@ -87,27 +93,30 @@ def _ace(prep: tuple, ranges: int, binary_bins: int, cells: dict[int, list[np.nd
         return np.full(w.shape[0], np.nan)
     if k <= 2:
         cnt, sc, sy = _binary_cells(prep, binary_bins, cells)
-        tot = w.sum(axis=1)
+        tot = w.sum(axis=1, dtype=np.float64)
         return np.abs(sc - sy).sum(axis=1) / tot
     step = n // ranges
     if step == 0:  # their code cannot run with fewer examples than ranges
         return np.full(w.shape[0], np.nan)
     order = np.argsort(c, kind="stable")
     cs = c[order]
-    cw = np.cumsum(w[:, order], axis=1)
+    cw = np.cumsum(w[:, order], axis=1, dtype=np.float64)
     pos = np.arange(0, step * ranges, step, dtype=np.float64)
-    # threshold r of each row: the sorted value at multiset position r * step
-    j = (cw[:, :, None] <= pos[None, None, :]).sum(axis=1)            # [B, R]
-    t = cs[np.minimum(j, n - 1)]
-    first = (t[:, None, :] < c[None, :, None]).sum(axis=2)            # first range with c <= t_r
+    if (w.dtype.kind == "u" or bool((w >= 0).all())) and not np.isnan(c).any():
+        # rows of cw and of t are non-decreasing: both counts are binary searches per row
+        # (the same integers as the [B, n, R] comparisons below, without them)
+        nb = w.shape[0]
+        j = np.array([np.searchsorted(row, pos, side="right") for row in cw], dtype=np.int64).reshape(nb, ranges)
+        t = cs[np.minimum(j, n - 1)]
+        first = np.array([np.searchsorted(row, c, side="left") for row in t], dtype=np.int64).reshape(nb, n)
+    else:
+        # threshold r of each row: the sorted value at multiset position r * step
+        j = (cw[:, :, None] <= pos[None, None, :]).sum(axis=1)            # [B, R]
+        t = cs[np.minimum(j, n - 1)]
+        first = (t[:, None, :] < c[None, :, None]).sum(axis=2)            # first range with c <= t_r
     bins = np.where(first >= ranges, 0, first)                         # argmax of an all-False row is 0
     correct = (pred == y).astype(np.float64)
-    nb = w.shape[0]
-    flat = (np.arange(nb)[:, None] * (ranges * k) + bins * k + y[None, :]).ravel()
-    size = nb * ranges * k
-    cnt = np.bincount(flat, weights=w.ravel(), minlength=size).reshape(nb, -1)
-    sa = np.bincount(flat, weights=(w * correct).ravel(), minlength=size).reshape(nb, -1)
-    sc = np.bincount(flat, weights=(w * c).ravel(), minlength=size).reshape(nb, -1)
+    cnt, sa, sc = _cell_sums(w, bins * k + y[None, :], ranges * k, correct, c)
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = np.where(cnt > 0, np.abs(sa - sc) / np.where(cnt > 0, cnt, 1.0), 0.0)
     return gap.sum(axis=1) / (k * ranges)
