@@ -37,6 +37,7 @@ __all__ = [
     "bootstrap_counts",
     "bootstrap_count_rows",
     "cell_sums",
+    "weighted_dots",
     "mcnemar",
     "sign_flip_test",
     "wilson",
@@ -172,6 +173,16 @@ def cell_sums(counts: np.ndarray, cells: np.ndarray, n_cells: int, values: np.nd
         v = v[:, None]
     return core.cell_sums(np.ascontiguousarray(counts), np.ascontiguousarray(cells, dtype=np.int64), int(n_cells),
                           np.ascontiguousarray(v), resolve_threads(threads))
+
+
+def weighted_dots(counts: np.ndarray, values: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """``counts @ values``: ``[m, k]`` for ``[m, n]`` uint16 / uint32 multiplicities and ``[n, k]``
+    values, each dot summed by the core in a fixed order (the same bits at any thread count and
+    on every instruction set)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    return core.weighted_dots(np.ascontiguousarray(counts), np.ascontiguousarray(v.T), resolve_threads(threads))
 
 
 @dataclass(frozen=True)

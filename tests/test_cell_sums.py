@@ -1,7 +1,10 @@
-"""The core's per-cell sums under multiplicities (stats.cell_sums) and its row-block draw
-(stats.bootstrap_count_rows), against float64 numpy references: explicit loops, np.bincount
-(whose item order the core keeps, so the sums agree bit for bit) and stats.bootstrap_counts."""
+"""The core's per-cell sums under multiplicities (stats.cell_sums), its one-cell dots
+(stats.weighted_dots) and its row-block draw (stats.bootstrap_count_rows), against float64
+numpy references: explicit loops, math.fsum, np.bincount (whose item order cell_sums keeps, so
+the sums agree bit for bit) and stats.bootstrap_counts."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -162,3 +165,27 @@ def test_study_estimators_read_uint16_counts_as_float_counts(k):
         idx = np.repeat(np.arange(n), w16[b].astype(int))
         assert both["ace_study"][b] == pytest.approx(ace_loops(p[idx], y[idx], ranges=7), abs=1e-12)
         assert both["mce_study"][b] == pytest.approx(mce_loops(p[idx], y[idx]), abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 15, 16, 17, 63, 1333, 4000])
+def test_weighted_dots_equal_exact_float64_sums(n):
+    rng = np.random.default_rng(n)
+    for dtype, high in ((np.uint16, 6), (np.uint16, 65536), (np.uint32, 1 << 20)):
+        w = rng.integers(0 if high < 100 else high - 600, high, (5, n)).astype(dtype)
+        v = rng.normal(0, 1e3, (n, 3))
+        got = stats.weighted_dots(w, v)
+        assert got.shape == (5, 3)
+        ref = np.array([[math.fsum(float(w[r, i]) * v[i, t] for i in range(n)) for t in range(3)] for r in range(5)])
+        np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-9)
+        for threads in (1, 2, 3, 8):
+            np.testing.assert_array_equal(stats.weighted_dots(w, v, threads=threads), got)
+
+
+def test_weighted_dots_edges_and_refusals():
+    assert stats.weighted_dots(np.zeros((3, 0), np.uint16), np.zeros((0, 2))).tolist() == [[0.0, 0.0]] * 3
+    assert stats.weighted_dots(np.ones((3, 5), np.uint16), np.zeros((5, 0))).shape == (3, 0)
+    assert stats.weighted_dots(np.ones((0, 5), np.uint32), np.ones(5)).shape == (0, 1)
+    with pytest.raises(ValueError, match="values"):
+        stats.weighted_dots(np.ones((2, 5), np.uint16), np.ones((4, 1)))
+    with pytest.raises(ValueError, match="counts"):
+        stats.weighted_dots(np.ones((2, 5)), np.ones((5, 1)))

@@ -280,6 +280,35 @@ bool cell_sums_typed(const ::py::handle& counts, const int64_t* cells, bool per_
     return out;
 }
 
+// counts @ v.T when counts is a C-contiguous [m, n] array of C (else false, nothing done).
+template <class C>
+bool weighted_dots_typed(const ::py::handle& counts, const F64& v, int threads, ::py::array_t<double>* out) {
+    using A = ::py::array_t<C, ::py::array::c_style>;
+    if (!::py::isinstance<A>(counts)) return false;
+    auto a = ::py::reinterpret_borrow<A>(counts);
+    if (a.ndim() != 2) throw ::py::value_error("counts: expected a 2-D array [resamples, items]");
+    const int64_t m = a.shape(0), n = a.shape(1), k = v.shape(0);
+    if (v.shape(1) != n) throw ::py::value_error("values: expected shape [k, items] matching counts");
+    *out = ::py::array_t<double>({m, k});
+    const C* c = a.data();
+    const double* vp = v.data();
+    double* o = out->mutable_data();
+    ::py::gil_scoped_release nogil;
+    st::weighted_dots(c, m, n, vp, k, threads, o);
+    return true;
+}
+
+::py::array_t<double> weighted_dots_py(const ::py::handle& counts, const ::py::handle& values, int threads) {
+    if (!::py::isinstance<F64>(values)) throw ::py::value_error("values: expected a C-contiguous float64 numpy array");
+    auto va = ::py::reinterpret_borrow<F64>(values);
+    if (va.ndim() != 2) throw ::py::value_error("values: expected a 2-D array [k, items]");
+    ::py::array_t<double> out;
+    if (!weighted_dots_typed<uint16_t>(counts, va, threads, &out) &&
+        !weighted_dots_typed<uint32_t>(counts, va, threads, &out))
+        throw ::py::value_error("counts: expected a C-contiguous uint16 or uint32 array");
+    return out;
+}
+
 // ---- Spearman under multiplicities ---------------------------------------------
 
 // A C-contiguous int64 array of `ndim` dimensions.
@@ -426,6 +455,8 @@ void bind_stats(::py::module_& m) {
           ::py::arg("values"), ::py::arg("threads") = 0,
           "Per row of multiplicities and cell: the sum of w and of w * v for each value column "
           "([k + 1, rows, n_cells], item order).");
+    m.def("weighted_dots", &weighted_dots_py, ::py::arg("counts"), ::py::arg("values"), ::py::arg("threads") = 0,
+          "counts @ values.T for [m, n] uint16/uint32 multiplicities and [k, n] float64 columns ([m, k]).");
     m.def("weighted_spearman", &weighted_spearman_py, ::py::arg("counts"), ::py::arg("clusters"),
           ::py::arg("x_order"), ::py::arg("x_end"), ::py::arg("y_order"), ::py::arg("y_end"),
           ::py::arg("threads") = 0,

@@ -1,13 +1,14 @@
 // Per-cell sums under bootstrap multiplicities (qfair/stats.hpp): the sums of
-// w and w * v by cell that the study's calibration estimators and the shared
-// draw's weighted sums read, straight from the kept 16-bit counts -- no
-// [rows, n] float64 copy of the counts and no [rows, n] cell index.
+// w and w * v by cell that the study's calibration estimators read, and the
+// plain weighted sums (one cell) of the shared draw, straight from the kept
+// 16-bit counts -- no [rows, n] float64 copy of the counts.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "kernels.hpp"
 #include "qfair/parallel.hpp"
 #include "qfair/stats.hpp"
 
@@ -64,7 +65,28 @@ void cell_sums_impl(const C* counts, int64_t m, int64_t n, const int64_t* cells,
     }
 }
 
+template <class C>
+void weighted_dots_impl(const C* counts, int64_t m, int64_t n, const double* v, int64_t k, int threads,
+                        double* out) {
+    if (m < 0 || n < 0 || k < 0) throw std::invalid_argument("weighted_dots: negative size");
+    const auto dot = qfair::detail::active_kernels().dot_counts;
+    parallel_for(m, resolve_threads(threads, m), [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r)
+            for (int64_t t = 0; t < k; ++t) out[r * k + t] = dot(counts + r * n, int(sizeof(C)), nullptr, v + t * n, n);
+    });
+}
+
 }  // namespace
+
+void weighted_dots(const uint16_t* counts, int64_t m, int64_t n, const double* v, int64_t k, int threads,
+                   double* out) {
+    weighted_dots_impl(counts, m, n, v, k, threads, out);
+}
+
+void weighted_dots(const uint32_t* counts, int64_t m, int64_t n, const double* v, int64_t k, int threads,
+                   double* out) {
+    weighted_dots_impl(counts, m, n, v, k, threads, out);
+}
 
 void cell_sums(const uint16_t* counts, int64_t m, int64_t n, const int64_t* cells, bool per_row, int64_t n_cells,
                const double* v, int64_t k, int threads, double* out) {

@@ -9,7 +9,7 @@ matrix), vectorised over the block.
 
 - :func:`weighted_sums`: ``C @ V`` for every resample -- any statistic that is
   a function of weighted sums (means, ratios of means, stratum means); the
-  core sums each column in item order from the kept 16-bit counts.
+  core's dot of the kept 16-bit counts with each column (a fixed order).
 - :func:`spearman` / :func:`spearman_bootstrap`: Spearman's rank correlation
   of a resample is the Pearson correlation of its mid-ranks; with
   multiplicities, a value's mid-rank is the count of smaller values plus
@@ -141,14 +141,9 @@ def weighted_sums(v: np.ndarray, *, seed: int, resamples: int) -> np.ndarray:
     if v.ndim == 1:
         v = v[:, None]
 
-    n = v.shape[0]
-    one_cell = np.zeros(n, dtype=np.int64)
-    vc = np.ascontiguousarray(v)
-
     def compute() -> np.ndarray:
-        # every item in one cell: column t's sum is the dot of the counts with v[:, t]
-        out = [stats.cell_sums(c, one_cell, 1, vc)[1:, :, 0].T for c in count_blocks(n, seed, resamples, raw=True)]
-        return np.ascontiguousarray(np.concatenate(out, axis=0)) if out else np.zeros((0, v.shape[1]))
+        out = [stats.weighted_dots(c, v) for c in count_blocks(v.shape[0], seed, resamples, raw=True)]
+        return np.concatenate(out, axis=0) if out else np.zeros((0, v.shape[1]))
 
     return _remembered(_key("weighted_sums", v, int(seed), int(resamples)), compute).copy()
 

@@ -233,6 +233,16 @@ void cell_sums(const uint32_t* counts, int64_t m, int64_t n, const int64_t* cell
 void cell_sums(const double* counts, int64_t m, int64_t n, const int64_t* cells, bool per_row,
                int64_t n_cells, const double* v, int64_t k, int threads, double* out);
 
+// out[r * k + t] = sum_i counts[r, i] * v[t * n + i] for m rows of
+// multiplicities (counts [m, n]) and k value columns stored column by column
+// (v [k, n]): the one-cell case of cell_sums as the kernels' dot_counts (sixteen
+// chains in a fixed order, the same bits on every instruction set and at any
+// thread count; parallel over rows).
+void weighted_dots(const uint16_t* counts, int64_t m, int64_t n, const double* v, int64_t k, int threads,
+                   double* out);
+void weighted_dots(const uint32_t* counts, int64_t m, int64_t n, const double* v, int64_t k, int threads,
+                   double* out);
+
 // ------------------------------------------------- permutation null distributions
 // Monte Carlo nulls of the two permutation tests the analysis runs, one
 // resample r per counter-based stream (independent of the thread count):
