@@ -324,9 +324,12 @@ I64 i64(const ::py::handle& h, const char* name, int ndim) {
 ::py::array_t<double> weighted_spearman_py(const ::py::handle& counts, const ::py::handle& clusters,
                                            const ::py::handle& x_order, const ::py::handle& x_end,
                                            const ::py::handle& y_order, const ::py::handle& y_end, int threads) {
-    if (!::py::isinstance<F64>(counts))
-        throw ::py::value_error("counts: expected a C-contiguous float64 numpy array");
-    auto c = ::py::reinterpret_borrow<F64>(counts);
+    // the kept draw's uint16 counts, uint32 rows or float64 multiplicities, read in place
+    const bool u16 = ::py::isinstance<::py::array_t<uint16_t, ::py::array::c_style>>(counts);
+    const bool u32 = ::py::isinstance<::py::array_t<uint32_t, ::py::array::c_style>>(counts);
+    if (!u16 && !u32 && !::py::isinstance<F64>(counts))
+        throw ::py::value_error("counts: expected a C-contiguous float64, uint16 or uint32 numpy array");
+    auto c = ::py::reinterpret_borrow<::py::array>(counts);
     if (c.ndim() != 2) throw ::py::value_error("counts: expected a 2-D array [resamples, drawn units]");
     auto xo = i64(x_order, "x_order", 1), xe = i64(x_end, "x_end", 1);
     auto yo = i64(y_order, "y_order", 2), ye = i64(y_end, "y_end", 2);
@@ -344,8 +347,16 @@ I64 i64(const ::py::handle& h, const char* name, int ndim) {
     double* o = out.mutable_data();
     {
         ::py::gil_scoped_release nogil;
-        st::weighted_spearman(c.data(), m, n_draw, cl, n, xo.data(), xe.data(), yo.data(), ye.data(), k, threads,
-                              o);
+        const void* cp = c.data();
+        if (u16)
+            st::weighted_spearman(static_cast<const uint16_t*>(cp), m, n_draw, cl, n, xo.data(), xe.data(),
+                                  yo.data(), ye.data(), k, threads, o);
+        else if (u32)
+            st::weighted_spearman(static_cast<const uint32_t*>(cp), m, n_draw, cl, n, xo.data(), xe.data(),
+                                  yo.data(), ye.data(), k, threads, o);
+        else
+            st::weighted_spearman(static_cast<const double*>(cp), m, n_draw, cl, n, xo.data(), xe.data(),
+                                  yo.data(), ye.data(), k, threads, o);
     }
     return out;
 }

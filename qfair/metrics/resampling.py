@@ -222,8 +222,8 @@ def spearman_bootstrap(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: in
     cl = None if clusters is None else np.ascontiguousarray(clusters, dtype=np.int64)
 
     def compute() -> np.ndarray:
-        parts = [core.weighted_spearman(np.ascontiguousarray(c), cl, xo, xe, yo, ye, int(threads or 0))
-                 for c in count_blocks(n_draw, seed, resamples)]
+        parts = [core.weighted_spearman(c, cl, xo, xe, yo, ye, int(threads or 0))
+                 for c in count_blocks(n_draw, seed, resamples, raw=True)]
         return np.concatenate(parts, axis=1) if parts else np.zeros((ys.shape[0], 0))
 
     # the result depends on the values only through their orders and tie groups

@@ -214,6 +214,13 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
 void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
                        const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
                        const int64_t* y_end, int64_t k, int threads, double* out);
+// The same on the kept draw's uint16 / uint32 counts (no float64 copy).
+void weighted_spearman(const uint16_t* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out);
+void weighted_spearman(const uint32_t* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out);
 
 // ------------------------------------------------ per-cell sums under multiplicities
 // For each of m rows of multiplicities w (counts [m, n]: uint16, uint32 or
