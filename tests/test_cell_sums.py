@@ -189,3 +189,22 @@ def test_weighted_dots_edges_and_refusals():
         stats.weighted_dots(np.ones((2, 5), np.uint16), np.ones((4, 1)))
     with pytest.raises(ValueError, match="counts"):
         stats.weighted_dots(np.ones((2, 5)), np.ones((5, 1)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ace_ranges_by_binary_search_equal_the_comparisons(seed):
+    # the K > 2 ACE's per-row thresholds: binary searches (kept-draw weights) against the
+    # [B, N, R] comparisons they replace, on tied, random and zero-heavy weights
+    from qfair.analyze.study import _first_ranges
+
+    rng = np.random.default_rng(seed)
+    n, ranges = int(rng.integers(15, 200)), int(rng.integers(2, 16))
+    c = np.round(rng.uniform(0.25, 1, n), int(rng.integers(1, 4)))
+    w = rng.integers(0, 3 + seed, (40, n)).astype(float)
+    w[0] = 0.0
+    w[1, : n // 2] = 0.0
+    order = np.argsort(c, kind="stable")
+    cw = np.cumsum(w[:, order], axis=1)
+    step = max(1, n // ranges)
+    np.testing.assert_array_equal(_first_ranges(c, c[order], cw, step, ranges, True),
+                                  _first_ranges(c, c[order], cw, step, ranges, False))

@@ -80,6 +80,25 @@ def _binary_cells(prep: tuple, bins: int, cells: dict[int, list[np.ndarray]]) ->
     return cells[bins]
 
 
+def _first_ranges(c: np.ndarray, cs: np.ndarray, cw: np.ndarray, step: int, ranges: int, search: bool) -> np.ndarray:
+    """``[B, N]``: per row, how many of the row's range thresholds lie below each ``c`` (the first
+    range with ``c <= t_r``; ``ranges`` when there is none). ``cs`` is ``c`` sorted and ``cw`` the
+    rows' cumulative weights in that order. ``search`` (weights >= 0, no NaN confidence): rows of
+    ``cw`` and of the thresholds are non-decreasing, so both counts are binary searches per row --
+    the same integers as the ``[B, N, R]`` comparisons, without them."""
+    n = c.size
+    pos = np.arange(0, step * ranges, step, dtype=np.float64)
+    if search:
+        nb = cw.shape[0]
+        j = np.array([np.searchsorted(row, pos, side="right") for row in cw], dtype=np.int64).reshape(nb, ranges)
+        t = cs[np.minimum(j, n - 1)]
+        return np.array([np.searchsorted(row, c, side="left") for row in t], dtype=np.int64).reshape(nb, n)
+    # threshold r of each row: the sorted value at multiset position r * step
+    j = (cw[:, :, None] <= pos[None, None, :]).sum(axis=1)            # [B, R]
+    t = cs[np.minimum(j, n - 1)]
+    return (t[:, None, :] < c[None, :, None]).sum(axis=2)
+
+
 def study_ace(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None, *,
               ranges: int = STUDY_RANGES, binary_bins: int = STUDY_BINS) -> np.ndarray:
     """The study's ``ace`` (K > 2) or binary ``ece`` (K = 2), one value per row of ``w``."""
@@ -101,19 +120,8 @@ def _ace(prep: tuple, ranges: int, binary_bins: int, cells: dict[int, list[np.nd
     order = np.argsort(c, kind="stable")
     cs = c[order]
     cw = np.cumsum(w[:, order], axis=1, dtype=np.float64)
-    pos = np.arange(0, step * ranges, step, dtype=np.float64)
-    if (w.dtype.kind == "u" or bool((w >= 0).all())) and not np.isnan(c).any():
-        # rows of cw and of t are non-decreasing: both counts are binary searches per row
-        # (the same integers as the [B, n, R] comparisons below, without them)
-        nb = w.shape[0]
-        j = np.array([np.searchsorted(row, pos, side="right") for row in cw], dtype=np.int64).reshape(nb, ranges)
-        t = cs[np.minimum(j, n - 1)]
-        first = np.array([np.searchsorted(row, c, side="left") for row in t], dtype=np.int64).reshape(nb, n)
-    else:
-        # threshold r of each row: the sorted value at multiset position r * step
-        j = (cw[:, :, None] <= pos[None, None, :]).sum(axis=1)            # [B, R]
-        t = cs[np.minimum(j, n - 1)]
-        first = (t[:, None, :] < c[None, :, None]).sum(axis=2)            # first range with c <= t_r
+    search = (w.dtype.kind == "u" or bool((w >= 0).all())) and not np.isnan(c).any()
+    first = _first_ranges(c, cs, cw, step, ranges, search)
     bins = np.where(first >= ranges, 0, first)                         # argmax of an all-False row is 0
     correct = (pred == y).astype(np.float64)
     cnt, sa, sc = _cell_sums(w, bins * k + y[None, :], ranges * k, correct, c)
