@@ -159,6 +159,10 @@ def test_study_estimators_read_uint16_counts_as_float_counts(k):
         np.testing.assert_array_equal(fn(p, y, w16), fn(p, y, wf))
         np.testing.assert_array_equal(fn(p, y, w16.astype(np.uint32)), fn(p, y, wf))
     both = study_calibration(p, y, w16, ranges=7)
+    for threads in (1, 3):
+        again = study_calibration(p, y, w16, ranges=7, threads=threads)
+        for key in both:
+            np.testing.assert_array_equal(again[key], both[key])
     np.testing.assert_array_equal(both["ace_study"], study_ace(p, y, wf, ranges=7))
     # every resample is the published loops on the expanded sample (ties included), row by row
     for b in range(0, 30, 7):

@@ -60,23 +60,25 @@ def _prep(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None):
     return probs, y, w, c, pred
 
 
-def _cell_sums(w: np.ndarray, idx: np.ndarray, n_cells: int, *values: np.ndarray) -> list[np.ndarray]:
+def _cell_sums(w: np.ndarray, idx: np.ndarray, n_cells: int, *values: np.ndarray,
+               threads: int | None = None) -> list[np.ndarray]:
     """Per resample row and cell: sum of w (and of w * value for each value). ``idx`` is the cell
     of each item ([N]) or of each item in each row ([B, N]); sums in item order (np.bincount's)."""
     v = np.column_stack(values) if values else None
-    return list(stats.cell_sums(w, idx, n_cells, v))
+    return list(stats.cell_sums(w, idx, n_cells, v, threads=threads))
 
 
 def _digitize(c: np.ndarray, bins: int) -> np.ndarray:
     return np.digitize(c, np.arange(0.0, 1.0, 1.0 / bins))
 
 
-def _binary_cells(prep: tuple, bins: int, cells: dict[int, list[np.ndarray]]) -> list[np.ndarray]:
+def _binary_cells(prep: tuple, bins: int, cells: dict[int, list[np.ndarray]],
+                  threads: int | None = None) -> list[np.ndarray]:
     """Per resample row and bin of ``_digitize(c, bins)``: sum of w, of w * c and of w * y; kept in
     ``cells`` for the other binary estimator of the same call (both use 100 bins by default)."""
     if bins not in cells:
         _, y, w, c, _ = prep
-        cells[bins] = _cell_sums(w, _digitize(c, bins), bins + 1, c, y.astype(np.float64))
+        cells[bins] = _cell_sums(w, _digitize(c, bins), bins + 1, c, y.astype(np.float64), threads=threads)
     return cells[bins]
 
 
@@ -100,18 +102,19 @@ def _first_ranges(c: np.ndarray, cs: np.ndarray, cw: np.ndarray, step: int, rang
 
 
 def study_ace(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None, *,
-              ranges: int = STUDY_RANGES, binary_bins: int = STUDY_BINS) -> np.ndarray:
+              ranges: int = STUDY_RANGES, binary_bins: int = STUDY_BINS, threads: int | None = None) -> np.ndarray:
     """The study's ``ace`` (K > 2) or binary ``ece`` (K = 2), one value per row of ``w``."""
-    return _ace(_prep(probs, labels, w), ranges, binary_bins, {})
+    return _ace(_prep(probs, labels, w), ranges, binary_bins, {}, threads)
 
 
-def _ace(prep: tuple, ranges: int, binary_bins: int, cells: dict[int, list[np.ndarray]]) -> np.ndarray:
+def _ace(prep: tuple, ranges: int, binary_bins: int, cells: dict[int, list[np.ndarray]],
+         threads: int | None = None) -> np.ndarray:
     probs, y, w, c, pred = prep
     n, k = probs.shape
     if n == 0:
         return np.full(w.shape[0], np.nan)
     if k <= 2:
-        cnt, sc, sy = _binary_cells(prep, binary_bins, cells)
+        cnt, sc, sy = _binary_cells(prep, binary_bins, cells, threads)
         tot = w.sum(axis=1, dtype=np.float64)
         return np.abs(sc - sy).sum(axis=1) / tot
     step = n // ranges
@@ -124,25 +127,25 @@ def _ace(prep: tuple, ranges: int, binary_bins: int, cells: dict[int, list[np.nd
     first = _first_ranges(c, cs, cw, step, ranges, search)
     bins = np.where(first >= ranges, 0, first)                         # argmax of an all-False row is 0
     correct = (pred == y).astype(np.float64)
-    cnt, sa, sc = _cell_sums(w, bins * k + y[None, :], ranges * k, correct, c)
+    cnt, sa, sc = _cell_sums(w, bins * k + y[None, :], ranges * k, correct, c, threads=threads)
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = np.where(cnt > 0, np.abs(sa - sc) / np.where(cnt > 0, cnt, 1.0), 0.0)
     return gap.sum(axis=1) / (k * ranges)
 
 
 def study_mce(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None, *,
-              bins: int = STUDY_BINS) -> np.ndarray:
+              bins: int = STUDY_BINS, threads: int | None = None) -> np.ndarray:
     """The study's ``mce`` (K > 2, class-wise, bins 0..bins-1 visited) or ``mce_binary`` (K = 2, signed)."""
-    return _mce(_prep(probs, labels, w), bins, {})
+    return _mce(_prep(probs, labels, w), bins, {}, threads)
 
 
-def _mce(prep: tuple, bins: int, cells: dict[int, list[np.ndarray]]) -> np.ndarray:
+def _mce(prep: tuple, bins: int, cells: dict[int, list[np.ndarray]], threads: int | None = None) -> np.ndarray:
     probs, y, w, c, pred = prep
     n, k = probs.shape
     if n == 0:
         return np.full(w.shape[0], np.nan)
     if k <= 2:
-        cnt, sc, sy = _binary_cells(prep, bins, cells)
+        cnt, sc, sy = _binary_cells(prep, bins, cells, threads)
         with np.errstate(invalid="ignore", divide="ignore"):
             gap = np.where(cnt > 0, (sc - sy) / np.where(cnt > 0, cnt, 1.0), -np.inf)
         return gap.max(axis=1)
@@ -150,7 +153,7 @@ def _mce(prep: tuple, bins: int, cells: dict[int, list[np.ndarray]]) -> np.ndarr
     correct = (pred == y).astype(np.float64)
     visited = d < bins
     idx = np.where(visited, d * k + y, bins * k + y)   # cells of bin `bins` are never visited
-    cnt, sa, sc = _cell_sums(w, idx, (bins + 1) * k, correct, c)
+    cnt, sa, sc = _cell_sums(w, idx, (bins + 1) * k, correct, c, threads=threads)
     cnt, sa, sc = cnt[:, : bins * k], sa[:, : bins * k], sc[:, : bins * k]
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = np.where(cnt > 0, np.abs(sa - sc) / np.where(cnt > 0, cnt, 1.0), -1.0)
@@ -159,8 +162,9 @@ def _mce(prep: tuple, bins: int, cells: dict[int, list[np.ndarray]]) -> np.ndarr
 
 def study_calibration(probs: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None, *,
                       ranges: int = STUDY_RANGES, binary_bins: int = STUDY_BINS,
-                      bins: int = STUDY_BINS) -> dict[str, np.ndarray]:
-    """``{"ace_study": ..., "mce_study": ...}``, one value per row of ``w``."""
+                      bins: int = STUDY_BINS, threads: int | None = None) -> dict[str, np.ndarray]:
+    """``{"ace_study": ..., "mce_study": ...}``, one value per row of ``w`` (``threads``: the core's
+    per-cell sums; the values do not depend on it)."""
     prep = _prep(probs, labels, w)
     cells: dict[int, list[np.ndarray]] = {}
-    return {"ace_study": _ace(prep, ranges, binary_bins, cells), "mce_study": _mce(prep, bins, cells)}
+    return {"ace_study": _ace(prep, ranges, binary_bins, cells, threads), "mce_study": _mce(prep, bins, cells, threads)}

@@ -135,14 +135,15 @@ def count_blocks(n: int, seed: int, resamples: int, *, width: int | None = None,
             yield c.astype(np.float64)
 
 
-def weighted_sums(v: np.ndarray, *, seed: int, resamples: int) -> np.ndarray:
-    """``[B, m]``: the column sums of ``v`` ([n, m]) weighted by each resample's multiplicities."""
+def weighted_sums(v: np.ndarray, *, seed: int, resamples: int, threads: int | None = None) -> np.ndarray:
+    """``[B, m]``: the column sums of ``v`` ([n, m]) weighted by each resample's multiplicities
+    (the same bits at any ``threads``)."""
     v = np.asarray(v, dtype=np.float64)
     if v.ndim == 1:
         v = v[:, None]
 
     def compute() -> np.ndarray:
-        out = [stats.weighted_dots(c, v) for c in count_blocks(v.shape[0], seed, resamples, raw=True)]
+        out = [stats.weighted_dots(c, v, threads) for c in count_blocks(v.shape[0], seed, resamples, raw=True)]
         return np.concatenate(out, axis=0) if out else np.zeros((0, v.shape[1]))
 
     return _remembered(_key("weighted_sums", v, int(seed), int(resamples)), compute).copy()
