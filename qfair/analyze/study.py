@@ -115,7 +115,8 @@ def _ace(prep: tuple, ranges: int, binary_bins: int, cells: dict[int, list[np.nd
         return np.full(w.shape[0], np.nan)
     if k <= 2:
         cnt, sc, sy = _binary_cells(prep, binary_bins, cells, threads)
-        tot = w.sum(axis=1, dtype=np.float64)
+        # whole counts: their total is exactly the sum of the cells' counts (no pass over w)
+        tot = cnt.sum(axis=1) if w.dtype.kind == "u" else w.sum(axis=1, dtype=np.float64)
         return np.abs(sc - sy).sum(axis=1) / tot
     step = n // ranges
     if step == 0:  # their code cannot run with fewer examples than ranges
