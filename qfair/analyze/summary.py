@@ -467,8 +467,9 @@ def _study_rows(j: pl.DataFrame, cfg: StatsConfig) -> list[dict[str, Any]]:
     est_b, est_q = study_calibration(mb, lab, **kw), study_calibration(mq, lab, **kw)
     dists: dict[str, list[np.ndarray]] = {"b_ace_study": [], "q_ace_study": [], "b_mce_study": [],
                                            "q_mce_study": []}
-    # K > 2 estimators hold [block, n, ranges] comparisons; binary ones read the kept counts as
-    # they are (no [block, n] array beyond the draw's own rows when it is not kept)
+    # K > 2 estimators hold a few [block, n] arrays (and [block, n, ranges] comparisons where a NaN
+    # confidence rules out their binary search); binary ones read the kept counts as they are (no
+    # [block, n] array beyond the draw's own rows when it is not kept)
     for c in count_blocks(n, cfg.seed, cfg.resamples, width=n * (24 if mb.shape[1] > 2 else 1), raw=True):
         for pfx, m in (("b", mb), ("q", mq)):
             for name, v in study_calibration(m, lab, c, threads=cfg.threads, **kw).items():
