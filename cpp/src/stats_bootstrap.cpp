@@ -793,6 +793,41 @@ void bootstrap_counts(int64_t n, uint64_t seed, int64_t b, uint32_t* counts) {
     for_each_draw(n, seed, b, [counts](int64_t, uint32_t i) { ++counts[i]; });
 }
 
+void bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, int threads, uint32_t* out) {
+    if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+    if (rows < 0) throw std::invalid_argument("bootstrap_count_rows: rows must be >= 0");
+    parallel_for(rows, resolve_threads(threads, rows), [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r) bootstrap_counts(n, seed, b0 + r, out + r * n);
+    });
+}
+
+bool bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, int threads, uint16_t* out) {
+    if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+    if (rows < 0) throw std::invalid_argument("bootstrap_count_rows: rows must be >= 0");
+    const int T = resolve_threads(threads, rows);
+    std::vector<char> fits(static_cast<size_t>(T > 0 ? T : 1), 1);
+    parallel_for(rows, T, [&](int64_t r0, int64_t r1, int worker) {
+        if (n < (int64_t(1) << 16)) {  // a multiplicity is at most n: counted in 16 bits directly
+            for (int64_t r = r0; r < r1; ++r) {
+                uint16_t* o = out + r * n;
+                std::memset(o, 0, size_t(n) * sizeof(uint16_t));
+                for_each_draw(n, seed, b0 + r, [o](int64_t, uint32_t i) { ++o[i]; });
+            }
+            return;
+        }
+        std::vector<uint32_t> wide(static_cast<size_t>(n));
+        for (int64_t r = r0; r < r1 && fits[size_t(worker)]; ++r) {
+            bootstrap_counts(n, seed, b0 + r, wide.data());
+            uint16_t* o = out + r * n;
+            for (int64_t i = 0; i < n; ++i) {
+                if (wide[size_t(i)] > 0xFFFFu) fits[size_t(worker)] = 0;
+                o[i] = static_cast<uint16_t>(wide[size_t(i)]);
+            }
+        }
+    });
+    return std::all_of(fits.begin(), fits.end(), [](char f) { return f != 0; });
+}
+
 double quantile_sorted(const double* v, int64_t n, double q) {
     if (n <= 0 || std::isnan(q)) return kNaN;
     q = std::min(1.0, std::max(0.0, q));

@@ -40,11 +40,10 @@ void for_mid_ranks(const int64_t* order, const int64_t* end, int64_t n, const do
     }
 }
 
-}  // namespace
-
-void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
-                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
-                       const int64_t* y_end, int64_t k, int threads, double* out) {
+template <class C>
+void weighted_spearman_impl(const C* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                            const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                            const int64_t* y_end, int64_t k, int threads, double* out) {
     if (m < 0 || n < 0 || k < 0 || n_draw < 0) throw std::invalid_argument("weighted_spearman: negative size");
     if (!clusters && n != n_draw)
         throw std::invalid_argument("weighted_spearman: without clusters, items and drawn units must match");
@@ -60,10 +59,10 @@ void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const in
     parallel_for(m, T, [&](int64_t r0, int64_t r1, int) {
         std::vector<double> w(static_cast<size_t>(n)), dx(static_cast<size_t>(n));
         for (int64_t r = r0; r < r1; ++r) {
-            const double* c = counts + r * n_draw;
+            const C* c = counts + r * n_draw;
             double tot = 0.0;
             for (int64_t i = 0; i < n; ++i) {
-                w[i] = clusters ? c[clusters[i]] : c[i];
+                w[i] = static_cast<double>(clusters ? c[clusters[i]] : c[i]);
                 tot += w[i];
             }
             const double centre = 0.5 * (tot + 1.0);
@@ -86,6 +85,26 @@ void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const in
             }
         }
     });
+}
+
+}  // namespace
+
+void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out) {
+    weighted_spearman_impl(counts, m, n_draw, clusters, n, x_order, x_end, y_order, y_end, k, threads, out);
+}
+
+void weighted_spearman(const uint16_t* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out) {
+    weighted_spearman_impl(counts, m, n_draw, clusters, n, x_order, x_end, y_order, y_end, k, threads, out);
+}
+
+void weighted_spearman(const uint32_t* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out) {
+    weighted_spearman_impl(counts, m, n_draw, clusters, n, x_order, x_end, y_order, y_end, k, threads, out);
 }
 
 }  // namespace qfair::stats
