@@ -37,8 +37,9 @@ lint: $(VENV)/.installed
 
 # The C++ core and statistics tests once more under each narrower instruction set, so that
 # the paths users without AVX-512 (or without AVX2) get are tested on every machine.
-CORE_TESTS := tests/test_divergence.py tests/test_stats.py tests/test_resampling.py tests/test_uncertainty.py \
-	tests/test_metrics.py tests/test_intervals.py tests/test_calibration.py tests/test_runtime.py tests/test_topk.py
+CORE_TESTS := tests/test_divergence.py tests/test_stats.py tests/test_resampling.py tests/test_uncertainty.py tests/test_cell_sums.py \
+	tests/test_metrics.py tests/test_intervals.py tests/test_calibration.py tests/test_runtime.py tests/test_topk.py \
+	tests/test_bootstrap_shared_bins.py
 
 test: build lint
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -7,13 +7,16 @@
    so writing is fast while every row on disk is a real distribution and the two
    files differ; the scalars of ``tokens.parquet`` are those of the rows.
 2. Times the C++ stream alone over the stored shards (the kernel's rows/s on
-   these rows), then ``qfair analyze --profile`` on the pair under
-   ``/usr/bin/time -v`` (wall time, CPU time, peak resident memory, time by stage), with
-   the default 10,000 bootstrap resamples, once verifying every file's sha256
-   (on a second thread, the default) and once with ``--skip-hash``; prints each
-   as a ratio of the kernel's rows/s. Then the disk's sequential read rate
-   (``dd iflag=direct``) and, where the page cache can be dropped, a cold run as
-   a ratio of it.
+   these rows, and its CPU seconds) and qfair's sha256 of every shard on one
+   thread (the CPU seconds full verification costs wherever it runs; with the
+   kernel's, a floor under any verified analysis on these cores). Then
+   ``qfair analyze --profile`` on the pair under ``/usr/bin/time -v`` (wall
+   time, CPU time, peak resident memory, time by stage), with the default
+   10,000 bootstrap resamples, once verifying every file's sha256 (on a second
+   thread, the default) and once with ``--skip-hash``; prints each as a ratio
+   of the kernel's rows/s. Then the disk's sequential read rate (``dd
+   iflag=direct``) and, where the page cache can be dropped, both analyses
+   again from a cold cache as ratios of it.
 3. Deletes the dumps (``--keep`` keeps them).
 
     nice -n 10 .venv/bin/python bench/bench_big_analysis.py --out /tmp/qfair-big
@@ -123,12 +126,25 @@ def kernel_rate(out: Path, threads: int) -> float:
     from qfair.dump import open_dump
 
     b, q = open_dump(out / "base"), open_dump(out / "quant")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     for chunk in qfair.stream_divergence([str(p) for p in b.logit_paths], [str(p) for p in q.logit_paths],
                                          threads=threads):
         n += int(chunk.stop) - int(chunk.start)
-    return n / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return n / wall, cpu
+
+
+def hash_cost(out: Path) -> tuple[float, float, int]:
+    """(wall s, CPU s, bytes) of qfair's sha256 of every stored shard of both dumps on one thread,
+    from the page cache: the CPU the verification needs whatever thread it runs on."""
+    from qfair.fsutil import sha256_file
+
+    files = sorted(out.rglob("*.npy"))
+    t0, c0 = time.perf_counter(), time.process_time()
+    for f in files:
+        sha256_file(f)
+    return time.perf_counter() - t0, time.process_time() - c0, sum(f.stat().st_size for f in files)
 
 
 def warm(out: Path) -> None:
@@ -186,9 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         qfair = str(Path(sys.executable).with_name("qfair"))
         pair_gb = args.rows * args.vocab * 2 * 2 / 1e9
         warm(out)
-        k = kernel_rate(out, args.threads)
+        k, k_cpu = kernel_rate(out, args.threads)
         print(f"kernel alone over the stored shards (stream_divergence, {args.threads} threads): {k:,.0f} rows/s "
-              f"({k * args.vocab * 2 * 2 / 1e9:.2f} GB/s of row pairs)", flush=True)
+              f"({k * args.vocab * 2 * 2 / 1e9:.2f} GB/s of row pairs), {k_cpu:.1f} CPU s", flush=True)
+        h_wall, h_cpu, h_bytes = hash_cost(out)
+        floor = (k_cpu + h_cpu) / args.threads
+        print(f"sha256 of the shards alone (qfair.fsutil.sha256_file, one thread): {h_bytes / h_wall / 1e9:.2f} GB/s, "
+              f"{h_cpu:.1f} CPU s; kernel + sha256 need {k_cpu + h_cpu:.1f} CPU s, so with every file verified no "
+              f"analysis on {args.threads} cores can take less than {floor:.1f} s = "
+              f"{args.rows / floor / k:.2f} of the kernel's rows/s, before any statistic", flush=True)
         for extra in ([], ["--skip-hash"]):
             t = timed([qfair, "analyze", str(out / "base"), str(out / "quant"), "--out", str(out / "analysis"),
                        "--no-progress", "--threads", str(args.threads), "--profile", *extra])
@@ -205,11 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"disk sequential read (dd iflag=direct, bs=16M): {disk / 1e9:.2f} GB/s", flush=True)
             if drop_caches():
-                t = timed([qfair, "analyze", str(out / "base"), str(out / "quant"), "--out", str(out / "analysis"),
-                           "--no-progress", "--threads", str(args.threads)])
-                print(f"qfair analyze from a cold cache (with sha256): {t['wall']:.1f} s = "
-                      f"{pair_gb / t['wall']:.2f} GB/s of rows, {pair_gb / t['wall'] / (disk / 1e9):.2f} of the "
-                      "disk's sequential rate", flush=True)
+                for extra in ([], ["--skip-hash"]):
+                    drop_caches()
+                    t = timed([qfair, "analyze", str(out / "base"), str(out / "quant"), "--out",
+                               str(out / "analysis"), "--no-progress", "--threads", str(args.threads), "--profile",
+                               *extra])
+                    label = "with sha256" if not extra else "--skip-hash"
+                    print(f"qfair analyze from a cold cache ({label}): {t['wall']:.1f} s = "
+                          f"{pair_gb / t['wall']:.2f} GB/s of rows, {pair_gb / t['wall'] / (disk / 1e9):.2f} of the "
+                          f"disk's sequential rate, {t['cpu']:.1f} CPU s", flush=True)
+                    print("  " + t["stderr_profile"].replace("\n", "\n  "), flush=True)
             else:
                 print("cold-cache run skipped: cannot drop the page cache here (not permitted)")
     finally:

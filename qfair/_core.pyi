@@ -88,8 +88,26 @@ def paired_bootstrap(
     'correct_y', 'conf_x'?, 'correct_x'?, 'bins', 'binning', 'measure'}; each
     result: estimate, se, bias, pct_lo, pct_hi, bca_lo, bca_hi, z0, accel, p,
     distribution (ndarray or None)."""
+def bootstrap_count_rows(
+    n: int, seed: int, b0: int, rows: int, dtype: str = "uint16", threads: int = 0
+) -> npt.NDArray[np.uint16] | npt.NDArray[np.uint32]:
+    """[rows, n]: bootstrap_counts(n, seed, b0 + i) in row i (OverflowError: a uint16 count overflows)."""
+def cell_sums(
+    counts: npt.NDArray[np.uint16] | npt.NDArray[np.uint32] | npt.NDArray[np.float64],
+    cells: npt.NDArray[np.int64],
+    n_cells: int,
+    values: npt.NDArray[np.float64],
+    threads: int = 0,
+) -> npt.NDArray[np.float64]:
+    """[k + 1, rows, n_cells]: per row and cell, sum of w and of w * values[:, t] (item order)."""
+def weighted_dots(
+    counts: npt.NDArray[np.uint16] | npt.NDArray[np.uint32],
+    values: npt.NDArray[np.float64],
+    threads: int = 0,
+) -> npt.NDArray[np.float64]:
+    """[rows, k]: counts @ values.T, values given as [k, n] columns."""
 def weighted_spearman(
-    counts: npt.NDArray[np.float64],
+    counts: npt.NDArray[np.float64] | npt.NDArray[np.uint16] | npt.NDArray[np.uint32],
     clusters: npt.NDArray[np.int64] | None,
     x_order: npt.NDArray[np.int64],
     x_end: npt.NDArray[np.int64],

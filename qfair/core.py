@@ -341,6 +341,19 @@ class _Blocks:
         assert arr is not None
         return arr
 
+    def prefetch(self, i: int, row: int, count: int) -> None:
+        """Start reading ``count`` rows from row ``row`` of block ``i`` on (into
+        the following blocks where it ends); in-memory blocks need nothing."""
+        while count > 0 and i < len(self.sources):
+            if not isinstance(self.sources[i], (str, os.PathLike)):
+                return
+            rows = self.block(i).shape[0]
+            opened = self.opened[i]
+            if opened is not None:
+                opened.prefetch(row, row + count)
+            count -= max(0, rows - row)
+            i, row = i + 1, 0
+
     def release(self, i: int, until_row: int) -> None:
         if self.opened[i] is not None:
             self.opened[i].release_until(until_row)
@@ -395,6 +408,8 @@ def stream_rows(p_blocks: Any, q_blocks: Any, *, chunk_rows: int = 4096,
             if n == 0 and op == 0 and oq == 0 and on_empty_block is not None:
                 on_empty_block(bp[:0], bq[:0])
             if n > 0:
+                ps.prefetch(ip, op + n, n)  # the next chunk's pages load while this one is computed
+                qs.prefetch(iq, oq + n, n)
                 yield start, start + n, bp[op : op + n], bq[oq : oq + n]
                 start += n
                 op += n

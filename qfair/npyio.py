@@ -52,6 +52,19 @@ class NpyRows:
             self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
             self._released = end
 
+    def prefetch(self, start: int, stop: int) -> None:
+        """Ask the kernel to start reading rows [start, stop) now (MADV_WILLNEED),
+        so that on a cold disk the next chunk arrives while this one is computed."""
+        if self._map is None or not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        start, stop = max(0, int(start)), min(self.rows, int(stop))
+        if stop <= start:
+            return
+        row_bytes = self.array.strides[0]
+        lo = (self._data_offset + start * row_bytes) // _PAGE * _PAGE
+        hi = min(len(self._map), self._data_offset + stop * row_bytes)
+        self._map.madvise(mmap.MADV_WILLNEED, lo, hi - lo)
+
     def close(self) -> None:
         """Unmap the file. The array must not be used afterwards."""
         self.array = np.empty((0, 0), dtype=self.array.dtype)

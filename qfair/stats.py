@@ -35,6 +35,9 @@ __all__ = [
     "CalibrationDiff",
     "paired_bootstrap",
     "bootstrap_counts",
+    "bootstrap_count_rows",
+    "cell_sums",
+    "weighted_dots",
     "mcnemar",
     "sign_flip_test",
     "wilson",
@@ -141,6 +144,45 @@ def paired_bootstrap(
 def bootstrap_counts(n: int, seed: int, b: int) -> np.ndarray:
     """Multiplicities of resample ``b`` -- the draw :func:`paired_bootstrap` uses."""
     return core.bootstrap_counts(int(n), int(seed) & 0xFFFFFFFFFFFFFFFF, int(b))
+
+
+def bootstrap_count_rows(n: int, seed: int, b0: int, b1: int, dtype: Any = np.uint32,
+                         threads: int | None = None) -> np.ndarray:
+    """``[b1 - b0, n]``: row ``i`` is :func:`bootstrap_counts` ``(n, seed, b0 + i)``, as uint16 or
+    uint32 (``dtype``). OverflowError when a uint16 row would not hold a multiplicity (n >= 2**16)."""
+    name = np.dtype(dtype).name
+    if name not in ("uint16", "uint32"):
+        raise ValueError(f"dtype: expected uint16 or uint32, got {name}")
+    return core.bootstrap_count_rows(int(n), int(seed) & 0xFFFFFFFFFFFFFFFF, int(b0), max(0, int(b1) - int(b0)),
+                                     name, resolve_threads(threads))
+
+
+def cell_sums(counts: np.ndarray, cells: np.ndarray, n_cells: int, values: np.ndarray | None = None,
+              threads: int | None = None) -> np.ndarray:
+    """``[k + 1, m, n_cells]``: for each row ``r`` of ``counts`` ([m, n] multiplicities, uint16,
+    uint32 or float64) and each cell, the sum of ``counts[r, i]`` (index 0) and of
+    ``counts[r, i] * values[i, t]`` (index 1 + t) over the items ``i`` of the cell -- ``cells[i]``,
+    or ``cells[r, i]`` when ``cells`` is ``[m, n]``. Each sum adds its terms in item order, as
+    ``np.bincount`` does."""
+    counts = np.asarray(counts)
+    if counts.dtype not in (np.uint16, np.uint32, np.float64):
+        counts = counts.astype(np.float64)
+    n = counts.shape[1] if counts.ndim == 2 else 0
+    v = np.zeros((n, 0)) if values is None else np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    return core.cell_sums(np.ascontiguousarray(counts), np.ascontiguousarray(cells, dtype=np.int64), int(n_cells),
+                          np.ascontiguousarray(v), resolve_threads(threads))
+
+
+def weighted_dots(counts: np.ndarray, values: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """``counts @ values``: ``[m, k]`` for ``[m, n]`` uint16 / uint32 multiplicities and ``[n, k]``
+    values, each dot summed by the core in a fixed order (the same bits at any thread count and
+    on every instruction set)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    return core.weighted_dots(np.ascontiguousarray(counts), np.ascontiguousarray(v.T), resolve_threads(threads))
 
 
 @dataclass(frozen=True)

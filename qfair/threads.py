@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = ["available_cpus", "env_threads", "default_threads", "resolve_threads", "torch_threads",
-           "MAX_THREADS", "THREAD_VARIABLES"]
+           "single_threaded_blas", "MAX_THREADS", "THREAD_VARIABLES"]
 
 MAX_THREADS = 4096
 #: The environment variables read for the default, the first one set wins.
@@ -84,3 +84,23 @@ def torch_threads(threads: int | None) -> Iterator[int]:
         yield n
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Run the block with numpy's BLAS on one thread, restoring it afterwards.
+
+    The analysis's matrix products are small (a block of bootstrap draws times a
+    few columns) and run beside qfair's own threads: a multi-threaded BLAS pool
+    there only spins on the cores those threads need, and its split of a product
+    depends on the machine's core count, which can change a sum's last bit. On
+    one thread every machine rounds alike. Without threadpoolctl the block runs
+    unchanged.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a declared dependency
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -250,6 +250,22 @@ def test_weighted_spearman_large_sample_and_thread_invariance():
         assert runs[0][0, b] == pytest.approx(_expanded(x, y, counts[b].astype(np.int64)[clusters]), abs=1e-12)
 
 
+def test_weighted_spearman_reads_the_kept_integer_counts_as_float_counts():
+    # the kept draw's uint16 rows (and uint32 rows beyond the budget) give the float64 counts' bits
+    from qfair._native import core
+
+    x, y = _pairs(4, 120, True)
+    xo, xe = R._order_and_ends(x)
+    yo, ye = (a[None] for a in R._order_and_ends(y))
+    clusters = np.random.default_rng(1).integers(0, 40, 120)
+    for cl, n_draw in ((None, 120), (clusters, 40)):
+        c16 = stats.bootstrap_count_rows(n_draw, 3, 0, 50, np.uint16)
+        ref = core.weighted_spearman(c16.astype(np.float64), cl, xo, xe, yo, ye, 1)
+        for c in (c16, c16.astype(np.uint32)):
+            for threads in (1, 3):
+                np.testing.assert_array_equal(core.weighted_spearman(c, cl, xo, xe, yo, ye, threads), ref)
+
+
 def _scalar_walk_rho(c, clusters, xo, xe, yo, ye):
     """rho of one resample by the core's documented walk, in Python floats (IEEE doubles, no
     fused multiply-add): weights summed in item order, each variable's tie groups visited in

@@ -106,3 +106,60 @@ def test_background_hash_reads_every_listed_file(pair, monkeypatch):
             for rel, *_ in d.listed_files()]
     assert sorted(seen) == sorted(want) and len(seen) == len(set(seen))
     assert np.all([s.startswith(str(root)) for s in seen])
+
+
+def test_statistics_run_with_one_blas_thread_and_the_pool_is_restored(pair, monkeypatch):
+    """The analysis's matrix products run on one BLAS thread (qfair.threads.single_threaded_blas):
+    the same rounding on every machine, no spinning pool beside qfair's threads."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import sys
+
+    compare_module = sys.modules[compare.__module__]   # qfair.analyze.compare (the package exports the function)
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    if not blas_threads():
+        pytest.skip("numpy has no BLAS that threadpoolctl can see")
+    root, base, q = pair
+    seen: list[list[int]] = []
+    real = compare_module.metric_rows
+
+    def spy(*a, **kw):
+        seen.append(blas_threads())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(compare_module, "metric_rows", spy)
+    before = blas_threads()
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        compare(base, q, bootstrap=20, verify_hash=False)
+        after = blas_threads()
+    assert seen and all(s == [1] * len(s) for s in seen), seen
+    assert after == [2] * len(after) and blas_threads() == before
+
+
+def test_hash_order_follows_the_stream(tmp_path):
+    """Tables first, then the shards of base and the first quantized dump by first row
+    (base first at equal rows, even with different shard sizes), then a third dump's shards;
+    every listed file exactly once."""
+    from qfair.dump.reader import hash_order, open_dump
+
+    corpus = make_corpus(3, n_per_task=8)
+    b = make_rows(corpus, 4)
+    q = make_rows(corpus, 5, base_rows=b, noise=0.5)
+    dumps = [open_dump(write_dump(tmp_path / "b", corpus, b, shard_rows=20)),
+             open_dump(write_dump(tmp_path / "q", corpus, q, shard_rows=35)),
+             open_dump(write_dump(tmp_path / "q2", corpus, q, shard_rows=50))]
+    order = hash_order(dumps)
+    files = [(str(d.path), item[0]) for d, item in order]
+    assert sorted(files) == sorted((str(d.path), item[0]) for d in dumps for item in d.listed_files())
+    assert len(files) == len(set(files))
+    is_shard = [item[3].startswith("shards[") for _, item in order]
+    assert is_shard == sorted(is_shard)                       # every table before every shard
+    shards = [(d, d.manifest["shards"][int(item[3][7:item[3].index("]")])]) for d, item in order
+              if item[3].startswith("shards[")]
+    assert len({id(d) for d, _ in shards[:-len(dumps[2].manifest["shards"])]}) == 2
+    first_two = [(s["first_row"], 0 if d is dumps[0] else 1) for d, s in shards
+                 if d is not dumps[2]]
+    assert len(dumps[0].manifest["shards"]) > 1 and len(dumps[1].manifest["shards"]) > 1
+    assert first_two == sorted(first_two)
+    assert all(d is dumps[2] for d, _ in shards[len(first_two):])

@@ -217,6 +217,98 @@ std::vector<std::unique_ptr<st::Statistic>> parse_statistics(const ::py::list& s
     return out;
 }
 
+::py::array bootstrap_count_rows_py(int64_t n, uint64_t seed, int64_t b0, int64_t rows, const std::string& dtype,
+                                    int threads) {
+    if (n < 1) throw ::py::value_error("bootstrap_count_rows: n must be >= 1");
+    if (rows < 0) throw ::py::value_error("bootstrap_count_rows: rows must be >= 0");
+    if (dtype == "uint32") {
+        ::py::array_t<uint32_t> out({rows, n});
+        uint32_t* o = out.mutable_data();
+        ::py::gil_scoped_release nogil;
+        st::bootstrap_count_rows(n, seed, b0, rows, threads, o);
+        return std::move(out);
+    }
+    if (dtype != "uint16") throw ::py::value_error("dtype: expected 'uint16' or 'uint32', got '" + dtype + "'");
+    ::py::array_t<uint16_t> out({rows, n});
+    uint16_t* o = out.mutable_data();
+    bool fits;
+    {
+        ::py::gil_scoped_release nogil;
+        fits = st::bootstrap_count_rows(n, seed, b0, rows, threads, o);
+    }
+    if (!fits) throw std::overflow_error("bootstrap_count_rows: a multiplicity exceeds 65535 (use uint32)");
+    return std::move(out);
+}
+
+// ---- per-cell sums under multiplicities ---------------------------------------------
+
+template <class C>
+bool cell_sums_typed(const ::py::handle& counts, const int64_t* cells, bool per_row, int64_t n_cells,
+                     const double* v, int64_t k, int threads, double* o) {
+    using A = ::py::array_t<C, ::py::array::c_style>;
+    if (!::py::isinstance<A>(counts)) return false;
+    auto a = ::py::reinterpret_borrow<A>(counts);
+    const C* c = a.data();
+    const int64_t m = a.shape(0), n = a.shape(1);
+    ::py::gil_scoped_release nogil;
+    st::cell_sums(c, m, n, cells, per_row, n_cells, v, k, threads, o);
+    return true;
+}
+
+::py::array_t<double> cell_sums_py(const ::py::handle& counts, const ::py::handle& cells, int64_t n_cells,
+                                   const ::py::handle& values, int threads) {
+    if (!::py::isinstance<::py::array>(counts)) throw ::py::value_error("counts: expected a numpy array");
+    auto ca = ::py::reinterpret_borrow<::py::array>(counts);
+    if (ca.ndim() != 2) throw ::py::value_error("counts: expected a 2-D array [resamples, items]");
+    const int64_t m = ca.shape(0), n = ca.shape(1);
+    if (!::py::isinstance<I64>(cells)) throw ::py::value_error("cells: expected a C-contiguous int64 numpy array");
+    auto cl = ::py::reinterpret_borrow<I64>(cells);
+    const bool per_row = cl.ndim() == 2;
+    if (!(cl.ndim() == 1 && cl.shape(0) == n) && !(per_row && cl.shape(0) == m && cl.shape(1) == n))
+        throw ::py::value_error("cells: expected shape [items] or [resamples, items] matching counts");
+    if (!::py::isinstance<F64>(values)) throw ::py::value_error("values: expected a C-contiguous float64 numpy array");
+    auto va = ::py::reinterpret_borrow<F64>(values);
+    if (va.ndim() != 2 || va.shape(0) != n) throw ::py::value_error("values: expected shape [items, k]");
+    const int64_t k = va.shape(1);
+    if (n_cells < 1) throw ::py::value_error("n_cells: must be >= 1");
+    ::py::array_t<double> out({k + 1, m, n_cells});
+    double* o = out.mutable_data();
+    if (!cell_sums_typed<uint16_t>(counts, cl.data(), per_row, n_cells, va.data(), k, threads, o) &&
+        !cell_sums_typed<uint32_t>(counts, cl.data(), per_row, n_cells, va.data(), k, threads, o) &&
+        !cell_sums_typed<double>(counts, cl.data(), per_row, n_cells, va.data(), k, threads, o))
+        throw ::py::value_error("counts: expected a C-contiguous uint16, uint32 or float64 array");
+    return out;
+}
+
+// counts @ v.T when counts is a C-contiguous [m, n] array of C (else false, nothing done).
+template <class C>
+bool weighted_dots_typed(const ::py::handle& counts, const F64& v, int threads, ::py::array_t<double>* out) {
+    using A = ::py::array_t<C, ::py::array::c_style>;
+    if (!::py::isinstance<A>(counts)) return false;
+    auto a = ::py::reinterpret_borrow<A>(counts);
+    if (a.ndim() != 2) throw ::py::value_error("counts: expected a 2-D array [resamples, items]");
+    const int64_t m = a.shape(0), n = a.shape(1), k = v.shape(0);
+    if (v.shape(1) != n) throw ::py::value_error("values: expected shape [k, items] matching counts");
+    *out = ::py::array_t<double>({m, k});
+    const C* c = a.data();
+    const double* vp = v.data();
+    double* o = out->mutable_data();
+    ::py::gil_scoped_release nogil;
+    st::weighted_dots(c, m, n, vp, k, threads, o);
+    return true;
+}
+
+::py::array_t<double> weighted_dots_py(const ::py::handle& counts, const ::py::handle& values, int threads) {
+    if (!::py::isinstance<F64>(values)) throw ::py::value_error("values: expected a C-contiguous float64 numpy array");
+    auto va = ::py::reinterpret_borrow<F64>(values);
+    if (va.ndim() != 2) throw ::py::value_error("values: expected a 2-D array [k, items]");
+    ::py::array_t<double> out;
+    if (!weighted_dots_typed<uint16_t>(counts, va, threads, &out) &&
+        !weighted_dots_typed<uint32_t>(counts, va, threads, &out))
+        throw ::py::value_error("counts: expected a C-contiguous uint16 or uint32 array");
+    return out;
+}
+
 // ---- Spearman under multiplicities ---------------------------------------------
 
 // A C-contiguous int64 array of `ndim` dimensions.
@@ -232,9 +324,12 @@ I64 i64(const ::py::handle& h, const char* name, int ndim) {
 ::py::array_t<double> weighted_spearman_py(const ::py::handle& counts, const ::py::handle& clusters,
                                            const ::py::handle& x_order, const ::py::handle& x_end,
                                            const ::py::handle& y_order, const ::py::handle& y_end, int threads) {
-    if (!::py::isinstance<F64>(counts))
-        throw ::py::value_error("counts: expected a C-contiguous float64 numpy array");
-    auto c = ::py::reinterpret_borrow<F64>(counts);
+    // the kept draw's uint16 counts, uint32 rows or float64 multiplicities, read in place
+    const bool u16 = ::py::isinstance<::py::array_t<uint16_t, ::py::array::c_style>>(counts);
+    const bool u32 = ::py::isinstance<::py::array_t<uint32_t, ::py::array::c_style>>(counts);
+    if (!u16 && !u32 && !::py::isinstance<F64>(counts))
+        throw ::py::value_error("counts: expected a C-contiguous float64, uint16 or uint32 numpy array");
+    auto c = ::py::reinterpret_borrow<::py::array>(counts);
     if (c.ndim() != 2) throw ::py::value_error("counts: expected a 2-D array [resamples, drawn units]");
     auto xo = i64(x_order, "x_order", 1), xe = i64(x_end, "x_end", 1);
     auto yo = i64(y_order, "y_order", 2), ye = i64(y_end, "y_end", 2);
@@ -252,8 +347,16 @@ I64 i64(const ::py::handle& h, const char* name, int ndim) {
     double* o = out.mutable_data();
     {
         ::py::gil_scoped_release nogil;
-        st::weighted_spearman(c.data(), m, n_draw, cl, n, xo.data(), xe.data(), yo.data(), ye.data(), k, threads,
-                              o);
+        const void* cp = c.data();
+        if (u16)
+            st::weighted_spearman(static_cast<const uint16_t*>(cp), m, n_draw, cl, n, xo.data(), xe.data(),
+                                  yo.data(), ye.data(), k, threads, o);
+        else if (u32)
+            st::weighted_spearman(static_cast<const uint32_t*>(cp), m, n_draw, cl, n, xo.data(), xe.data(),
+                                  yo.data(), ye.data(), k, threads, o);
+        else
+            st::weighted_spearman(static_cast<const double*>(cp), m, n_draw, cl, n, xo.data(), xe.data(),
+                                  yo.data(), ye.data(), k, threads, o);
     }
     return out;
 }
@@ -355,6 +458,16 @@ void bind_stats(::py::module_& m) {
           ::py::arg("seed") = 0, ::py::arg("confidence") = 0.95, ::py::arg("threads") = 0,
           ::py::arg("keep_distribution") = false,
           "Paired bootstrap of several statistics over one shared index draw per resample.");
+    m.def("bootstrap_count_rows", &bootstrap_count_rows_py, ::py::arg("n"), ::py::arg("seed"), ::py::arg("b0"),
+          ::py::arg("rows"), ::py::arg("dtype") = "uint16", ::py::arg("threads") = 0,
+          "Multiplicities of resamples b0 .. b0 + rows - 1 as a [rows, n] array (OverflowError: a count "
+          "does not fit uint16).");
+    m.def("cell_sums", &cell_sums_py, ::py::arg("counts"), ::py::arg("cells"), ::py::arg("n_cells"),
+          ::py::arg("values"), ::py::arg("threads") = 0,
+          "Per row of multiplicities and cell: the sum of w and of w * v for each value column "
+          "([k + 1, rows, n_cells], item order).");
+    m.def("weighted_dots", &weighted_dots_py, ::py::arg("counts"), ::py::arg("values"), ::py::arg("threads") = 0,
+          "counts @ values.T for [m, n] uint16/uint32 multiplicities and [k, n] float64 columns ([m, k]).");
     m.def("weighted_spearman", &weighted_spearman_py, ::py::arg("counts"), ::py::arg("clusters"),
           ::py::arg("x_order"), ::py::arg("x_end"), ::py::arg("y_order"), ::py::arg("y_end"),
           ::py::arg("threads") = 0,

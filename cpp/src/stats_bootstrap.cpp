@@ -72,6 +72,16 @@ std::vector<uint32_t> inverse(const std::vector<uint32_t>& order) {
     for (size_t j = 0; j < order.size(); ++j) inv[order[j]] = uint32_t(j);
     return inv;
 }
+
+// This thread's buffer number `slot` (OrderedEval::share): an evaluator that
+// others read leaves the sums of the current resample there. It is evaluated
+// before its readers in every resample on the same thread, so they always
+// find the current resample's sums.
+std::vector<double>& shared_slot(int slot) {
+    thread_local std::vector<std::vector<double>> slots;
+    if (size_t(slot) >= slots.size()) slots.resize(size_t(slot) + 1);
+    return slots[size_t(slot)];
+}
 }  // namespace
 
 double OrderedEval::eval16(const uint16_t* counts) const {
@@ -140,6 +150,7 @@ struct CalSide {
     std::vector<double> conf, correct;
     std::vector<int32_t> bin_of;   // width
     std::vector<int64_t> seg, by_bin;  // width: bin segments over examples in bin order
+    std::vector<uint32_t> by_bin32;    // width: by_bin as the gather of width_bins
     std::vector<double> conf_by_bin, correct_by_bin;
     std::vector<int64_t> order;    // mass: indices sorted by confidence
     std::vector<int64_t> rank_of;  // mass: position of each example in `order`
@@ -165,9 +176,11 @@ struct CalSide {
             by_bin.resize(size_t(n));
             conf_by_bin.resize(size_t(n));
             correct_by_bin.resize(size_t(n));
+            by_bin32.resize(size_t(n));
             for (int64_t i = 0; i < n; ++i) {
                 const int64_t j = fill[size_t(bin_of[size_t(i)])]++;
                 by_bin[size_t(j)] = i;
+                by_bin32[size_t(j)] = uint32_t(i);
                 conf_by_bin[size_t(j)] = c[i];
                 correct_by_bin[size_t(j)] = a[i];
             }
@@ -188,43 +201,57 @@ struct CalSide {
         }
     }
 
+    bool same_as(const CalSide& o) const {
+        return bins == o.bins && binning == o.binning && conf == o.conf && correct == o.correct;
+    }
+
+    // Width bins: per bin the sums of multiplicity, of w * conf and of
+    // w * correct (out[b], out[bins + b], out[2 bins + b]); returns the total.
+    // counts[gather[j]] is the multiplicity of the example at bin-order
+    // position j (gather = by_bin32 for counts in example order).
+    template <class C>
+    double width_bins(const C* counts, const uint32_t* gather, double* out) const {
+        double* cnt = out;
+        double* sc = out + bins;
+        double* sa = out + 2 * bins;
+        double total = 0.0;
+        const double* cf = conf_by_bin.data();
+        const double* co = correct_by_bin.data();
+        for (int b = 0; b < bins; ++b) {
+            double c0 = 0.0, s0 = 0.0, a0 = 0.0, c1 = 0.0, s1 = 0.0, a1 = 0.0;
+            int64_t j = seg[size_t(b)];
+            const int64_t e = seg[size_t(b) + 1];
+            for (; j + 2 <= e; j += 2) {
+                const double w0 = double(counts[gather[j]]), w1 = double(counts[gather[j + 1]]);
+                c0 += w0;
+                s0 += w0 * cf[j];
+                a0 += w0 * co[j];
+                c1 += w1;
+                s1 += w1 * cf[j + 1];
+                a1 += w1 * co[j + 1];
+            }
+            if (j < e) {
+                const double w0 = double(counts[gather[j]]);
+                c0 += w0;
+                s0 += w0 * cf[j];
+                a0 += w0 * co[j];
+            }
+            cnt[b] = c0 + c1;
+            sc[b] = s0 + s1;
+            sa[b] = a0 + a1;
+            total += c0 + c1;
+        }
+        return total;
+    }
+
     // Calibration measure of the resample given by multiplicities.
     double eval(const uint32_t* counts, CalMeasure m) const {
         const int64_t n = int64_t(conf.size());
-        thread_local std::vector<double> cnt, sc, sa, edges;
         if (binning == Binning::Width) {
-            cnt.assign(size_t(bins), 0.0);
-            sc.assign(size_t(bins), 0.0);
-            sa.assign(size_t(bins), 0.0);
-            double total = 0.0;
-            const int64_t* perm = by_bin.data();
-            const double* cf = conf_by_bin.data();
-            const double* co = correct_by_bin.data();
-            for (int b = 0; b < bins; ++b) {
-                double c0 = 0.0, s0 = 0.0, a0 = 0.0, c1 = 0.0, s1 = 0.0, a1 = 0.0;
-                int64_t j = seg[size_t(b)];
-                const int64_t e = seg[size_t(b) + 1];
-                for (; j + 2 <= e; j += 2) {
-                    const double w0 = double(counts[perm[j]]), w1 = double(counts[perm[j + 1]]);
-                    c0 += w0;
-                    s0 += w0 * cf[j];
-                    a0 += w0 * co[j];
-                    c1 += w1;
-                    s1 += w1 * cf[j + 1];
-                    a1 += w1 * co[j + 1];
-                }
-                if (j < e) {
-                    const double w0 = double(counts[perm[j]]);
-                    c0 += w0;
-                    s0 += w0 * cf[j];
-                    a0 += w0 * co[j];
-                }
-                cnt[size_t(b)] = c0 + c1;
-                sc[size_t(b)] = s0 + s1;
-                sa[size_t(b)] = a0 + a1;
-                total += c0 + c1;
-            }
-            return detail::measure_from_bins(cnt.data(), sc.data(), sa.data(), bins, total, m);
+            thread_local std::vector<double> sums;
+            sums.resize(3 * size_t(bins));
+            const double total = width_bins(counts, by_bin32.data(), sums.data());
+            return detail::measure_from_bins(sums.data(), sums.data() + bins, sums.data() + 2 * bins, bins, total, m);
         }
         // Equal-mass: counts in confidence order, then one sequential walk.
         thread_local std::vector<uint32_t> cs;
@@ -347,6 +374,86 @@ struct CalSide {
     }
 };
 
+// One model's width-binned measure on multiplicities in the driver's order:
+// one gather into bin order (no copy back to example order). Sides with the
+// same inputs under other measures read the bins of the first one.
+class SideEval final : public OrderedEval {
+public:
+    SideEval(const CalSide& side, CalMeasure m, const std::vector<uint32_t>* order)
+        : OrderedEval(int64_t(side.conf.size())), side_(side), m_(m) {
+        if (order == nullptr) {
+            gather_ = side.by_bin32;
+        } else {
+            const std::vector<uint32_t> pos = inverse(*order);
+            gather_.resize(side.by_bin32.size());
+            for (size_t j = 0; j < gather_.size(); ++j) gather_[j] = pos[side.by_bin32[j]];
+        }
+    }
+    double eval(const uint32_t* counts) const override { return run(counts); }
+    double eval16(const uint16_t* counts) const override { return run(counts); }
+    void share(const std::vector<OrderedEval*>& earlier, int* next_slot) override {
+        for (OrderedEval* e : earlier) {
+            auto* o = dynamic_cast<SideEval*>(e);
+            if (o != nullptr && o->source_ == nullptr && side_.same_as(o->side_)) {
+                if (o->slot_ < 0) o->slot_ = (*next_slot)++;
+                source_ = o;
+                return;
+            }
+        }
+    }
+
+private:
+    template <class C>
+    double run(const C* counts) const {
+        const int B = side_.bins;
+        thread_local std::vector<double> local;
+        std::vector<double>& sums = source_ != nullptr ? shared_slot(source_->slot_)
+                                    : slot_ >= 0        ? shared_slot(slot_)
+                                                        : local;
+        if (source_ == nullptr) {
+            sums.resize(3 * size_t(B) + 1);
+            sums[3 * size_t(B)] = side_.width_bins(counts, gather_.data(), sums.data());
+        }
+        return detail::measure_from_bins(sums.data(), sums.data() + B, sums.data() + 2 * B, B, sums[3 * size_t(B)],
+                                         m_);
+    }
+    const CalSide& side_;
+    CalMeasure m_;
+    std::vector<uint32_t> gather_;
+    const SideEval* source_ = nullptr;
+    int slot_ = -1;
+};
+
+// One model's equal-mass measure on multiplicities in the driver's order: one
+// gather into confidence order (instead of widening, scattering back to
+// example order and gathering again).
+class SortedEval final : public OrderedEval {
+public:
+    SortedEval(const CalSide& side, CalMeasure m, const std::vector<uint32_t>* order)
+        : OrderedEval(int64_t(side.conf.size())), side_(side), m_(m) {
+        gather_.resize(side.order.size());
+        const std::vector<uint32_t> pos = order != nullptr ? inverse(*order) : std::vector<uint32_t>();
+        for (size_t j = 0; j < gather_.size(); ++j) {
+            const auto i = size_t(side.order[j]);
+            gather_[j] = order != nullptr ? pos[i] : uint32_t(i);
+        }
+    }
+    double eval(const uint32_t* counts) const override { return run(counts); }
+    double eval16(const uint16_t* counts) const override { return run(counts); }
+
+private:
+    template <class C>
+    double run(const C* counts) const {
+        thread_local std::vector<uint32_t> cs;
+        cs.resize(gather_.size());
+        for (size_t j = 0; j < gather_.size(); ++j) cs[j] = counts[gather_[j]];
+        return side_.eval_sorted(cs.data(), m_);
+    }
+    const CalSide& side_;
+    CalMeasure m_;
+    std::vector<uint32_t> gather_;
+};
+
 class CalibrationDiff final : public Statistic {
 public:
     CalibrationDiff(const double* cx, const double* ax, const double* cy, const double* ay,
@@ -406,23 +513,46 @@ public:
     const std::vector<uint32_t>* preferred_order() const override { return pseg_.empty() ? nullptr : &pperm_; }
 
     std::unique_ptr<OrderedEval> ordered(const std::vector<uint32_t>* order) const override {
+        if (pseg_.empty() && !has_x_ && y_.binning == Binning::Width)
+            return std::make_unique<SideEval>(y_, m_, order);
+        if (!has_x_ && y_.binning == Binning::Mass) return std::make_unique<SortedEval>(y_, m_, order);
         if (pseg_.empty()) return Statistic::ordered(order);
         // gather[j]: where the multiplicity of the example at pair-segment
         // position j sits in `order` (none when the orders are the same).
+        // Differences of the same inputs under other measures read the bins of
+        // the first one (OrderedEval::share).
         class Eval final : public OrderedEval {
         public:
             Eval(const CalibrationDiff& s, std::vector<uint32_t> gather)
                 : OrderedEval(s.n()), s_(s), gather_(std::move(gather)) {}
-            double eval(const uint32_t* counts) const override {
-                return s_.eval_pairs(counts, 4, gather_.empty() ? nullptr : gather_.data());
-            }
-            double eval16(const uint16_t* counts) const override {
-                return s_.eval_pairs(counts, 2, gather_.empty() ? nullptr : gather_.data());
+            double eval(const uint32_t* counts) const override { return run(counts, 4); }
+            double eval16(const uint16_t* counts) const override { return run(counts, 2); }
+            void share(const std::vector<OrderedEval*>& earlier, int* next_slot) override {
+                for (OrderedEval* e : earlier) {
+                    auto* o = dynamic_cast<Eval*>(e);
+                    if (o != nullptr && o->source_ == nullptr && s_.same_pair_bins(o->s_)) {
+                        if (o->slot_ < 0) o->slot_ = (*next_slot)++;
+                        source_ = o;
+                        return;
+                    }
+                }
             }
 
         private:
+            double run(const void* counts, int count_bytes) const {
+                const uint32_t* g = gather_.empty() ? nullptr : gather_.data();
+                if (!s_.pgy_.empty()) return s_.eval_pairs_ece(counts, count_bytes, g);
+                if (source_ != nullptr) return s_.measure_from_pair_bins(shared_slot(source_->slot_).data());
+                if (slot_ < 0) return s_.eval_pairs(counts, count_bytes, g);
+                std::vector<double>& acc = shared_slot(slot_);
+                acc.resize(s_.pair_bins_size());
+                s_.pair_bins(counts, count_bytes, g, acc.data());
+                return s_.measure_from_pair_bins(acc.data());
+            }
             const CalibrationDiff& s_;
             std::vector<uint32_t> gather_;
+            const Eval* source_ = nullptr;
+            int slot_ = -1;
         };
         std::vector<uint32_t> gather;
         if (order == nullptr) {
@@ -453,10 +583,19 @@ public:
 
     double eval_pairs(const void* counts, int count_bytes, const uint32_t* gather) const {
         if (!pgy_.empty()) return eval_pairs_ece(counts, count_bytes, gather);
-        const int B = y_.bins;
         thread_local std::vector<double> acc;
-        acc.assign(size_t(6 * B), 0.0);
-        double *ny = acc.data(), *sy = ny + B, *ay = sy + B, *nx = ay + B, *sx = nx + B, *ax = sx + B;
+        acc.resize(pair_bins_size());
+        pair_bins(counts, count_bytes, gather, acc.data());
+        return measure_from_pair_bins(acc.data());
+    }
+
+    // The pair path's bins of one resample: the sums of multiplicity, conf and
+    // correct per bin under y, then under x (B each), then the total.
+    size_t pair_bins_size() const { return 6 * size_t(y_.bins) + 1; }
+    void pair_bins(const void* counts, int count_bytes, const uint32_t* gather, double* acc) const {
+        const int B = y_.bins;
+        std::fill(acc, acc + 6 * B, 0.0);
+        double *ny = acc, *sy = ny + B, *ay = sy + B, *nx = ay + B, *sx = nx + B, *ax = sx + B;
         const double* v = segment_sums(counts, count_bytes, gather, false);
         for (const PairSeg& g : pseg_) {
             ny[g.by] += v[0];
@@ -469,8 +608,19 @@ public:
         }
         double total = 0.0;
         for (int b = 0; b < B; ++b) total += ny[b];
-        return detail::measure_from_bins(ny, sy, ay, B, total, m_) -
-               detail::measure_from_bins(nx, sx, ax, B, total, m_);
+        acc[6 * B] = total;
+    }
+    double measure_from_pair_bins(const double* acc) const {
+        const int B = y_.bins;
+        const double *ny = acc, *sy = ny + B, *ay = sy + B, *nx = ay + B, *sx = nx + B, *ax = sx + B;
+        return detail::measure_from_bins(ny, sy, ay, B, acc[6 * B], m_) -
+               detail::measure_from_bins(nx, sx, ax, B, acc[6 * B], m_);
+    }
+    // Another difference whose pair-path bins equal this one's on every
+    // resample (the same inputs; only the measure may differ).
+    bool same_pair_bins(const CalibrationDiff& o) const {
+        return !pseg_.empty() && !o.pseg_.empty() && pgy_.empty() && o.pgy_.empty() && y_.same_as(o.y_) &&
+               x_.same_as(o.x_);
     }
 
     // eval_pairs for ECE = sum_b |sum_{i in b} c_i (correct_i - conf_i)| / N,
@@ -643,6 +793,41 @@ void bootstrap_counts(int64_t n, uint64_t seed, int64_t b, uint32_t* counts) {
     for_each_draw(n, seed, b, [counts](int64_t, uint32_t i) { ++counts[i]; });
 }
 
+void bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, int threads, uint32_t* out) {
+    if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+    if (rows < 0) throw std::invalid_argument("bootstrap_count_rows: rows must be >= 0");
+    parallel_for(rows, resolve_threads(threads, rows), [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r) bootstrap_counts(n, seed, b0 + r, out + r * n);
+    });
+}
+
+bool bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, int threads, uint16_t* out) {
+    if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
+    if (rows < 0) throw std::invalid_argument("bootstrap_count_rows: rows must be >= 0");
+    const int T = resolve_threads(threads, rows);
+    std::vector<char> fits(static_cast<size_t>(T > 0 ? T : 1), 1);
+    parallel_for(rows, T, [&](int64_t r0, int64_t r1, int worker) {
+        if (n < (int64_t(1) << 16)) {  // a multiplicity is at most n: counted in 16 bits directly
+            for (int64_t r = r0; r < r1; ++r) {
+                uint16_t* o = out + r * n;
+                std::memset(o, 0, size_t(n) * sizeof(uint16_t));
+                for_each_draw(n, seed, b0 + r, [o](int64_t, uint32_t i) { ++o[i]; });
+            }
+            return;
+        }
+        std::vector<uint32_t> wide(static_cast<size_t>(n));
+        for (int64_t r = r0; r < r1 && fits[size_t(worker)]; ++r) {
+            bootstrap_counts(n, seed, b0 + r, wide.data());
+            uint16_t* o = out + r * n;
+            for (int64_t i = 0; i < n; ++i) {
+                if (wide[size_t(i)] > 0xFFFFu) fits[size_t(worker)] = 0;
+                o[i] = static_cast<uint16_t>(wide[size_t(i)]);
+            }
+        }
+    });
+    return std::all_of(fits.begin(), fits.end(), [](char f) { return f != 0; });
+}
+
 double quantile_sorted(const double* v, int64_t n, double q) {
     if (n <= 0 || std::isnan(q)) return kNaN;
     q = std::min(1.0, std::max(0.0, q));
@@ -687,6 +872,12 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
         for (auto* s : stats)
             if ((order = s->preferred_order()) != nullptr) break;
         for (auto* s : stats) evals.push_back(s->ordered(order));
+        std::vector<OrderedEval*> earlier;
+        int slots = 0;
+        for (auto& e : evals) {
+            e->share(earlier, &slots);
+            earlier.push_back(e.get());
+        }
     }
     const bool narrow = n < (int64_t(1) << 16);
     std::vector<uint32_t> pos32;

@@ -28,11 +28,12 @@ void check_order(const int64_t* order, const int64_t* end, int64_t n, const char
     }
 }
 
-}  // namespace
-
-void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
-                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
-                       const int64_t* y_end, int64_t k, int threads, double* out) {
+// One of the core's functions per counts type (the kept draw's uint16 rows,
+// uint32 rows or float64 multiplicities), each count read as a double.
+template <class C>
+void weighted_spearman_impl(const C* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                            const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                            const int64_t* y_end, int64_t k, int threads, double* out) {
     if (m < 0 || n < 0 || k < 0 || n_draw < 0) throw std::invalid_argument("weighted_spearman: negative size");
     if (!clusters && n != n_draw)
         throw std::invalid_argument("weighted_spearman: without clusters, items and drawn units must match");
@@ -82,8 +83,8 @@ void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const in
                     for (int64_t u = 0; u < n_draw; ++u) lanes[size_t(u * L + l)] = 0.0;
                     continue;
                 }
-                const double* c = counts + (r0 + l) * n_draw;
-                for (int64_t u = 0; u < n_draw; ++u) lanes[size_t(u * L + l)] = c[u];
+                const C* c = counts + (r0 + l) * n_draw;
+                for (int64_t u = 0; u < n_draw; ++u) lanes[size_t(u * L + l)] = static_cast<double>(c[u]);
             }
             spearman_sums(blk);
             for (int l = 0; l < used; ++l) {
@@ -99,6 +100,26 @@ void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const in
             }
         }
     });
+}
+
+}  // namespace
+
+void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out) {
+    weighted_spearman_impl(counts, m, n_draw, clusters, n, x_order, x_end, y_order, y_end, k, threads, out);
+}
+
+void weighted_spearman(const uint16_t* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out) {
+    weighted_spearman_impl(counts, m, n_draw, clusters, n, x_order, x_end, y_order, y_end, k, threads, out);
+}
+
+void weighted_spearman(const uint32_t* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out) {
+    weighted_spearman_impl(counts, m, n_draw, clusters, n, x_order, x_end, y_order, y_end, k, threads, out);
 }
 
 }  // namespace qfair::stats

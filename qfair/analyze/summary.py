@@ -381,7 +381,7 @@ def _neutral_rows(j: pl.DataFrame, tk: Any, cfg: StatsConfig, primary: str | Non
         row["diff"] = row["quant"] - row["base"]
         B = cfg.resamples
         while True:
-            sums = weighted_sums(np.column_stack([xv, yv]), seed=cfg.seed, resamples=B) / n
+            sums = weighted_sums(np.column_stack([xv, yv]), seed=cfg.seed, resamples=B, threads=cfg.threads) / n
             dist = np.abs(sums[:, 1] - m.neutral) - np.abs(sums[:, 0] - m.neutral)
             row["pct_low"] = _fin(float(np.quantile(dist, (1 - cfg.confidence) / 2)))
             row["pct_high"] = _fin(float(np.quantile(dist, 1 - (1 - cfg.confidence) / 2)))
@@ -410,7 +410,7 @@ def _ratio_rows(j: pl.DataFrame, cfg: StatsConfig) -> list[dict[str, Any]]:
     cx, ax, cy, ay = cx[ok], ax[ok], cy[ok], ay[ok]
     cols = np.column_stack([cx * ax, ax, cy * ay, ay, cx * (1 - ax), 1 - ax, cy * (1 - ay), 1 - ay])
     full = cols.sum(axis=0)
-    sums = weighted_sums(cols, seed=cfg.seed, resamples=cfg.resamples)
+    sums = weighted_sums(cols, seed=cfg.seed, resamples=cfg.resamples, threads=cfg.threads)
     out = []
     for metric, o in (("conf_pos", 0), ("conf_neg", 4)):
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -467,10 +467,12 @@ def _study_rows(j: pl.DataFrame, cfg: StatsConfig) -> list[dict[str, Any]]:
     est_b, est_q = study_calibration(mb, lab, **kw), study_calibration(mq, lab, **kw)
     dists: dict[str, list[np.ndarray]] = {"b_ace_study": [], "q_ace_study": [], "b_mce_study": [],
                                            "q_mce_study": []}
-    # K > 2 estimators hold [block, n, ranges] comparisons; binary ones a few [block, n] arrays
-    for c in count_blocks(n, cfg.seed, cfg.resamples, width=n * (24 if mb.shape[1] > 2 else 4)):
+    # K > 2 estimators hold a few [block, n] arrays (and [block, n, ranges] comparisons where a NaN
+    # confidence rules out their binary search); binary ones read the kept counts as they are (no
+    # [block, n] array beyond the draw's own rows when it is not kept)
+    for c in count_blocks(n, cfg.seed, cfg.resamples, width=n * (24 if mb.shape[1] > 2 else 1), raw=True):
         for pfx, m in (("b", mb), ("q", mq)):
-            for name, v in study_calibration(m, lab, c, **kw).items():
+            for name, v in study_calibration(m, lab, c, threads=cfg.threads, **kw).items():
                 dists[f"{pfx}_{name}"].append(v)
     note = (f"; {int((~keep).sum())} example(s) with another number of choices left out, as the study does"
             if not keep.all() else "")

@@ -151,12 +151,16 @@ class Dump:
         DumpError names the file and the manifest field on the first mismatch.
         ``stop``: an event that ends the hashing early (no error)."""
         for rel, _nbytes, sha, field in self.listed_files():
-            p = self.file(rel, f"{field}.file")
             if stop is not None and stop.is_set():
                 return
-            got = sha256_file(p, stop=stop)
-            if sha is not None and got is not None and got != sha:
-                raise DumpError(f"{p}: sha256 differs from {mf.MANIFEST} {field}.sha256 (corrupt or replaced file)")
+            self.check_sha256(rel, sha, field, stop)
+
+    def check_sha256(self, rel: str, sha: str | None, field: str, stop: threading.Event | None = None) -> None:
+        """Check one listed file (:meth:`listed_files`) against its sha256."""
+        p = self.file(rel, f"{field}.file")
+        got = sha256_file(p, stop=stop)
+        if sha is not None and got is not None and got != sha:
+            raise DumpError(f"{p}: sha256 differs from {mf.MANIFEST} {field}.sha256 (corrupt or replaced file)")
 
     def _shard_header(self, i: int) -> tuple[Path, NpyHeader]:
         """Shard ``i``'s path and header, checked against the manifest (dtype, C order, shape, size)."""
@@ -371,6 +375,26 @@ def check_same_keys(a: pl.DataFrame, b: pl.DataFrame, keys: tuple[str, ...], pai
                             f"({ca[i]!r} vs {cb[i]!r}); the dumps are not aligned")
 
 
+def hash_order(dumps: Sequence[Dump]) -> list[tuple[Dump, tuple[str, int, str | None, str]]]:
+    """Every listed file of ``dumps`` in the order the analysis reads them: the
+    tables first (read at the start), then the logits shards of the first two
+    dumps (base and the first quantized one) by their first row, base first, as
+    the stream pairs them; then the other dumps' shards. The hash thread then
+    reads near the stream, so on a cold disk each byte is read once and on a dump
+    larger than the page cache the stream finds what the hash just read."""
+    tables, shards = [], []
+    for k, d in enumerate(dumps):
+        first_rows = [s.get("first_row", 0) for s in d.manifest["shards"]]
+        for item in d.listed_files():
+            field = item[3]
+            if field.startswith("shards[") and "].parts." not in field:
+                i = int(field[len("shards["):field.index("]")])
+                shards.append(((0 if k < 2 else k, first_rows[i], k), (d, item)))
+            else:
+                tables.append((d, item))
+    return tables + [entry for _, entry in sorted(shards, key=lambda kv: kv[0])]
+
+
 @contextmanager
 def sha256_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
     """Check the dumps' sha256 on a second thread while the block runs.
@@ -393,8 +417,10 @@ def sha256_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
     def run() -> None:
         t0 = time.perf_counter()
         try:
-            for d in dumps:
-                d.verify_sha256(stop=stop)
+            for d, (rel, _nbytes, sha, field) in hash_order(dumps):
+                if stop.is_set():
+                    return
+                d.check_sha256(rel, sha, field, stop)
         except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
             failure.append(e)
         finally:

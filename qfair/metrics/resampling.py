@@ -8,7 +8,8 @@ other rows. Resamples are processed in blocks (a ``[block, n]`` count
 matrix), vectorised over the block.
 
 - :func:`weighted_sums`: ``C @ V`` for every resample -- any statistic that is
-  a function of weighted sums (means, ratios of means, stratum means).
+  a function of weighted sums (means, ratios of means, stratum means); the
+  core's dot of the kept 16-bit counts with each column (a fixed order).
 - :func:`spearman` / :func:`spearman_bootstrap`: Spearman's rank correlation
   of a resample is the Pearson correlation of its mid-ranks; with
   multiplicities, a value's mid-rank is the count of smaller values plus
@@ -50,13 +51,8 @@ _cache: dict[tuple[int, int], np.ndarray] = {}
 
 
 def _draw_rows(n: int, seed: int, b0: int, b1: int, dtype: type) -> np.ndarray:
-    m = np.empty((b1 - b0, n), dtype=dtype)
-    for i, b in enumerate(range(b0, b1)):
-        c = stats.bootstrap_counts(n, seed, b)
-        if dtype is np.uint16 and n >= 1 << 16 and c.size and int(c.max()) > 0xFFFF:
-            raise OverflowError  # not representable: the caller keeps uint32
-        m[i] = c
-    return m
+    # OverflowError (uint16 only, n >= 2**16) when a multiplicity does not fit: the caller keeps uint32
+    return stats.bootstrap_count_rows(n, seed, b0, b1, dtype)
 
 
 def _counts(n: int, seed: int, resamples: int) -> np.ndarray | None:
@@ -120,27 +116,34 @@ def clear_draw_cache() -> None:
     _memo.clear()
 
 
-def count_blocks(n: int, seed: int, resamples: int, *, width: int | None = None) -> Iterator[np.ndarray]:
-    """Yield ``[block, n]`` float64 multiplicity matrices of resamples 0..B-1 in order."""
+def count_blocks(n: int, seed: int, resamples: int, *, width: int | None = None,
+                 raw: bool = False) -> Iterator[np.ndarray]:
+    """Yield ``[block, n]`` float64 multiplicity matrices of resamples 0..B-1 in order. ``raw``:
+    the counts as drawn instead (uint16 views of the kept draw, or uint32 rows), read-only and
+    without a float64 copy, for :func:`qfair.stats.cell_sums`."""
     w = max(1, int(width or n))
     block = max(1, min(int(resamples), MAX_BLOCK_CELLS // w))
     cached = _counts(n, seed, resamples)
     for b0 in range(0, int(resamples), block):
         b1 = min(int(resamples), b0 + block)
-        if cached is not None:
-            yield cached[b0:b1].astype(np.float64)
+        c = cached[b0:b1] if cached is not None else _draw_rows(n, seed, b0, b1, np.uint32)
+        if raw:
+            c = c.view()
+            c.flags.writeable = False  # a view of the kept draw: the next statistic reads it too
+            yield c
         else:
-            yield _draw_rows(n, seed, b0, b1, np.uint32).astype(np.float64)
+            yield c.astype(np.float64)
 
 
-def weighted_sums(v: np.ndarray, *, seed: int, resamples: int) -> np.ndarray:
-    """``[B, m]``: the column sums of ``v`` ([n, m]) weighted by each resample's multiplicities."""
+def weighted_sums(v: np.ndarray, *, seed: int, resamples: int, threads: int | None = None) -> np.ndarray:
+    """``[B, m]``: the column sums of ``v`` ([n, m]) weighted by each resample's multiplicities
+    (the same bits at any ``threads``)."""
     v = np.asarray(v, dtype=np.float64)
     if v.ndim == 1:
         v = v[:, None]
 
     def compute() -> np.ndarray:
-        out = [c @ v for c in count_blocks(v.shape[0], seed, resamples)]
+        out = [stats.weighted_dots(c, v, threads) for c in count_blocks(v.shape[0], seed, resamples, raw=True)]
         return np.concatenate(out, axis=0) if out else np.zeros((0, v.shape[1]))
 
     return _remembered(_key("weighted_sums", v, int(seed), int(resamples)), compute).copy()
@@ -220,8 +223,8 @@ def spearman_bootstrap(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: in
     cl = None if clusters is None else np.ascontiguousarray(clusters, dtype=np.int64)
 
     def compute() -> np.ndarray:
-        parts = [core.weighted_spearman(np.ascontiguousarray(c), cl, xo, xe, yo, ye, int(threads or 0))
-                 for c in count_blocks(n_draw, seed, resamples)]
+        parts = [core.weighted_spearman(c, cl, xo, xe, yo, ye, int(threads or 0))
+                 for c in count_blocks(n_draw, seed, resamples, raw=True)]
         return np.concatenate(parts, axis=1) if parts else np.zeros((ys.shape[0], 0))
 
     # the result depends on the values only through their orders and tie groups

@@ -137,6 +137,13 @@ public:
     // The same with 16-bit multiplicities (the driver's choice for n < 2^16);
     // the default widens them and calls eval.
     virtual double eval16(const uint16_t* counts) const;
+    // Called once by the driver before the resamples, with the evaluators made
+    // before this one (evaluated before it in every resample, on the same
+    // thread): an evaluator whose costly part equals an earlier one's (the
+    // same inputs, another calibration measure) may read that one's result of
+    // the current resample instead of computing it again. `next_slot` numbers
+    // the per-thread buffers of the evaluators that are read. Default: no-op.
+    virtual void share(const std::vector<OrderedEval*>& /*earlier*/, int* /*next_slot*/) {}
     int64_t n() const { return n_; }
 
 private:
@@ -213,6 +220,14 @@ void bootstrap_draws(int64_t n, uint64_t seed, int64_t b, uint32_t* idx);
 // The multiplicities of resample b (exposed for tests): counts has n entries.
 void bootstrap_counts(int64_t n, uint64_t seed, int64_t b, uint32_t* counts);
 
+// Rows b0 .. b0 + rows - 1 of the multiplicities above, written to out
+// ([rows, n], row-major), parallel over rows (each row is its own stream, so
+// the result does not depend on the thread count). The uint16 form returns
+// false (out then partly written) when a multiplicity exceeds 65535, which
+// only n >= 2^16 makes possible.
+void bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, int threads, uint32_t* out);
+bool bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, int threads, uint16_t* out);
+
 // Quantile with linear interpolation (numpy's default) of a sorted array.
 double quantile_sorted(const double* v, int64_t n, double q);
 
@@ -249,6 +264,41 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
 void weighted_spearman(const double* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
                        const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
                        const int64_t* y_end, int64_t k, int threads, double* out);
+// The same on the kept draw's uint16 / uint32 counts (no float64 copy).
+void weighted_spearman(const uint16_t* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out);
+void weighted_spearman(const uint32_t* counts, int64_t m, int64_t n_draw, const int64_t* clusters, int64_t n,
+                       const int64_t* x_order, const int64_t* x_end, const int64_t* y_order,
+                       const int64_t* y_end, int64_t k, int threads, double* out);
+
+// ------------------------------------------------ per-cell sums under multiplicities
+// For each of m rows of multiplicities w (counts [m, n]: uint16, uint32 or
+// double) and each item i in cell cells[i] (cells [n]; or cells[r * n + i],
+// [m, n], when per_row) with k values v[i * k + t] ([n, k], row-major):
+//   out[(0 * m + r) * n_cells + c]       = sum over items of cell c of w[r, i]
+//   out[((1 + t) * m + r) * n_cells + c] = sum over items of cell c of w[r, i] * v[i, t]
+// Every sum starts at +0 and adds its terms in item order (numpy's bincount
+// order), each term the double product w * v (zero multiplicities included, so
+// a NaN or inf value reaches its cell's sums as it does in numpy). Rows are
+// independent (parallel over r): the result does not depend on the thread
+// count. Cells outside [0, n_cells) throw std::invalid_argument.
+void cell_sums(const uint16_t* counts, int64_t m, int64_t n, const int64_t* cells, bool per_row,
+               int64_t n_cells, const double* v, int64_t k, int threads, double* out);
+void cell_sums(const uint32_t* counts, int64_t m, int64_t n, const int64_t* cells, bool per_row,
+               int64_t n_cells, const double* v, int64_t k, int threads, double* out);
+void cell_sums(const double* counts, int64_t m, int64_t n, const int64_t* cells, bool per_row,
+               int64_t n_cells, const double* v, int64_t k, int threads, double* out);
+
+// out[r * k + t] = sum_i counts[r, i] * v[t * n + i] for m rows of
+// multiplicities (counts [m, n]) and k value columns stored column by column
+// (v [k, n]): the one-cell case of cell_sums as the kernels' dot_counts (sixteen
+// chains in a fixed order, the same bits on every instruction set and at any
+// thread count; parallel over rows).
+void weighted_dots(const uint16_t* counts, int64_t m, int64_t n, const double* v, int64_t k, int threads,
+                   double* out);
+void weighted_dots(const uint32_t* counts, int64_t m, int64_t n, const double* v, int64_t k, int threads,
+                   double* out);
 
 // ------------------------------------------------- permutation null distributions
 // Monte Carlo nulls of the two permutation tests the analysis runs, one

@@ -1,0 +1,51 @@
+"""qfair.fsutil.sha256_file against hashlib over the whole bytes, at the sizes where
+the memory-mapped blocks could go wrong (empty, one byte, block edges)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+
+from qfair.fsutil import sha256_file
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 1000, 1001, 2999, 3000, 3001, 1 << 20])
+@pytest.mark.parametrize("chunk", [1000, 1 << 24])
+def test_sha256_file_equals_hashlib_of_the_bytes(tmp_path, size, chunk):
+    data = os.urandom(size)
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    assert sha256_file(p, chunk=chunk) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_fifo_is_hashed_by_plain_reads(tmp_path):
+    data = os.urandom(70_000)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(data))
+    writer.start()
+    try:
+        assert sha256_file(fifo, chunk=4096) == hashlib.sha256(data).hexdigest()
+    finally:
+        writer.join()
+
+
+def test_stop_abandons_the_hashing(tmp_path):
+    p = tmp_path / "f.bin"
+    p.write_bytes(os.urandom(10_000))
+    stop = threading.Event()
+    stop.set()
+    assert sha256_file(p, chunk=1000, stop=stop) is None
+    stop.clear()
+    assert sha256_file(p, chunk=1000, stop=stop) == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_memo_answers_again_until_the_file_changes(tmp_path):
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"one")
+    first = sha256_file(p, memo=True)
+    assert sha256_file(p, memo=True) == first == hashlib.sha256(b"one").hexdigest()
+    p.write_bytes(b"two!")          # a different size: a new key
+    assert sha256_file(p, memo=True) == hashlib.sha256(b"two!").hexdigest()
