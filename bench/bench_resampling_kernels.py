@@ -5,8 +5,8 @@ output is digested and the two builds must agree bit for bit.
 
     nice -n 10 .venv/bin/python bench/bench_resampling_kernels.py --baseline /path/to/old/_core.so
 
---baseline is another build's _core*.so (e.g. main's); the candidate defaults to this
-checkout's qfair/_core*.so.
+--baseline is another build's _core*.so (e.g. main's; one that reads uint16 counts in
+weighted_spearman); the candidate defaults to this checkout's qfair/_core*.so.
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def _cases(threads: int):
     ex, per = 4000, 10
     clusters = np.repeat(np.arange(ex), per).astype(np.int64)
     n = clusters.size
-    counts = np.stack([np.bincount(rng.integers(0, ex, ex), minlength=ex) for _ in range(500)]).astype(np.float64)
+    # the kept draw's uint16 rows, as the analysis passes them (blocks of 500 resamples)
+    counts = np.stack([np.bincount(rng.integers(0, ex, ex), minlength=ex) for _ in range(500)]).astype(np.uint16)
     x = rng.gamma(2.0, 1.0, n).round(2)                       # an entropy-like score, some ties
     ys = [x + rng.normal(size=n), rng.integers(0, 5, n).astype(float), rng.normal(size=n).round(1)]
     xo, xe = _order_and_ends(x)
@@ -62,9 +63,9 @@ def _cases(threads: int):
     yse = np.ascontiguousarray(np.stack([_order_and_ends(v)[1] for v in ys5]))
     a, b = rng.normal(size=ex), rng.normal(size=ex)
     return {
-        "weighted_spearman clusters (500x4000 -> 40000, k=3)":
+        "weighted_spearman clusters (500x4000 u16 -> 40000, k=3)":
             ("weighted_spearman", (counts, clusters, xo, xe, yo, ye, threads)),
-        "weighted_spearman plain (500x4000, k=5)":
+        "weighted_spearman plain (500x4000 u16, k=5)":
             ("weighted_spearman", (counts, None, xso, xse, yso, yse, threads)),
         "sign_flip_test n=4000 B=10000": ("sign_flip_test", (rng.normal(0.01, 1, ex), 10000, 3, threads)),
         "sign_flip_test n=1333 B=10000": ("sign_flip_test", (rng.normal(0.01, 1, 1333), 10000, 3, threads)),
