@@ -49,3 +49,46 @@ def test_memo_answers_again_until_the_file_changes(tmp_path):
     assert sha256_file(p, memo=True) == first == hashlib.sha256(b"one").hexdigest()
     p.write_bytes(b"two!")          # a different size: a new key
     assert sha256_file(p, memo=True) == hashlib.sha256(b"two!").hexdigest()
+
+
+def _rss_file_kb() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssFile:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def test_hashing_holds_one_block_of_the_file(tmp_path, monkeypatch):
+    """The mapped pages of hashed blocks are handed back: the file-backed resident memory
+    stays near one block while a 64 MB file is hashed in 1 MB blocks."""
+    if _rss_file_kb() is None:
+        pytest.skip("no /proc/self/status RssFile here")
+    import qfair.fsutil as fsutil
+
+    p = tmp_path / "big.bin"
+    data = os.urandom(1 << 20) * 64
+    p.write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+    seen: list[int] = []
+    real_sha256 = hashlib.sha256
+
+    class Spy:
+        def __init__(self):
+            self.h = real_sha256()
+
+        def update(self, block):
+            self.h.update(block)
+            seen.append(_rss_file_kb())
+
+        def hexdigest(self):
+            return self.h.hexdigest()
+
+    monkeypatch.setattr(fsutil.hashlib, "sha256", Spy)
+    before = _rss_file_kb()
+    assert fsutil.sha256_file(p, chunk=1 << 20) == want
+    assert len(seen) == 64
+    assert max(seen) - before < 8 * 1024, (before, max(seen))
