@@ -163,3 +163,27 @@ def test_hash_order_follows_the_stream(tmp_path):
     assert len(dumps[0].manifest["shards"]) > 1 and len(dumps[1].manifest["shards"]) > 1
     assert first_two == sorted(first_two)
     assert all(d is dumps[2] for d, _ in shards[len(first_two):])
+
+
+def test_threads_reach_every_resampling_call_of_the_core(pair, monkeypatch):
+    """--threads (compare(threads=...)) is what the core's resampling statistics get: the
+    Spearman bootstrap, the permutation nulls and the shared draw's weighted sums."""
+    from qfair._native import core
+
+    root, base, q = pair
+    seen: dict[str, list[int]] = {}
+
+    def spy(name, at):
+        real = getattr(core, name)
+
+        def call(*a, **kw):
+            seen.setdefault(name, []).append(int(a[at]))
+            return real(*a, **kw)
+
+        monkeypatch.setattr(core, name, call)
+
+    for name, at in (("weighted_spearman", 6), ("pairings_dot", 4), ("weighted_dots", 2)):
+        spy(name, at)
+    compare(base, q, bootstrap=60, verify_hash=False, threads=1)
+    assert {"weighted_spearman", "pairings_dot", "weighted_dots"} <= set(seen), seen
+    assert all(t == [1] * len(t) for t in seen.values()), seen

@@ -72,12 +72,14 @@ def _spread(means: np.ndarray) -> np.ndarray:
     return means.max(axis=-1) - means.min(axis=-1)
 
 
-def spread_test(values: list[np.ndarray], *, resamples: int, seed: int, confidence: float) -> dict[str, Any]:
+def spread_test(values: list[np.ndarray], *, resamples: int, seed: int, confidence: float,
+                threads: int | None = None) -> dict[str, Any]:
     """The spread of the members' means, its percentile bootstrap interval and the
     permutation p (module doc). ``values``: each member's per-example values (each non-empty)."""
     means = np.array([v.mean() for v in values])
     observed = float(_spread(means))
-    boot = np.column_stack([weighted_sums(v, seed=seed, resamples=resamples)[:, 0] / v.size for v in values])
+    boot = np.column_stack([weighted_sums(v, seed=seed, resamples=resamples, threads=threads)[:, 0] / v.size
+                            for v in values])
     t = _spread(boot)
     lo, hi = (1.0 - confidence) / 2.0, 1.0 - (1.0 - confidence) / 2.0
     pooled = np.concatenate(values)
@@ -108,7 +110,7 @@ def family_rows(j: pl.DataFrame, label: str, cfg: Any, schema: dict[str, Any]) -
             if len(vals) < 2:
                 continue
             res = spread_test(list(vals.values()), resamples=int(cfg.resamples), seed=int(cfg.seed),
-                              confidence=float(cfg.confidence))
+                              confidence=float(cfg.confidence), threads=cfg.threads)
             row = {k: None for k in schema}
             row.update(model=label, task=fam, task_kind="family", metric=metric, kind="family",
                        n=int(sum(v.size for v in vals.values())), diff=res["spread"], null=0.0,

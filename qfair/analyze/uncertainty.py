@@ -164,7 +164,8 @@ def _pair_rows(u: np.ndarray, shifts: list[tuple[str, np.ndarray]], uname: str, 
     dists = {}
     if defined:
         ys = np.stack([shifts[i][1] for i in defined])
-        boot = spearman_bootstrap(u, ys, seed=cfg.seed, resamples=B, clusters=clusters, n_clusters=n_clusters)
+        boot = spearman_bootstrap(u, ys, seed=cfg.seed, resamples=B, clusters=clusters, n_clusters=n_clusters,
+                                  threads=cfg.threads)
         dists = {i: boot[k] for k, i in enumerate(defined)}
     st = _strata(u, cfg.n_strata)
     top = int(st.max())
@@ -174,16 +175,15 @@ def _pair_rows(u: np.ndarray, shifts: list[tuple[str, np.ndarray]], uname: str, 
                      "no row")
     sums_all = None
     if top > 0:
-        # the four stratum sums of every shift in one pass over the shared draw (one matrix product
-        # instead of one per shift: for some shapes BLAS then rounds a sum's last bit differently,
-        # as it already does with another number of BLAS threads)
+        # the four stratum sums of every shift in one pass over the shared draw (the core's
+        # weighted sums: the same bits at any thread count and on every instruction set)
         cols = np.concatenate([np.column_stack([mt, s * mt, mb, s * mb]) for _, s in shifts],
                               axis=1).astype(np.float64)
         if clusters is not None:
             agg = np.zeros((n, cols.shape[1]))
             np.add.at(agg, clusters, cols)
             cols = agg
-        sums_all = weighted_sums(cols, seed=cfg.seed, resamples=B)
+        sums_all = weighted_sums(cols, seed=cfg.seed, resamples=B, threads=cfg.threads)
     out = []
     for i, (sname, s) in enumerate(shifts):
         label = f"{uname},{sname}"
@@ -195,7 +195,7 @@ def _pair_rows(u: np.ndarray, shifts: list[tuple[str, np.ndarray]], uname: str, 
             row["diff"] = rhos[i]
             _fill(row, dists[i], cfg, "bootstrap (percentile), Spearman")
             if permutation and clusters is None and row["p"] is not None:
-                row["p_perm"] = spearman_permutation(u, s, seed=cfg.seed, resamples=B)
+                row["p_perm"] = spearman_permutation(u, s, seed=cfg.seed, resamples=B, threads=cfg.threads)
             out.append(row)
         if top == 0:
             continue
@@ -206,7 +206,8 @@ def _pair_rows(u: np.ndarray, shifts: list[tuple[str, np.ndarray]], uname: str, 
             dist = sums[:, 1] / sums[:, 0] - sums[:, 3] / sums[:, 2]
         _fill(row, dist, cfg, "bootstrap (percentile), top minus bottom stratum")
         if permutation and clusters is None and row["p"] is not None:
-            row["p_perm"] = mean_diff_permutation(s[mt], s[mb], seed=cfg.seed, resamples=B)
+            row["p_perm"] = mean_diff_permutation(s[mt], s[mb], seed=cfg.seed, resamples=B,
+                                                  threads=cfg.threads)
         out.append(row)
     return out
 

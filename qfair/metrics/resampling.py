@@ -243,16 +243,19 @@ def _perm_p(null: np.ndarray, observed: float, exact: bool) -> float:
     return float(min(1.0, 2.0 * min(less, greater)))
 
 
-def spearman_permutation(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: int) -> float:
-    """Permutation p of Spearman's rho (pairings permuted; exact when n! <= resamples)."""
+def spearman_permutation(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: int,
+                         threads: int | None = None) -> float:
+    """Permutation p of Spearman's rho (pairings permuted; exact when n! <= resamples;
+    the same p at any ``threads``)."""
     rx = rank_average(np.asarray(x, dtype=np.float64))
     ry = rank_average(np.asarray(y, dtype=np.float64))
     # the p depends on the values only through their ranks
     return _remembered(_key("spearman_permutation", rx, ry, int(seed), int(resamples)),
-                       lambda: _spearman_permutation(rx, ry, seed, resamples))
+                       lambda: _spearman_permutation(rx, ry, seed, resamples, threads))
 
 
-def _spearman_permutation(rx: np.ndarray, ry: np.ndarray, seed: int, resamples: int) -> float:
+def _spearman_permutation(rx: np.ndarray, ry: np.ndarray, seed: int, resamples: int,
+                          threads: int | None = None) -> float:
     n = rx.size
     dx, dy = rx - rx.mean(), ry - ry.mean()
     den = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
@@ -267,19 +270,22 @@ def _spearman_permutation(rx: np.ndarray, ry: np.ndarray, seed: int, resamples: 
         from qfair._native import core
 
         null = core.pairings_dot(np.ascontiguousarray(dx), np.ascontiguousarray(dy), int(resamples),
-                                 int(seed) & 0xFFFFFFFFFFFFFFFF, 0) / den
+                                 int(seed) & 0xFFFFFFFFFFFFFFFF, int(threads or 0)) / den
     return _perm_p(null, observed, exact)
 
 
-def mean_diff_permutation(a: np.ndarray, b: np.ndarray, *, seed: int, resamples: int) -> float:
-    """Two-sample permutation p of mean(a) - mean(b) (labels permuted; exact when C(n, n_a) <= resamples)."""
+def mean_diff_permutation(a: np.ndarray, b: np.ndarray, *, seed: int, resamples: int,
+                          threads: int | None = None) -> float:
+    """Two-sample permutation p of mean(a) - mean(b) (labels permuted; exact when C(n, n_a) <= resamples;
+    the same p at any ``threads``)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return _remembered(_key("mean_diff_permutation", a, b, int(seed), int(resamples)),
-                       lambda: _mean_diff_permutation(a, b, seed, resamples))
+                       lambda: _mean_diff_permutation(a, b, seed, resamples, threads))
 
 
-def _mean_diff_permutation(a: np.ndarray, b: np.ndarray, seed: int, resamples: int) -> float:
+def _mean_diff_permutation(a: np.ndarray, b: np.ndarray, seed: int, resamples: int,
+                           threads: int | None = None) -> float:
     na, nb = a.size, b.size
     if na == 0 or nb == 0:
         return math.nan
@@ -294,7 +300,8 @@ def _mean_diff_permutation(a: np.ndarray, b: np.ndarray, seed: int, resamples: i
     else:
         from qfair._native import core
 
-        sa = core.subset_sums(np.ascontiguousarray(z), na, int(resamples), int(seed) & 0xFFFFFFFFFFFFFFFF, 0)
+        sa = core.subset_sums(np.ascontiguousarray(z), na, int(resamples), int(seed) & 0xFFFFFFFFFFFFFFFF,
+                              int(threads or 0))
     null = sa / na - (total - sa) / nb
     return _perm_p(null, observed, exact)
 
