@@ -90,12 +90,12 @@ def torch_threads(threads: int | None) -> Iterator[int]:
 def single_threaded_blas() -> Iterator[None]:
     """Run the block with numpy's BLAS on one thread, restoring it afterwards.
 
-    The analysis's matrix products are small (a block of bootstrap draws times a
-    few columns) and run beside qfair's own threads: a multi-threaded BLAS pool
-    there only spins on the cores those threads need, and its split of a product
-    depends on the machine's core count, which can change a sum's last bit. On
-    one thread every machine rounds alike. Without threadpoolctl the block runs
-    unchanged.
+    The products numpy still makes in an analysis are small (the bias scores'
+    batched products, exact permutation nulls) and run beside qfair's own
+    threads: a multi-threaded BLAS pool there only spins on the cores those
+    threads need, and its split of a product depends on the machine's core
+    count, which can change a sum's last bit. On one thread every machine rounds
+    alike. Without threadpoolctl the block runs unchanged.
     """
     try:
         from threadpoolctl import threadpool_limits

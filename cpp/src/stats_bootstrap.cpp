@@ -374,32 +374,53 @@ struct CalSide {
     }
 };
 
-// One model's width-binned measure on multiplicities in the driver's order:
-// one gather into bin order (no copy back to example order). Sides with the
-// same inputs under other measures read the bins of the first one.
-class SideEval final : public OrderedEval {
-public:
-    SideEval(const CalSide& side, CalMeasure m, const std::vector<uint32_t>* order)
-        : OrderedEval(int64_t(side.conf.size())), side_(side), m_(m) {
-        if (order == nullptr) {
-            gather_ = side.by_bin32;
-        } else {
-            const std::vector<uint32_t> pos = inverse(*order);
-            gather_.resize(side.by_bin32.size());
-            for (size_t j = 0; j < gather_.size(); ++j) gather_[j] = pos[side.by_bin32[j]];
-        }
+// positions[j]: where the multiplicity of example examples[j] sits in the
+// driver's order (the example itself when there is no order).
+template <class I>
+std::vector<uint32_t> positions_in(const std::vector<uint32_t>* order, const std::vector<I>& examples) {
+    std::vector<uint32_t> out(examples.size());
+    const std::vector<uint32_t> pos = order != nullptr ? inverse(*order) : std::vector<uint32_t>();
+    for (size_t j = 0; j < out.size(); ++j) {
+        const auto i = size_t(examples[j]);
+        out[j] = order != nullptr ? pos[i] : uint32_t(i);
     }
-    double eval(const uint32_t* counts) const override { return run(counts); }
-    double eval16(const uint16_t* counts) const override { return run(counts); }
-    void share(const std::vector<OrderedEval*>& earlier, int* next_slot) override {
+    return out;
+}
+
+// The part of an evaluator that OrderedEval::share sets: the earlier evaluator
+// whose sums it reads (source_), or the slot it leaves its own sums in for
+// later ones (slot_ >= 0).
+template <class Self>
+struct SharedSums {
+    const Self* source_ = nullptr;
+    int slot_ = -1;
+
+    // Read the first earlier evaluator of this type, itself no reader, whose
+    // sums `same` says equal this one's on every resample.
+    template <class Same>
+    void share_first(const std::vector<OrderedEval*>& earlier, int* next_slot, Same&& same) {
         for (OrderedEval* e : earlier) {
-            auto* o = dynamic_cast<SideEval*>(e);
-            if (o != nullptr && o->source_ == nullptr && side_.same_as(o->side_)) {
+            auto* o = dynamic_cast<Self*>(e);
+            if (o != nullptr && o->source_ == nullptr && same(*o)) {
                 if (o->slot_ < 0) o->slot_ = (*next_slot)++;
                 source_ = o;
                 return;
             }
         }
+    }
+};
+
+// One model's width-binned measure on multiplicities in the driver's order:
+// one gather into bin order (no copy back to example order). Sides with the
+// same inputs under other measures read the bins of the first one.
+class SideEval final : public OrderedEval, public SharedSums<SideEval> {
+public:
+    SideEval(const CalSide& side, CalMeasure m, const std::vector<uint32_t>* order)
+        : OrderedEval(int64_t(side.conf.size())), side_(side), m_(m), gather_(positions_in(order, side.by_bin32)) {}
+    double eval(const uint32_t* counts) const override { return run(counts); }
+    double eval16(const uint16_t* counts) const override { return run(counts); }
+    void share(const std::vector<OrderedEval*>& earlier, int* next_slot) override {
+        share_first(earlier, next_slot, [&](const SideEval& o) { return side_.same_as(o.side_); });
     }
 
 private:
@@ -420,8 +441,6 @@ private:
     const CalSide& side_;
     CalMeasure m_;
     std::vector<uint32_t> gather_;
-    const SideEval* source_ = nullptr;
-    int slot_ = -1;
 };
 
 // One model's equal-mass measure on multiplicities in the driver's order: one
@@ -430,14 +449,7 @@ private:
 class SortedEval final : public OrderedEval {
 public:
     SortedEval(const CalSide& side, CalMeasure m, const std::vector<uint32_t>* order)
-        : OrderedEval(int64_t(side.conf.size())), side_(side), m_(m) {
-        gather_.resize(side.order.size());
-        const std::vector<uint32_t> pos = order != nullptr ? inverse(*order) : std::vector<uint32_t>();
-        for (size_t j = 0; j < gather_.size(); ++j) {
-            const auto i = size_t(side.order[j]);
-            gather_[j] = order != nullptr ? pos[i] : uint32_t(i);
-        }
-    }
+        : OrderedEval(int64_t(side.conf.size())), side_(side), m_(m), gather_(positions_in(order, side.order)) {}
     double eval(const uint32_t* counts) const override { return run(counts); }
     double eval16(const uint16_t* counts) const override { return run(counts); }
 
@@ -521,21 +533,14 @@ public:
         // position j sits in `order` (none when the orders are the same).
         // Differences of the same inputs under other measures read the bins of
         // the first one (OrderedEval::share).
-        class Eval final : public OrderedEval {
+        class Eval final : public OrderedEval, public SharedSums<Eval> {
         public:
             Eval(const CalibrationDiff& s, std::vector<uint32_t> gather)
                 : OrderedEval(s.n()), s_(s), gather_(std::move(gather)) {}
             double eval(const uint32_t* counts) const override { return run(counts, 4); }
             double eval16(const uint16_t* counts) const override { return run(counts, 2); }
             void share(const std::vector<OrderedEval*>& earlier, int* next_slot) override {
-                for (OrderedEval* e : earlier) {
-                    auto* o = dynamic_cast<Eval*>(e);
-                    if (o != nullptr && o->source_ == nullptr && s_.same_pair_bins(o->s_)) {
-                        if (o->slot_ < 0) o->slot_ = (*next_slot)++;
-                        source_ = o;
-                        return;
-                    }
-                }
+                share_first(earlier, next_slot, [&](const Eval& o) { return s_.same_pair_bins(o.s_); });
             }
 
         private:
@@ -551,8 +556,6 @@ public:
             }
             const CalibrationDiff& s_;
             std::vector<uint32_t> gather_;
-            const Eval* source_ = nullptr;
-            int slot_ = -1;
         };
         std::vector<uint32_t> gather;
         if (order == nullptr) {
