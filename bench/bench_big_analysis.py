@@ -7,14 +7,15 @@
    so writing is fast while every row on disk is a real distribution and the two
    files differ; the scalars of ``tokens.parquet`` are those of the rows.
 2. Times the C++ stream alone over the stored shards (the kernel's rows/s on
-   these rows, and its CPU seconds) and qfair's sha256 of every shard on one
-   thread (the CPU seconds full verification costs wherever it runs; with the
-   kernel's, a floor under any verified analysis on these cores). Then
-   ``qfair analyze --profile`` on the pair under ``/usr/bin/time -v`` (wall
-   time, CPU time, peak resident memory, time by stage), with the default
-   10,000 bootstrap resamples, once verifying every file's sha256 (on a second
-   thread, the default) and once with ``--skip-hash``; prints each as a ratio
-   of the kernel's rows/s. Then the disk's sequential read rate (``dd
+   these rows, and its CPU seconds) and qfair's xxh3_128 and sha256 of every
+   shard on one thread (the CPU seconds full verification costs wherever it
+   runs; with the kernel's, a floor under any verified analysis on these
+   cores). Then ``qfair analyze --profile`` on the pair under ``/usr/bin/time
+   -v`` (wall time, CPU time, peak resident memory, time by stage), with the
+   default 10,000 bootstrap resamples: verifying every file (xxh3_128 of the
+   shards, on a second thread: the default), with ``--skip-hash``, and
+   verifying by sha256 as for a dump written before qfair recorded xxh3_128;
+   prints each as a ratio of the kernel's rows/s. Then the disk's sequential read rate (``dd
    iflag=direct``) and, where the page cache can be dropped, both analyses
    again from a cold cache as ratios of it.
 3. Deletes the dumps (``--keep`` keeps them).
@@ -33,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -147,16 +149,53 @@ def kernel_rate(out: Path, threads: int) -> float:
     return n / wall, cpu
 
 
-def hash_cost(out: Path) -> tuple[float, float, int]:
-    """(wall s, CPU s, bytes) of qfair's sha256 of every stored shard of both dumps on one thread,
+def hash_cost(out: Path, algorithm: str) -> tuple[float, float, int]:
+    """(wall s, CPU s, bytes) of qfair's digest of every stored shard of both dumps on one thread,
     from the page cache: the CPU the verification needs whatever thread it runs on."""
-    from qfair.fsutil import sha256_file
+    from qfair.fsutil import file_digest
 
     files = sorted(out.rglob("*.npy"))
     t0, c0 = time.perf_counter(), time.process_time()
     for f in files:
-        sha256_file(f)
+        file_digest(f, algorithm)
     return time.perf_counter() - t0, time.process_time() - c0, sum(f.stat().st_size for f in files)
+
+
+def record_xxh3(dump: Path) -> None:
+    """A pair kept from a version of qfair that recorded only sha256: add each shard's
+    xxh3_128, as today's writer records it."""
+    import json
+
+    from qfair.fsutil import atomic_write_bytes, file_digest
+
+    mp = dump / "manifest.json"
+    m = json.loads(mp.read_text())
+    if all(s.get("xxh3_128") for s in m["shards"]):
+        return
+    for s in m["shards"]:
+        s["xxh3_128"] = file_digest(dump / s["file"], "xxh3_128")
+    atomic_write_bytes(mp, (json.dumps(m, indent=1) + "\n").encode())
+
+
+@contextmanager
+def sha256_only(dumps: list[Path]):
+    """The dumps' manifests without xxh3_128, as a dump written before qfair recorded it:
+    the analysis then verifies the shards by their sha256. Restored afterwards."""
+    import json
+
+    from qfair.fsutil import atomic_write_bytes
+
+    saved = {d: (d / "manifest.json").read_bytes() for d in dumps}
+    try:
+        for d, raw in saved.items():
+            m = json.loads(raw)
+            for s in m["shards"]:
+                s.pop("xxh3_128", None)
+            atomic_write_bytes(d / "manifest.json", json.dumps(m, indent=1).encode())
+        yield
+    finally:
+        for d, raw in saved.items():
+            atomic_write_bytes(d / "manifest.json", raw)
 
 
 def warm(out: Path) -> None:
@@ -218,16 +257,26 @@ def main(argv: list[str] | None = None) -> int:
         k, k_cpu = kernel_rate(out, args.threads)
         print(f"kernel alone over the stored shards (stream_divergence, {args.threads} threads): {k:,.0f} rows/s "
               f"({k * args.vocab * 2 * 2 / 1e9:.2f} GB/s of row pairs), {k_cpu:.1f} CPU s", flush=True)
-        h_wall, h_cpu, h_bytes = hash_cost(out)
-        floor = (k_cpu + h_cpu) / args.threads
-        print(f"sha256 of the shards alone (qfair.fsutil.sha256_file, one thread): {h_bytes / h_wall / 1e9:.2f} GB/s, "
-              f"{h_cpu:.1f} CPU s; kernel + sha256 need {k_cpu + h_cpu:.1f} CPU s, so with every file verified no "
-              f"analysis on {args.threads} cores can take less than {floor:.1f} s = "
-              f"{args.rows / floor / k:.2f} of the kernel's rows/s, before any statistic", flush=True)
-        for extra in ([], ["--skip-hash"]):
-            t = timed([qfair, "analyze", str(out / "base"), str(out / "quant"), "--out", str(out / "analysis"),
-                       "--no-progress", "--threads", str(args.threads), "--profile", *extra])
-            label = "with sha256 of every file" if not extra else "--skip-hash"
+        for name in ("base", "quant"):
+            record_xxh3(out / name)
+        costs = {}
+        for algorithm in ("xxh3_128", "sha256"):
+            h_wall, h_cpu, h_bytes = costs[algorithm] = hash_cost(out, algorithm)
+            floor = (k_cpu + h_cpu) / args.threads
+            print(f"{algorithm} of the shards alone (qfair.fsutil.file_digest, one thread): "
+                  f"{h_bytes / h_wall / 1e9:.2f} GB/s, {h_cpu:.1f} CPU s; kernel + {algorithm} need "
+                  f"{k_cpu + h_cpu:.1f} CPU s, so verifying every shard by it no analysis on {args.threads} cores "
+                  f"can take less than {floor:.1f} s = {args.rows / floor / k:.2f} of the kernel's rows/s, before "
+                  "any statistic", flush=True)
+        dumps = [out / "base", out / "quant"]
+        for label, extra, manifests in (("every file verified: xxh3_128 of the shards, sha256 of the tables", [],
+                                         nullcontext()),
+                                        ("--skip-hash", ["--skip-hash"], nullcontext()),
+                                        ("every file verified by sha256, as a dump written before xxh3_128", [],
+                                         sha256_only(dumps))):
+            with manifests:
+                t = timed([qfair, "analyze", str(out / "base"), str(out / "quant"), "--out", str(out / "analysis"),
+                           "--no-progress", "--threads", str(args.threads), "--profile", *extra])
             rate = args.rows / t["wall"]
             print(f"qfair analyze ({label}): {t['wall']:.1f} s, {rate:,.0f} rows/s "
                   f"({pair_gb / t['wall']:.2f} GB/s of rows), {rate / k:.2f} of the kernel's rows/s, "
@@ -245,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                     t = timed([qfair, "analyze", str(out / "base"), str(out / "quant"), "--out",
                                str(out / "analysis"), "--no-progress", "--threads", str(args.threads), "--profile",
                                *extra])
-                    label = "with sha256" if not extra else "--skip-hash"
+                    label = "every file verified" if not extra else "--skip-hash"
                     print(f"qfair analyze from a cold cache ({label}): {t['wall']:.1f} s = "
                           f"{pair_gb / t['wall']:.2f} GB/s of rows, {pair_gb / t['wall'] / (disk / 1e9):.2f} of the "
                           f"disk's sequential rate, {t['cpu']:.1f} CPU s", flush=True)

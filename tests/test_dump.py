@@ -343,7 +343,7 @@ def test_resume_refuses_changed_options(env, tmp_path, monkeypatch):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(DumpError, match=r"00000\.npy: sha256"):
+    with pytest.raises(DumpError, match=r"00000\.npy: xxh3_128 differs"):
         run_dump(out, env["loaded"], tasks, shard_rows=SHARD_ROWS, progress=False, resume=True)
 
 
@@ -403,6 +403,8 @@ def test_reader_errors_name_file_and_field(copy_of, tmp_path):
         (lambda m: m.update(format_version=99), "field 'format_version'"),
         (lambda m: m.update(status="done"), "field 'status'"),
         (lambda m: m["storage"].update(dtype="f8"), "field 'storage.dtype'"),
+        (lambda m: m["shards"][1].update(xxh3_128="ABC"), r"field 'shards\[1\]\.xxh3_128'.*32 lowercase hex"),
+        (lambda m: m["shards"][0].update(xxh3_128=m["shards"][0]["sha256"]), r"shards\[0\]\.xxh3_128"),
     ]:
         m = json.loads(json.dumps(good))
         mutate(m)
@@ -426,8 +428,17 @@ def test_reader_detects_truncated_and_corrupt_shards(copy_of):
     corrupt[200] ^= 0x55
     shard.write_bytes(bytes(corrupt))
     d.logit_blocks()  # sizes fine; contents only checked on request
-    with pytest.raises(DumpError, match=r"00001\.npy: sha256"):
+    with pytest.raises(DumpError, match=r"00001\.npy: xxh3_128 differs from manifest\.json shards\[1\]\.xxh3_128"):
         d.logit_blocks(verify=True)
+    # a dump whose manifest records no xxh3_128 (written before it was) is checked by its sha256
+    m = json.loads((copy_of / "manifest.json").read_text())
+    for s in m["shards"]:
+        del s["xxh3_128"]
+    (copy_of / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DumpError, match=r"00001\.npy: sha256 differs from manifest\.json shards\[1\]\.sha256"):
+        open_dump(copy_of).logit_blocks(verify=True)
+    shard.write_bytes(data)
+    open_dump(copy_of).logit_blocks(verify=True)
     (copy_of / "tokens.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(DumpError, match="tokens.parquet: not a readable Parquet"):
         _ = open_dump(copy_of).tokens

@@ -62,11 +62,13 @@ def stable_manifest(dump_dir: Path) -> dict:
 
 
 def resign(dump_dir: Path) -> dict:
-    """Record every listed file's current size and sha256 in the manifest, as a
-    producer would have: a test that edits a table or shard on purpose makes
+    """Record every listed file's current size and digests (sha256; xxh3_128
+    where the entry has one) in the manifest, as a producer would have: a test that edits a table or shard on purpose makes
     the dump consistent again, so what it exercises is the analysis of that
     content, not the integrity check (which refuses an edited file)."""
     import hashlib
+
+    import xxhash
 
     dump_dir = Path(dump_dir)
     mp = dump_dir / "manifest.json"
@@ -76,6 +78,8 @@ def resign(dump_dir: Path) -> dict:
         if entry.get("file"):
             data = (dump_dir / entry["file"]).read_bytes()
             entry["bytes"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+            if "xxh3_128" in entry:
+                entry["xxh3_128"] = xxhash.xxh3_128_hexdigest(data)
 
     for e in (m.get("tables") or {}).values():
         sign(e)

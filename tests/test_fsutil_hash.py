@@ -1,5 +1,6 @@
-"""qfair.fsutil.sha256_file against hashlib over the whole bytes, at the sizes where
-the memory-mapped blocks could go wrong (empty, one byte, block edges)."""
+"""qfair.fsutil.sha256_file / file_digest against hashlib and the xxhash library
+over the whole bytes, at the sizes where the memory-mapped blocks could go
+wrong (empty, one byte, block edges)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,8 +8,9 @@ import os
 import threading
 
 import pytest
+import xxhash
 
-from qfair.fsutil import sha256_file
+from qfair.fsutil import file_digest, sha256_file
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 1000, 1001, 2999, 3000, 3001, 1 << 20])
@@ -18,6 +20,23 @@ def test_sha256_file_equals_hashlib_of_the_bytes(tmp_path, size, chunk):
     p = tmp_path / "f.bin"
     p.write_bytes(data)
     assert sha256_file(p, chunk=chunk) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 1000, 1001, 2999, 3000, 3001, 1 << 20])
+@pytest.mark.parametrize("chunk", [1000, 1 << 24])
+def test_xxh3_128_of_a_file_equals_xxhash_of_the_bytes(tmp_path, size, chunk):
+    data = os.urandom(size)
+    p = tmp_path / "f.bin"
+    p.write_bytes(data)
+    assert file_digest(p, "xxh3_128", chunk=chunk) == xxhash.xxh3_128_hexdigest(data)
+    assert file_digest(p, "sha256", chunk=chunk) == hashlib.sha256(data).hexdigest()
+
+
+def test_memo_keeps_the_algorithms_apart(tmp_path):
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"same file")
+    assert file_digest(p, "sha256", memo=True) == hashlib.sha256(b"same file").hexdigest()
+    assert file_digest(p, "xxh3_128", memo=True) == xxhash.xxh3_128_hexdigest(b"same file")
 
 
 def test_a_fifo_is_hashed_by_plain_reads(tmp_path):
@@ -87,7 +106,7 @@ def test_hashing_holds_one_block_of_the_file(tmp_path, monkeypatch):
         def hexdigest(self):
             return self.h.hexdigest()
 
-    monkeypatch.setattr(fsutil.hashlib, "sha256", Spy)
+    monkeypatch.setitem(fsutil.DIGESTS, "sha256", Spy)
     before = _rss_file_kb()
     assert fsutil.sha256_file(p, chunk=1 << 20) == want
     assert len(seen) == 64

@@ -255,7 +255,7 @@ def test_shard_replaced_by_a_valid_shard_of_the_same_shape_is_refused(pair, tmp_
     a, b = pair["base"] / "logits" / "00000.npy", pair["q"] / "logits" / "00000.npy"
     assert a.stat().st_size == b.stat().st_size and a.read_bytes() != b.read_bytes()
     shutil.copy(b, a)  # a perfectly valid shard, just not this dump's
-    assert_one_line_error(analyze(pair, tmp_path / "out"), "00000.npy: sha256 differs from manifest.json shards[0]")
+    assert_one_line_error(analyze(pair, tmp_path / "out"), "00000.npy: xxh3_128 differs from manifest.json shards[0]")
     # hashing can be skipped for very large dumps; the settings say so
     res = analyze(pair, tmp_path / "out", "--skip-hash")
     assert res.exit_code == 0, res.output

@@ -57,8 +57,8 @@ def test_profile_prints_each_stage_once_per_pass(pair):
                                                   "--bootstrap", "100", "--no-progress", "--profile"])
     assert r.exit_code == 0, r.output + r.stderr
     lines = {ln.split("  ")[0].strip(): ln for ln in r.stderr.splitlines()}
-    for name in ("check sizes and headers", "read rows + divergence kernel", "sha256 (second thread)",
-                 "sha256 wait", "summary rows (bootstrap)", "assemble tables (polars)", "write tables", "wall"):
+    for name in ("check sizes and headers", "read rows + divergence kernel", "hash (second thread)",
+                 "hash wait", "summary rows (bootstrap)", "assemble tables (polars)", "write tables", "wall"):
         assert name in lines, (name, r.stderr)
 
 
@@ -66,7 +66,7 @@ def test_skip_hash_has_no_hash_stage(pair):
     root, base, q = pair
     r = CliRunner().invoke(main, ["analyze", str(base), str(q), "--out", str(root / "out2"),
                                                   "--bootstrap", "50", "--no-progress", "--profile", "--skip-hash"])
-    assert r.exit_code == 0 and "sha256 (second thread)" not in r.stderr and "sha256 wait" not in r.stderr
+    assert r.exit_code == 0 and "hash (second thread)" not in r.stderr and "hash wait" not in r.stderr
 
 
 def test_a_corrupt_shard_found_by_the_hash_thread_fails_the_comparison(pair, tmp_path):
@@ -77,35 +77,42 @@ def test_a_corrupt_shard_found_by_the_hash_thread_fails_the_comparison(pair, tmp
     shutil.copytree(q, bad)
     shard = sorted((bad / "logits").glob("*.npy"))[0]
     raw = bytearray(shard.read_bytes())
-    raw[-3] ^= 0x40                                    # same size and header: only the sha256 can tell
+    raw[-3] ^= 0x40                                    # same size and header: only the digest can tell
     shard.write_bytes(bytes(raw))
-    with pytest.raises(DumpError, match="sha256 differs"):
+    with pytest.raises(DumpError, match=r"00000\.npy: xxh3_128 differs from manifest\.json shards\[0\]\.xxh3_128"):
         compare(base, bad, bootstrap=20)
     out = compare(base, bad, bootstrap=20, verify_hash=False)   # the check is the hash, nothing else
     assert out.summary.height > 0
     r = CliRunner().invoke(main, ["analyze", str(base), str(bad), "--out", str(tmp_path / "o"), "--bootstrap", "20",
                                   "--no-progress"])
-    assert r.exit_code == 1 and "sha256 differs" in r.output and not (tmp_path / "o" / "summary.parquet").exists()
+    assert r.exit_code == 1 and "xxh3_128 differs" in r.output and not (tmp_path / "o" / "summary.parquet").exists()
 
 
 def test_background_hash_reads_every_listed_file(pair, monkeypatch):
-    """sha256 runs on exactly the files the manifest lists, each once per dump."""
+    """The digests are checked on exactly the files the manifest lists, each once per dump:
+    xxh3_128 for the logits shards, sha256 for the tables."""
+    import qfair.dump.manifest as mf
     import qfair.dump.reader as reader
 
     root, base, q = pair
     seen: list[str] = []
-    real = reader.sha256_file
+    algorithms: dict[str, str] = {}
+    real = mf.file_digest
 
-    def spy(p, **kw):
+    def spy(p, algorithm, **kw):
         seen.append(str(p))
-        return real(p, **kw)
+        algorithms[str(p)] = algorithm
+        return real(p, algorithm, **kw)
 
-    monkeypatch.setattr(reader, "sha256_file", spy)
+    monkeypatch.setattr(mf, "file_digest", spy)
     compare(base, q, bootstrap=20)
     want = [str(d.file(rel, "x")) for d in (reader.open_dump(base), reader.open_dump(q))
             for rel, *_ in d.listed_files()]
     assert sorted(seen) == sorted(want) and len(seen) == len(set(seen))
     assert np.all([s.startswith(str(root)) for s in seen])
+    assert {p: a for p, a in algorithms.items() if p.endswith(".npy")} == {p: "xxh3_128" for p in seen
+                                                                          if p.endswith(".npy")}
+    assert {a for p, a in algorithms.items() if p.endswith(".parquet")} == {"sha256"}
 
 
 def test_statistics_run_with_one_blas_thread_and_the_pool_is_restored(pair, monkeypatch):

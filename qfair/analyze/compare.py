@@ -52,7 +52,7 @@ from qfair.analyze.tokens import (
     example_token_aggregates,
     token_table,
 )
-from qfair.dump.reader import sha256_in_background
+from qfair.dump.reader import digests_in_background
 from qfair.metrics import bias as bias_scores
 from qfair.metrics.examples import example_columns, example_stats, task_kinds
 from qfair.metrics.resampling import clear_draw_cache
@@ -385,7 +385,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
     # every file's sha256 is computed on a second thread while the analysis reads the rows (one
     # pass over the disk, not two); a mismatch fails the comparison before anything is returned
     # the resample draws kept for the statistics of this comparison go back at its end
-    with sha256_in_background([b, *quants] if verify_hash else []), _draws_released(), single_threaded_blas():
+    with digests_in_background([b, *quants] if verify_hash else []), _draws_released(), single_threaded_blas():
         return _compare_checked(b, quants, bootstrap=bootstrap, seed=seed, bins=bins, binning=binning, topk=topk,
                                 strata=strata, n_strata=n_strata, confidence=confidence, threads=threads,
                                 metrics=metrics, chunk_rows=chunk_rows, tokens=tokens, permutation=permutation,

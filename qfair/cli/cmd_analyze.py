@@ -67,11 +67,11 @@ def _bins(ctx, param, value):  # noqa: ARG001
               help="Logits rows per streamed chunk (default: 256 MiB of stored rows of both dumps, e.g. 1,365 rows "
                    "of a 49,152-token float16 vocabulary); bounds memory.")
 @click.option("--skip-hash", is_flag=True,
-              help="Check the dumps' file sizes and shard headers but not their sha256 (for very large "
-                   "dumps; recorded in settings.json).")
+              help="Check the dumps' file sizes and shard headers but not their digests (xxh3-128 for "
+                   "logits shards, sha256 for tables); recorded in settings.json.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--profile", is_flag=True,
-              help="Print where the time went, stage by stage (reading + kernel, sha256 on its second thread, "
+              help="Print where the time went, stage by stage (reading + kernel, file digests on their second thread, "
                    "bootstrap, uncertainty tests, calibration, Polars, writing), to standard error.")
 @click.option("--lexicon", "lexicons", multiple=True, metavar="NAME=FILE",
               help="Generation dumps: a word list whose rate is measured in the texts (gendered / negative replace "
@@ -117,7 +117,7 @@ def analyze_cmd(base, quant, out, bootstrap, seed, bins, binning, topk, strata, 
         finally:
             lock.release()
     if profile:
-        click.echo("time by stage (exclusive wall seconds; the sha256 thread runs beside the others):\n"
+        click.echo("time by stage (exclusive wall seconds; the hash thread runs beside the others):\n"
                    + timer.format(), err=True)
     models = list(result.settings.get("models") or [])
     if show == "rows":

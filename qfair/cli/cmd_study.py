@@ -20,7 +20,7 @@ from qfair.cli.errors import reported
               help="Print the plan (dumps to write, resume or skip; expected rows and disk; analyses) and stop. "
                    "Reads tokenizers, never model weights.")
 @click.option("--verify", is_flag=True,
-              help="Skip a complete dump only when every file it lists has its recorded sha256 (reads every "
+              help="Skip a complete dump only when every file it lists has its recorded digest (reads every "
                    "byte); without it, a complete dump's files must be present with their recorded sizes.")
 def study_cmd(study_file, out, executor, dry_run, verify) -> None:
     """Run a study: every model x quantization spec x task group of STUDY.toml

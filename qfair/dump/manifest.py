@@ -28,7 +28,7 @@ from qfair.dump.layout import (  # noqa: F401 - the format's constants, re-expor
     TOPK_TAIL_DTYPE,
     topk_record,
 )
-from qfair.fsutil import atomic_write_bytes
+from qfair.fsutil import atomic_write_bytes, file_digest
 
 MANIFEST = "manifest.json"
 EXAMPLES = "examples.parquet"
@@ -85,6 +85,28 @@ def atomic_write_parquet(final: Path, df: Any) -> tuple[int, str]:
     data = buf.getvalue()
     atomic_write_bytes(final, data)
     return len(data), hashlib.sha256(data).hexdigest()
+
+
+def verifying_digest(entry: dict[str, Any]) -> tuple[str, str | None]:
+    """(manifest key, hex) of the digest that verifies a listed file: xxh3_128
+    where the entry records one (logits shards, from this version on), else
+    its sha256. Both catch any changed byte; xxh3 reads at memory speed, so
+    checking a dump costs a tenth of what sha256 did."""
+    if entry.get("xxh3_128"):
+        return "xxh3_128", entry["xxh3_128"]
+    return "sha256", entry.get("sha256")
+
+
+def check_file_digest(path: Path, entry: dict[str, Any], field: str, stop: Any = None) -> None:
+    """DumpError unless the file at ``path`` has the digest the manifest entry
+    at ``field`` records (:func:`verifying_digest`); an entry with no digest,
+    or hashing abandoned by ``stop``, passes."""
+    key, want = verifying_digest(entry)
+    if want is None:
+        return
+    got = file_digest(path, key, stop=stop)
+    if got is not None and got != want:
+        raise DumpError(f"{path}: {key} differs from {MANIFEST} {field}.{key} (corrupt or replaced file)")
 
 
 def write_manifest(dump_dir: Path, manifest: dict[str, Any]) -> None:

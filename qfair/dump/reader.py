@@ -22,14 +22,13 @@ from qfair.dump import manifest as mf
 from qfair.dump import tables as tb
 from qfair.dump.kinds import DumpKind, get_kind
 from qfair.dump.schema import inside
-from qfair.fsutil import sha256_file
 from qfair.npyio import NpyFormatError, NpyHeader, read_npy_header
 from qfair.stages import active_timer
 
 if TYPE_CHECKING:  # polars is imported lazily, when a table is first read
     import polars as pl
 
-__all__ = ["Dump", "open_dump", "DumpError", "sha256_in_background"]
+__all__ = ["Dump", "open_dump", "DumpError", "digests_in_background"]
 
 
 class Dump:
@@ -109,8 +108,10 @@ class Dump:
             real = self.__dict__["_real_root"] = os.path.realpath(self.path)
         return inside(self.path, rel, f"{self.path / mf.MANIFEST} field '{field}'", real)
 
-    def listed_files(self) -> list[tuple[str, int, str | None, str]]:
-        """(relative path, bytes, sha256, manifest field) of every file the manifest lists."""
+    def listed_files(self) -> list[tuple[str, int, dict[str, Any], str]]:
+        """(relative path, bytes, manifest entry, manifest field) of every file
+        the manifest lists; the entry holds the file's digests
+        (:func:`qfair.dump.manifest.verifying_digest`)."""
         m = self.manifest
         out = []
         tables = m.get("tables") or {}
@@ -118,22 +119,22 @@ class Dump:
         for name in names:
             e = tables.get(name)
             if e is not None:
-                out.append((e["file"], e["bytes"], e["sha256"], f"tables.{name}"))
+                out.append((e["file"], e["bytes"], e, f"tables.{name}"))
         for i, s in enumerate(m["shards"]):
             if self.has_rows:
-                out.append((s["file"], s["bytes"], s["sha256"], f"shards[{i}]"))
+                out.append((s["file"], s["bytes"], s, f"shards[{i}]"))
             if not self.is_complete:
                 for name in self.kind.tables:
                     p = s["parts"][name]
-                    out.append((p["file"], p["bytes"], p["sha256"], f"shards[{i}].parts.{name}"))
+                    out.append((p["file"], p["bytes"], p, f"shards[{i}].parts.{name}"))
         return out
 
     def verify(self, hash: bool = True) -> None:
         """Check every listed file before any work: inside the dump directory,
-        present, of the listed size, and (``hash=True``) of the listed sha256;
+        present, of the listed size, and (``hash=True``) of the listed digest;
         each logits shard's header against the manifest. DumpError names the
         file and the manifest field on the first mismatch."""
-        for rel, nbytes, _sha, field in self.listed_files():
+        for rel, nbytes, _entry, field in self.listed_files():
             p = self.file(rel, f"{field}.file")
             if not p.is_file():
                 raise DumpError(f"{p}: missing (listed in {mf.MANIFEST} {field})")
@@ -144,23 +145,21 @@ class Dump:
         for i in range(len(self.manifest["shards"]) if self.has_rows else 0):
             self._shard_header(i)
         if hash:
-            self.verify_sha256()
+            self.verify_digests()
 
-    def verify_sha256(self, stop: threading.Event | None = None) -> None:
-        """Check every listed file's sha256 (the sizes are :meth:`verify`'s);
+    def verify_digests(self, stop: threading.Event | None = None) -> None:
+        """Check every listed file's digest (the sizes are :meth:`verify`'s);
         DumpError names the file and the manifest field on the first mismatch.
         ``stop``: an event that ends the hashing early (no error)."""
-        for rel, _nbytes, sha, field in self.listed_files():
+        for rel, _nbytes, entry, field in self.listed_files():
             if stop is not None and stop.is_set():
                 return
-            self.check_sha256(rel, sha, field, stop)
+            self.check_digest(rel, entry, field, stop)
 
-    def check_sha256(self, rel: str, sha: str | None, field: str, stop: threading.Event | None = None) -> None:
-        """Check one listed file (:meth:`listed_files`) against its sha256."""
-        p = self.file(rel, f"{field}.file")
-        got = sha256_file(p, stop=stop)
-        if sha is not None and got is not None and got != sha:
-            raise DumpError(f"{p}: sha256 differs from {mf.MANIFEST} {field}.sha256 (corrupt or replaced file)")
+    def check_digest(self, rel: str, entry: dict[str, Any], field: str,
+                     stop: threading.Event | None = None) -> None:
+        """Check one listed file (:meth:`listed_files`) against its digest."""
+        mf.check_file_digest(self.file(rel, f"{field}.file"), entry, field, stop)
 
     def _shard_header(self, i: int) -> tuple[Path, NpyHeader]:
         """Shard ``i``'s path and header, checked against the manifest (dtype, C order, shape, size)."""
@@ -278,15 +277,15 @@ class Dump:
         (a top-K dump: ``[rows_i]`` records with fields logprob, id, tail).
 
         Checks each shard's size and header (dtype, order, shape) against the
-        manifest; with ``verify=True`` also its sha256 (reads every byte).
+        manifest; with ``verify=True`` also its digest (reads every byte).
         """
         if not self.has_rows:
             return []
         blocks = []
         for i, s in enumerate(self.manifest["shards"]):
             path, h = self._shard_header(i)
-            if verify and sha256_file(path) != s["sha256"]:
-                raise DumpError(f"{path}: sha256 differs from {mf.MANIFEST} shards[{i}].sha256 (corrupt shard)")
+            if verify:
+                mf.check_file_digest(path, s, f"shards[{i}]")
             if h.data_bytes == 0:
                 blocks.append(np.empty(h.shape, dtype=h.dtype))
                 continue
@@ -396,16 +395,16 @@ def hash_order(dumps: Sequence[Dump]) -> list[tuple[Dump, tuple[str, int, str | 
 
 
 @contextmanager
-def sha256_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
-    """Check the dumps' sha256 on a second thread while the block runs.
+def digests_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
+    """Check the dumps' files against their digests on a second thread while the block runs.
 
     The block's work and the hashing read the same files at the same time (one
-    pass over a cold disk instead of two; hashlib releases the GIL). A mismatch
+    pass over a cold disk instead of two; hashlib and xxhash release the GIL). A mismatch
     raises :class:`DumpError` when the block ends, before its result is used;
     if the block fails, a mismatch already found is raised in its place (a
     corrupt file is the likelier cause) and the hashing stops. The thread's
-    seconds go to the active stage timer as "sha256 (second thread)", the wait
-    for it at the end as "sha256 wait".
+    seconds go to the active stage timer as "hash (second thread)", the wait
+    for it at the end as "hash wait".
     """
     if not dumps:
         yield
@@ -417,17 +416,17 @@ def sha256_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
     def run() -> None:
         t0 = time.perf_counter()
         try:
-            for d, (rel, _nbytes, sha, field) in hash_order(dumps):
+            for d, (rel, _nbytes, entry, field) in hash_order(dumps):
                 if stop.is_set():
                     return
-                d.check_sha256(rel, sha, field, stop)
+                d.check_digest(rel, entry, field, stop)
         except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
             failure.append(e)
         finally:
             if timer is not None:
-                timer.add("sha256 (second thread)", time.perf_counter() - t0)
+                timer.add("hash (second thread)", time.perf_counter() - t0)
 
-    worker = threading.Thread(target=run, name="qfair-sha256", daemon=True)
+    worker = threading.Thread(target=run, name="qfair-hash", daemon=True)
     worker.start()
     try:
         yield
@@ -440,6 +439,6 @@ def sha256_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
     t0 = time.perf_counter()
     worker.join()
     if timer is not None:
-        timer.add("sha256 wait", time.perf_counter() - t0)
+        timer.add("hash wait", time.perf_counter() - t0)
     if failure:
         raise failure[0]

@@ -29,6 +29,7 @@ from qfair.dump import DumpError
 __all__ = ["validate_manifest", "check_relpath", "inside", "SHA256_RE", "MAX_VOCAB"]
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+XXH3_128_RE = re.compile(r"[0-9a-f]{32}")
 # vocabularies beyond 2^31 entries are not a language model's (and would overflow the core's indices)
 MAX_VOCAB = 2**31 - 1
 _MAX_INT = 2**62  # counts, rows and byte sizes: anything larger is damage, not data
@@ -94,6 +95,12 @@ class _Check:
             return None
         if not isinstance(v, str) or not SHA256_RE.fullmatch(v):
             self.fail(field, v, "a sha256 (64 lowercase hex digits)" + (" or null" if null else ""))
+        return v
+
+    def xxh3(self, v: Any, field: str) -> str | None:
+        """An optional xxh3_128 digest (absent in dumps written before it was recorded)."""
+        if v is not None and (not isinstance(v, str) or not XXH3_128_RE.fullmatch(v)):
+            self.fail(field, v, "an xxh3_128 digest (32 lowercase hex digits) or null")
         return v
 
     def relpath(self, v: Any, field: str) -> str:
@@ -334,12 +341,15 @@ def _check_shards(c: _Check, m: dict[str, Any], kind: Any, plan: list[Any] | Non
                 c.fail(f"{f}.file", rel, "a file no other shard lists")
             seen_files.add(rel)
             c.sha(c.need(s, "sha256", f"{f}.sha256"), f"{f}.sha256")
+            c.xxh3(s.get("xxh3_128"), f"{f}.xxh3_128")
             if nbytes < rows * row_bytes:
                 c.fail(f"{f}.bytes", nbytes, f"at least {rows} rows x {row_bytes} bytes")
         else:
             if s.get("file") is not None:
                 c.fail(f"{f}.file", s.get("file"), "null (storage.mode is 'none')")
             c.sha(s.get("sha256"), f"{f}.sha256", null=True)
+            if s.get("xxh3_128") is not None:
+                c.fail(f"{f}.xxh3_128", s.get("xxh3_128"), "null (storage.mode is 'none')")
         if "nonfinite_rows" in s:
             c.int_(s["nonfinite_rows"], f"{f}.nonfinite_rows", 0, rows)
         parts = s.get("parts")

@@ -52,7 +52,7 @@ from qfair.dump import DumpError
 from qfair.dump import manifest as mf
 from qfair.dump import tables as tb
 from qfair.dump.kinds import get_kind
-from qfair.fsutil import fsync_dir, sha256_file, temp_path
+from qfair.fsutil import DIGESTS, file_digest, fsync_dir, sha256_file, temp_path
 from qfair.lock import LOCK_NAME, lock_dir
 
 __all__ = ["DumpWriter", "ShardPlan", "plan_shards", "split_plans", "to_storage", "to_topk", "finish_dump", "writing",
@@ -238,7 +238,7 @@ class ShardWriter:
         self._fh: Any = None
         self._tmp: Path | None = None
         self._final: Path | None = None
-        self._hash: Any = None
+        self._hashes: dict[str, Any] | None = None
         self._header_len = 0
         self._written = 0
         self._bytes = 0
@@ -338,7 +338,9 @@ class ShardWriter:
         h = _npy_header(self.np_dtype, (plan.rows or 0, *self.row_shape))
         self._header_len = len(h)
         self._write(h)
-        self._hash = hashlib.sha256(h) if plan.rows is not None else None
+        # both digests as the bytes go out; with the row count unknown the header
+        # is patched at the end, and the finished file is hashed instead
+        self._hashes = {name: make(h) for name, make in DIGESTS.items()} if plan.rows is not None else None
         self._bytes = len(h)
 
     def _rows(self, arr: np.ndarray) -> None:
@@ -350,13 +352,14 @@ class ShardWriter:
                             f"[*{''.join(f', {d}' for d in self.row_shape)}]")
         mv = memoryview(np.ascontiguousarray(arr)).cast("B")
         self._write(mv)
-        if self._hash is not None:
-            self._hash.update(mv)
+        if self._hashes is not None:
+            for h in self._hashes.values():
+                h.update(mv)
         self._bytes += mv.nbytes
         self._written += arr.shape[0]
 
-    def _finish_shard_file(self, plan: ShardPlan) -> str:
-        """Flush, fsync and rename the shard into place; its sha256."""
+    def _finish_shard_file(self, plan: ShardPlan) -> dict[str, str]:
+        """Flush, fsync and rename the shard into place; its digests by manifest key."""
         if plan.rows is None:  # patch the header with the final row count, then hash the file
             plan.rows = self._written
             h = _npy_header(self.np_dtype, (plan.rows, *self.row_shape))
@@ -370,24 +373,27 @@ class ShardWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         self._fh = None
-        digest = self._hash.hexdigest() if self._hash is not None else sha256_file(self._tmp)
+        if self._hashes is not None:
+            digests = {name: h.hexdigest() for name, h in self._hashes.items()}
+        else:
+            digests = {name: file_digest(self._tmp, name) for name in DIGESTS}
         os.replace(self._tmp, self._final)
         self._tmp = None
         fsync_dir(self._final.parent)
-        return digest
+        return digests
 
     def _end(self, table_columns: dict[str, dict[str, list]], extra: dict[str, Any]) -> None:
         plan = self._plan
         assert plan is not None
         if self.store != "none":
-            digest = self._finish_shard_file(plan)
+            digests = self._finish_shard_file(plan)
             entry: dict[str, Any] = plan.to_json()
-            entry.update({"file": f"{mf.LOGITS_DIR}/{self._final.name}", "bytes": self._bytes, "sha256": digest})
+            entry.update({"file": f"{mf.LOGITS_DIR}/{self._final.name}", "bytes": self._bytes, **digests})
         else:
             if plan.rows is None:
                 plan.rows = 0
             entry = plan.to_json()
-            entry.update({"file": None, "bytes": 0, "sha256": None})
+            entry.update({"file": None, "bytes": 0, **{name: None for name in DIGESTS}})
         parts = {}
         for name in self.tables:
             df = tb.frame(name, table_columns[name], where=f"shard {plan.index}")
@@ -693,10 +699,10 @@ class DumpWriter:
         for entry in m["shards"]:
             files = []
             if entry.get("file"):
-                files.append((entry["file"], entry["bytes"], entry["sha256"]))
+                files.append((entry["file"], entry["bytes"], entry))
             for part in (entry.get("parts") or {}).values():
-                files.append((part["file"], part["bytes"], part["sha256"]))
-            for rel, nbytes, sha in files:
+                files.append((part["file"], part["bytes"], part))
+            for rel, nbytes, listed in files:
                 p = self.out / rel
                 if not p.is_file():
                     raise DumpError(f"{p}: listed in manifest.json shards[{entry['index']}] but missing; "
@@ -704,8 +710,9 @@ class DumpWriter:
                 if p.stat().st_size != nbytes:
                     raise DumpError(f"{p}: {p.stat().st_size} bytes, manifest.json says {nbytes}; cannot resume "
                                     "(use --overwrite)")
-                if sha256_file(p) != sha:
-                    raise DumpError(f"{p}: sha256 differs from manifest.json; cannot resume (use --overwrite)")
+                key, want = mf.verifying_digest(listed)
+                if file_digest(p, key) != want:
+                    raise DumpError(f"{p}: {key} differs from manifest.json; cannot resume (use --overwrite)")
             nxt = int(entry["examples"][1])
         return nxt
 
