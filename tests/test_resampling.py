@@ -88,6 +88,26 @@ def test_spearman_permutation_random_within_monte_carlo_error():
     assert p == pytest.approx(ref, abs=4 * math.sqrt(ref * (1 - ref) / 20_000) + 1e-3)
 
 
+@pytest.mark.parametrize("n", [6, 35])
+def test_spearman_permutations_of_several_shifts_are_each_p_alone(n):
+    """The batch (one set of pairings for every y) gives each y's p exactly as one call
+    for it, with a constant y (undefined: NaN) and a tied one among them; on 6 items
+    (exact) each equals scipy."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n)
+    ys = [rng.normal(size=n), np.full(n, 2.0), np.round(x + rng.normal(size=n)), -x]
+    R.clear_draw_cache()
+    batch = R.spearman_permutations(x, ys, seed=4, resamples=2_000)
+    R.clear_draw_cache()
+    alone = [R.spearman_permutation(x, y, seed=4, resamples=2_000) for y in ys]
+    assert math.isnan(batch[1]) and math.isnan(alone[1])
+    assert [batch[i] for i in (0, 2, 3)] == [alone[i] for i in (0, 2, 3)]
+    assert R.spearman_permutations(x, ys, seed=4, resamples=2_000)[2] == batch[2]   # remembered: the same
+    if n == 6:
+        for i in (0, 2, 3):
+            assert batch[i] == pytest.approx(_scipy_perm_spearman(x, ys[i], 2_000), abs=1e-12)
+
+
 @pytest.mark.parametrize("na,nb,exact", [(4, 5, True), (25, 30, False)])
 def test_two_sample_permutation_against_scipy(na, nb, exact):
     rng = np.random.default_rng(na)
@@ -395,6 +415,35 @@ def test_pairings_and_subsets_are_the_defined_shuffles(n):
     for t in (1, 2, 4):
         np.testing.assert_array_equal(core.pairings_dot(a, b, B, seed, t), want_dot)
         np.testing.assert_array_equal(core.subset_sums(a, k, B, seed, t), want_sub)
+
+
+@pytest.mark.parametrize("n", [1, 2, 37, 130])
+def test_pairings_of_several_b_share_the_shuffles_and_keep_each_sum(n):
+    """b [k, n]: row t of the result is, value for value, the Python reimplementation's sums
+    against b[t] (so also what b[t] alone gives), at any thread count; bad shapes are refused."""
+    from qfair._native import core
+
+    rng = np.random.default_rng(100 + n)
+    a, bs = rng.normal(size=n), rng.normal(size=(3, n)) * np.array([[1.0], [1e3], [1e-3]])
+    seed, B = 0xBEEF, 7
+    want = np.zeros((3, B))
+    for r in range(B):
+        perm = list(rng_streams.shuffled(n, n, seed ^ 0x70616972696E6773, r))
+        for t in range(3):
+            acc = 0.0
+            for i, j in enumerate(perm):
+                acc += a[i] * bs[t, j]
+            want[t, r] = acc
+    for th in (1, 2, 4):
+        got = core.pairings_dot(a, bs, B, seed, th)
+        assert got.shape == (3, B)
+        np.testing.assert_array_equal(got, want)
+    for t in range(3):
+        np.testing.assert_array_equal(core.pairings_dot(a, np.ascontiguousarray(bs[t]), B, seed, 2), want[t])
+    with pytest.raises(ValueError, match="b: expected"):
+        core.pairings_dot(a, np.zeros((2, n + 1)), B, seed, 1)
+    with pytest.raises(ValueError, match="b: expected"):
+        core.pairings_dot(a, np.zeros((0, n)), B, seed, 1)
 
 
 def test_subsets_are_uniform_and_sums_exact():

@@ -380,9 +380,25 @@ template <class Fill>
                                       uint64_t seed, int threads) {
     int64_t n = -1;
     const double* ap = f64(a, "a", &n);
-    const double* bp = f64(b, "b", &n);
-    return null_distribution(resamples, "pairings_dot",
-                             [&](double* o) { st::pairings_dot(ap, bp, n, resamples, seed, threads, o); });
+    if (!::py::isinstance<F64>(b)) throw ::py::value_error("b: expected a C-contiguous float64 numpy array");
+    auto ba = ::py::reinterpret_borrow<F64>(b);
+    if (ba.ndim() == 1) {
+        const double* bp = f64(b, "b", &n);
+        return null_distribution(resamples, "pairings_dot",
+                                 [&](double* o) { st::pairings_dot(ap, bp, 1, n, resamples, seed, threads, o); });
+    }
+    if (ba.ndim() != 2 || ba.shape(1) != n || ba.shape(0) < 1)
+        throw ::py::value_error("b: expected [n] or [k >= 1, n] with n = len(a)");
+    if (resamples < 0) throw ::py::value_error("pairings_dot: resamples must be >= 0");
+    const int64_t k = ba.shape(0);
+    ::py::array_t<double> out({k, resamples});
+    double* o = out.mutable_data();
+    const double* bp = ba.data();
+    {
+        ::py::gil_scoped_release nogil;
+        st::pairings_dot(ap, bp, k, n, resamples, seed, threads, o);
+    }
+    return out;
 }
 
 ::py::array_t<double> subset_sums_py(const ::py::handle& z, int64_t k, int64_t resamples, uint64_t seed,
@@ -474,7 +490,8 @@ void bind_stats(::py::module_& m) {
           "Spearman's rho of x against each y under every row of bootstrap multiplicities ([k, m]).");
     m.def("pairings_dot", &pairings_dot_py, ::py::arg("a"), ::py::arg("b"), ::py::arg("resamples"),
           ::py::arg("seed") = 0, ::py::arg("threads") = 0,
-          "sum_i a[i] * b[perm_r(i)] for `resamples` uniform random permutations.");
+          "sum_i a[i] * b[perm_r(i)] for `resamples` uniform random permutations; b [k, n]: one row of "
+          "sums per row of b ([k, resamples]), the permutations shared, each row as b[t] alone.");
     m.def("subset_sums", &subset_sums_py, ::py::arg("z"), ::py::arg("k"), ::py::arg("resamples"),
           ::py::arg("seed") = 0, ::py::arg("threads") = 0,
           "Sums of z over `resamples` uniform random k-subsets.");

@@ -1,5 +1,6 @@
 // Permutation nulls (qfair/stats.hpp): random pairings and random subsets drawn
 // by Fisher-Yates from the core's counter-based streams, one stream per resample.
+#include <algorithm>
 #include <cstdint>
 #include <numeric>
 #include <stdexcept>
@@ -37,18 +38,31 @@ double shuffle_prefix_sum(uint32_t* p, uint32_t n, uint32_t steps, Rng& rng, Ter
 }
 }  // namespace
 
-void pairings_dot(const double* a, const double* b, int64_t n, int64_t resamples, uint64_t seed, int threads,
-                  double* out) {
+void pairings_dot(const double* a, const double* b, int64_t k, int64_t n, int64_t resamples, uint64_t seed,
+                  int threads, double* out) {
     check_sizes(n, resamples, "pairings_dot");
+    if (k < 1) throw std::invalid_argument("pairings_dot: need at least one b");
     parallel_for(resamples, resolve_threads(threads, resamples), [&](int64_t r0, int64_t r1, int) {
         std::vector<uint32_t> idx(static_cast<size_t>(n));
+        std::vector<double> acc(static_cast<size_t>(k));
+        const auto n32 = static_cast<uint32_t>(n);
         for (int64_t r = r0; r < r1; ++r) {
             std::iota(idx.begin(), idx.end(), 0u);  // each draw from the identity: thread-count invariant
             Rng rng(seed ^ kPairingsDomain, uint64_t(r));
-            const auto n32 = static_cast<uint32_t>(n);
-            const double acc =
-                shuffle_prefix_sum(idx.data(), n32, n32, rng, [&](uint32_t i, uint32_t j) { return a[i] * b[j]; });
-            out[r] = acc;
+            if (k == 1) {
+                out[r] = shuffle_prefix_sum(idx.data(), n32, n32, rng, [&](uint32_t i, uint32_t j) { return a[i] * b[j]; });
+                continue;
+            }
+            // one shuffle for every b: each sum takes the same terms in the same order as alone
+            std::fill(acc.begin(), acc.end(), 0.0);
+            uint32_t* p = idx.data();
+            for (uint32_t i = 0; i < n32; ++i) {
+                if (i + 1 < n32) std::swap(p[i], p[i + rng.below(n32 - i)]);
+                const double ai = a[i];
+                const double* bj = b + p[i];
+                for (int64_t t = 0; t < k; ++t) acc[size_t(t)] += ai * bj[t * n];
+            }
+            for (int64_t t = 0; t < k; ++t) out[t * resamples + r] = acc[size_t(t)];
         }
     });
 }

@@ -46,7 +46,7 @@ from qfair.metrics.resampling import (
     mean_diff_permutation,
     spearman,
     spearman_bootstrap,
-    spearman_permutation,
+    spearman_permutations,
     weighted_sums,
 )
 
@@ -184,6 +184,7 @@ def _pair_rows(u: np.ndarray, shifts: list[tuple[str, np.ndarray]], uname: str, 
             np.add.at(agg, clusters, cols)
             cols = agg
         sums_all = weighted_sums(cols, seed=cfg.seed, resamples=B, threads=cfg.threads)
+    pending: list[tuple[dict[str, Any], np.ndarray]] = []   # spearman rows awaiting their permutation p
     out = []
     for i, (sname, s) in enumerate(shifts):
         label = f"{uname},{sname}"
@@ -195,7 +196,7 @@ def _pair_rows(u: np.ndarray, shifts: list[tuple[str, np.ndarray]], uname: str, 
             row["diff"] = rhos[i]
             _fill(row, dists[i], cfg, "bootstrap (percentile), Spearman")
             if permutation and clusters is None and row["p"] is not None:
-                row["p_perm"] = spearman_permutation(u, s, seed=cfg.seed, resamples=B, threads=cfg.threads)
+                pending.append((row, s))
             out.append(row)
         if top == 0:
             continue
@@ -209,6 +210,11 @@ def _pair_rows(u: np.ndarray, shifts: list[tuple[str, np.ndarray]], uname: str, 
             row["p_perm"] = mean_diff_permutation(s[mt], s[mb], seed=cfg.seed, resamples=B,
                                                   threads=cfg.threads)
         out.append(row)
+    if pending:
+        # one set of random pairings for every shift (each p as it is alone)
+        ps = spearman_permutations(u, [s for _, s in pending], seed=cfg.seed, resamples=B, threads=cfg.threads)
+        for (row, _), p in zip(pending, ps):
+            row["p_perm"] = p
     return out
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ import numpy as np
 from qfair import stats
 
 __all__ = ["count_blocks", "clear_draw_cache", "weighted_sums", "spearman", "spearman_bootstrap", "spearman_permutation",
-           "mean_diff_permutation", "ttest_rel", "student_t_sf", "rank_average"]
+           "spearman_permutations", "mean_diff_permutation", "ttest_rel", "student_t_sf", "rank_average"]
 
 # a block of resamples holds at most this many counts
 MAX_BLOCK_CELLS = 2_000_000
@@ -247,31 +247,56 @@ def spearman_permutation(x: np.ndarray, y: np.ndarray, *, seed: int, resamples: 
                          threads: int | None = None) -> float:
     """Permutation p of Spearman's rho (pairings permuted; exact when n! <= resamples;
     the same p at any ``threads``)."""
+    return spearman_permutations(x, [y], seed=seed, resamples=resamples, threads=threads)[0]
+
+
+def spearman_permutations(x: np.ndarray, ys: Sequence[np.ndarray], *, seed: int, resamples: int,
+                          threads: int | None = None) -> list[float]:
+    """:func:`spearman_permutation` of x against each of ``ys``, the same p's as one
+    call each; the random pairings are drawn once for all of them (the shuffle is
+    most of the cost)."""
     rx = rank_average(np.asarray(x, dtype=np.float64))
-    ry = rank_average(np.asarray(y, dtype=np.float64))
+    rys = [rank_average(np.asarray(y, dtype=np.float64)) for y in ys]
     # the p depends on the values only through their ranks
-    return _remembered(_key("spearman_permutation", rx, ry, int(seed), int(resamples)),
-                       lambda: _spearman_permutation(rx, ry, seed, resamples, threads))
+    keys = [_key("spearman_permutation", rx, ry, int(seed), int(resamples)) for ry in rys]
+    got = {i: _memo[k] for i, k in enumerate(keys) if k in _memo}
+    todo = [i for i in range(len(keys)) if i not in got]
+    if todo:
+        for i, p in zip(todo, _spearman_permutations(rx, [rys[i] for i in todo], seed, resamples, threads)):
+            got[i] = _remembered(keys[i], lambda p=p: p)
+    return [got[i] for i in range(len(keys))]
 
 
-def _spearman_permutation(rx: np.ndarray, ry: np.ndarray, seed: int, resamples: int,
-                          threads: int | None = None) -> float:
+def _spearman_permutations(rx: np.ndarray, rys: list[np.ndarray], seed: int, resamples: int,
+                           threads: int | None = None) -> list[float]:
     n = rx.size
-    dx, dy = rx - rx.mean(), ry - ry.mean()
-    den = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
-    if n < 2 or den == 0:
-        return math.nan
-    observed = float((dx * dy).sum() / den)
+    dx = rx - rx.mean()
+    out: list[float] = [math.nan] * len(rys)
+    live, dys, dens, observed = [], [], [], []
+    for t, ry in enumerate(rys):
+        dy = ry - ry.mean()
+        den = math.sqrt(float((dx * dx).sum() * (dy * dy).sum()))
+        if n < 2 or den == 0:
+            continue
+        live.append(t)
+        dys.append(dy)
+        dens.append(den)
+        observed.append(float((dx * dy).sum() / den))
+    if not live:
+        return out
     exact = math.factorial(n) <= resamples if n <= 20 else False
     if exact:
         perms = np.array(list(itertools.permutations(range(n))), dtype=np.int64)
-        null = (dy[perms] @ dx) / den
+        nulls = [(dy[perms] @ dx) / den for dy, den in zip(dys, dens)]
     else:
         from qfair._native import core
 
-        null = core.pairings_dot(np.ascontiguousarray(dx), np.ascontiguousarray(dy), int(resamples),
-                                 int(seed) & 0xFFFFFFFFFFFFFFFF, int(threads or 0)) / den
-    return _perm_p(null, observed, exact)
+        sums = core.pairings_dot(np.ascontiguousarray(dx), np.ascontiguousarray(np.stack(dys)), int(resamples),
+                                 int(seed) & 0xFFFFFFFFFFFFFFFF, int(threads or 0))
+        nulls = [sums[k] / den for k, den in enumerate(dens)]
+    for t, null, obs in zip(live, nulls, observed):
+        out[t] = _perm_p(null, obs, exact)
+    return out
 
 
 def mean_diff_permutation(a: np.ndarray, b: np.ndarray, *, seed: int, resamples: int,

@@ -303,15 +303,18 @@ void weighted_dots(const uint32_t* counts, int64_t m, int64_t n, const double* v
 // ------------------------------------------------- permutation null distributions
 // Monte Carlo nulls of the two permutation tests the analysis runs, one
 // resample r per counter-based stream (independent of the thread count):
-//   pairings_dot: out[r] = sum_i a[i] * b[pi_r(i)], pi_r a uniform permutation
-//                 of [0, n) (Fisher-Yates) -- Spearman's rho under permuted
-//                 pairings when a, b are centred ranks (scaled by the caller);
+//   pairings_dot: out[t, r] = sum_i a[i] * b[t, pi_r(i)] for each of the k
+//                 rows of b [k, n] (out [k, resamples]), pi_r a uniform
+//                 permutation of [0, n) (Fisher-Yates) shared by the rows --
+//                 Spearman's rho under permuted pairings when a, b are centred
+//                 ranks (scaled by the caller); each row's sums are those of
+//                 that row alone;
 //   subset_sums:  out[r] = sum of z over a uniform k-subset of [0, n) (the
 //                 first k steps of Fisher-Yates) -- the two-sample test of
 //                 mean(first k) - mean(rest).
 // Each draw's numbers come from Rng(seed ^ domain, r); n < 2^32.
-void pairings_dot(const double* a, const double* b, int64_t n, int64_t resamples, uint64_t seed, int threads,
-                  double* out);
+void pairings_dot(const double* a, const double* b, int64_t k, int64_t n, int64_t resamples, uint64_t seed,
+                  int threads, double* out);
 void subset_sums(const double* z, int64_t n, int64_t k, int64_t resamples, uint64_t seed, int threads,
                  double* out);
 
