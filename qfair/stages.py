@@ -10,11 +10,13 @@ where it is. ``qfair analyze --profile`` prints the breakdown.
 from __future__ import annotations
 
 import contextvars
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["StageTimer", "profiling", "stage", "active_timer"]
+__all__ = ["StageTimer", "profiling", "stage", "active_timer", "beside"]
 
 
 class StageTimer:
@@ -91,3 +93,53 @@ def stage(name: str) -> Iterator[None]:
         return
     with t.stage(name):
         yield
+
+
+class _Beside:
+    """The outcome of :func:`beside`'s function: :meth:`result` returns it or raises its error."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@contextmanager
+def beside(fn: Callable[[], Any], name: str, *, concurrent: bool = True) -> Iterator[_Beside]:
+    """Run ``fn`` on a second thread while the block runs; the block ends only once ``fn``
+    has. Its wall seconds go to the active timer as "<name> (second thread)", the wait for
+    it at the end as "<name> wait" (its own inner stages are not itemised). A failing block
+    still waits for ``fn`` before its error propagates. ``concurrent=False`` runs ``fn``
+    first, on this thread, as the stage ``name`` (one thread asked for)."""
+    out = _Beside()
+    timer = _ACTIVE.get()
+    if not concurrent:
+        try:
+            with stage(name):
+                out.value = fn()
+        except BaseException as e:  # noqa: BLE001 - raised by result(), where the caller asks
+            out.error = e
+        yield out
+        return
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        try:
+            out.value = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            out.error = e
+        finally:
+            if timer is not None:
+                timer.add(f"{name} (second thread)", time.perf_counter() - t0)
+
+    worker = threading.Thread(target=run, name=f"qfair-{name}", daemon=True)
+    worker.start()
+    try:
+        yield out
+    finally:
+        with stage(f"{name} wait"):
+            worker.join()

@@ -1,6 +1,7 @@
-"""The per-stage timer of `qfair analyze --profile`, and sha256 verification on a
-second thread: exclusive stage times, one pass over the rows, corrupt files
-still refused (with the analysis' result discarded)."""
+"""The per-stage timer of `qfair analyze --profile`, file digests checked on a
+second thread, and the uncertainty tests run beside the other tables: exclusive
+stage times, one pass over the rows, corrupt files still refused (with the
+analysis' result discarded), the same tables at any thread count."""
 from __future__ import annotations
 
 import time
@@ -13,7 +14,7 @@ from test_analyze import make_corpus, make_rows, write_dump
 from qfair.analyze import compare
 from qfair.cli import main
 from qfair.dump import DumpError
-from qfair.stages import StageTimer, profiling, stage
+from qfair.stages import StageTimer, beside, profiling, stage
 
 
 def test_stage_times_are_exclusive_and_add_up():
@@ -194,3 +195,58 @@ def test_threads_reach_every_resampling_call_of_the_core(pair, monkeypatch):
     compare(base, q, bootstrap=60, verify_hash=False, threads=1)
     assert {"weighted_spearman", "pairings_dot", "weighted_dots"} <= set(seen), seen
     assert all(t == [1] * len(t) for t in seen.values()), seen
+
+
+def test_beside_runs_alongside_and_the_block_waits_for_it():
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def fn():
+        started.set()
+        assert release.wait(5)
+        return threading.current_thread().name
+
+    with profiling() as t:
+        with beside(fn, "side") as out:
+            assert started.wait(5)          # running while the block runs
+            release.set()
+        assert out.result() == "qfair-side"
+    assert t.calls["side (second thread)"] == 1 and t.calls["side wait"] == 1
+    with beside(lambda: threading.current_thread().name, "side", concurrent=False) as out:
+        pass
+    assert out.result() == threading.current_thread().name
+
+
+def test_beside_errors_reach_the_caller_after_the_thread_ends():
+    import threading
+
+    done = threading.Event()
+
+    def slow_fail():
+        time.sleep(0.2)
+        done.set()
+        raise ValueError("from the side")
+
+    with beside(slow_fail, "side") as out:
+        pass
+    with pytest.raises(ValueError, match="from the side"):
+        out.result()
+    done.clear()
+    with pytest.raises(KeyError):
+        with beside(slow_fail, "side"):
+            raise KeyError("block")
+    assert done.is_set()                    # the block's error waited for the thread
+
+
+def test_tables_are_the_same_at_one_and_at_three_threads(pair):
+    """With threads > 1 the uncertainty tests run beside the summary, strata and groups; with
+    one thread they run first. Every table is identical, row order included."""
+    from polars.testing import assert_frame_equal
+
+    root, base, q = pair
+    one = compare(base, q, bootstrap=300, verify_hash=False, threads=1)
+    three = compare(base, q, bootstrap=300, verify_hash=False, threads=3)
+    assert (one.summary["metric"].str.starts_with("spearman(")).any()
+    for name in ("summary", "groups", "strata", "calibration", "examples"):
+        assert_frame_equal(getattr(one, name), getattr(three, name), check_exact=True)

@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ from qfair.metrics import bias as bias_scores
 from qfair.metrics.examples import example_columns, example_stats, task_kinds
 from qfair.metrics.resampling import clear_draw_cache
 from qfair.metrics.task_kinds import get_task_kind
-from qfair.stages import stage
+from qfair.stages import beside, stage
 from qfair.threads import single_threaded_blas
 
 __all__ = ["compare", "Comparison", "TABLES"]
@@ -249,39 +250,56 @@ class _Parts:
 
 def task_tables(parts: _Parts, j: pl.DataFrame, label: str, cfg: StatsConfig, side: _TokenSide,
                 strata: str, n_strata: int, notes: list[str]) -> None:
-    """Summary, calibration, strata and group rows of one quantized model, task by task."""
-    from qfair.analyze.uncertainty import token_uncertainty_rows, uncertainty_rows
+    """Summary, calibration, strata and group rows of one quantized model, task by task.
 
+    A task's uncertainty tests depend on nothing the other tables compute, so they run on a
+    second thread beside them (the core's statistics release the GIL; serial stretches of one
+    fill the other's idle CPU). Every number is the same as run one after the other, and the
+    rows keep their order: summary rows, then uncertainty rows."""
     for task in j["task"].unique(maintain_order=True).to_list():
         jt = j.filter(pl.col("task") == task)
         tk = get_task_kind(jt["kind"][0])
         where = {"model": label, "task": task, "task_kind": jt["kind"][0]}
-        with stage("summary rows (bootstrap)"):
-            rows = metric_rows(jt, cfg, side.paired, side.unpaired, primary=primary_metric(tk))
-        with stage("uncertainty tests"):
-            if cfg.uncertainty and "base_conf" in jt.columns:
-                urows, unotes = uncertainty_rows(jt, cfg, tk.correctness, f"{label}/{task}")
-                rows += urows
-                notes += unotes
-            if cfg.uncertainty and side.table is not None and side.table.height:
-                urows, unotes = token_uncertainty_rows(side.table.filter(pl.col("task") == task), cfg,
-                                                       f"{label}/{task}")
-                rows += urows
-                notes += unotes
-        for r in rows:
+        with beside(partial(_uncertainty_part, jt, tk, cfg, side, task, f"{label}/{task}"),
+                    "uncertainty tests", concurrent=cfg.threads > 1) as uncertainty:
+            with stage("summary rows (bootstrap)"):
+                rows = metric_rows(jt, cfg, side.paired, side.unpaired, primary=primary_metric(tk))
+            for r in rows:
+                r.update(where)
+            if "quant_conf" in jt.columns:
+                if tk.correctness:
+                    with stage("calibration cells"):
+                        parts.add_calibration(jt["quant_conf"].to_numpy(), jt["quant_correct"].to_numpy(), cfg,
+                                              label, "quant", task)
+                with stage("strata"):
+                    st = strata_rows(jt, cfg, strata, n_strata)
+                if st.height:
+                    parts.strata.append(st.with_columns(pl.lit(label).alias("model"), pl.lit(task).alias("task")))
+            with stage("groups"):
+                parts.groups.extend(_group_rows(jt, rows, cfg, side, where))
+        urows, unotes = uncertainty.result()
+        for r in urows:
             r.update(where)
-        parts.summary.extend(rows)
-        if "quant_conf" in jt.columns:
-            if tk.correctness:
-                with stage("calibration cells"):
-                    parts.add_calibration(jt["quant_conf"].to_numpy(), jt["quant_correct"].to_numpy(), cfg, label,
-                                          "quant", task)
-            with stage("strata"):
-                st = strata_rows(jt, cfg, strata, n_strata)
-            if st.height:
-                parts.strata.append(st.with_columns(pl.lit(label).alias("model"), pl.lit(task).alias("task")))
-        with stage("groups"):
-            parts.groups.extend(_group_rows(jt, rows, cfg, side, where))
+        parts.summary.extend(rows + urows)
+        notes += unotes
+
+
+def _uncertainty_part(jt: pl.DataFrame, tk: Any, cfg: StatsConfig, side: _TokenSide, task: str,
+                      where: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The uncertainty test rows of one task (examples, then tokens) and their notes."""
+    from qfair.analyze.uncertainty import token_uncertainty_rows, uncertainty_rows
+
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if cfg.uncertainty and "base_conf" in jt.columns:
+        urows, unotes = uncertainty_rows(jt, cfg, tk.correctness, where)
+        rows += urows
+        notes += unotes
+    if cfg.uncertainty and side.table is not None and side.table.height:
+        urows, unotes = token_uncertainty_rows(side.table.filter(pl.col("task") == task), cfg, where)
+        rows += urows
+        notes += unotes
+    return rows, notes
 
 
 def bias_step(parts: _Parts, j: pl.DataFrame, attributes: pl.DataFrame, label: str, cfg: StatsConfig) -> None:
@@ -382,7 +400,7 @@ def compare(base: Any, quant: Any, *, bootstrap: int = 10_000, seed: int = 0,
     with stage("check sizes and headers"):
         for d in (b, *quants):
             d.verify(hash=False)
-    # every file's sha256 is computed on a second thread while the analysis reads the rows (one
+    # every file's digest is computed on a second thread while the analysis reads the rows (one
     # pass over the disk, not two); a mismatch fails the comparison before anything is returned
     # the resample draws kept for the statistics of this comparison go back at its end
     with digests_in_background([b, *quants] if verify_hash else []), _draws_released(), single_threaded_blas():
@@ -450,8 +468,9 @@ def _compare_checked(b: Any, quants: list[Any], *, bootstrap: int, seed: int, bi
                 "quant": [str(q.path) for q in quants], "models": labels, "kind": kind.name,
                 "custom_metrics": sorted(custom),
                 "nonfinite": nonfinite,
-                "integrity": "size, header and sha256 of every file" if verify_hash
-                else "size and header of every file (sha256 skipped)"}
+                "integrity": "size, header and recorded digest of every file (xxh3_128 of the logits shards "
+                             "that record one, sha256 otherwise)" if verify_hash
+                else "size and header of every file (digests skipped)"}
     with stage("assemble tables (polars)"):
         out = assemble(parts, settings, notes)
     _finish(out, cfg, notes)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -48,6 +49,10 @@ MAX_BLOCK_CELLS = 2_000_000
 # chunk budget, so keeping the draw costs no more memory than one streamed chunk of rows.
 CACHE_BYTES = 256 << 20
 _cache: dict[tuple[int, int], np.ndarray] = {}
+# The analysis runs the uncertainty tests beside the summary on a second thread: the kept draw
+# is made under this lock (the other thread waits for it instead of drawing it again), and the
+# remembered results are read and stored under it (computed outside it).
+_lock = threading.RLock()
 
 
 def _draw_rows(n: int, seed: int, b0: int, b1: int, dtype: type) -> np.ndarray:
@@ -58,6 +63,11 @@ def _draw_rows(n: int, seed: int, b0: int, b1: int, dtype: type) -> np.ndarray:
 def _counts(n: int, seed: int, resamples: int) -> np.ndarray | None:
     """The counts of resamples 0..resamples-1 (a view of the kept draw), or None when they do not
     fit the budget. A longer draw of the same (n, seed) extends the kept one."""
+    with _lock:
+        return _counts_locked(n, seed, resamples)
+
+
+def _counts_locked(n: int, seed: int, resamples: int) -> np.ndarray | None:
     key = (int(n), int(seed))
     have = _cache.get(key)
     if have is not None and have.shape[0] >= resamples:
@@ -99,21 +109,30 @@ def _key(name: str, *parts: Any) -> tuple[Any, ...]:
 
 
 def _remembered(key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-    if key in _memo:
-        return _memo[key]
+    with _lock:
+        if key in _memo:
+            return _memo[key]
     value = compute()
     size = int(getattr(value, "nbytes", 0))
     if size <= MEMO_BYTES:
-        while _memo and sum(int(getattr(v, "nbytes", 0)) for v in _memo.values()) + size > MEMO_BYTES:
-            _memo.pop(next(iter(_memo)))
-        _memo[key] = value
+        with _lock:
+            while _memo and sum(int(getattr(v, "nbytes", 0)) for v in _memo.values()) + size > MEMO_BYTES:
+                _memo.pop(next(iter(_memo)))
+            _memo[key] = value
     return value
+
+
+def _recalled(key: tuple[Any, ...]) -> tuple[bool, Any]:
+    """(True, the remembered result) or (False, None)."""
+    with _lock:
+        return (True, _memo[key]) if key in _memo else (False, None)
 
 
 def clear_draw_cache() -> None:
     """Forget the kept draws and remembered results (their memory goes back)."""
-    _cache.clear()
-    _memo.clear()
+    with _lock:
+        _cache.clear()
+        _memo.clear()
 
 
 def count_blocks(n: int, seed: int, resamples: int, *, width: int | None = None,
@@ -259,7 +278,11 @@ def spearman_permutations(x: np.ndarray, ys: Sequence[np.ndarray], *, seed: int,
     rys = [rank_average(np.asarray(y, dtype=np.float64)) for y in ys]
     # the p depends on the values only through their ranks
     keys = [_key("spearman_permutation", rx, ry, int(seed), int(resamples)) for ry in rys]
-    got = {i: _memo[k] for i, k in enumerate(keys) if k in _memo}
+    got = {}
+    for i, k in enumerate(keys):
+        hit, p = _recalled(k)
+        if hit:
+            got[i] = p
     todo = [i for i in range(len(keys)) if i not in got]
     if todo:
         for i, p in zip(todo, _spearman_permutations(rx, [rys[i] for i in todo], seed, resamples, threads)):
