@@ -114,13 +114,12 @@ def beside(fn: Callable[[], Any], name: str, *, concurrent: bool = True) -> Iter
     has. Its wall seconds go to the active timer as "<name> (second thread)", the wait for
     it at the end as "<name> wait" (its own inner stages are not itemised). A failing block
     still waits for ``fn`` before its error propagates. ``concurrent=False`` runs ``fn``
-    first, on this thread, as the stage ``name`` (one thread asked for)."""
+    first, on this thread, where its own stages are timed as usual (one thread asked for)."""
     out = _Beside()
     timer = _ACTIVE.get()
     if not concurrent:
         try:
-            with stage(name):
-                out.value = fn()
+            out.value = fn()
         except BaseException as e:  # noqa: BLE001 - raised by result(), where the caller asks
             out.error = e
         yield out

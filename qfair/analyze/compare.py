@@ -252,54 +252,58 @@ def task_tables(parts: _Parts, j: pl.DataFrame, label: str, cfg: StatsConfig, si
                 strata: str, n_strata: int, notes: list[str]) -> None:
     """Summary, calibration, strata and group rows of one quantized model, task by task.
 
-    A task's uncertainty tests depend on nothing the other tables compute, so they run on a
-    second thread beside them (the core's statistics release the GIL; serial stretches of one
-    fill the other's idle CPU). Every number is the same as run one after the other, and the
-    rows keep their order: summary rows, then uncertainty rows."""
+    A task's uncertainty tests and strata depend on nothing the summary and group rows
+    compute, so they run on a second thread beside them (the core's statistics release the
+    GIL; the serial stretches of one fill the other's idle CPU). Every number is the same as
+    run one after the other, and the rows keep their order: summary rows, then uncertainty
+    rows."""
     for task in j["task"].unique(maintain_order=True).to_list():
         jt = j.filter(pl.col("task") == task)
         tk = get_task_kind(jt["kind"][0])
         where = {"model": label, "task": task, "task_kind": jt["kind"][0]}
-        with beside(partial(_uncertainty_part, jt, tk, cfg, side, task, f"{label}/{task}"),
-                    "uncertainty tests", concurrent=cfg.threads > 1) as uncertainty:
+        with beside(partial(_second_thread_part, jt, tk, cfg, side, task, f"{label}/{task}", strata, n_strata),
+                    "uncertainty tests + strata", concurrent=cfg.threads > 1) as second:
             with stage("summary rows (bootstrap)"):
                 rows = metric_rows(jt, cfg, side.paired, side.unpaired, primary=primary_metric(tk))
             for r in rows:
                 r.update(where)
-            if "quant_conf" in jt.columns:
-                if tk.correctness:
-                    with stage("calibration cells"):
-                        parts.add_calibration(jt["quant_conf"].to_numpy(), jt["quant_correct"].to_numpy(), cfg,
-                                              label, "quant", task)
-                with stage("strata"):
-                    st = strata_rows(jt, cfg, strata, n_strata)
-                if st.height:
-                    parts.strata.append(st.with_columns(pl.lit(label).alias("model"), pl.lit(task).alias("task")))
+            if "quant_conf" in jt.columns and tk.correctness:
+                with stage("calibration cells"):
+                    parts.add_calibration(jt["quant_conf"].to_numpy(), jt["quant_correct"].to_numpy(), cfg,
+                                          label, "quant", task)
             with stage("groups"):
                 parts.groups.extend(_group_rows(jt, rows, cfg, side, where))
-        urows, unotes = uncertainty.result()
+        urows, unotes, st = second.result()
         for r in urows:
             r.update(where)
         parts.summary.extend(rows + urows)
         notes += unotes
+        if st is not None and st.height:
+            parts.strata.append(st.with_columns(pl.lit(label).alias("model"), pl.lit(task).alias("task")))
 
 
-def _uncertainty_part(jt: pl.DataFrame, tk: Any, cfg: StatsConfig, side: _TokenSide, task: str,
-                      where: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """The uncertainty test rows of one task (examples, then tokens) and their notes."""
+def _second_thread_part(jt: pl.DataFrame, tk: Any, cfg: StatsConfig, side: _TokenSide, task: str, where: str,
+                        strata: str, n_strata: int) -> tuple[list[dict[str, Any]], list[str], pl.DataFrame | None]:
+    """The uncertainty test rows of one task (examples, then tokens), their notes, and the
+    task's strata table (None without the quantized model's confidences)."""
     from qfair.analyze.uncertainty import token_uncertainty_rows, uncertainty_rows
 
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    if cfg.uncertainty and "base_conf" in jt.columns:
-        urows, unotes = uncertainty_rows(jt, cfg, tk.correctness, where)
-        rows += urows
-        notes += unotes
-    if cfg.uncertainty and side.table is not None and side.table.height:
-        urows, unotes = token_uncertainty_rows(side.table.filter(pl.col("task") == task), cfg, where)
-        rows += urows
-        notes += unotes
-    return rows, notes
+    with stage("uncertainty tests"):
+        if cfg.uncertainty and "base_conf" in jt.columns:
+            urows, unotes = uncertainty_rows(jt, cfg, tk.correctness, where)
+            rows += urows
+            notes += unotes
+        if cfg.uncertainty and side.table is not None and side.table.height:
+            urows, unotes = token_uncertainty_rows(side.table.filter(pl.col("task") == task), cfg, where)
+            rows += urows
+            notes += unotes
+    st = None
+    if "quant_conf" in jt.columns:
+        with stage("strata"):
+            st = strata_rows(jt, cfg, strata, n_strata)
+    return rows, notes, st
 
 
 def bias_step(parts: _Parts, j: pl.DataFrame, attributes: pl.DataFrame, label: str, cfg: StatsConfig) -> None:
