@@ -75,3 +75,28 @@ def test_shared_sides_agree_with_a_float64_reference():
         l2 = np.sqrt(max(0.0, ((gap[two] ** 2 / cnt[two]) - cnt[two] * a * (1 - a) / (cnt[two] - 1)).sum() / n))
         for got, want in zip(res, (ece, mce, rms, l2)):
             assert got.distribution[r] == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("n", [1, 3, 17, 40, 1501])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_means_evaluated_together_are_each_mean_alone(n, threads):
+    """The means of a call are summed in one pass over each resample's counts (the kernels'
+    dot_counts_multi, groups of two or four): each distribution is bit for bit the one the mean
+    has as the only mean of a call (dot_counts), for every count of means (group remainders
+    included) and lengths that end mid-chain; and each equals a float64 numpy mean of the
+    resample within rounding."""
+    rng = np.random.default_rng(n)
+    cal = stats.CalibrationDiff(rng.random(n), (rng.random(n) < 0.5).astype(float), bins=5)  # forces counts
+    means = [stats.MeanDiff(rng.normal(size=n) * 10.0 ** k, rng.normal(size=n) if k % 2 else None)
+             for k in range(-3, 4)]
+    for m in (2, 3, 5, 7):
+        together = stats.paired_bootstrap([cal, *means[:m]], resamples=120, seed=5, threads=threads,
+                                          keep_distribution=True)
+        for spec, got in zip(means[:m], together[1:]):
+            alone = stats.paired_bootstrap([cal, spec], resamples=120, seed=5, threads=threads,
+                                           keep_distribution=True)[1]
+            np.testing.assert_array_equal(got.distribution, alone.distribution)
+    counts = stats.bootstrap_count_rows(n, 5, 0, 120, np.uint32).astype(np.float64)
+    for spec, got in zip(means, together[1:]):
+        d = spec.y - (spec.x if spec.x is not None else 0.0)
+        np.testing.assert_allclose(got.distribution, counts @ d / n, rtol=1e-12, atol=1e-12 * np.abs(d).max())

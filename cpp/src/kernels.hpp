@@ -111,6 +111,10 @@ struct Kernels {
     const char* name;
     // sum_j c_j d[j] over [0, n).
     double (*dot_counts)(const void* counts, int count_bytes, const uint32_t* gather, const double* d, int64_t n);
+    // out[t] = dot_counts(counts, count_bytes, nullptr, d[t], n) for t < m, bit
+    // for bit: each multiplicity converted once for a few rows at a time.
+    void (*dot_counts_multi)(const void* counts, int count_bytes, const double* const* d, int64_t m, int64_t n,
+                             double* out);
     // For each segment s: out[s * (k + 1)] = sum c_j, out[s * (k + 1) + 1 + t] =
     // sum c_j cols[t][j] over j in the segment; k is 2 or 4.
     void (*segment_sums)(const void* counts, int count_bytes, const uint32_t* gather, const double* const* cols,

@@ -115,6 +115,7 @@ public:
             double eval16(const uint16_t* counts) const override {
                 return dot_counts(counts, d_.data(), n()) / double(n());
             }
+            const double* mean_terms() const override { return d_.data(); }
 
         private:
             std::vector<double> d_;
@@ -897,11 +898,33 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
             if (order != nullptr) pos32 = inverse(*order);
         }
     }
+    // The means among the statistics, evaluated together (OrderedEval::mean_terms).
+    std::vector<const double*> mean_rows;
+    std::vector<size_t> mean_k;
+    std::vector<char> is_mean(K, 0);
+    if (need_counts)
+        for (size_t k = 0; k < K; ++k)
+            if (const double* t = evals[k]->mean_terms()) {
+                mean_rows.push_back(t);
+                mean_k.push_back(k);
+                is_mean[k] = 1;
+            }
+    if (mean_rows.size() < 2) {
+        mean_rows.clear();
+        mean_k.clear();
+        std::fill(is_mean.begin(), is_mean.end(), 0);
+    }
+    const auto dot_multi = qfair::detail::active_kernels().dot_counts_multi;
     // Counts resample b into c (in the chosen order) and evaluates every statistic.
-    auto count_and_eval = [&](auto* c, const auto* pos, int64_t b) {
+    auto count_and_eval = [&](auto* c, const auto* pos, int64_t b, double* sums) {
         std::memset(c, 0, size_t(n) * sizeof(*c));
         for_each_draw(n, opt.seed, b, [c, pos](int64_t, uint32_t i) { ++c[pos[i]]; });
+        if (!mean_rows.empty()) {
+            dot_multi(c, int(sizeof(*c)), mean_rows.data(), int64_t(mean_rows.size()), n, sums);
+            for (size_t t = 0; t < mean_k.size(); ++t) theta[mean_k[t] * size_t(B) + size_t(b)] = sums[t] / double(n);
+        }
         for (size_t k = 0; k < K; ++k) {
+            if (is_mean[k]) continue;
             if constexpr (sizeof(*c) == 2)
                 theta[k * size_t(B) + size_t(b)] = evals[k]->eval16(c);
             else
@@ -911,11 +934,12 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
     parallel_for(B, threads, [&](int64_t b0, int64_t b1, int) {
         std::vector<uint32_t> buf(static_cast<size_t>(n));
         std::vector<uint16_t> buf16(narrow && need_counts ? size_t(n) : 0);
+        std::vector<double> sums(mean_rows.size());
         for (int64_t b = b0; b < b1; ++b) {
             if (need_counts && narrow) {
-                count_and_eval(buf16.data(), pos16.data(), b);
+                count_and_eval(buf16.data(), pos16.data(), b, sums.data());
             } else if (need_counts) {
-                count_and_eval(buf.data(), pos32.data(), b);
+                count_and_eval(buf.data(), pos32.data(), b, sums.data());
             } else {
                 bootstrap_draws(n, opt.seed, b, buf.data());
                 for (size_t k = 0; k < K; ++k)

@@ -144,6 +144,11 @@ public:
     // the current resample instead of computing it again. `next_slot` numbers
     // the per-thread buffers of the evaluators that are read. Default: no-op.
     virtual void share(const std::vector<OrderedEval*>& /*earlier*/, int* /*next_slot*/) {}
+    // A mean: the terms t (in the driver's order) such that eval gives
+    // sum_j counts[j] t[j] / n, the sum as the kernels' dot_counts. The driver
+    // then evaluates every mean of a resample in one pass over its counts,
+    // with the same bits. Null (the default): not a mean.
+    virtual const double* mean_terms() const { return nullptr; }
     int64_t n() const { return n_; }
 
 private:
