@@ -84,18 +84,20 @@ def test_against_kumar_package(seed, binning):
     np.testing.assert_array_equal(got_bins, ref_bins)
 
 
-def test_bootstrap_equal_mass_rebins_every_resample():
-    # Each resample's equal-mass ECE equals the package's on the expanded resample.
+@pytest.mark.parametrize("bins", [3, 8, 15])
+def test_bootstrap_equal_mass_rebins_every_resample(bins):
+    # Each resample's equal-mass ECE equals the package's on the expanded resample (bins taken
+    # four at a time by the core, and the rest one by one: 3, 8 and 15 bins cover both).
     rng = np.random.default_rng(5)
     n, B, seed = 90, 40, 17
     conf = np.round(rng.uniform(0.3, 1.0, n), 2)  # ties
     corr = (rng.uniform(size=n) < conf).astype(float)
     for measure, p, debias in (("ece", 1, False), ("rms", 2, False), ("l2_debiased", 2, True)):
         res = stats.paired_bootstrap(
-            [stats.CalibrationDiff(conf, corr, bins=8, binning="mass", measure=measure)],
+            [stats.CalibrationDiff(conf, corr, bins=bins, binning="mass", measure=measure)],
             resamples=B, seed=seed, keep_distribution=True)[0]
         for b in range(B):
             idx = np.repeat(np.arange(n), stats.bootstrap_counts(n, seed, b))
-            ref = _kumar(conf[idx], corr[idx], 8, cal.get_equal_bins, p, debias)
+            ref = _kumar(conf[idx], corr[idx], bins, cal.get_equal_bins, p, debias)
             assert res.distribution[b] == pytest.approx(ref, abs=1e-12), (measure, b)
-        assert res.estimate == pytest.approx(_kumar(conf, corr, 8, cal.get_equal_bins, p, debias))
+        assert res.estimate == pytest.approx(_kumar(conf, corr, bins, cal.get_equal_bins, p, debias))

@@ -299,19 +299,55 @@ struct CalSide {
         cnt.assign(size_t(nb), 0.0);
         sc.assign(size_t(nb), 0.0);
         sa.assign(size_t(nb), 0.0);
-        // Values ascend, so each bin is a contiguous run; items drawn zero times
-        // add zero (no branch on the count).
-        int64_t j = 0;
+        // Values ascend, so bin b is the contiguous run of values in
+        // (edge_{b-1}, edge_b]: its end is found by binary search. Its count is
+        // a difference of the integer prefix sums (exact, as the sum of the
+        // same integers in doubles is). Its two weighted sums are taken in
+        // element order, items drawn zero times adding zero (no branch on the
+        // count), four bins side by side so that their chains of adds overlap;
+        // each sum is the one a single walk gives.
+        thread_local std::vector<int64_t> bin_end;
+        bin_end.resize(size_t(nb));
+        for (int b = 0; b + 1 < nb; ++b)
+            bin_end[size_t(b)] = std::upper_bound(sv, sv + n, edges[size_t(b)]) - sv;
+        bin_end[size_t(nb - 1)] = n;
+        auto start_of = [&](int b) { return b == 0 ? int64_t(0) : bin_end[size_t(b - 1)]; };
         for (int b = 0; b < nb; ++b) {
-            const double edge = b == nb - 1 ? std::numeric_limits<double>::infinity() : edges[size_t(b)];
-            double c0 = 0.0, s0 = 0.0, a0 = 0.0;
-            for (; j < n && sv[j] <= edge; ++j) {
+            const int64_t s0 = start_of(b), e0 = bin_end[size_t(b)];
+            cnt[size_t(b)] = e0 > s0 ? double(pre[size_t(e0 - 1)] - (s0 > 0 ? pre[size_t(s0 - 1)] : 0)) : 0.0;
+        }
+        auto walk = [&](int b, int64_t from, double& s0, double& a0) {
+            for (int64_t j = from, e = bin_end[size_t(b)]; j < e; ++j) {
                 const double w = double(cs[j]);
-                c0 += w;
                 s0 += w * sv[j];
                 a0 += w * sy[j];
             }
-            cnt[size_t(b)] = c0;
+        };
+        int b = 0;
+        for (; b + 4 <= nb; b += 4) {
+            int64_t at[4];
+            int64_t len = std::numeric_limits<int64_t>::max();
+            for (int i = 0; i < 4; ++i) {
+                at[i] = start_of(b + i);
+                len = std::min(len, bin_end[size_t(b + i)] - at[i]);
+            }
+            double s4[4] = {0.0, 0.0, 0.0, 0.0}, a4[4] = {0.0, 0.0, 0.0, 0.0};
+            for (int64_t t = 0; t < len; ++t)
+                for (int i = 0; i < 4; ++i) {
+                    const int64_t j = at[i] + t;
+                    const double w = double(cs[j]);
+                    s4[i] += w * sv[j];
+                    a4[i] += w * sy[j];
+                }
+            for (int i = 0; i < 4; ++i) {
+                walk(b + i, at[i] + len, s4[i], a4[i]);
+                sc[size_t(b + i)] = s4[i];
+                sa[size_t(b + i)] = a4[i];
+            }
+        }
+        for (; b < nb; ++b) {
+            double s0 = 0.0, a0 = 0.0;
+            walk(b, start_of(b), s0, a0);
             sc[size_t(b)] = s0;
             sa[size_t(b)] = a0;
         }
