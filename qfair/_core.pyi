@@ -119,7 +119,8 @@ def weighted_spearman(
 def pairings_dot(
     a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], resamples: int, seed: int = 0, threads: int = 0
 ) -> npt.NDArray[np.float64]:
-    """sum_i a[i] * b[perm_r(i)] for `resamples` uniform random permutations."""
+    """sum_i a[i] * b[perm_r(i)] for `resamples` uniform random permutations; b [k, n]: one row of
+    sums per row of b ([k, resamples]), the permutations shared, each row as b[t] alone."""
 def subset_sums(
     z: npt.NDArray[np.float64], k: int, resamples: int, seed: int = 0, threads: int = 0
 ) -> npt.NDArray[np.float64]:
