@@ -312,11 +312,11 @@ def test_complete_dump_with_a_missing_or_changed_file_is_redone(small_study):
         shard.unlink()
         job = _job(make_plan(load_study(sf), out), key)
         assert job.action == "redo" and "missing" in job.why
-        # same size, other bytes: found by the sha256 check of --verify only
+        # same size, other bytes: found by the digest check of --verify only (the shard's xxh3_128)
         shard.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
         assert _job(make_plan(load_study(sf), out), key).action == "skip"
         job = _job(make_plan(load_study(sf), out, verify=True), key)
-        assert job.action == "redo" and "sha256" in job.why
+        assert job.action == "redo" and "xxh3_128 differs" in job.why
     finally:
         shard.write_bytes(saved)
     assert _job(make_plan(load_study(sf), out, verify=True), key).action == "skip"

@@ -148,7 +148,7 @@ def job_kwargs_now(job: Any) -> Any:
 def make_plan(study: Study, out: str | os.PathLike, *, verify: bool = False) -> Plan:
     """Every dump and analysis of the study, with what is left to do for each
     (``verify``: a complete dump is skipped only when every file it lists has
-    its recorded sha256; otherwise its recorded size)."""
+    its recorded digest; otherwise its recorded size)."""
     from qfair.fsutil import PathError, resolved
 
     try:
@@ -251,7 +251,7 @@ def dump_action(job: DumpJob) -> tuple[str, str]:
     if man.get("status") == "complete":
         from qfair.dump.reader import open_dump
 
-        try:  # every listed file present with its size (and sha256 with --verify)
+        try:  # every listed file present with its size (and digest with --verify)
             open_dump(job.path).verify(hash=job.verify)
         except DumpError as e:
             return "redo", f"complete, but {str(e).splitlines()[0]}"
