@@ -24,17 +24,15 @@ void check_sizes(int64_t n, int64_t resamples, const char* what) {
 }
 
 // The first `steps` positions of a Fisher-Yates shuffle of p (already a
-// permutation of [0, n)), in place, and the sum of term(i, p[i]) over them in
-// order, taken as the shuffle goes: position i is final once step i has
-// swapped it, and the adds overlap the next draws.
-template <class Term>
-double shuffle_prefix_sum(uint32_t* p, uint32_t n, uint32_t steps, Rng& rng, Term&& term) {
-    double acc = 0.0;
+// permutation of [0, n)), in place, visit(i, p[i]) called for each in order
+// as the shuffle goes: position i is final once step i has swapped it, and
+// the visit's work overlaps the next draws.
+template <class Visit>
+void shuffle_prefix(uint32_t* p, uint32_t n, uint32_t steps, Rng& rng, Visit&& visit) {
     for (uint32_t i = 0; i < steps; ++i) {
         if (i + 1 < n) std::swap(p[i], p[i + rng.below(n - i)]);
-        acc += term(i, p[i]);
+        visit(i, p[i]);
     }
-    return acc;
 }
 }  // namespace
 
@@ -49,20 +47,21 @@ void pairings_dot(const double* a, const double* b, int64_t k, int64_t n, int64_
         for (int64_t r = r0; r < r1; ++r) {
             std::iota(idx.begin(), idx.end(), 0u);  // each draw from the identity: thread-count invariant
             Rng rng(seed ^ kPairingsDomain, uint64_t(r));
-            if (k == 1) {
-                out[r] = shuffle_prefix_sum(idx.data(), n32, n32, rng, [&](uint32_t i, uint32_t j) { return a[i] * b[j]; });
+            if (k == 1) {  // one accumulator: kept in a register
+                double sum = 0.0;
+                shuffle_prefix(idx.data(), n32, n32, rng, [&](uint32_t i, uint32_t j) { sum += a[i] * b[j]; });
+                out[r] = sum;
                 continue;
             }
-            // one shuffle for every b: each sum takes the same terms in the same order as alone
+            // one shuffle for every row of b, each row's sum taken in position order
+            double* ac = acc.data();
             std::fill(acc.begin(), acc.end(), 0.0);
-            uint32_t* p = idx.data();
-            for (uint32_t i = 0; i < n32; ++i) {
-                if (i + 1 < n32) std::swap(p[i], p[i + rng.below(n32 - i)]);
+            shuffle_prefix(idx.data(), n32, n32, rng, [&](uint32_t i, uint32_t j) {
                 const double ai = a[i];
-                const double* bj = b + p[i];
-                for (int64_t t = 0; t < k; ++t) acc[size_t(t)] += ai * bj[t * n];
-            }
-            for (int64_t t = 0; t < k; ++t) out[t * resamples + r] = acc[size_t(t)];
+                const double* bj = b + j;
+                for (int64_t t = 0; t < k; ++t) ac[t] += ai * bj[t * n];
+            });
+            for (int64_t t = 0; t < k; ++t) out[t * resamples + r] = ac[t];
         }
     });
 }
@@ -76,8 +75,9 @@ void subset_sums(const double* z, int64_t n, int64_t k, int64_t resamples, uint6
         for (int64_t r = r0; r < r1; ++r) {
             std::iota(idx.begin(), idx.end(), 0u);
             Rng rng(seed ^ kSubsetDomain, uint64_t(r));
-            const double acc = shuffle_prefix_sum(idx.data(), static_cast<uint32_t>(n), static_cast<uint32_t>(k), rng,
-                                                  [&](uint32_t, uint32_t j) { return z[j]; });
+            double acc = 0.0;
+            shuffle_prefix(idx.data(), static_cast<uint32_t>(n), static_cast<uint32_t>(k), rng,
+                           [&](uint32_t, uint32_t j) { acc += z[j]; });
             out[r] = acc;
         }
     });
