@@ -807,6 +807,23 @@ struct CountAt {
     }
 };
 
+// Counts each draw i at c[i], making the next block's words in between.
+template <class C>
+struct Count {
+    C* c;
+    void operator()(int64_t, uint32_t i) const { ++c[i]; }
+    template <class Side>
+    void block(const uint32_t* idx, int m, Side&& side) const {
+        for (int j = 0; j < m; j += 4) {
+            side(j / 2, 2);
+            ++c[idx[j]];
+            ++c[idx[j + 1]];
+            ++c[idx[j + 2]];
+            ++c[idx[j + 3]];
+        }
+    }
+};
+
 template <class Sink>
 inline void for_each_draw(int64_t n, uint64_t seed, int64_t b, Sink&& sink) {
     const uint64_t key = resample_key(seed, uint64_t(b));
@@ -884,7 +901,7 @@ void bootstrap_draws(int64_t n, uint64_t seed, int64_t b, uint32_t* idx) {
 void bootstrap_counts(int64_t n, uint64_t seed, int64_t b, uint32_t* counts) {
     if (n < 1 || n >= (int64_t(1) << 32)) throw std::invalid_argument("bootstrap: bad n");
     std::memset(counts, 0, size_t(n) * sizeof(uint32_t));
-    for_each_draw(n, seed, b, [counts](int64_t, uint32_t i) { ++counts[i]; });
+    for_each_draw(n, seed, b, Count<uint32_t>{counts});
 }
 
 void bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, int threads, uint32_t* out) {
@@ -905,7 +922,7 @@ bool bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, in
             for (int64_t r = r0; r < r1; ++r) {
                 uint16_t* o = out + r * n;
                 std::memset(o, 0, size_t(n) * sizeof(uint16_t));
-                for_each_draw(n, seed, b0 + r, [o](int64_t, uint32_t i) { ++o[i]; });
+                for_each_draw(n, seed, b0 + r, Count<uint16_t>{o});
             }
             return;
         }
