@@ -225,6 +225,44 @@ def test_bootstrap_same_bits_on_every_instruction_set():
             np.testing.assert_array_equal(a.distribution, b.distribution)
 
 
+@pytest.mark.parametrize("n, big", [
+    (1001, 1),              # an accuracy difference: -1, 0, 1
+    (513, 32767),           # the largest 16-bit term
+    (32767, 65536),         # n * max|d| = 2^31 - 2^16: still 32-bit
+    (32767, 65537),         # just over 2^31: the double path
+    (32768, 1),             # a multiplicity could reach 2^15: the double path
+    (3000, 32768),          # a term past 16 bits: the double path
+])
+def test_bootstrap_integer_differences_are_exact(n, big):
+    # Integer differences are summed in 16-bit integers where that is exact;
+    # either way the mean of a resample is an exact integer sum over n, the
+    # same double numpy gets from the counts (all its products and partial
+    # sums are exact integers), on every instruction set.
+    from qfair._native import core
+
+    rng = np.random.default_rng(big + n)
+    d = rng.integers(-big, big + 1, n).astype(np.float64)
+    d[rng.integers(0, n)] = big  # the bound itself
+    conf = rng.uniform(0, 1, n)
+    B, seed = 40, 3
+    ref = np.array([(stats.bootstrap_counts(n, seed, b).astype(np.float64) * d).sum() / n for b in range(B)])
+    try:
+        for isa in core.available_isas():
+            core.select_isa(isa)
+            # alone: summed over the drawn indices; one beside a calibration
+            # measure: a dot with the multiplicities (the 16-bit path); two:
+            # the dots of several means at once
+            cal = stats.CalibrationDiff(conf, conf > 0.5, bins=5)
+            for sts in ([stats.MeanDiff(d)], [stats.MeanDiff(d + 0.5, np.full(n, 0.5)), cal],
+                        [cal, stats.MeanDiff(d), stats.MeanDiff(d + 0.5, np.full(n, 0.5))]):
+                r = stats.paired_bootstrap(sts, resamples=B, seed=seed, keep_distribution=True)
+                means = [o for o, st in zip(r, sts) if isinstance(st, stats.MeanDiff)]
+                for o in means:
+                    np.testing.assert_array_equal(o.distribution, ref)
+    finally:
+        core.select_isa("avx512")
+
+
 @pytest.mark.parametrize("method", ["percentile", "BCa"])
 def test_bootstrap_ci_against_scipy(method):
     n, B = 400, 20000

@@ -115,6 +115,11 @@ struct Kernels {
     // for bit: each multiplicity converted once for a few rows at a time.
     void (*dot_counts_multi)(const void* counts, int count_bytes, const double* const* d, int64_t m, int64_t n,
                              double* out);
+    // sum_j c_j t[j] over [0, n) in integer arithmetic, for integer-valued
+    // terms: exact, so equal to dot_counts of the same values as doubles. The
+    // caller guarantees c_j < 2^15 and sum_j c_j |t[j]| < 2^31 (every partial
+    // sum of a 32-bit lane then fits).
+    int64_t (*dot_counts_i16)(const uint16_t* counts, const int16_t* t, int64_t n);
     // For each segment s: out[s * (k + 1)] = sum c_j, out[s * (k + 1) + 1 + t] =
     // sum c_j cols[t][j] over j in the segment; k is 2 or 4.
     void (*segment_sums)(const void* counts, int count_bytes, const uint32_t* gather, const double* const* cols,

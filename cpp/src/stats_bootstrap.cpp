@@ -112,15 +112,35 @@ public:
         // The differences listed in that order: a sequential dot product.
         class Eval final : public OrderedEval {
         public:
-            Eval(std::vector<double> d, int64_t n) : OrderedEval(n), d_(std::move(d)) {}
+            Eval(std::vector<double> d, int64_t n) : OrderedEval(n), d_(std::move(d)) {
+                // Integer differences (an accuracy difference: -1, 0, 1) small
+                // enough that sum_j c_j |d_j| <= n max|d| < 2^31, over fewer than
+                // 2^15 examples (so every c_j < 2^15): the dot in 16-bit
+                // integers is exact, and so is the double one (exact integer
+                // terms and partial sums), hence the same bits.
+                double big = 0.0;
+                bool integral = n < (int64_t(1) << 15);
+                for (double v : d_) {
+                    integral = integral && v == std::nearbyint(v);
+                    big = std::max(big, std::fabs(v));
+                }
+                if (integral && big <= 32767.0 && double(n) * big < 2147483648.0) {
+                    d16_.resize(d_.size());
+                    for (size_t j = 0; j < d_.size(); ++j) d16_[j] = int16_t(d_[j]);
+                }
+            }
             double eval(const uint32_t* counts) const override { return dot_counts(counts, d_.data(), n()) / double(n()); }
             double eval16(const uint16_t* counts) const override {
+                if (!d16_.empty())
+                    return double(qfair::detail::active_kernels().dot_counts_i16(counts, d16_.data(), n())) /
+                           double(n());
                 return dot_counts(counts, d_.data(), n()) / double(n());
             }
             const double* mean_terms() const override { return d_.data(); }
 
         private:
             std::vector<double> d_;
+            std::vector<int16_t> d16_;  // d_ as 16-bit integers where that is exact (else empty)
         };
         std::vector<double> d(d_.size());
         for (size_t j = 0; j < d.size(); ++j) d[j] = d_[order ? (*order)[j] : j];
