@@ -147,9 +147,14 @@ def test_bootstrap_same_seed_any_thread_count():
     x, y, u, v = _paired_data(1000, 5)
     rng = np.random.default_rng(0)
     cx, cy = rng.uniform(0, 1, 1000), rng.uniform(0, 1, 1000)
-    sts = [stats.MeanDiff(y, x), stats.CalibrationDiff(cy, y, cx, x, binning="mass", bins=7)]
+    # resamples are handed to the threads in chunks as they free up, so which
+    # thread runs which resample varies; the shared per-resample bin sums of
+    # the width measures must still be each resample's own
+    sts = [stats.MeanDiff(y, x), stats.CalibrationDiff(cy, y, cx, x, binning="mass", bins=7),
+           stats.CalibrationDiff(cy, y, cx, x, bins=10), stats.CalibrationDiff(cy, y, bins=10, measure="rms"),
+           stats.CalibrationDiff(cy, y, bins=10)]
     outs = [stats.paired_bootstrap(sts, resamples=999, seed=11, threads=t, keep_distribution=True)
-            for t in (1, 2, 5)]
+            for t in (1, 2, 5, 16)]
     for o in outs[1:]:
         for a, b in zip(outs[0], o):
             np.testing.assert_array_equal(a.distribution, b.distribution)

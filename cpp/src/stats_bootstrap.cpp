@@ -962,7 +962,10 @@ bool bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, in
     if (rows < 0) throw std::invalid_argument("bootstrap_count_rows: rows must be >= 0");
     const int T = resolve_threads(threads, rows);
     std::vector<char> fits(static_cast<size_t>(T > 0 ? T : 1), 1);
-    parallel_for(rows, T, [&](int64_t r0, int64_t r1, int worker) {
+    std::vector<std::vector<uint32_t>> wide_of(static_cast<size_t>(T > 0 ? T : 1));
+    // rows in chunks as threads free up (each row is written by one thread only)
+    parallel_for_dynamic(rows, T, std::max<int64_t>(1, std::min<int64_t>(64, rows / (8 * int64_t(T)))),
+                         [&](int64_t r0, int64_t r1, int worker) {
         if (n < (int64_t(1) << 16)) {  // a multiplicity is at most n: counted in 16 bits directly
             for (int64_t r = r0; r < r1; ++r) {
                 uint16_t* o = out + r * n;
@@ -971,7 +974,8 @@ bool bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, in
             }
             return;
         }
-        std::vector<uint32_t> wide(static_cast<size_t>(n));
+        std::vector<uint32_t>& wide = wide_of[size_t(worker)];
+        wide.resize(static_cast<size_t>(n));
         for (int64_t r = r0; r < r1 && fits[size_t(worker)]; ++r) {
             bootstrap_counts(n, seed, b0 + r, wide.data());
             uint16_t* o = out + r * n;
@@ -1083,10 +1087,26 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
                 theta[k * size_t(B) + size_t(b)] = evals[k]->eval(c);
         }
     };
-    parallel_for(B, threads, [&](int64_t b0, int64_t b1, int) {
-        std::vector<uint32_t> buf(static_cast<size_t>(n));
-        std::vector<uint16_t> buf16(narrow && need_counts ? size_t(n) : 0);
-        std::vector<double> sums(mean_rows.size());
+    // Resamples in chunks from a shared counter (each writes only its own
+    // theta slots): on a machine shared with other jobs a slowed thread takes
+    // fewer of them. Scratch per worker, made on its first chunk.
+    struct Scratch {
+        std::vector<uint32_t> buf;
+        std::vector<uint16_t> buf16;
+        std::vector<double> sums;
+    };
+    std::vector<Scratch> scratch(size_t(std::max(threads, 1)));
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(64, B / (8 * int64_t(std::max(threads, 1)))));
+    parallel_for_dynamic(B, threads, chunk, [&](int64_t b0, int64_t b1, int worker) {
+        Scratch& s = scratch[size_t(worker)];
+        if (s.buf.size() != size_t(n)) {
+            s.buf.resize(size_t(n));
+            s.buf16.resize(narrow && need_counts ? size_t(n) : 0);
+            s.sums.resize(mean_rows.size());
+        }
+        std::vector<uint32_t>& buf = s.buf;
+        std::vector<uint16_t>& buf16 = s.buf16;
+        std::vector<double>& sums = s.sums;
         for (int64_t b = b0; b < b1; ++b) {
             if (need_counts && narrow) {
                 count_and_eval(buf16.data(), pos16.data(), b, sums.data());

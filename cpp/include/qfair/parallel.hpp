@@ -15,6 +15,8 @@
 // a wide-ISA copy. The kernels never start threads.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <exception>
 #include <thread>
@@ -73,6 +75,26 @@ void parallel_for(int64_t n, int threads, Fn&& fn) {
     for (auto& th : workers) th.join();
     for (auto& e : errors)
         if (e) std::rethrow_exception(e);
+}
+
+// fn(begin, end, worker) over chunks of `chunk` items of [0, n), handed out in
+// order from a shared counter to T = min(threads, chunks) workers (at least 1):
+// a worker slowed by other jobs on its CPU takes fewer chunks instead of holding
+// the call up. Which worker runs an item varies from call to call, so only for
+// work whose every item writes its own slot (no per-worker reduction); then
+// the results are bitwise identical at any thread count, as with parallel_for.
+template <class Fn>
+void parallel_for_dynamic(int64_t n, int threads, int64_t chunk, Fn&& fn) {
+    if (n <= 0) return;
+    chunk = std::max<int64_t>(chunk, 1);
+    const int64_t chunks = (n + chunk - 1) / chunk;
+    const int t = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
+    std::atomic<int64_t> next{0};
+    parallel_for(t, t, [&](int64_t, int64_t, int worker) {
+        for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
+             c = next.fetch_add(1, std::memory_order_relaxed))
+            fn(c * chunk, std::min(n, (c + 1) * chunk), worker);
+    });
 }
 
 }  // namespace qfair
