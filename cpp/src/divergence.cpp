@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -265,8 +266,16 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
     const bool want_joint = out.kl_pq || out.kl_qp || out.js || out.tv;
     const bool want_js = out.js != nullptr;
 
-    parallel_for(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
-        Scratch s(kmax, n);
+    // Rows in chunks as threads free up (each row writes only its own outputs;
+    // the invalid counts are sums): a thread slowed by another job on its CPU,
+    // such as the hash thread of a verified analysis, takes fewer. Scratch per
+    // worker, made on its first chunk.
+    std::vector<std::unique_ptr<Scratch>> scratch(static_cast<size_t>(std::max(threads, 1)));
+    const int64_t chunk = std::max<int64_t>(kRowsPerThread, std::min<int64_t>(32, p.rows / (8 * int64_t(threads))));
+    parallel_for_dynamic(p.rows, threads, chunk, [&](int64_t begin, int64_t end, int worker) {
+        auto& sp_ = scratch[static_cast<size_t>(worker)];
+        if (!sp_) sp_ = std::make_unique<Scratch>(kmax, n);
+        Scratch& s = *sp_;
         TopK hp = s.heap_p(), hq = s.heap_q();
         InvalidCounts& c = counts[static_cast<size_t>(worker)];
         for (int64_t r = begin; r < end; ++r) {
@@ -340,7 +349,8 @@ int64_t distribution_stats(const Matrix& p, const int64_t* targets, int threads_
     const Kernels& k = detail::active_kernels();
     const int threads = resolve_threads(threads_requested, p.rows, kRowsPerThread);
     std::vector<int64_t> invalid(static_cast<size_t>(std::max(threads, 1)), 0);
-    parallel_for(p.rows, threads, [&](int64_t begin, int64_t end, int worker) {
+    const int64_t chunk = std::max<int64_t>(kRowsPerThread, std::min<int64_t>(32, p.rows / (8 * int64_t(threads))));
+    parallel_for_dynamic(p.rows, threads, chunk, [&](int64_t begin, int64_t end, int worker) {
         Scratch s(2, 0);
         TopK hp = s.heap_p();
         for (int64_t r = begin; r < end; ++r) {
