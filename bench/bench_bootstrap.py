@@ -151,7 +151,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--batch", type=int, default=250, help="scipy's batch (bounds its memory)")
     ap.add_argument("--skip-scipy", action="store_true")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs of qfair per ISA and thread count")
+    ap.add_argument("--repeats", type=int, default=7,
+                    help="timed runs of qfair per ISA and thread count (a run is a tenth of a second: a median of 7 "
+                         "rides out a shared machine's bursts)")
     ap.add_argument("--isa", nargs="+", default=None,
                     help="instruction sets to time (default: every one this CPU runs)")
     ap.add_argument("--analyze-rows", type=int, default=0,
