@@ -1209,7 +1209,9 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
     const int T = resolve_threads(threads, items);
     std::vector<int64_t> le(size_t(T), 0), ge(size_t(T), 0);
     const auto sign_flip_sums = qfair::detail::active_kernels().sign_flip_sums;
-    parallel_for(items, T, [&](int64_t i0, int64_t i1, int k) {
+    // items in chunks as threads free up; each worker adds its counts into its
+    // own slot (integer sums: any split gives the same totals)
+    parallel_for_dynamic(items, T, dynamic_chunk(items, T, 64), [&](int64_t i0, int64_t i1, int k) {
         int64_t cle = 0, cge = 0;
         auto count = [&](double s) {
             const double v = s / double(n);
@@ -1241,8 +1243,8 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
                 for (int l = 0; l < used; ++l) count(sums[l]);
             }
         }
-        le[size_t(k)] = cle;
-        ge[size_t(k)] = cge;
+        le[size_t(k)] += cle;
+        ge[size_t(k)] += cge;
     });
     int64_t cle = 0, cge = 0;
     for (int k = 0; k < T; ++k) {

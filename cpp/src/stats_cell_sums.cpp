@@ -44,8 +44,11 @@ void cell_sums_impl(const C* counts, int64_t m, int64_t n, const int64_t* cells,
     const int64_t width = k + 1;
     auto run = [&](auto kconst) {
         constexpr int K = decltype(kconst)::value;
-        parallel_for(m, resolve_threads(threads, m), [&](int64_t r0, int64_t r1, int) {
-            std::vector<double> acc(static_cast<size_t>(n_cells * width));
+        const int T = resolve_threads(threads, m);
+        std::vector<std::vector<double>> acc_of(static_cast<size_t>(T));
+        parallel_for_dynamic(m, T, dynamic_chunk(m, T, 64), [&](int64_t r0, int64_t r1, int w) {
+            std::vector<double>& acc = acc_of[static_cast<size_t>(w)];
+            acc.resize(static_cast<size_t>(n_cells * width));
             for (int64_t r = r0; r < r1; ++r) {
                 std::fill(acc.begin(), acc.end(), 0.0);
                 row_sums<K>(counts + r * n, per_row ? cells + r * n : cells, n, v, k, acc.data());
@@ -70,7 +73,8 @@ void weighted_dots_impl(const C* counts, int64_t m, int64_t n, const double* v, 
                         double* out) {
     if (m < 0 || n < 0 || k < 0) throw std::invalid_argument("weighted_dots: negative size");
     const auto dot = qfair::detail::active_kernels().dot_counts;
-    parallel_for(m, resolve_threads(threads, m), [&](int64_t r0, int64_t r1, int) {
+    const int T = resolve_threads(threads, m);
+    parallel_for_dynamic(m, T, dynamic_chunk(m, T, 64), [&](int64_t r0, int64_t r1, int) {
         for (int64_t r = r0; r < r1; ++r)
             for (int64_t t = 0; t < k; ++t) out[r * k + t] = dot(counts + r * n, int(sizeof(C)), nullptr, v + t * n, n);
     });

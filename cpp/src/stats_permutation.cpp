@@ -40,9 +40,16 @@ void pairings_dot(const double* a, const double* b, int64_t k, int64_t n, int64_
                   int threads, double* out) {
     check_sizes(n, resamples, "pairings_dot");
     if (k < 1) throw std::invalid_argument("pairings_dot: need at least one b");
-    parallel_for(resamples, resolve_threads(threads, resamples), [&](int64_t r0, int64_t r1, int) {
-        std::vector<uint32_t> idx(static_cast<size_t>(n));
-        std::vector<double> acc(static_cast<size_t>(k));
+    // resamples in chunks as threads free up (each writes its own outputs);
+    // scratch per worker
+    const int T = resolve_threads(threads, resamples);
+    std::vector<std::vector<uint32_t>> idx_of(static_cast<size_t>(T));
+    std::vector<std::vector<double>> acc_of(static_cast<size_t>(T));
+    parallel_for_dynamic(resamples, T, dynamic_chunk(resamples, T, 64), [&](int64_t r0, int64_t r1, int w) {
+        std::vector<uint32_t>& idx = idx_of[static_cast<size_t>(w)];
+        std::vector<double>& acc = acc_of[static_cast<size_t>(w)];
+        idx.resize(static_cast<size_t>(n));
+        acc.resize(static_cast<size_t>(k));
         const auto n32 = static_cast<uint32_t>(n);
         for (int64_t r = r0; r < r1; ++r) {
             std::iota(idx.begin(), idx.end(), 0u);  // each draw from the identity: thread-count invariant
@@ -70,8 +77,11 @@ void subset_sums(const double* z, int64_t n, int64_t k, int64_t resamples, uint6
                  double* out) {
     check_sizes(n, resamples, "subset_sums");
     if (k < 0 || k > n) throw std::invalid_argument("subset_sums: k must be in [0, n]");
-    parallel_for(resamples, resolve_threads(threads, resamples), [&](int64_t r0, int64_t r1, int) {
-        std::vector<uint32_t> idx(static_cast<size_t>(n));
+    const int T = resolve_threads(threads, resamples);
+    std::vector<std::vector<uint32_t>> idx_of(static_cast<size_t>(T));
+    parallel_for_dynamic(resamples, T, dynamic_chunk(resamples, T, 64), [&](int64_t r0, int64_t r1, int w) {
+        std::vector<uint32_t>& idx = idx_of[static_cast<size_t>(w)];
+        idx.resize(static_cast<size_t>(n));
         for (int64_t r = r0; r < r1; ++r) {
             std::iota(idx.begin(), idx.end(), 0u);
             Rng rng(seed ^ kSubsetDomain, uint64_t(r));

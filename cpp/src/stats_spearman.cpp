@@ -70,8 +70,20 @@ void weighted_spearman_impl(const C* counts, int64_t m, int64_t n_draw, const in
     // its resample alone, so the blocking (and the thread count) changes no bit.
     const int64_t blocks = (m + L - 1) / L;
     const int T = resolve_threads(threads, blocks);
-    parallel_for(blocks, T, [&](int64_t b0, int64_t b1, int) {
-        std::vector<double> lanes(static_cast<size_t>(n_draw) * L), dx(N * L), sums((2 + 2 * K) * L);
+    // blocks in chunks as threads free up (each writes its own outputs);
+    // scratch per worker, made on its first chunk
+    struct Scratch {
+        std::vector<double> lanes, dx, sums;
+    };
+    std::vector<Scratch> scratch(static_cast<size_t>(T));
+    parallel_for_dynamic(blocks, T, dynamic_chunk(blocks, T, 16), [&](int64_t b0, int64_t b1, int w) {
+        Scratch& s = scratch[static_cast<size_t>(w)];
+        s.lanes.resize(static_cast<size_t>(n_draw) * L);
+        s.dx.resize(N * L);
+        s.sums.resize((2 + 2 * K) * L);
+        std::vector<double>& lanes = s.lanes;
+        std::vector<double>& dx = s.dx;
+        std::vector<double>& sums = s.sums;
         detail::SpearmanBlock blk{lanes.data(), item_unit.data(), x_unit.data(), x_end, y_unit.data(),
                                   y_xpos.data(), y_end, n, k, dx.data(), sums.data(), sums.data() + L,
                                   sums.data() + 2 * L, sums.data() + (2 + K) * L};

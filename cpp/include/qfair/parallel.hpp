@@ -77,6 +77,12 @@ void parallel_for(int64_t n, int threads, Fn&& fn) {
         if (e) std::rethrow_exception(e);
 }
 
+// A chunk size for parallel_for_dynamic: about eight chunks a thread, at most
+// `cap` items each (at least 1).
+inline int64_t dynamic_chunk(int64_t n, int threads, int64_t cap) {
+    return std::max<int64_t>(1, std::min<int64_t>(cap, n / (8 * int64_t(std::max(threads, 1)))));
+}
+
 // fn(begin, end, worker) over chunks of `chunk` items of [0, n), handed out in
 // order from a shared counter to T = min(threads, chunks) workers (at least 1):
 // a worker slowed by other jobs on its CPU takes fewer chunks instead of holding
