@@ -887,7 +887,8 @@ inline void for_each_draw(int64_t n, uint64_t seed, int64_t b, Sink&& sink) {
         const auto draw_indices = qfair::detail::active_kernels().draw_indices;
         uint64_t z[kDrawBlock / 2];
         uint32_t idx[kDrawBlock];
-        // The random words of the next block, 2 * per of them from word j0 on.
+        // `per` random words of the next block from word j0 on (each word gives
+        // two draws).
         auto next_words = [&](int j0, int per) {
             for (int j = j0; j < j0 + per; ++j) {
                 ctr += kWyInc;

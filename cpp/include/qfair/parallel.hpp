@@ -1,5 +1,6 @@
-// The one way the core runs work on several threads, and the one rule for how
-// many threads a call gets.
+// The ways the core runs work on several threads, and the one rule for how
+// many threads a call gets: parallel_for (fixed blocks) and
+// parallel_for_dynamic (chunks handed out as threads free up; below).
 //
 // parallel_for splits [0, n) into `threads` static contiguous blocks, block w
 // being [n*w/T, n*(w+1)/T): which items a block holds depends only on n and T,
@@ -87,8 +88,9 @@ inline int64_t dynamic_chunk(int64_t n, int threads, int64_t cap) {
 // order from a shared counter to T = min(threads, chunks) workers (at least 1):
 // a worker slowed by other jobs on its CPU takes fewer chunks instead of holding
 // the call up. Which worker runs an item varies from call to call, so only for
-// work whose every item writes its own slot (no per-worker reduction); then
-// the results are bitwise identical at any thread count, as with parallel_for.
+// work whose every item writes its own slot, or whose per-worker totals do not
+// depend on how the items were split (integer counts); then the results are
+// bitwise identical at any thread count, as with parallel_for.
 template <class Fn>
 void parallel_for_dynamic(int64_t n, int threads, int64_t chunk, Fn&& fn) {
     if (n <= 0) return;
