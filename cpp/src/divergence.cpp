@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -268,70 +267,68 @@ InvalidCounts divergence(const Matrix& p, const Matrix& q, const int64_t* target
 
     // Rows in chunks as threads free up (each row writes only its own outputs;
     // the invalid counts are sums): a thread slowed by another job on its CPU,
-    // such as the hash thread of a verified analysis, takes fewer. Scratch per
-    // worker, made on its first chunk.
-    std::vector<std::unique_ptr<Scratch>> scratch(static_cast<size_t>(std::max(threads, 1)));
-    const int64_t chunk = std::max<int64_t>(kRowsPerThread, std::min<int64_t>(32, p.rows / (8 * int64_t(threads))));
-    parallel_for_dynamic(p.rows, threads, chunk, [&](int64_t begin, int64_t end, int worker) {
-        auto& sp_ = scratch[static_cast<size_t>(worker)];
-        if (!sp_) sp_ = std::make_unique<Scratch>(kmax, n);
-        Scratch& s = *sp_;
+    // such as the hash thread of a verified analysis, takes fewer.
+    const int64_t chunk = std::max<int64_t>(kRowsPerThread, dynamic_chunk(p.rows, threads, 32));
+    parallel_for_dynamic(p.rows, threads, chunk, [&](int worker, auto& next) {
+        Scratch s(kmax, n);
         TopK hp = s.heap_p(), hq = s.heap_q();
         InvalidCounts& c = counts[static_cast<size_t>(worker)];
-        for (int64_t r = begin; r < end; ++r) {
-            const int64_t t = target_of(targets, r, p.cols);
-            SideRow sp = process_side(k, p, r, t, &hp, want_joint ? s.exp_p.data() : nullptr,
-                                      out.p.entropy != nullptr);
-            SideRow sq = process_side(k, q, r, t, &hq, want_joint ? s.exp_q.data() : nullptr,
-                                      out.q.entropy != nullptr);
-            c.p += !sp.valid;
-            c.q += !sq.valid;
-            const bool both = sp.valid && sq.valid;
-            c.rows += !both;
-            detail::JointSums js{kNaN, kNaN, kNaN, kNaN};
-            if (both && want_joint) {
-                detail::JointArgs a;
-                a.want_js = want_js;
-                a.p = row_ptr(p, r);
-                a.dp = p.dtype;
-                a.q = row_ptr(q, r);
-                a.dq = q.dtype;
-                a.p_hat = s.exp_p.data();
-                a.q_hat = s.exp_q.data();
-                a.n = n;
-                split(sq.log_norm - sp.log_norm, a.dc_hi, a.dc_lo);
-                a.inv_sp_d = 1.0 / sp.total;
-                a.inv_sq_d = 1.0 / sq.total;
-                a.inv_sp = static_cast<float>(a.inv_sp_d);
-                a.inv_sq = static_cast<float>(a.inv_sq_d);
-                if (r + 1 < end) {
-                    a.next_p = row_ptr(p, r + 1);
-                    a.next_q = row_ptr(q, r + 1);
+        for (int64_t begin, end; next(begin, end);) {
+            for (int64_t r = begin; r < end; ++r) {
+                const int64_t t = target_of(targets, r, p.cols);
+                SideRow sp = process_side(k, p, r, t, &hp, want_joint ? s.exp_p.data() : nullptr,
+                                          out.p.entropy != nullptr);
+                SideRow sq = process_side(k, q, r, t, &hq, want_joint ? s.exp_q.data() : nullptr,
+                                          out.q.entropy != nullptr);
+                c.p += !sp.valid;
+                c.q += !sq.valid;
+                const bool both = sp.valid && sq.valid;
+                c.rows += !both;
+                detail::JointSums js{kNaN, kNaN, kNaN, kNaN};
+                if (both && want_joint) {
+                    detail::JointArgs a;
+                    a.want_js = want_js;
+                    a.p = row_ptr(p, r);
+                    a.dp = p.dtype;
+                    a.q = row_ptr(q, r);
+                    a.dq = q.dtype;
+                    a.p_hat = s.exp_p.data();
+                    a.q_hat = s.exp_q.data();
+                    a.n = n;
+                    split(sq.log_norm - sp.log_norm, a.dc_hi, a.dc_lo);
+                    a.inv_sp_d = 1.0 / sp.total;
+                    a.inv_sq_d = 1.0 / sq.total;
+                    a.inv_sp = static_cast<float>(a.inv_sp_d);
+                    a.inv_sq = static_cast<float>(a.inv_sq_d);
+                    if (r + 1 < end) {
+                        a.next_p = row_ptr(p, r + 1);
+                        a.next_q = row_ptr(q, r + 1);
+                    }
+                    js = k.joint(a);
                 }
-                js = k.joint(a);
-            }
-            write_side(sp, hp, r, t, out.p);
-            write_side(sq, hq, r, t, out.q);
-            if (out.kl_pq) out.kl_pq[r] = both ? js.kl_pq : kNaN;
-            if (out.kl_qp) out.kl_qp[r] = both ? js.kl_qp : kNaN;
-            if (out.js) out.js[r] = both ? js.js : kNaN;
-            if (out.tv) out.tv[r] = both ? js.tv : kNaN;
-            if (out.top1_agree) out.top1_agree[r] = both ? (hp.id[0] == hq.id[0] ? 1.f : 0.f) : kNaNf;
-            for (size_t j = 0; j < options.topk.size(); ++j) {
-                if (!out.overlap[j]) continue;
-                if (!both) {
-                    out.overlap[j][r] = kNaNf;
-                    continue;
+                write_side(sp, hp, r, t, out.p);
+                write_side(sq, hq, r, t, out.q);
+                if (out.kl_pq) out.kl_pq[r] = both ? js.kl_pq : kNaN;
+                if (out.kl_qp) out.kl_qp[r] = both ? js.kl_qp : kNaN;
+                if (out.js) out.js[r] = both ? js.js : kNaN;
+                if (out.tv) out.tv[r] = both ? js.tv : kNaN;
+                if (out.top1_agree) out.top1_agree[r] = both ? (hp.id[0] == hq.id[0] ? 1.f : 0.f) : kNaNf;
+                for (size_t j = 0; j < options.topk.size(); ++j) {
+                    if (!out.overlap[j]) continue;
+                    if (!both) {
+                        out.overlap[j][r] = kNaNf;
+                        continue;
+                    }
+                    const int kk = static_cast<int>(std::min<int64_t>(options.topk[j], n));
+                    int64_t common = intersection(hp.id, hq.id, kk, s.sorted_p.data(), s.sorted_q.data());
+                    out.overlap[j][r] = static_cast<float>(common) / static_cast<float>(kk);
                 }
-                const int kk = static_cast<int>(std::min<int64_t>(options.topk[j], n));
-                int64_t common = intersection(hp.id, hq.id, kk, s.sorted_p.data(), s.sorted_q.data());
-                out.overlap[j][r] = static_cast<float>(common) / static_cast<float>(kk);
-            }
-            if (out.delta_p) {
-                out.delta_p[r] = both && t >= 0
-                                     ? std::exp(static_cast<double>(sq.target_value) - sq.log_norm) -
-                                           std::exp(static_cast<double>(sp.target_value) - sp.log_norm)
-                                     : kNaN;
+                if (out.delta_p) {
+                    out.delta_p[r] = both && t >= 0
+                                         ? std::exp(static_cast<double>(sq.target_value) - sq.log_norm) -
+                                               std::exp(static_cast<double>(sp.target_value) - sp.log_norm)
+                                         : kNaN;
+                }
             }
         }
     });
@@ -349,15 +346,17 @@ int64_t distribution_stats(const Matrix& p, const int64_t* targets, int threads_
     const Kernels& k = detail::active_kernels();
     const int threads = resolve_threads(threads_requested, p.rows, kRowsPerThread);
     std::vector<int64_t> invalid(static_cast<size_t>(std::max(threads, 1)), 0);
-    const int64_t chunk = std::max<int64_t>(kRowsPerThread, std::min<int64_t>(32, p.rows / (8 * int64_t(threads))));
-    parallel_for_dynamic(p.rows, threads, chunk, [&](int64_t begin, int64_t end, int worker) {
+    const int64_t chunk = std::max<int64_t>(kRowsPerThread, dynamic_chunk(p.rows, threads, 32));
+    parallel_for_dynamic(p.rows, threads, chunk, [&](int worker, auto& next) {
         Scratch s(2, 0);
         TopK hp = s.heap_p();
-        for (int64_t r = begin; r < end; ++r) {
-            const int64_t t = target_of(targets, r, p.cols);
-            SideRow sp = process_side(k, p, r, t, &hp, nullptr, out.entropy != nullptr);
-            invalid[static_cast<size_t>(worker)] += !sp.valid;
-            write_side(sp, hp, r, t, out);
+        for (int64_t begin, end; next(begin, end);) {
+            for (int64_t r = begin; r < end; ++r) {
+                const int64_t t = target_of(targets, r, p.cols);
+                SideRow sp = process_side(k, p, r, t, &hp, nullptr, out.entropy != nullptr);
+                invalid[static_cast<size_t>(worker)] += !sp.valid;
+                write_side(sp, hp, r, t, out);
+            }
         }
     });
     int64_t total = 0;

@@ -963,26 +963,28 @@ bool bootstrap_count_rows(int64_t n, uint64_t seed, int64_t b0, int64_t rows, in
     if (rows < 0) throw std::invalid_argument("bootstrap_count_rows: rows must be >= 0");
     const int T = resolve_threads(threads, rows);
     std::vector<char> fits(static_cast<size_t>(T > 0 ? T : 1), 1);
-    std::vector<std::vector<uint32_t>> wide_of(static_cast<size_t>(T > 0 ? T : 1));
     // rows in chunks as threads free up (each row is written by one thread only)
-    parallel_for_dynamic(rows, T, std::max<int64_t>(1, std::min<int64_t>(64, rows / (8 * int64_t(T)))),
-                         [&](int64_t r0, int64_t r1, int worker) {
+    parallel_for_dynamic(rows, T, dynamic_chunk(rows, T, 64), [&](int worker, auto& next) {
+        int64_t r0, r1;
         if (n < (int64_t(1) << 16)) {  // a multiplicity is at most n: counted in 16 bits directly
-            for (int64_t r = r0; r < r1; ++r) {
-                uint16_t* o = out + r * n;
-                std::memset(o, 0, size_t(n) * sizeof(uint16_t));
-                for_each_draw(n, seed, b0 + r, Count<uint16_t>{o});
+            while (next(r0, r1)) {
+                for (int64_t r = r0; r < r1; ++r) {
+                    uint16_t* o = out + r * n;
+                    std::memset(o, 0, size_t(n) * sizeof(uint16_t));
+                    for_each_draw(n, seed, b0 + r, Count<uint16_t>{o});
+                }
             }
             return;
         }
-        std::vector<uint32_t>& wide = wide_of[size_t(worker)];
-        wide.resize(static_cast<size_t>(n));
-        for (int64_t r = r0; r < r1 && fits[size_t(worker)]; ++r) {
-            bootstrap_counts(n, seed, b0 + r, wide.data());
-            uint16_t* o = out + r * n;
-            for (int64_t i = 0; i < n; ++i) {
-                if (wide[size_t(i)] > 0xFFFFu) fits[size_t(worker)] = 0;
-                o[i] = static_cast<uint16_t>(wide[size_t(i)]);
+        std::vector<uint32_t> wide(static_cast<size_t>(n));
+        while (next(r0, r1)) {
+            for (int64_t r = r0; r < r1 && fits[size_t(worker)]; ++r) {
+                bootstrap_counts(n, seed, b0 + r, wide.data());
+                uint16_t* o = out + r * n;
+                for (int64_t i = 0; i < n; ++i) {
+                    if (wide[size_t(i)] > 0xFFFFu) fits[size_t(worker)] = 0;
+                    o[i] = static_cast<uint16_t>(wide[size_t(i)]);
+                }
             }
         }
     });
@@ -1090,33 +1092,22 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
     };
     // Resamples in chunks from a shared counter (each writes only its own
     // theta slots): on a machine shared with other jobs a slowed thread takes
-    // fewer of them. Scratch per worker, made on its first chunk.
-    struct Scratch {
-        std::vector<uint32_t> buf;
-        std::vector<uint16_t> buf16;
-        std::vector<double> sums;
-    };
-    std::vector<Scratch> scratch(size_t(std::max(threads, 1)));
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(64, B / (8 * int64_t(std::max(threads, 1)))));
-    parallel_for_dynamic(B, threads, chunk, [&](int64_t b0, int64_t b1, int worker) {
-        Scratch& s = scratch[size_t(worker)];
-        if (s.buf.size() != size_t(n)) {
-            s.buf.resize(size_t(n));
-            s.buf16.resize(narrow && need_counts ? size_t(n) : 0);
-            s.sums.resize(mean_rows.size());
-        }
-        std::vector<uint32_t>& buf = s.buf;
-        std::vector<uint16_t>& buf16 = s.buf16;
-        std::vector<double>& sums = s.sums;
-        for (int64_t b = b0; b < b1; ++b) {
-            if (need_counts && narrow) {
-                count_and_eval(buf16.data(), pos16.data(), b, sums.data());
-            } else if (need_counts) {
-                count_and_eval(buf.data(), pos32.data(), b, sums.data());
-            } else {
-                bootstrap_draws(n, opt.seed, b, buf.data());
-                for (size_t k = 0; k < K; ++k)
-                    theta[k * size_t(B) + size_t(b)] = stats[k]->eval_draws(buf.data());
+    // fewer of them.
+    parallel_for_dynamic(B, threads, dynamic_chunk(B, threads, 64), [&](int, auto& next) {
+        std::vector<uint32_t> buf(static_cast<size_t>(n));
+        std::vector<uint16_t> buf16(narrow && need_counts ? size_t(n) : 0);
+        std::vector<double> sums(mean_rows.size());
+        for (int64_t b0, b1; next(b0, b1);) {
+            for (int64_t b = b0; b < b1; ++b) {
+                if (need_counts && narrow) {
+                    count_and_eval(buf16.data(), pos16.data(), b, sums.data());
+                } else if (need_counts) {
+                    count_and_eval(buf.data(), pos32.data(), b, sums.data());
+                } else {
+                    bootstrap_draws(n, opt.seed, b, buf.data());
+                    for (size_t k = 0; k < K; ++k)
+                        theta[k * size_t(B) + size_t(b)] = stats[k]->eval_draws(buf.data());
+                }
             }
         }
     });
@@ -1210,42 +1201,47 @@ PermutationResult sign_flip_test(const double* d, int64_t n, int64_t resamples, 
     const int T = resolve_threads(threads, items);
     std::vector<int64_t> le(size_t(T), 0), ge(size_t(T), 0);
     const auto sign_flip_sums = qfair::detail::active_kernels().sign_flip_sums;
-    // items in chunks as threads free up; each worker adds its counts into its
-    // own slot (integer sums: any split gives the same totals)
-    parallel_for_dynamic(items, T, dynamic_chunk(items, T, 64), [&](int64_t i0, int64_t i1, int k) {
+    // items in chunks as threads free up; each worker counts into its own slot
+    // (integer sums: any split gives the same totals)
+    parallel_for_dynamic(items, T, dynamic_chunk(items, T, 64), [&](int k, auto& next) {
         int64_t cle = 0, cge = 0;
         auto count = [&](double s) {
             const double v = s / double(n);
             cle += v <= obs + gamma;
             cge += v >= obs - gamma;
         };
+        int64_t i0, i1;
         if (r.exact) {
-            for (int64_t m = i0; m < i1; ++m) {
-                double s = 0.0;
-                for (int64_t i = 0; i < n; ++i) s += ((m >> i) & 1) ? -d[i] : d[i];
-                count(s);
+            while (next(i0, i1)) {
+                for (int64_t m = i0; m < i1; ++m) {
+                    double s = 0.0;
+                    for (int64_t i = 0; i < n; ++i) s += ((m >> i) & 1) ? -d[i] : d[i];
+                    count(s);
+                }
             }
         } else {
             const int64_t words = (n + 63) / 64;
             std::vector<uint64_t> bits(size_t(words * L));
             double sums[L];
-            for (int64_t b = i0; b < i1; ++b) {
-                const int64_t m0 = b * L;
-                const int used = int(std::min<int64_t>(L, M - m0));
-                for (int l = 0; l < L; ++l) {
-                    if (l >= used) {  // a last, partial block: empty lanes, not counted
-                        for (int64_t w = 0; w < words; ++w) bits[size_t(w * L + l)] = 0;
-                        continue;
+            while (next(i0, i1)) {
+                for (int64_t b = i0; b < i1; ++b) {
+                    const int64_t m0 = b * L;
+                    const int used = int(std::min<int64_t>(L, M - m0));
+                    for (int l = 0; l < L; ++l) {
+                        if (l >= used) {  // a last, partial block: empty lanes, not counted
+                            for (int64_t w = 0; w < words; ++w) bits[size_t(w * L + l)] = 0;
+                            continue;
+                        }
+                        Rng rng(seed ^ kPermutationDomain, uint64_t(m0 + l));
+                        for (int64_t w = 0; w < words; ++w) bits[size_t(w * L + l)] = rng.next();
                     }
-                    Rng rng(seed ^ kPermutationDomain, uint64_t(m0 + l));
-                    for (int64_t w = 0; w < words; ++w) bits[size_t(w * L + l)] = rng.next();
+                    sign_flip_sums(d, n, bits.data(), sums);
+                    for (int l = 0; l < used; ++l) count(sums[l]);
                 }
-                sign_flip_sums(d, n, bits.data(), sums);
-                for (int l = 0; l < used; ++l) count(sums[l]);
             }
         }
-        le[size_t(k)] += cle;
-        ge[size_t(k)] += cge;
+        le[size_t(k)] = cle;
+        ge[size_t(k)] = cge;
     });
     int64_t cle = 0, cge = 0;
     for (int k = 0; k < T; ++k) {

@@ -45,16 +45,16 @@ void cell_sums_impl(const C* counts, int64_t m, int64_t n, const int64_t* cells,
     auto run = [&](auto kconst) {
         constexpr int K = decltype(kconst)::value;
         const int T = resolve_threads(threads, m);
-        std::vector<std::vector<double>> acc_of(static_cast<size_t>(T));
-        parallel_for_dynamic(m, T, dynamic_chunk(m, T, 64), [&](int64_t r0, int64_t r1, int w) {
-            std::vector<double>& acc = acc_of[static_cast<size_t>(w)];
-            acc.resize(static_cast<size_t>(n_cells * width));
-            for (int64_t r = r0; r < r1; ++r) {
-                std::fill(acc.begin(), acc.end(), 0.0);
-                row_sums<K>(counts + r * n, per_row ? cells + r * n : cells, n, v, k, acc.data());
-                for (int64_t t = 0; t < width; ++t) {
-                    double* o = out + (t * m + r) * n_cells;
-                    for (int64_t c = 0; c < n_cells; ++c) o[c] = acc[c * width + t];
+        parallel_for_dynamic(m, T, dynamic_chunk(m, T, 64), [&](int, auto& next) {
+            std::vector<double> acc(static_cast<size_t>(n_cells * width));
+            for (int64_t r0, r1; next(r0, r1);) {
+                for (int64_t r = r0; r < r1; ++r) {
+                    std::fill(acc.begin(), acc.end(), 0.0);
+                    row_sums<K>(counts + r * n, per_row ? cells + r * n : cells, n, v, k, acc.data());
+                    for (int64_t t = 0; t < width; ++t) {
+                        double* o = out + (t * m + r) * n_cells;
+                        for (int64_t c = 0; c < n_cells; ++c) o[c] = acc[c * width + t];
+                    }
                 }
             }
         });
@@ -74,9 +74,12 @@ void weighted_dots_impl(const C* counts, int64_t m, int64_t n, const double* v, 
     if (m < 0 || n < 0 || k < 0) throw std::invalid_argument("weighted_dots: negative size");
     const auto dot = qfair::detail::active_kernels().dot_counts;
     const int T = resolve_threads(threads, m);
-    parallel_for_dynamic(m, T, dynamic_chunk(m, T, 64), [&](int64_t r0, int64_t r1, int) {
-        for (int64_t r = r0; r < r1; ++r)
-            for (int64_t t = 0; t < k; ++t) out[r * k + t] = dot(counts + r * n, int(sizeof(C)), nullptr, v + t * n, n);
+    parallel_for_dynamic(m, T, dynamic_chunk(m, T, 64), [&](int, auto& next) {
+        for (int64_t r0, r1; next(r0, r1);) {
+            for (int64_t r = r0; r < r1; ++r)
+                for (int64_t t = 0; t < k; ++t)
+                    out[r * k + t] = dot(counts + r * n, int(sizeof(C)), nullptr, v + t * n, n);
+        }
     });
 }
 

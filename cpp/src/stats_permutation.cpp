@@ -40,35 +40,32 @@ void pairings_dot(const double* a, const double* b, int64_t k, int64_t n, int64_
                   int threads, double* out) {
     check_sizes(n, resamples, "pairings_dot");
     if (k < 1) throw std::invalid_argument("pairings_dot: need at least one b");
-    // resamples in chunks as threads free up (each writes its own outputs);
-    // scratch per worker
+    // resamples in chunks as threads free up (each writes its own outputs)
     const int T = resolve_threads(threads, resamples);
-    std::vector<std::vector<uint32_t>> idx_of(static_cast<size_t>(T));
-    std::vector<std::vector<double>> acc_of(static_cast<size_t>(T));
-    parallel_for_dynamic(resamples, T, dynamic_chunk(resamples, T, 64), [&](int64_t r0, int64_t r1, int w) {
-        std::vector<uint32_t>& idx = idx_of[static_cast<size_t>(w)];
-        std::vector<double>& acc = acc_of[static_cast<size_t>(w)];
-        idx.resize(static_cast<size_t>(n));
-        acc.resize(static_cast<size_t>(k));
+    parallel_for_dynamic(resamples, T, dynamic_chunk(resamples, T, 64), [&](int, auto& next) {
+        std::vector<uint32_t> idx(static_cast<size_t>(n));
+        std::vector<double> acc(static_cast<size_t>(k));
         const auto n32 = static_cast<uint32_t>(n);
-        for (int64_t r = r0; r < r1; ++r) {
-            std::iota(idx.begin(), idx.end(), 0u);  // each draw from the identity: thread-count invariant
-            Rng rng(seed ^ kPairingsDomain, uint64_t(r));
-            if (k == 1) {  // one accumulator: kept in a register
-                double sum = 0.0;
-                shuffle_prefix(idx.data(), n32, n32, rng, [&](uint32_t i, uint32_t j) { sum += a[i] * b[j]; });
-                out[r] = sum;
-                continue;
+        for (int64_t r0, r1; next(r0, r1);) {
+            for (int64_t r = r0; r < r1; ++r) {
+                std::iota(idx.begin(), idx.end(), 0u);  // each draw from the identity: thread-count invariant
+                Rng rng(seed ^ kPairingsDomain, uint64_t(r));
+                if (k == 1) {  // one accumulator: kept in a register
+                    double sum = 0.0;
+                    shuffle_prefix(idx.data(), n32, n32, rng, [&](uint32_t i, uint32_t j) { sum += a[i] * b[j]; });
+                    out[r] = sum;
+                    continue;
+                }
+                // one shuffle for every row of b, each row's sum taken in position order
+                double* ac = acc.data();
+                std::fill(acc.begin(), acc.end(), 0.0);
+                shuffle_prefix(idx.data(), n32, n32, rng, [&](uint32_t i, uint32_t j) {
+                    const double ai = a[i];
+                    const double* bj = b + j;
+                    for (int64_t t = 0; t < k; ++t) ac[t] += ai * bj[t * n];
+                });
+                for (int64_t t = 0; t < k; ++t) out[t * resamples + r] = ac[t];
             }
-            // one shuffle for every row of b, each row's sum taken in position order
-            double* ac = acc.data();
-            std::fill(acc.begin(), acc.end(), 0.0);
-            shuffle_prefix(idx.data(), n32, n32, rng, [&](uint32_t i, uint32_t j) {
-                const double ai = a[i];
-                const double* bj = b + j;
-                for (int64_t t = 0; t < k; ++t) ac[t] += ai * bj[t * n];
-            });
-            for (int64_t t = 0; t < k; ++t) out[t * resamples + r] = ac[t];
         }
     });
 }
@@ -78,17 +75,17 @@ void subset_sums(const double* z, int64_t n, int64_t k, int64_t resamples, uint6
     check_sizes(n, resamples, "subset_sums");
     if (k < 0 || k > n) throw std::invalid_argument("subset_sums: k must be in [0, n]");
     const int T = resolve_threads(threads, resamples);
-    std::vector<std::vector<uint32_t>> idx_of(static_cast<size_t>(T));
-    parallel_for_dynamic(resamples, T, dynamic_chunk(resamples, T, 64), [&](int64_t r0, int64_t r1, int w) {
-        std::vector<uint32_t>& idx = idx_of[static_cast<size_t>(w)];
-        idx.resize(static_cast<size_t>(n));
-        for (int64_t r = r0; r < r1; ++r) {
-            std::iota(idx.begin(), idx.end(), 0u);
-            Rng rng(seed ^ kSubsetDomain, uint64_t(r));
-            double acc = 0.0;
-            shuffle_prefix(idx.data(), static_cast<uint32_t>(n), static_cast<uint32_t>(k), rng,
-                           [&](uint32_t, uint32_t j) { acc += z[j]; });
-            out[r] = acc;
+    parallel_for_dynamic(resamples, T, dynamic_chunk(resamples, T, 64), [&](int, auto& next) {
+        std::vector<uint32_t> idx(static_cast<size_t>(n));
+        for (int64_t r0, r1; next(r0, r1);) {
+            for (int64_t r = r0; r < r1; ++r) {
+                std::iota(idx.begin(), idx.end(), 0u);
+                Rng rng(seed ^ kSubsetDomain, uint64_t(r));
+                double acc = 0.0;
+                shuffle_prefix(idx.data(), static_cast<uint32_t>(n), static_cast<uint32_t>(k), rng,
+                               [&](uint32_t, uint32_t j) { acc += z[j]; });
+                out[r] = acc;
+            }
         }
     });
 }

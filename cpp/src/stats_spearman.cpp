@@ -70,44 +70,35 @@ void weighted_spearman_impl(const C* counts, int64_t m, int64_t n_draw, const in
     // its resample alone, so the blocking (and the thread count) changes no bit.
     const int64_t blocks = (m + L - 1) / L;
     const int T = resolve_threads(threads, blocks);
-    // blocks in chunks as threads free up (each writes its own outputs);
-    // scratch per worker, made on its first chunk
-    struct Scratch {
-        std::vector<double> lanes, dx, sums;
-    };
-    std::vector<Scratch> scratch(static_cast<size_t>(T));
-    parallel_for_dynamic(blocks, T, dynamic_chunk(blocks, T, 16), [&](int64_t b0, int64_t b1, int w) {
-        Scratch& s = scratch[static_cast<size_t>(w)];
-        s.lanes.resize(static_cast<size_t>(n_draw) * L);
-        s.dx.resize(N * L);
-        s.sums.resize((2 + 2 * K) * L);
-        std::vector<double>& lanes = s.lanes;
-        std::vector<double>& dx = s.dx;
-        std::vector<double>& sums = s.sums;
+    // blocks in chunks as threads free up (each writes its own outputs)
+    parallel_for_dynamic(blocks, T, dynamic_chunk(blocks, T, 16), [&](int, auto& next) {
+        std::vector<double> lanes(static_cast<size_t>(n_draw) * L), dx(N * L), sums((2 + 2 * K) * L);
         detail::SpearmanBlock blk{lanes.data(), item_unit.data(), x_unit.data(), x_end, y_unit.data(),
                                   y_xpos.data(), y_end, n, k, dx.data(), sums.data(), sums.data() + L,
                                   sums.data() + 2 * L, sums.data() + (2 + K) * L};
-        for (int64_t b = b0; b < b1; ++b) {
-            const int64_t r0 = b * L;
-            const int used = int(std::min<int64_t>(L, m - r0));
-            for (int l = 0; l < L; ++l) {
-                if (l >= used) {  // a last, partial block: empty lanes, their results unused
-                    for (int64_t u = 0; u < n_draw; ++u) lanes[size_t(u * L + l)] = 0.0;
-                    continue;
+        for (int64_t b0, b1; next(b0, b1);) {
+            for (int64_t b = b0; b < b1; ++b) {
+                const int64_t r0 = b * L;
+                const int used = int(std::min<int64_t>(L, m - r0));
+                for (int l = 0; l < L; ++l) {
+                    if (l >= used) {  // a last, partial block: empty lanes, their results unused
+                        for (int64_t u = 0; u < n_draw; ++u) lanes[size_t(u * L + l)] = 0.0;
+                        continue;
+                    }
+                    const C* c = counts + (r0 + l) * n_draw;
+                    for (int64_t u = 0; u < n_draw; ++u) lanes[size_t(u * L + l)] = static_cast<double>(c[u]);
                 }
-                const C* c = counts + (r0 + l) * n_draw;
-                for (int64_t u = 0; u < n_draw; ++u) lanes[size_t(u * L + l)] = static_cast<double>(c[u]);
-            }
-            spearman_sums(blk);
-            for (int l = 0; l < used; ++l) {
-                const double tot = blk.tot[l], sxx = blk.sxx[l];
-                const double centre = 0.5 * (tot + 1.0);
-                const double tiny = 1e-9 * tot * centre * centre;
-                for (int64_t j = 0; j < k; ++j) {
-                    const double sxy = blk.sxy[j * L + l], syy = blk.syy[j * L + l];
-                    double rho = nan;
-                    if (sxx > tiny && syy > tiny) rho = std::fmax(-1.0, std::fmin(1.0, sxy / std::sqrt(sxx * syy)));
-                    out[j * m + r0 + l] = rho;
+                spearman_sums(blk);
+                for (int l = 0; l < used; ++l) {
+                    const double tot = blk.tot[l], sxx = blk.sxx[l];
+                    const double centre = 0.5 * (tot + 1.0);
+                    const double tiny = 1e-9 * tot * centre * centre;
+                    for (int64_t j = 0; j < k; ++j) {
+                        const double sxy = blk.sxy[j * L + l], syy = blk.syy[j * L + l];
+                        double rho = nan;
+                        if (sxx > tiny && syy > tiny) rho = std::fmax(-1.0, std::fmin(1.0, sxy / std::sqrt(sxx * syy)));
+                        out[j * m + r0 + l] = rho;
+                    }
                 }
             }
         }

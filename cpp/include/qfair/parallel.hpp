@@ -84,24 +84,31 @@ inline int64_t dynamic_chunk(int64_t n, int threads, int64_t cap) {
     return std::max<int64_t>(1, std::min<int64_t>(cap, n / (8 * int64_t(std::max(threads, 1)))));
 }
 
-// fn(begin, end, worker) over chunks of `chunk` items of [0, n), handed out in
-// order from a shared counter to T = min(threads, chunks) workers (at least 1):
-// a worker slowed by other jobs on its CPU takes fewer chunks instead of holding
-// the call up. Which worker runs an item varies from call to call, so only for
-// work whose every item writes its own slot, or whose per-worker totals do not
-// depend on how the items were split (integer counts); then the results are
-// bitwise identical at any thread count, as with parallel_for.
-template <class Fn>
-void parallel_for_dynamic(int64_t n, int threads, int64_t chunk, Fn&& fn) {
+// Runs work(worker, next) on T = min(threads, chunks) workers (at least 1);
+// next(begin, end) hands the worker the next chunk of `chunk` items of [0, n)
+// from a shared counter, in order, and returns false when none is left. A
+// worker slowed by other jobs on its CPU takes fewer chunks instead of holding
+// the call up, and keeps its scratch across its chunks. Which worker runs an
+// item varies from call to call, so only for work whose every item writes its
+// own slot, or whose per-worker totals do not depend on how the items were
+// split (integer counts); then the results are bitwise identical at any thread
+// count, as with parallel_for.
+template <class Work>
+void parallel_for_dynamic(int64_t n, int threads, int64_t chunk, Work&& work) {
     if (n <= 0) return;
     chunk = std::max<int64_t>(chunk, 1);
     const int64_t chunks = (n + chunk - 1) / chunk;
     const int t = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, chunks)));
-    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> counter{0};
     parallel_for(t, t, [&](int64_t, int64_t, int worker) {
-        for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
-             c = next.fetch_add(1, std::memory_order_relaxed))
-            fn(c * chunk, std::min(n, (c + 1) * chunk), worker);
+        auto next = [&](int64_t& begin, int64_t& end) {
+            const int64_t c = counter.fetch_add(1, std::memory_order_relaxed);
+            if (c >= chunks) return false;
+            begin = c * chunk;
+            end = std::min(n, begin + chunk);
+            return true;
+        };
+        work(worker, next);
     });
 }
 
