@@ -302,14 +302,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"peak RSS {t['rss_mb']:.0f} MB, {t['cpu']:.1f} CPU s (user + sys; steadier than wall on a "
                   "shared machine)", flush=True)
             print("  " + t["stderr_profile"].replace("\n", "\n  "), flush=True)
-        if disk_rate(out) is None:
+        disk = disk_rate(out)
+        if disk is None:
             print("disk: dd iflag=direct could not read the shards here (O_DIRECT unsupported?)")
         elif not drop_caches():
             print("cold-cache run skipped: cannot drop the page cache here (not permitted)")
         else:
             cold: dict[str, list[tuple[float, float, dict]]] = {"every file verified": [], "--skip-hash": []}
             for r in range(max(1, args.repeats)):
-                disk = disk_rate(out)
+                if r:
+                    disk = disk_rate(out)
                 print(f"  round {r + 1}: disk sequential read (dd iflag=direct, bs=16M): {disk / 1e9:.2f} GB/s",
                       flush=True)
                 for label, extra in (("every file verified", []), ("--skip-hash", ["--skip-hash"])):
