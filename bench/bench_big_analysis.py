@@ -17,7 +17,9 @@
    verifying by sha256 as for a dump written before qfair recorded xxh3_128;
    prints each as a ratio of the kernel's rows/s. Then the disk's sequential read rate (``dd
    iflag=direct``) and, where the page cache can be dropped, both analyses
-   again from a cold cache as ratios of it. ``--repeats`` rounds of each (3 by
+   again from a cold cache as ratios of it (the shards then read with O_DIRECT,
+   :mod:`qfair.directio`), and the verified one once more reading through the
+   page cache as qfair did before (``QFAIR_DIRECT_READ=never``). ``--repeats`` rounds of each (3 by
    default, interleaved): every ratio is taken within its round, against the
    kernel or the disk timed in that round, and the median round's is reported
    with all of them (a shared VM's speed drifts by 10-20 % between minutes).
@@ -123,8 +125,8 @@ def warm_bytecode() -> None:
                    env=RUN_ENV, check=True)
 
 
-def timed(cmd: list[str]) -> dict:
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=RUN_ENV)
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env={**RUN_ENV, **(env or {})})
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([0-9:.]+)", p.stderr).group(1)
@@ -308,16 +310,21 @@ def main(argv: list[str] | None = None) -> int:
         elif not drop_caches():
             print("cold-cache run skipped: cannot drop the page cache here (not permitted)")
         else:
-            cold: dict[str, list[tuple[float, float, dict]]] = {"every file verified": [], "--skip-hash": []}
+            cold_runs = (("every file verified", [], {}), ("--skip-hash", ["--skip-hash"], {}),
+                         ("every file verified, read through the page cache (QFAIR_DIRECT_READ=never, "
+                          "as before O_DIRECT reads)", [], {"QFAIR_DIRECT_READ": "never"}))
+            cold: dict[str, list[tuple[float, float, dict]]] = {label: [] for label, _, _ in cold_runs}
             for r in range(max(1, args.repeats)):
                 if r:
                     disk = disk_rate(out)
                 print(f"  round {r + 1}: disk sequential read (dd iflag=direct, bs=16M): {disk / 1e9:.2f} GB/s",
                       flush=True)
-                for label, extra in (("every file verified", []), ("--skip-hash", ["--skip-hash"])):
+                for label, extra, env in cold_runs:
                     drop_caches()
-                    t = timed([*cmd, *extra])
+                    t = timed([*cmd, *extra], env)
                     cold[label].append((pair_gb / t["wall"] / (disk / 1e9), disk, t))
+                    print(f"  round {r + 1}: cold, {label}: {t['wall']:.1f} s = "
+                          f"{pair_gb / t['wall'] / (disk / 1e9):.2f} of the disk, {t['cpu']:.1f} CPU s", flush=True)
             for label, got in cold.items():
                 ratio, disk, t = sorted(got, key=lambda x: x[0])[len(got) // 2]
                 print(f"qfair analyze from a cold cache ({label}): {t['wall']:.1f} s = "

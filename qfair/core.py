@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qfair._native import core
-from qfair.npyio import NpyRows, open_npy_rows
+from qfair.directio import BufferPool, read_direct
+from qfair.npyio import DirectRead, DirectRows, NpyRows, open_direct_rows, open_npy_rows
 
 __all__ = [
     "DivergenceResult",
@@ -312,47 +312,58 @@ class DivergenceChunk:
 
 @dataclass
 class _Blocks:
-    """Row blocks concatenated along rows, opened lazily, released as consumed."""
+    """Row blocks concatenated along rows, opened lazily, released as consumed.
+
+    A path is memory-mapped (:class:`NpyRows`), or read with O_DIRECT
+    (:class:`DirectRows`) when most of the file is not in the page cache
+    (:func:`qfair.directio.read_direct`); a :class:`DirectRead` is always read so.
+    """
 
     sources: list[Any]
     name: str
-    opened: list[NpyRows | None] = field(default_factory=list)
+    opened: list[NpyRows | DirectRows | None] = field(default_factory=list)
     arrays: list[np.ndarray | None] = field(default_factory=list)
+
+    buffers: BufferPool = field(default_factory=BufferPool)  # shared by this side's direct reads
 
     def __post_init__(self) -> None:
         self.opened = [None] * len(self.sources)
         self.arrays = [None] * len(self.sources)
 
-    def block(self, i: int) -> np.ndarray:
-        if self.arrays[i] is None:
-            src = self.sources[i]
-            if isinstance(src, (str, os.PathLike)):
-                rows = open_npy_rows(Path(src))
-                self.opened[i] = rows
-                self.arrays[i] = rows.array
-            else:
-                if not (isinstance(src, np.ndarray) or type(src).__module__.startswith("torch")):
-                    raise ValueError(f"{self.name} block {i}: expected a 2-D array, a torch tensor or a .npy path, "
-                                     f"got {type(src).__name__}")
-                if src.ndim != 2:
-                    raise ValueError(f"{self.name} block {i} must be 2-D [rows, vocab], got shape {tuple(src.shape)}")
-                self.arrays[i] = src
-        arr = self.arrays[i]
-        assert arr is not None
-        return arr
+    def _open(self, i: int) -> None:
+        if self.opened[i] is not None or self.arrays[i] is not None:
+            return
+        src = self.sources[i]
+        if isinstance(src, DirectRead):
+            self.opened[i] = open_direct_rows(src.path, src.digest, self.buffers)
+        elif isinstance(src, (str, os.PathLike)):
+            self.opened[i] = open_direct_rows(src, None, self.buffers) if read_direct(src) else open_npy_rows(src)
+        else:
+            if not (isinstance(src, np.ndarray) or type(src).__module__.startswith("torch")):
+                raise ValueError(f"{self.name} block {i}: expected a 2-D array, a torch tensor or a .npy path, "
+                                 f"got {type(src).__name__}")
+            if src.ndim != 2:
+                raise ValueError(f"{self.name} block {i} must be 2-D [rows, vocab], got shape {tuple(src.shape)}")
+            self.arrays[i] = src
 
-    def prefetch(self, i: int, row: int, count: int) -> None:
-        """Start reading ``count`` rows from row ``row`` of block ``i`` on (into
-        the following blocks where it ends); in-memory blocks need nothing."""
-        while count > 0 and i < len(self.sources):
-            if not isinstance(self.sources[i], (str, os.PathLike)):
-                return
-            rows = self.block(i).shape[0]
-            opened = self.opened[i]
-            if opened is not None:
-                opened.prefetch(row, row + count)
-            count -= max(0, rows - row)
-            i, row = i + 1, 0
+    def shape(self, i: int) -> tuple[int, ...]:
+        self._open(i)
+        opened = self.opened[i]
+        return opened.shape if opened is not None else tuple(self.arrays[i].shape)
+
+    def rows(self, i: int, start: int, stop: int) -> Any:
+        """Rows [start, stop) of block ``i``: a view, valid until the block's later rows are asked for."""
+        self._open(i)
+        opened = self.opened[i]
+        return opened.take(start, stop) if opened is not None else self.arrays[i][start:stop]
+
+    def prefetch(self, i: int, start: int, stop: int) -> None:
+        """Start reading rows [start, stop) of block ``i`` now, so that on a cold
+        disk the next chunk arrives while this one is computed (in-memory blocks need nothing)."""
+        self._open(i)
+        opened = self.opened[i]
+        if opened is not None:
+            opened.prefetch(start, stop)
 
     def release(self, i: int, until_row: int) -> None:
         if self.opened[i] is not None:
@@ -366,7 +377,7 @@ class _Blocks:
 
 
 def _as_sources(blocks: Any, name: str) -> list[Any]:
-    if isinstance(blocks, (str, os.PathLike, np.ndarray)) or type(blocks).__module__.startswith("torch"):
+    if isinstance(blocks, (str, os.PathLike, np.ndarray, DirectRead)) or type(blocks).__module__.startswith("torch"):
         return [blocks]
     sources = list(blocks)
     if not sources:
@@ -379,13 +390,17 @@ def stream_rows(p_blocks: Any, q_blocks: Any, *, chunk_rows: int = 4096,
                 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Aligned row ranges of two sequences of row blocks: ``(start, stop, p, q)``.
 
-    ``p_blocks`` / ``q_blocks``: an array, a path to a .npy file, or a
-    sequence of them, concatenated along rows (shard boundaries may differ
-    between the two sides). Paths are memory-mapped and the pages of consumed
-    rows are handed back to the OS after each chunk, so resident memory stays
-    bounded by a chunk whatever the total size. ``p`` and ``q`` are views,
-    valid until the next chunk is requested; chunks never span a block
-    boundary, so no rows are ever copied. Both sides must hold the same number
+    ``p_blocks`` / ``q_blocks``: an array, a path to a .npy file, a
+    :class:`~qfair.npyio.DirectRead`, or a sequence of them, concatenated along
+    rows (shard boundaries may differ between the two sides). Paths are
+    memory-mapped and the pages of consumed rows are handed back to the OS
+    after each chunk, so resident memory stays bounded by a chunk whatever the
+    total size; a file mostly absent from the page cache (and a DirectRead) is
+    read with O_DIRECT instead, into two buffers of a chunk each, by a thread
+    that reads the next chunk while this one is used
+    (:mod:`qfair.directio`; ``QFAIR_DIRECT_READ=auto|always|never``).
+    ``p`` and ``q`` are views, valid until the next chunk is requested; chunks
+    never span a block boundary, so rows are copied only by such reads. Both sides must hold the same number
     of rows (ValueError otherwise). ``on_empty_block(p, q)`` is called for a
     pair of empty blocks (to check them like any other).
     """
@@ -394,37 +409,55 @@ def stream_rows(p_blocks: Any, q_blocks: Any, *, chunk_rows: int = 4096,
     chunk_rows = int(chunk_rows)
     ps = _Blocks(_as_sources(p_blocks, "p"), "p")
     qs = _Blocks(_as_sources(q_blocks, "q"), "q")
+
+    def chunk_after(ip: int, op: int, iq: int, oq: int) -> tuple[int, int, int, int, int] | None:
+        """The chunk the loop below takes once it stands at (ip, op) / (iq, oq)
+        (past the ends of blocks): (ip, op, iq, oq, rows), or None at the end."""
+        while ip < len(ps.sources) and op >= ps.shape(ip)[0]:
+            ip, op = ip + 1, 0
+        while iq < len(qs.sources) and oq >= qs.shape(iq)[0]:
+            iq, oq = iq + 1, 0
+        if ip >= len(ps.sources) or iq >= len(qs.sources):
+            return None
+        return ip, op, iq, oq, min(chunk_rows, ps.shape(ip)[0] - op, qs.shape(iq)[0] - oq)
+
     ip = iq = 0  # current block on each side
     op = oq = 0  # row offset inside the current block
     start = 0
     try:
         while ip < len(ps.sources) and iq < len(qs.sources):
-            bp, bq = ps.block(ip), qs.block(iq)
-            if bp.shape[1:] != bq.shape[1:]:
+            sp, sq = ps.shape(ip), qs.shape(iq)
+            if sp[1:] != sq[1:]:
                 raise ValueError(
-                    f"vocabulary mismatch: p block {ip} has {bp.shape[1]} columns, q block {iq} has {bq.shape[1]}"
+                    f"vocabulary mismatch: p block {ip} has {sp[1]} columns, q block {iq} has {sq[1]}"
                 )
-            n = min(chunk_rows, bp.shape[0] - op, bq.shape[0] - oq)
+            n = min(chunk_rows, sp[0] - op, sq[0] - oq)
             if n == 0 and op == 0 and oq == 0 and on_empty_block is not None:
-                on_empty_block(bp[:0], bq[:0])
+                on_empty_block(ps.rows(ip, 0, 0), qs.rows(iq, 0, 0))
             if n > 0:
-                ps.prefetch(ip, op + n, n)  # the next chunk's pages load while this one is computed
-                qs.prefetch(iq, oq + n, n)
-                yield start, start + n, bp[op : op + n], bq[oq : oq + n]
+                ps.prefetch(ip, op, op + n)  # both sides' reads in flight at once (no-ops once under way)
+                qs.prefetch(iq, oq, oq + n)
+                pv, qv = ps.rows(ip, op, op + n), qs.rows(iq, oq, oq + n)
+                nxt = chunk_after(ip, op + n, iq, oq + n)
+                if nxt is not None:  # the next chunk's rows load while this one is computed
+                    jp, kp, jq, kq, m = nxt
+                    ps.prefetch(jp, kp, kp + m)
+                    qs.prefetch(jq, kq, kq + m)
+                yield start, start + n, pv, qv
                 start += n
                 op += n
                 oq += n
                 ps.release(ip, op)
                 qs.release(iq, oq)
-            if op >= bp.shape[0]:
+            if op >= sp[0]:
                 ps.close(ip)
                 ip, op = ip + 1, 0
-            if oq >= bq.shape[0]:
+            if oq >= sq[0]:
                 qs.close(iq)
                 iq, oq = iq + 1, 0
         # Both sides must end together.
-        rest_p = sum(ps.block(i).shape[0] for i in range(ip, len(ps.sources))) - op if ip < len(ps.sources) else 0
-        rest_q = sum(qs.block(i).shape[0] for i in range(iq, len(qs.sources))) - oq if iq < len(qs.sources) else 0
+        rest_p = sum(ps.shape(i)[0] for i in range(ip, len(ps.sources))) - op if ip < len(ps.sources) else 0
+        rest_q = sum(qs.shape(i)[0] for i in range(iq, len(qs.sources))) - oq if iq < len(qs.sources) else 0
         if rest_p or rest_q:
             raise ValueError(
                 f"p and q hold different numbers of rows: {start + rest_p} and {start + rest_q}"

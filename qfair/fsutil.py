@@ -79,6 +79,23 @@ def file_digest(path: str | os.PathLike, algorithm: str, *, memo: bool = False, 
     return digest
 
 
+class StreamedDigest:
+    """A digest fed a file's bytes by the reader that streams them (in order,
+    each byte once) instead of by a read of its own; :attr:`nbytes` counts the
+    bytes fed, so the digest stands for the whole file once it equals the size."""
+
+    def __init__(self, algorithm: str):
+        self._h = DIGESTS[algorithm]()
+        self.nbytes = 0
+
+    def update(self, data: Any) -> None:
+        self._h.update(data)
+        self.nbytes += memoryview(data).nbytes
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
 def _mapped_blocks(f: Any, chunk: int) -> Iterator[memoryview] | None:
     """The file's bytes as consecutive views of a read-only memory map, or None
     when it cannot be mapped. Hashing the mapped pages saves the copy into a

@@ -1,4 +1,10 @@
-"""Memory-mapped `.npy` row blocks whose pages can be handed back to the OS.
+"""The rows of `.npy` files, read without holding the whole file.
+
+Two readers with one interface (``rows``, ``take``, ``prefetch``,
+``release_until``, ``close``): :class:`NpyRows` maps the file;
+:class:`DirectRows` reads the rows asked for next, in order, on a thread of its
+own, with ``O_DIRECT`` into two reused buffers (:mod:`qfair.directio`; for files
+not in the page cache).
 
 ``np.load(..., mmap_mode="r")`` keeps every page it has touched resident until
 the array is dropped, so streaming a dump larger than RAM through it grows the
@@ -11,15 +17,19 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from qfair.directio import BufferPool, DirectFile
 from qfair.errors import QfairError
 
-__all__ = ["NpyRows", "NpyHeader", "NpyFormatError", "open_npy_rows", "read_npy_header"]
+__all__ = ["NpyRows", "DirectRows", "DirectRead", "NpyHeader", "NpyFormatError", "open_npy_rows",
+           "open_direct_rows", "read_npy_header"]
 
 _PAGE = mmap.PAGESIZE
 
@@ -41,6 +51,14 @@ class NpyRows:
     @property
     def rows(self) -> int:
         return int(self.array.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop): a view of the mapping."""
+        return self.array[start:stop]
 
     def release_until(self, row: int) -> None:
         """Drop the pages holding rows [0, row) from this process's memory."""
@@ -169,24 +187,29 @@ def read_npy_header(fh: BinaryIO, path: str | os.PathLike = "") -> NpyHeader:
     return NpyHeader(tuple(shape), dtype, fortran, 8 + struct.calcsize(size_fmt) + hlen)
 
 
+def _rows_header(fh: BinaryIO, path: Path) -> NpyHeader:
+    """The header of a 2-D C-order .npy file whose data is all there."""
+    h = read_npy_header(fh, path)
+    if h.fortran:
+        raise NpyFormatError(f"{path}: Fortran-order arrays are not supported; rows must be contiguous")
+    if len(h.shape) != 2:
+        raise NpyFormatError(f"{path}: expected a 2-D [rows, vocab] array, got shape {h.shape}")
+    size = os.fstat(fh.fileno()).st_size
+    if size < h.offset + h.data_bytes:
+        raise NpyFormatError(
+            f"{path}: truncated: header promises {h.data_bytes} data bytes, file holds {size - h.offset}"
+        )
+    return h
+
+
 def open_npy_rows(path: str | os.PathLike) -> NpyRows:
     """Map a 2-D C-order .npy file without reading its data."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            h = read_npy_header(fh, path)
+            h = _rows_header(fh, path)
             shape, dtype, offset = h.shape, h.dtype, h.offset
-            if h.fortran:
-                raise NpyFormatError(f"{path}: Fortran-order arrays are not supported; rows must be contiguous")
-            if len(shape) != 2:
-                raise NpyFormatError(f"{path}: expected a 2-D [rows, vocab] array, got shape {shape}")
-            nbytes = h.data_bytes
-            size = os.fstat(fh.fileno()).st_size
-            if size < offset + nbytes:
-                raise NpyFormatError(
-                    f"{path}: truncated: header promises {nbytes} data bytes, file holds {size - offset}"
-                )
-            if nbytes == 0:
+            if h.data_bytes == 0:
                 return NpyRows(path, np.empty(shape, dtype=dtype), None, offset)
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except NpyFormatError:
@@ -195,3 +218,183 @@ def open_npy_rows(path: str | os.PathLike) -> NpyRows:
         raise NpyFormatError(f"{path}: not a readable .npy file ({exc})") from exc
     array = np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
     return NpyRows(path, array, mm, offset)
+
+
+@dataclass(frozen=True)
+class DirectRead:
+    """A row block to be read by :class:`DirectRows`: ``path``, and a ``digest``
+    (an object with ``update(bytes)``) that receives every byte of the file in
+    order as the rows are read (the header first), or None."""
+
+    path: Path
+    digest: Any = None
+
+
+@dataclass
+class _Slot:
+    """One reused buffer and the rows [start, stop) it holds or is being filled with."""
+
+    buf: np.ndarray | None = None  # from the pool while the slot holds rows
+    span: tuple[int, int] | None = None
+    job: Future[int] | None = None  # resolves to where row ``start`` begins in ``buf``
+
+
+class DirectRows:
+    """The rows of a 2-D .npy file read with ``O_DIRECT`` (:class:`DirectFile`)
+    into two reused buffers by a thread of its own: :meth:`prefetch` starts
+    reading the rows asked for next, :meth:`take` waits for them and returns a
+    view that stays valid until rows after them are taken or
+    :meth:`release_until` passes them. Rows are read in increasing order;
+    asking for rows out of order works (it reads them again) but the digest
+    then stops (:attr:`digest_complete` stays False).
+
+    ``digest``: fed the whole file in order, header and any bytes after the
+    data included, as the rows are read, once the last row has been read.
+    ``pool``: where the buffers come from and go back to (a stream shares one
+    across the files of a side, :class:`~qfair.directio.BufferPool`).
+    """
+
+    _SLOTS = 2
+
+    def __init__(self, path: str | os.PathLike, digest: Any = None, pool: BufferPool | None = None):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as fh:
+                h = _rows_header(fh, self.path)
+            self._file = DirectFile(self.path)
+        except NpyFormatError:
+            raise
+        except (ValueError, OSError) as exc:
+            raise NpyFormatError(f"{self.path}: not a readable .npy file ({exc})") from exc
+        self.header = h
+        self.dtype = h.dtype
+        self._row_bytes = h.shape[1] * h.dtype.itemsize
+        self._data_end = h.offset + h.data_bytes
+        self._digest = digest
+        self._buffers = pool if pool is not None else BufferPool()
+        self._hashed = 0  # bytes of the file fed to the digest so far, in order
+        self._slots: list[_Slot] = []
+        self._reader: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        if digest is not None:
+            self._feed(self._file.read_plain(0, h.offset), 0)
+            self._tail_if_done()
+
+    @property
+    def rows(self) -> int:
+        return int(self.header.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.header.shape)
+
+    @property
+    def direct(self) -> bool:
+        """Whether the reads bypass the page cache (False: the file system refused O_DIRECT)."""
+        return self._file.direct
+
+    @property
+    def digest_complete(self) -> bool:
+        """Whether the digest has been fed every byte of the file, in order."""
+        return self._digest is not None and self._hashed == self._file.size
+
+    def prefetch(self, start: int, stop: int) -> None:
+        """Start reading rows [start, stop) on the reader thread, when a buffer is free."""
+        start, stop = max(0, int(start)), min(self.rows, int(stop))
+        if stop <= start or self._slot_for(start, stop) is not None:
+            return
+        free = [s for s in self._slots if s.span is None]
+        if free:
+            self._start(free[0], start, stop)
+        elif len(self._slots) < self._SLOTS:
+            self._slots.append(_Slot())
+            self._start(self._slots[-1], start, stop)
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop), read (or waited for) now."""
+        start, stop = max(0, int(start)), min(self.rows, int(stop))
+        cols = self.header.shape[1]
+        if stop <= start:
+            return np.empty((0, cols), dtype=self.dtype)
+        slot = self._slot_for(start, stop)
+        if slot is None:
+            for s in self._slots:  # the rows before these are done with; so is any other span
+                self._free(s)
+            self.prefetch(start, stop)
+            slot = self._slot_for(start, stop)
+            assert slot is not None
+        assert slot.job is not None and slot.span is not None
+        first = slot.job.result() + (start - slot.span[0]) * self._row_bytes
+        for s in self._slots:  # spans wholly before these rows are done with
+            if s is not slot and s.span is not None and s.span[1] <= start:
+                self._free(s)
+        data = slot.buf[first:first + (stop - start) * self._row_bytes]
+        return data.view(self.dtype).reshape(stop - start, cols)
+
+    def release_until(self, row: int) -> None:
+        """Rows [0, row) are done with: their buffers may be reused."""
+        for s in self._slots:
+            if s.span is not None and s.span[1] <= row:
+                self._free(s)
+
+    def close(self) -> None:
+        """Stop reading and close the file (waits for a read in flight)."""
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+            self._reader = None
+        for s in self._slots:
+            self._free(s)
+        self._slots = []
+        self._file.close()
+
+    # -- internals -----------------------------------------------------------
+    def _slot_for(self, start: int, stop: int) -> _Slot | None:
+        for s in self._slots:
+            if s.span is not None and s.span[0] <= start and stop <= s.span[1]:
+                return s
+        return None
+
+    def _free(self, slot: _Slot) -> None:
+        if slot.job is not None:
+            try:
+                slot.job.result()
+            except Exception:  # noqa: BLE001 - a read error is raised by the take() that wants those rows
+                pass
+        if slot.buf is not None:
+            self._buffers.put(slot.buf)
+        slot.buf, slot.span, slot.job = None, None, None
+
+    def _start(self, slot: _Slot, start: int, stop: int) -> None:
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qfair-read")
+        slot.buf = self._buffers.get(DirectFile.most_span_bytes((stop - start) * self._row_bytes))
+        slot.span = (start, stop)
+        slot.job = self._reader.submit(self._read, slot, start, stop)
+
+    def _read(self, slot: _Slot, start: int, stop: int) -> int:
+        """On the reader thread: rows [start, stop) into ``slot``; feeds the digest."""
+        lo = self.header.offset + start * self._row_bytes
+        hi = self.header.offset + stop * self._row_bytes
+        first = self._file.read_span(lo, hi, slot.buf)
+        if self._digest is not None:
+            self._feed(slot.buf[first:first + hi - lo], lo)
+            self._tail_if_done()
+        return first
+
+    def _feed(self, data: Any, at: int) -> None:
+        """Feed the file's bytes [at, at + len) to the digest: only the part not yet
+        fed, and nothing once a gap (rows skipped) has made the digest unusable."""
+        end = at + len(data)
+        with self._lock:
+            if at <= self._hashed < end:
+                self._digest.update(memoryview(data)[self._hashed - at:])
+                self._hashed = end
+
+    def _tail_if_done(self) -> None:
+        if self._hashed == self._data_end and self._file.size > self._data_end:
+            self._feed(self._file.read_plain(self._data_end, self._file.size), self._data_end)
+
+
+def open_direct_rows(path: str | os.PathLike, digest: Any = None, pool: BufferPool | None = None) -> DirectRows:
+    """Open a 2-D C-order .npy file for reading its rows with O_DIRECT (:class:`DirectRows`)."""
+    return DirectRows(path, digest, pool)

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOOR_TABLE: tuple[tuple[str, ...], ...] = (
     # 0 - the ground: the C++ core's extension module and the error base; they import nothing of qfair
     ("qfair._core", "qfair.errors"),
-    # 1 - file helpers (atomic writes, sha256, path checks), the plugin loader and qfair's own quantizers
-    #     (torch and the error base only)
-    ("qfair.fsutil", "qfair.plugins", "qfair.compress"),
+    # 1 - file helpers (atomic writes, sha256, path checks, O_DIRECT reads), the plugin loader and qfair's
+    #     own quantizers (torch and the error base only)
+    ("qfair.fsutil", "qfair.directio", "qfair.plugins", "qfair.compress"),
     # 2 - shared meaning and plumbing used by every layer: threads, .npy rows, locks, provenance,
     #     the loaded extension, the stage timer, the task registry (tasks, prompts, probe split,
     #     calibration texts, fairness probe pairs) and the pruners (on the quantizers' solver)

@@ -1,13 +1,14 @@
-"""stream_rows asks the kernel for the next chunk's pages (MADV_WILLNEED) while it
-hands out the current one: the ranges asked for are exactly the rows that come next,
-across shard boundaries, and the rows streamed are unchanged."""
+"""stream_rows asks for the next chunk's rows (MADV_WILLNEED of a mapped file, a read on
+the reader thread of a file read with O_DIRECT) before it hands out the current one: the
+rows asked for are exactly the rows of the chunk that comes next, across shard
+boundaries, and the rows streamed are unchanged."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from qfair.core import stream_rows
-from qfair.npyio import NpyRows, open_npy_rows
+from qfair.npyio import DirectRows, NpyRows, open_npy_rows
 
 
 def _write(tmp_path, name, a):
@@ -16,8 +17,10 @@ def _write(tmp_path, name, a):
     return p
 
 
+@pytest.mark.parametrize("reader", ["never", "always"])
 @pytest.mark.parametrize("chunk", [1, 3, 4, 7, 50])
-def test_prefetch_asks_for_the_next_rows(tmp_path, monkeypatch, chunk):
+def test_prefetch_asks_for_the_next_rows(tmp_path, monkeypatch, chunk, reader):
+    monkeypatch.setenv("QFAIR_DIRECT_READ", reader)
     rng = np.random.default_rng(0)
     p_sizes, q_sizes = [5, 0, 8, 3], [7, 9]
     p_blocks = [rng.standard_normal((n, 6)).astype(np.float16) for n in p_sizes]
@@ -27,23 +30,29 @@ def test_prefetch_asks_for_the_next_rows(tmp_path, monkeypatch, chunk):
     asked: dict[str, set[int]] = {"p": set(), "q": set()}
     offsets = {"p": np.cumsum([0] + p_sizes), "q": np.cumsum([0] + q_sizes)}
     names = {str(x): ("p", i) for i, x in enumerate(p_paths)} | {str(x): ("q", i) for i, x in enumerate(q_paths)}
-    real = NpyRows.prefetch
+    cls = DirectRows if reader == "always" else NpyRows
+    real = cls.prefetch
 
     def spy(self, start, stop):
         side, i = names[str(self.path)]
         asked[side].update(range(offsets[side][i] + max(0, start), offsets[side][i] + min(self.rows, stop)))
         return real(self, start, stop)
 
-    monkeypatch.setattr(NpyRows, "prefetch", spy)
-    got_p, got_q, seen = [], [], 0
+    monkeypatch.setattr(cls, "prefetch", spy)
+    got_p, got_q, chunks, asked_then = [], [], [], []
     for start, stop, pv, qv in stream_rows([str(x) for x in p_paths], [str(x) for x in q_paths], chunk_rows=chunk):
-        # every row of the next chunk (as far as it can be known now) has been asked for
-        nxt = set(range(stop, min(stop + (stop - start), 16)))
-        assert nxt <= asked["p"] and nxt <= asked["q"], (start, stop)
+        chunks.append((start, stop))
+        asked_then.append((set(asked["p"]), set(asked["q"])))
         got_p.append(np.array(pv))
         got_q.append(np.array(qv))
-        seen = stop
-    assert seen == 16
+    assert chunks[-1][1] == 16
+    # the chunks are the ones the shard boundaries and chunk_rows make
+    cuts = sorted({0, 16, *np.cumsum(p_sizes), *np.cumsum(q_sizes)})
+    want = [(a, min(a + chunk, b)) for lo, b in zip(cuts, cuts[1:]) for a in range(lo, b, chunk)]
+    assert chunks == want
+    # every row of the next chunk was asked for before the current one was handed out
+    for (ap, aq), (s, e) in zip(asked_then, chunks[1:]):
+        assert set(range(s, e)) <= ap and set(range(s, e)) <= aq, (s, e)
     np.testing.assert_array_equal(np.concatenate(got_p), np.concatenate(p_blocks))
     np.testing.assert_array_equal(np.concatenate(got_q), np.concatenate(q_blocks))
     assert asked["p"] <= set(range(16)) and asked["q"] <= set(range(16))   # nothing outside the files

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qfair.directio import read_direct
 from qfair.dump import DumpError
 from qfair.dump import manifest as mf
 from qfair.dump import tables as tb
 from qfair.dump.kinds import DumpKind, get_kind
 from qfair.dump.schema import inside
-from qfair.npyio import NpyFormatError, NpyHeader, read_npy_header
+from qfair.fsutil import StreamedDigest
+from qfair.npyio import DirectRead, NpyFormatError, NpyHeader, read_npy_header
 from qfair.stages import active_timer
 
 if TYPE_CHECKING:  # polars is imported lazily, when a table is first read
@@ -37,6 +39,8 @@ class Dump:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.manifest: dict[str, Any] = mf.read_manifest(self.path)
+        # shard index -> its digest, taken by the stream (set by digests_in_background)
+        self._streamed: dict[int, _StreamedShard] = {}
 
     def __repr__(self) -> str:
         return f"Dump({str(self.path)!r}, status={self.status!r}, rows={self.n_rows})"
@@ -272,6 +276,17 @@ class Dump:
             return []
         return [self.file(s["file"], f"shards[{i}].file") for i, s in enumerate(self.manifest["shards"])]
 
+    def logit_sources(self) -> list[Path | DirectRead]:
+        """What a stream over the logits shards reads (:func:`qfair.core.stream_rows`):
+        each shard's path, or, for a shard whose digest :func:`digests_in_background`
+        takes from the stream, a :class:`~qfair.npyio.DirectRead` that feeds it
+        (to the first stream only; later streams read it without)."""
+        out: list[Path | DirectRead] = []
+        for i, path in enumerate(self.logit_paths):
+            tap = self._streamed.get(i)
+            out.append(path if tap is None else DirectRead(path, tap.claim()))
+        return out
+
     def logit_blocks(self, verify: bool = False) -> list[np.ndarray]:
         """One read-only memory map ``[rows_i, vocab]`` per shard, in row order
         (a top-K dump: ``[rows_i]`` records with fields logprob, id, tail).
@@ -394,12 +409,67 @@ def hash_order(dumps: Sequence[Dump]) -> list[tuple[Dump, tuple[str, int, str | 
     return tables + [entry for _, entry in sorted(shards, key=lambda kv: kv[0])]
 
 
+class _StreamedShard:
+    """A logits shard whose digest the analysis' stream takes as it reads the file
+    with O_DIRECT, so that a cold disk is read once and its pages never enter the
+    page cache (:mod:`qfair.directio`); the hash thread leaves it alone."""
+
+    def __init__(self, path: Path, entry: dict[str, Any], field: str):
+        self.path, self.entry, self.field = path, entry, field
+        self.algorithm, self.want = mf.verifying_digest(entry)
+        self.digest: StreamedDigest | None = None
+
+    def claim(self) -> StreamedDigest | None:
+        """The digest to feed, for the first stream that asks; None after."""
+        if self.digest is not None:
+            return None
+        self.digest = StreamedDigest(self.algorithm)
+        return self.digest
+
+    def mismatch(self) -> DumpError | None:
+        """The error if the stream read the whole file and its digest differs."""
+        d = self.digest
+        if d is None or d.nbytes != self.entry["bytes"] or d.hexdigest() == self.want:
+            return None
+        return DumpError(f"{self.path}: {self.algorithm} differs from {mf.MANIFEST} {self.field}.{self.algorithm} "
+                         "(corrupt or replaced file)")
+
+    def check(self) -> None:
+        """DumpError on a mismatch; a file the stream did not read whole is hashed now."""
+        if self.digest is not None and self.digest.nbytes == self.entry["bytes"]:
+            err = self.mismatch()
+            if err is not None:
+                raise err
+        else:
+            mf.check_file_digest(self.path, self.entry, self.field)
+
+
+def _streamed_shards(dumps: Sequence[Dump]) -> dict[tuple[int, str], _StreamedShard]:
+    """The logits shards whose digests the stream takes (full rows, a digest
+    recorded, read with O_DIRECT: :func:`qfair.directio.read_direct`), by
+    (dump index, manifest field)."""
+    out: dict[tuple[int, str], _StreamedShard] = {}
+    for k, d in enumerate(dumps):
+        if not d.has_logits:
+            continue
+        for i, s in enumerate(d.manifest["shards"]):
+            field = f"shards[{i}]"
+            path = d.file(s["file"], f"{field}.file")
+            if mf.verifying_digest(s)[1] is not None and read_direct(path):
+                out[(k, field)] = d._streamed[i] = _StreamedShard(path, s, field)
+    return out
+
+
 @contextmanager
 def digests_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
     """Check the dumps' files against their digests on a second thread while the block runs.
 
     The block's work and the hashing read the same files at the same time (one
-    pass over a cold disk instead of two; hashlib and xxhash release the GIL). A mismatch
+    pass over a cold disk instead of two; hashlib and xxhash release the GIL).
+    Shards mostly absent from the page cache are not read by the hash thread at
+    all: the block's stream reads them with O_DIRECT and feeds their digests as
+    it goes (:meth:`Dump.logit_sources`); one it did not read whole is hashed
+    when the block ends. A mismatch
     raises :class:`DumpError` when the block ends, before its result is used;
     if the block fails, a mismatch already found is raised in its place (a
     corrupt file is the likelier cause) and the hashing stops. The thread's
@@ -412,6 +482,8 @@ def digests_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
     timer = active_timer()
     stop = threading.Event()
     failure: list[BaseException] = []
+    streamed = _streamed_shards(dumps)
+    index = {id(d): k for k, d in enumerate(dumps)}
 
     def run() -> None:
         t0 = time.perf_counter()
@@ -419,7 +491,8 @@ def digests_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
             for d, (rel, _nbytes, entry, field) in hash_order(dumps):
                 if stop.is_set():
                     return
-                d.check_digest(rel, entry, field, stop)
+                if (index[id(d)], field) not in streamed:
+                    d.check_digest(rel, entry, field, stop)
         except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
             failure.append(e)
         finally:
@@ -429,16 +502,24 @@ def digests_in_background(dumps: Sequence[Dump]) -> Iterator[None]:
     worker = threading.Thread(target=run, name="qfair-hash", daemon=True)
     worker.start()
     try:
-        yield
-    except BaseException:
-        stop.set()
+        try:
+            yield
+        except BaseException:
+            stop.set()
+            worker.join()
+            found = [e for e in failure if isinstance(e, DumpError)]
+            found += [e for e in (s.mismatch() for s in streamed.values()) if e is not None]
+            if found:
+                raise found[0] from None
+            raise
+        t0 = time.perf_counter()
         worker.join()
-        if failure and isinstance(failure[0], DumpError):
-            raise failure[0] from None
-        raise
-    t0 = time.perf_counter()
-    worker.join()
-    if timer is not None:
-        timer.add("hash wait", time.perf_counter() - t0)
-    if failure:
-        raise failure[0]
+        if failure:
+            raise failure[0]
+        for s in streamed.values():
+            s.check()
+        if timer is not None:
+            timer.add("hash wait", time.perf_counter() - t0)
+    finally:
+        for d in dumps:
+            d._streamed = {}
