@@ -64,8 +64,9 @@ def _bins(ctx, param, value):  # noqa: ARG001
 @click.option("--threads", type=click.IntRange(min=1, max=4096), default=None,
               help="Threads (default: QFAIR_THREADS, else OMP_NUM_THREADS, else the CPUs this process may use).")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
-              help="Logits rows per streamed chunk (default: 256 MiB of stored rows of both dumps, e.g. 1,365 rows "
-                   "of a 49,152-token float16 vocabulary); bounds memory.")
+              help="Logits rows per streamed chunk (default: 128 MiB of stored rows of both dumps, e.g. 682 rows "
+                   "of a 49,152-token float16 vocabulary; the next chunk is read while one is computed, so two "
+                   "chunks are held); bounds memory.")
 @click.option("--skip-hash", is_flag=True,
               help="Check the dumps' file sizes and shard headers but not their digests (xxh3-128 for "
                    "logits shards, sha256 for tables); recorded in settings.json.")
