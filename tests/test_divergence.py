@@ -205,11 +205,12 @@ def test_nearly_identical_rows_keep_relative_precision(isa):
 
 
 @pytest.mark.parametrize("kind", ["f32", "f16"])
-@pytest.mark.parametrize("most", [0.7, 8.0])
+@pytest.mark.parametrize("most", [0.7, 1.45, 8.0])
 def test_rows_far_apart_everywhere_keep_js_within_1e_6(isa, kind, most):
-    """Every entry moved by 0.5 nats or more: the JS term's direct form (its
-    log((1 + e^-|d|) / 2) polynomial) in every lane, against float64 sums. Measured
-    worst: 3e-7 relative (5e-7 with the logarithm it replaced)."""
+    """Every entry moved by 0.5 nats or more: the wide series (moves below 1.5) or
+    the exact form with the JS term's log((1 + e^-|d|) / 2) polynomial in every
+    lane, against float64 sums. Measured worst: 3e-7 relative (5e-7 with the
+    logarithm the polynomial replaced)."""
     rng = np.random.default_rng(7)
     xp = rng.normal(0, 3, (64, 4099)).astype(np.float32)
     moved = np.sign(rng.standard_normal(xp.shape)) * rng.uniform(0.5, most, xp.shape)
@@ -219,6 +220,27 @@ def test_rows_far_apart_everywhere_keep_js_within_1e_6(isa, kind, most):
     np.testing.assert_allclose(res["js"], ref["js"], rtol=1e-6)
     np.testing.assert_allclose(res["kl_pq"], ref["kl_pq"], rtol=1e-6)
     np.testing.assert_allclose(res["kl_qp"], ref["kl_qp"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
+def test_rows_that_switch_between_near_moderate_and_far_moves(isa, kind):
+    """Runs of entries moved by little (the short series), by 0.5-1.4 nats (the
+    wide one) and by 2-6 nats (the exact form), in every order, so that each block
+    starts in every tier and every switch between them happens: float64 sums agree."""
+    rng = np.random.default_rng(11)
+    run = 256  # a multiple of every ISA's block (8 vectors)
+    kinds = [0, 1, 2, 1, 0, 2, 0, 1, 1, 2, 2, 0, 2, 1, 0, 0]
+    scale = {0: (0.0, 0.05), 1: (0.5, 1.4), 2: (2.0, 6.0)}
+    xp = rng.normal(0, 2, (24, run * len(kinds))).astype(np.float32)
+    moved = np.concatenate([np.sign(rng.standard_normal((24, run))) * rng.uniform(*scale[k], (24, run))
+                            for k in kinds], axis=1)
+    a, dt = cast(xp, kind)
+    b, _ = cast((xp + moved).astype(np.float32), kind)
+    ref = oracle(widen(a, dt), widen(b, dt))
+    res = qfair.divergence(a, b, dtype=dt) if dt else qfair.divergence(a, b)
+    for name in ("kl_pq", "kl_qp", "js"):
+        np.testing.assert_allclose(res[name], ref[name], rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(res["tv"], ref["tv"], rtol=RTOL_H, atol=ATOL_H)
 
 
 def test_identical_rows_give_exact_zeros():
