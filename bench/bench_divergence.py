@@ -1,7 +1,7 @@
 """Benchmark: the divergence suite in qfair's C++ core vs the same suite in
 torch (CPU, same thread count) and numpy, on the same aligned float16 rows.
 
-    python bench/bench_divergence.py [--rows 2048] [--vocab 49152 128256] [--threads 2] [--repeats 3]
+    python bench/bench_divergence.py [--rows 2048] [--vocab 49152 128256] [--threads 2] [--repeats 3] [--data zipf]
                                      [--isa avx512 avx2 baseline] [--metrics kl_pq ...] [--skip-numpy]
                                      [--skip-torch] [--json out.json]
 
@@ -39,9 +39,26 @@ from qfair._native import core
 TOPK = (1, 5, 10)
 
 
-def make_rows(rows: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Base log-probs with an LLM-like spread, and a 'quantized' perturbation."""
+def make_rows(rows: int, vocab: int, seed: int = 0, data: str = "normal") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Base log-probs with an LLM-like spread, and a 'quantized' perturbation.
+
+    ``normal``: Gaussian logits (sd 2.5, fifty likely tokens) moved by N(0, 0.15):
+    almost every entry moves by less than 0.5 nats. ``zipf``: the rows of
+    bench_big_analysis, log-softmax of a Zipf-like profile (-1.5 log rank, in a
+    random order, plus N(0, 0.5)) moved by N(0, 0.3): a tenth of the entries move
+    by more than 0.5 nats, as in a 4-bit model's tail."""
     rng = np.random.default_rng(seed)
+    if data == "zipf":
+        profile = -np.log1p(np.arange(vocab, dtype=np.float32)) * 1.5
+        p = np.empty((rows, vocab), np.float16)
+        q = np.empty((rows, vocab), np.float16)
+        for i in range(rows):
+            lg = profile[rng.permutation(vocab)] + rng.normal(0, 0.5, vocab).astype(np.float32)
+            lq = lg + rng.normal(0, 0.3, vocab).astype(np.float32)
+            for src, dst in ((lg, p), (lq, q)):
+                m = src.max()
+                dst[i] = src - m - np.log(np.exp(src - m, dtype=np.float64).sum()).astype(np.float32)
+        return p, q, rng.integers(0, vocab, rows)
     p = np.empty((rows, vocab), np.float16)
     q = np.empty((rows, vocab), np.float16)
     for s in range(0, rows, 256):
@@ -144,6 +161,9 @@ def main() -> None:
                     help="instruction sets to time (default: every one this CPU runs: avx512, avx2, baseline)")
     ap.add_argument("--metrics", nargs="+", default=None,
                     help="also time the core on this subset of columns ('analyze': the set qfair analyze reads)")
+    ap.add_argument("--data", choices=("normal", "zipf"), default="normal",
+                    help="the rows: 'normal' (small moves, the short series' case) or 'zipf' (bench_big_analysis's "
+                         "rows: a tenth of the entries move by more than 0.5 nats)")
     ap.add_argument("--skip-numpy", action="store_true")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -161,10 +181,10 @@ def main() -> None:
     isas = [i for i in (args.isa or core.available_isas()) if core.select_isa(i) == i]
     core.select_isa(initial)
     results = []
-    print(f"threads={args.threads} rows={args.rows} isas={','.join(isas)} (default {initial}) torch={torch.__version__} "
+    print(f"data={args.data} threads={args.threads} rows={args.rows} isas={','.join(isas)} (default {initial}) torch={torch.__version__} "
           f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} CPUs")
     for vocab in args.vocab:
-        p, q, t = make_rows(args.rows, vocab)
+        p, q, t = make_rows(args.rows, vocab, data=args.data)
         pairs = args.rows * vocab
         # warm up (torch initialises its kernels on the first call)
         qfair.divergence(p[:64], q[:64], targets=t[:64], threads=args.threads)

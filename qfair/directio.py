@@ -69,9 +69,17 @@ def _mincore() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 _MINCORE = _mincore()
 
 
-def resident_fraction(path: str | os.PathLike) -> float | None:
+#: :func:`resident_fraction` asks about this many evenly spread runs of pages of a large file
+_SAMPLE_RUNS, _SAMPLE_PAGES = 64, 16
+
+
+def resident_fraction(path: str | os.PathLike, exact: bool = False) -> float | None:
     """The fraction of a file's pages that are in the page cache now (``mincore``),
-    or None where that cannot be told (no mincore, an empty or unmappable file)."""
+    or None where that cannot be told (no mincore, an empty or unmappable file).
+
+    A file of more than 1,024 pages is sampled (64 evenly spread runs of 16
+    pages) unless ``exact``: asking about every page of a 400 MB shard costs 7 ms,
+    and the answer only has to be compared with a half."""
     if _MINCORE is None:  # pragma: no cover
         return None
     try:
@@ -83,16 +91,27 @@ def resident_fraction(path: str | os.PathLike) -> float | None:
     except (OSError, ValueError):
         return None
     try:
-        pages = -(-size // mmap.PAGESIZE)
-        vec = np.zeros(pages, dtype=np.uint8)
+        page = mmap.PAGESIZE
+        pages = -(-size // page)
+        if exact or pages <= _SAMPLE_RUNS * _SAMPLE_PAGES:
+            runs = [(0, pages)]
+        else:
+            starts = np.linspace(0, pages - _SAMPLE_PAGES, _SAMPLE_RUNS).astype(np.int64)
+            runs = [(int(s), _SAMPLE_PAGES) for s in starts]
+        vec = np.zeros(max(n for _, n in runs), dtype=np.uint8)
         view = np.frombuffer(m, dtype=np.uint8)
+        resident = asked = 0
         try:
-            rc = _MINCORE(view.ctypes.data, size, vec.ctypes.data)
+            for first, n in runs:
+                length = min(n * page, size - first * page)
+                if _MINCORE(view.ctypes.data + first * page, length, vec.ctypes.data) != 0:
+                    return None
+                k = -(-length // page)
+                resident += int(np.count_nonzero(vec[:k] & 1))
+                asked += k
         finally:
             del view
-        if rc != 0:
-            return None
-        return float(np.count_nonzero(vec & 1)) / pages
+        return resident / asked
     finally:
         m.close()
 

@@ -188,6 +188,29 @@ def test_the_mode_and_the_decision(tmp_path, monkeypatch):
         directio.read_direct(big)
 
 
+def test_the_sampled_residency_agrees_with_every_page(tmp_path):
+    """A large file is asked about in 64 runs of pages: with the first half of it
+    in the page cache (where the file system lets DONTNEED drop the rest; else all
+    of it), the sample and the count of every page agree to a few percent."""
+    path = tmp_path / "big.bin"
+    size = 64 << 20
+    with open(path, "wb") as f:
+        f.write(np.random.default_rng(5).integers(0, 255, size, dtype=np.uint8).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.pread(fd, size // 2, 0)
+    finally:
+        os.close(fd)
+    exact = directio.resident_fraction(path, exact=True)
+    sampled = directio.resident_fraction(path)
+    assert exact is not None and sampled is not None
+    assert abs(sampled - exact) < 0.05, (sampled, exact)
+    assert exact >= 0.45                       # the half just read is there
+
+
 def test_stream_rows_takes_direct_reads_and_paths_alike(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
     p = [rng.standard_normal((n, 70)).astype(np.float16) for n in (9, 0, 14)]
