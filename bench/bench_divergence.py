@@ -146,6 +146,10 @@ def median_times(variants: dict, repeats: int, cpu: dict[str, float] | None = No
             fn()
             times[name].append(time.perf_counter() - t0)
             cpus[name].append(time.process_time() - c0)
+            if name in ("torch", "numpy"):
+                # torch's thread pool keeps the CPUs busy for a moment after it returns: the
+                # variant timed next ran 2x slower in one run out of two without this pause
+                time.sleep(0.5)
     if cpu is not None:
         cpu.update({name: statistics.median(v) for name, v in cpus.items()})
     return {name: statistics.median(v) for name, v in times.items()}

@@ -324,7 +324,10 @@ class DirectRows:
             slot = self._slot_for(start, stop)
             assert slot is not None
         assert slot.job is not None and slot.span is not None
-        first = slot.job.result() + (start - slot.span[0]) * self._row_bytes
+        try:
+            first = slot.job.result() + (start - slot.span[0]) * self._row_bytes
+        except OSError as e:  # an I/O error, a file cut short since it was opened
+            raise NpyFormatError(f"{self.path}: cannot be read ({e.strerror or e})") from None
         for s in self._slots:  # spans wholly before these rows are done with
             if s is not slot and s.span is not None and s.span[1] <= start:
                 self._free(s)

@@ -153,6 +153,38 @@ def test_plain_reads_where_o_direct_is_refused(tmp_path, monkeypatch):
     r.close()
 
 
+def test_a_read_error_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """An I/O error on the reader thread, or a file cut short after it was opened,
+    reaches the caller as the one-line error the command line prints."""
+    a = np.ones((40, 300), dtype=np.float16)
+    path = _npy(tmp_path, "a", a)
+    r = DirectRows(path)
+    real = os.preadv
+
+    def failing(fd, bufs, offset, *args):
+        if offset >= 8192:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, bufs, offset, *args)
+
+    monkeypatch.setattr(os, "preadv", failing)
+    try:
+        np.testing.assert_array_equal(r.take(0, 5), a[:5])
+        r.prefetch(20, 40)
+        with pytest.raises(NpyFormatError, match=r"a\.npy: cannot be read \(Input/output error\)"):
+            r.take(20, 40)
+    finally:
+        r.close()
+    monkeypatch.setattr(os, "preadv", real)
+    r = DirectRows(path)
+    try:
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size - 5000)
+        with pytest.raises(NpyFormatError, match="cannot be read"):
+            r.take(0, 40)
+    finally:
+        r.close()
+
+
 def test_a_file_that_ends_early_is_an_error_not_short_rows(tmp_path):
     path = _npy(tmp_path, "a", np.ones((64, 512), dtype=np.float16))
     f = directio.DirectFile(path)
