@@ -118,11 +118,14 @@ def resident_fraction(path: str | os.PathLike, exact: bool = False) -> float | N
 
 def read_direct(path: str | os.PathLike) -> bool:
     """Whether a large file read once should be read with O_DIRECT here
-    (:func:`direct_read_mode`; ``auto``: at least :data:`MIN_DIRECT_BYTES` and
-    less than :data:`MAX_RESIDENT` of it in the page cache)."""
+    (:func:`direct_read_mode`; ``auto``: where the OS has O_DIRECT, a file of at
+    least :data:`MIN_DIRECT_BYTES` with less than :data:`MAX_RESIDENT` of it in
+    the page cache)."""
     mode = direct_read_mode()
     if mode != "auto":
         return mode == "always"
+    if not hasattr(os, "O_DIRECT"):  # macOS, Windows: reading into buffers would only add a copy
+        return False
     try:
         if os.stat(path).st_size < MIN_DIRECT_BYTES:
             return False

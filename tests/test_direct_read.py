@@ -215,6 +215,9 @@ def test_the_mode_and_the_decision(tmp_path, monkeypatch):
         monkeypatch.setattr(directio, "resident_fraction", lambda p, r=resident: r)
         assert directio.read_direct(big) is want
         assert directio.read_direct(small) is False  # too small to be worth a reader thread
+    monkeypatch.setattr(directio, "resident_fraction", lambda p: 0.0)
+    monkeypatch.delattr(os, "O_DIRECT", raising=False)  # an OS without it: mapped, as before
+    assert directio.read_direct(big) is False
     monkeypatch.setenv("QFAIR_DIRECT_READ", "sometimes")
     with pytest.raises(QfairError, match="QFAIR_DIRECT_READ is 'sometimes'"):
         directio.read_direct(big)
