@@ -49,16 +49,10 @@ def make_rows(rows: int, vocab: int, seed: int = 0, data: str = "normal") -> tup
     by more than 0.5 nats, as in a 4-bit model's tail."""
     rng = np.random.default_rng(seed)
     if data == "zipf":
-        profile = -np.log1p(np.arange(vocab, dtype=np.float32)) * 1.5
-        p = np.empty((rows, vocab), np.float16)
-        q = np.empty((rows, vocab), np.float16)
-        for i in range(rows):
-            lg = profile[rng.permutation(vocab)] + rng.normal(0, 0.5, vocab).astype(np.float32)
-            lq = lg + rng.normal(0, 0.3, vocab).astype(np.float32)
-            for src, dst in ((lg, p), (lq, q)):
-                m = src.max()
-                dst[i] = src - m - np.log(np.exp(src - m, dtype=np.float64).sum()).astype(np.float32)
-        return p, q, rng.integers(0, vocab, rows)
+        from bench_big_analysis import pools  # the same rows, one of each
+
+        base, quant = pools(vocab, rows, seed)
+        return base.astype(np.float16), quant.astype(np.float16), rng.integers(0, vocab, rows)
     p = np.empty((rows, vocab), np.float16)
     q = np.empty((rows, vocab), np.float16)
     for s in range(0, rows, 256):
