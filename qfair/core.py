@@ -424,6 +424,7 @@ def stream_rows(p_blocks: Any, q_blocks: Any, *, chunk_rows: int = 4096,
     ip = iq = 0  # current block on each side
     op = oq = 0  # row offset inside the current block
     start = 0
+    asked = None  # the chunk whose rows were last asked for ahead of time
     try:
         while ip < len(ps.sources) and iq < len(qs.sources):
             sp, sq = ps.shape(ip), qs.shape(iq)
@@ -435,12 +436,13 @@ def stream_rows(p_blocks: Any, q_blocks: Any, *, chunk_rows: int = 4096,
             if n == 0 and op == 0 and oq == 0 and on_empty_block is not None:
                 on_empty_block(ps.rows(ip, 0, 0), qs.rows(iq, 0, 0))
             if n > 0:
-                ps.prefetch(ip, op, op + n)  # both sides' reads in flight at once (no-ops once under way)
-                qs.prefetch(iq, oq, oq + n)
+                if asked != (ip, op, iq, oq, n):  # the first chunk: both sides' reads in flight at once
+                    ps.prefetch(ip, op, op + n)
+                    qs.prefetch(iq, oq, oq + n)
                 pv, qv = ps.rows(ip, op, op + n), qs.rows(iq, oq, oq + n)
-                nxt = chunk_after(ip, op + n, iq, oq + n)
-                if nxt is not None:  # the next chunk's rows load while this one is computed
-                    jp, kp, jq, kq, m = nxt
+                asked = chunk_after(ip, op + n, iq, oq + n)
+                if asked is not None:  # the next chunk's rows load while this one is computed
+                    jp, kp, jq, kq, m = asked
                     ps.prefetch(jp, kp, kp + m)
                     qs.prefetch(jq, kq, kq + m)
                 yield start, start + n, pv, qv
