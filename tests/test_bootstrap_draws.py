@@ -90,3 +90,38 @@ def test_large_n_exercises_rejections():
         assert len(ref) == n
     low = ((first_halves(n, key) * np.uint64(n)) & np.uint64(0xFFFFFFFF)).astype(np.int64)
     assert (low < (1 << 32) % n).sum() > 10
+
+
+def two_chain_mean(t: np.ndarray, idx: np.ndarray) -> float:
+    """A mean's bootstrap replicate as the core defines it: the terms drawn at even positions
+    (and the last of an odd count) summed in draw order, those at odd positions likewise, then
+    (s0 + s1) / n -- np.cumsum adds strictly in order."""
+    d = t[idx]
+    s0 = np.cumsum(d[0::2])[-1]
+    s1 = np.cumsum(d[1::2])[-1] if d.size > 1 else 0.0
+    return float((s0 + s1) / t.size)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 2, 3, 64, 1001])
+def test_means_bootstrapped_together_keep_each_means_bits(isa, n):
+    """The core sums up to 16 means side by side (one per vector lane) from drawn indices. Every
+    replicate must be the two-chain sum above, bit for bit, whatever its lane and pack: widths
+    16, 8 and 4 with padding (K = 1, 2, 5, 9, 16, 17, 36). Terms span 10 orders of magnitude so
+    that any other order of the adds shows in the low bits."""
+    rng = np.random.default_rng(n)
+    seed, B = 77, 40
+    try:
+        core.select_isa(isa)
+        for K in (1, 2, 5, 9, 16, 17, 36):
+            ys = [rng.normal(size=n) * 10.0 ** rng.uniform(-5, 5, size=n) for _ in range(K)]
+            xs = [rng.normal(size=n) for _ in range(K)]
+            specs = [{"kind": "mean", "x": x, "y": y} for x, y in zip(xs, ys)]
+            out = core.paired_bootstrap(specs, resamples=B, seed=seed, confidence=0.95, threads=2,
+                                        keep_distribution=True)
+            for k in range(K):
+                t = ys[k] - xs[k]
+                want = [two_chain_mean(t, draws(n, seed, b)) for b in range(B)]
+                np.testing.assert_array_equal(out[k]["distribution"], want, err_msg=f"K={k + 1}/{K} lane")
+    finally:
+        core.select_isa("avx512")

@@ -147,6 +147,12 @@ struct Kernels {
     // words[(j / 64) * kResampleLanes + l] is set; four chains (j mod 4), each
     // in order, combined as (s0 + s1) + (s2 + s3): the scalar loop's order.
     void (*sign_flip_sums)(const double* d, int64_t n, const uint64_t* words, double* out);
+    // The bootstrap's means from drawn indices, `width` (4, 8 or 16) of them at
+    // once: rows is [items][width], and out[l] = s0 + s1 where s0 sums
+    // rows[idx[k]][l] over the even k and the last k of an odd n, s1 over the
+    // other odd k, each in draw order -- a mean's scalar two-chain loop
+    // (MeanDiff::eval_draws) with one statistic per lane, hence its bits.
+    void (*draw_sums)(const double* rows, int width, const uint32_t* idx, int64_t n, double* out);
 };
 
 const Kernels* kernels_avx512();  // null when not compiled in

@@ -147,6 +147,7 @@ public:
         return std::make_unique<Eval>(std::move(d), n_);
     }
     bool has_draws_path() const override { return true; }
+    const double* draw_terms() const override { return d_.data(); }
     double eval_draws(const uint32_t* idx) const override {
         const double* d = d_.data();
         double s0 = 0.0, s1 = 0.0;
@@ -1074,6 +1075,38 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
         std::fill(is_mean.begin(), is_mean.end(), 0);
     }
     const auto dot_multi = qfair::detail::active_kernels().dot_counts_multi;
+    // Without counts, two or more means are summed side by side from copies of
+    // their terms laid out item by item, 16, 8 or 4 to a row (zero padding):
+    // one index load and one cache line per draw for several statistics, and
+    // their dependent adds overlapped.
+    struct DrawPack {
+        int width;
+        std::vector<size_t> k;    // the statistics in its lanes
+        std::vector<double> rows; // [n][width]
+    };
+    std::vector<DrawPack> packs;
+    std::vector<char> in_pack(K, 0);
+    if (!need_counts) {
+        std::vector<size_t> terms;
+        for (size_t k = 0; k < K; ++k)
+            if (stats[k]->draw_terms() != nullptr) terms.push_back(k);
+        for (size_t at = 0; terms.size() >= 2 && at < terms.size();) {
+            const size_t left = terms.size() - at;
+            DrawPack p;
+            p.width = left >= 16 ? 16 : left > 4 ? 8 : 4;
+            const size_t used = std::min(left, size_t(p.width));
+            p.k.assign(terms.begin() + std::ptrdiff_t(at), terms.begin() + std::ptrdiff_t(at + used));
+            p.rows.assign(size_t(n) * size_t(p.width), 0.0);
+            for (size_t l = 0; l < used; ++l) {
+                const double* t = stats[p.k[l]]->draw_terms();
+                for (int64_t i = 0; i < n; ++i) p.rows[size_t(i) * size_t(p.width) + l] = t[i];
+                in_pack[p.k[l]] = 1;
+            }
+            packs.push_back(std::move(p));
+            at += used;
+        }
+    }
+    const auto draw_sums = qfair::detail::active_kernels().draw_sums;
     // Counts resample b into c (in the chosen order) and evaluates every statistic.
     auto count_and_eval = [&](auto* c, const auto* pos, int64_t b, double* sums) {
         std::memset(c, 0, size_t(n) * sizeof(*c));
@@ -1105,8 +1138,14 @@ std::vector<BootstrapResult> paired_bootstrap(const std::vector<const Statistic*
                     count_and_eval(buf.data(), pos32.data(), b, sums.data());
                 } else {
                     bootstrap_draws(n, opt.seed, b, buf.data());
+                    for (const DrawPack& p : packs) {
+                        double s[16];
+                        draw_sums(p.rows.data(), p.width, buf.data(), n, s);
+                        for (size_t l = 0; l < p.k.size(); ++l)
+                            theta[p.k[l] * size_t(B) + size_t(b)] = s[l] / double(n);
+                    }
                     for (size_t k = 0; k < K; ++k)
-                        theta[k * size_t(B) + size_t(b)] = stats[k]->eval_draws(buf.data());
+                        if (!in_pack[k]) theta[k * size_t(B) + size_t(b)] = stats[k]->eval_draws(buf.data());
                 }
             }
         }

@@ -175,6 +175,11 @@ public:
     // to floating-point summation order.
     virtual bool has_draws_path() const { return false; }
     virtual double eval_draws(const uint32_t* /*idx*/) const { return 0.0; }
+    // Terms t (n of them) for which eval_draws(idx) is (s0 + s1) / n, s0 and s1
+    // the sums of t[idx[k]] over the even and the odd k (the last k of an odd
+    // n in s0), each in draw order: the driver then sums several such
+    // statistics side by side (Kernels::draw_sums), bit for bit. Null: none.
+    virtual const double* draw_terms() const { return nullptr; }
     // Leave-one-out values theta_(i), i = 0..n-1 (for the BCa acceleration).
     // The default evaluates with counts set to 1 except a 0 at i.
     virtual void jackknife(double* out, int threads) const;
