@@ -185,6 +185,19 @@ def test_weighted_dots_equal_exact_float64_sums(n):
             np.testing.assert_array_equal(stats.weighted_dots(w, v, threads=threads), got)
 
 
+@pytest.mark.parametrize("k", [2, 5, 7])
+def test_weighted_dots_of_several_columns_keep_each_columns_bits(k):
+    # the core converts a row's multiplicities once for a few columns at a time: every dot must
+    # still be the one column alone gives, bit for bit (n past a whole number of 16-term steps)
+    rng = np.random.default_rng(k)
+    n = 1001
+    w = rng.integers(0, 9, (6, n)).astype(np.uint16)
+    v = rng.normal(0, 1, (n, k)) * 10.0 ** rng.uniform(-6, 6, (n, k))
+    got = stats.weighted_dots(w, v)
+    for t in range(k):
+        np.testing.assert_array_equal(got[:, t], stats.weighted_dots(w, v[:, t])[:, 0], err_msg=f"column {t}")
+
+
 def test_weighted_dots_edges_and_refusals():
     assert stats.weighted_dots(np.zeros((3, 0), np.uint16), np.zeros((0, 2))).tolist() == [[0.0, 0.0]] * 3
     assert stats.weighted_dots(np.ones((3, 5), np.uint16), np.zeros((5, 0))).shape == (3, 0)

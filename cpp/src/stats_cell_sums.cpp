@@ -72,13 +72,15 @@ template <class C>
 void weighted_dots_impl(const C* counts, int64_t m, int64_t n, const double* v, int64_t k, int threads,
                         double* out) {
     if (m < 0 || n < 0 || k < 0) throw std::invalid_argument("weighted_dots: negative size");
-    const auto dot = qfair::detail::active_kernels().dot_counts;
+    // dot_counts_multi: each row's multiplicities converted once for a few
+    // columns at a time, every dot the same bits as dot_counts alone.
+    const auto dots = qfair::detail::active_kernels().dot_counts_multi;
+    std::vector<const double*> cols(static_cast<size_t>(k));
+    for (int64_t t = 0; t < k; ++t) cols[size_t(t)] = v + t * n;
     const int T = resolve_threads(threads, m);
     parallel_for_dynamic(m, T, dynamic_chunk(m, T, 64), [&](int, auto& next) {
         for (int64_t r0, r1; next(r0, r1);) {
-            for (int64_t r = r0; r < r1; ++r)
-                for (int64_t t = 0; t < k; ++t)
-                    out[r * k + t] = dot(counts + r * n, int(sizeof(C)), nullptr, v + t * n, n);
+            for (int64_t r = r0; r < r1; ++r) dots(counts + r * n, int(sizeof(C)), cols.data(), k, n, out + r * k);
         }
     });
 }
