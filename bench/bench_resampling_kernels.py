@@ -6,7 +6,7 @@ output is digested and the two builds must agree bit for bit.
     nice -n 10 .venv/bin/python bench/bench_resampling_kernels.py --baseline /path/to/old/_core.so
 
 --baseline is another build's _core*.so (e.g. main's; one that reads uint16 counts in
-weighted_spearman); the candidate defaults to this checkout's qfair/_core*.so.
+weighted_spearman); the candidate defaults to this checkout's build.
 """
 from __future__ import annotations
 
@@ -62,26 +62,57 @@ def _cases(threads: int):
     yso = np.ascontiguousarray(np.stack([_order_and_ends(v)[0] for v in ys5]))
     yse = np.ascontiguousarray(np.stack([_order_and_ends(v)[1] for v in ys5]))
     a, b = rng.normal(size=ex), rng.normal(size=ex)
+    # the summary's bootstrap: 22 means and 14 calibration statistics over the examples (their
+    # ECE, MCE, RMS and debiased L2 with 15 equal-width bins: the difference and each model's;
+    # the ECE with equal-mass bins of each model), and the 36 means of a task without correctness
+    conf_b, conf_q = rng.beta(5, 2, ex), rng.beta(5, 2, ex)
+    corr_b = (rng.random(ex) < conf_b).astype(float)
+    corr_q = (rng.random(ex) < conf_q).astype(float)
+    means = [{"kind": "mean", "x": rng.normal(size=ex), "y": rng.normal(size=ex)} for _ in range(22)]
+    cal = []
+    for measure in ("ece", "mce", "rms", "l2_debiased"):
+        cal.append({"kind": "calibration", "conf_y": conf_q, "correct_y": corr_q, "conf_x": conf_b, "correct_x": corr_b,
+                    "bins": 15, "binning": "width", "measure": measure})
+        for c_, a_ in ((conf_b, corr_b), (conf_q, corr_q)):
+            cal.append({"kind": "calibration", "conf_y": c_, "correct_y": a_, "bins": 15, "binning": "width",
+                        "measure": measure})
+    for c_, a_ in ((conf_b, corr_b), (conf_q, corr_q)):
+        cal.append({"kind": "calibration", "conf_y": c_, "correct_y": a_, "bins": 15, "binning": "mass",
+                    "measure": "ece"})
+    means36 = [{"kind": "mean", "x": rng.normal(size=ex), "y": rng.normal(size=ex)} for _ in range(36)]
+    boot = {"resamples": 10000, "seed": 5, "confidence": 0.95, "threads": threads, "keep_distribution": True}
     return {
+        "paired_bootstrap 22 means + 14 calibration n=4000": ("paired_bootstrap", (means + cal,), boot),
+        "paired_bootstrap 36 means n=4000": ("paired_bootstrap", (means36,), boot),
+        "weighted_dots 500x4000 u16, 12 columns": ("weighted_dots", (counts, np.ascontiguousarray(
+            rng.normal(size=(12, ex))), threads), {}),
         "weighted_spearman clusters (500x4000 u16 -> 40000, k=3)":
-            ("weighted_spearman", (counts, clusters, xo, xe, yo, ye, threads)),
+            ("weighted_spearman", (counts, clusters, xo, xe, yo, ye, threads), {}),
         "weighted_spearman plain (500x4000 u16, k=5)":
-            ("weighted_spearman", (counts, None, xso, xse, yso, yse, threads)),
-        "sign_flip_test n=4000 B=10000": ("sign_flip_test", (rng.normal(0.01, 1, ex), 10000, 3, threads)),
-        "sign_flip_test n=1333 B=10000": ("sign_flip_test", (rng.normal(0.01, 1, 1333), 10000, 3, threads)),
-        "pairings_dot n=4000 B=10000": ("pairings_dot", (a - a.mean(), b - b.mean(), 10000, 5, threads)),
-        "subset_sums n=1594 k=780 B=10000": ("subset_sums", (rng.normal(size=1594), 780, 10000, 7, threads)),
+            ("weighted_spearman", (counts, None, xso, xse, yso, yse, threads), {}),
+        "sign_flip_test n=4000 B=10000": ("sign_flip_test", (rng.normal(0.01, 1, ex), 10000, 3, threads), {}),
+        "sign_flip_test n=1333 B=10000": ("sign_flip_test", (rng.normal(0.01, 1, 1333), 10000, 3, threads), {}),
+        "pairings_dot n=4000 B=10000": ("pairings_dot", (a - a.mean(), b - b.mean(), 10000, 5, threads), {}),
+        "pairings_dot n=4000 B=10000, 5 rows of b": ("pairings_dot", (a - a.mean(), np.ascontiguousarray(
+            rng.normal(size=(5, ex))), 10000, 5, threads), {}),
+        "subset_sums n=1594 k=780 B=10000": ("subset_sums", (rng.normal(size=1594), 780, 10000, 7, threads), {}),
     }
 
 
 def _child(so: str, threads: int) -> None:
     core = _load(so)
     out = {}
-    for name, (fn, args) in _cases(threads).items():
+    for name, (fn, args, kwargs) in _cases(threads).items():
         t0 = time.perf_counter()
-        res = getattr(core, fn)(*args)
+        res = getattr(core, fn)(*args, **kwargs)
         dt = time.perf_counter() - t0
-        blob = np.ascontiguousarray(res).tobytes() if isinstance(res, np.ndarray) else repr(sorted(res.items())).encode()
+        if isinstance(res, np.ndarray):
+            blob = np.ascontiguousarray(res).tobytes()
+        elif isinstance(res, list):  # the bootstrap: every statistic's fields, its distribution included
+            blob = b"".join(np.ascontiguousarray(v).tobytes() if isinstance(v, np.ndarray) else repr(v).encode()
+                            for r in res for _, v in sorted(r.items()))
+        else:
+            blob = repr(sorted(res.items())).encode()
         out[name] = (dt, hashlib.blake2b(blob, digest_size=8).hexdigest())
     print(json.dumps(out))
 
@@ -97,7 +128,9 @@ def main() -> None:
     if args.child:
         _child(args.child, args.threads)
         return
-    cand = args.candidate or sorted(glob.glob(os.path.join(ROOT, "qfair", "_core*.so")))[0]
+    # this checkout's build: next to the sources, or where an editable install put it
+    here = sorted(glob.glob(os.path.join(ROOT, "qfair", "_core*.so")))
+    cand = args.candidate or (here[0] if here else importlib.util.find_spec("qfair._core").origin)
     builds = {"baseline": args.baseline, "candidate": cand}
     times: dict[str, dict[str, list[float]]] = {b: {} for b in builds}
     digests: dict[str, dict[str, str]] = {b: {} for b in builds}
