@@ -42,9 +42,12 @@ void pairings_dot(const double* a, const double* b, int64_t k, int64_t n, int64_
     if (k < 1) throw std::invalid_argument("pairings_dot: need at least one b");
     // b item by item ([n][k]): a drawn position's k values then share one or
     // two cache lines instead of sitting n apart (the same products and sums)
-    std::vector<double> bt(k > 1 ? size_t(n) * size_t(k) : 0);
-    for (int64_t t = 0; t < k && k > 1; ++t)
-        for (int64_t j = 0; j < n; ++j) bt[size_t(j * k + t)] = b[t * n + j];
+    std::vector<double> bt;
+    if (k > 1) {
+        bt.resize(size_t(n) * size_t(k));
+        for (int64_t t = 0; t < k; ++t)
+            for (int64_t j = 0; j < n; ++j) bt[size_t(j * k + t)] = b[t * n + j];
+    }
     // resamples in chunks as threads free up (each writes its own outputs)
     const int T = resolve_threads(threads, resamples);
     parallel_for_dynamic(resamples, T, dynamic_chunk(resamples, T, 64), [&](int, auto& next) {
